@@ -1,0 +1,45 @@
+# flujo_dagster: two commands on a fresh machine (python3 + make): `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOME_DIR := $(CURDIR)/.dagster_home
+
+.PHONY: install demo dev test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(HOME_DIR)/dagster.yaml:
+	mkdir -p $(HOME_DIR)
+	printf 'telemetry:\n  enabled: false\n' > $(HOME_DIR)/dagster.yaml
+
+## Run the example research digest end to end on a local Dagster instance (offline model).
+demo: $(STAMP) $(HOME_DIR)/dagster.yaml
+	DAGSTER_HOME=$(HOME_DIR) $(BIN)/flujo-dagster run definitions:digest --input topic="typed agents"
+
+## The Dagster UI on http://127.0.0.1:3000 with the example code location.
+dev: $(STAMP) $(HOME_DIR)/dagster.yaml
+	DAGSTER_HOME=$(HOME_DIR) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict flujo_dagster
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) $(HOME_DIR) .mypy_cache .ruff_cache .hypothesis *.egg-info

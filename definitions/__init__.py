@@ -1,0 +1,25 @@
+"""The example code location: `defs` for `dagster dev -w workspace.yaml`.
+
+Agents run on a scripted offline model unless `FLUJO_DAGSTER_LIVE=1` is set, in which case they use their own
+models (`openai:gpt-5-mini`, which needs `OPENAI_API_KEY`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from dagster import JobDefinition
+
+from definitions.digest import digest
+from definitions.offline import offline_model
+from flujo_dagster import AgentRuntime, build_definitions
+
+LIVE = os.environ.get("FLUJO_DAGSTER_LIVE") == "1"
+agent_runtime = AgentRuntime() if LIVE else AgentRuntime(model=offline_model())
+
+defs = build_definitions(pipelines=[digest], resources={"agent_runtime": agent_runtime})
+
+
+def digest_job() -> JobDefinition:
+    """The digest's job, resolved against `defs` (a reconstructable target for `execute_job`)."""
+    return defs.resolve_job_def("digest")

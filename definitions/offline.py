@@ -1,0 +1,47 @@
+"""A scripted, offline stand-in for an LLM: pydantic-ai `FunctionModel`s used by the demo and the tests.
+
+Nothing here calls a provider. Text answers are built from the prompt, so the output depends on the run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, UserPromptPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+OFFLINE_MODEL_NAME = "offline-digest"
+
+
+def _last_prompt(messages: list[ModelMessage]) -> str:
+    for message in reversed(messages):
+        for part in getattr(message, "parts", ()):
+            if isinstance(part, UserPromptPart) and isinstance(part.content, str):
+                return part.content
+    return ""
+
+
+def _titles(prompt: str) -> list[str]:
+    return re.findall(r'"title":\s*"([^"]+)"', prompt)
+
+
+def scripted_answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Draft text for free-text agents; a critique object for agents with a structured output."""
+    prompt = _last_prompt(messages)
+    titles = _titles(prompt)
+    if info.output_tools:
+        tool = info.output_tools[0]
+        issues = [] if len(titles) >= 2 else ["fewer than two sources support the draft"]
+        args = {"score": 8 if not issues else 5, "issues": issues, "verdict": "publish" if not issues else "revise"}
+        return ModelResponse(parts=[ToolCallPart(tool.name, json.dumps(args))], model_name=OFFLINE_MODEL_NAME)
+    topic = re.search(r"about (.+?)[.:\n]", prompt)
+    subject = topic.group(1) if topic else "the topic"
+    lines = [f"This week in {subject}: {len(titles)} sources stood out."]
+    lines += [f"- {t}" for t in titles]
+    return ModelResponse(parts=[TextPart("\n".join(lines))], model_name=OFFLINE_MODEL_NAME)
+
+
+def offline_model() -> FunctionModel:
+    """The scripted model, named `function:offline-digest` in metadata (model source `offline`)."""
+    return FunctionModel(scripted_answer, model_name=OFFLINE_MODEL_NAME)

@@ -1,0 +1,80 @@
+"""flujo_dagster: typed AI-agent pipelines compiled to Dagster jobs and assets.
+
+The DSL and validation names import without dagster; the Dagster-facing names (`build_definitions`,
+`run_pipeline`, resources, IO manager, translator) load dagster on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from flujo_dagster.dsl import AgentStep, FunctionStep, Pipeline, Retry, Step, agent_step, step
+from flujo_dagster.errors import (
+    ApprovalError,
+    ApprovalRejectedError,
+    ConfigurationError,
+    FlujoDagsterError,
+    PricingNotConfiguredError,
+    StepOutputError,
+    StorageError,
+    UsageLimitExceededError,
+)
+from flujo_dagster.validation import Finding, ValidationReport, validate
+
+if TYPE_CHECKING:
+    from flujo_dagster.adapter import (
+        AgentRuntime,
+        FlujoDagsterTranslator,
+        PipelineRun,
+        PydanticJsonIOManager,
+        arun_pipeline,
+        build_definitions,
+        run_pipeline,
+    )
+
+_ADAPTER_NAMES = frozenset(
+    {
+        "AgentRuntime",
+        "FlujoDagsterTranslator",
+        "PipelineRun",
+        "PydanticJsonIOManager",
+        "arun_pipeline",
+        "build_definitions",
+        "run_pipeline",
+    }
+)
+
+__all__ = [
+    "AgentRuntime",
+    "AgentStep",
+    "ApprovalError",
+    "ApprovalRejectedError",
+    "ConfigurationError",
+    "Finding",
+    "FlujoDagsterError",
+    "FlujoDagsterTranslator",
+    "FunctionStep",
+    "Pipeline",
+    "PipelineRun",
+    "PricingNotConfiguredError",
+    "PydanticJsonIOManager",
+    "Retry",
+    "Step",
+    "StepOutputError",
+    "StorageError",
+    "UsageLimitExceededError",
+    "ValidationReport",
+    "agent_step",
+    "arun_pipeline",
+    "build_definitions",
+    "run_pipeline",
+    "step",
+    "validate",
+]
+
+
+def __getattr__(name: str) -> object:
+    if name in _ADAPTER_NAMES:
+        return getattr(importlib.import_module("flujo_dagster.adapter"), name)
+    raise AttributeError(f"module 'flujo_dagster' has no attribute {name!r}")

@@ -1,0 +1,20 @@
+"""The only package that imports dagster: compiler, ops, IO manager, types, resources, definitions."""
+
+from flujo_dagster.adapter.compiler import CompiledPipeline, compile_pipeline
+from flujo_dagster.adapter.definitions import build_definitions
+from flujo_dagster.adapter.io_manager import PydanticJsonIOManager
+from flujo_dagster.adapter.resources import AgentRuntime
+from flujo_dagster.adapter.run import PipelineRun, arun_pipeline, run_pipeline
+from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+
+__all__ = [
+    "AgentRuntime",
+    "CompiledPipeline",
+    "FlujoDagsterTranslator",
+    "PipelineRun",
+    "PydanticJsonIOManager",
+    "arun_pipeline",
+    "build_definitions",
+    "compile_pipeline",
+    "run_pipeline",
+]

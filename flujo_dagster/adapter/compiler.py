@@ -1,0 +1,147 @@
+"""The one compiler: a validated pipeline becomes a graph of ops, then a job or graph-backed assets + job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dagster import (
+    AssetsDefinition,
+    AssetSelection,
+    DependencyDefinition,
+    ExecutorDefinition,
+    GraphDefinition,
+    JobDefinition,
+    MultiDependencyDefinition,
+    OutputMapping,
+    define_asset_job,
+)
+
+from flujo_dagster.adapter.naming import CONTEXT_OP, CONTEXT_OUTPUT, INPUTS_OP, io_name, op_name
+from flujo_dagster.adapter.ops import StepWiring, context_op, inputs_op, step_op
+from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.validation import step_path
+
+if TYPE_CHECKING:  # not exported by dagster; only needed for the annotation
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+__all__ = ["CompiledPipeline", "compile_pipeline"]
+
+Producer = tuple[str, str]  # (op name, output name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompiledPipeline:
+    """What one pipeline compiles to."""
+
+    pipeline: Pipeline
+    graph: GraphDefinition
+    job: JobDefinition | UnresolvedAssetJobDefinition
+    assets: AssetsDefinition | None
+    job_name: str
+    context_step_key: str
+    """Step key of the `flujo_context` op, whose output `context` is the run's final typed context."""
+    inputs_step_key: str
+    """Step key of the `flujo_inputs` op, whose config takes the run's inputs."""
+
+
+def _emitted_initial_keys(pipeline: Pipeline) -> tuple[str, ...]:
+    """Initial keys some step reads before any step writes them, or that no step writes at all."""
+    needed: set[str] = set()
+    written: set[str] = set()
+    for s in pipeline.steps:
+        keys = pipeline.keys_of(s)
+        needed.update(k for k in keys.reads if k not in written)
+        written.update(keys.writes or ())
+    return tuple(k for k in pipeline.initial_keys() if k in needed or k not in written)
+
+
+def compile_pipeline(
+    pipeline: Pipeline,
+    *,
+    translator: FlujoDagsterTranslator,
+    executor: ExecutorDefinition | None = None,
+) -> CompiledPipeline:
+    """Compile a pipeline that passed validation. Deterministic: every step process rebuilds the same job."""
+    emitted = _emitted_initial_keys(pipeline)
+    live: dict[str, Producer] = {k: (INPUTS_OP, io_name(k)) for k in emitted}
+    node_defs = [inputs_op(pipeline, INPUTS_OP, emitted)]
+    deps: dict[str, dict[str, DependencyDefinition | MultiDependencyDefinition]] = {}
+    for s in pipeline.steps:
+        keys = pipeline.keys_of(s)
+        if keys.writes is None:
+            raise ConfigurationError(f"{step_path(pipeline, s)}: writes no known key; validate the pipeline first")
+        wiring = StepWiring(
+            op=op_name(s.name),
+            path=step_path(pipeline, s),
+            reads=keys.reads,
+            writes=keys.writes,
+            split=keys.split,
+        )
+        node_defs.append(step_op(pipeline, s, wiring))
+        deps[wiring.op] = {io_name(k): DependencyDefinition(*live[k]) for k in keys.reads}
+        live.update({k: (wiring.op, io_name(k)) for k in keys.writes})
+    prefix = f"{pipeline.name}." if pipeline.assets else ""
+    node_defs.append(context_op(pipeline, CONTEXT_OP, live, step_key_prefix=prefix))
+    sources = list(dict.fromkeys(live.values()))
+    deps[CONTEXT_OP] = {"after": MultiDependencyDefinition([DependencyDefinition(*p) for p in sources])}
+
+    job_name = translator.get_job_name(pipeline)
+    graph = GraphDefinition(
+        name=pipeline.name,
+        description=pipeline.description,
+        node_defs=node_defs,
+        dependencies=deps,
+        output_mappings=[
+            *(OutputMapping(io_name(k), *live[k]) for k in pipeline.assets),
+            # Dagster refuses non-asset leaf ops in a graph-backed asset: the final context is an asset too.
+            *([OutputMapping(CONTEXT_OUTPUT, CONTEXT_OP, CONTEXT_OUTPUT)] if pipeline.assets else []),
+        ],
+    )
+    if not pipeline.assets:
+        job = graph.to_job(name=job_name, executor_def=executor, description=pipeline.description)
+        return CompiledPipeline(
+            pipeline=pipeline,
+            graph=graph,
+            job=job,
+            assets=None,
+            job_name=job_name,
+            context_step_key=CONTEXT_OP,
+            inputs_step_key=INPUTS_OP,
+        )
+    outs = {io_name(k): k for k in pipeline.assets}
+    asset_keys = {o: translator.get_asset_key(pipeline, k) for o, k in outs.items()}
+    asset_keys[CONTEXT_OUTPUT] = translator.get_context_asset_key(pipeline)
+    groups = {o: translator.get_group_name(pipeline, k) for o, k in outs.items()}
+    groups[CONTEXT_OUTPUT] = translator.get_group_name(pipeline, None)
+    descriptions = {o: translator.get_description(pipeline, k) for o, k in outs.items()}
+    descriptions[CONTEXT_OUTPUT] = translator.get_description(pipeline, None)
+    metadata = {o: dict(translator.get_metadata(pipeline, k)) for o, k in outs.items()}
+    metadata[CONTEXT_OUTPUT] = dict(translator.get_metadata(pipeline, None))
+    tags = {o: dict(translator.get_tags(pipeline, k)) for o, k in outs.items()}
+    tags[CONTEXT_OUTPUT] = dict(translator.get_tags(pipeline, None))
+    assets = AssetsDefinition.from_graph(
+        graph,
+        keys_by_output_name=asset_keys,
+        group_names_by_output_name=groups,
+        descriptions_by_output_name={o: d for o, d in descriptions.items() if d is not None},
+        metadata_by_output_name=metadata,
+        tags_by_output_name=tags,
+    )
+    asset_job = define_asset_job(
+        job_name,
+        selection=AssetSelection.assets(assets),
+        executor_def=executor,
+        description=pipeline.description,
+    )
+    return CompiledPipeline(
+        pipeline=pipeline,
+        graph=graph,
+        job=asset_job,
+        assets=assets,
+        job_name=job_name,
+        context_step_key=f"{prefix}{CONTEXT_OP}",
+        inputs_step_key=f"{prefix}{INPUTS_OP}",
+    )

@@ -1,0 +1,173 @@
+"""`PydanticJsonIOManager`: every context key stored as JSON in a small typed envelope, run-scoped."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, Generic, Literal, TypeVar, cast
+
+import pydantic_core
+from dagster import (
+    ConfigurableIOManager,
+    DagsterInvariantViolationError,
+    DagsterType,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+)
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from upath import UPath
+
+from flujo_dagster.adapter.types import KeyType
+from flujo_dagster.errors import StorageError
+from flujo_dagster.validation.typecompat import type_name
+
+__all__ = ["ENVELOPE_VERSION", "PydanticJsonIOManager", "StoredKey"]
+
+ENVELOPE_VERSION = 1
+T = TypeVar("T")
+
+
+class _Envelope(BaseModel, Generic[T]):
+    flujo: Literal[1]
+    key: str
+    type: str
+    value: T
+
+
+@cache
+def _envelope_adapter(annotation: object) -> TypeAdapter[Any]:
+    return TypeAdapter(_Envelope[annotation])  # type: ignore[valid-type]
+
+
+@cache
+def _plain_adapter(annotation: object) -> TypeAdapter[Any]:
+    return TypeAdapter(cast(Any, annotation))
+
+
+class StoredKey:
+    """What the IO manager needs to know of a stored value: its key name and declared annotation."""
+
+    __slots__ = ("adapter", "annotation", "key")
+
+    def __init__(self, key: str, annotation: object) -> None:
+        self.key = key
+        self.annotation = annotation
+        self.adapter = _plain_adapter(annotation)
+
+    @classmethod
+    def of(cls, dagster_type: DagsterType, fallback_key: str) -> StoredKey:
+        """From a flujo `KeyType`, or from any Dagster type by its Python typing type."""
+        if isinstance(dagster_type, KeyType):
+            return cls(dagster_type.context_key, dagster_type.annotation)
+        return cls(fallback_key, dagster_type.typing_type)
+
+
+class PydanticJsonIOManager(ConfigurableIOManager):
+    """Stores each op output as JSON at `<base_dir>/<run_id>/<step_key>/<output>[/<mapping_key>].json`.
+
+    Values are written with pydantic (NaN and infinities kept) inside an envelope naming the key, the
+    type and the format version, and loaded back as exactly the declared type. Outputs that are assets are
+    also copied to `<base_dir>/assets/<asset key>.json` for loads outside a run; loads inside a run (and
+    its re-executions) always read the run-scoped copy. It writes no log event of its own. No pickle.
+    `base_dir` defaults to `<instance storage directory>/flujo`; any UPath URL works (s3://, memory://...).
+    """
+
+    base_dir: str | None = None
+
+    # -- paths ---------------------------------------------------------------------------------------
+    def root(self, storage_directory: str) -> UPath:
+        """The storage root, given the instance's storage directory."""
+        return UPath(self.base_dir) if self.base_dir else UPath(storage_directory) / "flujo"
+
+    @staticmethod
+    def output_path(root: UPath, run_id: str, step_key: str, output_name: str, mapping_key: str | None = None) -> UPath:
+        """Where one op output lives."""
+        path = root / run_id / step_key / output_name
+        return (path / f"{mapping_key}.json") if mapping_key else path.with_suffix(".json")
+
+    @staticmethod
+    def asset_path(root: UPath, asset_path: list[str]) -> UPath:
+        """Where the latest value of an asset lives (for loads outside a run)."""
+        return root.joinpath("assets", *asset_path).with_suffix(".json")
+
+    # -- values --------------------------------------------------------------------------------------
+    @staticmethod
+    def dump(stored: StoredKey, value: object) -> bytes:
+        """The envelope bytes for `value`."""
+        py = stored.adapter.dump_python(value, mode="python", round_trip=True)
+        envelope = {
+            "flujo": ENVELOPE_VERSION,
+            "key": stored.key,
+            "type": type_name(stored.annotation),
+            "value": py,
+        }
+        return pydantic_core.to_json(envelope, inf_nan_mode="constants")
+
+    @staticmethod
+    def write(path: UPath, data: bytes) -> None:
+        """Write bytes, creating parent folders."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    @staticmethod
+    def read(path: UPath, stored: StoredKey, *, where: str) -> object:
+        """Load and validate the value at `path`. `where` names the run and step for error messages."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageError(
+                f"no stored value for key {stored.key!r} ({where}) at {path}: the file is missing. "
+                "Re-run the step that writes it (re-execute the run from failure)."
+            ) from exc
+        try:
+            envelope = _envelope_adapter(stored.annotation).validate_json(raw)
+        except ValidationError as exc:
+            if all(err["loc"][:1] == ("value",) for err in exc.errors()):
+                raise StorageError(
+                    f"stored value of key {stored.key!r} ({where}) at {path} no longer matches its declared "
+                    f"type {type_name(stored.annotation)}: {exc}. Fix or delete the file and re-execute the "
+                    "step, or change the context field back."
+                ) from exc
+            raise StorageError(
+                f"stored value of key {stored.key!r} ({where}) at {path} is corrupt (not a flujo_dagster "
+                f"JSON envelope): {exc.errors()[0]['msg']}. Delete the file and re-execute the step that "
+                "wrote it."
+            ) from exc
+        return envelope.value
+
+    # -- Dagster's IO manager interface ---------------------------------------------------------------
+    def handle_output(self, context: OutputContext, obj: object) -> None:
+        """Store `obj`; adds the path as output metadata (no extra event)."""
+        stored = StoredKey.of(context.dagster_type, context.name)
+        root = self.root(context.step_context.instance.storage_directory())
+        data = self.dump(stored, obj)
+        path = self.output_path(root, context.run_id, context.step_key, context.name, context.mapping_key)
+        self.write(path, data)
+        metadata: dict[str, Any] = {"flujo/path": MetadataValue.path(str(path))}
+        if context.has_asset_key:
+            asset_file = self.asset_path(root, list(context.asset_key.path))
+            self.write(asset_file, data)
+        context.add_output_metadata(metadata)
+
+    def load_input(self, context: InputContext) -> object:
+        """Load the producer's value as the producer's declared type (fan-in elements included)."""
+        upstream = context.upstream_output
+        if upstream is None:
+            raise StorageError(
+                f"input {context.name!r} of step {context.step_context.step.key} has no upstream output; "
+                "the flujo IO manager only loads values that ops produced."
+            )
+        declared = upstream.dagster_type if isinstance(upstream.dagster_type, KeyType) else context.dagster_type
+        stored = StoredKey.of(declared, upstream.name)
+        root = self.root(context.instance.storage_directory())
+        try:
+            run_id = upstream.run_id
+        except DagsterInvariantViolationError:  # loading an asset outside a run
+            run_id = None
+        if run_id is None:
+            if not upstream.has_asset_key:
+                raise StorageError(f"cannot load input {context.name!r}: no run and no asset to read from.")
+            path = self.asset_path(root, list(upstream.asset_key.path))
+            return self.read(path, stored, where=f"asset {upstream.asset_key.to_user_string()}")
+        path = self.output_path(root, run_id, upstream.step_key, upstream.name, upstream.mapping_key)
+        return self.read(path, stored, where=f"run {run_id}, step {upstream.step_key}")

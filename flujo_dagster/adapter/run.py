@@ -1,0 +1,194 @@
+"""`run_pipeline`: run a pipeline on a Dagster instance from Python and read its typed final context."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, cast
+
+import anyio.to_thread
+from dagster import DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
+from pydantic import BaseModel
+
+from flujo_dagster.adapter import metadata as md
+from flujo_dagster.adapter.compiler import CompiledPipeline
+from flujo_dagster.adapter.definitions import compile_all, default_resources
+from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
+from flujo_dagster.adapter.naming import CONTEXT_OUTPUT
+from flujo_dagster.adapter.ops import IO_MANAGER_KEY
+from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.errors import FlujoDagsterError
+from flujo_dagster.runtime.inputs import validate_inputs
+from flujo_dagster.runtime.sync import call_blocking
+
+__all__ = ["PipelineRun", "arun_pipeline", "inputs_run_config", "read_final_context", "run_pipeline"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentCallSummary:
+    """What one agent step used, read back from its output metadata."""
+
+    step_path: str
+    model: str
+    model_source: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+    def render(self) -> str:
+        """One line: `digest > agent:draft: function:offline-digest (offline), 1 request, 50 in / 20 out`."""
+        return (
+            f"{self.step_path}: {self.model} ({self.model_source}), {self.requests} request(s), "
+            f"{self.input_tokens} input / {self.output_tokens} output tokens"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineRun:
+    """The outcome of one run: its id, whether it succeeded, the final typed context, and the failure."""
+
+    run_id: str
+    success: bool
+    context: BaseModel | None
+    error: str | None = None
+    agent_calls: tuple[AgentCallSummary, ...] = ()
+
+    def raise_for_failure(self) -> BaseModel:
+        """The final context, or `FlujoDagsterError` naming the run and what failed."""
+        if not self.success or self.context is None:
+            raise FlujoDagsterError(f"run {self.run_id} failed: {self.error}")
+        return self.context
+
+
+def inputs_run_config(compiled: CompiledPipeline, inputs: Mapping[str, object]) -> dict[str, Any]:
+    """The run config that hands `inputs` (JSON values) to the pipeline's first op."""
+    config: dict[str, Any] = {"config": {"inputs": dict(inputs)}}
+    for part in reversed(compiled.inputs_step_key.split(".")):
+        config = {"ops": {part: config}}
+    return config
+
+
+def read_final_context(
+    compiled: CompiledPipeline, run_id: str, instance: DagsterInstance, io: PydanticJsonIOManager
+) -> BaseModel:
+    """The validated final context a successful run stored."""
+    root = io.root(instance.storage_directory())
+    path = io.output_path(root, run_id, compiled.context_step_key, CONTEXT_OUTPUT)
+    value = io.read(path, StoredKey("context", compiled.pipeline.context), where=f"run {run_id}")
+    assert isinstance(value, BaseModel)
+    return value
+
+
+def _agent_calls(result: ExecuteInProcessResult) -> tuple[AgentCallSummary, ...]:
+    calls: list[AgentCallSummary] = []
+    for event in result.all_events:
+        if event.event_type != DagsterEventType.STEP_OUTPUT or event.step_output_data is None:
+            continue
+        meta = {k: v.value for k, v in event.step_output_data.metadata.items()}
+        if md.MODEL not in meta:
+            continue
+        calls.append(
+            AgentCallSummary(
+                step_path=str(meta[md.STEP_PATH]),
+                model=str(meta[md.MODEL]),
+                model_source=str(meta[md.MODEL_SOURCE]),
+                requests=int(cast(int, meta[md.REQUESTS])),
+                input_tokens=int(cast(int, meta[md.INPUT_TOKENS])),
+                output_tokens=int(cast(int, meta[md.OUTPUT_TOKENS])),
+            )
+        )
+    return tuple(calls)
+
+
+def _failure(result: ExecuteInProcessResult) -> str | None:
+    for event in result.all_events:
+        if event.event_type == DagsterEventType.STEP_FAILURE and event.step_failure_data is not None:
+            err = event.step_failure_data.error
+            message = err.message.strip() if err is not None else "unknown error"
+            return f"step {event.step_key}: {message}"
+    return None if result.success else "the run failed; see its event log"
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    inputs: Mapping[str, object] | None = None,
+    *,
+    resources: Mapping[str, object] | None = None,
+    instance: DagsterInstance | None = None,
+    tags: Mapping[str, str] | None = None,
+    translator: FlujoDagsterTranslator | None = None,
+    log_level: str | None = None,
+) -> PipelineRun:
+    """Validate the pipeline and its inputs, run it in process on `instance`, and return the typed result.
+
+    Bad inputs raise pydantic's `ValidationError` before anything runs. Without `instance`, uses the
+    instance of `DAGSTER_HOME` when it is set, else a temporary one. Safe to call from inside a running
+    event loop (a notebook, an async test): the run then happens in anyio's worker thread.
+    `log_level` sets Dagster's console logger (e.g. "WARNING" to hide the per-event DEBUG lines).
+    """
+    raw = dict(inputs or {})
+    validate_inputs(pipeline, raw)
+    (compiled,) = compile_all([pipeline], translator=translator)
+    chosen = default_resources(resources)
+    defs = Definitions(
+        assets=[compiled.assets] if compiled.assets is not None else [],
+        jobs=[compiled.job],
+        resources=chosen,
+    )
+    job = defs.resolve_job_def(compiled.job_name)
+    run_config = inputs_run_config(compiled, raw)
+    if log_level is not None:
+        run_config["loggers"] = {"console": {"config": {"log_level": log_level}}}
+    with ExitStack() as stack:
+        if instance is None:
+            home = os.environ.get("DAGSTER_HOME")
+            instance = stack.enter_context(DagsterInstance.get() if home else DagsterInstance.ephemeral())
+        result = call_blocking(
+            functools.partial(
+                job.execute_in_process,
+                run_config=run_config,
+                instance=instance,
+                tags=dict(tags or {}),
+                raise_on_error=False,
+            )
+        )
+        context = None
+        if result.success:
+            io = chosen[IO_MANAGER_KEY]
+            assert isinstance(io, PydanticJsonIOManager)
+            context = read_final_context(compiled, result.run_id, instance, io)
+        return PipelineRun(
+            run_id=result.run_id,
+            success=result.success,
+            context=context,
+            error=_failure(result),
+            agent_calls=_agent_calls(result),
+        )
+
+
+async def arun_pipeline(
+    pipeline: Pipeline,
+    inputs: Mapping[str, object] | None = None,
+    *,
+    resources: Mapping[str, object] | None = None,
+    instance: DagsterInstance | None = None,
+    tags: Mapping[str, str] | None = None,
+    translator: FlujoDagsterTranslator | None = None,
+    log_level: str | None = None,
+) -> PipelineRun:
+    """`run_pipeline` for async code: the run happens in anyio's worker thread."""
+    call = functools.partial(
+        run_pipeline,
+        pipeline,
+        inputs,
+        resources=resources,
+        instance=instance,
+        tags=tags,
+        translator=translator,
+        log_level=log_level,
+    )
+    return await anyio.to_thread.run_sync(call)

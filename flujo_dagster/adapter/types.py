@@ -1,0 +1,59 @@
+"""Dagster types for context keys, made from pydantic `TypeAdapter`s (unions, Literal, Annotated, TypedDict...)."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any, cast
+
+from dagster import DagsterType, TypeCheck, TypeCheckContext
+from pydantic import TypeAdapter, ValidationError
+
+from flujo_dagster.validation.typecompat import type_name
+
+__all__ = ["KeyType", "key_type"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+class KeyType(DagsterType):
+    """The Dagster type of one context key. Holds the key's annotation and its `TypeAdapter`."""
+
+    def __init__(self, *, name: str, key: str, annotation: object) -> None:
+        self.context_key = key
+        self.annotation = annotation
+        self.adapter: TypeAdapter[Any] = TypeAdapter(cast(Any, annotation))
+        super().__init__(
+            type_check_fn=self._check,
+            name=name,
+            description=f"context key {key!r}: {type_name(annotation)} (stored as JSON)",
+            typing_type=Any,
+        )
+
+    def _check(self, _context: TypeCheckContext, value: object) -> TypeCheck:
+        try:
+            self.adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            return TypeCheck(
+                success=False,
+                description=f"value for key {self.context_key!r} is not a {type_name(self.annotation)}: {exc}",
+            )
+        return TypeCheck(success=True)
+
+    def coerce(self, value: object) -> object:
+        """Validate (lax) and return the value as the key's type; raises pydantic's ValidationError."""
+        return self.adapter.validate_python(value)
+
+
+@cache
+def _cached(name: str, key: str, annotation: object) -> KeyType:
+    return KeyType(name=name, key=key, annotation=annotation)
+
+
+def key_type(pipeline: str, key: str, annotation: object) -> KeyType:
+    """The (cached) Dagster type for `key` of `pipeline`; one object per key so builds stay cheap."""
+    name = _UNSAFE.sub("_", f"{pipeline}__{key}")
+    try:
+        return _cached(name, key, annotation)
+    except TypeError:  # unhashable annotation (rare): build a fresh one
+        return KeyType(name=name, key=key, annotation=annotation)

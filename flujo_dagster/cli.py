@@ -1,0 +1,126 @@
+"""`flujo-dagster`: validate and run pipelines from the command line."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from types import ModuleType
+
+import click
+from dagster import Definitions
+from pydantic import ValidationError
+
+from flujo_dagster.adapter.run import run_pipeline
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.validation import ValidationReport, validate
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INVALID = 4
+
+
+def _import(module_name: str) -> ModuleType:
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise click.UsageError(f"cannot import module {module_name!r}: {exc}") from exc
+
+
+def _pipelines(module: ModuleType, attr: str | None, target: str) -> list[Pipeline]:
+    if attr is None:
+        found = {id(v): v for v in vars(module).values() if isinstance(v, Pipeline)}
+        if not found:
+            raise click.UsageError(f"module {module.__name__!r} defines no Pipeline; name one as {target}:ATTR")
+        return list(found.values())
+    if not hasattr(module, attr):
+        raise click.UsageError(f"module {module.__name__!r} has no attribute {attr!r}")
+    value = getattr(module, attr)
+    if isinstance(value, Pipeline):
+        return [value]
+    if isinstance(value, list | tuple) and value and all(isinstance(v, Pipeline) for v in value):
+        return list(value)
+    raise click.UsageError(f"{target} is a {type(value).__name__}, not a flujo_dagster Pipeline")
+
+
+def _split_target(target: str) -> tuple[str, str | None]:
+    module_name, _, attr = target.partition(":")
+    if not module_name:
+        raise click.UsageError(f"expected MODULE[:ATTR], got {target!r}")
+    return module_name, attr or None
+
+
+def _resources(module: ModuleType) -> Mapping[str, object]:
+    for value in vars(module).values():
+        if isinstance(value, Definitions):
+            return dict(value.resources or {})
+    return {}
+
+
+def _parse_input(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.UsageError(f"--input takes key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+@click.group()
+def main() -> None:
+    """flujo_dagster: typed AI-agent pipelines on Dagster."""
+
+
+@main.command("validate")
+@click.argument("target")
+def validate_command(target: str) -> None:
+    """Validate the pipelines in MODULE (or MODULE:ATTR). Exit 0 ok, 2 usage error, 4 findings with errors."""
+    module_name, attr = _split_target(target)
+    try:
+        module = _import(module_name)
+    except ConfigurationError as exc:
+        report = ValidationReport.of(exc.findings)
+        click.echo(report.render() if exc.findings else str(exc))
+        sys.exit(EXIT_INVALID)
+    report = validate(_pipelines(module, attr, target))
+    click.echo(report.render())
+    sys.exit(EXIT_OK if report.ok else EXIT_INVALID)
+
+
+@main.command("run")
+@click.argument("target")
+@click.option("--input", "inputs", multiple=True, help="key=value (value parsed as JSON when it can be)")
+@click.option("--log-level", default="WARNING", show_default=True, help="Dagster console log level")
+def run_command(target: str, inputs: tuple[str, ...], log_level: str) -> None:
+    """Run the pipeline MODULE:ATTR in process on DAGSTER_HOME's instance and print the final context.
+
+    Resources (the agent runtime, the IO manager) come from the module's Definitions when it has one.
+    """
+    module_name, attr = _split_target(target)
+    module = _import(module_name)
+    pipelines = _pipelines(module, attr, target)
+    if len(pipelines) != 1:
+        raise click.UsageError(f"{target} holds {len(pipelines)} pipelines; name one as MODULE:ATTR")
+    values = dict(_parse_input(i) for i in inputs)
+    try:
+        result = run_pipeline(pipelines[0], values, resources=_resources(module), log_level=log_level)
+    except ValidationError as exc:
+        click.echo(f"invalid run inputs for pipeline {pipelines[0].name!r}:\n{exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(f"run id: {result.run_id}")
+    for call in result.agent_calls:
+        click.echo(f"agent step {call.render()}")
+    if not result.success or result.context is None:
+        click.echo(f"run failed: {result.error}", err=True)
+        sys.exit(EXIT_RUN_FAILED)
+    click.echo(f"final context ({type(result.context).__name__}):")
+    click.echo(result.context.model_dump_json(indent=2))

@@ -1,0 +1,92 @@
+"""`@step` and `agent_step(...)`: the friendly constructors of function and agent steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import overload
+
+from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Retry
+from flujo_dagster.interfaces import AgentLike, ModelLike
+
+__all__ = ["agent_step", "step"]
+
+
+@overload
+def step(fn: Callable[..., object], /) -> FunctionStep: ...
+
+
+@overload
+def step(
+    *,
+    name: str | None = None,
+    input_keys: Sequence[str] | None = None,
+    output_keys: Sequence[str] | None = None,
+    retry: Retry | None = None,
+    timeout_s: float | None = None,
+    inline: bool = False,
+) -> Callable[[Callable[..., object]], FunctionStep]: ...
+
+
+def step(
+    fn: Callable[..., object] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    input_keys: Sequence[str] | None = None,
+    output_keys: Sequence[str] | None = None,
+    retry: Retry | None = None,
+    timeout_s: float | None = None,
+    inline: bool = False,
+) -> FunctionStep | Callable[[Callable[..., object]], FunctionStep]:
+    """Turn a function (sync or async) into a pipeline step.
+
+    Used bare (`@step`) or with options (`@step(name=..., output_keys=[...], retry=Retry(...))`).
+    Parameters named after context keys are the keys read; see `FunctionStep` for what is written.
+    A sync function's timeout stops the waiting, not the work (it runs in a worker thread).
+    """
+
+    def wrap(func: Callable[..., object]) -> FunctionStep:
+        return FunctionStep(
+            name=name if name is not None else func.__name__,
+            fn=func,
+            input_keys=tuple(input_keys) if input_keys is not None else None,
+            output_keys=tuple(output_keys) if output_keys is not None else None,
+            retry=retry if retry is not None else Retry(),
+            timeout_s=timeout_s,
+            inline=inline,
+        )
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap
+
+
+def agent_step(
+    name: str,
+    agent: AgentLike | None,
+    *,
+    prompt: str | Callable[..., str],
+    output_key: str | None = None,
+    model: str | ModelLike | None = None,
+    model_settings: Mapping[str, object] | None = None,
+    retry: Retry | None = None,
+    timeout_s: float | None = None,
+    inline: bool = False,
+) -> AgentStep:
+    """A step that runs a pydantic-ai `Agent`.
+
+    `prompt` is a `str.format` template over keys ("Summarise {sources}") or a callable whose parameters are
+    keys. The output goes to `output_key`, or to the key named like the step. `model` overrides the agent's
+    model (`provider:model`); build agents with `defer_model_check=True` so no key is needed at import.
+    """
+    return AgentStep(
+        name=name,
+        agent=agent,
+        prompt=prompt,
+        output_key=output_key,
+        model=model,
+        model_settings=dict(model_settings) if model_settings is not None else None,
+        retry=retry if retry is not None else Retry(),
+        timeout_s=timeout_s,
+        inline=inline,
+    )

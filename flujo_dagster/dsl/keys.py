@@ -1,0 +1,89 @@
+"""Which context keys a step reads and writes, inferred from signatures or given explicitly."""
+
+from __future__ import annotations
+
+import inspect
+import string
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
+
+__all__ = ["StepKeys", "annotations_of", "resolve_keys", "return_annotation"]
+
+_NO_ANNOTATION = inspect.Parameter.empty
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepKeys:
+    """The keys a step reads and writes.
+
+    `writes` is None when it cannot be inferred (rule V-CTX3). `split` is True when the step returns one
+    object whose attributes (or mapping items) are the written keys.
+    """
+
+    reads: tuple[str, ...]
+    writes: tuple[str, ...] | None
+    split: bool = False
+
+
+def annotations_of(fn: Callable[..., object]) -> dict[str, object]:
+    """Resolved annotations of a function (string annotations evaluated); empty if they cannot be."""
+    try:
+        return dict(typing.get_type_hints(fn, include_extras=True))
+    except (NameError, TypeError):
+        return dict(getattr(fn, "__annotations__", {}))
+
+
+def return_annotation(fn: Callable[..., object]) -> object:
+    """The function's return annotation, or `inspect.Parameter.empty`."""
+    return annotations_of(fn).get("return", _NO_ANNOTATION)
+
+
+def _parameter_names(fn: Callable[..., object]) -> tuple[str, ...]:
+    params = inspect.signature(fn).parameters.values()
+    return tuple(
+        p.name for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    )
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """Field names of a `str.format` template, in order, without repeats (`{a.b}` reads `a`)."""
+    seen: dict[str, None] = {}
+    for _, field_name, _, _ in string.Formatter().parse(template):
+        if field_name:
+            root = field_name.split(".", 1)[0].split("[", 1)[0]
+            seen.setdefault(root, None)
+    return tuple(seen)
+
+
+def _model_fields_are_keys(annotation: object, fields: Mapping[str, object]) -> tuple[str, ...] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        names = tuple(annotation.model_fields)
+        if names and all(n in fields for n in names):
+            return names
+    return None
+
+
+def resolve_keys(step: Step, fields: Mapping[str, object]) -> StepKeys:
+    """Resolve the keys `step` reads and writes against the context's `fields`."""
+    if isinstance(step, FunctionStep):
+        reads = step.input_keys if step.input_keys is not None else _parameter_names(step.fn)
+        if step.output_keys is not None:
+            return StepKeys(reads=reads, writes=step.output_keys, split=len(step.output_keys) != 1)
+        if step.name in fields:
+            return StepKeys(reads=reads, writes=(step.name,))
+        model_keys = _model_fields_are_keys(return_annotation(step.fn), fields)
+        if model_keys is not None:
+            return StepKeys(reads=reads, writes=model_keys, split=True)
+        return StepKeys(reads=reads, writes=None)
+    if isinstance(step, AgentStep):
+        if isinstance(step.prompt, str):
+            reads = template_fields(step.prompt)
+        else:
+            reads = _parameter_names(step.prompt)
+        return StepKeys(reads=reads, writes=(step.output_key or step.name,))
+    raise TypeError(f"no key rule for step kind {type(step).__name__}")

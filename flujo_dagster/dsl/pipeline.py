@@ -1,0 +1,102 @@
+"""`Pipeline`: a named, typed sequence of steps over a pydantic context model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from flujo_dagster.dsl.keys import StepKeys, resolve_keys
+from flujo_dagster.dsl.steps import Step, StepsLike, as_steps
+from flujo_dagster.errors import ConfigurationError
+
+__all__ = ["Pipeline"]
+
+
+@dataclass(frozen=True, init=False)
+class Pipeline:
+    """A pipeline: a name, a context model whose fields are the keys, steps, and the keys kept as assets.
+
+    Fields without a default that no step writes are the run's inputs. `pipeline >> step` gives a new
+    pipeline; so does `pipeline >> other_pipeline` when both use the same context model.
+    """
+
+    name: str
+    context: type[BaseModel]
+    steps: tuple[Step, ...]
+    assets: tuple[str, ...] = field(default=())
+    description: str | None = None
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        context: type[BaseModel],
+        steps: StepsLike,
+        assets: Iterable[str] = (),
+        description: str | None = None,
+    ) -> None:
+        if not (isinstance(context, type) and issubclass(context, BaseModel)):
+            raise ConfigurationError(
+                f"Pipeline {name!r}: context must be a pydantic BaseModel subclass, got {context!r}. "
+                "Declare the keys as fields of a model and pass the class."
+            )
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "context", context)
+        object.__setattr__(self, "steps", as_steps(steps))
+        object.__setattr__(self, "assets", tuple(assets))
+        object.__setattr__(self, "description", description)
+
+    def __rshift__(self, other: StepsLike | Pipeline) -> Pipeline:
+        if isinstance(other, Pipeline):
+            if other.context is not self.context:
+                raise ConfigurationError(
+                    f"Cannot compose pipeline {self.name!r} (context {self.context.__name__}) with pipeline "
+                    f"{other.name!r} (context {other.context.__name__}): both must use the same context model."
+                )
+            added: tuple[Step, ...] = other.steps
+            assets = (*self.assets, *(a for a in other.assets if a not in self.assets))
+        else:
+            added = as_steps(other)
+            assets = self.assets
+        return Pipeline(
+            self.name,
+            context=self.context,
+            steps=(*self.steps, *added),
+            assets=assets,
+            description=self.description,
+        )
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
+
+    @property
+    def fields(self) -> dict[str, object]:
+        """The context's keys and their annotations."""
+        return {name: info.annotation for name, info in self.context.model_fields.items()}
+
+    def keys_of(self, step: Step) -> StepKeys:
+        """The keys `step` reads and writes in this pipeline."""
+        return resolve_keys(step, self.fields)
+
+    def written_keys(self) -> set[str]:
+        """Every key some step writes."""
+        out: set[str] = set()
+        for s in self.steps:
+            out.update(self.keys_of(s).writes or ())
+        return out
+
+    def has_default(self, key: str) -> bool:
+        """True when the context field `key` has a default value (or factory)."""
+        return not self.context.model_fields[key].is_required()
+
+    def input_keys(self) -> tuple[str, ...]:
+        """The run's required inputs: fields without a default that no step writes."""
+        written = self.written_keys()
+        return tuple(k for k in self.context.model_fields if not self.has_default(k) and k not in written)
+
+    def initial_keys(self) -> tuple[str, ...]:
+        """Keys that have a value when the run starts: the inputs and every defaulted field."""
+        inputs = set(self.input_keys())
+        return tuple(k for k in self.context.model_fields if k in inputs or self.has_default(k))

@@ -1,0 +1,133 @@
+"""Step nodes of the DSL: function steps, agent steps, sequences. Pure data; constructing runs nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from flujo_dagster.interfaces import AgentLike, ModelLike
+
+__all__ = [
+    "AgentStep",
+    "FunctionStep",
+    "Retry",
+    "Step",
+    "StepSequence",
+    "StepsLike",
+    "as_steps",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retry:
+    """How often a failed step is tried again, and how long to wait between tries.
+
+    Maps to Dagster's `RetryPolicy`. `max_retries=0` (the default) means one attempt only.
+    """
+
+    max_retries: int = 0
+    delay_s: float = 1.0
+    backoff: Literal["constant", "linear", "exponential"] = "exponential"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """Base of every DSL node. The name is unique within a pipeline and names the step's op."""
+
+    name: str
+    retry: Retry = field(default_factory=Retry)
+    timeout_s: float | None = None
+    inline: bool = False
+
+    kind = "step"
+
+    def __rshift__(self, other: StepsLike) -> StepSequence:
+        return StepSequence((self, *as_steps(other)))
+
+    def __rrshift__(self, other: StepsLike) -> StepSequence:
+        return StepSequence((*as_steps(other), self))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FunctionStep(Step):
+    """A step that calls a Python function (sync or async).
+
+    Reads the keys named by its parameters (or `input_keys`); writes the key named like the step, or the
+    fields of the model it returns when they are all keys (or `output_keys`).
+    """
+
+    fn: Callable[..., object]
+    input_keys: tuple[str, ...] | None = None
+    output_keys: tuple[str, ...] | None = None
+
+    kind = "step"
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        """Call the wrapped function directly (handy in unit tests of the function itself)."""
+        return self.fn(*args, **kwargs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentStep(Step):
+    """A step that runs a pydantic-ai agent on a prompt built from context keys.
+
+    `prompt` is a `str.format` template whose fields are the keys read, or a callable whose parameters are
+    the keys read. The agent's output is written to `output_key` (default: the key named like the step).
+    """
+
+    agent: AgentLike | None
+    prompt: str | Callable[..., str]
+    output_key: str | None = None
+    model: str | ModelLike | None = None
+    model_settings: Mapping[str, object] | None = None
+
+    kind = "agent"
+
+    def model_id(self) -> str | None:
+        """The `provider:model` this step runs on when nothing overrides it, or None if unknown."""
+        chosen: object = self.model if self.model is not None else getattr(self.agent, "model", None)
+        return model_id_of(chosen)
+
+
+def model_id_of(model: object) -> str | None:
+    """`provider:model` for a model string or model object; None when there is no model."""
+    if model is None:
+        return None
+    if isinstance(model, str):
+        return model
+    if isinstance(model, ModelLike):
+        return f"{model.system}:{model.model_name}"
+    return None
+
+
+@dataclass(frozen=True)
+class StepSequence:
+    """An ordered run of steps, made with `a >> b`."""
+
+    steps: tuple[Step, ...]
+
+    def __rshift__(self, other: StepsLike) -> StepSequence:
+        return StepSequence((*self.steps, *as_steps(other)))
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+StepsLike: TypeAlias = Step | StepSequence | Iterable[Step]
+
+
+def as_steps(value: StepsLike) -> tuple[Step, ...]:
+    """Normalise a step, a sequence or an iterable of steps to a tuple of steps."""
+    if isinstance(value, Step):
+        return (value,)
+    if isinstance(value, StepSequence):
+        return value.steps
+    steps = tuple(value)
+    for item in steps:
+        if not isinstance(item, Step):
+            raise TypeError(f"expected a flujo_dagster step, got {type(item).__name__}: {item!r}")
+    return steps

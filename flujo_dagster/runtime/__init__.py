@@ -1,0 +1,1 @@
+"""Dagster-free run-time logic: calling steps, running agents, building prompts."""

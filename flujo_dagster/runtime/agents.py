@@ -1,0 +1,60 @@
+"""Running a pydantic-ai agent for one step and collecting what it used."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic_ai import Agent
+from pydantic_ai.models import Model
+from pydantic_ai.settings import ModelSettings
+
+from flujo_dagster.dsl.steps import model_id_of
+
+__all__ = ["AgentCall", "run_agent"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentCall:
+    """The result of one agent step: its output, usage, and the model that actually answered."""
+
+    output: object
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    requests: int
+
+
+async def run_agent(
+    agent: Agent[Any, Any],
+    prompt: str,
+    *,
+    model: Model | str | None,
+    model_settings: Mapping[str, Any] | None,
+) -> AgentCall:
+    """Run `agent` on `prompt` (with `model` replacing the agent's own when given) in the caller's loop."""
+    settings: ModelSettings | None = ModelSettings(**model_settings) if model_settings else None  # type: ignore[typeddict-item]
+    result = await agent.run(prompt, model=model, model_settings=settings)
+    usage = result.usage
+    answered = _answering_model(result.all_messages(), model if model is not None else agent.model)
+    return AgentCall(
+        output=result.output,
+        model=answered,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        requests=usage.requests,
+    )
+
+
+def _answering_model(messages: list[Any], fallback: object) -> str:
+    """`provider:model` of the last response's model (what really answered), else the configured one."""
+    for message in reversed(messages):
+        name = getattr(message, "model_name", None)
+        provider = getattr(message, "provider_name", None)
+        if getattr(message, "kind", None) == "response" and name:
+            system = provider or (model_id_of(fallback) or "unknown:").split(":", 1)[0]
+            return f"{system}:{name}"
+    return model_id_of(fallback) or "unknown"

@@ -1,0 +1,74 @@
+"""Findings and the validation report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from flujo_dagster.errors import ConfigurationError
+
+__all__ = ["Finding", "Severity", "ValidationReport"]
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finding:
+    """One problem found in a pipeline: rule code, severity, step path, what is wrong, what to do."""
+
+    code: str
+    severity: Severity
+    path: str
+    message: str
+    hint: str = ""
+
+    def render(self) -> str:
+        """One line: `[CODE] error at path: message (hint: ...)`."""
+        text = f"[{self.code}] {self.severity} at {self.path}: {self.message}"
+        return f"{text} Hint: {self.hint}" if self.hint else text
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Every finding for one or more pipelines."""
+
+    findings: tuple[Finding, ...] = ()
+
+    @classmethod
+    def of(cls, findings: Iterable[Finding]) -> ValidationReport:
+        """A report over `findings`, in the order found."""
+        return cls(tuple(findings))
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        """The findings with severity `error`."""
+        return tuple(f for f in self.findings if f.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Finding, ...]:
+        """The findings with severity `warning`."""
+        return tuple(f for f in self.findings if f.severity == "warning")
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error finding."""
+        return not self.errors
+
+    def __add__(self, other: ValidationReport) -> ValidationReport:
+        return ValidationReport((*self.findings, *other.findings))
+
+    def render(self) -> str:
+        """Every finding, one a line, then a count."""
+        lines = [f.render() for f in self.findings]
+        lines.append(f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)")
+        return "\n".join(lines)
+
+    def raise_for_errors(self) -> None:
+        """Raise `ConfigurationError` listing every error finding, if there is any."""
+        if self.errors:
+            body = "\n".join(f"  {f.render()}" for f in self.errors)
+            raise ConfigurationError(
+                f"flujo_dagster found {len(self.errors)} error(s) in the pipeline definitions:\n{body}",
+                self.errors,
+            )

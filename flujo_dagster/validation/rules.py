@@ -1,0 +1,228 @@
+"""Validation rules over a pipeline's DSL tree. Each rule yields findings; the catalog is docs/validation.md."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import keyword
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flujo_dagster.dsl.keys import annotations_of, resolve_keys, return_annotation
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
+from flujo_dagster.validation.findings import Finding
+from flujo_dagster.validation.typecompat import is_assignable, json_round_trip_problem, type_name
+
+__all__ = ["RESERVED_STEP_NAMES", "RULES", "step_path"]
+
+Rule = Callable[[Pipeline], Iterator[Finding]]
+
+#: Op names the compiler uses itself, and words Dagster refuses as names.
+RESERVED_STEP_NAMES = frozenset(
+    {"flujo_inputs", "flujo_context", "context", "config", "input", "output", "type", *keyword.kwlist}
+)
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_EMPTY = inspect.Parameter.empty
+
+
+def step_path(pipeline: Pipeline, step: Step) -> str:
+    """`pipeline > kind:name`, the path findings and errors use."""
+    return f"{pipeline.name} > {step.kind}:{step.name}"
+
+
+def _close(key: str, known: list[str]) -> str:
+    match = difflib.get_close_matches(key, known, n=1)
+    return f"did you mean {match[0]!r}?" if match else f"known keys: {', '.join(known)}"
+
+
+def rule_names(pipeline: Pipeline) -> Iterator[Finding]:
+    """V-NAME: step names are unique, legal op names, and not reserved."""
+    seen: set[str] = set()
+    if not _NAME_RE.match(pipeline.name):
+        yield Finding(
+            code="V-NAME",
+            severity="error",
+            path=pipeline.name,
+            message=f"pipeline name {pipeline.name!r} is not a legal Dagster name.",
+            hint="use letters, digits and underscores, not starting with a digit",
+        )
+    for s in pipeline.steps:
+        path = step_path(pipeline, s)
+        if not _NAME_RE.match(s.name):
+            yield Finding(
+                code="V-NAME",
+                severity="error",
+                path=path,
+                message=f"step name {s.name!r} is not a legal op name.",
+                hint="use letters, digits and underscores, not starting with a digit",
+            )
+        elif s.name in RESERVED_STEP_NAMES:
+            yield Finding(
+                code="V-NAME",
+                severity="error",
+                path=path,
+                message=f"step name {s.name!r} is reserved.",
+                hint="rename the step (name=...)",
+            )
+        if s.name in seen:
+            yield Finding(
+                code="V-NAME",
+                severity="error",
+                path=path,
+                message=f"step name {s.name!r} is used more than once in pipeline {pipeline.name!r}.",
+                hint="give each step a unique name (name=...)",
+            )
+        seen.add(s.name)
+
+
+def rule_keys(pipeline: Pipeline) -> Iterator[Finding]:
+    """V-CTX1 (read before written), V-CTX2 (unknown key), V-CTX3 (writes cannot be inferred)."""
+    fields = pipeline.fields
+    known = list(fields)
+    live = set(pipeline.initial_keys())
+    for s in pipeline.steps:
+        path = step_path(pipeline, s)
+        keys = resolve_keys(s, fields)
+        for key in keys.reads:
+            if key not in fields:
+                yield Finding(
+                    code="V-CTX2",
+                    severity="error",
+                    path=path,
+                    message=f"reads unknown key {key!r}: it is not a field of {pipeline.context.__name__}.",
+                    hint=_close(key, known),
+                )
+            elif key not in live:
+                yield Finding(
+                    code="V-CTX1",
+                    severity="error",
+                    path=path,
+                    message=f"reads key {key!r} before any step writes it, and it has no default.",
+                    hint=f"write {key!r} in an earlier step, or give the field a default",
+                )
+        if keys.writes is None:
+            yield Finding(
+                code="V-CTX3",
+                severity="error",
+                path=path,
+                message=(
+                    f"cannot tell which keys step {s.name!r} writes: no key is named {s.name!r} and it "
+                    "does not return a model whose fields are all keys."
+                ),
+                hint="pass output_keys=[...] to @step, or name the step after the key it writes",
+            )
+            continue
+        for key in keys.writes:
+            if key not in fields:
+                yield Finding(
+                    code="V-CTX2",
+                    severity="error",
+                    path=path,
+                    message=f"writes unknown key {key!r}: it is not a field of {pipeline.context.__name__}.",
+                    hint=_close(key, known),
+                )
+        live.update(keys.writes)
+    for key in pipeline.assets:
+        if key not in fields:
+            yield Finding(
+                code="V-CTX2",
+                severity="error",
+                path=pipeline.name,
+                message=f"asset {key!r} is not a field of {pipeline.context.__name__}.",
+                hint=_close(key, known),
+            )
+
+
+def _function_type_findings(pipeline: Pipeline, s: FunctionStep) -> Iterator[Finding]:
+    fields = pipeline.fields
+    keys = resolve_keys(s, fields)
+    hints = annotations_of(s.fn)
+    path = step_path(pipeline, s)
+    for key in keys.reads:
+        if key in fields and key in hints and not is_assignable(fields[key], hints[key]):
+            yield Finding(
+                code="V-TYPE",
+                severity="error",
+                path=path,
+                message=(
+                    f"parameter {key!r} is annotated {type_name(hints[key])} but key {key!r} holds "
+                    f"{type_name(fields[key])}."
+                ),
+                hint=f"annotate the parameter as {type_name(fields[key])}, or change the context field",
+            )
+    returned = return_annotation(s.fn)
+    if keys.writes is None or returned is _EMPTY or keys.split:
+        return
+    (key,) = keys.writes
+    if key in fields and not is_assignable(returned, fields[key]):
+        yield Finding(
+            code="V-TYPE",
+            severity="error",
+            path=path,
+            message=(f"returns {type_name(returned)} but writes key {key!r}, which holds {type_name(fields[key])}."),
+            hint=f"return {type_name(fields[key])}, or change the context field",
+        )
+
+
+def _agent_type_findings(pipeline: Pipeline, s: AgentStep) -> Iterator[Finding]:
+    fields = pipeline.fields
+    key = s.output_key or s.name
+    output_type: Any = getattr(s.agent, "output_type", None)
+    if key in fields and isinstance(output_type, type) and not is_assignable(output_type, fields[key]):
+        yield Finding(
+            code="V-TYPE",
+            severity="error",
+            path=step_path(pipeline, s),
+            message=(
+                f"the agent's output_type is {type_name(output_type)} but key {key!r} holds {type_name(fields[key])}."
+            ),
+            hint=f"build the agent with output_type={type_name(fields[key])}, or change the context field",
+        )
+
+
+def rule_types(pipeline: Pipeline) -> Iterator[Finding]:
+    """V-TYPE: annotations agree with the context's field types; field types survive JSON."""
+    for name, annotation in pipeline.fields.items():
+        problem = json_round_trip_problem(annotation)
+        if problem is not None:
+            yield Finding(
+                code="V-TYPE",
+                severity="error",
+                path=f"{pipeline.name} > key:{name}",
+                message=f"key {name!r} ({type_name(annotation)}) does not round-trip through JSON: {problem}.",
+                hint="every key is stored as JSON; choose a JSON-friendly type",
+            )
+    for s in pipeline.steps:
+        if isinstance(s, FunctionStep):
+            yield from _function_type_findings(pipeline, s)
+        elif isinstance(s, AgentStep):
+            yield from _agent_type_findings(pipeline, s)
+
+
+def rule_agents(pipeline: Pipeline) -> Iterator[Finding]:
+    """V-A1: an agent step has an agent, and a model known at definition time."""
+    for s in pipeline.steps:
+        if not isinstance(s, AgentStep):
+            continue
+        path = step_path(pipeline, s)
+        if s.agent is None:
+            yield Finding(
+                code="V-A1",
+                severity="error",
+                path=path,
+                message="agent step has no agent.",
+                hint="pass a pydantic-ai Agent: agent_step(name, Agent(...), prompt=...)",
+            )
+        elif s.model_id() is None:
+            yield Finding(
+                code="V-A1",
+                severity="error",
+                path=path,
+                message="agent step has no model: neither the agent nor the step names one.",
+                hint="build the agent with a model ('provider:model', defer_model_check=True) or pass model=",
+            )
+
+
+RULES: tuple[Rule, ...] = (rule_names, rule_keys, rule_types, rule_agents)
