@@ -58,6 +58,27 @@ def _emitted_initial_keys(pipeline: Pipeline) -> tuple[str, ...]:
     return tuple(k for k in pipeline.initial_keys() if k in needed or k not in written)
 
 
+def _asset_lineage(
+    upstream: dict[str, list[Producer]], produced_by: dict[str, Producer], asset_of: dict[Producer, str]
+) -> dict[str, set[str]]:
+    """For each asset output, the asset outputs it derives from: walk the data flow upstream from its
+    producer and stop at the nearest asset outputs. Dagster does not infer lineage inside a graph asset."""
+    lineage: dict[str, set[str]] = {}
+    for out, (op, _) in produced_by.items():
+        found: set[str] = set()
+        seen: set[str] = set()
+        frontier = list(upstream.get(op, ()))
+        while frontier:
+            source = frontier.pop()
+            if source in asset_of and asset_of[source] != out:
+                found.add(asset_of[source])
+            elif source[0] not in seen:
+                seen.add(source[0])
+                frontier.extend(upstream.get(source[0], ()))
+        lineage[out] = found
+    return lineage
+
+
 def compile_pipeline(
     pipeline: Pipeline,
     *,
@@ -69,6 +90,7 @@ def compile_pipeline(
     live: dict[str, Producer] = {k: (INPUTS_OP, io_name(k)) for k in emitted}
     node_defs = [inputs_op(pipeline, INPUTS_OP, emitted)]
     deps: dict[str, dict[str, DependencyDefinition | MultiDependencyDefinition]] = {}
+    upstream: dict[str, list[Producer]] = {}
     for s in pipeline.steps:
         keys = pipeline.keys_of(s)
         if keys.writes is None:
@@ -82,15 +104,18 @@ def compile_pipeline(
         )
         node_defs.append(step_op(pipeline, s, wiring))
         deps[wiring.op] = {io_name(k): DependencyDefinition(*live[k]) for k in keys.reads}
+        upstream[wiring.op] = [live[k] for k in keys.reads]
         live.update({k: (wiring.op, io_name(k)) for k in keys.writes})
-    prefix = f"{pipeline.name}." if pipeline.assets else ""
+    prefix = f"{pipeline.name}_graph." if pipeline.assets else ""
     node_defs.append(context_op(pipeline, CONTEXT_OP, live, step_key_prefix=prefix))
     sources = list(dict.fromkeys(live.values()))
     deps[CONTEXT_OP] = {"after": MultiDependencyDefinition([DependencyDefinition(*p) for p in sources])}
+    upstream[CONTEXT_OP] = sources
 
     job_name = translator.get_job_name(pipeline)
     graph = GraphDefinition(
-        name=pipeline.name,
+        # not the job's name: Dagster wants graph and job names distinct within a code location
+        name=f"{pipeline.name}_graph" if pipeline.assets else pipeline.name,
         description=pipeline.description,
         node_defs=node_defs,
         dependencies=deps,
@@ -122,9 +147,13 @@ def compile_pipeline(
     metadata[CONTEXT_OUTPUT] = dict(translator.get_metadata(pipeline, None))
     tags = {o: dict(translator.get_tags(pipeline, k)) for o, k in outs.items()}
     tags[CONTEXT_OUTPUT] = dict(translator.get_tags(pipeline, None))
+    produced_by = {io_name(k): live[k] for k in pipeline.assets}
+    produced_by[CONTEXT_OUTPUT] = (CONTEXT_OP, CONTEXT_OUTPUT)
+    lineage = _asset_lineage(upstream, produced_by, {p: o for o, p in produced_by.items()})
     assets = AssetsDefinition.from_graph(
         graph,
         keys_by_output_name=asset_keys,
+        internal_asset_deps={o: {asset_keys[d] for d in parents} for o, parents in lineage.items()},
         group_names_by_output_name=groups,
         descriptions_by_output_name={o: d for o, d in descriptions.items() if d is not None},
         metadata_by_output_name=metadata,

@@ -62,6 +62,19 @@ class StoredKey:
         return cls(fallback_key, dagster_type.typing_type)
 
 
+def _declared_type(context: InputContext, upstream: OutputContext) -> DagsterType:
+    """The producer's flujo type when known (fan-in elements keep theirs), else the input's own type.
+
+    Outside a run (`Definitions.load_asset_value`) the producer's type is not available: the input's type is
+    used, which is `python_type=` when the caller passes one.
+    """
+    try:
+        produced = upstream.dagster_type
+    except DagsterInvariantViolationError:
+        return context.dagster_type
+    return produced if isinstance(produced, KeyType) else context.dagster_type
+
+
 class PydanticJsonIOManager(ConfigurableIOManager):
     """Stores each op output as JSON at `<base_dir>/<run_id>/<step_key>/<output>[/<mapping_key>].json`.
 
@@ -157,17 +170,14 @@ class PydanticJsonIOManager(ConfigurableIOManager):
                 f"input {context.name!r} of step {context.step_context.step.key} has no upstream output; "
                 "the flujo IO manager only loads values that ops produced."
             )
-        declared = upstream.dagster_type if isinstance(upstream.dagster_type, KeyType) else context.dagster_type
-        stored = StoredKey.of(declared, upstream.name)
+        stored = StoredKey.of(_declared_type(context, upstream), upstream.name)
         root = self.root(context.instance.storage_directory())
         try:
-            run_id = upstream.run_id
-        except DagsterInvariantViolationError:  # loading an asset outside a run
-            run_id = None
-        if run_id is None:
+            run_id, step_key = upstream.run_id, upstream.step_key
+        except DagsterInvariantViolationError:  # loading an asset outside a run: its latest copy
             if not upstream.has_asset_key:
-                raise StorageError(f"cannot load input {context.name!r}: no run and no asset to read from.")
+                raise StorageError(f"cannot load input {context.name!r}: no run and no asset to read from.") from None
             path = self.asset_path(root, list(upstream.asset_key.path))
             return self.read(path, stored, where=f"asset {upstream.asset_key.to_user_string()}")
-        path = self.output_path(root, run_id, upstream.step_key, upstream.name, upstream.mapping_key)
-        return self.read(path, stored, where=f"run {run_id}, step {upstream.step_key}")
+        path = self.output_path(root, run_id, step_key, upstream.name, upstream.mapping_key)
+        return self.read(path, stored, where=f"run {run_id}, step {step_key}")

@@ -108,6 +108,9 @@ def _failure(result: ExecuteInProcessResult) -> str | None:
     for event in result.all_events:
         if event.event_type == DagsterEventType.STEP_FAILURE and event.step_failure_data is not None:
             err = event.step_failure_data.error
+            while err is not None and err.cause is not None and (err.cls_name or "").startswith("Dagster"):
+                # report the step's own error, not Dagster's wrapper around it
+                err = err.cause
             message = err.message.strip() if err is not None else "unknown error"
             return f"step {event.step_key}: {message}"
     return None if result.success else "the run failed; see its event log"

@@ -7,7 +7,7 @@ import inspect
 import keyword
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, get_origin
 
 from flujo_dagster.dsl.keys import annotations_of, resolve_keys, return_annotation
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -170,7 +170,9 @@ def _agent_type_findings(pipeline: Pipeline, s: AgentStep) -> Iterator[Finding]:
     fields = pipeline.fields
     key = s.output_key or s.name
     output_type: Any = getattr(s.agent, "output_type", None)
-    if key in fields and isinstance(output_type, type) and not is_assignable(output_type, fields[key]):
+    # a class or a generic alias / union (list[Source], str | None); not pydantic-ai's output specs (lists, markers)
+    is_annotation = isinstance(output_type, type) or get_origin(output_type) is not None
+    if key in fields and is_annotation and not is_assignable(output_type, fields[key]):
         yield Finding(
             code="V-TYPE",
             severity="error",

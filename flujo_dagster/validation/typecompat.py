@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
+from pydantic.types import EncodedBytes, EncodedStr
 
 __all__ = ["is_assignable", "json_round_trip_problem", "type_name"]
 
@@ -98,8 +99,15 @@ _NOT_ROUND_TRIPPING: dict[object, str] = {
 }
 
 
+def _encoded(metadata: cabc.Iterable[object]) -> bool:
+    """True when pydantic metadata encodes the value for JSON (`Base64Bytes`, `Base64Str`, ...)."""
+    return any(isinstance(m, EncodedBytes | EncodedStr) for m in metadata)
+
+
 def json_round_trip_problem(tp: object) -> str | None:
     """Why values of annotation `tp` would not survive a JSON round trip, or None when they do."""
+    if get_origin(tp) is Annotated and _encoded(get_args(tp)[1:]):
+        return None
     tp = _strip(tp)
     if tp in _NOT_ROUND_TRIPPING:
         return _NOT_ROUND_TRIPPING[tp]
@@ -107,6 +115,8 @@ def json_round_trip_problem(tp: object) -> str | None:
         return "a plain `object` annotation loses the value's type in JSON; declare the concrete type"
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         for name, info in tp.model_fields.items():
+            if _encoded(info.metadata):
+                continue
             problem = json_round_trip_problem(info.annotation)
             if problem is not None:
                 return f"field {name!r} of {tp.__name__}: {problem}"

@@ -1,0 +1,20 @@
+"""The example pipeline built with the multiprocess executor: a reconstructable target for execute_job."""
+
+from __future__ import annotations
+
+from dagster import JobDefinition, multiprocess_executor
+
+from definitions.digest import digest
+from definitions.offline import offline_model
+from flujo_dagster import AgentRuntime, build_definitions
+
+defs = build_definitions(
+    pipelines=[digest],
+    resources={"agent_runtime": AgentRuntime(model=offline_model())},
+    executor=multiprocess_executor,
+)
+
+
+def digest_multiprocess_job() -> JobDefinition:
+    """The digest job under the multiprocess executor."""
+    return defs.resolve_job_def("digest")

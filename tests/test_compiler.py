@@ -1,0 +1,218 @@
+"""Compiling pipelines: typed keys as ins and outs, inputs validated first, retries, timeouts, assets, naming."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+import anyio
+import pytest
+from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, RetryPolicy
+from pydantic import BaseModel, Field, ValidationError
+from typing_extensions import TypedDict
+
+from flujo_dagster import (
+    FlujoDagsterTranslator,
+    Pipeline,
+    Retry,
+    build_definitions,
+    run_pipeline,
+    step,
+)
+from flujo_dagster.adapter.compiler import compile_pipeline
+from flujo_dagster.adapter.types import KeyType
+
+
+class Colour(Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Point(TypedDict):
+    x: float
+    y: float
+
+
+class Item(BaseModel):
+    name: str
+    price: Decimal
+    when: dt.datetime
+
+
+class Rich(BaseModel):
+    seed: int
+    label: str | int = 0
+    mode: Literal["fast", "slow"] = "fast"
+    positive: Annotated[int, Field(gt=0)] = 1
+    point: Point | None = None
+    items: dict[str, Item] = Field(default_factory=dict)
+    colour: Colour = Colour.RED
+    ratio: float = 0.0
+
+
+class Parts(BaseModel):
+    label: str | int
+    mode: Literal["fast", "slow"]
+
+
+@step
+def point(seed: int) -> Point:
+    return {"x": seed / 2, "y": float("inf")}
+
+
+@step(output_keys=["label", "mode"])
+def classify(seed: int, point: Point | None) -> Parts:
+    return Parts(label=seed if seed % 2 else f"even-{seed}", mode="slow")
+
+
+@step
+async def items(label: str | int, mode: Literal["fast", "slow"]) -> dict[str, Item]:
+    await anyio.sleep(0)
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    return {str(label): {"name": mode, "price": "1.10", "when": when.isoformat()}}  # type: ignore[dict-item]
+
+
+@step
+def ratio(items: dict[str, Item]) -> float:
+    return float("nan") if len(items) == 1 else 0.0
+
+
+rich = Pipeline("rich", context=Rich, steps=point >> classify >> items >> ratio, assets=["items", "ratio"])
+
+
+def test_keys_of_every_pydantic_shape_flow_through_typed_ops(instance: DagsterInstance) -> None:
+    result = run_pipeline(rich, {"seed": 4, "colour": "blue"}, instance=instance)
+    assert result.success, result.error
+    ctx = result.context
+    assert isinstance(ctx, Rich)
+    assert ctx.point == {"x": 2.0, "y": float("inf")}
+    assert ctx.label == "even-4" and ctx.mode == "slow"
+    assert ctx.colour is Colour.BLUE
+    item = ctx.items["even-4"]
+    assert isinstance(item, Item) and item.price == Decimal("1.10") and item.when.tzinfo is not None
+    assert ctx.ratio != ctx.ratio  # NaN survived the JSON round trip
+
+
+def test_ops_carry_key_types_built_from_the_context_annotations() -> None:
+    compiled = compile_pipeline(rich, translator=FlujoDagsterTranslator())
+    ops = {n.name: n.definition for n in compiled.graph.nodes}
+    assert set(ops) == {"flujo_inputs", "point", "classify", "items", "ratio", "flujo_context"}
+    out = ops["classify"].output_dict  # type: ignore[attr-defined]
+    assert set(out) == {"label", "mode"}
+    label_type = out["label"].dagster_type
+    assert isinstance(label_type, KeyType) and label_type.annotation == (str | int)
+    ins = ops["items"].input_dict  # type: ignore[attr-defined]
+    assert ins["mode"].dagster_type.annotation == Literal["fast", "slow"]
+    deps = compiled.graph.dependency_structure
+    upstream = {h.node_name for h in deps.all_upstream_outputs_from_node("items")}
+    assert upstream == {"classify"}
+
+
+def test_bad_inputs_are_refused_before_any_run(instance: DagsterInstance) -> None:
+    with pytest.raises(ValidationError) as info:
+        run_pipeline(rich, {"seed": "not a number", "mode": "medium", "nope": 1}, instance=instance)
+    text = str(info.value)
+    assert "3 validation errors for Rich (run inputs)" in text
+    assert "seed\n  Input should be a valid integer" in text
+    assert "mode\n  Input should be 'fast' or 'slow'" in text
+    assert "nope\n  Extra inputs are not permitted" in text
+    assert instance.get_runs() == []
+
+
+def test_launchpad_inputs_are_validated_by_the_first_op_before_any_step(instance: DagsterInstance) -> None:
+    defs = build_definitions(pipelines=[rich])
+    job = defs.resolve_job_def("rich")
+    config = {"ops": {"rich_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"seed": 1, "positive": -3}}}}}}}
+    result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+    assert not result.success
+    started = [e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_START]
+    assert started == ["rich_graph.flujo_inputs"]
+    (failure,) = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert failure.step_failure_data is not None and failure.step_failure_data.error is not None
+    cause = failure.step_failure_data.error.cause  # under Dagster's DagsterExecutionStepExecutionError
+    assert cause is not None and cause.cls_name == "ValidationError"
+    message = cause.message
+    assert "1 validation error for Rich (run inputs)\npositive\n  Input should be greater than 0" in message
+
+
+class Counter(BaseModel):
+    start: int
+    value: int | None = None
+
+
+_attempts = itertools.count()
+
+
+@step(retry=Retry(max_retries=2, delay_s=0.0, backoff="constant"))
+def value(start: int) -> int:
+    if next(_attempts) < 2:
+        raise RuntimeError("flaky")
+    return start + 1
+
+
+def test_step_retries_map_to_dagster_retry_policy(instance: DagsterInstance) -> None:
+    compiled = compile_pipeline(
+        Pipeline("retrying", context=Counter, steps=[value]), translator=FlujoDagsterTranslator()
+    )
+    op = compiled.graph.node_named("value").definition
+    assert op.retry_policy == RetryPolicy(max_retries=2, delay=0.0, backoff=None)  # type: ignore[attr-defined]
+    result = run_pipeline(Pipeline("retrying", context=Counter, steps=[value]), {"start": 1}, instance=instance)
+    assert result.success, result.error
+    assert isinstance(result.context, Counter) and result.context.value == 2
+    assert next(_attempts) == 3  # two failed attempts, one success
+
+
+@step(name="value", timeout_s=0.2)
+async def slow_value(start: int) -> int:
+    await anyio.sleep(5)
+    return start
+
+
+@step(name="value")
+def wrong_value(start: int) -> Any:
+    return "not an int"
+
+
+def test_timeout_fails_the_step_with_its_path(instance: DagsterInstance) -> None:
+    result = run_pipeline(Pipeline("slow", context=Counter, steps=[slow_value]), {"start": 1}, instance=instance)
+    assert not result.success
+    assert result.error is not None
+    assert "StepTimeoutError: step slow > step:value did not finish within timeout_s=0.2" in result.error
+
+
+def test_a_value_of_the_wrong_type_fails_naming_step_and_key(instance: DagsterInstance) -> None:
+    result = run_pipeline(Pipeline("wrong", context=Counter, steps=[wrong_value]), {"start": 1}, instance=instance)
+    assert not result.success and result.error is not None
+    assert "StepOutputError: step wrong > step:value returned a value for key 'value' that is not a int | None" in (
+        result.error
+    )
+
+
+class Renamed(FlujoDagsterTranslator):
+    def get_asset_key(self, pipeline: Pipeline, key: str) -> AssetKey:
+        return AssetKey(["llm", pipeline.name, key])
+
+    def get_group_name(self, pipeline: Pipeline, key: str | None) -> str | None:
+        return "llm_outputs"
+
+
+def test_translator_names_assets_and_lineage_follows_key_flow() -> None:
+    defs = build_definitions(pipelines=[rich], translator=Renamed())
+    graph = defs.resolve_asset_graph()
+    items_key, ratio_key = AssetKey(["llm", "rich", "items"]), AssetKey(["llm", "rich", "ratio"])
+    assert {items_key, ratio_key} <= set(graph.get_all_asset_keys())
+    assert graph.get(ratio_key).parent_keys == {items_key}
+    assert graph.get(items_key).group_name == "llm_outputs"
+    final = graph.get(AssetKey(["rich", "final_context"]))
+    assert final.parent_keys == {items_key, ratio_key}
+    Definitions.validate_loadable(defs)
+
+
+def test_pipelines_compose_with_rshift() -> None:
+    first = Pipeline("first", context=Rich, steps=[point])
+    combined = first >> classify >> Pipeline("more", context=Rich, steps=items >> ratio, assets=["ratio"])
+    assert [s.name for s in combined.steps] == ["point", "classify", "items", "ratio"]
+    assert combined.name == "first" and combined.assets == ("ratio",)

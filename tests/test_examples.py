@@ -1,0 +1,80 @@
+"""The example code location, run as Dagster runs it: execute_job on a persistent instance, both executors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    JobDefinition,
+    execute_job,
+    reconstructable,
+)
+
+from definitions import defs, digest_job
+from definitions.digest import Digest
+from flujo_dagster import PydanticJsonIOManager
+from flujo_dagster.adapter.io_manager import StoredKey
+from tests.multiprocess_defs import digest_multiprocess_job
+
+RUN_CONFIG: dict[str, Any] = {
+    "ops": {"digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "agents"}}}}}}
+}
+
+
+def _final_context(instance: DagsterInstance, run_id: str) -> Digest:
+    root = PydanticJsonIOManager().root(instance.storage_directory())
+    path = PydanticJsonIOManager.output_path(root, run_id, "digest_graph.flujo_context", "final_context")
+    value = PydanticJsonIOManager.read(path, StoredKey("context", Digest), where=f"run {run_id}")
+    assert isinstance(value, Digest)
+    return value
+
+
+def test_example_definitions_load() -> None:
+    Definitions.validate_loadable(defs)
+    job = defs.resolve_job_def("digest")
+    assert isinstance(job, JobDefinition)
+    assert {n.name for n in job.graph.nodes} == {"digest_graph"}
+
+
+@pytest.mark.parametrize("make_job", [digest_job, digest_multiprocess_job], ids=["in_process", "multiprocess"])
+def test_example_runs_with_execute_job(instance: DagsterInstance, make_job: Any) -> None:
+    with execute_job(reconstructable(make_job), instance=instance, run_config=RUN_CONFIG) as result:
+        assert result.success
+        run_id = result.run_id
+        materialized = {
+            e.asset_key for e in result.all_events if e.event_type == DagsterEventType.ASSET_MATERIALIZATION
+        }
+    assert materialized == {
+        AssetKey(["digest", "sources"]),
+        AssetKey(["digest", "draft"]),
+        AssetKey(["digest", "report"]),
+        AssetKey(["digest", "final_context"]),
+    }
+    context = _final_context(instance, run_id)
+    assert context.topic == "agents"
+    assert [s.id for s in context.sources] == ["s3", "s1", "s2"]
+    assert context.critique is not None and context.critique.verdict == "publish"
+    assert context.report is not None and "[Budgeting LLM calls](https://example.org/llm-budgets)" in context.report
+    # the assets' latest values are readable outside the run, through the same IO manager
+    assert defs.load_asset_value(AssetKey(["digest", "report"]), instance=instance) == context.report
+
+
+def test_agent_metadata_names_the_offline_model(instance: DagsterInstance) -> None:
+    with execute_job(reconstructable(digest_job), instance=instance, run_config=RUN_CONFIG) as result:
+        outputs = {
+            e.step_key: {k: v.value for k, v in e.step_output_data.metadata.items()}
+            for e in result.all_events
+            if e.event_type == DagsterEventType.STEP_OUTPUT and e.step_output_data is not None
+        }
+    draft = outputs["digest_graph.draft"]
+    assert draft["flujo/model"] == "function:offline-digest"
+    assert draft["flujo/model_source"] == "offline"
+    assert draft["flujo/requests"] == 1
+    assert isinstance(draft["flujo/input_tokens"], int) and draft["flujo/input_tokens"] > 0
+    assert isinstance(draft["flujo/output_tokens"], int) and draft["flujo/output_tokens"] > 0
+    assert "flujo/model" not in outputs["digest_graph.sources"]
