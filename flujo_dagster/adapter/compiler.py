@@ -13,6 +13,7 @@ from dagster import (
     GraphDefinition,
     JobDefinition,
     MultiDependencyDefinition,
+    NodeInvocation,
     OutputMapping,
     define_asset_job,
 )
@@ -88,8 +89,8 @@ def compile_pipeline(
     """Compile a pipeline that passed validation. Deterministic: every step process rebuilds the same job."""
     emitted = _emitted_initial_keys(pipeline)
     live: dict[str, Producer] = {k: (INPUTS_OP, io_name(k)) for k in emitted}
-    node_defs = [inputs_op(pipeline, INPUTS_OP, emitted)]
-    deps: dict[str, dict[str, DependencyDefinition | MultiDependencyDefinition]] = {}
+    node_defs = [inputs_op(pipeline, op_name(pipeline.name, INPUTS_OP), emitted)]
+    deps: dict[str, dict[str, DependencyDefinition | MultiDependencyDefinition]] = {INPUTS_OP: {}}
     upstream: dict[str, list[Producer]] = {}
     for s in pipeline.steps:
         keys = pipeline.keys_of(s)
@@ -97,6 +98,7 @@ def compile_pipeline(
             raise ConfigurationError(f"{step_path(pipeline, s)}: writes no known key; validate the pipeline first")
         wiring = StepWiring(
             op=op_name(s.name),
+            definition=op_name(pipeline.name, s.name),
             path=step_path(pipeline, s),
             reads=keys.reads,
             writes=keys.writes,
@@ -107,7 +109,7 @@ def compile_pipeline(
         upstream[wiring.op] = [live[k] for k in keys.reads]
         live.update({k: (wiring.op, io_name(k)) for k in keys.writes})
     prefix = f"{pipeline.name}_graph." if pipeline.assets else ""
-    node_defs.append(context_op(pipeline, CONTEXT_OP, live, step_key_prefix=prefix))
+    node_defs.append(context_op(pipeline, op_name(pipeline.name, CONTEXT_OP), live, step_key_prefix=prefix))
     sources = list(dict.fromkeys(live.values()))
     deps[CONTEXT_OP] = {"after": MultiDependencyDefinition([DependencyDefinition(*p) for p in sources])}
     upstream[CONTEXT_OP] = sources
@@ -118,7 +120,7 @@ def compile_pipeline(
         name=f"{pipeline.name}_graph" if pipeline.assets else pipeline.name,
         description=pipeline.description,
         node_defs=node_defs,
-        dependencies=deps,
+        dependencies={NodeInvocation(d.name, alias=node): deps[node] for d, node in zip(node_defs, deps, strict=True)},
         output_mappings=[
             *(OutputMapping(io_name(k), *live[k]) for k in pipeline.assets),
             # Dagster refuses non-asset leaf ops in a graph-backed asset: the final context is an asset too.

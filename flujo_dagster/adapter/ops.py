@@ -49,9 +49,14 @@ _NOT_RETRIED = (ConfigurationError, UsageLimitExceededError)
 
 @dataclass(frozen=True, kw_only=True)
 class StepWiring:
-    """What the compiler decided for one step: its op name, path, keys read and written."""
+    """What the compiler decided for one step: its node name, op definition name, path, keys read and written.
+
+    The node name (the step's name) is what the UI and step keys show; the definition name is prefixed with
+    the pipeline's name, because Dagster wants op definitions unique across a code location.
+    """
 
     op: str
+    definition: str
     path: str
     reads: tuple[str, ...]
     writes: tuple[str, ...]
@@ -130,7 +135,7 @@ def _function_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefini
 
     return OpDefinition(
         compute_fn=compute,
-        name=wiring.op,
+        name=wiring.definition,
         ins=_ins(pipeline, wiring.reads),
         outs=_outs(pipeline, wiring.writes),
         description=(step.fn.__doc__ or f"function step {wiring.path}").strip(),
@@ -171,7 +176,7 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
     prompt_text = step.prompt if isinstance(step.prompt, str) else f"callable {step.prompt.__name__}"
     return OpDefinition(
         compute_fn=compute,
-        name=wiring.op,
+        name=wiring.definition,
         ins=_ins(pipeline, wiring.reads),
         outs=_outs(pipeline, wiring.writes),
         description=f"agent step {wiring.path} on {step.model_id()}; prompt: {prompt_text}",

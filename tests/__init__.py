@@ -1,0 +1,1 @@
+"""Tests of flujo_dagster."""
