@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import itertools
 from decimal import Decimal
@@ -11,7 +12,7 @@ from typing import Annotated, Any, Literal
 import anyio
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, RetryPolicy
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Base64Bytes, BaseModel, Field, ValidationError
 from typing_extensions import TypedDict
 
 from flujo_dagster import (
@@ -216,3 +217,25 @@ def test_pipelines_compose_with_rshift() -> None:
     combined = first >> classify >> Pipeline("more", context=Rich, steps=items >> ratio, assets=["ratio"])
     assert [s.name for s in combined.steps] == ["point", "classify", "items", "ratio"]
     assert combined.name == "first" and combined.assets == ("ratio",)
+
+
+class Blobs(BaseModel):
+    raw: Base64Bytes
+    size: Annotated[int, Field(gt=0)] | None = None
+
+
+@step
+def size(raw: bytes) -> int:
+    return len(raw)
+
+
+def test_field_metadata_is_part_of_the_key_type(instance: DagsterInstance) -> None:
+    pipeline = Pipeline("blobs", context=Blobs, steps=[size])
+    data = b"\xff\x00\xfe binary"
+    result = run_pipeline(pipeline, {"raw": base64.b64encode(data).decode()}, instance=instance)
+    assert result.success, result.error
+    assert isinstance(result.context, Blobs) and result.context.raw == data and result.context.size == len(data)
+    empty = run_pipeline(pipeline, {"raw": ""}, instance=instance)  # size 0 breaks the field's gt=0
+    assert not empty.success and empty.error is not None
+    assert "StepOutputError: step blobs > step:size returned a value for key 'size'" in empty.error
+    assert "Input should be greater than 0" in empty.error

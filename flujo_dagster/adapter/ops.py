@@ -21,6 +21,7 @@ from dagster import (
     RetryPolicy,
 )
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from flujo_dagster.adapter import metadata as md
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
@@ -264,8 +265,12 @@ def context_op(
                     f"it in run {run_id} (expected {path}). Check the event log of step {op!r}."
                 )
             values[key] = io.read(path, StoredKey(key, pipeline.fields[key]), where=f"run {run_id}, step {op}")
+        # through the JSON form: python-mode validation is not idempotent for every type (Base64Bytes)
+        dumped = {
+            k: _ktype(pipeline, k).adapter.dump_python(v, mode="python", round_trip=True) for k, v in values.items()
+        }
         try:
-            final = pipeline.context.model_validate(values)
+            final = pipeline.context.model_validate_json(to_json(dumped, inf_nan_mode="constants"))
         except ValidationError as exc:
             raise StepOutputError(
                 f"the final context of pipeline {pipeline.name!r} does not validate as "

@@ -7,7 +7,8 @@ from functools import cache
 from typing import Any, cast
 
 from dagster import DagsterType, TypeCheck, TypeCheckContext
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
+from pydantic_core import PydanticSerializationError, to_json
 
 from flujo_dagster.validation.typecompat import type_name
 
@@ -31,9 +32,11 @@ class KeyType(DagsterType):
         )
 
     def _check(self, _context: TypeCheckContext, value: object) -> TypeCheck:
+        # Serializing with warnings as errors checks the value's shape without re-validating it: validation is
+        # not idempotent for every type (Base64Bytes would decode twice).
         try:
-            self.adapter.validate_python(value, strict=True)
-        except ValidationError as exc:
+            self.adapter.dump_python(value, mode="python", warnings="error")
+        except PydanticSerializationError as exc:
             return TypeCheck(
                 success=False,
                 description=f"value for key {self.context_key!r} is not a {type_name(self.annotation)}: {exc}",
@@ -41,8 +44,14 @@ class KeyType(DagsterType):
         return TypeCheck(success=True)
 
     def coerce(self, value: object) -> object:
-        """Validate (lax) and return the value as the key's type; raises pydantic's ValidationError."""
-        return self.adapter.validate_python(value)
+        """The value as it will load back: a value of the key's type is passed through its JSON form (so what
+        a step returns is exactly what later steps read, constraints checked); anything else is first
+        validated leniently (a dict for a model). Raises pydantic's `ValidationError`."""
+        try:
+            py = self.adapter.dump_python(value, mode="python", round_trip=True, warnings="error")
+        except PydanticSerializationError:
+            py = self.adapter.dump_python(self.adapter.validate_python(value), mode="python", round_trip=True)
+        return self.adapter.validate_json(to_json(py, inf_nan_mode="constants"))
 
 
 @cache

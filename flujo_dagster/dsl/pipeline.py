@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from flujo_dagster.dsl.keys import StepKeys, resolve_keys
 from flujo_dagster.dsl.steps import Step, StepsLike, as_steps
 from flujo_dagster.errors import ConfigurationError
 
 __all__ = ["Pipeline"]
+
+
+def _annotation(info: FieldInfo) -> object:
+    if not info.metadata:
+        return info.annotation
+    return Annotated.__class_getitem__((info.annotation, *info.metadata))  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, init=False)
@@ -73,8 +81,9 @@ class Pipeline:
 
     @property
     def fields(self) -> dict[str, object]:
-        """The context's keys and their annotations."""
-        return {name: info.annotation for name, info in self.context.model_fields.items()}
+        """The context's keys and their annotations (with the field's constraints, e.g. `Field(gt=0)`, kept as
+        `Annotated` metadata so that stored values are checked against them too)."""
+        return {name: _annotation(info) for name, info in self.context.model_fields.items()}
 
     def keys_of(self, step: Step) -> StepKeys:
         """The keys `step` reads and writes in this pipeline."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +35,20 @@ async def run_agent(
     model: Model | str | None,
     model_settings: Mapping[str, Any] | None,
 ) -> AgentCall:
-    """Run `agent` on `prompt` (with `model` replacing the agent's own when given) in the caller's loop."""
+    """Run `agent` on `prompt` (with `model` replacing the agent's own when given) in the caller's loop.
+
+    A model object is entered for the call, so the HTTP client its provider opened (and its pooled
+    connections) is closed before the call returns, on the loop that opened it. Dagster closes its loop
+    after each run; a client left open would be bound to a closed loop (a `ResourceWarning` for each
+    unclosed connection when collected). The next call on another loop gets a new client. A model given
+    by name is built for the run and closed by pydantic-ai itself.
+    """
     settings: ModelSettings | None = ModelSettings(**model_settings) if model_settings else None  # type: ignore[typeddict-item]
-    result = await agent.run(prompt, model=model, model_settings=settings)
+    chosen = model if model is not None else agent.model
+    async with AsyncExitStack() as stack:
+        if isinstance(chosen, Model):
+            await stack.enter_async_context(chosen)
+        result = await agent.run(prompt, model=model, model_settings=settings)
     usage = result.usage
     answered = _answering_model(result.all_messages(), model if model is not None else agent.model)
     return AgentCall(
