@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         PydanticJsonIOManager,
         arun_pipeline,
         build_definitions,
+        load_final_context,
         run_pipeline,
     )
 
@@ -41,6 +42,7 @@ _ADAPTER_NAMES = frozenset(
         "PydanticJsonIOManager",
         "arun_pipeline",
         "build_definitions",
+        "load_final_context",
         "run_pipeline",
     }
 )
@@ -68,6 +70,7 @@ __all__ = [
     "agent_step",
     "arun_pipeline",
     "build_definitions",
+    "load_final_context",
     "run_pipeline",
     "step",
     "validate",

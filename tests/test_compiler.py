@@ -20,6 +20,7 @@ from flujo_dagster import (
     Pipeline,
     Retry,
     build_definitions,
+    load_final_context,
     run_pipeline,
     step,
 )
@@ -239,3 +240,22 @@ def test_field_metadata_is_part_of_the_key_type(instance: DagsterInstance) -> No
     assert not empty.success and empty.error is not None
     assert "StepOutputError: step blobs > step:size returned a value for key 'size'" in empty.error
     assert "Input should be greater than 0" in empty.error
+
+
+class Constant(BaseModel):
+    answer: int | None = None
+
+
+@step
+def answer() -> int:
+    return 42
+
+
+def test_a_pipeline_without_inputs_builds_and_runs_as_assets(instance: DagsterInstance) -> None:
+    pipeline = Pipeline("constant", context=Constant, steps=[answer], assets=["answer"])
+    defs = build_definitions(pipelines=[pipeline])
+    Definitions.validate_loadable(defs)
+    result = run_pipeline(pipeline, instance=instance)
+    assert result.success, result.error
+    assert result.context == Constant(answer=42)
+    assert load_final_context(pipeline, result.run_id, instance=instance) == Constant(answer=42)

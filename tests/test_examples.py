@@ -16,9 +16,8 @@ from dagster import (
 )
 
 from definitions import defs, digest_job
-from definitions.digest import Digest
-from flujo_dagster import PydanticJsonIOManager
-from flujo_dagster.adapter.io_manager import StoredKey
+from definitions.digest import Digest, digest
+from flujo_dagster import load_final_context
 from tests.multiprocess_defs import digest_multiprocess_job
 
 RUN_CONFIG: dict[str, Any] = {
@@ -27,9 +26,7 @@ RUN_CONFIG: dict[str, Any] = {
 
 
 def _final_context(instance: DagsterInstance, run_id: str) -> Digest:
-    root = PydanticJsonIOManager().root(instance.storage_directory())
-    path = PydanticJsonIOManager.output_path(root, run_id, "digest_graph.flujo_context", "final_context")
-    value = PydanticJsonIOManager.read(path, StoredKey("context", Digest), where=f"run {run_id}")
+    value = load_final_context(digest, run_id, instance=instance)
     assert isinstance(value, Digest)
     return value
 

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from dagster import DagsterEventType, DagsterInstance, ReexecutionOptions, execute_job, reconstructable
 
-from definitions.digest import Digest
-from flujo_dagster import PydanticJsonIOManager
-from flujo_dagster.adapter.io_manager import StoredKey
+from definitions.digest import Digest, digest
+from flujo_dagster import PydanticJsonIOManager, load_final_context
 from tests.reexec_defs import FAIL_MARKER, REQUEST_LOG, flaky_digest_job
 
 RUN_CONFIG: dict[str, Any] = {
@@ -41,8 +40,7 @@ def test_reexecution_from_failure_recomputes_only_what_failed(
     assert log.read_text().splitlines() == ["draft", "critique"]  # the draft's LLM call was not repeated
 
     root = PydanticJsonIOManager().root(instance.storage_directory())
-    path = PydanticJsonIOManager.output_path(root, run_id, "digest_graph.flujo_context", "final_context")
-    context = PydanticJsonIOManager.read(path, StoredKey("context", Digest), where=f"run {run_id}")
+    context = load_final_context(digest, run_id, instance=instance)
     assert isinstance(context, Digest)
     assert context.draft is not None and context.draft.startswith("This week in agents: 3 sources")
     assert context.critique is not None and context.critique.verdict == "publish"

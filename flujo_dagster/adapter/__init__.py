@@ -4,7 +4,7 @@ from flujo_dagster.adapter.compiler import CompiledPipeline, compile_pipeline
 from flujo_dagster.adapter.definitions import build_definitions
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager
 from flujo_dagster.adapter.resources import AgentRuntime
-from flujo_dagster.adapter.run import PipelineRun, arun_pipeline, run_pipeline
+from flujo_dagster.adapter.run import PipelineRun, arun_pipeline, load_final_context, run_pipeline
 from flujo_dagster.adapter.translator import FlujoDagsterTranslator
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "arun_pipeline",
     "build_definitions",
     "compile_pipeline",
+    "load_final_context",
     "run_pipeline",
 ]

@@ -18,7 +18,16 @@ from dagster import (
     define_asset_job,
 )
 
-from flujo_dagster.adapter.naming import CONTEXT_OP, CONTEXT_OUTPUT, INPUTS_OP, io_name, op_name
+from flujo_dagster.adapter.naming import (
+    CONTEXT_OP,
+    CONTEXT_OUTPUT,
+    INPUTS_OP,
+    READY_OUTPUT,
+    graph_name,
+    io_name,
+    op_name,
+    step_key,
+)
 from flujo_dagster.adapter.ops import StepWiring, context_op, inputs_op, step_op
 from flujo_dagster.adapter.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -108,16 +117,26 @@ def compile_pipeline(
         deps[wiring.op] = {io_name(k): DependencyDefinition(*live[k]) for k in keys.reads}
         upstream[wiring.op] = [live[k] for k in keys.reads]
         live.update({k: (wiring.op, io_name(k)) for k in keys.writes})
-    prefix = f"{pipeline.name}_graph." if pipeline.assets else ""
-    node_defs.append(context_op(pipeline, op_name(pipeline.name, CONTEXT_OP), live, step_key_prefix=prefix))
-    sources = list(dict.fromkeys(live.values()))
+    has_assets = bool(pipeline.assets)
+    node_defs.append(
+        context_op(
+            pipeline,
+            op_name(pipeline.name, CONTEXT_OP),
+            live,
+            step_key=lambda n: step_key(pipeline.name, has_assets, n),
+        )
+    )
+    # flujo_inputs always feeds the fan-in: it always runs, so flujo_context always runs too (and then names any
+    # key that was never produced); with no key to emit it emits a Nothing output for this.
+    inputs_source = (INPUTS_OP, io_name(emitted[0]) if emitted else READY_OUTPUT)
+    sources = list(dict.fromkeys([inputs_source, *live.values()]))
     deps[CONTEXT_OP] = {"after": MultiDependencyDefinition([DependencyDefinition(*p) for p in sources])}
     upstream[CONTEXT_OP] = sources
 
     job_name = translator.get_job_name(pipeline)
     graph = GraphDefinition(
         # not the job's name: Dagster wants graph and job names distinct within a code location
-        name=f"{pipeline.name}_graph" if pipeline.assets else pipeline.name,
+        name=graph_name(pipeline.name, has_assets),
         description=pipeline.description,
         node_defs=node_defs,
         dependencies={NodeInvocation(d.name, alias=node): deps[node] for d, node in zip(node_defs, deps, strict=True)},
@@ -173,6 +192,6 @@ def compile_pipeline(
         job=asset_job,
         assets=assets,
         job_name=job_name,
-        context_step_key=f"{prefix}{CONTEXT_OP}",
-        inputs_step_key=f"{prefix}{INPUTS_OP}",
+        context_step_key=step_key(pipeline.name, has_assets, CONTEXT_OP),
+        inputs_step_key=step_key(pipeline.name, has_assets, INPUTS_OP),
     )

@@ -47,32 +47,38 @@ def _plain_adapter(annotation: object) -> TypeAdapter[Any]:
 class StoredKey:
     """What the IO manager needs to know of a stored value: its key name and declared annotation."""
 
-    __slots__ = ("adapter", "annotation", "key")
+    __slots__ = ("adapter", "annotation", "check_key", "key")
 
-    def __init__(self, key: str, annotation: object) -> None:
+    def __init__(self, key: str, annotation: object, *, check_key: bool = True) -> None:
         self.key = key
         self.annotation = annotation
         self.adapter = _plain_adapter(annotation)
+        self.check_key = check_key
+        """When True, `read` refuses a file that holds another key (a file copied into the wrong place)."""
 
     @classmethod
     def of(cls, dagster_type: DagsterType, fallback_key: str) -> StoredKey:
-        """From a flujo `KeyType`, or from any Dagster type by its Python typing type."""
+        """From a flujo `KeyType`, or from any Dagster type by its Python typing type (key not checked)."""
         if isinstance(dagster_type, KeyType):
             return cls(dagster_type.context_key, dagster_type.annotation)
-        return cls(fallback_key, dagster_type.typing_type)
+        return cls(fallback_key, dagster_type.typing_type, check_key=False)
 
 
 def _declared_type(context: InputContext, upstream: OutputContext) -> DagsterType:
-    """The producer's flujo type when known (fan-in elements keep theirs), else the input's own type.
+    """The type the producer stored its value with (fan-in elements keep theirs), else the input's own type.
 
-    Outside a run (`Definitions.load_asset_value`) the producer's type is not available: the input's type is
-    used, which is `python_type=` when the caller passes one.
+    That is the producer's flujo type, or any other producer type that is not `Any` (the value was written
+    with it; in a fan-in the input's own type is the list, not the element's). Outside a run
+    (`Definitions.load_asset_value`) the producer's type is not available: the input's type is used, which
+    is `python_type=` when the caller passes one.
     """
     try:
         produced = upstream.dagster_type
     except DagsterInvariantViolationError:
         return context.dagster_type
-    return produced if isinstance(produced, KeyType) else context.dagster_type
+    if isinstance(produced, KeyType) or produced.typing_type is not Any:
+        return produced
+    return context.dagster_type
 
 
 class PydanticJsonIOManager(ConfigurableIOManager):
@@ -135,7 +141,10 @@ class PydanticJsonIOManager(ConfigurableIOManager):
         try:
             envelope = _envelope_adapter(stored.annotation).validate_json(raw)
         except ValidationError as exc:
-            if all(err["loc"][:1] == ("value",) for err in exc.errors()):
+            errors = exc.errors()
+            if all(e["loc"][:1] == ("value",) for e in errors) and not any(
+                e["loc"] == ("value",) and e["type"] == "missing" for e in errors
+            ):
                 raise StorageError(
                     f"stored value of key {stored.key!r} ({where}) at {path} no longer matches its declared "
                     f"type {type_name(stored.annotation)}: {exc}. Fix or delete the file and re-execute the "
@@ -146,6 +155,11 @@ class PydanticJsonIOManager(ConfigurableIOManager):
                 f"JSON envelope): {exc.errors()[0]['msg']}. Delete the file and re-execute the step that "
                 "wrote it."
             ) from exc
+        if stored.check_key and envelope.key != stored.key:
+            raise StorageError(
+                f"stored file {path} ({where}) holds key {envelope.key!r}, not {stored.key!r}: it was copied or "
+                "moved by hand. Put the right file back, or delete it and re-execute the step that writes it."
+            )
         return envelope.value
 
     # -- Dagster's IO manager interface ---------------------------------------------------------------

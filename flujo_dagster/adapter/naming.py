@@ -5,11 +5,25 @@ from __future__ import annotations
 import keyword
 import re
 
-__all__ = ["CONTEXT_OP", "CONTEXT_OUTPUT", "INPUTS_OP", "io_name", "op_name"]
+__all__ = [
+    "CONTEXT_KEY",
+    "CONTEXT_OP",
+    "CONTEXT_OUTPUT",
+    "INPUTS_OP",
+    "READY_OUTPUT",
+    "graph_name",
+    "io_name",
+    "op_name",
+    "step_key",
+]
 
 INPUTS_OP = "flujo_inputs"
 CONTEXT_OP = "flujo_context"
 CONTEXT_OUTPUT = "final_context"
+CONTEXT_KEY = "__context__"
+"""The key name the final context is stored under (not a field name: pydantic refuses leading underscores)."""
+READY_OUTPUT = "flujo_ready"
+"""`flujo_inputs`' Nothing output when it emits no key."""
 _DAGSTER_RESERVED = frozenset({"context", "config", "input", "output", "type", *keyword.kwlist})
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
@@ -18,6 +32,17 @@ def io_name(key: str) -> str:
     """The input/output name that carries context key `key` (a trailing `_` for Dagster's reserved words)."""
     name = _UNSAFE.sub("_", key)
     return f"{name}_" if name in _DAGSTER_RESERVED else name
+
+
+def graph_name(pipeline: str, has_assets: bool) -> str:
+    """The graph's name: the pipeline's, or `<pipeline>_graph` inside a graph-backed asset (Dagster wants graph
+    and job names distinct in a code location)."""
+    return f"{pipeline}_graph" if has_assets else pipeline
+
+
+def step_key(pipeline: str, has_assets: bool, node: str) -> str:
+    """The step key Dagster gives the top-level node `node` of a pipeline's job."""
+    return f"{graph_name(pipeline, True)}.{node}" if has_assets else node
 
 
 def op_name(*path: str) -> str:

@@ -25,7 +25,7 @@ from pydantic_core import to_json
 
 from flujo_dagster.adapter import metadata as md
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
-from flujo_dagster.adapter.naming import CONTEXT_OUTPUT, io_name
+from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OUTPUT, READY_OUTPUT, io_name
 from flujo_dagster.adapter.resources import AgentRuntime
 from flujo_dagster.adapter.types import KeyType, key_type
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -212,12 +212,14 @@ def inputs_op(pipeline: Pipeline, name: str, emitted: tuple[str, ...]) -> OpDefi
         values = validate_inputs(pipeline, raw)
         for key in emitted:
             yield Output(values[key], io_name(key))
+        if not emitted:
+            yield Output(None, READY_OUTPUT)
 
     return OpDefinition(
         compute_fn=compute,
         name=name,
         ins={},
-        outs=_outs(pipeline, emitted),
+        outs=_outs(pipeline, emitted) if emitted else {READY_OUTPUT: Out(Nothing)},
         config_schema={"inputs": Field(inputs_schema, is_required=bool(required))},
         description=f"Validates the run inputs of pipeline {pipeline.name!r} with {pipeline.context.__name__}.",
         tags={md.KIND: "inputs"},
@@ -239,16 +241,15 @@ def _producing_run(context: OpExecutionContext, step_key: str, cache: dict[str, 
 
 
 def context_op(
-    pipeline: Pipeline, name: str, producers: Mapping[str, tuple[str, str]], *, step_key_prefix: str
+    pipeline: Pipeline, name: str, producers: Mapping[str, tuple[str, str]], *, step_key: Callable[[str], str]
 ) -> OpDefinition:
     """The last op: reads every key's live value and returns the validated context.
 
     It depends on every producer through one fan-in `Nothing` input (so it runs even when some producer was
     skipped) and reads the values from the flujo IO manager itself, which costs no event per key.
-    `producers` maps each key to (op name, output name); `step_key_prefix` is what the job puts before op
-    names in step keys (`digest.` inside a graph-backed asset, empty in a plain job).
+    `producers` maps each key to (node name, output name); `step_key` gives a node's step key in the job.
     """
-    context_type = key_type(pipeline.name, "__context__", pipeline.context)
+    context_type = key_type(pipeline.name, CONTEXT_KEY, pipeline.context)
 
     def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
         io: PydanticJsonIOManager = getattr(context.resources, IO_MANAGER_KEY)
@@ -256,9 +257,9 @@ def context_op(
         runs: dict[str, DagsterRun] = {}
         values: dict[str, object] = {}
         for key, (op, output) in producers.items():
-            step_key = step_key_prefix + op
-            run_id = _producing_run(context, step_key, runs)
-            path = io.output_path(root, run_id, step_key, output)
+            producer_key = step_key(op)
+            run_id = _producing_run(context, producer_key, runs)
+            path = io.output_path(root, run_id, producer_key, output)
             if not path.exists():
                 raise StorageError(
                     f"key {key!r} of pipeline {pipeline.name!r} was never produced: step {op!r} did not write "

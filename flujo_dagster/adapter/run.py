@@ -17,7 +17,7 @@ from flujo_dagster.adapter import metadata as md
 from flujo_dagster.adapter.compiler import CompiledPipeline
 from flujo_dagster.adapter.definitions import compile_all, default_resources
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
-from flujo_dagster.adapter.naming import CONTEXT_OUTPUT
+from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, step_key
 from flujo_dagster.adapter.ops import IO_MANAGER_KEY
 from flujo_dagster.adapter.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -25,7 +25,7 @@ from flujo_dagster.errors import FlujoDagsterError
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.sync import call_blocking
 
-__all__ = ["PipelineRun", "arun_pipeline", "inputs_run_config", "read_final_context", "run_pipeline"]
+__all__ = ["PipelineRun", "arun_pipeline", "inputs_run_config", "load_final_context", "run_pipeline"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,13 +72,21 @@ def inputs_run_config(compiled: CompiledPipeline, inputs: Mapping[str, object]) 
     return config
 
 
-def read_final_context(
-    compiled: CompiledPipeline, run_id: str, instance: DagsterInstance, io: PydanticJsonIOManager
+def load_final_context(
+    pipeline: Pipeline,
+    run_id: str,
+    *,
+    instance: DagsterInstance,
+    io_manager: PydanticJsonIOManager | None = None,
 ) -> BaseModel:
-    """The validated final context a successful run stored."""
+    """The validated final context that run `run_id` of `pipeline` stored (any executor, any launcher).
+
+    Raises `StorageError` naming the run and file when the run did not finish its `flujo_context` step.
+    """
+    io = io_manager or PydanticJsonIOManager()
     root = io.root(instance.storage_directory())
-    path = io.output_path(root, run_id, compiled.context_step_key, CONTEXT_OUTPUT)
-    value = io.read(path, StoredKey("context", compiled.pipeline.context), where=f"run {run_id}")
+    path = io.output_path(root, run_id, step_key(pipeline.name, bool(pipeline.assets), CONTEXT_OP), CONTEXT_OUTPUT)
+    value = io.read(path, StoredKey(CONTEXT_KEY, pipeline.context), where=f"run {run_id}")
     assert isinstance(value, BaseModel)
     return value
 
@@ -163,7 +171,7 @@ def run_pipeline(
         if result.success:
             io = chosen[IO_MANAGER_KEY]
             assert isinstance(io, PydanticJsonIOManager)
-            context = read_final_context(compiled, result.run_id, instance, io)
+            context = load_final_context(pipeline, result.run_id, instance=instance, io_manager=io)
         return PipelineRun(
             run_id=result.run_id,
             success=result.success,
