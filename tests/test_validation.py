@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 import typing
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Literal
 
 import pytest
@@ -405,6 +406,32 @@ class Portable(BaseModel):
 
 def test_type_json_friendly_keys_pass() -> None:
     assert rendered(Pipeline("portable", context=Portable, steps=())) == []
+
+
+class Ambiguous(BaseModel):
+    when: str | datetime = ""
+    amount: Decimal | None = None
+    shape: tuple[int, ...] | list[int] = Field(default_factory=list)
+    nested: EncodedBlob | None = None
+
+
+class Unambiguous(BaseModel):
+    when: datetime | int = 0
+    maybe: str | None = None
+    choice: Literal["a", "b"] | int = 0
+
+
+def test_type_ambiguous_unions_are_warnings() -> None:
+    assert rendered(Pipeline("ambiguous", context=Ambiguous, steps=())) == [
+        "[V-TYPE] warning at ambiguous > key:when: key 'when' (str | datetime.datetime) is an ambiguous union: str "
+        "and datetime are all JSON strings, so a stored value may load back as the wrong one. Hint: use a "
+        "discriminated union, or wrap the members in models that JSON can tell apart",
+        "[V-TYPE] warning at ambiguous > key:shape: key 'shape' (tuple[int, ...] | list[int]) is an ambiguous "
+        "union: tuple[int, ...] and list[int] are all JSON arrays, so a stored value may load back as the wrong "
+        "one. Hint: use a discriminated union, or wrap the members in models that JSON can tell apart",
+    ]
+    assert validate(Pipeline("ambiguous", context=Ambiguous, steps=())).ok  # warnings do not stop a build
+    assert rendered(Pipeline("unambiguous", context=Unambiguous, steps=())) == []
 
 
 # --- V-NAME: duplicate, illegal and reserved names ------------------------------------------------------------

@@ -13,7 +13,12 @@ from flujo_dagster.dsl.keys import annotations_of, resolve_keys, return_annotati
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
 from flujo_dagster.validation.findings import Finding
-from flujo_dagster.validation.typecompat import is_assignable, json_round_trip_problem, type_name
+from flujo_dagster.validation.typecompat import (
+    ambiguous_union_problem,
+    is_assignable,
+    json_round_trip_problem,
+    type_name,
+)
 
 __all__ = ["RESERVED_STEP_NAMES", "RULES", "step_path"]
 
@@ -195,6 +200,14 @@ def rule_types(pipeline: Pipeline) -> Iterator[Finding]:
                 path=f"{pipeline.name} > key:{name}",
                 message=f"key {name!r} ({type_name(annotation)}) does not round-trip through JSON: {problem}.",
                 hint="every key is stored as JSON; choose a JSON-friendly type",
+            )
+        elif (ambiguity := ambiguous_union_problem(annotation)) is not None:
+            yield Finding(
+                code="V-TYPE",
+                severity="warning",
+                path=f"{pipeline.name} > key:{name}",
+                message=f"key {name!r} ({type_name(annotation)}) is an ambiguous union: {ambiguity}.",
+                hint="use a discriminated union, or wrap the members in models that JSON can tell apart",
             )
     for s in pipeline.steps:
         if isinstance(s, FunctionStep):

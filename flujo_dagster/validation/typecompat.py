@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import collections.abc as cabc
+import datetime
+import decimal
+import enum
+import pathlib
 import types
+import uuid
 from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 from pydantic.types import EncodedBytes, EncodedStr
 
-__all__ = ["is_assignable", "json_round_trip_problem", "type_name"]
+__all__ = ["ambiguous_union_problem", "is_assignable", "json_round_trip_problem", "type_name"]
 
 _NUMERIC_TOWER: dict[type, tuple[type, ...]] = {float: (int,), complex: (int, float)}
 _ABSTRACT_ORIGINS: dict[object, tuple[object, ...]] = {
@@ -136,4 +141,61 @@ def json_round_trip_problem(tp: object) -> str | None:
     except (PydanticSchemaGenerationError, PydanticUserError, TypeError) as exc:
         first = str(exc).splitlines()[0]
         return f"pydantic cannot build a JSON schema for it ({first})"
+    return None
+
+
+_STRING_LIKE: tuple[type, ...] = (
+    str,
+    bytes,
+    datetime.datetime,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    uuid.UUID,
+    pathlib.PurePath,
+)
+_ARRAY_LIKE: tuple[type, ...] = (list, tuple, set, frozenset)
+
+
+def _json_kind(tp: object) -> str | None:
+    tp = _strip(tp)
+    origin = get_origin(tp) or tp
+    if not isinstance(origin, type):
+        return None
+    if issubclass(origin, enum.Enum):
+        values = [m.value for m in origin]
+        return "string" if values and all(isinstance(v, str) for v in values) else None
+    if issubclass(origin, _STRING_LIKE):
+        return "string"
+    if issubclass(origin, _ARRAY_LIKE):
+        return "array"
+    return None
+
+
+def ambiguous_union_problem(tp: object) -> str | None:
+    """Why a union's members cannot be told apart once stored as JSON (e.g. `str | datetime`: a datetime
+    comes back as a str), or None. Checks nested annotations too."""
+    tp = _strip(tp)
+    members = _union_members(tp)
+    if members is not None:
+        by_kind: dict[str, list[object]] = {}
+        for member in members:
+            kind = _json_kind(member)
+            if kind is not None:
+                by_kind.setdefault(kind, []).append(_strip(member))
+        for kind, same in by_kind.items():
+            if len(same) > 1:
+                names = " and ".join(type_name(m) for m in same)
+                return f"{names} are all JSON {kind}s, so a stored value may load back as the wrong one"
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        for name, info in tp.model_fields.items():
+            problem = ambiguous_union_problem(info.annotation)
+            if problem is not None:
+                return f"field {name!r} of {tp.__name__}: {problem}"
+        return None
+    for arg in get_args(tp) if get_origin(tp) is not Literal else ():
+        problem = ambiguous_union_problem(arg) if arg is not Ellipsis else None
+        if problem is not None:
+            return problem
     return None
