@@ -1,12 +1,18 @@
 """The pure pipeline DSL. Imports neither dagster nor pydantic_ai."""
 
+from flujo_dagster.dsl.control import Branch, Loop, Parallel
 from flujo_dagster.dsl.decorators import agent_step, step
+from flujo_dagster.dsl.flow import Flow, flow_of, flow_of_steps, walk
 from flujo_dagster.dsl.keys import StepKeys, resolve_keys
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Retry, Step, StepSequence, model_id_of
 
 __all__ = [
     "AgentStep",
+    "Branch",
+    "Flow",
+    "Loop",
+    "Parallel",
     "FunctionStep",
     "Pipeline",
     "Retry",
@@ -14,7 +20,10 @@ __all__ = [
     "StepKeys",
     "StepSequence",
     "agent_step",
+    "flow_of",
+    "flow_of_steps",
     "model_id_of",
     "resolve_keys",
     "step",
+    "walk",
 ]

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
 
-__all__ = ["StepKeys", "annotations_of", "resolve_keys", "return_annotation"]
+__all__ = ["StepKeys", "annotations_of", "parameter_names", "resolve_keys", "return_annotation", "template_fields"]
 
 _NO_ANNOTATION = inspect.Parameter.empty
 
@@ -43,7 +43,8 @@ def return_annotation(fn: Callable[..., object]) -> object:
     return annotations_of(fn).get("return", _NO_ANNOTATION)
 
 
-def _parameter_names(fn: Callable[..., object]) -> tuple[str, ...]:
+def parameter_names(fn: Callable[..., object]) -> tuple[str, ...]:
+    """The names of a function's named parameters (not `*args`/`**kwargs`)."""
     params = inspect.signature(fn).parameters.values()
     return tuple(
         p.name for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
@@ -71,7 +72,7 @@ def _model_fields_are_keys(annotation: object, fields: Mapping[str, object]) -> 
 def resolve_keys(step: Step, fields: Mapping[str, object]) -> StepKeys:
     """Resolve the keys `step` reads and writes against the context's `fields`."""
     if isinstance(step, FunctionStep):
-        reads = step.input_keys if step.input_keys is not None else _parameter_names(step.fn)
+        reads = step.input_keys if step.input_keys is not None else parameter_names(step.fn)
         if step.output_keys is not None:
             return StepKeys(reads=reads, writes=step.output_keys, split=len(step.output_keys) != 1)
         if step.name in fields:
@@ -84,6 +85,6 @@ def resolve_keys(step: Step, fields: Mapping[str, object]) -> StepKeys:
         if isinstance(step.prompt, str):
             reads = template_fields(step.prompt)
         else:
-            reads = _parameter_names(step.prompt)
+            reads = parameter_names(step.prompt)
         return StepKeys(reads=reads, writes=(step.output_key or step.name,))
     raise TypeError(f"no key rule for step kind {type(step).__name__}")

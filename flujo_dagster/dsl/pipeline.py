@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from flujo_dagster.dsl.flow import flow_of_steps
 from flujo_dagster.dsl.keys import StepKeys, resolve_keys
 from flujo_dagster.dsl.steps import Step, StepsLike, as_steps
 from flujo_dagster.errors import ConfigurationError
@@ -90,11 +91,8 @@ class Pipeline:
         return resolve_keys(step, self.fields)
 
     def written_keys(self) -> set[str]:
-        """Every key some step writes."""
-        out: set[str] = set()
-        for s in self.steps:
-            out.update(self.keys_of(s).writes or ())
-        return out
+        """Every key some step writes, at any depth, on some path."""
+        return set(flow_of_steps(self.steps, self.fields).may)
 
     def has_default(self, key: str) -> bool:
         """True when the context field `key` has a default value (or factory)."""

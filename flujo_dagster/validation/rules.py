@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import keyword
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, get_origin
 
+from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.keys import annotations_of, resolve_keys, return_annotation
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
 from flujo_dagster.validation.findings import Finding
+from flujo_dagster.validation.keyflow import rule_keys
 from flujo_dagster.validation.typecompat import (
     ambiguous_union_problem,
     is_assignable,
@@ -37,11 +38,6 @@ def step_path(pipeline: Pipeline, step: Step) -> str:
     return f"{pipeline.name} > {step.kind}:{step.name}"
 
 
-def _close(key: str, known: list[str]) -> str:
-    match = difflib.get_close_matches(key, known, n=1)
-    return f"did you mean {match[0]!r}?" if match else f"known keys: {', '.join(known)}"
-
-
 def rule_names(pipeline: Pipeline) -> Iterator[Finding]:
     """V-NAME: step names are unique, legal op names, and not reserved."""
     seen: set[str] = set()
@@ -53,8 +49,7 @@ def rule_names(pipeline: Pipeline) -> Iterator[Finding]:
             message=f"pipeline name {pipeline.name!r} is not a legal Dagster name.",
             hint="use letters, digits and underscores, not starting with a digit",
         )
-    for s in pipeline.steps:
-        path = step_path(pipeline, s)
+    for path, s in walk(pipeline.steps, pipeline.name):
         if not _NAME_RE.match(s.name):
             yield Finding(
                 code="V-NAME",
@@ -82,69 +77,10 @@ def rule_names(pipeline: Pipeline) -> Iterator[Finding]:
         seen.add(s.name)
 
 
-def rule_keys(pipeline: Pipeline) -> Iterator[Finding]:
-    """V-CTX1 (read before written), V-CTX2 (unknown key), V-CTX3 (writes cannot be inferred)."""
-    fields = pipeline.fields
-    known = list(fields)
-    live = set(pipeline.initial_keys())
-    for s in pipeline.steps:
-        path = step_path(pipeline, s)
-        keys = resolve_keys(s, fields)
-        for key in keys.reads:
-            if key not in fields:
-                yield Finding(
-                    code="V-CTX2",
-                    severity="error",
-                    path=path,
-                    message=f"reads unknown key {key!r}: it is not a field of {pipeline.context.__name__}.",
-                    hint=_close(key, known),
-                )
-            elif key not in live:
-                yield Finding(
-                    code="V-CTX1",
-                    severity="error",
-                    path=path,
-                    message=f"reads key {key!r} before any step writes it, and it has no default.",
-                    hint=f"write {key!r} in an earlier step, or give the field a default",
-                )
-        if keys.writes is None:
-            yield Finding(
-                code="V-CTX3",
-                severity="error",
-                path=path,
-                message=(
-                    f"cannot tell which keys step {s.name!r} writes: no key is named {s.name!r} and it "
-                    "does not return a model whose fields are all keys."
-                ),
-                hint="pass output_keys=[...] to @step, or name the step after the key it writes",
-            )
-            continue
-        for key in keys.writes:
-            if key not in fields:
-                yield Finding(
-                    code="V-CTX2",
-                    severity="error",
-                    path=path,
-                    message=f"writes unknown key {key!r}: it is not a field of {pipeline.context.__name__}.",
-                    hint=_close(key, known),
-                )
-        live.update(keys.writes)
-    for key in pipeline.assets:
-        if key not in fields:
-            yield Finding(
-                code="V-CTX2",
-                severity="error",
-                path=pipeline.name,
-                message=f"asset {key!r} is not a field of {pipeline.context.__name__}.",
-                hint=_close(key, known),
-            )
-
-
-def _function_type_findings(pipeline: Pipeline, s: FunctionStep) -> Iterator[Finding]:
+def _function_type_findings(pipeline: Pipeline, s: FunctionStep, path: str) -> Iterator[Finding]:
     fields = pipeline.fields
     keys = resolve_keys(s, fields)
     hints = annotations_of(s.fn)
-    path = step_path(pipeline, s)
     for key in keys.reads:
         if key in fields and key in hints and not is_assignable(fields[key], hints[key]):
             yield Finding(
@@ -171,7 +107,7 @@ def _function_type_findings(pipeline: Pipeline, s: FunctionStep) -> Iterator[Fin
         )
 
 
-def _agent_type_findings(pipeline: Pipeline, s: AgentStep) -> Iterator[Finding]:
+def _agent_type_findings(pipeline: Pipeline, s: AgentStep, path: str) -> Iterator[Finding]:
     fields = pipeline.fields
     key = s.output_key or s.name
     output_type: Any = getattr(s.agent, "output_type", None)
@@ -181,7 +117,7 @@ def _agent_type_findings(pipeline: Pipeline, s: AgentStep) -> Iterator[Finding]:
         yield Finding(
             code="V-TYPE",
             severity="error",
-            path=step_path(pipeline, s),
+            path=path,
             message=(
                 f"the agent's output_type is {type_name(output_type)} but key {key!r} holds {type_name(fields[key])}."
             ),
@@ -209,19 +145,18 @@ def rule_types(pipeline: Pipeline) -> Iterator[Finding]:
                 message=f"key {name!r} ({type_name(annotation)}) is an ambiguous union: {ambiguity}.",
                 hint="use a discriminated union, or wrap the members in models that JSON can tell apart",
             )
-    for s in pipeline.steps:
+    for path, s in walk(pipeline.steps, pipeline.name):
         if isinstance(s, FunctionStep):
-            yield from _function_type_findings(pipeline, s)
+            yield from _function_type_findings(pipeline, s, path)
         elif isinstance(s, AgentStep):
-            yield from _agent_type_findings(pipeline, s)
+            yield from _agent_type_findings(pipeline, s, path)
 
 
 def rule_agents(pipeline: Pipeline) -> Iterator[Finding]:
     """V-A1: an agent step has an agent, and a model known at definition time."""
-    for s in pipeline.steps:
+    for path, s in walk(pipeline.steps, pipeline.name):
         if not isinstance(s, AgentStep):
             continue
-        path = step_path(pipeline, s)
         if s.agent is None:
             yield Finding(
                 code="V-A1",

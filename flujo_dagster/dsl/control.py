@@ -1,0 +1,124 @@
+"""Control-flow nodes: `Loop`, `Branch`, `Parallel`. Pure data; constructing runs nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from flujo_dagster.dsl.steps import Retry, Step, StepsLike, as_steps
+
+__all__ = ["Branch", "Isolation", "Loop", "Parallel"]
+
+Isolation = Literal["inline", "op"]
+
+
+def _base(obj: Step, name: str, inline: bool) -> None:
+    object.__setattr__(obj, "name", name)
+    object.__setattr__(obj, "retry", Retry())
+    object.__setattr__(obj, "timeout_s", None)
+    object.__setattr__(obj, "inline", inline)
+
+
+@dataclass(frozen=True, init=False)
+class Loop(Step):
+    """Run `body` again and again until `until` (a function whose parameters are keys) returns True, at most
+    `max_iterations` times. Exhaustion fails naming the loop, unless `on_exhausted="continue"`.
+
+    Expanded by default: one op per step per iteration (`refine__i2__draft`), a gate op per iteration, and a
+    join that forwards the exiting iteration's keys. `inline=True` runs the whole loop in one op.
+    """
+
+    body: tuple[Step, ...] = field(default=())
+    until: Callable[..., bool] = field(default=bool)
+    max_iterations: int = 1
+    on_exhausted: Literal["fail", "continue"] = "fail"
+
+    kind = "loop"
+
+    def __init__(
+        self,
+        name: str,
+        /,
+        *,
+        body: StepsLike,
+        until: Callable[..., bool],
+        max_iterations: int,
+        on_exhausted: Literal["fail", "continue"] = "fail",
+        inline: bool = False,
+    ) -> None:
+        _base(self, name, inline)
+        object.__setattr__(self, "body", as_steps(body))
+        object.__setattr__(self, "until", until)
+        object.__setattr__(self, "max_iterations", max_iterations)
+        object.__setattr__(self, "on_exhausted", on_exhausted)
+
+
+@dataclass(frozen=True, init=False)
+class Branch(Step):
+    """Run the steps of the case whose value equals key `on` (or the value a function of keys returns);
+    `default` when no case matches. No match and no default fails naming the value and the known cases.
+
+    Expanded by default: a router op with one optional output per case (untaken cases show as skipped) and a
+    join op that forwards the keys the cases write. `inline=True` runs it in one op.
+    """
+
+    on: str | Callable[..., Hashable] = ""
+    cases: Mapping[Hashable, tuple[Step, ...]] = field(default_factory=dict)
+    default: tuple[Step, ...] | None = None
+
+    kind = "branch"
+
+    def __init__(
+        self,
+        name: str,
+        /,
+        *,
+        on: str | Callable[..., Hashable],
+        cases: Mapping[Hashable, StepsLike],
+        default: StepsLike | None = None,
+        inline: bool = False,
+    ) -> None:
+        _base(self, name, inline)
+        object.__setattr__(self, "on", on)
+        object.__setattr__(self, "cases", {value: as_steps(steps) for value, steps in cases.items()})
+        object.__setattr__(self, "default", as_steps(default) if default is not None else None)
+
+    def arms(self) -> list[tuple[str, tuple[Step, ...]]]:
+        """Every case (then the default) as (label, steps); labels are `repr(value)` and `default`."""
+        arms = [(repr(value), steps) for value, steps in self.cases.items()]
+        if self.default is not None:
+            arms.append(("default", self.default))
+        return arms
+
+
+@dataclass(frozen=True, init=False)
+class Parallel(Step):
+    """Run named branches at the same time; each sees the keys as they were before the Parallel, and no two
+    branches may write the same key (V-PAR1).
+
+    By default one op awaits every branch together (LLM waits overlap). `isolation="op"` gives each branch
+    its own ops. With `on_branch_failure="ignore"` a failing branch's keys are left unwritten and the others
+    go on; a `FlujoDagsterError` (pricing, budget, rejection) is never ignored.
+    """
+
+    branches: Mapping[str, tuple[Step, ...]] = field(default_factory=dict)
+    on_branch_failure: Literal["fail", "ignore"] = "fail"
+    isolation: Isolation = "inline"
+
+    kind = "parallel"
+
+    def __init__(
+        self,
+        name: str,
+        /,
+        *,
+        branches: Mapping[str, StepsLike],
+        on_branch_failure: Literal["fail", "ignore"] = "fail",
+        isolation: Isolation = "inline",
+        inline: bool = False,
+    ) -> None:
+        _base(self, name, inline)
+        object.__setattr__(self, "branches", {label: as_steps(steps) for label, steps in branches.items()})
+        object.__setattr__(self, "on_branch_failure", on_branch_failure)
+        object.__setattr__(self, "isolation", isolation)

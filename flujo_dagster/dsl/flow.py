@@ -1,0 +1,86 @@
+"""Key flow through the DSL tree: what a node reads from before it, and what it writes on every or some path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from flujo_dagster.dsl.control import Branch, Loop, Parallel
+from flujo_dagster.dsl.keys import parameter_names, resolve_keys
+from flujo_dagster.dsl.steps import Step
+
+__all__ = ["Flow", "callable_reads", "children", "flow_of", "flow_of_steps", "walk"]
+
+
+@dataclass(frozen=True)
+class Flow:
+    """`reads`: keys the node needs from before it (in first-read order); `must`: keys written on every path
+    that finishes; `may`: keys written on some path (a superset of `must`)."""
+
+    reads: tuple[str, ...]
+    must: frozenset[str]
+    may: frozenset[str]
+
+
+def callable_reads(fn: Callable[..., object]) -> tuple[str, ...]:
+    """The keys a predicate or selector reads: its parameter names."""
+    return parameter_names(fn)
+
+
+def _ordered(*groups: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(k for g in groups for k in g))
+
+
+def flow_of_steps(steps: Sequence[Step], fields: Mapping[str, object]) -> Flow:
+    """The flow of a sequence of steps."""
+    reads: list[str] = []
+    must: set[str] = set()
+    may: set[str] = set()
+    for step in steps:
+        f = flow_of(step, fields)
+        reads.extend(k for k in f.reads if k not in must)
+        must |= f.must
+        may |= f.may
+    return Flow(_ordered(reads), frozenset(must), frozenset(may))
+
+
+def flow_of(step: Step, fields: Mapping[str, object]) -> Flow:
+    """The flow of one node (a leaf step or a control-flow node)."""
+    if isinstance(step, Loop):
+        body = flow_of_steps(step.body, fields)
+        until = [k for k in callable_reads(step.until) if k not in body.must]
+        return Flow(_ordered(body.reads, until), body.must, body.may)
+    if isinstance(step, Branch):
+        selector = (step.on,) if isinstance(step.on, str) else callable_reads(step.on)
+        arms = [flow_of_steps(steps, fields) for _, steps in step.arms()]
+        must = frozenset.intersection(*(a.must for a in arms)) if arms else frozenset()
+        may = frozenset().union(*(a.may for a in arms))
+        return Flow(_ordered(selector, *(a.reads for a in arms)), must, may)
+    if isinstance(step, Parallel):
+        arms = [flow_of_steps(steps, fields) for steps in step.branches.values()]
+        may = frozenset().union(*(a.may for a in arms))
+        must = frozenset().union(*(a.must for a in arms)) if step.on_branch_failure == "fail" else frozenset()
+        return Flow(_ordered(*(a.reads for a in arms)), must, may)
+    keys = resolve_keys(step, fields)
+    writes = frozenset(keys.writes or ())
+    return Flow(keys.reads, writes, writes)
+
+
+def children(step: Step) -> list[tuple[str | None, tuple[Step, ...]]]:
+    """The step sequences directly inside a control-flow node, with their arm labels (None for a loop body)."""
+    if isinstance(step, Loop):
+        return [(None, step.body)]
+    if isinstance(step, Branch):
+        return [(label, steps) for label, steps in step.arms()]
+    if isinstance(step, Parallel):
+        return [(label, steps) for label, steps in step.branches.items()]
+    return []
+
+
+def walk(steps: Sequence[Step], path: str) -> Iterator[tuple[str, Step]]:
+    """Every node below `path`, depth first, with its path (`digest > loop:refine > step:draft`)."""
+    for step in steps:
+        here = f"{path} > {step.kind}:{step.name}"
+        yield here, step
+        for _, inner in children(step):
+            yield from walk(inner, here)

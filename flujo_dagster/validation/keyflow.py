@@ -1,0 +1,166 @@
+"""Key-flow rules: V-CTX1 (read before written on some path), V-CTX2 (unknown key), V-CTX3 (writes cannot
+be inferred), V-PAR1 (parallel branches writing one key), V-FLOW (malformed loops and branches)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Sequence
+
+from flujo_dagster.dsl.control import Branch, Loop, Parallel
+from flujo_dagster.dsl.flow import callable_reads, flow_of_steps
+from flujo_dagster.dsl.keys import resolve_keys
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.dsl.steps import Step
+from flujo_dagster.validation.findings import Finding
+
+__all__ = ["rule_keys"]
+
+
+def _close(key: str, known: list[str]) -> str:
+    match = difflib.get_close_matches(key, known, n=1)
+    return f"did you mean {match[0]!r}?" if match else f"known keys: {', '.join(known)}"
+
+
+class _Checker:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.fields = pipeline.fields
+        self.known = list(self.fields)
+        self.model = pipeline.context.__name__
+
+    def unknown(self, key: str, path: str, verb: str) -> Finding:
+        return Finding(
+            code="V-CTX2",
+            severity="error",
+            path=path,
+            message=f"{verb} unknown key {key!r}: it is not a field of {self.model}.",
+            hint=_close(key, self.known),
+        )
+
+    def reads(self, keys: Sequence[str], live: set[str], path: str, *, who: str = "") -> Iterator[Finding]:
+        for key in keys:
+            if key not in self.fields:
+                yield self.unknown(key, path, f"{who}reads")
+            elif key not in live:
+                yield Finding(
+                    code="V-CTX1",
+                    severity="error",
+                    path=path,
+                    message=f"{who}reads key {key!r} before any step writes it, and it has no default.",
+                    hint=f"write {key!r} in an earlier step, or give the field a default",
+                )
+
+    def steps(self, steps: Sequence[Step], live: set[str], path: str) -> Iterator[Finding]:
+        """Check `steps` in order; `live` (keys with a value on every path) grows as they write."""
+        for step in steps:
+            here = f"{path} > {step.kind}:{step.name}"
+            if isinstance(step, Loop):
+                yield from self.loop(step, live, here)
+            elif isinstance(step, Branch):
+                yield from self.branch(step, live, here)
+            elif isinstance(step, Parallel):
+                yield from self.parallel(step, live, here)
+            else:
+                yield from self.leaf(step, live, here)
+
+    def leaf(self, step: Step, live: set[str], path: str) -> Iterator[Finding]:
+        keys = resolve_keys(step, self.fields)
+        yield from self.reads(keys.reads, live, path)
+        if keys.writes is None:
+            yield Finding(
+                code="V-CTX3",
+                severity="error",
+                path=path,
+                message=(
+                    f"cannot tell which keys step {step.name!r} writes: no key is named {step.name!r} and it "
+                    "does not return a model whose fields are all keys."
+                ),
+                hint="pass output_keys=[...] to @step, or name the step after the key it writes",
+            )
+            return
+        for key in keys.writes:
+            if key not in self.fields:
+                yield self.unknown(key, path, "writes")
+        live.update(keys.writes)
+
+    def loop(self, loop: Loop, live: set[str], path: str) -> Iterator[Finding]:
+        if loop.max_iterations < 1:
+            yield Finding(
+                code="V-FLOW",
+                severity="error",
+                path=path,
+                message=f"max_iterations is {loop.max_iterations}; a loop runs its body at least once.",
+                hint="set max_iterations to 1 or more",
+            )
+        inner = set(live)
+        yield from self.steps(loop.body, inner, path)
+        yield from self.reads(callable_reads(loop.until), inner, path, who="until ")
+        live.update(inner)
+
+    def branch(self, branch: Branch, live: set[str], path: str) -> Iterator[Finding]:
+        if isinstance(branch.on, str):
+            yield from self.reads((branch.on,), live, path, who="on ")
+        else:
+            yield from self.reads(callable_reads(branch.on), live, path, who="on ")
+        arms = branch.arms()
+        if not arms:
+            yield Finding(
+                code="V-FLOW",
+                severity="error",
+                path=path,
+                message="branch has no case and no default.",
+                hint="give it cases={value: [steps]} and, if every value must be handled, a default",
+            )
+            return
+        after: list[set[str]] = []
+        for _, steps in arms:
+            inner = set(live)
+            yield from self.steps(steps, inner, path)
+            after.append(inner)
+        live.update(set.intersection(*after))
+
+    def parallel(self, parallel: Parallel, live: set[str], path: str) -> Iterator[Finding]:
+        writers: dict[str, list[str]] = {}
+        for label, steps in parallel.branches.items():
+            yield from self.steps(steps, set(live), path)
+            for key in sorted(flow_of_steps(steps, self.fields).may):
+                writers.setdefault(key, []).append(label)
+        for key, labels in writers.items():
+            if len(labels) > 1:
+                yield Finding(
+                    code="V-PAR1",
+                    severity="error",
+                    path=path,
+                    message=f"branches {', '.join(map(repr, labels))} all write key {key!r}; parallel branches "
+                    "must write different keys.",
+                    hint="write a separate key in each branch and combine them in a step after the Parallel",
+                )
+        if parallel.on_branch_failure == "fail":
+            live.update(flow_of_steps([parallel], self.fields).must)
+
+
+def rule_keys(pipeline: Pipeline) -> Iterator[Finding]:
+    """Key flow over the whole tree, and the end of the pipeline: every key without a default is written on
+    every path (the final context needs it)."""
+    checker = _Checker(pipeline)
+    live = set(pipeline.initial_keys())
+    yield from checker.steps(pipeline.steps, live, pipeline.name)
+    written = pipeline.written_keys()
+    for key in pipeline.context.model_fields:
+        if key in written and key not in live and not pipeline.has_default(key):
+            yield Finding(
+                code="V-CTX1",
+                severity="error",
+                path=pipeline.name,
+                message=f"key {key!r} has no default and is not written on every path through the pipeline.",
+                hint=f"give {key!r} a default, or write it on every branch",
+            )
+    for key in pipeline.assets:
+        if key not in checker.fields:
+            yield Finding(
+                code="V-CTX2",
+                severity="error",
+                path=pipeline.name,
+                message=f"asset {key!r} is not a field of {checker.model}.",
+                hint=_close(key, checker.known),
+            )
