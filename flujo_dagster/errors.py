@@ -12,7 +12,9 @@ __all__ = [
     "ApprovalError",
     "ApprovalRejectedError",
     "ConfigurationError",
+    "ControlFlowError",
     "FlujoDagsterError",
+    "ParallelBranchError",
     "PricingNotConfiguredError",
     "StepOutputError",
     "StorageError",
@@ -57,3 +59,11 @@ class StorageError(FlujoDagsterError):
 
 class StepOutputError(FlujoDagsterError):
     """A step returned a value that does not fit the keys it writes."""
+
+
+class ControlFlowError(FlujoDagsterError):
+    """A loop ran out of iterations, or no branch case matched."""
+
+
+class ParallelBranchError(FlujoDagsterError):
+    """One or more branches of a Parallel failed (the others finished first)."""

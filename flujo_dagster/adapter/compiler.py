@@ -8,31 +8,17 @@ from typing import TYPE_CHECKING
 from dagster import (
     AssetsDefinition,
     AssetSelection,
-    DependencyDefinition,
     ExecutorDefinition,
     GraphDefinition,
     JobDefinition,
-    MultiDependencyDefinition,
-    NodeInvocation,
     OutputMapping,
     define_asset_job,
 )
 
-from flujo_dagster.adapter.naming import (
-    CONTEXT_OP,
-    CONTEXT_OUTPUT,
-    INPUTS_OP,
-    READY_OUTPUT,
-    graph_name,
-    io_name,
-    op_name,
-    step_key,
-)
-from flujo_dagster.adapter.ops import StepWiring, context_op, inputs_op, step_op
+from flujo_dagster.adapter.graph_builder import build_graph
+from flujo_dagster.adapter.naming import CONTEXT_OP, CONTEXT_OUTPUT, INPUTS_OP, graph_name, io_name, step_key
 from flujo_dagster.adapter.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.errors import ConfigurationError
-from flujo_dagster.validation import step_path
 
 if TYPE_CHECKING:  # not exported by dagster; only needed for the annotation
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -55,17 +41,6 @@ class CompiledPipeline:
     """Step key of the `flujo_context` op, whose output `context` is the run's final typed context."""
     inputs_step_key: str
     """Step key of the `flujo_inputs` op, whose config takes the run's inputs."""
-
-
-def _emitted_initial_keys(pipeline: Pipeline) -> tuple[str, ...]:
-    """Initial keys some step reads before any step writes them, or that no step writes at all."""
-    needed: set[str] = set()
-    written: set[str] = set()
-    for s in pipeline.steps:
-        keys = pipeline.keys_of(s)
-        needed.update(k for k in keys.reads if k not in written)
-        written.update(keys.writes or ())
-    return tuple(k for k in pipeline.initial_keys() if k in needed or k not in written)
 
 
 def _asset_lineage(
@@ -96,50 +71,17 @@ def compile_pipeline(
     executor: ExecutorDefinition | None = None,
 ) -> CompiledPipeline:
     """Compile a pipeline that passed validation. Deterministic: every step process rebuilds the same job."""
-    emitted = _emitted_initial_keys(pipeline)
-    live: dict[str, Producer] = {k: (INPUTS_OP, io_name(k)) for k in emitted}
-    node_defs = [inputs_op(pipeline, op_name(pipeline.name, INPUTS_OP), emitted)]
-    deps: dict[str, dict[str, DependencyDefinition | MultiDependencyDefinition]] = {INPUTS_OP: {}}
-    upstream: dict[str, list[Producer]] = {}
-    for s in pipeline.steps:
-        keys = pipeline.keys_of(s)
-        if keys.writes is None:
-            raise ConfigurationError(f"{step_path(pipeline, s)}: writes no known key; validate the pipeline first")
-        wiring = StepWiring(
-            op=op_name(s.name),
-            definition=op_name(pipeline.name, s.name),
-            path=step_path(pipeline, s),
-            reads=keys.reads,
-            writes=keys.writes,
-            split=keys.split,
-        )
-        node_defs.append(step_op(pipeline, s, wiring))
-        deps[wiring.op] = {io_name(k): DependencyDefinition(*live[k]) for k in keys.reads}
-        upstream[wiring.op] = [live[k] for k in keys.reads]
-        live.update({k: (wiring.op, io_name(k)) for k in keys.writes})
     has_assets = bool(pipeline.assets)
-    node_defs.append(
-        context_op(
-            pipeline,
-            op_name(pipeline.name, CONTEXT_OP),
-            live,
-            step_key=lambda n: step_key(pipeline.name, has_assets, n),
-        )
-    )
-    # flujo_inputs always feeds the fan-in: it always runs, so flujo_context always runs too (and then names any
-    # key that was never produced); with no key to emit it emits a Nothing output for this.
-    inputs_source = (INPUTS_OP, io_name(emitted[0]) if emitted else READY_OUTPUT)
-    sources = list(dict.fromkeys([inputs_source, *live.values()]))
-    deps[CONTEXT_OP] = {"after": MultiDependencyDefinition([DependencyDefinition(*p) for p in sources])}
-    upstream[CONTEXT_OP] = sources
+    built = build_graph(pipeline, lambda node: step_key(pipeline.name, has_assets, node))
+    live, upstream = built.live, built.upstream
 
     job_name = translator.get_job_name(pipeline)
     graph = GraphDefinition(
         # not the job's name: Dagster wants graph and job names distinct within a code location
         name=graph_name(pipeline.name, has_assets),
         description=pipeline.description,
-        node_defs=node_defs,
-        dependencies={NodeInvocation(d.name, alias=node): deps[node] for d, node in zip(node_defs, deps, strict=True)},
+        node_defs=list(dict.fromkeys(built.defs.values())),
+        dependencies=built.dependencies(),
         output_mappings=[
             *(OutputMapping(io_name(k), *live[k]) for k in pipeline.assets),
             # Dagster refuses non-asset leaf ops in a graph-backed asset: the final context is an asset too.

@@ -1,6 +1,6 @@
-"""Op factories: one compile rule per step kind, plus the first (`flujo_inputs`) and last (`flujo_context`) ops."""
+"""Op factories for leaf steps (one compile rule per kind) and the first op, `flujo_inputs`."""
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -8,7 +8,6 @@ import anyio
 from dagster import Any as DagsterAny
 from dagster import (
     Backoff,
-    DagsterRun,
     Failure,
     Field,
     In,
@@ -20,32 +19,38 @@ from dagster import (
     Permissive,
     RetryPolicy,
 )
-from pydantic import ValidationError
-from pydantic_core import to_json
 
 from flujo_dagster.adapter import metadata as md
-from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
-from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OUTPUT, READY_OUTPUT, io_name
+from flujo_dagster.adapter.naming import READY_OUTPUT, io_name
 from flujo_dagster.adapter.resources import AgentRuntime
 from flujo_dagster.adapter.types import KeyType, key_type
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Retry, Step
-from flujo_dagster.errors import (
-    ConfigurationError,
-    StepOutputError,
-    StorageError,
-    UsageLimitExceededError,
-)
+from flujo_dagster.errors import ConfigurationError, ControlFlowError, UsageLimitExceededError
 from flujo_dagster.runtime.calls import call_function_step
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.prompts import render_prompt
-from flujo_dagster.validation.typecompat import type_name
+from flujo_dagster.runtime.values import step_outputs
 
-__all__ = ["OP_RULES", "StepWiring", "context_op", "inputs_op", "step_op"]
+__all__ = [
+    "AGENT_RUNTIME_KEY",
+    "GATE_INPUT",
+    "IO_MANAGER_KEY",
+    "NOT_RETRIED",
+    "OP_RULES",
+    "StepWiring",
+    "inputs_op",
+    "ins_for",
+    "not_retried",
+    "outs_for",
+    "step_op",
+]
 
 IO_MANAGER_KEY = "flujo_io_manager"
 AGENT_RUNTIME_KEY = "agent_runtime"
-_NOT_RETRIED = (ConfigurationError, UsageLimitExceededError)
+GATE_INPUT = "flujo_gate"
+"""A `Nothing` input tying an op to the router case or loop iteration it belongs to (skipped with it)."""
+NOT_RETRIED = (ConfigurationError, UsageLimitExceededError, ControlFlowError)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +66,10 @@ class StepWiring:
     path: str
     reads: tuple[str, ...]
     writes: tuple[str, ...]
-    split: bool
+    split: bool = False
+    gated: bool = False
+    optional: frozenset[str] = frozenset()
+    """Written keys the op may not produce (an inline branch that did not write them)."""
 
 
 def _retry_policy(retry: Retry) -> RetryPolicy | None:
@@ -75,46 +83,25 @@ def _ktype(pipeline: Pipeline, key: str) -> KeyType:
     return key_type(pipeline.name, key, pipeline.fields[key])
 
 
-def _ins(pipeline: Pipeline, reads: tuple[str, ...]) -> dict[str, In]:
-    return {io_name(k): In(_ktype(pipeline, k)) for k in reads}
+def ins_for(pipeline: Pipeline, reads: tuple[str, ...], *, gated: bool = False) -> dict[str, In]:
+    """One typed `In` per key read, plus the gate input when the op sits in a case or loop iteration."""
+    ins = {io_name(k): In(_ktype(pipeline, k)) for k in reads}
+    if gated:
+        ins[GATE_INPUT] = In(Nothing)
+    return ins
 
 
-def _outs(pipeline: Pipeline, writes: tuple[str, ...]) -> dict[str, Out]:
-    return {io_name(k): Out(_ktype(pipeline, k), io_manager_key=IO_MANAGER_KEY) for k in writes}
+def outs_for(pipeline: Pipeline, writes: tuple[str, ...], optional: frozenset[str] = frozenset()) -> dict[str, Out]:
+    """One typed `Out` per key written, stored by the flujo IO manager."""
+    return {
+        io_name(k): Out(_ktype(pipeline, k), io_manager_key=IO_MANAGER_KEY, is_required=k not in optional)
+        for k in writes
+    }
 
 
-def _coerce(pipeline: Pipeline, wiring: StepWiring, key: str, value: object) -> object:
-    ktype = _ktype(pipeline, key)
-    try:
-        return ktype.coerce(value)
-    except ValidationError as exc:
-        raise StepOutputError(
-            f"step {wiring.path} returned a value for key {key!r} that is not a {type_name(ktype.annotation)}: "
-            f"{exc}. Return a {type_name(ktype.annotation)}, or change the context field."
-        ) from exc
-
-
-def _split(wiring: StepWiring, result: object) -> Iterator[tuple[str, object]]:
-    if not wiring.split:
-        yield wiring.writes[0], result
-        return
-    for key in wiring.writes:
-        if isinstance(result, Mapping):
-            if key not in result:
-                raise StepOutputError(
-                    f"step {wiring.path} returned no value for key {key!r}; it writes {wiring.writes}."
-                )
-            yield key, result[key]
-        elif hasattr(result, key):
-            yield key, getattr(result, key)
-        else:
-            raise StepOutputError(
-                f"step {wiring.path} returned {type(result).__name__}, which has no attribute {key!r}; it writes "
-                f"{wiring.writes}: return a model or mapping with those names."
-            )
-
-
-def _not_retried(exc: BaseException, wiring: StepWiring) -> Failure:
+def not_retried(exc: BaseException, wiring: StepWiring) -> Failure:
+    """Dagster's RetryPolicy retries every exception but this one: configuration, budget and control-flow
+    errors fail the step on its first attempt, chained from the original."""
     return Failure(
         description=f"{type(exc).__name__} at {wiring.path}: {exc}",
         metadata={md.STEP_PATH: wiring.path, "flujo/error_class": type(exc).__name__},
@@ -129,16 +116,16 @@ def _function_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefini
         kwargs = {k: inputs[io_name(k)] for k in wiring.reads}
         try:
             result = await call_function_step(step, kwargs, path=wiring.path)
-        except _NOT_RETRIED as exc:
-            raise _not_retried(exc, wiring) from exc
-        for key, value in _split(wiring, result):
-            yield Output(_coerce(pipeline, wiring, key, value), io_name(key))
+        except NOT_RETRIED as exc:
+            raise not_retried(exc, wiring) from exc
+        for key, value in step_outputs(wiring.path, wiring.writes, wiring.split, result, pipeline.fields).items():
+            yield Output(value, io_name(key))
 
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
-        ins=_ins(pipeline, wiring.reads),
-        outs=_outs(pipeline, wiring.writes),
+        ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
+        outs=outs_for(pipeline, wiring.writes),
         description=(step.fn.__doc__ or f"function step {wiring.path}").strip(),
         retry_policy=_retry_policy(step.retry),
         tags={md.KIND: "function", md.STEP_PATH: wiring.path},
@@ -158,10 +145,11 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
             else:
                 with anyio.fail_after(step.timeout_s):
                     call, source = await runtime.run(step, prompt)
-        except _NOT_RETRIED as exc:
-            raise _not_retried(exc, wiring) from exc
+        except NOT_RETRIED as exc:
+            raise not_retried(exc, wiring) from exc
+        (value,) = step_outputs(wiring.path, wiring.writes, False, call.output, pipeline.fields).values()
         yield Output(
-            _coerce(pipeline, wiring, key, call.output),
+            value,
             io_name(key),
             metadata={
                 md.STEP_PATH: wiring.path,
@@ -178,8 +166,8 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
-        ins=_ins(pipeline, wiring.reads),
-        outs=_outs(pipeline, wiring.writes),
+        ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
+        outs=outs_for(pipeline, wiring.writes),
         description=f"agent step {wiring.path} on {step.model_id()}; prompt: {prompt_text}",
         required_resource_keys={AGENT_RUNTIME_KEY},
         retry_policy=_retry_policy(step.retry),
@@ -219,72 +207,8 @@ def inputs_op(pipeline: Pipeline, name: str, emitted: tuple[str, ...]) -> OpDefi
         compute_fn=compute,
         name=name,
         ins={},
-        outs=_outs(pipeline, emitted) if emitted else {READY_OUTPUT: Out(Nothing)},
+        outs=outs_for(pipeline, emitted) if emitted else {READY_OUTPUT: Out(Nothing)},
         config_schema={"inputs": Field(inputs_schema, is_required=bool(required))},
         description=f"Validates the run inputs of pipeline {pipeline.name!r} with {pipeline.context.__name__}.",
         tags={md.KIND: "inputs"},
-    )
-
-
-def _producing_run(context: OpExecutionContext, step_key: str, cache: dict[str, DagsterRun]) -> str:
-    """The run (this one or an ancestor) whose storage holds `step_key`'s outputs."""
-    run = context.run
-    while True:
-        keys = run.step_keys_to_execute
-        if keys is None or step_key in keys or run.parent_run_id is None:
-            return run.run_id
-        parent = cache.get(run.parent_run_id) or context.instance.get_run_by_id(run.parent_run_id)
-        if parent is None:
-            return run.run_id
-        cache[run.parent_run_id] = parent
-        run = parent
-
-
-def context_op(
-    pipeline: Pipeline, name: str, producers: Mapping[str, tuple[str, str]], *, step_key: Callable[[str], str]
-) -> OpDefinition:
-    """The last op: reads every key's live value and returns the validated context.
-
-    It depends on every producer through one fan-in `Nothing` input (so it runs even when some producer was
-    skipped) and reads the values from the flujo IO manager itself, which costs no event per key.
-    `producers` maps each key to (node name, output name); `step_key` gives a node's step key in the job.
-    """
-    context_type = key_type(pipeline.name, CONTEXT_KEY, pipeline.context)
-
-    def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
-        io: PydanticJsonIOManager = getattr(context.resources, IO_MANAGER_KEY)
-        root = io.root(context.instance.storage_directory())
-        runs: dict[str, DagsterRun] = {}
-        values: dict[str, object] = {}
-        for key, (op, output) in producers.items():
-            producer_key = step_key(op)
-            run_id = _producing_run(context, producer_key, runs)
-            path = io.output_path(root, run_id, producer_key, output)
-            if not path.exists():
-                raise StorageError(
-                    f"key {key!r} of pipeline {pipeline.name!r} was never produced: step {op!r} did not write "
-                    f"it in run {run_id} (expected {path}). Check the event log of step {op!r}."
-                )
-            values[key] = io.read(path, StoredKey(key, pipeline.fields[key]), where=f"run {run_id}, step {op}")
-        # through the JSON form: python-mode validation is not idempotent for every type (Base64Bytes)
-        dumped = {
-            k: _ktype(pipeline, k).adapter.dump_python(v, mode="python", round_trip=True) for k, v in values.items()
-        }
-        try:
-            final = pipeline.context.model_validate_json(to_json(dumped, inf_nan_mode="constants"))
-        except ValidationError as exc:
-            raise StepOutputError(
-                f"the final context of pipeline {pipeline.name!r} does not validate as "
-                f"{pipeline.context.__name__}: {exc}"
-            ) from exc
-        yield Output(final, CONTEXT_OUTPUT)
-
-    return OpDefinition(
-        compute_fn=compute,
-        name=name,
-        ins={"after": In(Nothing)},
-        outs={CONTEXT_OUTPUT: Out(context_type, io_manager_key=IO_MANAGER_KEY)},
-        required_resource_keys={IO_MANAGER_KEY},
-        description=f"Assembles and validates the final {pipeline.context.__name__} of pipeline {pipeline.name!r}.",
-        tags={md.KIND: "context"},
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from typing import Any, cast
+from typing import Any
 
 from dagster import DagsterType, TypeCheck, TypeCheckContext
 from pydantic import TypeAdapter
-from pydantic_core import PydanticSerializationError, to_json
+from pydantic_core import PydanticSerializationError
 
+from flujo_dagster.runtime.values import adapter_for, coerce_value
 from flujo_dagster.validation.typecompat import type_name
 
 __all__ = ["KeyType", "key_type"]
@@ -23,7 +24,7 @@ class KeyType(DagsterType):
     def __init__(self, *, name: str, key: str, annotation: object) -> None:
         self.context_key = key
         self.annotation = annotation
-        self.adapter: TypeAdapter[Any] = TypeAdapter(cast(Any, annotation))
+        self.adapter: TypeAdapter[Any] = adapter_for(annotation)
         super().__init__(
             type_check_fn=self._check,
             name=name,
@@ -47,11 +48,7 @@ class KeyType(DagsterType):
         """The value as it will load back: a value of the key's type is passed through its JSON form (so what
         a step returns is exactly what later steps read, constraints checked); anything else is first
         validated leniently (a dict for a model). Raises pydantic's `ValidationError`."""
-        try:
-            py = self.adapter.dump_python(value, mode="python", round_trip=True, warnings="error")
-        except PydanticSerializationError:
-            py = self.adapter.dump_python(self.adapter.validate_python(value), mode="python", round_trip=True)
-        return self.adapter.validate_json(to_json(py, inf_nan_mode="constants"))
+        return coerce_value(self.adapter, value)
 
 
 @cache

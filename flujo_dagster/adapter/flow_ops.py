@@ -1,0 +1,307 @@
+"""Ops that carry control flow: branch routers, loop gates, the joins after them, inline groups, and the last
+op (`flujo_context`). Joins and the last op read values from the flujo IO manager's storage themselves: they
+know which producer holds each key on the path that ran, and a Dagster input per key would cost two events."""
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import DagsterRun, In, MetadataValue, Nothing, OpDefinition, OpExecutionContext, Out, Output
+from pydantic import ValidationError
+from pydantic_core import to_json
+
+from flujo_dagster.adapter import metadata as md
+from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
+from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OUTPUT, io_name
+from flujo_dagster.adapter.ops import (
+    AGENT_RUNTIME_KEY,
+    IO_MANAGER_KEY,
+    NOT_RETRIED,
+    StepWiring,
+    ins_for,
+    not_retried,
+    outs_for,
+)
+from flujo_dagster.adapter.types import key_type
+from flujo_dagster.dsl.control import Branch, Loop
+from flujo_dagster.dsl.flow import walk
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.dsl.steps import AgentStep, Step
+from flujo_dagster.errors import StepOutputError, StorageError
+from flujo_dagster.runtime.interpreter import Interpreter, StepRecord, branch_arm, loop_should_exit
+
+__all__ = [
+    "DECISION_OUTPUT",
+    "EXIT_OUTPUT",
+    "CONTINUE_OUTPUT",
+    "Producer",
+    "arm_output",
+    "branch_join_op",
+    "context_op",
+    "inline_op",
+    "loop_join_op",
+    "router_op",
+    "until_op",
+]
+
+Producer = tuple[str, str]  # (node name, output name)
+DECISION_OUTPUT = "decision"
+EXIT_OUTPUT = "exit"
+CONTINUE_OUTPUT = "next"
+AFTER_INPUT = "after"
+
+
+def arm_output(index: int) -> str:
+    """The router output that gates arm `index` of a branch."""
+    return f"arm_{index}"
+
+
+class _Reader:
+    """Reads producers' stored values for one op invocation, resolving each producer's run on re-execution."""
+
+    def __init__(self, context: OpExecutionContext, step_key: Callable[[str], str]) -> None:
+        self.context = context
+        self.io: PydanticJsonIOManager = getattr(context.resources, IO_MANAGER_KEY)
+        self.root = self.io.root(context.instance.storage_directory())
+        self.step_key = step_key
+        self._runs: dict[str, DagsterRun] = {}
+
+    def _run_of(self, step_key: str) -> str:
+        """The run (this one or an ancestor) whose storage holds `step_key`'s outputs."""
+        run = self.context.run
+        while True:
+            keys = run.step_keys_to_execute
+            if keys is None or step_key in keys or run.parent_run_id is None:
+                return run.run_id
+            parent = self._runs.get(run.parent_run_id) or self.context.instance.get_run_by_id(run.parent_run_id)
+            if parent is None:
+                return run.run_id
+            self._runs[run.parent_run_id] = parent
+            run = parent
+
+    def locate(self, producer: Producer) -> tuple[str, Any]:
+        step_key = self.step_key(producer[0])
+        run_id = self._run_of(step_key)
+        return run_id, self.io.output_path(self.root, run_id, step_key, producer[1])
+
+    def exists(self, producer: Producer) -> bool:
+        return bool(self.locate(producer)[1].exists())
+
+    def read(self, producer: Producer, stored: StoredKey) -> object:
+        run_id, path = self.locate(producer)
+        return self.io.read(path, stored, where=f"run {run_id}, step {producer[0]}")
+
+
+def _forward(pipeline: Pipeline, reader: _Reader, producers: Mapping[str, Producer | None]) -> Iterator[Output[Any]]:
+    """Yield each key's value from its producer, when that producer wrote it."""
+    for key, producer in producers.items():
+        if producer is not None and reader.exists(producer):
+            yield Output(reader.read(producer, StoredKey(key, pipeline.fields[key])), io_name(key))
+
+
+def context_op(
+    pipeline: Pipeline, name: str, producers: Mapping[str, Producer], *, step_key: Callable[[str], str]
+) -> OpDefinition:
+    """The last op: reads every key's live value and returns the validated context. It depends on every
+    producer through one fan-in `Nothing` input that includes `flujo_inputs`, so it runs even when producers
+    were skipped, and then fails naming any key that was never produced."""
+    context_type = key_type(pipeline.name, CONTEXT_KEY, pipeline.context)
+
+    def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        reader = _Reader(context, step_key)
+        values: dict[str, object] = {}
+        for key, producer in producers.items():
+            run_id, path = reader.locate(producer)
+            if not path.exists():
+                raise StorageError(
+                    f"key {key!r} of pipeline {pipeline.name!r} was never produced: step {producer[0]!r} did not "
+                    f"write it in run {run_id} (expected {path}). Check the event log of step {producer[0]!r}."
+                )
+            values[key] = reader.read(producer, StoredKey(key, pipeline.fields[key]))
+        # through the JSON form: python-mode validation is not idempotent for every type (Base64Bytes)
+        dumped = {
+            k: key_type(pipeline.name, k, pipeline.fields[k]).adapter.dump_python(v, mode="python", round_trip=True)
+            for k, v in values.items()
+        }
+        try:
+            final = pipeline.context.model_validate_json(to_json(dumped, inf_nan_mode="constants"))
+        except ValidationError as exc:
+            raise StepOutputError(
+                f"the final context of pipeline {pipeline.name!r} does not validate as "
+                f"{pipeline.context.__name__}: {exc}"
+            ) from exc
+        yield Output(final, CONTEXT_OUTPUT)
+
+    return OpDefinition(
+        compute_fn=compute,
+        name=name,
+        ins={AFTER_INPUT: In(Nothing)},
+        outs={CONTEXT_OUTPUT: Out(context_type, io_manager_key=IO_MANAGER_KEY)},
+        required_resource_keys={IO_MANAGER_KEY},
+        description=f"Assembles and validates the final {pipeline.context.__name__} of pipeline {pipeline.name!r}.",
+        tags={md.KIND: "context"},
+    )
+
+
+def router_op(pipeline: Pipeline, branch: Branch, wiring: StepWiring) -> OpDefinition:
+    """A branch's router: evaluates the selector, yields the taken arm's output (the others are skipped) and
+    the decision (the arm's label)."""
+    labels = [label for label, _ in branch.arms()]
+
+    def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        state = {k: inputs[io_name(k)] for k in wiring.reads}
+        try:
+            label, _ = branch_arm(branch, state, wiring.path)
+        except NOT_RETRIED as exc:
+            raise not_retried(exc, wiring) from exc
+        yield Output(label, DECISION_OUTPUT)
+        yield Output(None, arm_output(labels.index(label)))
+
+    outs: dict[str, Out] = {DECISION_OUTPUT: Out(str, io_manager_key=IO_MANAGER_KEY)}
+    outs.update({arm_output(i): Out(Nothing, is_required=False) for i in range(len(labels))})
+    return OpDefinition(
+        compute_fn=compute,
+        name=wiring.definition,
+        ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
+        outs=outs,
+        description=f"branch {wiring.path}: routes to one of {', '.join(labels)}",
+        tags={md.KIND: "branch", md.STEP_PATH: wiring.path},
+    )
+
+
+def branch_join_op(
+    pipeline: Pipeline,
+    wiring: StepWiring,
+    labels: Sequence[str],
+    arms: Sequence[Mapping[str, Producer | None]],
+    *,
+    step_key: Callable[[str], str],
+) -> OpDefinition:
+    """After a branch: forwards each key the arms write from the producer on the taken arm."""
+
+    def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        taken = arms[labels.index(inputs[DECISION_OUTPUT])]
+        yield from _forward(pipeline, _Reader(context, step_key), taken)
+
+    return OpDefinition(
+        compute_fn=compute,
+        name=wiring.definition,
+        ins={DECISION_OUTPUT: In(str), AFTER_INPUT: In(Nothing)},
+        outs=outs_for(pipeline, wiring.writes, frozenset(wiring.writes)),
+        required_resource_keys={IO_MANAGER_KEY},
+        description=f"joins branch {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
+        tags={md.KIND: "join", md.STEP_PATH: wiring.path},
+    )
+
+
+def until_op(pipeline: Pipeline, loop: Loop, wiring: StepWiring, iteration: int) -> OpDefinition:
+    """A loop's gate after iteration `iteration`: yields `exit` (the iteration number) or `next`."""
+    last = iteration >= loop.max_iterations
+
+    def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        state = {k: inputs[io_name(k)] for k in wiring.reads}
+        try:
+            done = loop_should_exit(loop, state, iteration, wiring.path)
+        except NOT_RETRIED as exc:
+            raise not_retried(exc, wiring) from exc
+        yield Output(iteration, EXIT_OUTPUT) if done else Output(None, CONTINUE_OUTPUT)
+
+    outs: dict[str, Out] = {EXIT_OUTPUT: Out(int, io_manager_key=IO_MANAGER_KEY, is_required=False)}
+    if not last:
+        outs[CONTINUE_OUTPUT] = Out(Nothing, is_required=False)
+    return OpDefinition(
+        compute_fn=compute,
+        name=wiring.definition,
+        ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
+        outs=outs,
+        description=f"loop {wiring.path}: exit after iteration {iteration}, or go on",
+        tags={md.KIND: "loop_gate", md.STEP_PATH: wiring.path},
+    )
+
+
+def loop_join_op(
+    pipeline: Pipeline,
+    wiring: StepWiring,
+    exits: Sequence[Producer],
+    iterations: Sequence[Mapping[str, Producer | None]],
+    *,
+    step_key: Callable[[str], str],
+) -> OpDefinition:
+    """After a loop: forwards the keys the body writes from the iteration that exited."""
+
+    def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        reader = _Reader(context, step_key)
+        exited = next(i for i, gate in enumerate(exits) if reader.exists(gate))
+        yield from _forward(pipeline, reader, iterations[exited])
+
+    return OpDefinition(
+        compute_fn=compute,
+        name=wiring.definition,
+        ins={AFTER_INPUT: In(Nothing)},
+        outs=outs_for(pipeline, wiring.writes, frozenset(wiring.writes)),
+        required_resource_keys={IO_MANAGER_KEY},
+        description=f"joins loop {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
+        tags={md.KIND: "join", md.STEP_PATH: wiring.path},
+    )
+
+
+@dataclass
+class _Records:
+    records: list[StepRecord]
+
+    def step_finished(self, record: StepRecord) -> None:
+        self.records.append(record)
+
+
+def _table(records: Sequence[StepRecord]) -> str:
+    lines = ["| step | status | attempts | s | model | tokens in/out | requests |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(
+            f"| {r.path} | {r.status} | {r.attempts} | {r.duration_s:.3f} | {r.model or ''} | "
+            f"{r.input_tokens}/{r.output_tokens} | {r.requests} |"
+        )
+    return "\n".join(lines)
+
+
+def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: str) -> OpDefinition:
+    """A subtree run in one op by the interpreter. Its output metadata carries a per-step table; each
+    ignored failure of a parallel branch is logged once."""
+    needs_agents = any(isinstance(s, AgentStep) for _, s in walk([node], parent_path))
+
+    async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Any:
+        state: dict[str, object] = {k: inputs[io_name(k)] for k in wiring.reads}
+        records = _Records([])
+        agents = getattr(context.resources, AGENT_RUNTIME_KEY) if needs_agents else None
+        interpreter = Interpreter(fields=pipeline.fields, agents=agents, reporter=records)
+        try:
+            await interpreter.run([node], state, parent_path)
+        except NOT_RETRIED as exc:
+            raise not_retried(exc, wiring) from exc
+        for record in records.records:
+            if record.status == "ignored":
+                context.log.warning(f"{record.path} failed and was ignored: {record.error}")
+        metadata: dict[str, Any] = {
+            md.STEP_PATH: wiring.path,
+            "flujo/steps": MetadataValue.md(_table(records.records)),
+            "flujo/steps_json": MetadataValue.json([json.loads(json.dumps(r.__dict__)) for r in records.records]),
+            md.INPUT_TOKENS: sum(r.input_tokens for r in records.records),
+            md.OUTPUT_TOKENS: sum(r.output_tokens for r in records.records),
+            md.REQUESTS: sum(r.requests for r in records.records),
+        }
+        first = True
+        for key in wiring.writes:
+            if key in state:
+                yield Output(state[key], io_name(key), metadata=metadata if first else None)
+                first = False
+
+    return OpDefinition(
+        compute_fn=compute,
+        name=wiring.definition,
+        ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
+        outs=outs_for(pipeline, wiring.writes, wiring.optional),
+        required_resource_keys={AGENT_RUNTIME_KEY} if needs_agents else set(),
+        description=f"{node.kind} {wiring.path}, run in one op by the flujo interpreter",
+        retry_policy=None,
+        tags={md.KIND: f"inline_{node.kind}", md.STEP_PATH: wiring.path},
+    )

@@ -1,0 +1,216 @@
+"""Expanding a pipeline's DSL tree into ops and dependencies: one rule per node kind, keys wired to the op
+holding their live value, routers/gates and joins around branches and loops, inline groups as one op."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from dagster import DependencyDefinition, GraphDefinition, MultiDependencyDefinition, NodeInvocation, OpDefinition
+
+from flujo_dagster.adapter.flow_ops import (
+    AFTER_INPUT,
+    CONTINUE_OUTPUT,
+    DECISION_OUTPUT,
+    EXIT_OUTPUT,
+    Producer,
+    arm_output,
+    branch_join_op,
+    context_op,
+    inline_op,
+    loop_join_op,
+    router_op,
+    until_op,
+)
+from flujo_dagster.adapter.naming import CONTEXT_OP, INPUTS_OP, READY_OUTPUT, io_name, op_name
+from flujo_dagster.adapter.ops import GATE_INPUT, StepWiring, inputs_op, step_op
+from flujo_dagster.dsl.control import Branch, Loop, Parallel
+from flujo_dagster.dsl.flow import callable_reads, flow_of, flow_of_steps
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.dsl.steps import Step
+from flujo_dagster.errors import ConfigurationError
+
+__all__ = ["BuiltGraph", "build_graph"]
+
+_INPUT: Producer = ("", "")  # marker: the key's value comes from flujo_inputs (emitted only when needed)
+Live = dict[str, Producer]
+Dep = DependencyDefinition | MultiDependencyDefinition
+
+
+class BuiltGraph:
+    """Nodes, dependencies, the final producer of each key, and data lineage between nodes."""
+
+    def __init__(self) -> None:
+        self.defs: dict[str, OpDefinition | GraphDefinition] = {}
+        self.deps: dict[str, dict[str, Dep]] = {}
+        self.upstream: dict[str, list[Producer]] = {}
+        self.live: Live = {}
+
+    def dependencies(self) -> dict[NodeInvocation, dict[str, Dep]]:
+        """Dependencies keyed by invocation: node names alias the pipeline-prefixed op definitions."""
+        return {NodeInvocation(d.name, alias=node): self.deps.get(node, {}) for node, d in self.defs.items()}
+
+
+class _Builder:
+    def __init__(self, pipeline: Pipeline, step_key: Callable[[str], str]) -> None:
+        self.p = pipeline
+        self.fields = pipeline.fields
+        self.step_key = step_key
+        self.g = BuiltGraph()
+        self.emitted: set[str] = set()
+
+    # -- wiring helpers -----------------------------------------------------------------------------------
+    def resolve(self, key: str, live: Live) -> Producer | None:
+        producer = live.get(key)
+        if producer == _INPUT:
+            self.emitted.add(key)
+            return (INPUTS_OP, io_name(key))
+        return producer
+
+    def must(self, key: str, live: Live, path: str) -> Producer:
+        producer = self.resolve(key, live)
+        if producer is None:
+            raise ConfigurationError(f"{path}: key {key!r} has no value here; validate the pipeline first")
+        return producer
+
+    def add(
+        self,
+        node: str,
+        definition: OpDefinition | GraphDefinition,
+        data: Mapping[str, Producer],
+        gate: Producer | None,
+        fan_in: Sequence[Producer] = (),
+    ) -> None:
+        if node in self.g.defs:
+            raise ConfigurationError(f"two ops would be named {node!r}; rename one of the steps")
+        deps: dict[str, Dep] = {name: DependencyDefinition(*p) for name, p in data.items()}
+        if gate is not None:
+            deps[GATE_INPUT] = DependencyDefinition(*gate)
+        if fan_in:
+            deps[AFTER_INPUT] = MultiDependencyDefinition([DependencyDefinition(*p) for p in dict.fromkeys(fan_in)])
+        self.g.defs[node] = definition
+        self.g.deps[node] = deps
+        self.g.upstream[node] = [*data.values(), *fan_in]
+
+    def wiring(self, node: str, path: str, reads: Sequence[str], writes: Sequence[str], **extra: object) -> StepWiring:
+        return StepWiring(
+            op=node,
+            definition=op_name(self.p.name, node),
+            path=path,
+            reads=tuple(reads),
+            writes=tuple(writes),
+            **extra,  # type: ignore[arg-type]
+        )
+
+    def ordered(self, keys: frozenset[str]) -> tuple[str, ...]:
+        return tuple(k for k in self.fields if k in keys)
+
+    # -- one rule per node kind ---------------------------------------------------------------------------
+    def steps(
+        self, steps: Sequence[Step], live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None
+    ) -> None:
+        for step in steps:
+            here = f"{path} > {step.kind}:{step.name}"
+            if step.inline or (isinstance(step, Parallel) and step.isolation == "inline"):
+                self.inline(step, live, prefix, here, path, gate)
+            elif isinstance(step, Loop):
+                self.loop(step, live, prefix, here, gate)
+            elif isinstance(step, Branch):
+                self.branch(step, live, prefix, here, gate)
+            elif isinstance(step, Parallel):
+                self.parallel(step, live, prefix, here, gate)
+            else:
+                self.leaf(step, live, prefix, here, gate)
+
+    def leaf(self, step: Step, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
+        keys = self.p.keys_of(step)
+        if keys.writes is None:
+            raise ConfigurationError(f"{path}: writes no known key; validate the pipeline first")
+        node = op_name(*prefix, step.name)
+        wiring = self.wiring(node, path, keys.reads, keys.writes, split=keys.split, gated=gate is not None)
+        data = {io_name(k): self.must(k, live, path) for k in keys.reads}
+        self.add(node, step_op(self.p, step, wiring), data, gate)
+        live.update({k: (node, io_name(k)) for k in keys.writes})
+
+    def inline(
+        self, step: Step, live: Live, prefix: tuple[str, ...], path: str, parent: str, gate: Producer | None
+    ) -> None:
+        flow = flow_of(step, self.fields)
+        node = op_name(*prefix, step.name)
+        writes = self.ordered(flow.may)
+        wiring = self.wiring(node, path, flow.reads, writes, gated=gate is not None, optional=flow.may - flow.must)
+        data = {io_name(k): self.must(k, live, path) for k in flow.reads}
+        self.add(node, inline_op(self.p, step, wiring, parent), data, gate)
+        live.update({k: (node, io_name(k)) for k in writes})
+
+    def branch(self, branch: Branch, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
+        reads = (branch.on,) if isinstance(branch.on, str) else callable_reads(branch.on)
+        router = op_name(*prefix, branch.name)
+        wiring = self.wiring(router, path, reads, (), gated=gate is not None)
+        self.add(router, router_op(self.p, branch, wiring), {io_name(k): self.must(k, live, path) for k in reads}, gate)
+        arms = branch.arms()
+        written = self.ordered(frozenset().union(*(flow_of_steps(s, self.fields).may for _, s in arms)))
+        arm_producers: list[dict[str, Producer | None]] = []
+        for index, (_, steps) in enumerate(arms):
+            arm_live = dict(live)
+            self.steps(steps, arm_live, (*prefix, branch.name), path, (router, arm_output(index)))
+            arm_producers.append({k: self.resolve(k, arm_live) for k in written})
+        join = op_name(*prefix, branch.name, "flujo_join")
+        sources = [(router, DECISION_OUTPUT), *(p for arm in arm_producers for p in arm.values() if p is not None)]
+        op = branch_join_op(
+            self.p,
+            self.wiring(join, path, (), written),
+            [label for label, _ in arms],
+            arm_producers,
+            step_key=self.step_key,
+        )
+        self.add(join, op, {DECISION_OUTPUT: (router, DECISION_OUTPUT)}, None, sources)
+        live.update({k: (join, io_name(k)) for k in written})
+
+    def loop(self, loop: Loop, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
+        written = self.ordered(flow_of_steps(loop.body, self.fields).may)
+        reads = callable_reads(loop.until)
+        exits: list[Producer] = []
+        snapshots: list[dict[str, Producer | None]] = []
+        for i in range(1, loop.max_iterations + 1):
+            here = (*prefix, loop.name, f"i{i}")
+            self.steps(loop.body, live, here, f"{path} > i{i}", gate)
+            until = op_name(*here, "flujo_until")
+            wiring = self.wiring(until, f"{path} > i{i}", reads, (), gated=gate is not None)
+            data = {io_name(k): self.must(k, live, path) for k in reads}
+            self.add(until, until_op(self.p, loop, wiring, i), data, gate)
+            exits.append((until, EXIT_OUTPUT))
+            snapshots.append({k: self.resolve(k, live) for k in written})
+            gate = (until, CONTINUE_OUTPUT)
+        join = op_name(*prefix, loop.name, "flujo_join")
+        op = loop_join_op(self.p, self.wiring(join, path, (), written), exits, snapshots, step_key=self.step_key)
+        sources = [*exits, *(p for snap in snapshots for p in snap.values() if p is not None)]
+        self.add(join, op, {}, None, sources)
+        live.update({k: (join, io_name(k)) for k in written})
+
+    def parallel(self, par: Parallel, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
+        before = dict(live)
+        for label, steps in par.branches.items():
+            branch_live = dict(before)
+            self.steps(steps, branch_live, (*prefix, par.name, label), f"{path} > branch:{label}", gate)
+            for key in flow_of_steps(steps, self.fields).may:
+                if key in branch_live:
+                    live[key] = branch_live[key]
+
+    # -- the whole pipeline -------------------------------------------------------------------------------
+    def build(self) -> BuiltGraph:
+        live: Live = dict.fromkeys(self.p.initial_keys(), _INPUT)
+        self.steps(self.p.steps, live, (), self.p.name, None)
+        final = {k: self.must(k, live, self.p.name) for k in live}
+        emitted = tuple(k for k in self.p.initial_keys() if k in self.emitted)
+        ready = (INPUTS_OP, io_name(emitted[0]) if emitted else READY_OUTPUT)
+        self.g.defs = {INPUTS_OP: inputs_op(self.p, op_name(self.p.name, INPUTS_OP), emitted), **self.g.defs}
+        self.g.deps[INPUTS_OP] = {}
+        op = context_op(self.p, op_name(self.p.name, CONTEXT_OP), final, step_key=self.step_key)
+        self.add(CONTEXT_OP, op, {}, None, [ready, *final.values()])
+        self.g.live = final
+        return self.g
+
+
+def build_graph(pipeline: Pipeline, step_key: Callable[[str], str]) -> BuiltGraph:
+    """Expand `pipeline` (validated) into nodes and dependencies."""
+    return _Builder(pipeline, step_key).build()

@@ -1,0 +1,76 @@
+"""Turning what a step returned into typed key values, exactly as they will load back from JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any, cast
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError, to_json
+
+from flujo_dagster.errors import StepOutputError
+from flujo_dagster.validation.typecompat import type_name
+
+__all__ = ["adapter_for", "coerce_value", "step_outputs"]
+
+
+@cache
+def _cached_adapter(annotation: object) -> TypeAdapter[Any]:
+    return TypeAdapter(cast(Any, annotation))
+
+
+def adapter_for(annotation: object) -> TypeAdapter[Any]:
+    """A (cached) pydantic TypeAdapter for an annotation."""
+    try:
+        return _cached_adapter(annotation)
+    except TypeError:  # unhashable annotation (rare): build a fresh one
+        return TypeAdapter(cast(Any, annotation))
+
+
+def coerce_value(adapter: TypeAdapter[Any], value: object) -> object:
+    """The value as it will load back: a value of the type is passed through its JSON form (so what a step
+    returns is exactly what later steps read, constraints checked); anything else is first validated
+    leniently (a dict for a model). Raises pydantic's `ValidationError`."""
+    try:
+        py = adapter.dump_python(value, mode="python", round_trip=True, warnings="error")
+    except PydanticSerializationError:
+        py = adapter.dump_python(adapter.validate_python(value), mode="python", round_trip=True)
+    return adapter.validate_json(to_json(py, inf_nan_mode="constants"))
+
+
+def _split(path: str, writes: Sequence[str], split: bool, result: object) -> list[tuple[str, object]]:
+    if not split:
+        return [(writes[0], result)]
+    pairs: list[tuple[str, object]] = []
+    for key in writes:
+        if isinstance(result, Mapping):
+            if key not in result:
+                raise StepOutputError(f"step {path} returned no value for key {key!r}; it writes {tuple(writes)}.")
+            pairs.append((key, result[key]))
+        elif hasattr(result, key):
+            pairs.append((key, getattr(result, key)))
+        else:
+            raise StepOutputError(
+                f"step {path} returned {type(result).__name__}, which has no attribute {key!r}; it writes "
+                f"{tuple(writes)}: return a model or mapping with those names."
+            )
+    return pairs
+
+
+def step_outputs(
+    path: str, writes: Sequence[str], split: bool, result: object, fields: Mapping[str, object]
+) -> dict[str, object]:
+    """The typed value of every key a step writes, from what it returned. Raises `StepOutputError` naming the
+    step path and the key when a value does not fit the key's type."""
+    out: dict[str, object] = {}
+    for key, value in _split(path, writes, split, result):
+        annotation = fields[key]
+        try:
+            out[key] = coerce_value(adapter_for(annotation), value)
+        except ValidationError as exc:
+            raise StepOutputError(
+                f"step {path} returned a value for key {key!r} that is not a {type_name(annotation)}: {exc}. "
+                f"Return a {type_name(annotation)}, or change the context field."
+            ) from exc
+    return out
