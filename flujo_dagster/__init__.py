@@ -9,12 +9,25 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from flujo_dagster.dsl import AgentStep, FunctionStep, Pipeline, Retry, Step, agent_step, step
+from flujo_dagster.dsl import (
+    AgentStep,
+    Branch,
+    FunctionStep,
+    Loop,
+    Parallel,
+    Pipeline,
+    Retry,
+    Step,
+    agent_step,
+    step,
+)
 from flujo_dagster.errors import (
     ApprovalError,
     ApprovalRejectedError,
     ConfigurationError,
+    ControlFlowError,
     FlujoDagsterError,
+    ParallelBranchError,
     PricingNotConfiguredError,
     StepOutputError,
     StorageError,
@@ -52,11 +65,16 @@ __all__ = [
     "AgentStep",
     "ApprovalError",
     "ApprovalRejectedError",
+    "Branch",
     "ConfigurationError",
+    "ControlFlowError",
     "Finding",
     "FlujoDagsterError",
     "FlujoDagsterTranslator",
     "FunctionStep",
+    "Loop",
+    "Parallel",
+    "ParallelBranchError",
     "Pipeline",
     "PipelineRun",
     "PricingNotConfiguredError",

@@ -451,6 +451,8 @@ def test_name_duplicate_illegal_and_reserved_fail() -> None:
         step(name="flujo_context", output_keys=["summary"])(_writer),
         step(name="class", output_keys=["summary"])(_writer),
         step(name="config", output_keys=["summary"])(_writer),
+        step(name="flujo_join", output_keys=["summary"])(_writer),
+        step(name="draft__i2", output_keys=["summary"])(_writer),
     ]
     pipeline = Pipeline("notes", context=Notes, steps=steps)
     rename = "Hint: rename the step (name=...)"
@@ -464,6 +466,9 @@ def test_name_duplicate_illegal_and_reserved_fail() -> None:
         f"[V-NAME] error at notes > step:flujo_context: step name 'flujo_context' is reserved. {rename}",
         f"[V-NAME] error at notes > step:class: step name 'class' is reserved. {rename}",
         f"[V-NAME] error at notes > step:config: step name 'config' is reserved. {rename}",
+        f"[V-NAME] error at notes > step:flujo_join: step name 'flujo_join' is reserved. {rename}",
+        "[V-NAME] error at notes > step:draft__i2: step name 'draft__i2' contains '__', which separates the parts "
+        "of derived op names. Hint: use single underscores (name=...)",
     ]
 
 

@@ -120,6 +120,15 @@ class _Checker:
         live.update(set.intersection(*after))
 
     def parallel(self, parallel: Parallel, live: set[str], path: str) -> Iterator[Finding]:
+        if parallel.isolation == "op" and parallel.on_branch_failure == "ignore" and not parallel.inline:
+            yield Finding(
+                code="V-FLOW",
+                severity="error",
+                path=path,
+                message="on_branch_failure='ignore' is supported for parallel branches run in one op, not with "
+                "isolation='op'.",
+                hint="use isolation='inline' (the default), or on_branch_failure='fail'",
+            )
         writers: dict[str, list[str]] = {}
         for label, steps in parallel.branches.items():
             yield from self.steps(steps, set(live), path)

@@ -58,13 +58,21 @@ def rule_names(pipeline: Pipeline) -> Iterator[Finding]:
                 message=f"step name {s.name!r} is not a legal op name.",
                 hint="use letters, digits and underscores, not starting with a digit",
             )
-        elif s.name in RESERVED_STEP_NAMES:
+        elif s.name in RESERVED_STEP_NAMES or s.name.startswith("flujo_"):
             yield Finding(
                 code="V-NAME",
                 severity="error",
                 path=path,
                 message=f"step name {s.name!r} is reserved.",
                 hint="rename the step (name=...)",
+            )
+        elif "__" in s.name:
+            yield Finding(
+                code="V-NAME",
+                severity="error",
+                path=path,
+                message=f"step name {s.name!r} contains '__', which separates the parts of derived op names.",
+                hint="use single underscores (name=...)",
             )
         if s.name in seen:
             yield Finding(
