@@ -12,14 +12,20 @@ from dagster import JobDefinition
 
 from definitions.digest import digest
 from definitions.offline import offline_model
+from definitions.review import review
 from flujo_dagster import AgentRuntime, build_definitions
 
 LIVE = os.environ.get("FLUJO_DAGSTER_LIVE") == "1"
 agent_runtime = AgentRuntime() if LIVE else AgentRuntime(model=offline_model())
 
-defs = build_definitions(pipelines=[digest], resources={"agent_runtime": agent_runtime})
+defs = build_definitions(pipelines=[digest, review], resources={"agent_runtime": agent_runtime})
 
 
 def digest_job() -> JobDefinition:
     """The digest's job, resolved against `defs` (a reconstructable target for `execute_job`)."""
     return defs.resolve_job_def("digest")
+
+
+def reviewed_digest_job() -> JobDefinition:
+    """The reviewed digest's job, resolved against `defs`."""
+    return defs.resolve_job_def("reviewed_digest")

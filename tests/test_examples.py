@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,11 +17,15 @@ from dagster import (
     reconstructable,
 )
 
-from definitions import defs, digest_job
+from definitions import defs, digest_job, reviewed_digest_job
 from definitions.digest import Digest, digest
+from definitions.review import ReviewedDigest, review
 from flujo_dagster import load_final_context
 from tests.multiprocess_defs import digest_multiprocess_job
 
+REVIEW_CONFIG: dict[str, Any] = {
+    "ops": {"reviewed_digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "agents"}}}}}}
+}
 RUN_CONFIG: dict[str, Any] = {
     "ops": {"digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "agents"}}}}}}
 }
@@ -75,3 +81,30 @@ def test_agent_metadata_names_the_offline_model(instance: DagsterInstance) -> No
     assert isinstance(draft["flujo/input_tokens"], int) and draft["flujo/input_tokens"] > 0
     assert isinstance(draft["flujo/output_tokens"], int) and draft["flujo/output_tokens"] > 0
     assert "flujo/model" not in outputs["digest_graph.sources"]
+
+
+def test_readme_example_builds_loadable_definitions() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    match = re.search(r"## Example\n\n```python\n(.*?)```", readme, re.S)
+    assert match is not None
+    namespace: dict[str, Any] = {}
+    exec(compile(match.group(1), "README.md", "exec", dont_inherit=True), namespace)
+    readme_defs = namespace["defs"]
+    assert isinstance(readme_defs, Definitions)
+    Definitions.validate_loadable(readme_defs)
+    nodes = {n.name for n in readme_defs.resolve_job_def("digest").graph.node_named("digest_graph").definition.nodes}
+    assert {"refine__i1__draft", "refine__i3__review", "refine__flujo_join", "extras", "route", "route__hold"} <= nodes
+
+
+def test_reviewed_digest_example_runs(instance: DagsterInstance) -> None:
+    with execute_job(reconstructable(reviewed_digest_job), instance=instance, run_config=REVIEW_CONFIG) as result:
+        assert result.success
+        run_id = result.run_id
+        skipped = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_SKIPPED}
+    assert "reviewed_digest_graph.route__hold" in skipped  # the critic approved: the hold case did not run
+    assert "reviewed_digest_graph.refine__i2__draft" in skipped  # and the loop exited after one iteration
+    context = load_final_context(review, run_id, instance=instance)
+    assert isinstance(context, ReviewedDigest)
+    assert context.critique is not None and context.critique.verdict == "publish"
+    assert context.tags[:2] == ["agents", "approval"]
+    assert context.report is not None and context.report.startswith("# This week in agents")
