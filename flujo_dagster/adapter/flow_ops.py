@@ -198,11 +198,12 @@ def branch_join_op(
 def until_op(pipeline: Pipeline, loop: Loop, wiring: StepWiring, iteration: int) -> OpDefinition:
     """A loop's gate after iteration `iteration`: yields `exit` (the iteration number) or `next`."""
     last = iteration >= loop.max_iterations
+    loop_path = wiring.path.removesuffix(f" > i{iteration}")  # errors name the loop, as the interpreter's do
 
     def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
         state = {k: inputs[io_name(k)] for k in wiring.reads}
         try:
-            done = loop_should_exit(loop, state, iteration, wiring.path)
+            done = loop_should_exit(loop, state, iteration, loop_path)
         except NOT_RETRIED as exc:
             raise not_retried(exc, wiring) from exc
         yield Output(iteration, EXIT_OUTPUT) if done else Output(None, CONTINUE_OUTPUT)

@@ -23,7 +23,7 @@ from flujo_dagster.adapter.flow_ops import (
 )
 from flujo_dagster.adapter.naming import CONTEXT_OP, INPUTS_OP, READY_OUTPUT, io_name, op_name
 from flujo_dagster.adapter.ops import GATE_INPUT, StepWiring, inputs_op, step_op
-from flujo_dagster.dsl.control import Branch, Loop, Parallel
+from flujo_dagster.dsl.control import Branch, Loop, Map, Parallel
 from flujo_dagster.dsl.flow import callable_reads, flow_of, flow_of_steps
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
@@ -110,7 +110,7 @@ class _Builder:
     ) -> None:
         for step in steps:
             here = f"{path} > {step.kind}:{step.name}"
-            if step.inline or (isinstance(step, Parallel) and step.isolation == "inline"):
+            if step.inline or isinstance(step, Map) or (isinstance(step, Parallel) and step.isolation == "inline"):
                 self.inline(step, live, prefix, here, path, gate)
             elif isinstance(step, Loop):
                 self.loop(step, live, prefix, here, gate)
@@ -137,8 +137,13 @@ class _Builder:
         flow = flow_of(step, self.fields)
         node = op_name(*prefix, step.name)
         writes = self.ordered(flow.may)
-        wiring = self.wiring(node, path, flow.reads, writes, gated=gate is not None, optional=flow.may - flow.must)
-        data = {io_name(k): self.must(k, live, path) for k in flow.reads}
+        # a key written on some paths only keeps its value from before the node on the others (as an expanded
+        # join forwards it): the op reads it too, so that it can pass it on
+        carried = tuple(k for k in writes if k not in flow.must and k not in flow.reads and k in live)
+        reads = (*flow.reads, *carried)
+        optional = flow.may - flow.must - frozenset(carried)
+        wiring = self.wiring(node, path, reads, writes, gated=gate is not None, optional=optional)
+        data = {io_name(k): self.must(k, live, path) for k in reads}
         self.add(node, inline_op(self.p, step, wiring, parent), data, gate)
         live.update({k: (node, io_name(k)) for k in writes})
 

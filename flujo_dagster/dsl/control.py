@@ -8,7 +8,7 @@ from typing import Literal
 
 from flujo_dagster.dsl.steps import Retry, Step, StepsLike, as_steps
 
-__all__ = ["Branch", "Isolation", "Loop", "Parallel"]
+__all__ = ["Branch", "Isolation", "Loop", "Map", "Parallel"]
 
 Isolation = Literal["inline", "op"]
 
@@ -121,4 +121,48 @@ class Parallel(Step):
         _base(self, name, inline)
         object.__setattr__(self, "branches", {label: as_steps(steps) for label, steps in branches.items()})
         object.__setattr__(self, "on_branch_failure", on_branch_failure)
+        object.__setattr__(self, "isolation", isolation)
+
+
+@dataclass(frozen=True, init=False)
+class Map(Step):
+    """Run `body` once per element of the list key `over`, at most `max_concurrency` at a time, and collect
+    each run's `result` key into the list key `into`, in input order.
+
+    Inside the body, key `item` holds the element; `item`, `result` and any other key the body writes are
+    scoped to that element and keep their outside values after the Map. Runs in one op (items awaited
+    together).
+    """
+
+    over: str = ""
+    item: str = ""
+    body: tuple[Step, ...] = field(default=())
+    result: str = ""
+    into: str = ""
+    max_concurrency: int | None = None
+    isolation: Isolation = "inline"
+
+    kind = "map"
+
+    def __init__(
+        self,
+        name: str,
+        /,
+        *,
+        over: str,
+        item: str,
+        body: StepsLike,
+        result: str,
+        into: str,
+        max_concurrency: int | None = None,
+        isolation: Isolation = "inline",
+        inline: bool = False,
+    ) -> None:
+        _base(self, name, inline)
+        object.__setattr__(self, "over", over)
+        object.__setattr__(self, "item", item)
+        object.__setattr__(self, "body", as_steps(body))
+        object.__setattr__(self, "result", result)
+        object.__setattr__(self, "into", into)
+        object.__setattr__(self, "max_concurrency", max_concurrency)
         object.__setattr__(self, "isolation", isolation)

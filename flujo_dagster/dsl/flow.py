@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from flujo_dagster.dsl.control import Branch, Loop, Parallel
+from flujo_dagster.dsl.control import Branch, Loop, Map, Parallel
 from flujo_dagster.dsl.keys import parameter_names, resolve_keys
 from flujo_dagster.dsl.steps import Step
 
@@ -61,6 +61,10 @@ def flow_of(step: Step, fields: Mapping[str, object]) -> Flow:
         may = frozenset().union(*(a.may for a in arms))
         must = frozenset().union(*(a.must for a in arms)) if step.on_branch_failure == "fail" else frozenset()
         return Flow(_ordered(*(a.reads for a in arms)), must, may)
+    if isinstance(step, Map):
+        body = flow_of_steps(step.body, fields)
+        reads = [k for k in body.reads if k != step.item]
+        return Flow(_ordered((step.over,), reads), frozenset({step.into}), frozenset({step.into}))
     keys = resolve_keys(step, fields)
     writes = frozenset(keys.writes or ())
     return Flow(keys.reads, writes, writes)
@@ -74,6 +78,8 @@ def children(step: Step) -> list[tuple[str | None, tuple[Step, ...]]]:
         return [(label, steps) for label, steps in step.arms()]
     if isinstance(step, Parallel):
         return [(label, steps) for label, steps in step.branches.items()]
+    if isinstance(step, Map):
+        return [(None, step.body)]
     return []
 
 

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import anyio
 
-from flujo_dagster.dsl.control import Branch, Loop, Parallel
+from flujo_dagster.dsl.control import Branch, Loop, Map, Parallel
 from flujo_dagster.dsl.flow import callable_reads, flow_of_steps
 from flujo_dagster.dsl.keys import resolve_keys
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
@@ -109,6 +109,7 @@ class Interpreter:
             Loop: self._loop,
             Branch: self._branch,
             Parallel: self._parallel,
+            Map: self._map,
         }
 
     async def run(self, steps: Sequence[Step], state: State, path: str) -> None:
@@ -254,6 +255,38 @@ class Interpreter:
                     error=f"{type(exc).__name__}: {exc}",
                 )
             )
+
+    async def _map(self, step: Step, state: State, path: str) -> None:
+        assert isinstance(step, Map)
+        items = list(state[step.over])  # type: ignore[call-overload]
+        limiter = anyio.CapacityLimiter(step.max_concurrency or max(len(items), 1))
+        results: list[object] = [None] * len(items)
+        errors: dict[int, Exception] = {}
+        control: list[FlujoDagsterError] = []
+
+        async def one(index: int, item: object) -> None:
+            async with limiter:
+                local = dict(state)
+                local[step.item] = item
+                try:
+                    await self.run(step.body, local, f"{path} > [{index}]")
+                except FlujoDagsterError as exc:  # never ignored: raised once every item has finished
+                    control.append(exc)
+                    return
+                except Exception as exc:  # noqa: BLE001 - an item's own error: raised after the others finish
+                    errors[index] = exc
+                    return
+                results[index] = local[step.result]
+
+        async with anyio.create_task_group() as group:
+            for index, item in enumerate(items):
+                group.start_soon(one, index, item)
+        if control:
+            raise control[0]
+        if errors:
+            summary = "; ".join(f"[{i}]: {type(e).__name__}: {e}" for i, e in sorted(errors.items()))
+            raise ParallelBranchError(f"map {path}: item(s) failed: {summary}") from errors[min(errors)]
+        state.update(step_outputs(path, (step.into,), False, results, self.fields))
 
 
 def _delay(step: Step, attempt: int) -> float:

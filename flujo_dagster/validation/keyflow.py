@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Sequence
 
-from flujo_dagster.dsl.control import Branch, Loop, Parallel
+from flujo_dagster.dsl.control import Branch, Loop, Map, Parallel
 from flujo_dagster.dsl.flow import callable_reads, flow_of_steps
 from flujo_dagster.dsl.keys import resolve_keys
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -60,6 +60,8 @@ class _Checker:
                 yield from self.branch(step, live, here)
             elif isinstance(step, Parallel):
                 yield from self.parallel(step, live, here)
+            elif isinstance(step, Map):
+                yield from self.map(step, live, here)
             else:
                 yield from self.leaf(step, live, here)
 
@@ -146,6 +148,31 @@ class _Checker:
                 )
         if parallel.on_branch_failure == "fail":
             live.update(flow_of_steps([parallel], self.fields).must)
+
+    def map(self, node: Map, live: set[str], path: str) -> Iterator[Finding]:
+        yield from self.reads((node.over,), live, path, who="over ")
+        for role, key in (("item", node.item), ("result", node.result), ("into", node.into)):
+            if key not in self.fields:
+                yield self.unknown(key, path, f"names as {role} an")
+        if node.isolation == "op" and not node.inline:
+            yield Finding(
+                code="V-FLOW",
+                severity="error",
+                path=path,
+                message="isolation='op' is not supported for Map yet; its items run in one op.",
+                hint="leave isolation at its default ('inline')",
+            )
+        inner = set(live) | {node.item}
+        yield from self.steps(node.body, inner, path)
+        if node.result in self.fields and node.result not in inner:
+            yield Finding(
+                code="V-CTX1",
+                severity="error",
+                path=path,
+                message=f"the body does not write the result key {node.result!r} on every path.",
+                hint=f"write {node.result!r} in the body, or give the field a default",
+            )
+        live.add(node.into)
 
 
 def rule_keys(pipeline: Pipeline) -> Iterator[Finding]:
