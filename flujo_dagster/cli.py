@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Mapping
 from types import ModuleType
+from typing import NoReturn
 
 import click
 from dagster import Definitions
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from flujo_dagster.adapter.run import run_pipeline
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.runtime.values import adapter_for, from_json
 from flujo_dagster.validation import ValidationReport, validate
 
 __all__ = ["main"]
@@ -65,14 +67,25 @@ def _resources(module: ModuleType) -> Mapping[str, object]:
     return {}
 
 
-def _parse_input(text: str) -> tuple[str, object]:
+def _parse_input(pipeline: Pipeline, text: str) -> tuple[str, object]:
+    """`key=value`: the value as JSON when it is valid JSON for the key's type, else the text itself (so
+    `topic=2024` stays a string for a `str` key and `max_sources=5` becomes a number for an `int` key)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise click.UsageError(f"--input takes key=value, got {text!r}")
+    annotation = pipeline.fields.get(key)
+    if annotation is None:
+        return key, value  # unknown keys are reported by input validation, with the others
     try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
+        from_json(adapter_for(annotation), value)
+    except ValidationError:
         return key, value
+    return key, json.loads(value)
+
+
+def _exit_invalid(exc: ConfigurationError) -> NoReturn:
+    click.echo(ValidationReport.of(exc.findings).render() if exc.findings else str(exc))
+    sys.exit(EXIT_INVALID)
 
 
 @click.group()
@@ -88,9 +101,7 @@ def validate_command(target: str) -> None:
     try:
         module = _import(module_name)
     except ConfigurationError as exc:
-        report = ValidationReport.of(exc.findings)
-        click.echo(report.render() if exc.findings else str(exc))
-        sys.exit(EXIT_INVALID)
+        _exit_invalid(exc)
     report = validate(_pipelines(module, attr, target))
     click.echo(report.render())
     sys.exit(EXIT_OK if report.ok else EXIT_INVALID)
@@ -106,13 +117,18 @@ def run_command(target: str, inputs: tuple[str, ...], log_level: str) -> None:
     Resources (the agent runtime, the IO manager) come from the module's Definitions when it has one.
     """
     module_name, attr = _split_target(target)
-    module = _import(module_name)
+    try:
+        module = _import(module_name)
+    except ConfigurationError as exc:
+        _exit_invalid(exc)
     pipelines = _pipelines(module, attr, target)
     if len(pipelines) != 1:
         raise click.UsageError(f"{target} holds {len(pipelines)} pipelines; name one as MODULE:ATTR")
-    values = dict(_parse_input(i) for i in inputs)
+    values = dict(_parse_input(pipelines[0], i) for i in inputs)
     try:
         result = run_pipeline(pipelines[0], values, resources=_resources(module), log_level=log_level)
+    except ConfigurationError as exc:
+        _exit_invalid(exc)
     except ValidationError as exc:
         click.echo(f"invalid run inputs for pipeline {pipelines[0].name!r}:\n{exc}", err=True)
         sys.exit(EXIT_USAGE)

@@ -17,6 +17,7 @@ __all__ = [
     "ParallelBranchError",
     "PricingNotConfiguredError",
     "StepOutputError",
+    "StepTimeoutError",
     "StorageError",
     "UsageLimitExceededError",
 ]
@@ -59,6 +60,11 @@ class StorageError(FlujoDagsterError):
 
 class StepOutputError(FlujoDagsterError):
     """A step returned a value that does not fit the keys it writes."""
+
+
+class StepTimeoutError(TimeoutError):
+    """A step did not finish within its `timeout_s`. Not a `FlujoDagsterError`: like any error of a step's own,
+    a timeout is retried when the step has retries."""
 
 
 class ControlFlowError(FlujoDagsterError):

@@ -145,3 +145,19 @@ def test_run_with_malformed_input_exits_2(dagster_home: Path) -> None:
     result = run("run", "definitions:digest", "--input", "topic", home=dagster_home)
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == "Error: --input takes key=value, got 'topic'"
+
+
+def test_run_of_an_invalid_pipeline_exits_4_with_the_findings(dagster_home: Path) -> None:
+    result = run("run", "tests.fixtures.invalid_pipeline:broken", "--input", "topic=x", home=dagster_home)
+    assert result.returncode == 4, result.stderr
+    assert result.stdout.splitlines() == [*BROKEN_FINDINGS, "2 error(s), 0 warning(s)"]
+    assert "Traceback" not in result.stderr
+
+
+def test_run_keeps_text_for_string_keys_and_parses_json_for_others(dagster_home: Path) -> None:
+    inputs = ("--input", "topic=2024", "--input", "max_sources=1")
+    result = run("run", "definitions:digest", *inputs, home=dagster_home)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    context = json.loads("\n".join(lines[lines.index("final context (Digest):") + 1 :]))
+    assert context["topic"] == "2024" and context["max_sources"] == 1

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import anyio
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, RetryPolicy
-from pydantic import Base64Bytes, BaseModel, Field, ValidationError
+from pydantic import Base64Bytes, BaseModel, Field, ValidationError, field_validator, model_validator
 from typing_extensions import TypedDict
 
 from flujo_dagster import (
@@ -259,3 +259,65 @@ def test_a_pipeline_without_inputs_builds_and_runs_as_assets(instance: DagsterIn
     assert result.success, result.error
     assert result.context == Constant(answer=42)
     assert load_final_context(pipeline, result.run_id, instance=instance) == Constant(answer=42)
+
+
+@step(name="value", timeout_s=5)
+def own_timeout(start: int) -> int:
+    raise TimeoutError("the upstream API timed out")
+
+
+class AsyncCallable:
+    async def __call__(self, start: int) -> int:
+        await anyio.sleep(0)
+        return start * 10
+
+
+def test_a_steps_own_timeout_error_is_not_reported_as_a_step_timeout(instance: DagsterInstance) -> None:
+    result = run_pipeline(Pipeline("own", context=Counter, steps=[own_timeout]), {"start": 1}, instance=instance)
+    assert not result.success and result.error is not None
+    assert result.error == "step value: TimeoutError: the upstream API timed out"
+
+
+def test_an_async_callable_object_with_a_timeout_is_awaited(instance: DagsterInstance) -> None:
+    callable_step = step(name="value", input_keys=["start"], output_keys=["value"], timeout_s=5)(AsyncCallable())
+    result = run_pipeline(Pipeline("acall", context=Counter, steps=[callable_step]), {"start": 2}, instance=instance)
+    assert result.success, result.error
+    assert result.context == Counter(start=2, value=20)
+
+
+class Guarded(BaseModel):
+    topic: str
+    verdict: str | None = None
+
+    @field_validator("topic")
+    @classmethod
+    def not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("topic must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def verdict_is_known(self) -> Guarded:
+        if self.verdict not in (None, "publish", "revise"):
+            raise ValueError(f"unknown verdict {self.verdict!r}")
+        return self
+
+
+@step
+def verdict(topic: str) -> str:
+    return "publish" if topic == "good" else "maybe"
+
+
+def test_field_validators_check_inputs_and_model_validators_check_the_final_context(
+    instance: DagsterInstance,
+) -> None:
+    pipeline = Pipeline("guarded", context=Guarded, steps=[verdict])
+    with pytest.raises(ValidationError) as info:
+        run_pipeline(pipeline, {"topic": "  "}, instance=instance)
+    assert "topic\n  Value error, topic must not be blank" in str(info.value)
+    assert run_pipeline(pipeline, {"topic": "good"}, instance=instance).context == Guarded(
+        topic="good", verdict="publish"
+    )
+    bad = run_pipeline(pipeline, {"topic": "other"}, instance=instance)
+    assert not bad.success and bad.error is not None
+    assert "does not validate as Guarded" in bad.error and "unknown verdict 'maybe'" in bad.error

@@ -30,10 +30,13 @@ import pytest
 from annotated_types import Ge, Le, MaxLen
 from dagster import Any as DagsterAny
 from dagster import (
+    AssetIn,
+    AssetKey,
     DagsterEvent,
     DagsterEventType,
     DagsterInstance,
     DagsterType,
+    Definitions,
     DependencyDefinition,
     EventLogEntry,
     GraphDefinition,
@@ -43,6 +46,8 @@ from dagster import (
     OpDefinition,
     Out,
     ReexecutionOptions,
+    asset,
+    define_asset_job,
     execute_job,
     op,
     reconstructable,
@@ -703,3 +708,37 @@ def test_no_output_falls_back_to_dagsters_pickling_io_manager(instance: DagsterI
         assert not path.read_bytes().startswith(b"\x80"), f"{path} looks like a pickle"
     for path in stored:
         assert json.loads(path.read_bytes())["flujo"] == 1
+
+
+# --- assets read by other jobs ------------------------------------------------------------------------------
+
+
+class Words(BaseModel):
+    text: str
+    words: list[str] = Field(default_factory=list)
+
+
+@step
+def words(text: str) -> list[str]:
+    return text.split()
+
+
+@asset(ins={"words": AssetIn(key=["wp", "words"])}, io_manager_key="flujo_io_manager")
+def word_count(words: list[str]) -> int:
+    return len(words)
+
+
+def test_a_downstream_asset_in_another_job_loads_the_latest_flujo_asset(instance: DagsterInstance) -> None:
+    pipeline = Pipeline("wp", context=Words, steps=[words], assets=["words"])
+    defs = Definitions.merge(
+        build_definitions(pipelines=[pipeline]),
+        Definitions(assets=[word_count], jobs=[define_asset_job("count", selection=[word_count])]),
+    )
+    first = defs.resolve_job_def("wp").execute_in_process(
+        run_config={"ops": {"wp_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"text": "a b c"}}}}}}},
+        instance=instance,
+    )
+    assert first.success
+    counted = defs.resolve_job_def("count").execute_in_process(instance=instance)
+    assert counted.success
+    assert defs.load_asset_value(AssetKey(["word_count"]), instance=instance) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
@@ -18,6 +19,8 @@ from flujo_dagster.validation import validate
 
 __all__ = ["build_definitions", "compile_all", "default_resources"]
 
+_log = logging.getLogger("flujo_dagster")
+
 
 def default_resources(overrides: Mapping[str, object] | None = None) -> dict[str, object]:
     """The resources flujo ops need (`flujo_io_manager`, `agent_runtime`), with `overrides` applied."""
@@ -33,7 +36,10 @@ def compile_all(
     executor: ExecutorDefinition | None = None,
 ) -> list[CompiledPipeline]:
     """Validate (raising `ConfigurationError` listing every error finding) and compile each pipeline."""
-    validate(pipelines).raise_for_errors()
+    report = validate(pipelines)
+    for finding in report.warnings:
+        _log.warning("%s", finding.render())
+    report.raise_for_errors()
     chosen = translator or FlujoDagsterTranslator()
     compiled = [compile_pipeline(p, translator=chosen, executor=executor) for p in pipelines]
     names = [c.job_name for c in compiled]

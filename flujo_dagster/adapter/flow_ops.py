@@ -9,7 +9,6 @@ from typing import Any
 
 from dagster import DagsterRun, In, MetadataValue, Nothing, OpDefinition, OpExecutionContext, Out, Output
 from pydantic import ValidationError
-from pydantic_core import to_json
 
 from flujo_dagster.adapter import metadata as md
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
@@ -30,6 +29,7 @@ from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, Step
 from flujo_dagster.errors import StepOutputError, StorageError
 from flujo_dagster.runtime.interpreter import Interpreter, StepRecord, branch_arm, loop_should_exit
+from flujo_dagster.runtime.values import jsonable, to_json_bytes
 
 __all__ = [
     "DECISION_OUTPUT",
@@ -120,12 +120,9 @@ def context_op(
                 )
             values[key] = reader.read(producer, StoredKey(key, pipeline.fields[key]))
         # through the JSON form: python-mode validation is not idempotent for every type (Base64Bytes)
-        dumped = {
-            k: key_type(pipeline.name, k, pipeline.fields[k]).adapter.dump_python(v, mode="python", round_trip=True)
-            for k, v in values.items()
-        }
+        dumped = {k: jsonable(key_type(pipeline.name, k, pipeline.fields[k]).adapter, v) for k, v in values.items()}
         try:
-            final = pipeline.context.model_validate_json(to_json(dumped, inf_nan_mode="constants"))
+            final = pipeline.context.model_validate_json(to_json_bytes(dumped), by_name=True)
         except ValidationError as exc:
             raise StepOutputError(
                 f"the final context of pipeline {pipeline.name!r} does not validate as "

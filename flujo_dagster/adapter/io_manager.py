@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import cache
 from typing import Any, Generic, Literal, TypeVar, cast
 
-import pydantic_core
 from dagster import (
     ConfigurableIOManager,
     DagsterInvariantViolationError,
@@ -19,11 +18,14 @@ from upath import UPath
 
 from flujo_dagster.adapter.types import KeyType
 from flujo_dagster.errors import StorageError
+from flujo_dagster.runtime.values import from_json, jsonable, to_json_bytes
 from flujo_dagster.validation.typecompat import type_name
 
 __all__ = ["ENVELOPE_VERSION", "PydanticJsonIOManager", "StoredKey"]
 
 ENVELOPE_VERSION = 1
+_NO_RUN = "__EPHEMERAL_RUN_ID"
+"""The run id Dagster gives an upstream output it did not produce in this run (its RUN_ID_PLACEHOLDER)."""
 T = TypeVar("T")
 
 
@@ -102,25 +104,26 @@ class PydanticJsonIOManager(ConfigurableIOManager):
     def output_path(root: UPath, run_id: str, step_key: str, output_name: str, mapping_key: str | None = None) -> UPath:
         """Where one op output lives."""
         path = root / run_id / step_key / output_name
-        return (path / f"{mapping_key}.json") if mapping_key else path.with_suffix(".json")
+        return (path / f"{mapping_key}.json") if mapping_key else path.with_name(f"{output_name}.json")
 
     @staticmethod
     def asset_path(root: UPath, asset_path: list[str]) -> UPath:
         """Where the latest value of an asset lives (for loads outside a run)."""
-        return root.joinpath("assets", *asset_path).with_suffix(".json")
+        *parents, last = asset_path
+        return root.joinpath("assets", *parents, f"{last}.json")
 
     # -- values --------------------------------------------------------------------------------------
     @staticmethod
     def dump(stored: StoredKey, value: object) -> bytes:
         """The envelope bytes for `value`."""
-        py = stored.adapter.dump_python(value, mode="python", round_trip=True)
+        py = jsonable(stored.adapter, value)
         envelope = {
             "flujo": ENVELOPE_VERSION,
             "key": stored.key,
             "type": type_name(stored.annotation),
             "value": py,
         }
-        return pydantic_core.to_json(envelope, inf_nan_mode="constants")
+        return to_json_bytes(envelope)
 
     @staticmethod
     def write(path: UPath, data: bytes) -> None:
@@ -139,7 +142,7 @@ class PydanticJsonIOManager(ConfigurableIOManager):
                 "Re-run the step that writes it (re-execute the run from failure)."
             ) from exc
         try:
-            envelope = _envelope_adapter(stored.annotation).validate_json(raw)
+            envelope = from_json(_envelope_adapter(stored.annotation), raw)
         except ValidationError as exc:
             errors = exc.errors()
             if all(e["loc"][:1] == ("value",) for e in errors) and not any(
@@ -188,9 +191,14 @@ class PydanticJsonIOManager(ConfigurableIOManager):
         root = self.root(context.instance.storage_directory())
         try:
             run_id, step_key = upstream.run_id, upstream.step_key
-        except DagsterInvariantViolationError:  # loading an asset outside a run: its latest copy
+        except DagsterInvariantViolationError:  # loading an asset outside a run (load_asset_value)
+            run_id, step_key = _NO_RUN, ""
+        if run_id == _NO_RUN:  # outside a run, or an asset another job materialized: its latest copy
             if not upstream.has_asset_key:
-                raise StorageError(f"cannot load input {context.name!r}: no run and no asset to read from.") from None
+                raise StorageError(
+                    f"cannot load input {context.name!r}: its producer ran in no known run and is not an asset. "
+                    "Load values the flujo IO manager stored, from the run that produced them."
+                )
             path = self.asset_path(root, list(upstream.asset_key.path))
             return self.read(path, stored, where=f"asset {upstream.asset_key.to_user_string()}")
         path = self.output_path(root, run_id, step_key, upstream.name, upstream.mapping_key)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import keyword
 import re
+
+from flujo_dagster.validation.names import io_name
 
 __all__ = [
     "CONTEXT_KEY",
@@ -24,14 +25,7 @@ CONTEXT_KEY = "__context__"
 """The key name the final context is stored under (not a field name: pydantic refuses leading underscores)."""
 READY_OUTPUT = "flujo_ready"
 """`flujo_inputs`' Nothing output when it emits no key."""
-_DAGSTER_RESERVED = frozenset({"context", "config", "input", "output", "type", *keyword.kwlist})
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
-
-
-def io_name(key: str) -> str:
-    """The input/output name that carries context key `key` (a trailing `_` for Dagster's reserved words)."""
-    name = _UNSAFE.sub("_", key)
-    return f"{name}_" if name in _DAGSTER_RESERVED else name
 
 
 def graph_name(pipeline: str, has_assets: bool) -> str:

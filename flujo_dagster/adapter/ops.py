@@ -4,7 +4,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from dagster import Any as DagsterAny
 from dagster import (
     Backoff,
@@ -27,7 +26,7 @@ from flujo_dagster.adapter.types import KeyType, key_type
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Retry, Step
 from flujo_dagster.errors import ConfigurationError, ControlFlowError, UsageLimitExceededError
-from flujo_dagster.runtime.calls import call_function_step
+from flujo_dagster.runtime.calls import call_function_step, with_timeout
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.prompts import render_prompt
 from flujo_dagster.runtime.values import step_outputs
@@ -140,11 +139,7 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
         runtime: AgentRuntime = getattr(context.resources, AGENT_RUNTIME_KEY)
         prompt = render_prompt(step, {k: inputs[io_name(k)] for k in wiring.reads})
         try:
-            if step.timeout_s is None:
-                call, source = await runtime.run(step, prompt)
-            else:
-                with anyio.fail_after(step.timeout_s):
-                    call, source = await runtime.run(step, prompt)
+            call, source = await with_timeout(step.timeout_s, lambda: runtime.run(step, prompt), path=wiring.path)
         except NOT_RETRIED as exc:
             raise not_retried(exc, wiring) from exc
         (value,) = step_outputs(wiring.path, wiring.writes, False, call.output, pipeline.fields).values()

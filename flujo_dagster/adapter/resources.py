@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic_ai import Agent
 from pydantic_ai.models import Model
+from pydantic_ai.models.function import FunctionModel
+from pydantic_ai.models.test import TestModel
 
 from flujo_dagster.dsl.steps import AgentStep
 from flujo_dagster.runtime.agents import AgentCall, run_agent
@@ -14,6 +16,8 @@ from flujo_dagster.runtime.agents import AgentCall, run_agent
 __all__ = ["AgentRuntime", "ModelSource"]
 
 ModelSource = Literal["agent", "override", "offline"]
+OFFLINE_MODELS = (FunctionModel, TestModel)
+"""Model classes that never call a provider: reported with model source `offline`."""
 ModelChoice = Model | str
 
 
@@ -21,8 +25,8 @@ class AgentRuntime:
     """Runs agent steps; the resource `agent_runtime`.
 
     `model` replaces every agent step's model; `step_models` replaces it per step name (and wins).
-    A value is a `provider:model` string (a real provider, reported as `override`) or a pydantic-ai model
-    object such as `FunctionModel` or `TestModel` (reported as `offline`). Tests and the demo swap models
+    A value is a `provider:model` string or a pydantic-ai model object; pydantic-ai's `FunctionModel` and
+    `TestModel` are reported with model source `offline`, anything else as `override`. Tests and the demo swap models
     here, never by patching. Without overrides each step runs on its agent's own model.
     """
 
@@ -40,7 +44,7 @@ class AgentRuntime:
         chosen = self.step_models.get(step.name, self.model)
         if chosen is None:
             return (step.model if isinstance(step.model, str | Model) else None), "agent"
-        return chosen, ("override" if isinstance(chosen, str) else "offline")
+        return chosen, ("offline" if isinstance(chosen, OFFLINE_MODELS) else "override")
 
     async def run(self, step: AgentStep, prompt: str) -> tuple[AgentCall, ModelSource]:
         """Run `step`'s agent on `prompt` in the current event loop."""

@@ -21,7 +21,7 @@ from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT
 from flujo_dagster.adapter.ops import IO_MANAGER_KEY
 from flujo_dagster.adapter.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.errors import FlujoDagsterError
+from flujo_dagster.errors import ConfigurationError, FlujoDagsterError
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.sync import call_blocking
 
@@ -170,7 +170,12 @@ def run_pipeline(
         context = None
         if result.success:
             io = chosen[IO_MANAGER_KEY]
-            assert isinstance(io, PydanticJsonIOManager)
+            if not isinstance(io, PydanticJsonIOManager):
+                raise ConfigurationError(
+                    f"run {result.run_id} succeeded, but resource {IO_MANAGER_KEY!r} is a {type(io).__name__}, "
+                    "not a configured PydanticJsonIOManager, so its final context cannot be read here; pass "
+                    "PydanticJsonIOManager(base_dir=...) or use load_final_context(...) with one."
+                )
             context = load_final_context(pipeline, result.run_id, instance=instance, io_manager=io)
         return PipelineRun(
             run_id=result.run_id,

@@ -31,11 +31,34 @@ class StepKeys:
 
 
 def annotations_of(fn: Callable[..., object]) -> dict[str, object]:
-    """Resolved annotations of a function (string annotations evaluated); empty if they cannot be."""
+    """Resolved annotations of a function (string annotations evaluated). An annotation that cannot be
+    resolved (a name defined only inside a function) is left out, so no rule judges it."""
     try:
         return dict(typing.get_type_hints(fn, include_extras=True))
     except (NameError, TypeError):
-        return dict(getattr(fn, "__annotations__", {}))
+        return _resolve_each(fn)
+
+
+def _resolve_each(fn: Callable[..., object]) -> dict[str, object]:
+    raw: dict[str, object] = dict(getattr(fn, "__annotations__", {}))
+    namespace = dict(getattr(fn, "__globals__", {}))
+    resolved: dict[str, object] = {}
+    for name, annotation in raw.items():
+        if not isinstance(annotation, str):
+            resolved[name] = annotation
+            continue
+        try:
+            resolved[name] = typing.get_type_hints(_Probe(annotation), namespace, include_extras=True)["x"]
+        except (NameError, TypeError, SyntaxError):
+            continue
+    return resolved
+
+
+class _Probe:
+    """An object whose only annotation is `text`, for resolving one annotation string at a time."""
+
+    def __init__(self, text: str) -> None:
+        self.__annotations__ = {"x": text}
 
 
 def return_annotation(fn: Callable[..., object]) -> object:

@@ -4,18 +4,36 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 
 from flujo_dagster.dsl.steps import FunctionStep
+from flujo_dagster.errors import StepTimeoutError
 
-__all__ = ["StepTimeoutError", "call_function_step"]
+__all__ = ["call_function_step", "with_timeout"]
+
+T = TypeVar("T")
 
 
-class StepTimeoutError(TimeoutError):
-    """A step did not finish within its `timeout_s`."""
+def _is_async(fn: Callable[..., object]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
+async def with_timeout(timeout_s: float | None, work: Callable[[], Awaitable[T]], *, path: str) -> T:
+    """Await `work()`; past `timeout_s` cancel it and raise `StepTimeoutError` naming the step. A
+    `TimeoutError` the step raises itself passes through unchanged."""
+    if timeout_s is None:
+        return await work()
+    with anyio.move_on_after(timeout_s) as scope:
+        return await work()
+    if scope.cancelled_caught:
+        raise StepTimeoutError(
+            f"step {path} did not finish within timeout_s={timeout_s}; raise timeout_s or make the step faster"
+        )
+    raise AssertionError("unreachable: a finished step returns")  # pragma: no cover
 
 
 async def call_function_step(step: FunctionStep, kwargs: Mapping[str, object], *, path: str) -> object:
@@ -27,12 +45,10 @@ async def call_function_step(step: FunctionStep, kwargs: Mapping[str, object], *
         if inspect.isawaitable(result):
             return await result
         return result
-    try:
-        with anyio.fail_after(step.timeout_s):
-            if inspect.iscoroutinefunction(fn):
-                return await fn(**kwargs)
-            return await anyio.to_thread.run_sync(functools.partial(fn, **kwargs), abandon_on_cancel=True)
-    except TimeoutError as exc:
-        raise StepTimeoutError(
-            f"step {path} did not finish within timeout_s={step.timeout_s}; raise timeout_s or make the step faster"
-        ) from exc
+
+    async def work() -> object:
+        if _is_async(fn):
+            return await fn(**kwargs)  # type: ignore[misc]
+        return await anyio.to_thread.run_sync(functools.partial(fn, **kwargs), abandon_on_cancel=True)
+
+    return await with_timeout(step.timeout_s, work, path=path)

@@ -1,57 +1,48 @@
-"""Validating a run's inputs field by field with the pipeline's context model (its validators included)."""
+"""Validating a run's inputs with the pipeline's context model: its field types, constraints and field
+validators, for the fields a run starts with. Model validators see the whole context, so they run on the final
+context (the `flujo_context` op), not on the inputs."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
-from pydantic import ValidationError
-from pydantic_core import InitErrorDetails
+from pydantic import BaseModel, ConfigDict, create_model, field_validator
 
 from flujo_dagster.dsl.pipeline import Pipeline
 
-__all__ = ["validate_inputs"]
+__all__ = ["inputs_model", "validate_inputs"]
+
+
+@cache
+def _inputs_model(context: type[BaseModel], keys: tuple[str, ...]) -> type[BaseModel]:
+    fields: dict[str, Any] = {k: (context.model_fields[k].annotation, context.model_fields[k]) for k in keys}
+    validators: dict[str, Any] = {}
+    for name, decorator in context.__pydantic_decorators__.field_validators.items():
+        names = [f for f in decorator.info.fields if f in fields or f == "*"]
+        if names:
+            func = getattr(decorator.func, "__func__", decorator.func)
+            validators[name] = field_validator(*names, mode=decorator.info.mode, check_fields=False)(classmethod(func))
+    return create_model(
+        f"{context.__name__} (run inputs)",
+        __config__=ConfigDict(extra="forbid", validate_by_name=True, arbitrary_types_allowed=True),
+        __validators__=validators,
+        __module__=context.__module__,
+        **fields,
+    )
+
+
+def inputs_model(pipeline: Pipeline) -> type[BaseModel]:
+    """The model of a pipeline's run inputs: its initial keys (required inputs and defaulted fields)."""
+    return _inputs_model(pipeline.context, pipeline.initial_keys())
 
 
 def validate_inputs(pipeline: Pipeline, raw: Mapping[str, object]) -> dict[str, object]:
     """The value of every key the run starts with: given inputs validated, defaults filled in.
 
-    Raises pydantic's `ValidationError` (titled with the context model) naming every bad, missing or
-    unknown field at once. Field validators of the context model run for the given inputs.
+    Raises pydantic's `ValidationError` (titled `<Context> (run inputs)`) naming every bad, missing or
+    unknown field at once.
     """
-    model = pipeline.context
-    allowed = pipeline.initial_keys()
-    required = set(pipeline.input_keys())
-    errors: list[InitErrorDetails] = []
-    for name in raw:
-        if name not in allowed:
-            errors.append({"type": "extra_forbidden", "loc": (name,), "input": raw[name]})
-    for name in pipeline.input_keys():
-        if name not in raw:
-            errors.append({"type": "missing", "loc": (name,), "input": dict(raw)})
-    instance = model.model_construct()
-    values: dict[str, object] = {}
-    for name in allowed:
-        if name not in raw:
-            if name not in required:
-                values[name] = model.model_fields[name].get_default(call_default_factory=True)
-            continue
-        try:
-            model.__pydantic_validator__.validate_assignment(instance, name, raw[name])
-        except ValidationError as exc:
-            errors.extend(_as_init_errors(exc))
-            continue
-        values[name] = getattr(instance, name)
-    if errors:
-        raise ValidationError.from_exception_data(f"{model.__name__} (run inputs)", errors)
-    return values
-
-
-def _as_init_errors(exc: ValidationError) -> list[InitErrorDetails]:
-    out: list[InitErrorDetails] = []
-    for err in exc.errors():
-        detail: dict[str, Any] = {"type": err["type"], "loc": err["loc"], "input": err["input"]}
-        if "ctx" in err:
-            detail["ctx"] = err["ctx"]
-        out.append(detail)  # type: ignore[arg-type]
-    return out
+    validated = inputs_model(pipeline).model_validate(dict(raw))
+    return {k: getattr(validated, k) for k in pipeline.initial_keys()}

@@ -17,7 +17,7 @@ from flujo_dagster.dsl.keys import resolve_keys
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
 from flujo_dagster.errors import ControlFlowError, FlujoDagsterError, ParallelBranchError
 from flujo_dagster.runtime.agents import AgentCall
-from flujo_dagster.runtime.calls import call_function_step
+from flujo_dagster.runtime.calls import call_function_step, with_timeout
 from flujo_dagster.runtime.prompts import render_prompt
 from flujo_dagster.runtime.values import step_outputs
 
@@ -184,11 +184,7 @@ class Interpreter:
 
         async def call() -> StepRecord:
             prompt = render_prompt(step, {k: state[k] for k in keys.reads})
-            if step.timeout_s is None:
-                result, _ = await agents.run(step, prompt)
-            else:
-                with anyio.fail_after(step.timeout_s):
-                    result, _ = await agents.run(step, prompt)
+            result, _ = await with_timeout(step.timeout_s, lambda: agents.run(step, prompt), path=path)
             state.update(step_outputs(path, keys.writes or (), False, result.output, self.fields))
             return StepRecord(
                 path=path,

@@ -12,7 +12,7 @@ from pydantic_core import PydanticSerializationError, to_json
 from flujo_dagster.errors import StepOutputError
 from flujo_dagster.validation.typecompat import type_name
 
-__all__ = ["adapter_for", "coerce_value", "step_outputs"]
+__all__ = ["adapter_for", "coerce_value", "from_json", "jsonable", "step_outputs", "to_json_bytes"]
 
 
 @cache
@@ -28,6 +28,21 @@ def adapter_for(annotation: object) -> TypeAdapter[Any]:
         return TypeAdapter(cast(Any, annotation))
 
 
+def jsonable(adapter: TypeAdapter[Any], value: object) -> object:
+    """The value dumped by pydantic in Python mode, by field name, ready for `to_json_bytes`."""
+    return adapter.dump_python(value, mode="python", round_trip=True)
+
+
+def to_json_bytes(obj: object) -> bytes:
+    """JSON bytes with NaN and infinities kept (as `NaN`, `Infinity`, `-Infinity`)."""
+    return to_json(obj, inf_nan_mode="constants")
+
+
+def from_json(adapter: TypeAdapter[Any], raw: str | bytes) -> Any:
+    """Validate JSON written by `to_json_bytes(jsonable(...))`: fields by name (aliases accepted too)."""
+    return adapter.validate_json(raw, by_name=True)
+
+
 def coerce_value(adapter: TypeAdapter[Any], value: object) -> object:
     """The value as it will load back: a value of the type is passed through its JSON form (so what a step
     returns is exactly what later steps read, constraints checked); anything else is first validated
@@ -35,8 +50,8 @@ def coerce_value(adapter: TypeAdapter[Any], value: object) -> object:
     try:
         py = adapter.dump_python(value, mode="python", round_trip=True, warnings="error")
     except PydanticSerializationError:
-        py = adapter.dump_python(adapter.validate_python(value), mode="python", round_trip=True)
-    return adapter.validate_json(to_json(py, inf_nan_mode="constants"))
+        py = jsonable(adapter, adapter.validate_python(value))
+    return from_json(adapter, to_json_bytes(py))
 
 
 def _split(path: str, writes: Sequence[str], split: bool, result: object) -> list[tuple[str, object]]:

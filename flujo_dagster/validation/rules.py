@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import keyword
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, get_origin
@@ -14,11 +13,13 @@ from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
 from flujo_dagster.validation.findings import Finding
 from flujo_dagster.validation.keyflow import rule_keys
+from flujo_dagster.validation.names import DAGSTER_RESERVED_NAMES, io_name
 from flujo_dagster.validation.typecompat import (
     ambiguous_union_problem,
     is_assignable,
     json_round_trip_problem,
     type_name,
+    untyped_problem,
 )
 
 __all__ = ["RESERVED_STEP_NAMES", "RULES", "step_path"]
@@ -26,9 +27,7 @@ __all__ = ["RESERVED_STEP_NAMES", "RULES", "step_path"]
 Rule = Callable[[Pipeline], Iterator[Finding]]
 
 #: Op names the compiler uses itself, and words Dagster refuses as names.
-RESERVED_STEP_NAMES = frozenset(
-    {"flujo_inputs", "flujo_context", "context", "config", "input", "output", "type", *keyword.kwlist}
-)
+RESERVED_STEP_NAMES = frozenset({"flujo_inputs", "flujo_context", *DAGSTER_RESERVED_NAMES})
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EMPTY = inspect.Parameter.empty
 
@@ -83,6 +82,40 @@ def rule_names(pipeline: Pipeline) -> Iterator[Finding]:
                 hint="give each step a unique name (name=...)",
             )
         seen.add(s.name)
+    yield from _key_names(pipeline)
+
+
+def _key_names(pipeline: Pipeline) -> Iterator[Finding]:
+    """Keys whose input/output names collide, keys named like the compiler's own outputs, repeated assets."""
+    carriers: dict[str, str] = {}
+    for key in pipeline.fields:
+        name = io_name(key)
+        if key.startswith("flujo_") or name in carriers:
+            clash = (
+                "'flujo_' names are the compiler's own"
+                if key.startswith("flujo_")
+                else (
+                    f"Dagster reserves {carriers[name] if carriers[name] != name else key!r}, so both would be carried "
+                    f"as {name!r}"
+                )
+            )
+            yield Finding(
+                code="V-NAME",
+                severity="error",
+                path=f"{pipeline.name} > key:{key}",
+                message=f"key name {key!r} cannot be used: {clash}.",
+                hint="rename the context field",
+            )
+        carriers.setdefault(name, key)
+    repeated = sorted({k for k in pipeline.assets if pipeline.assets.count(k) > 1})
+    for key in repeated:
+        yield Finding(
+            code="V-NAME",
+            severity="error",
+            path=pipeline.name,
+            message=f"asset {key!r} is listed more than once.",
+            hint="list each key once in assets=[...]",
+        )
 
 
 def _function_type_findings(pipeline: Pipeline, s: FunctionStep, path: str) -> Iterator[Finding]:
@@ -152,6 +185,14 @@ def rule_types(pipeline: Pipeline) -> Iterator[Finding]:
                 path=f"{pipeline.name} > key:{name}",
                 message=f"key {name!r} ({type_name(annotation)}) is an ambiguous union: {ambiguity}.",
                 hint="use a discriminated union, or wrap the members in models that JSON can tell apart",
+            )
+        elif (untyped := untyped_problem(annotation)) is not None:
+            yield Finding(
+                code="V-TYPE",
+                severity="warning",
+                path=f"{pipeline.name} > key:{name}",
+                message=f"key {name!r} ({type_name(annotation)}) is not fully typed: {untyped}.",
+                hint="declare the concrete type",
             )
     for path, s in walk(pipeline.steps, pipeline.name):
         if isinstance(s, FunctionStep):

@@ -15,7 +15,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 from pydantic.types import EncodedBytes, EncodedStr
 
-__all__ = ["ambiguous_union_problem", "is_assignable", "json_round_trip_problem", "type_name"]
+__all__ = ["ambiguous_union_problem", "is_assignable", "json_round_trip_problem", "type_name", "untyped_problem"]
 
 _NUMERIC_TOWER: dict[type, tuple[type, ...]] = {float: (int,), complex: (int, float)}
 _ABSTRACT_ORIGINS: dict[object, tuple[object, ...]] = {
@@ -196,6 +196,27 @@ def ambiguous_union_problem(tp: object) -> str | None:
         return None
     for arg in get_args(tp) if get_origin(tp) is not Literal else ():
         problem = ambiguous_union_problem(arg) if arg is not Ellipsis else None
+        if problem is not None:
+            return problem
+    return None
+
+
+def untyped_problem(tp: object) -> str | None:
+    """Why a value of `tp` may not load back as it was stored: `Any` keeps only the JSON form of a value
+    (a datetime comes back as a str, a model as a dict). None when `tp` has no `Any` in it."""
+    tp = _strip(tp)
+    if tp is Any:
+        return "Any keeps only the JSON form of a value (a datetime comes back as a str, a model as a dict)"
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        for name, info in tp.model_fields.items():
+            problem = untyped_problem(info.annotation)
+            if problem is not None:
+                return f"field {name!r} of {tp.__name__}: {problem}"
+        return None
+    if get_origin(tp) is Literal:
+        return None
+    for arg in get_args(tp):
+        problem = untyped_problem(arg) if arg is not Ellipsis else None
         if problem is not None:
             return problem
     return None
