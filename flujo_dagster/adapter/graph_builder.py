@@ -23,7 +23,7 @@ from flujo_dagster.adapter.flow_ops import (
 )
 from flujo_dagster.adapter.naming import CONTEXT_OP, INPUTS_OP, READY_OUTPUT, io_name, op_name
 from flujo_dagster.adapter.ops import GATE_INPUT, StepWiring, inputs_op, step_op
-from flujo_dagster.dsl.control import Branch, Loop, Map, Parallel
+from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.flow import callable_reads, flow_of, flow_of_steps
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
@@ -89,7 +89,13 @@ class _Builder:
             deps[AFTER_INPUT] = MultiDependencyDefinition([DependencyDefinition(*p) for p in dict.fromkeys(fan_in)])
         self.g.defs[node] = definition
         self.g.deps[node] = deps
-        self.g.upstream[node] = [*data.values(), *fan_in]
+        self.g.upstream[node] = [*data.values(), *fan_in, *([gate] if gate is not None else [])]
+
+    def frontier(self, keep: Sequence[Producer], candidates: Sequence[Producer]) -> list[Producer]:
+        """The fan-in sources an op needs for ordering: `keep` (always), and the candidates that no other
+        candidate reads (in a chain, only the last): the others come before those anyway."""
+        consumed = {u for p in candidates for u in self.g.upstream.get(p[0], ())}
+        return list(dict.fromkeys([*keep, *(p for p in candidates if p not in consumed)]))
 
     def wiring(self, node: str, path: str, reads: Sequence[str], writes: Sequence[str], **extra: object) -> StepWiring:
         return StepWiring(
@@ -118,6 +124,8 @@ class _Builder:
                 self.branch(step, live, prefix, here, gate)
             elif isinstance(step, Parallel):
                 self.parallel(step, live, prefix, here, gate)
+            elif isinstance(step, Group):
+                self.steps(step.steps, live, (*prefix, step.name), here, gate)
             else:
                 self.leaf(step, live, prefix, here, gate)
 
@@ -160,7 +168,9 @@ class _Builder:
             self.steps(steps, arm_live, (*prefix, branch.name), path, (router, arm_output(index)))
             arm_producers.append({k: self.resolve(k, arm_live) for k in written})
         join = op_name(*prefix, branch.name, "flujo_join")
-        sources = [(router, DECISION_OUTPUT), *(p for arm in arm_producers for p in arm.values() if p is not None)]
+        sources = self.frontier(
+            [(router, DECISION_OUTPUT)], [p for arm in arm_producers for p in arm.values() if p is not None]
+        )
         op = branch_join_op(
             self.p,
             self.wiring(join, path, (), written),
@@ -188,7 +198,7 @@ class _Builder:
             gate = (until, CONTINUE_OUTPUT)
         join = op_name(*prefix, loop.name, "flujo_join")
         op = loop_join_op(self.p, self.wiring(join, path, (), written), exits, snapshots, step_key=self.step_key)
-        sources = [*exits, *(p for snap in snapshots for p in snap.values() if p is not None)]
+        sources = self.frontier(exits, [p for snap in snapshots for p in snap.values() if p is not None])
         self.add(join, op, {}, None, sources)
         live.update({k: (join, io_name(k)) for k in written})
 
@@ -211,9 +221,18 @@ class _Builder:
         self.g.defs = {INPUTS_OP: inputs_op(self.p, op_name(self.p.name, INPUTS_OP), emitted), **self.g.defs}
         self.g.deps[INPUTS_OP] = {}
         op = context_op(self.p, op_name(self.p.name, CONTEXT_OP), final, step_key=self.step_key)
-        self.add(CONTEXT_OP, op, {}, None, [ready, *final.values()])
+        # Ordering needs only the outputs nobody reads; depending on each of them also ties every output to
+        # the final_context asset (Dagster refuses asset-graph outputs that lead to no asset).
+        consumed = {u for sources in self.g.upstream.values() for u in sources}
+        unread = [(node, out) for node, d in self.g.defs.items() for out in _outputs(d) if (node, out) not in consumed]
+        self.add(CONTEXT_OP, op, {}, None, [ready, *unread])
+        self.g.upstream[CONTEXT_OP] = [ready, *final.values()]  # lineage: the context holds every key
         self.g.live = final
         return self.g
+
+
+def _outputs(definition: OpDefinition | GraphDefinition) -> list[str]:
+    return [o.name for o in definition.output_defs]
 
 
 def build_graph(pipeline: Pipeline, step_key: Callable[[str], str]) -> BuiltGraph:

@@ -1,6 +1,6 @@
 """The pure pipeline DSL. Imports neither dagster nor pydantic_ai."""
 
-from flujo_dagster.dsl.control import Branch, Loop, Map, Parallel
+from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.decorators import agent_step, step
 from flujo_dagster.dsl.flow import Flow, flow_of, flow_of_steps, walk
 from flujo_dagster.dsl.keys import StepKeys, resolve_keys
@@ -11,6 +11,7 @@ __all__ = [
     "AgentStep",
     "Branch",
     "Flow",
+    "Group",
     "Loop",
     "Map",
     "Parallel",

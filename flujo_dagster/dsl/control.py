@@ -8,7 +8,7 @@ from typing import Literal
 
 from flujo_dagster.dsl.steps import Retry, Step, StepsLike, as_steps
 
-__all__ = ["Branch", "Isolation", "Loop", "Map", "Parallel"]
+__all__ = ["Branch", "Group", "Isolation", "Loop", "Map", "Parallel"]
 
 Isolation = Literal["inline", "op"]
 
@@ -166,3 +166,17 @@ class Map(Step):
         object.__setattr__(self, "into", into)
         object.__setattr__(self, "max_concurrency", max_concurrency)
         object.__setattr__(self, "isolation", isolation)
+
+
+@dataclass(frozen=True, init=False)
+class Group(Step):
+    """A named sequence of steps. Expanded, its steps are ops named `<group>__<step>`; with `inline=True` the
+    whole group runs in one op (the way to keep long chains of cheap steps fast)."""
+
+    steps: tuple[Step, ...] = field(default=())
+
+    kind = "group"
+
+    def __init__(self, name: str, /, *, steps: StepsLike, inline: bool = False) -> None:
+        _base(self, name, inline)
+        object.__setattr__(self, "steps", as_steps(steps))

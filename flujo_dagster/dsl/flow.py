@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from flujo_dagster.dsl.control import Branch, Loop, Map, Parallel
+from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.keys import parameter_names, resolve_keys
 from flujo_dagster.dsl.steps import Step
 
@@ -45,7 +45,17 @@ def flow_of_steps(steps: Sequence[Step], fields: Mapping[str, object]) -> Flow:
 
 
 def flow_of(step: Step, fields: Mapping[str, object]) -> Flow:
-    """The flow of one node (a leaf step or a control-flow node)."""
+    """The flow of one node (a leaf step or a control-flow node), remembered on the node for `fields`."""
+    cached = step.__dict__.get("_flujo_flow")
+    if cached is not None and cached[0] is fields:
+        result: Flow = cached[1]
+        return result
+    result = _flow_of(step, fields)
+    object.__setattr__(step, "_flujo_flow", (fields, result))
+    return result
+
+
+def _flow_of(step: Step, fields: Mapping[str, object]) -> Flow:
     if isinstance(step, Loop):
         body = flow_of_steps(step.body, fields)
         until = [k for k in callable_reads(step.until) if k not in body.must]
@@ -61,6 +71,8 @@ def flow_of(step: Step, fields: Mapping[str, object]) -> Flow:
         may = frozenset().union(*(a.may for a in arms))
         must = frozenset().union(*(a.must for a in arms)) if step.on_branch_failure == "fail" else frozenset()
         return Flow(_ordered(*(a.reads for a in arms)), must, may)
+    if isinstance(step, Group):
+        return flow_of_steps(step.steps, fields)
     if isinstance(step, Map):
         body = flow_of_steps(step.body, fields)
         reads = [k for k in body.reads if k != step.item]
@@ -80,6 +92,8 @@ def children(step: Step) -> list[tuple[str | None, tuple[Step, ...]]]:
         return [(label, steps) for label, steps in step.branches.items()]
     if isinstance(step, Map):
         return [(None, step.body)]
+    if isinstance(step, Group):
+        return [(None, step.steps)]
     return []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import string
 import typing
@@ -33,6 +34,18 @@ class StepKeys:
 def annotations_of(fn: Callable[..., object]) -> dict[str, object]:
     """Resolved annotations of a function (string annotations evaluated). An annotation that cannot be
     resolved (a name defined only inside a function) is left out, so no rule judges it."""
+    try:
+        return dict(_annotations_cached(fn))
+    except TypeError:  # an unhashable callable object
+        return _annotations(fn)
+
+
+@functools.lru_cache(maxsize=4096)
+def _annotations_cached(fn: Callable[..., object]) -> dict[str, object]:
+    return _annotations(fn)
+
+
+def _annotations(fn: Callable[..., object]) -> dict[str, object]:
     try:
         return dict(typing.get_type_hints(fn, include_extras=True))
     except (NameError, TypeError):
@@ -93,7 +106,18 @@ def _model_fields_are_keys(annotation: object, fields: Mapping[str, object]) -> 
 
 
 def resolve_keys(step: Step, fields: Mapping[str, object]) -> StepKeys:
-    """Resolve the keys `step` reads and writes against the context's `fields`."""
+    """Resolve the keys `step` reads and writes against the context's `fields` (remembered on the step for
+    that `fields` object: big pipelines resolve each step once)."""
+    cached = step.__dict__.get("_flujo_keys")
+    if cached is not None and cached[0] is fields:
+        result: StepKeys = cached[1]
+        return result
+    result = _resolve_keys(step, fields)
+    object.__setattr__(step, "_flujo_keys", (fields, result))
+    return result
+
+
+def _resolve_keys(step: Step, fields: Mapping[str, object]) -> StepKeys:
     if isinstance(step, FunctionStep):
         reads = step.input_keys if step.input_keys is not None else parameter_names(step.fn)
         if step.output_keys is not None:

@@ -56,6 +56,8 @@ class Pipeline:
         object.__setattr__(self, "steps", as_steps(steps))
         object.__setattr__(self, "assets", tuple(assets))
         object.__setattr__(self, "description", description)
+        object.__setattr__(self, "_fields", {n: _annotation(i) for n, i in context.model_fields.items()})
+        object.__setattr__(self, "_initial", None)
 
     def __rshift__(self, other: StepsLike | Pipeline) -> Pipeline:
         if isinstance(other, Pipeline):
@@ -84,7 +86,8 @@ class Pipeline:
     def fields(self) -> dict[str, object]:
         """The context's keys and their annotations (with the field's constraints, e.g. `Field(gt=0)`, kept as
         `Annotated` metadata so that stored values are checked against them too)."""
-        return {name: _annotation(info) for name, info in self.context.model_fields.items()}
+        fields: dict[str, object] = self.__dict__["_fields"]
+        return fields
 
     def keys_of(self, step: Step) -> StepKeys:
         """The keys `step` reads and writes in this pipeline."""
@@ -105,5 +108,9 @@ class Pipeline:
 
     def initial_keys(self) -> tuple[str, ...]:
         """Keys that have a value when the run starts: the inputs and every defaulted field."""
-        inputs = set(self.input_keys())
-        return tuple(k for k in self.context.model_fields if k in inputs or self.has_default(k))
+        initial: tuple[str, ...] | None = self.__dict__["_initial"]
+        if initial is None:
+            inputs = set(self.input_keys())
+            initial = tuple(k for k in self.context.model_fields if k in inputs or self.has_default(k))
+            object.__setattr__(self, "_initial", initial)
+        return initial

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import anyio
 
-from flujo_dagster.dsl.control import Branch, Loop, Map, Parallel
+from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.flow import callable_reads, flow_of_steps
 from flujo_dagster.dsl.keys import resolve_keys
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
@@ -110,6 +110,7 @@ class Interpreter:
             Branch: self._branch,
             Parallel: self._parallel,
             Map: self._map,
+            Group: self._group,
         }
 
     async def run(self, steps: Sequence[Step], state: State, path: str) -> None:
@@ -251,6 +252,10 @@ class Interpreter:
                     error=f"{type(exc).__name__}: {exc}",
                 )
             )
+
+    async def _group(self, step: Step, state: State, path: str) -> None:
+        assert isinstance(step, Group)
+        await self.run(step.steps, state, path)
 
     async def _map(self, step: Step, state: State, path: str) -> None:
         assert isinstance(step, Map)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Sequence
 
-from flujo_dagster.dsl.control import Branch, Loop, Map, Parallel
+from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.flow import callable_reads, flow_of_steps
 from flujo_dagster.dsl.keys import resolve_keys
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -62,6 +62,8 @@ class _Checker:
                 yield from self.parallel(step, live, here)
             elif isinstance(step, Map):
                 yield from self.map(step, live, here)
+            elif isinstance(step, Group):
+                yield from self.steps(step.steps, live, here)
             else:
                 yield from self.leaf(step, live, here)
 

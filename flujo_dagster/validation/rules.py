@@ -14,6 +14,7 @@ from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
 from flujo_dagster.validation.findings import Finding
 from flujo_dagster.validation.keyflow import rule_keys
 from flujo_dagster.validation.names import DAGSTER_RESERVED_NAMES, io_name
+from flujo_dagster.validation.scale import rule_scale
 from flujo_dagster.validation.typecompat import (
     ambiguous_union_problem,
     is_assignable,
@@ -224,4 +225,4 @@ def rule_agents(pipeline: Pipeline) -> Iterator[Finding]:
             )
 
 
-RULES: tuple[Rule, ...] = (rule_names, rule_keys, rule_types, rule_agents)
+RULES: tuple[Rule, ...] = (rule_names, rule_keys, rule_types, rule_agents, rule_scale)

@@ -9,6 +9,7 @@ import enum
 import pathlib
 import types
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter
@@ -110,6 +111,10 @@ def _encoded(metadata: cabc.Iterable[object]) -> bool:
 
 
 def json_round_trip_problem(tp: object) -> str | None:
+    return _cached(_json_round_trip_problem, tp)
+
+
+def _json_round_trip_problem(tp: object) -> str | None:
     """Why values of annotation `tp` would not survive a JSON round trip, or None when they do."""
     if get_origin(tp) is Annotated and _encoded(get_args(tp)[1:]):
         return None
@@ -174,6 +179,10 @@ def _json_kind(tp: object) -> str | None:
 
 
 def ambiguous_union_problem(tp: object) -> str | None:
+    return _cached(_ambiguous_union_problem, tp)
+
+
+def _ambiguous_union_problem(tp: object) -> str | None:
     """Why a union's members cannot be told apart once stored as JSON (e.g. `str | datetime`: a datetime
     comes back as a str), or None. Checks nested annotations too."""
     tp = _strip(tp)
@@ -202,6 +211,10 @@ def ambiguous_union_problem(tp: object) -> str | None:
 
 
 def untyped_problem(tp: object) -> str | None:
+    return _cached(_untyped_problem, tp)
+
+
+def _untyped_problem(tp: object) -> str | None:
     """Why a value of `tp` may not load back as it was stored: `Any` keeps only the JSON form of a value
     (a datetime comes back as a str, a model as a dict). None when `tp` has no `Any` in it."""
     tp = _strip(tp)
@@ -220,3 +233,18 @@ def untyped_problem(tp: object) -> str | None:
         if problem is not None:
             return problem
     return None
+
+
+_CACHE: dict[tuple[object, object], str | None] = {}
+
+
+def _cached(check: Callable[[object], str | None], tp: object) -> str | None:
+    """Memoise a type check per annotation (big pipelines repeat the same few types thousands of times)."""
+    try:
+        key = (check, tp)
+        if key in _CACHE:
+            return _CACHE[key]
+    except TypeError:  # unhashable annotation: check it every time
+        return check(tp)
+    result = _CACHE[key] = check(tp)
+    return result
