@@ -21,7 +21,10 @@ from pydantic_ai import Agent
 from flujo_dagster import (
     ConfigurationError,
     Finding,
+    Group,
+    Loop,
     Pipeline,
+    Step,
     ValidationReport,
     agent_step,
     build_definitions,
@@ -606,3 +609,23 @@ def test_composing_pipelines_with_different_contexts_raises() -> None:
         "Cannot compose pipeline 'head' (context Notes) with pipeline 'other' (context Other): both must use the "
         "same context model."
     )
+
+
+def test_scale_warns_past_250_expanded_ops_and_refuses_past_1200() -> None:
+    def chain(n: int) -> list[Step]:
+        return [step(name=f"s{i}", input_keys=["topic"], output_keys=["summary"])(_writer) for i in range(n)]
+
+    big = Pipeline("big", context=Notes, steps=[Loop("again", body=chain(3), until=_never, max_iterations=100)])
+    assert rendered(big) == [
+        "[V-SCALE] warning at big: the pipeline expands to 403 ops (big > loop:again alone expands to 401), more "
+        "than 250. Hint: mark loops and long step chains inline=True (or wrap steps in Group(..., inline=True)) so "
+        "each runs in one op"
+    ]
+    huge = Pipeline("huge", context=Notes, steps=chain(1300))
+    assert [f.code + " " + f.severity for f in validate(huge).findings] == ["V-SCALE error"]
+    inline = Pipeline("huge", context=Notes, steps=[Group("all", steps=chain(1300), inline=True)])
+    assert rendered(inline) == []
+
+
+def _never(summary: str) -> bool:
+    return False

@@ -41,7 +41,13 @@ def compile_all(
         _log.warning("%s", finding.render())
     report.raise_for_errors()
     chosen = translator or FlujoDagsterTranslator()
-    compiled = [compile_pipeline(p, translator=chosen, executor=executor) for p in pipelines]
+    try:
+        compiled = [compile_pipeline(p, translator=chosen, executor=executor) for p in pipelines]
+    except RecursionError as exc:  # V-SCALE refuses such sizes first; this is the last line of defence
+        raise ConfigurationError(
+            f"Dagster ran out of recursion depth building {[p.name for p in pipelines]}: the pipeline expands to "
+            "too many ops. Mark loops and long step chains inline=True (or wrap them in Group(..., inline=True))."
+        ) from exc
     names = [c.job_name for c in compiled]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

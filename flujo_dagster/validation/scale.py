@@ -49,7 +49,8 @@ def rule_scale(pipeline: Pipeline) -> Iterator[Finding]:
     if ops <= EXPANDED_OPS_WARNING:
         return
     biggest = max(_biggest(pipeline.steps, pipeline.name), default=None)
-    where = f" ({biggest[1]} alone expands to {biggest[0]})" if biggest is not None else ""
+    dominant = biggest is not None and biggest[0] * 2 > ops
+    where = f" ({biggest[1]} alone expands to {biggest[0]})" if biggest is not None and dominant else ""
     refused = ops > EXPANDED_OPS_ERROR
     limit = EXPANDED_OPS_ERROR if refused else EXPANDED_OPS_WARNING
     yield Finding(
