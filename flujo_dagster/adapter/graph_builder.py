@@ -206,7 +206,7 @@ class _Builder:
         before = dict(live)
         for label, steps in par.branches.items():
             branch_live = dict(before)
-            self.steps(steps, branch_live, (*prefix, par.name, label), f"{path} > branch:{label}", gate)
+            self.steps(steps, branch_live, (*prefix, par.name, label), f"{path} > {label}", gate)
             for key in flow_of_steps(steps, self.fields).may:
                 if key in branch_live:
                     live[key] = branch_live[key]

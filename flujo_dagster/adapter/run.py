@@ -112,11 +112,16 @@ def _agent_calls(result: ExecuteInProcessResult) -> tuple[AgentCallSummary, ...]
     return tuple(calls)
 
 
+def _is_wrapper(cls_name: str) -> bool:
+    """Dagster's own wrappers, and the `Failure(allow_retries=False)` flujo raises around its errors."""
+    return cls_name.startswith("Dagster") or cls_name == "Failure"
+
+
 def _failure(result: ExecuteInProcessResult) -> str | None:
     for event in result.all_events:
         if event.event_type == DagsterEventType.STEP_FAILURE and event.step_failure_data is not None:
             err = event.step_failure_data.error
-            while err is not None and err.cause is not None and (err.cls_name or "").startswith("Dagster"):
+            while err is not None and err.cause is not None and _is_wrapper(err.cls_name or ""):
                 # report the step's own error, not Dagster's wrapper around it
                 err = err.cause
             message = err.message.strip() if err is not None else "unknown error"

@@ -221,7 +221,7 @@ class Interpreter:
         async def one(label: str, steps: tuple[Step, ...]) -> None:
             local = dict(state)
             try:
-                await self.run(steps, local, f"{path} > branch:{label}")
+                await self.run(steps, local, f"{path} > {label}")
             except FlujoDagsterError as exc:  # never ignored: raised once every branch has finished
                 control.append(exc)
                 return
@@ -245,7 +245,7 @@ class Interpreter:
         for label, exc in errors.items():
             self._report(
                 StepRecord(
-                    path=f"{path} > branch:{label}",
+                    path=f"{path} > {label}",
                     kind="branch",
                     status="ignored",
                     duration_s=0.0,
