@@ -281,8 +281,8 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
                 context.log.warning(f"{record.path} failed and was ignored: {record.error}")
         metadata: dict[str, Any] = {
             md.STEP_PATH: wiring.path,
-            "flujo/steps": MetadataValue.md(_table(records.records)),
-            "flujo/steps_json": MetadataValue.json([json.loads(json.dumps(r.__dict__)) for r in records.records]),
+            md.STEPS: MetadataValue.md(_table(records.records)),
+            md.STEPS_JSON: MetadataValue.json([json.loads(json.dumps(r.__dict__)) for r in records.records]),
             md.INPUT_TOKENS: sum(r.input_tokens for r in records.records),
             md.OUTPUT_TOKENS: sum(r.output_tokens for r in records.records),
             md.REQUESTS: sum(r.requests for r in records.records),

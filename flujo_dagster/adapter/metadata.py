@@ -11,6 +11,8 @@ __all__ = [
     "OUTPUT_TOKENS",
     "PATH",
     "REQUESTS",
+    "STEPS",
+    "STEPS_JSON",
     "STEP_PATH",
 ]
 
@@ -23,3 +25,5 @@ OUTPUT_TOKENS = "flujo/output_tokens"
 CACHE_READ_TOKENS = "flujo/cache_read_tokens"
 REQUESTS = "flujo/requests"
 PATH = "flujo/path"
+STEPS = "flujo/steps"
+STEPS_JSON = "flujo/steps_json"

@@ -97,6 +97,18 @@ def _agent_calls(result: ExecuteInProcessResult) -> tuple[AgentCallSummary, ...]
         if event.event_type != DagsterEventType.STEP_OUTPUT or event.step_output_data is None:
             continue
         meta = {k: v.value for k, v in event.step_output_data.metadata.items()}
+        for record in cast(list[dict[str, Any]], meta.get(md.STEPS_JSON) or []):
+            if record.get("model"):
+                calls.append(
+                    AgentCallSummary(
+                        step_path=str(record["path"]),
+                        model=str(record["model"]),
+                        model_source=str(record.get("model_source") or "unknown"),
+                        requests=int(record["requests"]),
+                        input_tokens=int(record["input_tokens"]),
+                        output_tokens=int(record["output_tokens"]),
+                    )
+                )
         if md.MODEL not in meta:
             continue
         calls.append(

@@ -42,6 +42,7 @@ class StepRecord:
     duration_s: float
     attempts: int = 1
     model: str | None = None
+    model_source: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     requests: int = 0
@@ -157,6 +158,7 @@ class Interpreter:
                     duration_s=time.perf_counter() - start,
                     attempts=attempt,
                     model=record.model,
+                    model_source=record.model_source,
                     input_tokens=record.input_tokens,
                     output_tokens=record.output_tokens,
                     requests=record.requests,
@@ -185,7 +187,7 @@ class Interpreter:
 
         async def call() -> StepRecord:
             prompt = render_prompt(step, {k: state[k] for k in keys.reads})
-            result, _ = await with_timeout(step.timeout_s, lambda: agents.run(step, prompt), path=path)
+            result, source = await with_timeout(step.timeout_s, lambda: agents.run(step, prompt), path=path)
             state.update(step_outputs(path, keys.writes or (), False, result.output, self.fields))
             return StepRecord(
                 path=path,
@@ -193,6 +195,7 @@ class Interpreter:
                 status="ok",
                 duration_s=0.0,
                 model=result.model,
+                model_source=source,
                 input_tokens=result.input_tokens,
                 output_tokens=result.output_tokens,
                 requests=result.requests,
