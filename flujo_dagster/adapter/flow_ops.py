@@ -50,6 +50,14 @@ DECISION_OUTPUT = "decision"
 EXIT_OUTPUT = "exit"
 CONTINUE_OUTPUT = "next"
 AFTER_INPUT = "after"
+DONE_OUTPUT = "flujo_done"
+"""A `Nothing` output for ops that write no key: Dagster refuses graph-asset leaf ops without outputs."""
+
+
+def _outs_or_done(pipeline: Pipeline, wiring: StepWiring, optional: frozenset[str]) -> dict[str, Out]:
+    if not wiring.writes:
+        return {DONE_OUTPUT: Out(Nothing)}
+    return outs_for(pipeline, wiring.writes, optional)
 
 
 def arm_output(index: int) -> str:
@@ -180,12 +188,14 @@ def branch_join_op(
     def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
         taken = arms[labels.index(inputs[DECISION_OUTPUT])]
         yield from _forward(pipeline, _Reader(context, step_key), taken)
+        if not wiring.writes:
+            yield Output(None, DONE_OUTPUT)
 
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
         ins={DECISION_OUTPUT: In(str), AFTER_INPUT: In(Nothing)},
-        outs=outs_for(pipeline, wiring.writes, frozenset(wiring.writes)),
+        outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes)),
         required_resource_keys={IO_MANAGER_KEY},
         description=f"joins branch {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
         tags={md.KIND: "join", md.STEP_PATH: wiring.path},
@@ -232,12 +242,14 @@ def loop_join_op(
         reader = _Reader(context, step_key)
         exited = next(i for i, gate in enumerate(exits) if reader.exists(gate))
         yield from _forward(pipeline, reader, iterations[exited])
+        if not wiring.writes:
+            yield Output(None, DONE_OUTPUT)
 
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
         ins={AFTER_INPUT: In(Nothing)},
-        outs=outs_for(pipeline, wiring.writes, frozenset(wiring.writes)),
+        outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes)),
         required_resource_keys={IO_MANAGER_KEY},
         description=f"joins loop {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
         tags={md.KIND: "join", md.STEP_PATH: wiring.path},
@@ -292,12 +304,14 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
             if key in state:
                 yield Output(state[key], io_name(key), metadata=metadata if first else None)
                 first = False
+        if not wiring.writes:
+            yield Output(None, DONE_OUTPUT, metadata=metadata)
 
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
-        outs=outs_for(pipeline, wiring.writes, wiring.optional),
+        outs=_outs_or_done(pipeline, wiring, wiring.optional),
         required_resource_keys={AGENT_RUNTIME_KEY} if needs_agents else set(),
         description=f"{node.kind} {wiring.path}, run in one op by the flujo interpreter",
         retry_policy=None,

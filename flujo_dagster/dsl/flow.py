@@ -76,7 +76,8 @@ def _flow_of(step: Step, fields: Mapping[str, object]) -> Flow:
     if isinstance(step, Map):
         body = flow_of_steps(step.body, fields)
         reads = [k for k in body.reads if k != step.item]
-        return Flow(_ordered((step.over,), reads), frozenset({step.into}), frozenset({step.into}))
+        kept = [step.result] if step.result not in body.must else []  # the body may leave result as it was
+        return Flow(_ordered((step.over,), reads, kept), frozenset({step.into}), frozenset({step.into}))
     keys = resolve_keys(step, fields)
     writes = frozenset(keys.writes or ())
     return Flow(keys.reads, writes, writes)
