@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.keys import parameter_names, resolve_keys
-from flujo_dagster.dsl.steps import Step
+from flujo_dagster.dsl.steps import Step, remembered
 
 __all__ = ["Flow", "callable_reads", "children", "flow_of", "flow_of_steps", "walk"]
 
@@ -46,13 +46,7 @@ def flow_of_steps(steps: Sequence[Step], fields: Mapping[str, object]) -> Flow:
 
 def flow_of(step: Step, fields: Mapping[str, object]) -> Flow:
     """The flow of one node (a leaf step or a control-flow node), remembered on the node for `fields`."""
-    cached = step.__dict__.get("_flujo_flow")
-    if cached is not None and cached[0] is fields:
-        result: Flow = cached[1]
-        return result
-    result = _flow_of(step, fields)
-    object.__setattr__(step, "_flujo_flow", (fields, result))
-    return result
+    return remembered(step, "_flujo_flow", fields, lambda: _flow_of(step, fields))
 
 
 def _flow_of(step: Step, fields: Mapping[str, object]) -> Flow:

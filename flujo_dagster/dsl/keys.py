@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
+from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step, remembered
 
 __all__ = ["StepKeys", "annotations_of", "parameter_names", "resolve_keys", "return_annotation", "template_fields"]
 
@@ -108,13 +108,7 @@ def _model_fields_are_keys(annotation: object, fields: Mapping[str, object]) -> 
 def resolve_keys(step: Step, fields: Mapping[str, object]) -> StepKeys:
     """Resolve the keys `step` reads and writes against the context's `fields` (remembered on the step for
     that `fields` object: big pipelines resolve each step once)."""
-    cached = step.__dict__.get("_flujo_keys")
-    if cached is not None and cached[0] is fields:
-        result: StepKeys = cached[1]
-        return result
-    result = _resolve_keys(step, fields)
-    object.__setattr__(step, "_flujo_keys", (fields, result))
-    return result
+    return remembered(step, "_flujo_keys", fields, lambda: _resolve_keys(step, fields))
 
 
 def _resolve_keys(step: Step, fields: Mapping[str, object]) -> StepKeys:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypeVar
 
 from flujo_dagster.interfaces import AgentLike, ModelLike
 
@@ -118,6 +118,19 @@ class StepSequence:
 
 
 StepsLike: TypeAlias = Step | StepSequence | Iterable[Step]
+T = TypeVar("T")
+
+
+def remembered(step: Step, slot: str, fields: Mapping[str, object], compute: Callable[[], T]) -> T:
+    """`compute()`, remembered on the (frozen) step under `slot` for this `fields` object, so that big
+    pipelines analyse each step once."""
+    cached = step.__dict__.get(slot)
+    if cached is not None and cached[0] is fields:
+        value: T = cached[1]
+        return value
+    value = compute()
+    object.__setattr__(step, slot, (fields, value))
+    return value
 
 
 def as_steps(value: StepsLike) -> tuple[Step, ...]:
