@@ -17,6 +17,7 @@ import pytest
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    Definitions,
     GraphDefinition,
     execute_job,
     instance_for_test,
@@ -34,6 +35,7 @@ from flujo_dagster import (
     validate,
 )
 from flujo_dagster.adapter.compiler import compile_pipeline
+from flujo_dagster.adapter.definitions import default_resources
 from flujo_dagster.dsl import Branch, FunctionStep, Loop, Parallel, Step
 from tests.control_flow_defs import Review, review, review_multiprocess_job
 
@@ -1019,3 +1021,40 @@ def test_expanded_loop_and_branch_run_under_the_multiprocess_executor(instance: 
         f"{graph}refine__i3__flujo_until",
         f"{graph}check__reject",
     }
+
+
+class Needs(BaseModel):
+    n: int
+    r: int
+    z: int = 0
+
+
+@step(name="set_r", output_keys=["r"])
+def set_r(n: int) -> int:
+    return n
+
+
+@step(name="set_z", output_keys=["z"])
+def set_z(n: int) -> int:
+    return -n
+
+
+def test_a_key_never_produced_fails_the_last_op_instead_of_passing_silently(instance: DagsterInstance) -> None:
+    # V-CTX1 refuses this pipeline; compile it anyway to check the last line of defence at run time
+    pipeline = Pipeline(
+        "needs", context=Needs, steps=[Branch("b", on=lambda n: n > 0, cases={True: [set_r]}, default=[set_z])]
+    )
+    assert [f.code for f in validate(pipeline).findings] == ["V-CTX1"]
+    compiled = compile_pipeline(pipeline, translator=FlujoDagsterTranslator())
+    job = Definitions(jobs=[compiled.job], resources=default_resources()).resolve_job_def("needs")
+    config = {"ops": {"flujo_inputs": {"config": {"inputs": {"n": -1}}}}}
+    result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+    assert not result.success
+    failed = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert [e.step_key for e in failed] == ["flujo_context"]
+    error = failed[0].step_failure_data.error  # type: ignore[union-attr]
+    assert error is not None and error.cause is not None
+    assert error.cause.message.startswith(
+        "flujo_dagster.errors.StorageError: key 'r' of pipeline 'needs' was never produced: step 'b__flujo_join' "
+        f"did not write it in run {result.run_id}"
+    )
