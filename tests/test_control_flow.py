@@ -265,9 +265,12 @@ def test_loop_expanded_unrolls_iterations_with_gates_and_a_join() -> None:
     # iteration 1 reads the keys from before the loop; it is not gated
     assert deps["refine__i1__draft"] == {"draft": [("flujo_inputs", "draft")]}
     assert deps["refine__i1__score"] == {"draft": [("refine__i1__draft", "draft")]}
+    # a gate that lets the next iteration go on waits for what that iteration reads (iteration k's draft), so
+    # that a failure before it abandons the gate and everything it gates (see graph_builder.order_before_gates)
     assert deps["refine__i1__flujo_until"] == {
         "n": [("flujo_inputs", "n")],
         "score": [("refine__i1__score", "score")],
+        "after": [("refine__i1__draft", "draft")],
     }
     # iteration k + 1 reads iteration k's keys and runs only when iteration k's gate says `next`
     for i in (2, 3):
@@ -278,6 +281,7 @@ def test_loop_expanded_unrolls_iterations_with_gates_and_a_join() -> None:
             "n": [("flujo_inputs", "n")],
             "score": [(f"refine__i{i}__score", "score")],
             "flujo_gate": gate,
+            **({"after": [(f"refine__i{i}__draft", "draft")]} if i < 3 else {}),  # the last gate gates nothing
         }
     assert (
         outputs_of(graph, "refine__i1__flujo_until")
@@ -402,7 +406,8 @@ def test_branch_expanded_has_a_router_one_gated_arm_per_case_and_a_join() -> Non
         "seal",
         "flujo_context",
     }
-    assert deps["route"] == {"kind": [("kind", "kind")]}
+    # the router waits for what its arms read (`n`)
+    assert deps["route"] == {"kind": [("kind", "kind")], "after": [("flujo_inputs", "n")]}
     assert outputs_of(graph, "route") == {"decision", "arm_0", "arm_1", "arm_2"}
     assert kind_of(graph, "route") == "branch"
     assert deps["route__short_verdict"] == {"n": [("flujo_inputs", "n")], "flujo_gate": [("route", "arm_0")]}
@@ -896,6 +901,7 @@ def test_branch_in_loop_expanded_structure() -> None:
     assert deps["grow__i2__parity"] == {
         "count": [("grow__i2__tick", "count")],
         "flujo_gate": [("grow__i1__flujo_until", "next")],
+        "after": [("grow__i1__parity__flujo_join", "trail")],  # what its arms read from outside them
     }
     assert deps["grow__i2__parity__even"] == {
         "trail": [("grow__i1__parity__flujo_join", "trail")],
@@ -906,6 +912,7 @@ def test_branch_in_loop_expanded_structure() -> None:
         "count": [("grow__i2__tick", "count")],
         "n": [("flujo_inputs", "n")],
         "flujo_gate": [("grow__i1__flujo_until", "next")],
+        "after": [("grow__i2__parity__flujo_join", "trail")],  # what iteration 3 reads from iteration 2
     }
     assert deps["grow__i2__parity__flujo_join"]["decision"] == [("grow__i2__parity", "decision")]
 

@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 
 from flujo_dagster import ConfigurationError, Pipeline, build_definitions, run_pipeline, validate
 from flujo_dagster.dsl import Branch, FunctionStep, Group, Loop, Map, Parallel, Step, flow_of_steps, step, walk
+from flujo_dagster.dsl.control import runs_in_one_op
 from flujo_dagster.dsl.flow import children
 from flujo_dagster.errors import ControlFlowError
 from flujo_dagster.runtime.interpreter import Interpreter
@@ -80,8 +81,6 @@ MAP_BODY_WRITES_RESULT = False
 ASSETS_ONLY_WITHOUT_SILENT_NODES = False
 """True gives no assets to generated pipelines with a node that writes no key (the workaround for the bug
 `test_assets_beside_a_node_that_writes_no_key` showed; fixed)."""
-KNOWN_EXECUTOR_SPIN = True
-"""Accept the bug `test_a_failed_run_ends` shows where a run must fail anyway. Set to False once it is fixed."""
 CONTROL_FAILURE = re.compile(r"did not meet its `until` condition|no case matches")
 
 
@@ -249,8 +248,9 @@ class Builder:
     def map(self, depth: int) -> Map:
         result = self.draw(st.sampled_from(INT_KEYS))
         body = self.seq(depth - 1, frozenset({*INT_KEYS, "ys"}), 1, 2)  # what the body writes is per item
-        if MAP_BODY_WRITES_RESULT:
-            body.append(self.leaf(frozenset({result})))
+        isolation = self.draw(st.sampled_from(["inline", "op"]))
+        if MAP_BODY_WRITES_RESULT or (isolation == "op" and result not in flow_of_steps(body, Ctx.model_fields).must):
+            body.append(self.leaf(frozenset({result})))  # op isolation collects the result from its writer
         return Map(
             self.name("map"),
             over=self.draw(st.sampled_from(["xs", "ys"])),
@@ -259,6 +259,7 @@ class Builder:
             result=result,
             into="ys",
             max_concurrency=self.draw(st.sampled_from([None, 1, 2])),
+            isolation=isolation,
             inline=self.once_in(self.inline_chance),
         )
 
@@ -289,7 +290,10 @@ def describe(steps: Sequence[Step], indent: int = 0) -> Iterator[str]:
                 yield f"{pad}  branch {label}:"
                 yield from describe(arm, indent + 2)
         elif isinstance(s, Map):
-            yield f"{pad}map {s.name}{flags} over {s.over} item {s.item} result {s.result} into {s.into}"
+            yield (
+                f"{pad}map {s.name}{flags} isolation={s.isolation} over {s.over} item {s.item} result {s.result} "
+                f"into {s.into}"
+            )
             yield from describe(s.body, indent + 1)
         elif isinstance(s, Group):
             yield f"{pad}group {s.name}{flags}"
@@ -304,14 +308,15 @@ def trees(draw: st.DrawFn, most_depth: int = 3, inline_chance: int = 3) -> tuple
     return builder, builder.seq(depth, frozenset({*INT_KEYS, "ys"}), 1, 4)
 
 
-def expanded_control(steps: Sequence[Step]) -> int:
-    """How many loops, branches and op-isolated parallels compile to several ops (not inside a one-op node)."""
+def expanded_control(steps: Sequence[Step], in_fanout: bool = False) -> int:
+    """How many loops, branches, op-isolated parallels and maps compile to several ops (not inside a one-op
+    node)."""
     count = 0
     for s in steps:
-        if s.inline or isinstance(s, Map) or (isinstance(s, Parallel) and s.isolation == "inline"):
+        if runs_in_one_op(s, in_fanout=in_fanout):
             continue
-        count += isinstance(s, Loop | Branch | Parallel)
-        count += sum(expanded_control(arm) for _, arm in children(s))
+        count += isinstance(s, Loop | Branch | Parallel | Map)
+        count += sum(expanded_control(arm, in_fanout or isinstance(s, Map)) for _, arm in children(s))
     return count
 
 
@@ -493,14 +498,8 @@ def executor_cannot_spin() -> Iterator[None]:
 def check_run(
     form: Pipeline, inputs: dict[str, object], expected: BaseModel | ControlFailure, instance: DagsterInstance
 ) -> None:
-    try:
-        with executor_cannot_spin():
-            result = run_pipeline(form, inputs, instance=instance, log_level="CRITICAL")
-    except ExecutorStuck:
-        # the known bug of test_a_failed_run_ends: only ever accepted where the run must fail
-        assert KNOWN_EXECUTOR_SPIN and isinstance(expected, ControlFailure), "a run that must succeed got stuck"
-        event("known bug: the in-process executor got stuck after a failure")
-        return
+    with executor_cannot_spin():
+        result = run_pipeline(form, inputs, instance=instance, log_level="CRITICAL")
     if isinstance(expected, ControlFailure):
         assert not result.success, f"expected a failure at {expected.nodes}, got {result.context!r}"
         assert result.error is not None and CONTROL_FAILURE.search(result.error), result.error
@@ -556,16 +555,12 @@ def test_assets_beside_a_node_that_writes_no_key(instance: DagsterInstance) -> N
     assert result.context == evaluate(pipeline, {"x": 1}) == Ctx(x=1, a=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ExecutorStuck,
-    reason="Dagster 1.13.28's in-process executor spins forever (100% CPU, the run never ends) when abandoning a "
-    "step (downstream of a failure) makes a gated step skippable and no step is left to run: "
-    "ActiveExecution.plan_events_iterator handles skips, then abandons, not skips again. The expanded loop "
-    "(iteration 2 reads iteration 1's keys, gated by iteration 1's `next`) reaches it after any failure.",
-)
 def test_a_failed_run_ends(instance: DagsterInstance) -> None:
-    # the names matter: Dagster orders ready steps by key, and the bug needs the failure processed last
+    """Dagster 1.13.28's in-process executor spins forever (the run never ends) when abandoning a step makes a
+    gated step skippable and no step is left to run. The expanded loop (iteration 2 reads iteration 1's keys,
+    gated by iteration 1's `next`) reached it after any failure; loop gates now wait for what the next
+    iteration reads."""
+    # the order matters: the bug needs the failure processed last
     first = step(name="first", output_keys=["c"])(lambda x: 1 // x)
     inner = Loop("inner", body=[step(name="s8", output_keys=["d"])(lambda: 1)], until=lambda d: True, max_iterations=1)
     s9 = step(name="s9", output_keys=["c"])(lambda c, d: c + d)
@@ -575,6 +570,30 @@ def test_a_failed_run_ends(instance: DagsterInstance) -> None:
         result = run_pipeline(pipeline, {"x": 0}, instance=instance, log_level="CRITICAL")
     assert not result.success
     assert result.error is not None and "ZeroDivisionError" in result.error
+
+
+def test_a_failed_run_ends_when_an_untaken_arm_reads_what_failed(instance: DagsterInstance) -> None:
+    """The same spin through a branch: the router ran and took `other`; then `z_fail` fails, `z2` is abandoned,
+    and `use` (the untaken arm, reading z2's key) became skippable with nothing left to run. Routers now wait
+    for what their arms read."""
+    chain = [
+        step(name="a_sel", output_keys=["b"])(lambda x: 1),
+        step(name="p1", output_keys=["a"])(lambda b: b),
+        step(name="z_fail", output_keys=["c"])(lambda x, a: 1 // x),
+        step(name="z2", output_keys=["it"])(lambda c: c),
+    ]
+    use = step(name="use", output_keys=["d"])(lambda it: it)
+    other = step(name="other", output_keys=["d"])(lambda x: 2)
+    route = Branch("a_route", on="b", cases={0: [use], 1: [other]})
+    pipeline = no_findings(Pipeline("arm_stuck", context=Ctx, steps=[*chain, route]))
+    with executor_cannot_spin():
+        result = run_pipeline(pipeline, {"x": 0}, instance=instance, log_level="CRITICAL")
+    assert not result.success
+    assert result.error is not None and "ZeroDivisionError" in result.error
+    with executor_cannot_spin():
+        result = run_pipeline(pipeline, {"x": 1}, instance=instance, log_level="CRITICAL")
+    assert result.success, result.error
+    assert result.context == Ctx(x=1, b=1, a=1, c=1, it=1, d=2)
 
 
 # --- broken pipelines -------------------------------------------------------------------------------------------
@@ -629,6 +648,7 @@ def with_child(node: Step, slot: Slot, steps: Sequence[Step]) -> Step:
             result=node.result,
             into=node.into,
             max_concurrency=node.max_concurrency,
+            isolation=node.isolation,
             inline=node.inline,
         )
     if isinstance(node, Group):
@@ -719,7 +739,7 @@ def broken_cases(draw: st.DrawFn) -> tuple[Pipeline, str, str]:
                 "loop_without_iterations",
                 "branch_without_arms",
                 "parallel_op_ignore",
-                "map_op",
+                "map_op_result_on_some_paths",
                 "writes_not_inferred",
                 "return_type",
                 "parameter_type",
@@ -802,9 +822,9 @@ def broken_cases(draw: st.DrawFn) -> tuple[Pipeline, str, str]:
         new = Parallel(
             fresh, branches={"p": [writer(builder.name("s"), "a")]}, isolation="op", on_branch_failure="ignore"
         )
-    elif defect == "map_op":
+    elif defect == "map_op_result_on_some_paths":
         code, marker = "V-FLOW", "isolation='op'"
-        body = [writer(builder.name("s"), "a")]
+        body = [Branch(builder.name("br"), on="it", cases={1: [writer(builder.name("s"), "a")]}, default=[])]
         new = Map(fresh, over="xs", item="it", body=body, result="a", into="ys", isolation="op")
     elif defect == "writes_not_inferred":
         code, marker = "V-CTX3", fresh

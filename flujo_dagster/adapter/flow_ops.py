@@ -50,6 +50,8 @@ DECISION_OUTPUT = "decision"
 EXIT_OUTPUT = "exit"
 CONTINUE_OUTPUT = "next"
 AFTER_INPUT = "after"
+"""A `Nothing` fan-in for ordering: joins wait for their sources; routers and loop gates wait for every producer
+outside their region that an op inside it reads (see `graph_builder`)."""
 DONE_OUTPUT = "flujo_done"
 """A `Nothing` output for ops that write no key: Dagster refuses graph-asset leaf ops without outputs."""
 
@@ -168,7 +170,7 @@ def router_op(pipeline: Pipeline, branch: Branch, wiring: StepWiring) -> OpDefin
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
-        ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
+        ins={**ins_for(pipeline, wiring.reads, gated=wiring.gated), AFTER_INPUT: In(Nothing)},
         outs=outs,
         description=f"branch {wiring.path}: routes to one of {', '.join(labels)}",
         tags={md.KIND: "branch", md.STEP_PATH: wiring.path},
@@ -221,7 +223,7 @@ def until_op(pipeline: Pipeline, loop: Loop, wiring: StepWiring, iteration: int)
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
-        ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
+        ins={**ins_for(pipeline, wiring.reads, gated=wiring.gated), AFTER_INPUT: In(Nothing)},
         outs=outs,
         description=f"loop {wiring.path}: exit after iteration {iteration}, or go on",
         tags={md.KIND: "loop_gate", md.STEP_PATH: wiring.path},

@@ -7,6 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from dagster import DependencyDefinition, GraphDefinition, MultiDependencyDefinition, NodeInvocation, OpDefinition
 
+# What `.collect()` in a `@graph` function compiles to; dagster 1.13 does not export it (pinned by
+# tests/test_map_op.py). Building the graph from dependency dicts keeps step keys and names flat and ours.
+from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
+
 from flujo_dagster.adapter.flow_ops import (
     AFTER_INPUT,
     CONTINUE_OUTPUT,
@@ -21,9 +25,10 @@ from flujo_dagster.adapter.flow_ops import (
     router_op,
     until_op,
 )
+from flujo_dagster.adapter.map_ops import ITEM_OUTPUT, RESULTS_INPUT, collect_op, fanout_op
 from flujo_dagster.adapter.naming import CONTEXT_OP, INPUTS_OP, READY_OUTPUT, io_name, op_name
 from flujo_dagster.adapter.ops import GATE_INPUT, StepWiring, inputs_op, step_op
-from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
+from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel, runs_in_one_op
 from flujo_dagster.dsl.flow import callable_reads, flow_of, flow_of_steps
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
@@ -33,7 +38,7 @@ __all__ = ["BuiltGraph", "build_graph"]
 
 _INPUT: Producer = ("", "")  # marker: the key's value comes from flujo_inputs (emitted only when needed)
 Live = dict[str, Producer]
-Dep = DependencyDefinition | MultiDependencyDefinition
+Dep = DependencyDefinition | MultiDependencyDefinition | DynamicCollectDependencyDefinition
 
 
 class BuiltGraph:
@@ -57,6 +62,12 @@ class _Builder:
         self.step_key = step_key
         self.g = BuiltGraph()
         self.emitted: set[str] = set()
+        # Gated regions: the router or loop gate whose optional output decides whether the region's ops run or
+        # are skipped, innermost last; and each node's enclosing regions when it was added.
+        self.regions: list[str] = []
+        self.regions_of: dict[str, tuple[str, ...]] = {}
+        self.before_gate: dict[str, dict[Producer, None]] = {}
+        self.in_fanout = False  # inside the body of a Map expanded with isolation="op"
 
     # -- wiring helpers -----------------------------------------------------------------------------------
     def resolve(self, key: str, live: Live) -> Producer | None:
@@ -79,6 +90,7 @@ class _Builder:
         data: Mapping[str, Producer],
         gate: Producer | None,
         fan_in: Sequence[Producer] = (),
+        collected: Mapping[str, Producer] | None = None,
     ) -> None:
         if node in self.g.defs:
             raise ConfigurationError(f"two ops would be named {node!r}; rename one of the steps")
@@ -87,9 +99,35 @@ class _Builder:
             deps[GATE_INPUT] = DependencyDefinition(*gate)
         if fan_in:
             deps[AFTER_INPUT] = MultiDependencyDefinition([DependencyDefinition(*p) for p in dict.fromkeys(fan_in)])
+        collected = collected or {}
+        deps.update({name: DynamicCollectDependencyDefinition(*p) for name, p in collected.items()})
         self.g.defs[node] = definition
         self.g.deps[node] = deps
-        self.g.upstream[node] = [*data.values(), *fan_in, *([gate] if gate is not None else [])]
+        self.g.upstream[node] = [
+            *data.values(),
+            *fan_in,
+            *collected.values(),
+            *([gate] if gate is not None else []),
+        ]
+        self.regions_of[node] = tuple(self.regions)
+        for producer in self.g.upstream[node]:
+            self.order_before_gates(producer, node)
+
+    def order_before_gates(self, producer: Producer, node: str) -> None:
+        """Make `producer` run before the gate of every region holding `node` but not `producer`.
+
+        Dagster 1.13's in-process executor spins forever when abandoning a step (downstream of a failure) makes
+        a gated step skippable and nothing is left to run: it handles skips, then abandons, never skips again.
+        With every outside producer ahead of the gate, a region's ops resolve when the gate does: all skipped
+        (the gate went the other way) or all abandoned (something before it failed)."""
+        source = producer[0]
+        for gate in self.regions_of[node]:
+            if source != gate and gate not in self.regions_of.get(source, ()):
+                self.before_gate.setdefault(gate, {})[producer] = None
+
+    def region(self, gate: str) -> None:
+        """Enter the region that `gate`'s optional output decides (a branch arm, later loop iterations)."""
+        self.regions.append(gate)
 
     def frontier(self, keep: Sequence[Producer], candidates: Sequence[Producer]) -> list[Producer]:
         """The fan-in sources an op needs for ordering: `keep` (always), and the candidates that no other
@@ -116,8 +154,10 @@ class _Builder:
     ) -> None:
         for step in steps:
             here = f"{path} > {step.kind}:{step.name}"
-            if step.inline or isinstance(step, Map) or (isinstance(step, Parallel) and step.isolation == "inline"):
+            if runs_in_one_op(step, in_fanout=self.in_fanout):
                 self.inline(step, live, prefix, here, path, gate)
+            elif isinstance(step, Map):
+                self.fanout(step, live, prefix, here, gate)
             elif isinstance(step, Loop):
                 self.loop(step, live, prefix, here, gate)
             elif isinstance(step, Branch):
@@ -165,7 +205,9 @@ class _Builder:
         arm_producers: list[dict[str, Producer | None]] = []
         for index, (_, steps) in enumerate(arms):
             arm_live = dict(live)
+            self.region(router)
             self.steps(steps, arm_live, (*prefix, branch.name), path, (router, arm_output(index)))
+            self.regions.pop()
             arm_producers.append({k: self.resolve(k, arm_live) for k in written})
         join = op_name(*prefix, branch.name, "flujo_join")
         sources = self.frontier(
@@ -186,6 +228,7 @@ class _Builder:
         reads = callable_reads(loop.until)
         exits: list[Producer] = []
         snapshots: list[dict[str, Producer | None]] = []
+        depth = len(self.regions)
         for i in range(1, loop.max_iterations + 1):
             here = (*prefix, loop.name, f"i{i}")
             self.steps(loop.body, live, here, f"{path} > i{i}", gate)
@@ -196,11 +239,38 @@ class _Builder:
             exits.append((until, EXIT_OUTPUT))
             snapshots.append({k: self.resolve(k, live) for k in written})
             gate = (until, CONTINUE_OUTPUT)
+            self.region(until)  # iteration i + 1 and the ones after it
+        del self.regions[depth:]
         join = op_name(*prefix, loop.name, "flujo_join")
         op = loop_join_op(self.p, self.wiring(join, path, (), written), exits, snapshots, step_key=self.step_key)
         sources = self.frontier(exits, [p for snap in snapshots for p in snap.values() if p is not None])
         self.add(join, op, {}, None, sources)
         live.update({k: (join, io_name(k)) for k in written})
+
+    def fanout(self, node: Map, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
+        fan = op_name(*prefix, node.name)
+        wiring = self.wiring(fan, path, (node.over,), (), gated=gate is not None)
+        self.add(fan, fanout_op(self.p, node, wiring), {io_name(node.over): self.must(node.over, live, path)}, gate)
+        body_live = dict(live)
+        body_live[node.item] = (fan, ITEM_OUTPUT)
+        first = len(self.g.defs)
+        self.in_fanout = True
+        # the element as every body op's gate: each is mapped once per element (even one reading no key of the
+        # element), and skipped with the fan-out
+        self.steps(node.body, body_live, (*prefix, node.name), path, (fan, ITEM_OUTPUT))
+        self.in_fanout = False
+        body = list(self.g.defs)[first:]
+        result = self.must(node.result, body_live, path)
+        if result[0] not in (fan, *body):
+            raise ConfigurationError(f"{path}: the body does not write {node.result!r}; validate the pipeline first")
+        # every mapped output nobody in the body reads is collected too: Dagster wants each to lead somewhere
+        consumed = {u for n in body for u in self.g.upstream[n]} | {result}
+        leaves = [(n, out) for n in body for out in _outputs(self.g.defs[n]) if (n, out) not in consumed]
+        collect = op_name(*prefix, node.name, "flujo_collect")
+        op = collect_op(self.p, node, self.wiring(collect, path, (), (node.into,), gated=gate is not None), len(leaves))
+        collected = {RESULTS_INPUT: result, **{f"after_{i}": p for i, p in enumerate(leaves)}}
+        self.add(collect, op, {}, gate, collected=collected)
+        live[node.into] = (collect, io_name(node.into))
 
     def parallel(self, par: Parallel, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
         before = dict(live)
@@ -227,6 +297,10 @@ class _Builder:
         unread = [(node, out) for node, d in self.g.defs.items() for out in _outputs(d) if (node, out) not in consumed]
         self.add(CONTEXT_OP, op, {}, None, [ready, *unread])
         self.g.upstream[CONTEXT_OP] = [ready, *final.values()]  # lineage: the context holds every key
+        for gate, producers in self.before_gate.items():
+            sources = [p for p in producers if p not in self.g.upstream[gate]]
+            if sources:
+                self.g.deps[gate][AFTER_INPUT] = MultiDependencyDefinition([DependencyDefinition(*p) for p in sources])
         self.g.live = final
         return self.g
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from flujo_dagster.dsl.steps import Retry, Step, StepsLike, as_steps
 
-__all__ = ["Branch", "Group", "Isolation", "Loop", "Map", "Parallel"]
+__all__ = ["Branch", "Group", "Isolation", "Loop", "Map", "Parallel", "runs_in_one_op"]
 
 Isolation = Literal["inline", "op"]
 
@@ -180,3 +180,17 @@ class Group(Step):
     def __init__(self, name: str, /, *, steps: StepsLike, inline: bool = False) -> None:
         _base(self, name, inline)
         object.__setattr__(self, "steps", as_steps(steps))
+
+
+def runs_in_one_op(step: Step, *, in_fanout: bool = False) -> bool:
+    """Whether the compiler runs `step` (and everything under it) in one op.
+
+    `inline=True` does; so do a Map or Parallel with `isolation="inline"` (the default). Inside the body of a
+    Map expanded with `isolation="op"` (`in_fanout`), every control-flow node does: Dagster maps each body op
+    once per element but cannot route, unroll or fan out again inside that mapping.
+    """
+    if step.inline:
+        return True
+    if isinstance(step, Map | Parallel):
+        return in_fanout or step.isolation == "inline"
+    return in_fanout and isinstance(step, Loop | Branch)

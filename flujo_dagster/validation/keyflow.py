@@ -156,16 +156,18 @@ class _Checker:
         for role, key in (("item", node.item), ("result", node.result), ("into", node.into)):
             if key not in self.fields:
                 yield self.unknown(key, path, f"names as {role} an")
-        if node.isolation == "op" and not node.inline:
+        inner = set(live) | {node.item}
+        yield from self.steps(node.body, inner, path)
+        body = flow_of_steps(node.body, self.fields)
+        if node.isolation == "op" and not node.inline and node.result not in (*body.must, node.item):
             yield Finding(
                 code="V-FLOW",
                 severity="error",
                 path=path,
-                message="isolation='op' is not supported for Map yet; its items run in one op.",
-                hint="leave isolation at its default ('inline')",
+                message=f"with isolation='op' each element's {node.result!r} is collected from the op that writes "
+                "it, but the body does not write it on every path.",
+                hint=f"write {node.result!r} on every path of the body, or use isolation='inline' (the default)",
             )
-        inner = set(live) | {node.item}
-        yield from self.steps(node.body, inner, path)
         if node.result in self.fields and node.result not in inner:
             yield Finding(
                 code="V-CTX1",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
+from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel, runs_in_one_op
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
 from flujo_dagster.validation.findings import Finding
@@ -18,12 +18,15 @@ EXPANDED_OPS_ERROR = 1200
 raises RecursionError in dagster 1.13) and plan creation takes tens of seconds."""
 
 
-def expanded_ops(steps: Sequence[Step]) -> int:
-    """The number of ops `steps` compile to (flujo's own first and last ops not included)."""
+def expanded_ops(steps: Sequence[Step], *, in_fanout: bool = False) -> int:
+    """The number of ops `steps` compile to (flujo's own first and last ops not included; a Map expanded with
+    `isolation="op"` counts its fan-out, its body's ops once, and its collect)."""
     total = 0
     for step in steps:
-        if step.inline or isinstance(step, Map) or (isinstance(step, Parallel) and step.isolation == "inline"):
+        if runs_in_one_op(step, in_fanout=in_fanout):
             total += 1
+        elif isinstance(step, Map):
+            total += 2 + expanded_ops(step.body, in_fanout=True)
         elif isinstance(step, Loop):
             total += step.max_iterations * (expanded_ops(step.body) + 1) + 1
         elif isinstance(step, Branch):
@@ -31,7 +34,7 @@ def expanded_ops(steps: Sequence[Step]) -> int:
         elif isinstance(step, Parallel):
             total += sum(expanded_ops(arm) for arm in step.branches.values())
         elif isinstance(step, Group):
-            total += expanded_ops(step.steps)
+            total += expanded_ops(step.steps, in_fanout=in_fanout)
         else:
             total += 1
     return total

@@ -1,0 +1,66 @@
+"""Ops around a Map expanded with `isolation="op"`: the fan-out yields one `DynamicOutput` per element of the
+`over` list (mapping keys `i0`, `i1`, ... in input order), the body's ops run once per element, and the collect
+op gathers each element's `result` into the `into` list, in input order."""
+
+from collections.abc import Iterator
+from typing import Any
+
+from dagster import DynamicOut, DynamicOutput, In, Nothing, OpDefinition, OpExecutionContext, Out, Output
+
+from flujo_dagster.adapter import metadata as md
+from flujo_dagster.adapter.naming import io_name
+from flujo_dagster.adapter.ops import GATE_INPUT, IO_MANAGER_KEY, StepWiring, ins_for
+from flujo_dagster.adapter.types import key_type
+from flujo_dagster.dsl.control import Map
+from flujo_dagster.dsl.pipeline import Pipeline
+
+__all__ = ["ITEM_OUTPUT", "RESULTS_INPUT", "collect_op", "fanout_op", "mapping_key"]
+
+ITEM_OUTPUT = "item"
+RESULTS_INPUT = "results"
+
+
+def mapping_key(index: int) -> str:
+    """The mapping key of element `index`: stable for the same input list, shown in step keys (`each__f[i3]`)."""
+    return f"i{index}"
+
+
+def fanout_op(pipeline: Pipeline, node: Map, wiring: StepWiring) -> OpDefinition:
+    """Yields each element of `over` as a `DynamicOutput` typed as the `item` key."""
+
+    def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[DynamicOutput[Any]]:
+        for index, element in enumerate(inputs[io_name(node.over)]):
+            yield DynamicOutput(element, mapping_key=mapping_key(index), output_name=ITEM_OUTPUT)
+
+    item_type = key_type(pipeline.name, node.item, pipeline.fields[node.item])
+    return OpDefinition(
+        compute_fn=compute,
+        name=wiring.definition,
+        ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
+        outs={ITEM_OUTPUT: DynamicOut(item_type, io_manager_key=IO_MANAGER_KEY)},
+        description=f"map {wiring.path}: one {node.item!r} per element of {node.over!r}",
+        tags={md.KIND: "map", md.STEP_PATH: wiring.path},
+    )
+
+
+def collect_op(pipeline: Pipeline, node: Map, wiring: StepWiring, after: int) -> OpDefinition:
+    """Gathers each element's `result` into `into` (input order); `after` Nothing inputs collect the body's
+    other leaf outputs, so that every mapped op leads to the Map's output."""
+    into_type = key_type(pipeline.name, node.into, pipeline.fields[node.into])
+
+    def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        yield Output(list(inputs[RESULTS_INPUT]), io_name(node.into))
+
+    # each element loads with the result key's own type (the producer's); the list is checked as `into`
+    ins: dict[str, In] = {RESULTS_INPUT: In(list)}
+    ins.update({f"after_{i}": In(Nothing) for i in range(after)})
+    if wiring.gated:
+        ins[GATE_INPUT] = In(Nothing)
+    return OpDefinition(
+        compute_fn=compute,
+        name=wiring.definition,
+        ins=ins,
+        outs={io_name(node.into): Out(into_type, io_manager_key=IO_MANAGER_KEY)},
+        description=f"collects map {wiring.path}: each {node.result!r} into {node.into!r}, in input order",
+        tags={md.KIND: "map_collect", md.STEP_PATH: wiring.path},
+    )
