@@ -36,7 +36,7 @@ from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from flujo_dagster import AgentRuntime, Map, Parallel, Pipeline, agent_step, build_definitions
+from flujo_dagster import AgentRuntime, Map, Parallel, Pipeline, Price, agent_step, build_definitions
 
 BRANCHES, ITEMS, CONCURRENCY, LATENCY_S = 8, 32, 8, 1.0
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -49,7 +49,12 @@ async def slow_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResp
 
 
 agent = Agent(FunctionModel(slow_model, model_name="sleepy"))
-RUNTIME = {"agent_runtime": AgentRuntime(model=FunctionModel(slow_model, model_name="sleepy"))}
+RUNTIME = {
+    "agent_runtime": AgentRuntime(
+        model=FunctionModel(slow_model, model_name="sleepy"),
+        prices={"function:sleepy": Price(input_per_mtok=0, output_per_mtok=0)},
+    )
+}
 
 
 def parallel_pipeline() -> Pipeline:
@@ -82,6 +87,13 @@ def _hand_op(i: int) -> OpDefinition:
         yield Output("ok", "result")
 
     return OpDefinition(compute_fn=compute, name=f"ask_{i}", outs={"result": Out(str)})
+
+
+def floor_inprocess() -> JobDefinition:
+    """One async op awaiting 1 s, in-process executor: what any Dagster run of that wait costs here."""
+    return GraphDefinition(name="floor", node_defs=[_hand_op(0)]).to_job(
+        name="floor_inprocess", executor_def=in_process_executor
+    )
 
 
 def _hand_graph() -> GraphDefinition:
@@ -123,7 +135,8 @@ def main() -> None:
     fan_job, map_job = defs.resolve_job_def("fan"), defs.resolve_job_def("fan_map")
     fan_config = {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "t"}}}}, **QUIET}
     map_config = {"ops": {"flujo_inputs": {"config": {"inputs": {"items": [str(i) for i in range(ITEMS)]}}}}, **QUIET}
-    samples: dict[str, list[float]] = {k: [] for k in ("parallel", "map", "hand_inprocess", "hand_multiprocess")}
+    kinds = ("parallel", "map", "hand_inprocess", "hand_multiprocess", "floor")
+    samples: dict[str, list[float]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as home:
         Path(home, "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         with DagsterInstance.from_config(home) as instance:
@@ -133,12 +146,14 @@ def main() -> None:
                 samples["map"].append(_timed_in_process(map_job, map_config, instance))
                 samples["hand_inprocess"].append(_timed_execute_job(hand_inprocess, instance))
                 samples["hand_multiprocess"].append(_timed_execute_job(hand_multiprocess, instance))
+                samples["floor"].append(_timed_execute_job(floor_inprocess, instance))
     med = {k: statistics.median(v) for k, v in samples.items()}
     rows = [
         ("flujo Parallel, 8 branches (1 op)", "in process", med["parallel"], LATENCY_S),
         (f"flujo Map, {ITEMS} items, max_concurrency={CONCURRENCY} (1 op)", "in process", med["map"], 4 * LATENCY_S),
         ("hand-written, 8 ops", "in process", med["hand_inprocess"], LATENCY_S),
         ("hand-written, 8 ops", "multiprocess", med["hand_multiprocess"], LATENCY_S),
+        ("floor: hand-written, 1 op awaiting 1 s", "in process", med["floor"], LATENCY_S),
     ]
     print(f"{'shape':<48} {'executor':<13} {'median_s':>9} {'ideal_s':>8} {'runs':>5}")
     for shape, executor, seconds, ideal in rows:

@@ -11,12 +11,12 @@ import os
 from dagster import JobDefinition
 
 from definitions.digest import digest
-from definitions.offline import offline_model
+from definitions.offline import offline_runtime
 from definitions.review import review
 from flujo_dagster import AgentRuntime, build_definitions
 
 LIVE = os.environ.get("FLUJO_DAGSTER_LIVE") == "1"
-agent_runtime = AgentRuntime() if LIVE else AgentRuntime(model=offline_model())
+agent_runtime = AgentRuntime() if LIVE else offline_runtime()
 
 defs = build_definitions(pipelines=[digest, review], resources={"agent_runtime": agent_runtime})
 

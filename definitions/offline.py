@@ -11,7 +11,13 @@ import re
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from flujo_dagster import AgentRuntime, Price
+
 OFFLINE_MODEL_NAME = "offline-digest"
+OFFLINE_MODEL_ID = f"function:{OFFLINE_MODEL_NAME}"
+OFFLINE_PRICE = Price(input_per_mtok="0.25", output_per_mtok="2.00")
+"""A stand-in price (openai:gpt-5-mini's list price when written) so that the demo shows real-looking costs;
+declared on the AgentRuntime and reported with price source `offline`."""
 
 
 def _last_prompt(messages: list[ModelMessage]) -> str:
@@ -45,3 +51,9 @@ def scripted_answer(messages: list[ModelMessage], info: AgentInfo) -> ModelRespo
 def offline_model() -> FunctionModel:
     """The scripted model, named `function:offline-digest` in metadata (model source `offline`)."""
     return FunctionModel(scripted_answer, model_name=OFFLINE_MODEL_NAME)
+
+
+def offline_runtime() -> AgentRuntime:
+    """The agent runtime of the demo and the tests: every agent step on the scripted model, at its stand-in
+    price."""
+    return AgentRuntime(model=offline_model(), prices={OFFLINE_MODEL_ID: OFFLINE_PRICE})

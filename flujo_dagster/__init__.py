@@ -35,6 +35,7 @@ from flujo_dagster.errors import (
     StorageError,
     UsageLimitExceededError,
 )
+from flujo_dagster.pricing.prices import Price, PriceBook
 from flujo_dagster.validation import Finding, ValidationReport, validate
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ __all__ = [
     "Loop",
     "Map",
     "Parallel",
+    "Price",
+    "PriceBook",
     "ParallelBranchError",
     "Pipeline",
     "PipelineRun",

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dagster import JobDefinition, multiprocess_executor
 
 from definitions.digest import digest
-from definitions.offline import offline_model
-from flujo_dagster import AgentRuntime, build_definitions
+from definitions.offline import offline_runtime
+from flujo_dagster import build_definitions
 
 defs = build_definitions(
     pipelines=[digest],
-    resources={"agent_runtime": AgentRuntime(model=offline_model())},
+    resources={"agent_runtime": offline_runtime()},
     # forkserver with the code preloaded: each step process starts in well under a second instead of
     # re-importing dagster and the code location (DESIGN.md, "Where Dagster's time goes")
     executor=multiprocess_executor.configured(

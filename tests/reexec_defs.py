@@ -15,7 +15,9 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from definitions.digest import digest
 from definitions.offline import scripted_answer
-from flujo_dagster import AgentRuntime, build_definitions
+from flujo_dagster import AgentRuntime, Price, build_definitions
+
+FREE = Price(input_per_mtok=0, output_per_mtok=0)
 
 FAIL_MARKER = "FLUJO_TEST_FAIL_MARKER"
 REQUEST_LOG = "FLUJO_TEST_REQUEST_LOG"
@@ -31,7 +33,10 @@ def _answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
 
 
 defs = build_definitions(
-    pipelines=[digest], resources={"agent_runtime": AgentRuntime(model=FunctionModel(_answer, model_name="flaky"))}
+    pipelines=[digest],
+    resources={
+        "agent_runtime": AgentRuntime(model=FunctionModel(_answer, model_name="flaky"), prices={"function:flaky": FREE})
+    },
 )
 
 

@@ -24,7 +24,7 @@ from pydantic_ai import Agent
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
-from flujo_dagster import AgentRuntime, Pipeline, agent_step, arun_pipeline, run_pipeline, step
+from flujo_dagster import AgentRuntime, Pipeline, Price, agent_step, arun_pipeline, run_pipeline, step
 
 # --- a pipeline with async function steps around a sync one -------------------------------------------------
 
@@ -245,9 +245,10 @@ def test_two_runs_share_an_openai_compatible_model(
         runtime = AgentRuntime()
     pipeline = _ask(agent)
     resources = {"agent_runtime": runtime}
+    prices = {"openai:stub-model": Price(input_per_mtok=1, output_per_mtok=2)}
 
-    first = run_pipeline(pipeline, {"topic": "alpha"}, instance=instance, resources=resources)
-    second = run_pipeline(pipeline, {"topic": "beta"}, instance=instance, resources=resources)
+    first = run_pipeline(pipeline, {"topic": "alpha"}, instance=instance, resources=resources, prices=prices)
+    second = run_pipeline(pipeline, {"topic": "beta"}, instance=instance, resources=resources, prices=prices)
 
     for result, topic in ((first, "alpha"), (second, "beta")):
         assert result.success, result.error

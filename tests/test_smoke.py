@@ -5,14 +5,14 @@ from __future__ import annotations
 from dagster import DagsterInstance
 
 from definitions.digest import Digest, digest
-from definitions.offline import offline_model
+from definitions.offline import offline_runtime
 from definitions.review import review
-from flujo_dagster import AgentRuntime, run_pipeline
+from flujo_dagster import run_pipeline
 
 
 def test_digest_runs_offline(instance: DagsterInstance) -> None:
     result = run_pipeline(
-        digest, {"topic": "agents"}, instance=instance, resources={"agent_runtime": AgentRuntime(model=offline_model())}
+        digest, {"topic": "agents"}, instance=instance, resources={"agent_runtime": offline_runtime()}
     )
     assert result.success, result.error
     assert isinstance(result.context, Digest)
@@ -22,7 +22,7 @@ def test_digest_runs_offline(instance: DagsterInstance) -> None:
 
 def test_agent_calls_inside_inline_ops_are_reported(instance: DagsterInstance) -> None:
     result = run_pipeline(
-        review, {"topic": "agents"}, instance=instance, resources={"agent_runtime": AgentRuntime(model=offline_model())}
+        review, {"topic": "agents"}, instance=instance, resources={"agent_runtime": offline_runtime()}
     )
     assert result.success, result.error
     assert [(c.step_path, c.model_source, c.requests) for c in result.agent_calls] == [

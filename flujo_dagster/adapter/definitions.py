@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 from dagster import Definitions, ExecutorDefinition, in_process_executor
 
 from flujo_dagster.adapter.compiler import CompiledPipeline, compile_pipeline
+from flujo_dagster.adapter.config import find_pyproject, pyproject_prices
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager
-from flujo_dagster.adapter.ops import AGENT_RUNTIME_KEY, IO_MANAGER_KEY
+from flujo_dagster.adapter.ops import AGENT_RUNTIME_KEY, IO_MANAGER_KEY, PRICE_BOOK_KEY
 from flujo_dagster.adapter.resources import AgentRuntime
 from flujo_dagster.adapter.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.pricing.prices import Price, PriceBook
+from flujo_dagster.pricing.rules import check_prices
 from flujo_dagster.validation import validate
 
 __all__ = ["build_definitions", "compile_all", "default_resources"]
@@ -32,17 +36,33 @@ def default_resources(overrides: Mapping[str, object] | None = None) -> dict[str
 def compile_all(
     pipelines: Sequence[Pipeline],
     *,
+    resources: Mapping[str, object] | None = None,
+    prices: Mapping[str, Price] | None = None,
+    strict_pricing: bool = True,
+    pyproject: Path | None = None,
     translator: FlujoDagsterTranslator | None = None,
     executor: ExecutorDefinition | None = None,
-) -> list[CompiledPipeline]:
-    """Validate (raising `ConfigurationError` listing every error finding) and compile each pipeline."""
-    report = validate(pipelines)
+) -> tuple[list[CompiledPipeline], dict[str, object]]:
+    """Validate (raising `ConfigurationError` listing every error finding; `PricingNotConfiguredError` when a
+    model has no price) and compile each pipeline. Returns the compiled pipelines and their resources, the
+    price book (`price_book`) included."""
+    chosen = default_resources(resources)
+    runtime = chosen[AGENT_RUNTIME_KEY]
+    if not isinstance(runtime, AgentRuntime):
+        raise ConfigurationError(
+            f"resource {AGENT_RUNTIME_KEY!r} must be an AgentRuntime, got {type(runtime).__name__}"
+        )
+    overrides = {**pyproject_prices(pyproject or find_pyproject()), **(prices or {})}
+    book = chosen.setdefault(PRICE_BOOK_KEY, runtime.price_book(overrides, strict=strict_pricing))
+    if not isinstance(book, PriceBook):
+        raise ConfigurationError(f"resource {PRICE_BOOK_KEY!r} must be a PriceBook, got {type(book).__name__}")
+    report = validate(pipelines) + check_prices(list(pipelines), book, runtime.model_id_for)
     for finding in report.warnings:
         _log.warning("%s", finding.render())
     report.raise_for_errors()
-    chosen = translator or FlujoDagsterTranslator()
+    translator = translator or FlujoDagsterTranslator()
     try:
-        compiled = [compile_pipeline(p, translator=chosen, executor=executor) for p in pipelines]
+        compiled = [compile_pipeline(p, translator=translator, executor=executor) for p in pipelines]
     except RecursionError as exc:  # V-SCALE refuses such sizes first; this is the last line of defence
         raise ConfigurationError(
             f"Dagster ran out of recursion depth building {[p.name for p in pipelines]}: the pipeline expands to "
@@ -54,7 +74,7 @@ def compile_all(
         raise ConfigurationError(
             f"two pipelines compile to the same job name(s) {duplicates}: give each pipeline a unique name"
         )
-    return compiled
+    return compiled, chosen
 
 
 def build_definitions(
@@ -63,6 +83,9 @@ def build_definitions(
     resources: Mapping[str, object] | None = None,
     translator: FlujoDagsterTranslator | None = None,
     executor: ExecutorDefinition | None = in_process_executor,
+    prices: Mapping[str, Price] | None = None,
+    strict_pricing: bool = True,
+    pyproject: Path | None = None,
     on_invalid: Literal["raise"] = "raise",
 ) -> Definitions:
     """Compile pipelines into `dagster.Definitions`: a job per pipeline (an asset job when it has assets),
@@ -71,13 +94,27 @@ def build_definitions(
     Every pipeline is validated first; any error finding raises `ConfigurationError` listing all of them,
     which stops the code location from loading (the UI shows the message). `executor` defaults to the
     in-process executor; pass `multiprocess_executor` for process isolation. `resources` adds to or
-    replaces the defaults (`flujo_io_manager`, `agent_runtime`).
+    replaces the defaults (`flujo_io_manager`, `agent_runtime`, `price_book`).
+
+    Pricing is strict: every agent step's model needs a price (genai-prices' exact model id, an override
+    from `prices` or `[tool.flujo_dagster.pricing]` of `pyproject` (default: the nearest pyproject.toml from
+    the working directory up), or a price declared on the `AgentRuntime` for its models), else
+    `PricingNotConfiguredError` (rule PRICE-001). `strict_pricing=False` accepts genai-prices' loose matches
+    and is reported as a warning (PRICE-002).
     """
     if on_invalid != "raise":
         raise ConfigurationError(f"on_invalid={on_invalid!r} is not supported; use 'raise'")
-    compiled = compile_all(list(pipelines), translator=translator, executor=executor)
+    compiled, chosen = compile_all(
+        list(pipelines),
+        resources=resources,
+        prices=prices,
+        strict_pricing=strict_pricing,
+        pyproject=pyproject,
+        translator=translator,
+        executor=executor,
+    )
     return Definitions(
         assets=[c.assets for c in compiled if c.assets is not None],
         jobs=[c.job for c in compiled],
-        resources=default_resources(resources),
+        resources=chosen,
     )

@@ -2,7 +2,6 @@
 op (`flujo_context`). Joins and the last op read values from the flujo IO manager's storage themselves: they
 know which producer holds each key on the path that ran, and a Dagster input per key would cost two events."""
 
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +16,13 @@ from flujo_dagster.adapter.ops import (
     AGENT_RUNTIME_KEY,
     IO_MANAGER_KEY,
     NOT_RETRIED,
+    PRICE_BOOK_KEY,
     StepWiring,
     ins_for,
     not_retried,
     outs_for,
 )
+from flujo_dagster.adapter.resources import PricedAgents
 from flujo_dagster.adapter.types import key_type
 from flujo_dagster.dsl.control import Branch, Loop
 from flujo_dagster.dsl.flow import walk
@@ -267,13 +268,23 @@ class _Records:
 
 
 def _table(records: Sequence[StepRecord]) -> str:
-    lines = ["| step | status | attempts | s | model | tokens in/out | requests |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| step | status | attempts | s | model | tokens in/out | requests | cost USD |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
+        cost = "" if r.cost_usd is None else f"{r.cost_usd:.6f}"
         lines.append(
             f"| {r.path} | {r.status} | {r.attempts} | {r.duration_s:.3f} | {r.model or ''} | "
-            f"{r.input_tokens}/{r.output_tokens} | {r.requests} |"
+            f"{r.input_tokens}/{r.output_tokens} | {r.requests} | {cost} |"
         )
     return "\n".join(lines)
+
+
+def _record_json(record: StepRecord) -> dict[str, Any]:
+    row: dict[str, Any] = dict(record.__dict__)
+    row["cost_usd"] = None if record.cost_usd is None else float(record.cost_usd)
+    return row
 
 
 def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: str) -> OpDefinition:
@@ -284,7 +295,11 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
     async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Any:
         state: dict[str, object] = {k: inputs[io_name(k)] for k in wiring.reads}
         records = _Records([])
-        agents = getattr(context.resources, AGENT_RUNTIME_KEY) if needs_agents else None
+        agents = (
+            PricedAgents(getattr(context.resources, AGENT_RUNTIME_KEY), getattr(context.resources, PRICE_BOOK_KEY))
+            if needs_agents
+            else None
+        )
         interpreter = Interpreter(fields=pipeline.fields, agents=agents, reporter=records)
         try:
             await interpreter.run([node], state, parent_path)
@@ -296,10 +311,11 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
         metadata: dict[str, Any] = {
             md.STEP_PATH: wiring.path,
             md.STEPS: MetadataValue.md(_table(records.records)),
-            md.STEPS_JSON: MetadataValue.json([json.loads(json.dumps(r.__dict__)) for r in records.records]),
+            md.STEPS_JSON: MetadataValue.json([_record_json(r) for r in records.records]),
             md.INPUT_TOKENS: sum(r.input_tokens for r in records.records),
             md.OUTPUT_TOKENS: sum(r.output_tokens for r in records.records),
             md.REQUESTS: sum(r.requests for r in records.records),
+            md.COST_USD: float(sum(r.cost_usd or 0 for r in records.records)),
         }
         first = True
         for key in wiring.writes:
@@ -314,7 +330,7 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
         name=wiring.definition,
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs=_outs_or_done(pipeline, wiring, wiring.optional),
-        required_resource_keys={AGENT_RUNTIME_KEY} if needs_agents else set(),
+        required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY} if needs_agents else set(),
         description=f"{node.kind} {wiring.path}, run in one op by the flujo interpreter",
         retry_policy=None,
         tags={md.KIND: f"inline_{node.kind}", md.STEP_PATH: wiring.path},

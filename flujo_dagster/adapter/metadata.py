@@ -4,11 +4,13 @@ from __future__ import annotations
 
 __all__ = [
     "CACHE_READ_TOKENS",
+    "COST_USD",
     "INPUT_TOKENS",
     "KIND",
     "MODEL",
     "MODEL_SOURCE",
     "OUTPUT_TOKENS",
+    "PRICE_SOURCE",
     "PATH",
     "REQUESTS",
     "STEPS",
@@ -24,6 +26,8 @@ INPUT_TOKENS = "flujo/input_tokens"
 OUTPUT_TOKENS = "flujo/output_tokens"
 CACHE_READ_TOKENS = "flujo/cache_read_tokens"
 REQUESTS = "flujo/requests"
+COST_USD = "flujo/cost_usd"
+PRICE_SOURCE = "flujo/price_source"
 PATH = "flujo/path"
 STEPS = "flujo/steps"
 STEPS_JSON = "flujo/steps_json"

@@ -26,6 +26,7 @@ from flujo_dagster.adapter.types import KeyType, key_type
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Retry, Step
 from flujo_dagster.errors import ConfigurationError, ControlFlowError, UsageLimitExceededError
+from flujo_dagster.pricing.prices import PriceBook
 from flujo_dagster.runtime.calls import call_function_step, with_timeout
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.prompts import render_prompt
@@ -36,6 +37,7 @@ __all__ = [
     "GATE_INPUT",
     "IO_MANAGER_KEY",
     "NOT_RETRIED",
+    "PRICE_BOOK_KEY",
     "OP_RULES",
     "StepWiring",
     "inputs_op",
@@ -47,6 +49,7 @@ __all__ = [
 
 IO_MANAGER_KEY = "flujo_io_manager"
 AGENT_RUNTIME_KEY = "agent_runtime"
+PRICE_BOOK_KEY = "price_book"
 GATE_INPUT = "flujo_gate"
 """A `Nothing` input tying an op to the router case or loop iteration it belongs to (skipped with it)."""
 NOT_RETRIED = (ConfigurationError, UsageLimitExceededError, ControlFlowError)
@@ -137,9 +140,12 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
 
     async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> AsyncIterator[Output[Any]]:
         runtime: AgentRuntime = getattr(context.resources, AGENT_RUNTIME_KEY)
+        book: PriceBook = getattr(context.resources, PRICE_BOOK_KEY)
         prompt = render_prompt(step, {k: inputs[io_name(k)] for k in wiring.reads})
         try:
-            call, source = await with_timeout(step.timeout_s, lambda: runtime.run(step, prompt), path=wiring.path)
+            call, source = await with_timeout(
+                step.timeout_s, lambda: runtime.run(step, prompt, prices=book, path=wiring.path), path=wiring.path
+            )
         except NOT_RETRIED as exc:
             raise not_retried(exc, wiring) from exc
         (value,) = step_outputs(wiring.path, wiring.writes, False, call.output, pipeline.fields).values()
@@ -154,6 +160,8 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
                 md.OUTPUT_TOKENS: call.output_tokens,
                 md.CACHE_READ_TOKENS: call.cache_read_tokens,
                 md.REQUESTS: call.requests,
+                md.COST_USD: float(call.cost_usd or 0),
+                md.PRICE_SOURCE: call.price_source,
             },
         )
 
@@ -164,7 +172,7 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs=outs_for(pipeline, wiring.writes),
         description=f"agent step {wiring.path} on {step.model_id()}; prompt: {prompt_text}",
-        required_resource_keys={AGENT_RUNTIME_KEY},
+        required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY},
         retry_policy=_retry_policy(step.retry),
         tags={md.KIND: "agent", md.STEP_PATH: wiring.path, md.MODEL: step.model_id() or "unknown"},
     )

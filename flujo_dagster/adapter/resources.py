@@ -10,10 +10,11 @@ from pydantic_ai.models import Model
 from pydantic_ai.models.function import FunctionModel
 from pydantic_ai.models.test import TestModel
 
-from flujo_dagster.dsl.steps import AgentStep
+from flujo_dagster.dsl.steps import AgentStep, model_id_of
+from flujo_dagster.pricing.prices import Price, PriceBook
 from flujo_dagster.runtime.agents import AgentCall, run_agent
 
-__all__ = ["AgentRuntime", "ModelSource"]
+__all__ = ["AgentRuntime", "ModelSource", "PricedAgents"]
 
 ModelSource = Literal["agent", "override", "offline"]
 OFFLINE_MODELS = (FunctionModel, TestModel)
@@ -27,7 +28,9 @@ class AgentRuntime:
     `model` replaces every agent step's model; `step_models` replaces it per step name (and wins).
     A value is a `provider:model` string or a pydantic-ai model object; pydantic-ai's `FunctionModel` and
     `TestModel` are reported with model source `offline`, anything else as `override`. Tests and the demo swap models
-    here, never by patching. Without overrides each step runs on its agent's own model.
+    here, never by patching. Without overrides each step runs on its agent's own model. `prices` declares the
+    price of models configured here by `provider:model` (an offline model's is reported with price source
+    `offline`; genai-prices knows none of them).
     """
 
     def __init__(
@@ -35,9 +38,21 @@ class AgentRuntime:
         *,
         model: ModelChoice | None = None,
         step_models: Mapping[str, ModelChoice] | None = None,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self.model = model
         self.step_models: dict[str, ModelChoice] = dict(step_models or {})
+        self.prices: dict[str, Price] = dict(prices or {})
+
+    def offline_models(self) -> set[str]:
+        """`provider:model` of the offline models configured here (their prices are reported as `offline`)."""
+        chosen = [self.model, *self.step_models.values()]
+        return {model_id_of(m) or "" for m in chosen if isinstance(m, OFFLINE_MODELS)}
+
+    def model_id_for(self, step: AgentStep) -> str | None:
+        """The `provider:model` `step` runs on here, or None when neither an override nor its agent names one."""
+        chosen, source = self.model_for(step)
+        return model_id_of(chosen) if source != "agent" else step.model_id()
 
     def model_for(self, step: AgentStep) -> tuple[ModelChoice | None, ModelSource]:
         """The model `step` runs on here, and where that choice came from."""
@@ -46,11 +61,34 @@ class AgentRuntime:
             return (step.model if isinstance(step.model, str | Model) else None), "agent"
         return chosen, ("offline" if isinstance(chosen, OFFLINE_MODELS) else "override")
 
-    async def run(self, step: AgentStep, prompt: str) -> tuple[AgentCall, ModelSource]:
-        """Run `step`'s agent on `prompt` in the current event loop."""
+    async def run(self, step: AgentStep, prompt: str, *, prices: PriceBook, path: str) -> tuple[AgentCall, ModelSource]:
+        """Run `step`'s agent on `prompt` in the current event loop; the call is priced for the model that
+        answered, and `PricingNotConfiguredError` (naming `path`) is raised when that model has no price."""
         agent = step.agent
         if not isinstance(agent, Agent):
             raise TypeError(f"agent step {step.name!r} holds {type(agent).__name__}, not a pydantic-ai Agent")
         model, source = self.model_for(step)
         call = await run_agent(agent, prompt, model=model, model_settings=step.model_settings)
-        return call, source
+        return call.priced(prices.require(call.model, where=path)), source
+
+    def price_book(self, overrides: Mapping[str, Price], *, strict: bool) -> PriceBook:
+        """A price book with `overrides` and this runtime's declared prices (`offline` for offline models)."""
+        offline = self.offline_models()
+        declared = {m: p for m, p in self.prices.items() if m not in offline}
+        return PriceBook(
+            {**overrides, **declared},
+            offline={m: p for m, p in self.prices.items() if m in offline},
+            strict=strict,
+        )
+
+
+class PricedAgents:
+    """The interpreter's agent runner inside one op: the runtime with the run's price book."""
+
+    def __init__(self, runtime: AgentRuntime, prices: PriceBook) -> None:
+        self.runtime = runtime
+        self.prices = prices
+
+    async def run(self, step: AgentStep, prompt: str, *, path: str) -> tuple[AgentCall, ModelSource]:
+        """Run and price one agent step (see `AgentRuntime.run`)."""
+        return await self.runtime.run(step, prompt, prices=self.prices, path=path)

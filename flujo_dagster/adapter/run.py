@@ -15,13 +15,14 @@ from pydantic import BaseModel
 
 from flujo_dagster.adapter import metadata as md
 from flujo_dagster.adapter.compiler import CompiledPipeline
-from flujo_dagster.adapter.definitions import compile_all, default_resources
+from flujo_dagster.adapter.definitions import compile_all
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
 from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, step_key
 from flujo_dagster.adapter.ops import IO_MANAGER_KEY
 from flujo_dagster.adapter.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ConfigurationError, FlujoDagsterError
+from flujo_dagster.pricing.prices import Price
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.sync import call_blocking
 
@@ -150,6 +151,8 @@ def run_pipeline(
     tags: Mapping[str, str] | None = None,
     translator: FlujoDagsterTranslator | None = None,
     log_level: str | None = None,
+    prices: Mapping[str, Price] | None = None,
+    strict_pricing: bool = True,
 ) -> PipelineRun:
     """Validate the pipeline and its inputs, run it in process on `instance`, and return the typed result.
 
@@ -160,8 +163,9 @@ def run_pipeline(
     """
     raw = dict(inputs or {})
     validate_inputs(pipeline, raw)
-    (compiled,) = compile_all([pipeline], translator=translator)
-    chosen = default_resources(resources)
+    (compiled,), chosen = compile_all(
+        [pipeline], resources=resources, prices=prices, strict_pricing=strict_pricing, translator=translator
+    )
     defs = Definitions(
         assets=[compiled.assets] if compiled.assets is not None else [],
         jobs=[compiled.job],
@@ -212,6 +216,8 @@ async def arun_pipeline(
     tags: Mapping[str, str] | None = None,
     translator: FlujoDagsterTranslator | None = None,
     log_level: str | None = None,
+    prices: Mapping[str, Price] | None = None,
+    strict_pricing: bool = True,
 ) -> PipelineRun:
     """`run_pipeline` for async code: the run happens in anyio's worker thread."""
     call = functools.partial(
@@ -223,5 +229,7 @@ async def arun_pipeline(
         tags=tags,
         translator=translator,
         log_level=log_level,
+        prices=prices,
+        strict_pricing=strict_pricing,
     )
     return await anyio.to_thread.run_sync(call)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from pydantic_ai import Agent
@@ -12,6 +13,7 @@ from pydantic_ai.models import Model
 from pydantic_ai.settings import ModelSettings
 
 from flujo_dagster.dsl.steps import model_id_of
+from flujo_dagster.pricing.prices import ModelPricing, TokenUsage
 
 __all__ = ["AgentCall", "run_agent"]
 
@@ -26,6 +28,24 @@ class AgentCall:
     output_tokens: int
     cache_read_tokens: int
     requests: int
+    cache_write_tokens: int = 0
+    cost_usd: Decimal | None = None
+    """The cost of the call's requests, priced for the model that answered (None until priced)."""
+    price_source: str = ""
+    """Where the price came from: `genai-prices <version>`, `override` or `offline`."""
+
+    def usage(self) -> TokenUsage:
+        """The call's tokens, for pricing."""
+        return TokenUsage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_read_tokens=self.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+        )
+
+    def priced(self, pricing: ModelPricing) -> AgentCall:
+        """This call with its cost from `pricing`."""
+        return replace(self, cost_usd=pricing.cost(self.usage()), price_source=pricing.source)
 
 
 async def run_agent(
@@ -57,6 +77,7 @@ async def run_agent(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
         requests=usage.requests,
     )
 

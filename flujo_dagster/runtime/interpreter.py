@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Protocol
 
 import anyio
@@ -29,7 +30,7 @@ State = MutableMapping[str, object]
 class AgentRunner(Protocol):
     """Runs one agent step (the adapter's `AgentRuntime` is one)."""
 
-    async def run(self, step: AgentStep, prompt: str) -> tuple[AgentCall, str]: ...
+    async def run(self, step: AgentStep, prompt: str, *, path: str) -> tuple[AgentCall, str]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +46,10 @@ class StepRecord:
     model_source: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
     requests: int = 0
+    cost_usd: Decimal | None = None
+    price_source: str | None = None
     error: str | None = None
 
 
@@ -150,20 +154,7 @@ class Interpreter:
                     raise
                 await anyio.sleep(_delay(step, attempt))
                 continue
-            self._report(
-                StepRecord(
-                    path=path,
-                    kind=step.kind,
-                    status="ok",
-                    duration_s=time.perf_counter() - start,
-                    attempts=attempt,
-                    model=record.model,
-                    model_source=record.model_source,
-                    input_tokens=record.input_tokens,
-                    output_tokens=record.output_tokens,
-                    requests=record.requests,
-                )
-            )
+            self._report(replace(record, duration_s=time.perf_counter() - start, attempts=attempt))
             return
 
     async def _function(self, step: Step, state: State, path: str) -> None:
@@ -187,7 +178,7 @@ class Interpreter:
 
         async def call() -> StepRecord:
             prompt = render_prompt(step, {k: state[k] for k in keys.reads})
-            result, source = await with_timeout(step.timeout_s, lambda: agents.run(step, prompt), path=path)
+            result, source = await with_timeout(step.timeout_s, lambda: agents.run(step, prompt, path=path), path=path)
             state.update(step_outputs(path, keys.writes or (), False, result.output, self.fields))
             return StepRecord(
                 path=path,
@@ -198,7 +189,10 @@ class Interpreter:
                 model_source=source,
                 input_tokens=result.input_tokens,
                 output_tokens=result.output_tokens,
+                cache_read_tokens=result.cache_read_tokens,
                 requests=result.requests,
+                cost_usd=result.cost_usd,
+                price_source=result.price_source,
             )
 
         await self._leaf(step, state, path, call)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.errors import ConfigurationError, PricingNotConfiguredError
 
 __all__ = ["Finding", "Severity", "ValidationReport"]
 
@@ -65,10 +65,12 @@ class ValidationReport:
         return "\n".join(lines)
 
     def raise_for_errors(self) -> None:
-        """Raise `ConfigurationError` listing every error finding, if there is any."""
+        """Raise `ConfigurationError` listing every error finding, if there is any: `PricingNotConfiguredError`
+        (a `ConfigurationError`) when one of them is a model without a price (PRICE-001)."""
         if self.errors:
             body = "\n".join(f"  {f.render()}" for f in self.errors)
-            raise ConfigurationError(
+            unpriced = any(f.code == "PRICE-001" for f in self.errors)
+            raise (PricingNotConfiguredError if unpriced else ConfigurationError)(
                 f"flujo_dagster found {len(self.errors)} error(s) in the pipeline definitions:\n{body}",
                 self.errors,
             )
