@@ -41,6 +41,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/parallel.py
+	$(BIN)/python benchmarks/budget.py
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR) .mypy_cache .ruff_cache .hypothesis *.egg-info

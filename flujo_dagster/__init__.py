@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from flujo_dagster.dsl import (
     AgentStep,
     Branch,
+    Budget,
     FunctionStep,
     Group,
     Loop,
@@ -69,6 +70,7 @@ __all__ = [
     "ApprovalError",
     "ApprovalRejectedError",
     "Branch",
+    "Budget",
     "ConfigurationError",
     "ControlFlowError",
     "Finding",

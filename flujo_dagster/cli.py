@@ -7,16 +7,18 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from decimal import Decimal
 from types import ModuleType
 from typing import NoReturn
 
 import click
-from dagster import Definitions
+from dagster import DagsterInstance, Definitions
 from pydantic import ValidationError
 
+from flujo_dagster.adapter.costs import run_costs
 from flujo_dagster.adapter.run import run_pipeline
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.errors import ConfigurationError, FlujoDagsterError
 from flujo_dagster.runtime.values import adapter_for, from_json
 from flujo_dagster.validation import ValidationReport, validate
 
@@ -140,3 +142,26 @@ def run_command(target: str, inputs: tuple[str, ...], log_level: str) -> None:
         sys.exit(EXIT_RUN_FAILED)
     click.echo(f"final context ({type(result.context).__name__}):")
     click.echo(result.context.model_dump_json(indent=2))
+
+
+@main.command("costs")
+@click.argument("run_id")
+def costs_command(run_id: str) -> None:
+    """Print the cost and tokens of every agent step of RUN_ID and its re-executions (DAGSTER_HOME's
+    instance), then the total."""
+    with DagsterInstance.get() as instance:
+        try:
+            calls = run_costs(run_id, instance)
+        except FlujoDagsterError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_USAGE)
+    click.echo(f"{'run':<8}  {'step':<40}  {'model':<28}  {'tokens in/out':>14}  {'cost USD':>12}  price source")
+    for call in calls:
+        tokens = f"{call.input_tokens}/{call.output_tokens}"
+        click.echo(
+            f"{call.run_id[:8]:<8}  {call.step_path:<40}  {call.model:<28}  {tokens:>14}  {call.cost_usd:>12.6f}  "
+            f"{call.price_source or 'none'}"
+        )
+    total = sum((c.cost_usd for c in calls), Decimal(0))
+    tokens_in, tokens_out = sum(c.input_tokens for c in calls), sum(c.output_tokens for c in calls)
+    click.echo(f"total: ${total:.6f}, {tokens_in} input / {tokens_out} output tokens, {len(calls)} agent step(s)")

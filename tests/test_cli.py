@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,21 @@ def test_run_keeps_text_for_string_keys_and_parses_json_for_others(dagster_home:
     lines = result.stdout.splitlines()
     context = json.loads("\n".join(lines[lines.index("final context (Digest):") + 1 :]))
     assert context["topic"] == "2024" and context["max_sources"] == 1
+
+
+def test_costs_prints_each_agent_step_and_the_total(dagster_home: Path) -> None:
+    ran = run("run", "definitions:digest", "--input", "topic=agents", home=dagster_home)
+    assert ran.returncode == 0, ran.stderr
+    run_id = ran.stdout.splitlines()[0].removeprefix("run id: ")
+    result = run("costs", run_id, home=dagster_home)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[:4] for line in lines[1:-1]] == [
+        [run_id[:8], "digest", ">", "agent:draft"],
+        [run_id[:8], "digest", ">", "agent:critique"],
+    ]
+    costs = [Decimal(line.split()[-2]) for line in lines[1:-1]]
+    assert all(c > 0 for c in costs) and all(line.endswith("offline") for line in lines[1:-1])
+    assert lines[-1].startswith(f"total: ${sum(costs):.6f}, ")
+    unknown = run("costs", "no-such-run", home=dagster_home)
+    assert unknown.returncode == 2 and "run 'no-such-run' is not in this Dagster instance" in unknown.stderr

@@ -10,6 +10,7 @@ from dagster import DagsterEventType, DagsterInstance, ReexecutionOptions, execu
 
 from definitions.digest import Digest, digest
 from flujo_dagster import PydanticJsonIOManager, load_final_context
+from flujo_dagster.adapter.costs import run_costs
 from tests.reexec_defs import FAIL_MARKER, REQUEST_LOG, flaky_digest_job
 
 RUN_CONFIG: dict[str, Any] = {
@@ -46,3 +47,11 @@ def test_reexecution_from_failure_recomputes_only_what_failed(
     assert context.critique is not None and context.critique.verdict == "publish"
     # the parent's draft was read from the parent run's storage, not recomputed into this run
     assert not PydanticJsonIOManager.output_path(root, run_id, "digest_graph.draft", "draft").exists()
+    # costs: each agent call once, in the run that made it, across the parent and its re-execution
+    calls = run_costs(run_id, instance)
+    assert [(c.step_path, c.run_id) for c in calls] == [
+        ("digest > agent:draft", parent_id),
+        ("digest > agent:critique", run_id),
+    ]
+    assert all(c.price_source == "offline" and c.cost_usd == 0 for c in calls)  # FREE: declared at zero
+    assert run_costs(parent_id, instance) == calls  # any run of the group gives the whole group

@@ -9,6 +9,7 @@ from typing import Literal
 
 from dagster import Definitions, ExecutorDefinition, in_process_executor
 
+from flujo_dagster.adapter.budgets import BUDGET_LEDGER_KEY, InstanceLedger
 from flujo_dagster.adapter.compiler import CompiledPipeline, compile_pipeline
 from flujo_dagster.adapter.config import find_pyproject, pyproject_prices
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager
@@ -27,8 +28,13 @@ _log = logging.getLogger("flujo_dagster")
 
 
 def default_resources(overrides: Mapping[str, object] | None = None) -> dict[str, object]:
-    """The resources flujo ops need (`flujo_io_manager`, `agent_runtime`), with `overrides` applied."""
-    resources: dict[str, object] = {IO_MANAGER_KEY: PydanticJsonIOManager(), AGENT_RUNTIME_KEY: AgentRuntime()}
+    """The resources flujo ops need (`flujo_io_manager`, `agent_runtime`, `budget_ledger`), with `overrides`
+    applied."""
+    resources: dict[str, object] = {
+        IO_MANAGER_KEY: PydanticJsonIOManager(),
+        AGENT_RUNTIME_KEY: AgentRuntime(),
+        BUDGET_LEDGER_KEY: InstanceLedger(),
+    }
     resources.update(overrides or {})
     return resources
 

@@ -10,6 +10,7 @@ from dagster import DagsterRun, In, MetadataValue, Nothing, OpDefinition, OpExec
 from pydantic import ValidationError
 
 from flujo_dagster.adapter import metadata as md
+from flujo_dagster.adapter.budgets import BUDGET_LEDGER_KEY, budget_context
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
 from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OUTPUT, io_name
 from flujo_dagster.adapter.ops import (
@@ -29,6 +30,8 @@ from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, Step
 from flujo_dagster.errors import StepOutputError, StorageError
+from flujo_dagster.pricing.prices import PriceBook
+from flujo_dagster.runtime.budget import BudgetContext
 from flujo_dagster.runtime.interpreter import Interpreter, StepRecord, branch_arm, loop_should_exit
 from flujo_dagster.runtime.values import jsonable, to_json_bytes
 
@@ -290,16 +293,22 @@ def _record_json(record: StepRecord) -> dict[str, Any]:
 def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: str) -> OpDefinition:
     """A subtree run in one op by the interpreter. Its output metadata carries a per-step table; each
     ignored failure of a parallel branch is logged once."""
-    needs_agents = any(isinstance(s, AgentStep) for _, s in walk([node], parent_path))
+    agent_steps = [s for _, s in walk([node], parent_path) if isinstance(s, AgentStep)]
+    needs_agents = bool(agent_steps)
+    pools = {s.pool_name() for s in agent_steps}
 
     async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Any:
         state: dict[str, object] = {k: inputs[io_name(k)] for k in wiring.reads}
         records = _Records([])
-        agents = (
-            PricedAgents(getattr(context.resources, AGENT_RUNTIME_KEY), getattr(context.resources, PRICE_BOOK_KEY))
-            if needs_agents
-            else None
-        )
+        agents = None
+        if needs_agents:
+            book: PriceBook = getattr(context.resources, PRICE_BOOK_KEY)
+
+            def budget_for(step: AgentStep, path: str) -> BudgetContext | None:
+                return budget_context(context, pipeline, step, path, book)
+
+            limits = {p.name: p.limit for p in context.instance.event_log_storage.get_pool_limits() if p.name in pools}
+            agents = PricedAgents(getattr(context.resources, AGENT_RUNTIME_KEY), book, budget_for, limits)
         interpreter = Interpreter(fields=pipeline.fields, agents=agents, reporter=records)
         try:
             await interpreter.run([node], state, parent_path)
@@ -330,7 +339,7 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
         name=wiring.definition,
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs=_outs_or_done(pipeline, wiring, wiring.optional),
-        required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY} if needs_agents else set(),
+        required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY} if needs_agents else set(),
         description=f"{node.kind} {wiring.path}, run in one op by the flujo interpreter",
         retry_policy=None,
         tags={md.KIND: f"inline_{node.kind}", md.STEP_PATH: wiring.path},

@@ -20,6 +20,7 @@ from dagster import (
 )
 
 from flujo_dagster.adapter import metadata as md
+from flujo_dagster.adapter.budgets import BUDGET_LEDGER_KEY, budget_context
 from flujo_dagster.adapter.naming import READY_OUTPUT, io_name
 from flujo_dagster.adapter.resources import AgentRuntime
 from flujo_dagster.adapter.types import KeyType, key_type
@@ -143,8 +144,11 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
         book: PriceBook = getattr(context.resources, PRICE_BOOK_KEY)
         prompt = render_prompt(step, {k: inputs[io_name(k)] for k in wiring.reads})
         try:
+            budget = budget_context(context, pipeline, step, wiring.path, book)
             call, source = await with_timeout(
-                step.timeout_s, lambda: runtime.run(step, prompt, prices=book, path=wiring.path), path=wiring.path
+                step.timeout_s,
+                lambda: runtime.run(step, prompt, prices=book, path=wiring.path, budget=budget),
+                path=wiring.path,
             )
         except NOT_RETRIED as exc:
             raise not_retried(exc, wiring) from exc
@@ -172,8 +176,9 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs=outs_for(pipeline, wiring.writes),
         description=f"agent step {wiring.path} on {step.model_id()}; prompt: {prompt_text}",
-        required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY},
+        required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY},
         retry_policy=_retry_policy(step.retry),
+        pool=step.pool_name(),
         tags={md.KIND: "agent", md.STEP_PATH: wiring.path, md.MODEL: step.model_id() or "unknown"},
     )
 

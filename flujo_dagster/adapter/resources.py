@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
+import anyio
 from pydantic_ai import Agent
-from pydantic_ai.models import Model
+from pydantic_ai.models import Model, infer_model
 from pydantic_ai.models.function import FunctionModel
 from pydantic_ai.models.test import TestModel
 
 from flujo_dagster.dsl.steps import AgentStep, model_id_of
+from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.pricing.prices import Price, PriceBook
 from flujo_dagster.runtime.agents import AgentCall, run_agent
+from flujo_dagster.runtime.budget import BudgetContext, BudgetedModel
 
 __all__ = ["AgentRuntime", "ModelSource", "PricedAgents"]
 
@@ -61,15 +64,39 @@ class AgentRuntime:
             return (step.model if isinstance(step.model, str | Model) else None), "agent"
         return chosen, ("offline" if isinstance(chosen, OFFLINE_MODELS) else "override")
 
-    async def run(self, step: AgentStep, prompt: str, *, prices: PriceBook, path: str) -> tuple[AgentCall, ModelSource]:
+    async def run(
+        self,
+        step: AgentStep,
+        prompt: str,
+        *,
+        prices: PriceBook,
+        path: str,
+        budget: BudgetContext | None = None,
+    ) -> tuple[AgentCall, ModelSource]:
         """Run `step`'s agent on `prompt` in the current event loop; the call is priced for the model that
-        answered, and `PricingNotConfiguredError` (naming `path`) is raised when that model has no price."""
+        answered, and `PricingNotConfiguredError` (naming `path`) is raised when that model has no price.
+        With a `budget`, every model request is reserved first and reconciled after (`BudgetedModel`)."""
         agent = step.agent
         if not isinstance(agent, Agent):
             raise TypeError(f"agent step {step.name!r} holds {type(agent).__name__}, not a pydantic-ai Agent")
         model, source = self.model_for(step)
+        if budget is not None and budget.guards:
+            model = self._budgeted(step, model if model is not None else agent.model, budget, path)
         call = await run_agent(agent, prompt, model=model, model_settings=step.model_settings)
         return call.priced(prices.require(call.model, where=path)), source
+
+    @staticmethod
+    def _budgeted(step: AgentStep, chosen: object, budget: BudgetContext, path: str) -> BudgetedModel:
+        max_tokens = step.max_tokens()
+        configured = model_id_of(chosen)
+        if max_tokens is None or configured is None or not isinstance(chosen, Model | str):
+            raise ConfigurationError(
+                f"{path}: a budgeted agent step needs a model and max_tokens in its model settings "
+                f"(model {configured!r}, max_tokens {max_tokens!r}); validate the pipeline first"
+            )
+        return BudgetedModel(
+            infer_model(chosen), budget=budget, path=path, configured=configured, max_tokens=max_tokens
+        )
 
     def price_book(self, overrides: Mapping[str, Price], *, strict: bool) -> PriceBook:
         """A price book with `overrides` and this runtime's declared prices (`offline` for offline models)."""
@@ -83,12 +110,26 @@ class AgentRuntime:
 
 
 class PricedAgents:
-    """The interpreter's agent runner inside one op: the runtime with the run's price book."""
+    """The interpreter's agent runner inside one op: the runtime with the run's price book and budgets."""
 
-    def __init__(self, runtime: AgentRuntime, prices: PriceBook) -> None:
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        prices: PriceBook,
+        budget_for: Callable[[AgentStep, str], BudgetContext | None] | None = None,
+        pool_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.prices = prices
+        self.budget_for = budget_for
+        self.limiters = {pool: anyio.CapacityLimiter(limit) for pool, limit in (pool_limits or {}).items()}
 
     async def run(self, step: AgentStep, prompt: str, *, path: str) -> tuple[AgentCall, ModelSource]:
-        """Run and price one agent step (see `AgentRuntime.run`)."""
-        return await self.runtime.run(step, prompt, prices=self.prices, path=path)
+        """Run and price one agent step (see `AgentRuntime.run`), at most as many at once per pool as the
+        Dagster instance's limit for the step's pool allows."""
+        budget = self.budget_for(step, path) if self.budget_for is not None else None
+        limiter = self.limiters.get(step.pool_name() or "")
+        if limiter is None:
+            return await self.runtime.run(step, prompt, prices=self.prices, path=path, budget=budget)
+        async with limiter:
+            return await self.runtime.run(step, prompt, prices=self.prices, path=path, budget=budget)

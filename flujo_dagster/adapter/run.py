@@ -7,14 +7,14 @@ import os
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import anyio.to_thread
 from dagster import DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
 from pydantic import BaseModel
 
-from flujo_dagster.adapter import metadata as md
 from flujo_dagster.adapter.compiler import CompiledPipeline
+from flujo_dagster.adapter.costs import AgentCallSummary, agent_calls
 from flujo_dagster.adapter.definitions import compile_all
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
 from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, step_key
@@ -27,25 +27,6 @@ from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.sync import call_blocking
 
 __all__ = ["PipelineRun", "arun_pipeline", "inputs_run_config", "load_final_context", "run_pipeline"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class AgentCallSummary:
-    """What one agent step used, read back from its output metadata."""
-
-    step_path: str
-    model: str
-    model_source: str
-    requests: int
-    input_tokens: int
-    output_tokens: int
-
-    def render(self) -> str:
-        """One line: `digest > agent:draft: function:offline-digest (offline), 1 request, 50 in / 20 out`."""
-        return (
-            f"{self.step_path}: {self.model} ({self.model_source}), {self.requests} request(s), "
-            f"{self.input_tokens} input / {self.output_tokens} output tokens"
-        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,39 +71,6 @@ def load_final_context(
     value = io.read(path, StoredKey(CONTEXT_KEY, pipeline.context), where=f"run {run_id}")
     assert isinstance(value, BaseModel)
     return value
-
-
-def _agent_calls(result: ExecuteInProcessResult) -> tuple[AgentCallSummary, ...]:
-    calls: list[AgentCallSummary] = []
-    for event in result.all_events:
-        if event.event_type != DagsterEventType.STEP_OUTPUT or event.step_output_data is None:
-            continue
-        meta = {k: v.value for k, v in event.step_output_data.metadata.items()}
-        for record in cast(list[dict[str, Any]], meta.get(md.STEPS_JSON) or []):
-            if record.get("model"):
-                calls.append(
-                    AgentCallSummary(
-                        step_path=str(record["path"]),
-                        model=str(record["model"]),
-                        model_source=str(record.get("model_source") or "unknown"),
-                        requests=int(record["requests"]),
-                        input_tokens=int(record["input_tokens"]),
-                        output_tokens=int(record["output_tokens"]),
-                    )
-                )
-        if md.MODEL not in meta:
-            continue
-        calls.append(
-            AgentCallSummary(
-                step_path=str(meta[md.STEP_PATH]),
-                model=str(meta[md.MODEL]),
-                model_source=str(meta[md.MODEL_SOURCE]),
-                requests=int(cast(int, meta[md.REQUESTS])),
-                input_tokens=int(cast(int, meta[md.INPUT_TOKENS])),
-                output_tokens=int(cast(int, meta[md.OUTPUT_TOKENS])),
-            )
-        )
-    return tuple(calls)
 
 
 def _is_wrapper(cls_name: str) -> bool:
@@ -203,7 +151,7 @@ def run_pipeline(
             success=result.success,
             context=context,
             error=_failure(result),
-            agent_calls=_agent_calls(result),
+            agent_calls=agent_calls(result.all_events),
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import overload
 
+from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Retry
 from flujo_dagster.interfaces import AgentLike, ModelLike
 
@@ -72,12 +73,18 @@ def agent_step(
     retry: Retry | None = None,
     timeout_s: float | None = None,
     inline: bool = False,
+    budget: Budget | None = None,
+    pool: str | None = None,
 ) -> AgentStep:
     """A step that runs a pydantic-ai `Agent`.
 
     `prompt` is a `str.format` template over keys ("Summarise {sources}") or a callable whose parameters are
     keys. The output goes to `output_key`, or to the key named like the step. `model` overrides the agent's
     model (`provider:model`); build agents with `defer_model_check=True` so no key is needed at import.
+    `budget` limits this step's spending (on top of the pipeline's); a budgeted step needs `max_tokens` in
+    its (or its agent's) model settings. `pool` names the Dagster concurrency pool of the step's op (default
+    `flujo/<provider>`, e.g. `flujo/openai`): set a limit on it (`dagster instance concurrency set flujo/openai
+    4`) to cap concurrent calls to a provider across runs; inline ops honour the same limit per process.
     """
     return AgentStep(
         name=name,
@@ -89,4 +96,6 @@ def agent_step(
         retry=retry if retry is not None else Retry(),
         timeout_s=timeout_s,
         inline=inline,
+        budget=budget,
+        pool=pool,
     )

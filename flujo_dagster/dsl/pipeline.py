@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.dsl.flow import flow_of_steps
 from flujo_dagster.dsl.keys import StepKeys, resolve_keys
 from flujo_dagster.dsl.steps import Step, StepsLike, as_steps
@@ -36,6 +37,7 @@ class Pipeline:
     steps: tuple[Step, ...]
     assets: tuple[str, ...] = field(default=())
     description: str | None = None
+    budget: Budget | None = None
 
     def __init__(
         self,
@@ -45,6 +47,7 @@ class Pipeline:
         steps: StepsLike,
         assets: Iterable[str] = (),
         description: str | None = None,
+        budget: Budget | None = None,
     ) -> None:
         if not (isinstance(context, type) and issubclass(context, BaseModel)):
             raise ConfigurationError(
@@ -56,6 +59,7 @@ class Pipeline:
         object.__setattr__(self, "steps", as_steps(steps))
         object.__setattr__(self, "assets", tuple(assets))
         object.__setattr__(self, "description", description)
+        object.__setattr__(self, "budget", budget)
         object.__setattr__(self, "_fields", {n: _annotation(i) for n, i in context.model_fields.items()})
         object.__setattr__(self, "_initial", None)
 
@@ -77,6 +81,7 @@ class Pipeline:
             steps=(*self.steps, *added),
             assets=assets,
             description=self.description,
+            budget=self.budget,
         )
 
     def __iter__(self) -> Iterator[Step]:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, TypeVar
 
+from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.interfaces import AgentLike, ModelLike
 
 __all__ = [
@@ -81,8 +82,25 @@ class AgentStep(Step):
     output_key: str | None = None
     model: str | ModelLike | None = None
     model_settings: Mapping[str, object] | None = None
+    budget: Budget | None = None
+    pool: str | None = None
 
     kind = "agent"
+
+    def pool_name(self) -> str | None:
+        """The Dagster concurrency pool of the step's op: `pool`, else `flujo/<provider>` of its model."""
+        if self.pool is not None:
+            return self.pool
+        model = self.model_id()
+        return f"flujo/{model.partition(':')[0]}" if model and ":" in model else None
+
+    def max_tokens(self) -> int | None:
+        """`max_tokens` from the step's model settings, else from the agent's own."""
+        for settings in (self.model_settings, getattr(self.agent, "model_settings", None)):
+            value = settings.get("max_tokens") if isinstance(settings, Mapping) else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
 
     def model_id(self) -> str | None:
         """The `provider:model` this step runs on when nothing overrides it, or None if unknown."""

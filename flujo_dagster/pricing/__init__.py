@@ -1,1 +1,44 @@
-"""Prices and budgets (issue 4). Empty for now: the walking skeleton reports tokens, not cost."""
+"""Prices and budgets (issue 4).
+
+The budget ledger: `BudgetLedger` (the protocol), `SqliteBudgetLedger` (the default) and `PostgresBudgetLedger`
+(extra `postgres`; loaded on first use, so psycopg2 is needed only by who uses it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from flujo_dagster.pricing.ledger import (
+    USD_NANOS,
+    BudgetLedger,
+    LedgerEntry,
+    Limits,
+    Reservation,
+    ScopeTotals,
+    Usage,
+    format_usd,
+)
+from flujo_dagster.pricing.ledger_sqlite import SqliteBudgetLedger
+
+if TYPE_CHECKING:
+    from flujo_dagster.pricing.ledger_postgres import PostgresBudgetLedger
+
+__all__ = [
+    "USD_NANOS",
+    "BudgetLedger",
+    "LedgerEntry",
+    "Limits",
+    "PostgresBudgetLedger",
+    "Reservation",
+    "ScopeTotals",
+    "SqliteBudgetLedger",
+    "Usage",
+    "format_usd",
+]
+
+
+def __getattr__(name: str) -> object:
+    if name == "PostgresBudgetLedger":
+        return importlib.import_module("flujo_dagster.pricing.ledger_postgres").PostgresBudgetLedger
+    raise AttributeError(f"module 'flujo_dagster.pricing' has no attribute {name!r}")

@@ -1,0 +1,105 @@
+"""What agent steps used and cost, read back from the output metadata in a run's event log (agent ops carry
+`flujo/...` keys; inline ops a per-step table), for `run_pipeline` and `flujo-dagster costs`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, cast
+
+from dagster import DagsterEvent, DagsterEventType, DagsterInstance, RunsFilter
+
+from flujo_dagster.adapter import metadata as md
+from flujo_dagster.errors import FlujoDagsterError
+
+__all__ = ["AgentCallSummary", "agent_calls", "run_costs"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentCallSummary:
+    """What one agent step used and cost, read back from its output metadata."""
+
+    step_path: str
+    model: str
+    model_source: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal = Decimal(0)
+    price_source: str = ""
+    run_id: str = ""
+
+    def render(self) -> str:
+        """One line: `digest > agent:draft: function:offline-digest (offline), 1 request(s), 50 input / 20
+        output tokens, $0.000052 (offline)`."""
+        return (
+            f"{self.step_path}: {self.model} ({self.model_source}), {self.requests} request(s), "
+            f"{self.input_tokens} input / {self.output_tokens} output tokens, ${self.cost_usd:.6f} "
+            f"({self.price_source or 'no price'})"
+        )
+
+
+def _summary(values: Mapping[str, Any], run_id: str) -> AgentCallSummary:
+    cost = values.get("cost_usd")
+    return AgentCallSummary(
+        step_path=str(values["path"]),
+        model=str(values["model"]),
+        model_source=str(values.get("model_source") or "unknown"),
+        requests=int(values["requests"]),
+        input_tokens=int(values["input_tokens"]),
+        output_tokens=int(values["output_tokens"]),
+        cost_usd=Decimal(str(cost)) if cost is not None else Decimal(0),
+        price_source=str(values.get("price_source") or ""),
+        run_id=run_id,
+    )
+
+
+def agent_calls(events: Iterable[DagsterEvent], run_id: str = "") -> tuple[AgentCallSummary, ...]:
+    """Every agent call in `events` (a run's step outputs), inline ones included, in event order."""
+    calls: list[AgentCallSummary] = []
+    for event in events:
+        if event.event_type != DagsterEventType.STEP_OUTPUT or event.step_output_data is None:
+            continue
+        meta = {k: v.value for k, v in event.step_output_data.metadata.items()}
+        for record in cast(list[dict[str, Any]], meta.get(md.STEPS_JSON) or []):
+            if record.get("model"):
+                calls.append(_summary(record, run_id))
+        if md.MODEL in meta:
+            calls.append(
+                _summary(
+                    {
+                        "path": meta[md.STEP_PATH],
+                        "model": meta[md.MODEL],
+                        "model_source": meta[md.MODEL_SOURCE],
+                        "requests": meta[md.REQUESTS],
+                        "input_tokens": meta[md.INPUT_TOKENS],
+                        "output_tokens": meta[md.OUTPUT_TOKENS],
+                        "cost_usd": meta.get(md.COST_USD),
+                        "price_source": meta.get(md.PRICE_SOURCE),
+                    },
+                    run_id,
+                )
+            )
+    return tuple(calls)
+
+
+def run_costs(run_id: str, instance: DagsterInstance) -> tuple[AgentCallSummary, ...]:
+    """The agent calls of run `run_id` and of every run of its re-execution group (a re-execution runs only
+    the steps that had not completed, so nothing is counted twice), oldest run first."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        raise FlujoDagsterError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
+    root = run.root_run_id or run.run_id
+    # not instance.get_run_group: it finds re-executions by a tag that execute_job's re-executions do not carry
+    records = [
+        r
+        for r in instance.get_run_records(filters=RunsFilter(job_name=run.job_name))
+        if r.dagster_run.run_id == root or r.dagster_run.root_run_id == root
+    ]
+    calls: list[AgentCallSummary] = []
+    for record in sorted(records, key=lambda r: r.create_timestamp):
+        logs = instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.STEP_OUTPUT)
+        events = (e.dagster_event for e in logs if e.dagster_event is not None)
+        calls.extend(agent_calls(events, record.dagster_run.run_id))
+    return tuple(calls)

@@ -1,0 +1,153 @@
+"""Budgets per model request: Reserve, Execute, Reconcile.
+
+`BudgetedModel` wraps the model an agent step runs on (pydantic-ai `WrapperModel`). Before each request it
+reserves the request's worst case in every budget that applies (the serialized request's UTF-8 bytes as an
+upper bound of its input tokens, plus its `max_tokens`, priced for the configured model); a reservation that
+would exceed a budget raises `UsageLimitExceededError` and the request never starts. After the response it
+replaces the reservations by the actual cost (priced for the model that answered); a failed request releases
+them. A response above its reservation (a provider ignoring `max_tokens`) is recorded as an overshoot, halts
+the budget's scope and fails the step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelResponse
+from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
+from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.settings import ModelSettings
+from pydantic_core import to_json
+
+from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.errors import ConfigurationError, UsageLimitExceededError
+from flujo_dagster.pricing.ledger import USD_NANOS, BudgetLedger, Limits, Reservation, Usage
+from flujo_dagster.pricing.prices import PriceBook, TokenUsage
+
+__all__ = ["BudgetContext", "BudgetedModel", "Guard", "guard_for", "nanos"]
+
+
+def nanos(usd: Decimal) -> int:
+    """US dollars as whole nano-dollars, rounded up (a reservation never undercounts)."""
+    return math.ceil(usd * USD_NANOS)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """One budget applied to a request: the ledger scope it charges and its limits."""
+
+    scope: str
+    limits: Limits
+
+
+def guard_for(budget: Budget, scope: str) -> Guard:
+    """The guard of `budget` charged to ledger scope `scope`."""
+    cost = None if budget.max_cost_usd is None else nanos(Decimal(budget.max_cost_usd))
+    return Guard(scope, Limits(max_usd_nanos=cost, max_tokens=budget.max_tokens))
+
+
+@dataclass(frozen=True)
+class BudgetContext:
+    """What an agent step's requests are charged to: the ledger, the budgets (guards) that apply, the run
+    recorded on each entry, and the prices."""
+
+    ledger: BudgetLedger
+    guards: tuple[Guard, ...]
+    run_id: str
+    prices: PriceBook
+
+
+class BudgetedModel(WrapperModel):
+    """`wrapped`, with every request reserved before it starts and reconciled after it ends."""
+
+    def __init__(self, wrapped: Model, *, budget: BudgetContext, path: str, configured: str, max_tokens: int) -> None:
+        super().__init__(wrapped)
+        self.budget = budget
+        self.path = path
+        self.configured = configured
+        self.max_tokens = max_tokens
+
+    def worst_case(self, messages: list[ModelMessage], parameters: ModelRequestParameters) -> Usage:
+        """The most one request may cost: its serialized size in bytes as input tokens plus `max_tokens`."""
+        size = len(ModelMessagesTypeAdapter.dump_json(messages)) + len(to_json(parameters))
+        pricing = self.budget.prices.require(self.configured, where=self.path)
+        cost = pricing.cost(TokenUsage(input_tokens=size, output_tokens=self.max_tokens))
+        return Usage(usd_nanos=nanos(cost), tokens=size + self.max_tokens)
+
+    def actual(self, response: ModelResponse) -> Usage:
+        """What `response` cost, priced for the model that answered it."""
+        provider = response.provider_name or self.configured.partition(":")[0]
+        pricing = self.budget.prices.require(f"{provider}:{response.model_name}", where=self.path)
+        usage = response.usage
+        tokens = TokenUsage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        )
+        return Usage(usd_nanos=nanos(pricing.cost(tokens)), tokens=usage.input_tokens + usage.output_tokens)
+
+    def reserve(self, amount: Usage) -> list[Reservation]:
+        """Reserve `amount` in every guard's scope, or none of them (`UsageLimitExceededError`)."""
+        held: list[Reservation] = []
+        try:
+            for guard in self.budget.guards:
+                held.append(
+                    self.budget.ledger.reserve(
+                        guard.scope, guard.limits, amount, run_id=self.budget.run_id, step=self.path
+                    )
+                )
+        except BaseException:
+            for reservation in held:
+                self.budget.ledger.release(reservation)
+            raise
+        return held
+
+    async def request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        settings = ModelSettings(**(model_settings or {}))
+        settings["max_tokens"] = min(settings.get("max_tokens", self.max_tokens), self.max_tokens)
+        held = self.reserve(self.worst_case(messages, model_request_parameters))
+        try:
+            response = await super().request(messages, settings, model_request_parameters)
+        except BaseException:
+            for reservation in held:
+                self.budget.ledger.release(reservation)
+            raise
+        try:
+            actual = self.actual(response)
+        except BaseException:
+            # the request was answered (and billed) but cannot be priced: keep the worst case as spent
+            for reservation in held:
+                self.budget.ledger.reconcile(reservation, Usage(reservation.usd_nanos, reservation.tokens))
+            raise
+        overshoots = [r for r in held if self.budget.ledger.reconcile(r, actual)]
+        if overshoots:
+            first = overshoots[0]
+            raise UsageLimitExceededError(
+                f"{self.path}: a response of {response.model_name!r} used {actual.tokens} tokens "
+                f"(${Decimal(actual.usd_nanos) / USD_NANOS}), more than the {first.tokens} tokens "
+                f"(${Decimal(first.usd_nanos) / USD_NANOS}) reserved for it (max_tokens={self.max_tokens}); recorded "
+                f"as an overshoot in budget scope(s) {', '.join(r.scope for r in overshoots)}, which now refuse "
+                "further requests. Check that the provider honours max_tokens."
+            )
+        return response
+
+    @asynccontextmanager
+    async def request_stream(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+        run_context: object = None,
+    ) -> AsyncIterator[StreamedResponse]:
+        raise ConfigurationError(f"{self.path}: streamed requests cannot be budgeted; run the agent without streaming")
+        yield  # pragma: no cover (an async generator: the raise above always happens first)

@@ -1,0 +1,82 @@
+"""Sixteen budgeted agent steps, one op each (`isolation="op"`), under the multiprocess executor: a
+reconstructable target for `execute_job` (each step process imports this module and rebuilds the jobs).
+
+The scripted model answers `branch i` with `OUTPUTS[i]` output tokens at $0.001 each: a request's worst case
+is exactly $2, and the budget is $20."""
+
+from __future__ import annotations
+
+import functools
+import os
+from decimal import Decimal
+
+import anyio
+from dagster import JobDefinition, multiprocess_executor
+from pydantic import BaseModel, create_model
+from pydantic_ai import Agent
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, UserPromptPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.usage import RequestUsage
+
+from flujo_dagster import AgentRuntime, Budget, Parallel, Pipeline, Price, agent_step, build_definitions
+from flujo_dagster.pricing import PostgresBudgetLedger
+
+BRANCHES, MAX_TOKENS = 16, 2_000
+BUDGET_USD = Decimal("20")
+OUTPUTS = [MAX_TOKENS - 7 * i * i for i in range(BRANCHES)]
+POSTGRES_URL = os.environ.get("FLUJO_TEST_POSTGRES_URL", "")
+
+
+async def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    prompt = next(p.content for m in messages for p in getattr(m, "parts", ()) if isinstance(p, UserPromptPart))
+    branch = int(str(prompt).split()[-1])
+    await anyio.sleep(0.2)  # overlap with the other step processes
+    usage = RequestUsage(input_tokens=40, output_tokens=OUTPUTS[branch])
+    return ModelResponse(parts=[TextPart(f"answer {branch}")], usage=usage)
+
+
+fields: dict[str, object] = {f"a{i}": (str, "") for i in range(BRANCHES)}
+Fan: type[BaseModel] = create_model("Fan", **fields)  # type: ignore[call-overload]
+agent = Agent("openai:gpt-5-mini", defer_model_check=True)
+branches = {
+    f"b{i}": [
+        agent_step(
+            f"ask{i}", agent, prompt=f"branch {i}", output_key=f"a{i}", model_settings={"max_tokens": MAX_TOKENS}
+        )
+    ]
+    for i in range(BRANCHES)
+}
+fan = Pipeline(
+    "fan_op",
+    context=Fan,
+    steps=[Parallel("all", branches=branches, isolation="op")],
+    budget=Budget(max_cost_usd=BUDGET_USD),
+)
+runtime = AgentRuntime(
+    model=FunctionModel(answer, model_name="metered"),
+    prices={"function:metered": Price(input_per_mtok=0, output_per_mtok=1_000)},
+)
+executor = multiprocess_executor.configured(
+    {"max_concurrent": BRANCHES, "start_method": {"forkserver": {"preload_modules": ["tests.budget_defs"]}}}
+)
+sqlite_defs = build_definitions(pipelines=[fan], resources={"agent_runtime": runtime}, executor=executor)
+
+
+def sqlite_job() -> JobDefinition:
+    """The fan-out charging the instance's SQLite ledger."""
+    return sqlite_defs.resolve_job_def("fan_op")
+
+
+@functools.cache
+def _postgres_job() -> JobDefinition:
+    ledger = PostgresBudgetLedger(POSTGRES_URL)
+    defs = build_definitions(
+        pipelines=[fan], resources={"agent_runtime": runtime, "budget_ledger": ledger}, executor=executor
+    )
+    return defs.resolve_job_def("fan_op")
+
+
+def postgres_job() -> JobDefinition:
+    """The fan-out charging the PostgreSQL ledger of FLUJO_TEST_POSTGRES_URL (built on first use in each
+    process: the ledger connects when it is made)."""
+    return _postgres_job()

@@ -1,0 +1,209 @@
+"""Budgets that cannot be overspent: every model request reserves its worst case in a ledger shared by every
+task and process before it starts, and is reconciled to its actual cost after it ends."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+
+import anyio
+import pytest
+from dagster import DagsterEventType, DagsterInstance, ReexecutionOptions, execute_job, reconstructable
+from pydantic import BaseModel, create_model
+from pydantic_ai import Agent
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, UserPromptPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.usage import RequestUsage
+
+from flujo_dagster import (
+    AgentRuntime,
+    Budget,
+    ConfigurationError,
+    Parallel,
+    Pipeline,
+    Price,
+    agent_step,
+    build_definitions,
+    run_pipeline,
+)
+from flujo_dagster.adapter.budgets import InstanceLedger
+from flujo_dagster.pricing import USD_NANOS, BudgetLedger, Limits, PostgresBudgetLedger, SqliteBudgetLedger, Usage
+from tests import budget_defs
+
+BRANCHES, MAX_TOKENS = 16, 2_000
+PRICE = Price(input_per_mtok=0, output_per_mtok=1_000)
+"""$0.001 per output token, input free: a request's worst case is exactly MAX_TOKENS x $0.001 = $2."""
+OUTPUTS = [MAX_TOKENS - 7 * i * i for i in range(BRANCHES)]
+"""Varied usage, some near max_tokens."""
+
+
+def prompt_of(messages: list[ModelMessage]) -> str:
+    return next(p.content for m in messages for p in getattr(m, "parts", ()) if isinstance(p, UserPromptPart))  # type: ignore[misc]
+
+
+def metered(calls: list[int], *, over: int = 0) -> FunctionModel:
+    """Answers `branch i` with OUTPUTS[i] (+ `over`) output tokens, after a short wait (so that every branch
+    reserves before any is reconciled)."""
+
+    async def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        branch = int(str(prompt_of(messages)).split()[-1])
+        calls.append(branch)
+        await anyio.sleep(0.05)
+        usage = RequestUsage(input_tokens=40, output_tokens=OUTPUTS[branch] + over)
+        return ModelResponse(parts=[TextPart(f"answer {branch}")], usage=usage)
+
+    return FunctionModel(answer, model_name="metered")
+
+
+def fan(budget: Budget, name: str = "fan") -> Pipeline:
+    fields: dict[str, object] = {f"a{i}": (str, "") for i in range(BRANCHES)}
+    context: type[BaseModel] = create_model("Fan", **fields)  # type: ignore[call-overload]
+    agent = Agent("openai:gpt-5-mini", defer_model_check=True)
+    settings = {"max_tokens": MAX_TOKENS}
+    branches = {
+        f"b{i}": [agent_step(f"ask{i}", agent, prompt=f"branch {i}", output_key=f"a{i}", model_settings=settings)]
+        for i in range(BRANCHES)
+    }
+    return Pipeline(name, context=context, steps=[Parallel("all", branches=branches)], budget=budget)
+
+
+def runtime(calls: list[int], **options: int) -> AgentRuntime:
+    return AgentRuntime(model=metered(calls, **options), prices={"function:metered": PRICE})
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger(request: pytest.FixtureRequest, instance: DagsterInstance) -> Iterator[BudgetLedger]:
+    """The instance's default SQLite ledger, or a PostgreSQL one (FLUJO_TEST_POSTGRES_URL; the test fails
+    when it is set and the server is unreachable)."""
+    if request.param == "sqlite":
+        yield InstanceLedger().for_instance(instance)
+        return
+    url = os.environ.get("FLUJO_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("FLUJO_TEST_POSTGRES_URL is not set")
+    postgres = PostgresBudgetLedger(url)
+    yield postgres
+    postgres.close()
+
+
+def test_parallel_branches_never_overspend_a_run_budget(instance: DagsterInstance, ledger: BudgetLedger) -> None:
+    calls: list[int] = []
+    budget = Budget(max_cost_usd=Decimal("20"))  # ten worst cases
+    resources = {"agent_runtime": runtime(calls), "budget_ledger": ledger}
+    result = run_pipeline(fan(budget), {}, instance=instance, resources=resources, log_level="CRITICAL")
+    assert not result.success
+    assert result.error is not None and "UsageLimitExceededError" in result.error, result.error
+    # ten requests could reserve their worst case; the other six never reached the model
+    assert len(calls) == 10
+    entries = ledger.entries(run_id=result.run_id)
+    assert sorted(e.state for e in entries) == ["reconciled"] * 10
+    assert all(e.actual is not None and e.actual.usd_nanos <= e.reserved.usd_nanos for e in entries)
+    totals = ledger.totals(f"run:{result.run_id}")
+    spent = sum(e.actual.usd_nanos for e in entries if e.actual is not None)
+    assert spent == sum(OUTPUTS[b] for b in calls) * USD_NANOS // 1000
+    assert (totals.spent_usd_nanos, totals.reserved_usd_nanos, totals.overshoots) == (spent, 0, 0)
+    assert spent <= 20 * USD_NANOS
+
+
+def test_budget_rules_when_the_definitions_load() -> None:
+    agent = Agent("openai:gpt-5-mini", defer_model_check=True)
+    fields: dict[str, object] = {"a": (str, "")}
+    context: type[BaseModel] = create_model("One", **fields)  # type: ignore[call-overload]
+    unbounded = Pipeline(
+        "one", context=context, steps=[agent_step("a", agent, prompt="hi")], budget=Budget(max_tokens=9)
+    )
+    with pytest.raises(ConfigurationError) as raised:
+        build_definitions(pipelines=[unbounded])
+    assert str(raised.value).splitlines()[1] == (
+        "  [BUDGET-001] error at one > agent:a: a budget applies to this agent step, but it sets no max_tokens, so "
+        "no request has a worst case to reserve. Hint: pass model_settings={'max_tokens': N} to agent_step (or set "
+        "it on the agent)"
+    )
+    small = Budget(max_cost_usd=Decimal("0.001"))
+    step = agent_step("a", agent, prompt="hi", model_settings={"max_tokens": 1_000}, budget=small)
+    with pytest.raises(ConfigurationError) as raised:
+        build_definitions(pipelines=[Pipeline("one", context=context, steps=[step])])
+    assert str(raised.value).splitlines()[1] == (
+        "  [BUDGET-002] error at one > agent:a: no request of this step can ever fit the run budget: "
+        "max_tokens=1000 output tokens alone cost $0.002 on openai:gpt-5-mini, more than the budget's "
+        "max_cost_usd=$0.001. Hint: raise the budget or lower max_tokens"
+    )
+
+
+def test_a_response_over_its_reservation_is_an_overshoot_that_stops_the_scope(
+    instance: DagsterInstance, ledger: BudgetLedger
+) -> None:
+    calls: list[int] = []
+    day = Budget(max_cost_usd=Decimal("1000"), scope="day")
+    name = f"over_{uuid.uuid4().hex[:8]}"  # a fresh per-day scope
+    resources = {"agent_runtime": runtime(calls, over=MAX_TOKENS), "budget_ledger": ledger}
+    first = run_pipeline(fan(day, name), {}, instance=instance, resources=resources, log_level="CRITICAL")
+    assert not first.success
+    assert first.error is not None and "recorded as an overshoot" in first.error
+    (scope,) = {e.scope for e in ledger.entries(run_id=first.run_id)}
+    assert scope.startswith(f"pipeline:{name}:day:")
+    totals = ledger.totals(scope)
+    assert totals.halted and totals.overshoots >= 1 and totals.reserved_usd_nanos == 0
+    calls.clear()
+    again = run_pipeline(fan(day, name), {}, instance=instance, resources=resources, log_level="CRITICAL")
+    assert not again.success and calls == []  # the halted scope lets no request start
+    assert again.error is not None and "UsageLimitExceededError" in again.error
+
+
+def test_the_default_ledger_is_a_sqlite_file_under_the_instance(instance: DagsterInstance) -> None:
+    ledger = InstanceLedger().for_instance(instance)
+    assert isinstance(ledger, SqliteBudgetLedger)
+    assert InstanceLedger().for_instance(instance) is ledger  # one per process and location
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_op_isolated_branches_in_separate_processes_never_overspend(instance: DagsterInstance, kind: str) -> None:
+    """Sixteen step processes (multiprocess executor, `isolation="op"`) share one $20 budget."""
+    if kind == "postgres" and not budget_defs.POSTGRES_URL:
+        pytest.skip("FLUJO_TEST_POSTGRES_URL is not set")
+    job = reconstructable(budget_defs.sqlite_job if kind == "sqlite" else budget_defs.postgres_job)
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    with execute_job(job, instance=instance, run_config=quiet, raise_on_error=False) as result:
+        run_id = result.run_id
+    ledger: BudgetLedger = (
+        InstanceLedger().for_instance(instance) if kind == "sqlite" else PostgresBudgetLedger(budget_defs.POSTGRES_URL)
+    )
+    entries = ledger.entries(run_id=run_id)
+    failures = instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)
+    refused = [f for f in failures if "UsageLimitExceededError" in str(f.dagster_event.step_failure_data)]  # type: ignore[union-attr]
+    # every step either reserved (and was reconciled) or was refused before its request started
+    assert len(entries) + len(refused) == budget_defs.BRANCHES, (len(entries), len(failures))
+    assert refused and len(failures) == len(refused)
+    assert all(e.state == "reconciled" for e in entries)
+    spent = sum(e.actual.usd_nanos for e in entries if e.actual is not None)
+    assert spent <= budget_defs.BUDGET_USD * USD_NANOS
+    totals = ledger.totals(f"run:{run_id}")
+    assert (totals.spent_usd_nanos, totals.reserved_usd_nanos) == (spent, 0)
+
+
+def test_a_reexecution_recovers_what_a_killed_process_left_reserved(instance: DagsterInstance) -> None:
+    """The first run fails (its budget refuses some branches); a reservation its killed process would have left
+    open is settled, counted at its reserved amount, when the run is re-executed from failure."""
+    job = reconstructable(budget_defs.sqlite_job)
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    with execute_job(job, instance=instance, run_config=quiet, raise_on_error=False) as first:
+        assert not first.success
+        parent = first.run_id
+    ledger = InstanceLedger().for_instance(instance)
+    scope = f"run:{parent}"
+    # what a step process killed between reserve and reconcile leaves behind
+    orphan = ledger.reserve(scope, Limits(), Usage(usd_nanos=7, tokens=3), run_id=parent, step="killed")
+    before = ledger.totals(scope)
+    assert before.reserved_usd_nanos == 7
+    options = ReexecutionOptions.from_failure(parent, instance)
+    with execute_job(job, instance=instance, reexecution_options=options, run_config=quiet, raise_on_error=False):
+        pass
+    (entry,) = [e for e in ledger.entries(run_id=parent) if e.id == orphan.id]
+    assert entry.state == "recovered" and entry.actual == Usage(usd_nanos=7, tokens=3)
+    after = ledger.totals(scope)
+    assert after.reserved_usd_nanos == 0
+    entries = ledger.entries(scope=scope)
+    assert after.spent_usd_nanos == sum(e.actual.usd_nanos for e in entries if e.actual is not None)
+    assert ledger.recover(parent) == 0  # never counted twice
