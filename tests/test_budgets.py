@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import anyio
@@ -28,7 +29,7 @@ from flujo_dagster import (
     build_definitions,
     run_pipeline,
 )
-from flujo_dagster.adapter.budgets import InstanceLedger
+from flujo_dagster.adapter.budgets import InstanceLedger, budget_day
 from flujo_dagster.pricing import USD_NANOS, BudgetLedger, Limits, PostgresBudgetLedger, SqliteBudgetLedger, Usage
 from tests import budget_defs
 
@@ -207,3 +208,18 @@ def test_a_reexecution_recovers_what_a_killed_process_left_reserved(instance: Da
     entries = ledger.entries(scope=scope)
     assert after.spent_usd_nanos == sum(e.actual.usd_nanos for e in entries if e.actual is not None)
     assert ledger.recover(parent) == 0  # never counted twice
+
+
+def test_the_day_of_a_per_day_budget(instance: DagsterInstance) -> None:
+    """A date partition's own day, else the scheduled time's date in the schedule's timezone, else the UTC day
+    the run was created."""
+    job = build_definitions(pipelines=[fan(Budget(max_tokens=10**9))]).resolve_job_def("fan")
+    created = instance.create_run_for_job(job)
+    today = datetime.now(UTC).date().isoformat()
+    assert budget_day(created, instance) == today
+    late = created.with_tags({**created.tags, ".dagster/scheduled_execution_time": "2026-03-01T23:30:00-08:00"})
+    assert budget_day(late, instance) == "2026-03-01"  # 07:30 UTC on March 2nd, but the schedule's day
+    backfill = late.with_tags({**late.tags, "dagster/partition": "2025-12-31"})
+    assert budget_day(backfill, instance) == "2025-12-31"
+    static = created.with_tags({**created.tags, "dagster/partition": "eu-west"})
+    assert budget_day(static, instance) == today

@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance
+from dagster import AssetKey, DagsterEventType, DagsterInstance
 from genai_prices import Usage, calc_price
 from pydantic import BaseModel
 from pydantic_ai import Agent
@@ -15,6 +15,8 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
+from definitions.digest import digest
+from definitions.offline import offline_runtime
 from flujo_dagster import (
     AgentRuntime,
     ConfigurationError,
@@ -178,3 +180,21 @@ def test_an_unpriced_answering_model_fails_the_step_on_its_first_attempt(instanc
     assert data.user_failure_data.metadata["flujo/error_class"].value == "PricingNotConfiguredError"
     assert data.error.cause.cls_name == "PricingNotConfiguredError"
     assert data.error.cause.message.strip() == f"flujo_dagster.errors.PricingNotConfiguredError: {message}"
+
+
+def test_asset_materializations_carry_the_cost_of_the_step_that_made_them(instance: DagsterInstance) -> None:
+    result = run_pipeline(
+        digest, {"topic": "agents"}, instance=instance, resources={"agent_runtime": offline_runtime()}
+    )
+    assert result.success, result.error
+    materializations = instance.all_logs(result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    (draft,) = [
+        e.dagster_event.event_specific_data.materialization  # type: ignore[union-attr]
+        for e in materializations
+        if e.dagster_event is not None and e.dagster_event.asset_key == AssetKey(["digest", "draft"])
+    ]
+    metadata = {k: v.value for k, v in draft.metadata.items()}
+    assert metadata["flujo/price_source"] == "offline"
+    assert metadata["flujo/model"] == "function:offline-digest"
+    (call,) = [c for c in result.agent_calls if c.step_path == "digest > agent:draft"]
+    assert metadata["flujo/cost_usd"] == pytest.approx(float(call.cost_usd)) and call.cost_usd > 0

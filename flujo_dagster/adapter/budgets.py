@@ -3,9 +3,11 @@ requests are charged to, and recovery of reservations left open by a killed step
 
 from __future__ import annotations
 
+import calendar
 import importlib
+import re
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRun, OpExecutionContext
@@ -22,6 +24,8 @@ from flujo_dagster.runtime.budget import BudgetContext, Guard, guard_for
 __all__ = ["BUDGET_LEDGER_KEY", "InstanceLedger", "budget_context", "budget_day", "run_scope"]
 
 BUDGET_LEDGER_KEY = "budget_ledger"
+PARTITION_TAG = "dagster/partition"
+_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:$|[T -])")
 SCHEDULED_TIME_TAG = ".dagster/scheduled_execution_time"
 """The tag Dagster puts on a scheduled run: the tick's time, ISO 8601 with the schedule's timezone."""
 
@@ -74,9 +78,24 @@ def ledger_of(resource: object, instance: DagsterInstance) -> BudgetLedger:
     )
 
 
+def _partition_day(key: str) -> date | None:
+    """The date a partition key starts with (`2026-11-26`, `2026-11-26-06:00`), or None for other keys."""
+    found = _DATE.match(key)
+    if found is None:
+        return None
+    year, month, day = (int(g) for g in found.groups())
+    if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+        return None
+    return date(year, month, day)
+
+
 def budget_day(run: DagsterRun, instance: DagsterInstance) -> str:
-    """The calendar day a run charges to a per-day budget: the scheduled time's date in the schedule's
-    timezone, else the date (UTC) its first run (before any re-execution) was created."""
+    """The calendar day a run charges to a per-day budget: a date partition's own day (a backfill charges each
+    partition's day), else the scheduled time's date in the schedule's timezone, else the date (UTC) its first
+    run (before any re-execution) was created."""
+    day = _partition_day(run.tags.get(PARTITION_TAG, ""))
+    if day is not None:
+        return day.isoformat()
     scheduled = run.tags.get(SCHEDULED_TIME_TAG)
     if scheduled:
         return datetime.fromisoformat(scheduled).date().isoformat()
