@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from flujo_dagster.dsl import (
     AgentStep,
+    Approval,
     Branch,
     Budget,
     FunctionStep,
@@ -67,6 +68,7 @@ _ADAPTER_NAMES = frozenset(
 __all__ = [
     "AgentRuntime",
     "AgentStep",
+    "Approval",
     "ApprovalError",
     "ApprovalRejectedError",
     "Branch",

@@ -15,10 +15,12 @@ import click
 from dagster import DagsterInstance, Definitions
 from pydantic import ValidationError
 
+from flujo_dagster.adapter.approvals import decide, pending
 from flujo_dagster.adapter.costs import run_costs
 from flujo_dagster.adapter.run import run_pipeline
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.errors import ConfigurationError, FlujoDagsterError
+from flujo_dagster.errors import ApprovalError, ConfigurationError, FlujoDagsterError
+from flujo_dagster.runtime.approvals import Verdict
 from flujo_dagster.runtime.values import adapter_for, from_json
 from flujo_dagster.validation import ValidationReport, validate
 
@@ -165,3 +167,63 @@ def costs_command(run_id: str) -> None:
     total = sum((c.cost_usd for c in calls), Decimal(0))
     tokens_in, tokens_out = sum(c.input_tokens for c in calls), sum(c.output_tokens for c in calls)
     click.echo(f"total: ${total:.6f}, {tokens_in} input / {tokens_out} output tokens, {len(calls)} agent step(s)")
+
+
+@main.command("pending")
+def pending_command() -> None:
+    """List the gates runs are parked at (DAGSTER_HOME's instance), with the commands to decide."""
+    with DagsterInstance.get() as instance:
+        waiting = pending(instance)
+    for gate in waiting:
+        who = ", ".join(gate.approvers) if gate.approvers is not None else "anyone"
+        click.echo(f"{gate.run_id}  {gate.gate}  {gate.path}  payload {gate.payload_hash[:12]}  approvers: {who}")
+    click.echo(f"{len(waiting)} pending approval(s)")
+
+
+def _decide(run_id: str, verdict: Verdict, gate: str | None, by: str, comment: str, values: dict[str, object]) -> None:
+    with DagsterInstance.get() as instance:
+        try:
+            decision = decide(
+                run_id, verdict=verdict, by=by, gate=gate, comment=comment, values=values, instance=instance
+            )
+        except ApprovalError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_USAGE)
+    click.echo(
+        f"recorded: {decision.verdict} by {decision.by} on run {run_id} (payload {decision.payload_hash[:12]}); "
+        "the flujo_approvals sensor resumes the run"
+    )
+
+
+def _values(pairs: tuple[str, ...]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise click.UsageError(f"--set {pair!r}: expected key=value")
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key] = text
+    return values
+
+
+@main.command("approve")
+@click.argument("run_id")
+@click.option("--gate", default=None, help="the gate (op name) when the run is parked at several")
+@click.option("--by", required=True, help="who approves")
+@click.option("--comment", default="")
+@click.option("--set", "edits", multiple=True, help="key=value: an edited value of a shown key")
+def approve_command(run_id: str, gate: str | None, by: str, comment: str, edits: tuple[str, ...]) -> None:
+    """Approve the gate RUN_ID is parked at."""
+    _decide(run_id, "approve", gate, by, comment, _values(edits))
+
+
+@main.command("reject")
+@click.argument("run_id")
+@click.option("--gate", default=None, help="the gate (op name) when the run is parked at several")
+@click.option("--by", required=True, help="who rejects")
+@click.option("--comment", required=True, help="why")
+def reject_command(run_id: str, gate: str | None, by: str, comment: str) -> None:
+    """Reject the gate RUN_ID is parked at."""
+    _decide(run_id, "reject", gate, by, comment, {})

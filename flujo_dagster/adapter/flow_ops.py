@@ -39,6 +39,7 @@ __all__ = [
     "DECISION_OUTPUT",
     "EXIT_OUTPUT",
     "CONTINUE_OUTPUT",
+    "DONE_OUTPUT",
     "Producer",
     "arm_output",
     "branch_join_op",
@@ -60,10 +61,15 @@ DONE_OUTPUT = "flujo_done"
 """A `Nothing` output for ops that write no key: Dagster refuses graph-asset leaf ops without outputs."""
 
 
-def _outs_or_done(pipeline: Pipeline, wiring: StepWiring, optional: frozenset[str]) -> dict[str, Out]:
-    if not wiring.writes:
-        return {DONE_OUTPUT: Out(Nothing)}
-    return outs_for(pipeline, wiring.writes, optional)
+def _outs_or_done(
+    pipeline: Pipeline, wiring: StepWiring, optional: frozenset[str], *, done: bool = False
+) -> dict[str, Out]:
+    """The outputs of the keys written; `flujo_done` too when the op writes no key or `done` (a join after a
+    construct holding an approval gate: the steps after it wait for this output)."""
+    outs = outs_for(pipeline, wiring.writes, optional)
+    if done or not wiring.writes:
+        outs[DONE_OUTPUT] = Out(Nothing)
+    return outs
 
 
 def arm_output(index: int) -> str:
@@ -188,20 +194,21 @@ def branch_join_op(
     arms: Sequence[Mapping[str, Producer | None]],
     *,
     step_key: Callable[[str], str],
+    done: bool = False,
 ) -> OpDefinition:
     """After a branch: forwards each key the arms write from the producer on the taken arm."""
 
     def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
         taken = arms[labels.index(inputs[DECISION_OUTPUT])]
         yield from _forward(pipeline, _Reader(context, step_key), taken)
-        if not wiring.writes:
+        if done or not wiring.writes:
             yield Output(None, DONE_OUTPUT)
 
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
         ins={DECISION_OUTPUT: In(str), AFTER_INPUT: In(Nothing)},
-        outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes)),
+        outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes), done=done),
         required_resource_keys={IO_MANAGER_KEY},
         description=f"joins branch {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
         tags={md.KIND: "join", md.STEP_PATH: wiring.path},
@@ -241,6 +248,7 @@ def loop_join_op(
     iterations: Sequence[Mapping[str, Producer | None]],
     *,
     step_key: Callable[[str], str],
+    done: bool = False,
 ) -> OpDefinition:
     """After a loop: forwards the keys the body writes from the iteration that exited."""
 
@@ -248,14 +256,14 @@ def loop_join_op(
         reader = _Reader(context, step_key)
         exited = next(i for i, gate in enumerate(exits) if reader.exists(gate))
         yield from _forward(pipeline, reader, iterations[exited])
-        if not wiring.writes:
+        if done or not wiring.writes:
             yield Output(None, DONE_OUTPUT)
 
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
         ins={AFTER_INPUT: In(Nothing)},
-        outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes)),
+        outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes), done=done),
         required_resource_keys={IO_MANAGER_KEY},
         description=f"joins loop {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
         tags={md.KIND: "join", md.STEP_PATH: wiring.path},

@@ -11,10 +11,12 @@ from dagster import DependencyDefinition, GraphDefinition, MultiDependencyDefini
 # tests/test_map_op.py). Building the graph from dependency dicts keeps step keys and names flat and ours.
 from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
 
+from flujo_dagster.adapter.approval_ops import APPROVED_OUTPUT, approval_op
 from flujo_dagster.adapter.flow_ops import (
     AFTER_INPUT,
     CONTINUE_OUTPUT,
     DECISION_OUTPUT,
+    DONE_OUTPUT,
     EXIT_OUTPUT,
     Producer,
     arm_output,
@@ -28,6 +30,7 @@ from flujo_dagster.adapter.flow_ops import (
 from flujo_dagster.adapter.map_ops import ITEM_OUTPUT, RESULTS_INPUT, collect_op, fanout_op
 from flujo_dagster.adapter.naming import CONTEXT_OP, INPUTS_OP, READY_OUTPUT, io_name, op_name
 from flujo_dagster.adapter.ops import GATE_INPUT, StepWiring, inputs_op, step_op
+from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel, runs_in_one_op
 from flujo_dagster.dsl.flow import callable_reads, flow_of, flow_of_steps
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -67,6 +70,7 @@ class _Builder:
         self.regions: list[str] = []
         self.regions_of: dict[str, tuple[str, ...]] = {}
         self.before_gate: dict[str, dict[Producer, None]] = {}
+        self.fan_in: dict[str, list[Producer]] = {}
         self.in_fanout = False  # inside the body of a Map expanded with isolation="op"
 
     # -- wiring helpers -----------------------------------------------------------------------------------
@@ -98,7 +102,8 @@ class _Builder:
         if gate is not None:
             deps[GATE_INPUT] = DependencyDefinition(*gate)
         if fan_in:
-            deps[AFTER_INPUT] = MultiDependencyDefinition([DependencyDefinition(*p) for p in dict.fromkeys(fan_in)])
+            self.fan_in[node] = list(dict.fromkeys(fan_in))
+            deps[AFTER_INPUT] = MultiDependencyDefinition([DependencyDefinition(*p) for p in self.fan_in[node]])
         collected = collected or {}
         deps.update({name: DynamicCollectDependencyDefinition(*p) for name, p in collected.items()})
         self.g.defs[node] = definition
@@ -151,23 +156,43 @@ class _Builder:
     # -- one rule per node kind ---------------------------------------------------------------------------
     def steps(
         self, steps: Sequence[Step], live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None
-    ) -> None:
+    ) -> Producer | None:
+        """Expand a sequence. Returns the gate in force at its end: after an approval gate (or the join of a
+        construct holding one) every later step of the sequence waits for it, as a region of that op."""
+        depth = len(self.regions)
         for step in steps:
             here = f"{path} > {step.kind}:{step.name}"
+            after: Producer | None = None
             if runs_in_one_op(step, in_fanout=self.in_fanout):
                 self.inline(step, live, prefix, here, path, gate)
+            elif isinstance(step, Approval):
+                after = (self.approval(step, live, prefix, here, gate), APPROVED_OUTPUT)
             elif isinstance(step, Map):
                 self.fanout(step, live, prefix, here, gate)
             elif isinstance(step, Loop):
-                self.loop(step, live, prefix, here, gate)
+                after = self.loop(step, live, prefix, here, gate)
             elif isinstance(step, Branch):
-                self.branch(step, live, prefix, here, gate)
+                after = self.branch(step, live, prefix, here, gate)
             elif isinstance(step, Parallel):
                 self.parallel(step, live, prefix, here, gate)
             elif isinstance(step, Group):
-                self.steps(step.steps, live, (*prefix, step.name), here, gate)
+                tail = self.steps(step.steps, live, (*prefix, step.name), here, gate)
+                after = tail if tail != gate else None
             else:
                 self.leaf(step, live, prefix, here, gate)
+            if after is not None:
+                gate = after
+                self.region(after[0])
+        del self.regions[depth:]
+        return gate
+
+    def approval(self, step: Approval, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> str:
+        node = op_name(*prefix, step.name)
+        wiring = self.wiring(node, path, step.show, step.show, split=True, gated=gate is not None)
+        data = {io_name(k): self.must(k, live, path) for k in step.show}
+        self.add(node, approval_op(self.p, step, wiring), data, gate)
+        live.update({k: (node, io_name(k)) for k in step.show})
+        return node
 
     def leaf(self, step: Step, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
         keys = self.p.keys_of(step)
@@ -195,7 +220,9 @@ class _Builder:
         self.add(node, inline_op(self.p, step, wiring, parent), data, gate)
         live.update({k: (node, io_name(k)) for k in writes})
 
-    def branch(self, branch: Branch, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
+    def branch(
+        self, branch: Branch, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None
+    ) -> Producer | None:
         reads = (branch.on,) if isinstance(branch.on, str) else callable_reads(branch.on)
         router = op_name(*prefix, branch.name)
         wiring = self.wiring(router, path, reads, (), gated=gate is not None)
@@ -203,15 +230,19 @@ class _Builder:
         arms = branch.arms()
         written = self.ordered(frozenset().union(*(flow_of_steps(s, self.fields).may for _, s in arms)))
         arm_producers: list[dict[str, Producer | None]] = []
+        tails: list[Producer] = []  # approval gates (or joins holding one) the arms end behind
         for index, (_, steps) in enumerate(arms):
             arm_live = dict(live)
             self.region(router)
-            self.steps(steps, arm_live, (*prefix, branch.name), path, (router, arm_output(index)))
+            arm_gate = (router, arm_output(index))
+            tail = self.steps(steps, arm_live, (*prefix, branch.name), path, arm_gate)
             self.regions.pop()
+            if tail is not None and tail != arm_gate:
+                tails.append(tail)
             arm_producers.append({k: self.resolve(k, arm_live) for k in written})
         join = op_name(*prefix, branch.name, "flujo_join")
         sources = self.frontier(
-            [(router, DECISION_OUTPUT)], [p for arm in arm_producers for p in arm.values() if p is not None]
+            [(router, DECISION_OUTPUT), *tails], [p for arm in arm_producers for p in arm.values() if p is not None]
         )
         op = branch_join_op(
             self.p,
@@ -219,19 +250,27 @@ class _Builder:
             [label for label, _ in arms],
             arm_producers,
             step_key=self.step_key,
+            done=bool(tails),
         )
         self.add(join, op, {DECISION_OUTPUT: (router, DECISION_OUTPUT)}, None, sources)
         live.update({k: (join, io_name(k)) for k in written})
+        return (join, DONE_OUTPUT) if tails else None
 
-    def loop(self, loop: Loop, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
+    def loop(
+        self, loop: Loop, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None
+    ) -> Producer | None:
         written = self.ordered(flow_of_steps(loop.body, self.fields).may)
         reads = callable_reads(loop.until)
         exits: list[Producer] = []
         snapshots: list[dict[str, Producer | None]] = []
         depth = len(self.regions)
+        held = False  # the body holds an approval gate
         for i in range(1, loop.max_iterations + 1):
             here = (*prefix, loop.name, f"i{i}")
-            self.steps(loop.body, live, here, f"{path} > i{i}", gate)
+            tail = self.steps(loop.body, live, here, f"{path} > i{i}", gate)
+            if tail is not None and tail != gate:
+                held, gate = True, tail  # the iteration's gate op waits for the approval
+                self.region(tail[0])
             until = op_name(*here, "flujo_until")
             wiring = self.wiring(until, f"{path} > i{i}", reads, (), gated=gate is not None)
             data = {io_name(k): self.must(k, live, path) for k in reads}
@@ -242,10 +281,13 @@ class _Builder:
             self.region(until)  # iteration i + 1 and the ones after it
         del self.regions[depth:]
         join = op_name(*prefix, loop.name, "flujo_join")
-        op = loop_join_op(self.p, self.wiring(join, path, (), written), exits, snapshots, step_key=self.step_key)
+        op = loop_join_op(
+            self.p, self.wiring(join, path, (), written), exits, snapshots, step_key=self.step_key, done=held
+        )
         sources = self.frontier(exits, [p for snap in snapshots for p in snap.values() if p is not None])
         self.add(join, op, {}, None, sources)
         live.update({k: (join, io_name(k)) for k in written})
+        return (join, DONE_OUTPUT) if held else None
 
     def fanout(self, node: Map, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
         fan = op_name(*prefix, node.name)
@@ -299,8 +341,9 @@ class _Builder:
         self.g.upstream[CONTEXT_OP] = [ready, *final.values()]  # lineage: the context holds every key
         for gate, producers in self.before_gate.items():
             sources = [p for p in producers if p not in self.g.upstream[gate]]
-            if sources:
-                self.g.deps[gate][AFTER_INPUT] = MultiDependencyDefinition([DependencyDefinition(*p) for p in sources])
+            if sources:  # added to the gate's own fan-in (a join's), if it has one
+                merged = [*self.fan_in.get(gate, ()), *sources]
+                self.g.deps[gate][AFTER_INPUT] = MultiDependencyDefinition([DependencyDefinition(*p) for p in merged])
         self.g.live = final
         return self.g
 

@@ -1,5 +1,6 @@
 """The pure pipeline DSL. Imports neither dagster nor pydantic_ai."""
 
+from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.decorators import agent_step, step
@@ -10,6 +11,7 @@ from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Retry, Step, StepSe
 
 __all__ = [
     "AgentStep",
+    "Approval",
     "Branch",
     "Budget",
     "Flow",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step, remembered
 
 __all__ = ["StepKeys", "annotations_of", "parameter_names", "resolve_keys", "return_annotation", "template_fields"]
@@ -128,4 +129,6 @@ def _resolve_keys(step: Step, fields: Mapping[str, object]) -> StepKeys:
         else:
             reads = parameter_names(step.prompt)
         return StepKeys(reads=reads, writes=(step.output_key or step.name,))
+    if isinstance(step, Approval):  # the shown keys pass through the gate (approved edits replace them)
+        return StepKeys(reads=step.show, writes=step.show, split=True)
     raise TypeError(f"no key rule for step kind {type(step).__name__}")

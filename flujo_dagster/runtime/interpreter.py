@@ -12,11 +12,12 @@ from typing import Protocol
 
 import anyio
 
+from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.flow import callable_reads, flow_of_steps
 from flujo_dagster.dsl.keys import resolve_keys
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
-from flujo_dagster.errors import ControlFlowError, FlujoDagsterError, ParallelBranchError
+from flujo_dagster.errors import ConfigurationError, ControlFlowError, FlujoDagsterError, ParallelBranchError
 from flujo_dagster.runtime.agents import AgentCall
 from flujo_dagster.runtime.calls import call_function_step, with_timeout
 from flujo_dagster.runtime.prompts import render_prompt
@@ -116,6 +117,7 @@ class Interpreter:
             Parallel: self._parallel,
             Map: self._map,
             Group: self._group,
+            Approval: self._approval,
         }
 
     async def run(self, steps: Sequence[Step], state: State, path: str) -> None:
@@ -156,6 +158,12 @@ class Interpreter:
                 continue
             self._report(replace(record, duration_s=time.perf_counter() - start, attempts=attempt))
             return
+
+    async def _approval(self, step: Step, state: State, path: str) -> None:
+        raise ConfigurationError(
+            f"approval gate {path} cannot run inside one op (it could not pause and resume there); validation "
+            "refuses this placement (HITL-NESTED-001)"
+        )
 
     async def _function(self, step: Step, state: State, path: str) -> None:
         assert isinstance(step, FunctionStep)

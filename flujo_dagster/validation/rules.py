@@ -11,6 +11,7 @@ from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.keys import annotations_of, resolve_keys, return_annotation
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
+from flujo_dagster.validation.approvals import rule_approvals
 from flujo_dagster.validation.findings import Finding
 from flujo_dagster.validation.keyflow import rule_keys
 from flujo_dagster.validation.names import DAGSTER_RESERVED_NAMES, io_name
@@ -225,4 +226,4 @@ def rule_agents(pipeline: Pipeline) -> Iterator[Finding]:
             )
 
 
-RULES: tuple[Rule, ...] = (rule_names, rule_keys, rule_types, rule_agents, rule_scale)
+RULES: tuple[Rule, ...] = (rule_names, rule_keys, rule_types, rule_agents, rule_scale, rule_approvals)

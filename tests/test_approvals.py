@@ -1,0 +1,177 @@
+"""Approval gates: a run parks at a gate (run tags, no worker held), a decision is a run tag bound to the shown
+values, and the resume re-executes from failure without running any completed step or model request again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, execute_job, reconstructable
+from pydantic import BaseModel
+
+from flujo_dagster import (
+    Approval,
+    ConfigurationError,
+    Loop,
+    Map,
+    Parallel,
+    Pipeline,
+    build_definitions,
+    load_final_context,
+    step,
+)
+from flujo_dagster.adapter.approvals import decide, pending, resume
+from flujo_dagster.runtime.approvals import DECISION_PREFIX
+from tests.approval_defs import REQUEST_LOG, Post, gated, gated_job, looped, looped_job
+from tests.test_cli import run as run_cli
+
+INPUTS = {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "otters"}}}}}
+
+
+@pytest.fixture
+def requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    log = tmp_path / "requests.log"
+    log.touch()
+    monkeypatch.setenv(REQUEST_LOG, str(log))
+    yield log
+
+
+def started(instance: DagsterInstance, run_id: str) -> list[str]:
+    return [e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START) if e.step_key]
+
+
+def park(job_fn: object, instance: DagsterInstance) -> str:
+    with execute_job(reconstructable(job_fn), instance=instance, run_config=INPUTS, raise_on_error=False) as first:
+        assert not first.success
+        return first.run_id
+
+
+def test_a_run_parks_at_the_gate_and_resumes_after_approval_without_repeating_work(
+    instance: DagsterInstance, requests: Path
+) -> None:
+    parked = park(gated_job, instance)
+    run = instance.get_run_by_id(parked)
+    assert run is not None and run.status == DagsterRunStatus.FAILURE
+    assert run.tags["flujo/awaiting/review"] == "pending" and run.tags["flujo/parked"] == "true"
+    assert run.tags["dagster/retry_on_asset_or_op_failure"] == "false"
+    assert "publish" not in started(instance, parked)
+    (waiting,) = pending(instance)
+    assert (waiting.run_id, waiting.gate, waiting.path) == (parked, "review", "gated > approval:review")
+    assert requests.read_text().splitlines() == ["Write about otters"]
+
+    decide(parked, verdict="approve", by="ana", comment="fine", values={"draft": "edited draft"}, instance=instance)
+    resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
+    assert resume(parked, job=reconstructable(gated_job), instance=instance) == resumed  # exactly once
+    assert instance.get_run_by_id(resumed).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
+    assert set(started(instance, resumed)) == {"review", "publish", "flujo_context"}
+    assert requests.read_text().splitlines() == ["Write about otters"]  # the model was not asked again
+    context = load_final_context(gated, resumed, instance=instance)
+    assert context == Post(topic="otters", draft="edited draft", published="published: edited draft")
+    assert pending(instance) == []
+    assert instance.get_run_by_id(parked).tags["flujo/awaiting/review"] == "resumed"  # type: ignore[union-attr]
+
+
+def test_a_rejection_fails_the_resumed_run_naming_who_and_why(instance: DagsterInstance, requests: Path) -> None:
+    parked = park(gated_job, instance)
+    decide(parked, verdict="reject", by="bo", comment="off topic", instance=instance)
+    resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
+    (failure,) = instance.all_logs(resumed, of_type=DagsterEventType.STEP_FAILURE)
+    data = failure.dagster_event.step_failure_data  # type: ignore[union-attr]
+    assert data.user_failure_data.metadata["flujo/error_class"].value == "ApprovalRejectedError"
+    assert "gated > approval:review: rejected by bo at " in data.error.message
+    assert data.error.message.rstrip().endswith(": off topic")
+    assert "publish" not in started(instance, resumed)
+
+
+def test_a_decision_for_other_content_is_ignored_and_the_run_parks_again(
+    instance: DagsterInstance, requests: Path
+) -> None:
+    parked = park(gated_job, instance)
+    forged = '{"verdict":"approve","by":"eve","payload_hash":"0000","values":{}}'
+    instance.add_run_tags(parked, {DECISION_PREFIX + "review": forged})
+    resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
+    run = instance.get_run_by_id(resumed)
+    assert run is not None and run.status == DagsterRunStatus.FAILURE
+    assert run.tags.get("flujo/awaiting/review") == "pending"  # parked again, by the resumed run's gate
+    warnings = [e.user_message for e in instance.all_logs(resumed) if "ignored the decision" in e.user_message]
+    assert warnings and "it was made for payload 0000" in warnings[0]
+
+
+def test_a_gate_in_a_branch_inside_a_loop_pauses_and_resumes(instance: DagsterInstance, requests: Path) -> None:
+    """Flujo's lost case: its nested gate was skipped on resume and lost data."""
+    parked = park(looped_job, instance)
+    (waiting,) = pending(instance)
+    assert waiting.gate == "refine__i2__check__sign_off"
+    assert waiting.path == "looped > loop:refine > i2 > branch:check > approval:sign_off"
+    decide(parked, verdict="approve", by="ana", instance=instance)
+    resumed = resume(parked, job=reconstructable(looped_job), instance=instance)
+    assert instance.get_run_by_id(resumed).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
+    assert "write" not in started(instance, resumed) and "refine__i1__tick" not in started(instance, resumed)
+    assert requests.read_text().splitlines() == ["Write about otters"]
+    context = load_final_context(looped, resumed, instance=instance)
+    assert context == Post(
+        topic="otters", draft="draft about otters", rounds=2, published="published: draft about otters"
+    )
+
+
+class Small(BaseModel):
+    a: int = 0
+    xs: list[int] = []
+    ys: list[int] = []
+
+
+@pytest.mark.parametrize(
+    ("where", "expected_path", "message"),
+    [
+        (
+            "inline_loop",
+            "p > loop:l > approval:g",
+            "this approval gate could not pause and resume: p > loop:l runs in one op, so resuming would run the "
+            "whole op again and repeat its model calls.",
+        ),
+        (
+            "parallel",
+            "p > parallel:par > approval:g",
+            "this approval gate could not pause and resume: gates inside a parallel (p > parallel:par) are not "
+            "supported yet.",
+        ),
+        (
+            "map",
+            "p > map:m > approval:g",
+            "this approval gate could not pause and resume: gates inside a map (p > map:m) are not supported yet.",
+        ),
+    ],
+)
+def test_gates_where_a_run_could_not_resume_are_refused(where: str, expected_path: str, message: str) -> None:
+    gate = Approval("g", show=["a"])
+    bump = step(name="bump", output_keys=["a"])(lambda a: a + 1)
+    node = {
+        "inline_loop": Loop("l", body=[bump, gate], until=lambda a: True, max_iterations=1, inline=True),
+        "parallel": Parallel("par", branches={"one": [bump, gate]}),
+        "map": Map("m", over="xs", item="a", body=[gate], result="a", into="ys"),
+    }[where]
+    with pytest.raises(ConfigurationError) as raised:
+        build_definitions(pipelines=[Pipeline("p", context=Small, steps=[node])])
+    (finding,) = [f for f in raised.value.findings if f.code == "HITL-NESTED-001"]
+    assert (finding.path, finding.message) == (expected_path, message)
+
+
+def test_the_cli_lists_pending_gates_and_records_decisions(
+    instance: DagsterInstance, dagster_home: Path, requests: Path
+) -> None:
+    parked = park(gated_job, instance)
+    listed = run_cli("pending", home=dagster_home)
+    assert listed.returncode == 0, listed.stderr
+    digest = pending(instance)[0].payload_hash[:12]
+    assert listed.stdout.splitlines() == [
+        f"{parked}  review  gated > approval:review  payload {digest}  approvers: anyone",
+        "1 pending approval(s)",
+    ]
+    wrong = run_cli("approve", parked, "--gate", "nope", "--by", "ana", home=dagster_home)
+    assert wrong.returncode == 2 and f"run {parked} is not parked at gate 'nope'; parked at: review" in wrong.stderr
+    approved = run_cli("approve", parked, "--by", "ana", "--set", "draft=short", home=dagster_home)
+    assert approved.returncode == 0, approved.stderr
+    resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
+    context = load_final_context(gated, resumed, instance=instance)
+    assert context.published == "published: short"  # type: ignore[attr-defined]
