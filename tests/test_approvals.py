@@ -7,11 +7,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, execute_job, reconstructable
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    build_sensor_context,
+    execute_job,
+    reconstructable,
+)
 from pydantic import BaseModel
 
 from flujo_dagster import (
     Approval,
+    ApprovalError,
     ConfigurationError,
     Loop,
     Map,
@@ -24,6 +33,7 @@ from flujo_dagster import (
 from flujo_dagster.adapter.approvals import decide, pending, resume
 from flujo_dagster.runtime.approvals import DECISION_PREFIX
 from tests.approval_defs import REQUEST_LOG, Post, gated, gated_job, looped, looped_job
+from tests.fixtures.invalid_pipeline import broken, valid
 from tests.test_cli import run as run_cli
 
 INPUTS = {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "otters"}}}}}
@@ -84,18 +94,22 @@ def test_a_rejection_fails_the_resumed_run_naming_who_and_why(instance: DagsterI
     assert "publish" not in started(instance, resumed)
 
 
-def test_a_decision_for_other_content_is_ignored_and_the_run_parks_again(
-    instance: DagsterInstance, requests: Path
-) -> None:
+def test_decisions_that_do_not_count_leave_the_run_parked(instance: DagsterInstance, requests: Path) -> None:
     parked = park(gated_job, instance)
     forged = '{"verdict":"approve","by":"eve","payload_hash":"0000","values":{}}'
     instance.add_run_tags(parked, {DECISION_PREFIX + "review": forged})
+    with pytest.raises(ApprovalError, match=f"run {parked} has no decision for the gates it is parked at"):
+        resume(parked, job=reconstructable(gated_job), instance=instance)  # made for other content
+    # bound to the right content, but its edit does not validate: the gate ignores it, logs why, parks again
+    decide(parked, verdict="approve", by="ana", values={"draft": 123}, instance=instance)
     resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
     run = instance.get_run_by_id(resumed)
     assert run is not None and run.status == DagsterRunStatus.FAILURE
-    assert run.tags.get("flujo/awaiting/review") == "pending"  # parked again, by the resumed run's gate
+    assert run.tags.get("flujo/awaiting/review") == "pending"
     warnings = [e.user_message for e in instance.all_logs(resumed) if "ignored the decision" in e.user_message]
-    assert warnings and "it was made for payload 0000" in warnings[0]
+    assert warnings and "its edited values do not validate" in warnings[0]
+    assert resume(parked, job=reconstructable(gated_job), instance=instance) == resumed  # no second resume
+    assert [p.run_id for p in pending(instance)] == [resumed]
 
 
 def test_a_gate_in_a_branch_inside_a_loop_pauses_and_resumes(instance: DagsterInstance, requests: Path) -> None:
@@ -175,3 +189,46 @@ def test_the_cli_lists_pending_gates_and_records_decisions(
     resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
     context = load_final_context(gated, resumed, instance=instance)
     assert context.published == "published: short"  # type: ignore[attr-defined]
+
+
+def test_the_decide_job_records_a_decision_from_launchpad_config(instance: DagsterInstance, requests: Path) -> None:
+    parked = park(gated_job, instance)
+    decide_job = build_definitions(pipelines=[gated]).resolve_job_def("flujo_decide")
+    config = {"run_id": parked, "decision": "approve", "by": "ana", "comment": "ok from the Launchpad"}
+    result = decide_job.execute_in_process(run_config={"ops": {"flujo_decide": {"config": config}}}, instance=instance)
+    assert result.success
+    resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
+    assert instance.get_run_by_id(resumed).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
+    bad = {**config, "run_id": resumed}  # not parked
+    failed = decide_job.execute_in_process(
+        run_config={"ops": {"flujo_decide": {"config": bad}}}, instance=instance, raise_on_error=False
+    )
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.is_step_failure]
+    error = str(failure.step_failure_data.error)  # type: ignore[union-attr]
+    assert f"ApprovalError: run {resumed} is parked at 0 gates (none)" in error
+    plain = build_definitions(pipelines=[Pipeline("plain", context=Small, steps=[])])
+    assert "flujo_decide" not in {j.name for j in plain.resolve_all_job_defs()}  # only with gates
+
+
+def test_quarantine_leaves_invalid_pipelines_out_and_a_sensor_reports_them(instance: DagsterInstance) -> None:
+    defs = build_definitions(pipelines=[valid, broken], on_invalid="quarantine")
+    jobs = {j.name for j in defs.resolve_all_job_defs()}
+    assert "valid" in jobs and "broken" not in jobs
+    sensor = defs.resolve_sensor_def("flujo_validation")
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
+    with pytest.raises(ConfigurationError) as raised:
+        sensor(build_sensor_context(instance=instance, definitions=defs))
+    message = str(raised.value)
+    assert message.startswith("flujo_dagster left 1 invalid pipeline(s) out of this code location (broken)")
+    assert "[V-CTX2] error at broken > step:outline: reads unknown key 'topik'" in message
+    with pytest.raises(ConfigurationError):
+        build_definitions(pipelines=[valid, broken])  # raise stays the default
+
+
+def test_options_not_built_yet_are_refused_rather_than_ignored() -> None:
+    gate = Approval("g", show=["a"], quorum=2, escalate_to=["lead"])
+    with pytest.raises(ConfigurationError) as raised:
+        build_definitions(pipelines=[Pipeline("p", context=Small, steps=[gate])])
+    (finding,) = [f for f in raised.value.findings if f.code == "HITL-UNSUPPORTED-001"]
+    assert finding.message == "quorum=2, escalate_to=['lead'] is not supported yet: the gate would silently ignore it."

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dagster import DagsterInstance, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job
 
 from flujo_dagster.adapter.approval_ops import PARKED_TAG
 from flujo_dagster.errors import ApprovalError
@@ -22,7 +22,7 @@ from flujo_dagster.runtime.approvals import (
 if TYPE_CHECKING:  # what `dagster.reconstructable(...)` returns; not exported by name
     from dagster._core.definitions.reconstruct import ReconstructableJob
 
-__all__ = ["PendingApproval", "decide", "pending", "resume"]
+__all__ = ["PendingApproval", "Resumable", "decide", "pending", "resumable", "resume", "resume_plan"]
 
 RESUME_KEY_TAG = "flujo/resume_key"
 PARENT_TAG, ROOT_TAG = "dagster/parent_run_id", "dagster/root_run_id"
@@ -109,24 +109,78 @@ def decide(
     return decision
 
 
+@dataclass(frozen=True)
+class Resumable:
+    """A parked run with a decision for at least one of its gates: the tags its resume carries, and the tags
+    that mark the parked run's decided gates as resumed."""
+
+    run_id: str
+    gates: tuple[str, ...]
+    tags: dict[str, str]
+    superseded: dict[str, str]
+
+
+def resume_plan(run: DagsterRun, instance: DagsterInstance) -> Resumable | None:
+    """How to resume `run`, or None when no gate it is parked at has a decision for the content it showed, or
+    when a resume with the same decisions was already launched in its chain (exactly once: a decision written
+    twice, a sensor ticking twice, or a decision the gate then ignores, resume at most once)."""
+    decisions = {k: v for k, v in run.tags.items() if k.startswith(DECISION_PREFIX)}
+    decided = []
+    for gate, request in _requests(dict(run.tags)).items():
+        raw = decisions.get(DECISION_PREFIX + gate)
+        if raw is not None and json.loads(raw).get("payload_hash") == request.get("payload_hash"):
+            decided.append(gate)
+    if not decided:
+        return None
+    root = run.root_run_id or run.run_id
+    key = hashlib.sha256(json.dumps([root, sorted(decisions.items())]).encode()).hexdigest()
+    if instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1):
+        return None
+    superseded = {AWAITING_PREFIX + g: "resumed" for g in decided}
+    return Resumable(
+        run_id=run.run_id,
+        gates=tuple(decided),
+        # a resume launched through GraphQL inherits the parent's tags: its awaiting and parked tags are superseded
+        tags={
+            **decisions,
+            **superseded,
+            PARKED_TAG: "false",
+            RESUME_KEY_TAG: key,
+            PARENT_TAG: run.run_id,
+            ROOT_TAG: root,
+        },
+        superseded=superseded,
+    )
+
+
+def resumable(instance: DagsterInstance) -> list[Resumable]:
+    """Every parked run of `instance` that a recorded decision lets resume (see `resume_plan`)."""
+    runs = instance.get_runs(
+        filters=RunsFilter(tags={PARKED_TAG: "true"}, statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED])
+    )
+    plans = [resume_plan(run, instance) for run in runs]
+    return [p for p in plans if p is not None]
+
+
 def resume(run_id: str, *, job: ReconstructableJob, instance: DagsterInstance) -> str:
     """Re-execute parked run `run_id` from failure with every decision so far (where no webserver runs to
-    launch it through GraphQL). Exactly once: a second call for the same decisions returns the first resume's
-    run id. Returns the resumed run's id."""
+    launch it through GraphQL; `execute_job` inherits no tags, so they are passed). Exactly once per set of
+    decisions: a second call returns the first resume's run id. Returns the resumed run's id."""
     run = instance.get_run_by_id(run_id)
     if run is None:
         raise ApprovalError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
-    decisions = {k: v for k, v in run.tags.items() if k.startswith(DECISION_PREFIX)}
-    key = hashlib.sha256(json.dumps([run_id, sorted(decisions.items())]).encode()).hexdigest()
-    earlier = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1)
-    if earlier:
-        return earlier[0].run_id
-    decided = [g for g in _requests(dict(run.tags)) if DECISION_PREFIX + g in decisions]
-    if not decided:
+    plan = resume_plan(run, instance)
+    if plan is None:
+        decisions = sorted((k, v) for k, v in run.tags.items() if k.startswith(DECISION_PREFIX))
+        key = hashlib.sha256(json.dumps([run.root_run_id or run_id, decisions]).encode()).hexdigest()
+        earlier = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1)
+        if earlier:
+            return earlier[0].run_id
         raise ApprovalError(f"run {run_id} has no decision for the gates it is parked at; decide first")
-    tags = {**decisions, RESUME_KEY_TAG: key, PARENT_TAG: run_id, ROOT_TAG: run.root_run_id or run_id}
     options = ReexecutionOptions.from_failure(run_id, instance)
-    with execute_job(job, instance=instance, reexecution_options=options, tags=tags, raise_on_error=False) as result:
+    with execute_job(
+        job, instance=instance, reexecution_options=options, tags=plan.tags, raise_on_error=False
+    ) as result:
         resumed = result.run_id
-    instance.add_run_tags(run_id, {AWAITING_PREFIX + g: "resumed" for g in decided})
+    instance.add_run_tags(run_id, plan.superseded)
     return resumed

@@ -5,26 +5,34 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from dagster import Definitions, ExecutorDefinition, in_process_executor
+from dagster import Definitions, ExecutorDefinition, JobDefinition, SensorDefinition, in_process_executor
 
 from flujo_dagster.adapter.budgets import BUDGET_LEDGER_KEY, InstanceLedger
 from flujo_dagster.adapter.compiler import CompiledPipeline, compile_pipeline
 from flujo_dagster.adapter.config import find_pyproject, pyproject_prices
+from flujo_dagster.adapter.decide_job import decide_job
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager
 from flujo_dagster.adapter.ops import AGENT_RUNTIME_KEY, IO_MANAGER_KEY, PRICE_BOOK_KEY
 from flujo_dagster.adapter.resources import AgentRuntime
+from flujo_dagster.adapter.sensors import approvals_sensor, validation_sensor
 from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+from flujo_dagster.dsl.approval import Approval
+from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.pricing.prices import Price, PriceBook
 from flujo_dagster.pricing.rules import check_prices
-from flujo_dagster.validation import validate
+from flujo_dagster.validation import ValidationReport, validate
 
 __all__ = ["build_definitions", "compile_all", "default_resources"]
 
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
 _log = logging.getLogger("flujo_dagster")
+OnInvalid = Literal["raise", "quarantine"]
 
 
 def default_resources(overrides: Mapping[str, object] | None = None) -> dict[str, object]:
@@ -48,10 +56,12 @@ def compile_all(
     pyproject: Path | None = None,
     translator: FlujoDagsterTranslator | None = None,
     executor: ExecutorDefinition | None = None,
-) -> tuple[list[CompiledPipeline], dict[str, object]]:
+    on_invalid: OnInvalid = "raise",
+) -> tuple[list[CompiledPipeline], dict[str, object], ValidationReport]:
     """Validate (raising `ConfigurationError` listing every error finding; `PricingNotConfiguredError` when a
-    model has no price) and compile each pipeline. Returns the compiled pipelines and their resources, the
-    price book (`price_book`) included."""
+    model has no price) and compile each pipeline. Returns the compiled pipelines, their resources (the price
+    book `price_book` included), and, with `on_invalid="quarantine"`, the error findings of the pipelines left
+    out instead of raising."""
     chosen = default_resources(resources)
     runtime = chosen[AGENT_RUNTIME_KEY]
     if not isinstance(runtime, AgentRuntime):
@@ -65,7 +75,15 @@ def compile_all(
     report = validate(pipelines) + check_prices(list(pipelines), book, runtime.model_id_for)
     for finding in report.warnings:
         _log.warning("%s", finding.render())
-    report.raise_for_errors()
+    quarantined = ValidationReport()
+    if on_invalid == "quarantine" and report.errors:
+        invalid = {f.path.split(" > ")[0] for f in report.errors}
+        quarantined = ValidationReport(report.errors)
+        for finding in report.errors:
+            _log.error("quarantined: %s", finding.render())
+        pipelines = [p for p in pipelines if p.name not in invalid]
+    else:
+        report.raise_for_errors()
     translator = translator or FlujoDagsterTranslator()
     try:
         compiled = [compile_pipeline(p, translator=translator, executor=executor) for p in pipelines]
@@ -80,7 +98,7 @@ def compile_all(
         raise ConfigurationError(
             f"two pipelines compile to the same job name(s) {duplicates}: give each pipeline a unique name"
         )
-    return compiled, chosen
+    return compiled, chosen, quarantined
 
 
 def build_definitions(
@@ -92,7 +110,9 @@ def build_definitions(
     prices: Mapping[str, Price] | None = None,
     strict_pricing: bool = True,
     pyproject: Path | None = None,
-    on_invalid: Literal["raise"] = "raise",
+    on_invalid: OnInvalid = "raise",
+    webserver_url: str = "http://127.0.0.1:3000",
+    approvals_interval_s: int = 30,
 ) -> Definitions:
     """Compile pipelines into `dagster.Definitions`: a job per pipeline (an asset job when it has assets),
     graph-backed assets, the flujo IO manager and the agent runtime.
@@ -107,20 +127,37 @@ def build_definitions(
     the working directory up), or a price declared on the `AgentRuntime` for its models), else
     `PricingNotConfiguredError` (rule PRICE-001). `strict_pricing=False` accepts genai-prices' loose matches
     and is reported as a warning (PRICE-002).
+
+    `on_invalid="quarantine"` leaves invalid pipelines out instead of raising (a load error would take the whole
+    code location down, the approvals sensor and healthy pipelines included) and adds the `flujo_validation`
+    sensor, which fails every tick with their findings so the problem stays visible in the UI.
+
+    With approval gates, the location also gets the `flujo_decide` job and the `flujo_approvals` sensor (every
+    `approvals_interval_s`), which resumes decided runs through the webserver's GraphQL API at `webserver_url`.
     """
-    if on_invalid != "raise":
-        raise ConfigurationError(f"on_invalid={on_invalid!r} is not supported; use 'raise'")
-    compiled, chosen = compile_all(
-        list(pipelines),
+    if on_invalid not in ("raise", "quarantine"):
+        raise ConfigurationError(f"on_invalid={on_invalid!r} is not supported; use 'raise' or 'quarantine'")
+    listed = list(pipelines)
+    compiled, chosen, quarantined = compile_all(
+        listed,
         resources=resources,
         prices=prices,
         strict_pricing=strict_pricing,
         pyproject=pyproject,
         translator=translator,
         executor=executor,
+        on_invalid=on_invalid,
     )
+    jobs: list[JobDefinition | UnresolvedAssetJobDefinition] = [c.job for c in compiled]
+    sensors: list[SensorDefinition] = []
+    if quarantined.errors:
+        sensors.append(validation_sensor(quarantined))
+    if any(isinstance(s, Approval) for p in listed for _, s in walk(p.steps, p.name)):
+        jobs.append(decide_job())
+        sensors.append(approvals_sensor(webserver_url, interval_s=approvals_interval_s))
     return Definitions(
         assets=[c.assets for c in compiled if c.assets is not None],
-        jobs=[c.job for c in compiled],
+        jobs=jobs,
+        sensors=sensors,
         resources=chosen,
     )

@@ -111,7 +111,7 @@ def run_pipeline(
     """
     raw = dict(inputs or {})
     validate_inputs(pipeline, raw)
-    (compiled,), chosen = compile_all(
+    (compiled,), chosen, _ = compile_all(
         [pipeline], resources=resources, prices=prices, strict_pricing=strict_pricing, translator=translator
     )
     defs = Definitions(

@@ -66,7 +66,28 @@ def _decisions(pipeline: Pipeline) -> Iterator[Finding]:
             )
 
 
+def _unsupported(pipeline: Pipeline) -> Iterator[Finding]:
+    for path, step in walk(pipeline.steps, pipeline.name):
+        if not isinstance(step, Approval):
+            continue
+        options = [
+            *([f"quorum={step.quorum}"] if step.quorum != 1 else []),
+            *([f"timeout={step.timeout}"] if step.timeout is not None else []),
+            *([f"on_timeout={step.on_timeout!r}"] if step.on_timeout != "reject" else []),
+            *([f"escalate_to={list(step.escalate_to)}"] if step.escalate_to else []),
+        ]
+        if options:
+            yield Finding(
+                code="HITL-UNSUPPORTED-001",
+                severity="error",
+                path=path,
+                message=f"{', '.join(options)} is not supported yet: the gate would silently ignore it.",
+                hint="leave these at their defaults (one decision counts; no deadline)",
+            )
+
+
 def rule_approvals(pipeline: Pipeline) -> Iterator[Finding]:
-    """HITL-NESTED-001 and HITL-DECISION-001 for every approval gate of `pipeline`."""
+    """HITL-NESTED-001, HITL-DECISION-001 and HITL-UNSUPPORTED-001 for every approval gate of `pipeline`."""
     yield from _walk(pipeline.steps, pipeline.name, None)
     yield from _decisions(pipeline)
+    yield from _unsupported(pipeline)

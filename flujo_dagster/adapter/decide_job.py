@@ -1,0 +1,65 @@
+"""`flujo_decide`: a job a reviewer launches from the Launchpad to record a decision on a parked run."""
+
+from typing import Any
+
+from dagster import (
+    Enum,
+    EnumValue,
+    Failure,
+    Field,
+    GraphDefinition,
+    JobDefinition,
+    OpDefinition,
+    OpExecutionContext,
+    Permissive,
+)
+
+from flujo_dagster.adapter.approvals import decide
+from flujo_dagster.errors import ApprovalError
+
+__all__ = ["DECIDE_JOB", "decide_job"]
+
+DECIDE_JOB = "flujo_decide"
+
+_CONFIG = {
+    "run_id": Field(str, description="the parked run"),
+    "gate": Field(str, is_required=False, description="the gate's op name, when the run is parked at several"),
+    "decision": Field(Enum("FlujoVerdict", [EnumValue("approve"), EnumValue("reject")])),
+    "by": Field(str, description="who decides"),
+    "comment": Field(str, default_value=""),
+    "values": Field(
+        Permissive(),  # type: ignore[no-untyped-call]
+        is_required=False,
+        description="edited values of shown keys (approve only)",
+    ),
+}
+
+
+def _compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> None:
+    config = context.op_config
+    try:
+        recorded = decide(
+            config["run_id"],
+            verdict=config["decision"],
+            by=config["by"],
+            gate=config.get("gate"),
+            comment=config.get("comment", ""),
+            values=config.get("values"),
+            instance=context.instance,
+        )
+    except ApprovalError as exc:
+        raise Failure(description=f"ApprovalError: {exc}", allow_retries=False) from exc
+    context.log.info(f"recorded {recorded.verdict} by {recorded.by} on run {config['run_id']}: {recorded.to_tag()}")
+
+
+def decide_job() -> JobDefinition:
+    """The `flujo_decide` job: config `run_id`, `gate` (optional), `decision` (approve | reject), `by`,
+    `comment`, `values`. It records the decision; the `flujo_approvals` sensor (or `resume`) resumes the run."""
+    op = OpDefinition(
+        compute_fn=_compute,
+        name=DECIDE_JOB,
+        config_schema=_CONFIG,
+        outs={},
+        description="Record an approval decision on a parked run (the approvals sensor resumes it).",
+    )
+    return GraphDefinition(name=f"{DECIDE_JOB}_graph", node_defs=[op]).to_job(name=DECIDE_JOB)

@@ -1,0 +1,121 @@
+"""The `flujo_approvals` sensor resumes a parked run through a real `dagster-webserver` (GraphQL
+`launchRunReexecution`): the run is launched through GraphQL, parks at its gate, a decision is recorded, one tick
+of the sensor resumes it, and the resumed run succeeds without running an upstream step or a model request again.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context, instance_for_test
+
+from flujo_dagster import load_final_context
+from flujo_dagster.adapter.approvals import decide, pending
+from flujo_dagster.adapter.sensors import approvals_sensor
+from tests.approval_defs import REQUEST_LOG, Post, defs, gated
+from tests.test_webserver import BOOT_TIMEOUT_S, ROOT, WEBSERVER, Webserver, _free_port, _server_info, _stop
+
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+LOCATIONS = "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Webserver, DagsterInstance, Path]]:
+    home = tmp_path / "home"
+    home.mkdir()
+    # runs launched through GraphQL start at once (the default queue needs the daemon, which `dagster dev` runs)
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nrun_coordinator:\n  module: dagster._core.run_coordinator\n"
+        "  class: DefaultRunCoordinator\n"
+    )
+    requests = tmp_path / "requests.log"
+    requests.touch()
+    log = tmp_path / "webserver.log"
+    env = {**os.environ, "DAGSTER_HOME": str(home), REQUEST_LOG: str(requests)}
+    port = _free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(WEBSERVER), "-m", "tests.approval_defs", "-a", "defs", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + BOOT_TIMEOUT_S
+            while _server_info(url) is None:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"dagster-webserver did not start:\n{log.read_text()}")
+                time.sleep(0.25)
+            with instance_for_test(temp_dir=str(home)) as instance:
+                yield Webserver(url=url, log=log), instance, requests
+        finally:
+            _stop(proc)
+
+
+def wait_done(instance: DagsterInstance, run_id: str, timeout_s: float = 120) -> DagsterRunStatus:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.is_finished:
+            return run.status
+        time.sleep(0.2)
+    run = instance.get_run_by_id(run_id)
+    pytest.fail(f"run {run_id} did not finish within {timeout_s} s: {run.status if run else 'missing'}")
+
+
+def test_the_sensor_resumes_a_decided_run_through_the_webserver(
+    served: tuple[Webserver, DagsterInstance, Path],
+) -> None:
+    server, instance, requests = served
+    (location,) = server.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"]
+    params = {
+        "selector": {
+            "repositoryLocationName": location["name"],
+            "repositoryName": "__repository__",
+            "jobName": "gated",
+        },
+        "runConfigData": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "otters"}}}}},
+    }
+    launched = server.graphql(LAUNCH, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    parked = launched["run"]["runId"]
+    assert wait_done(instance, parked) == DagsterRunStatus.FAILURE
+    assert [p.gate for p in pending(instance)] == ["review"]
+
+    assert defs.resolve_sensor_def("flujo_approvals").minimum_interval_seconds == 30  # the location's own
+    sensor = approvals_sensor(server.url, interval_s=5)  # the same sensor, aimed at this test's webserver
+    idle = sensor(build_sensor_context(instance=instance, definitions=defs))
+    assert "nothing to resume" in str(idle)  # no decision yet
+    decide(parked, verdict="approve", by="ana", instance=instance)
+    started = time.monotonic()
+    sensor(build_sensor_context(instance=instance, definitions=defs))
+    (resumed,) = [r for r in instance.get_runs() if r.parent_run_id == parked]
+    assert wait_done(instance, resumed.run_id) == DagsterRunStatus.SUCCESS, server.log.read_text()[-3000:]
+    print(f"decision to resumed run finished: {time.monotonic() - started:.2f} s")
+    assert "flujo/decision/review" in resumed.tags and resumed.tags["dagster/parent_run_id"] == parked
+    assert (resumed.tags["flujo/awaiting/review"], resumed.tags["flujo/parked"]) == ("resumed", "false")
+    assert requests.read_text().splitlines() == ["Write about otters"]  # the model was not asked again
+    context = load_final_context(gated, resumed.run_id, instance=instance)
+    assert context == Post(topic="otters", draft="draft about otters", published="published: draft about otters")
+    # a second tick resumes nothing: the resume key of these decisions exists
+    again = sensor(build_sensor_context(instance=instance, definitions=defs))
+    assert "nothing to resume" in str(again)
+    assert len([r for r in instance.get_runs() if r.parent_run_id == parked]) == 1
