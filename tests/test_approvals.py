@@ -12,6 +12,7 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
+    ReexecutionOptions,
     build_sensor_context,
     execute_job,
     reconstructable,
@@ -232,3 +233,18 @@ def test_options_not_built_yet_are_refused_rather_than_ignored() -> None:
         build_definitions(pipelines=[Pipeline("p", context=Small, steps=[gate])])
     (finding,) = [f for f in raised.value.findings if f.code == "HITL-UNSUPPORTED-001"]
     assert finding.message == "quorum=2, escalate_to=['lead'] is not supported yet: the gate would silently ignore it."
+
+
+def test_a_run_re_executed_by_hand_is_not_resumed_again(instance: DagsterInstance, requests: Path) -> None:
+    """A user who re-executes from failure in the UI after adding the decision tag by hand resumes it; the
+    sensor and `resume` must not launch a second resume."""
+    parked = park(gated_job, instance)
+    decide(parked, verdict="approve", by="ana", instance=instance)
+    decision = instance.get_run_by_id(parked).tags[DECISION_PREFIX + "review"]  # type: ignore[union-attr]
+    options = ReexecutionOptions.from_failure(parked, instance)
+    tags = {DECISION_PREFIX + "review": decision, "dagster/parent_run_id": parked}  # as the UI's re-execution
+    with execute_job(reconstructable(gated_job), instance=instance, reexecution_options=options, tags=tags) as by_hand:
+        assert by_hand.success
+    assert resume(parked, job=reconstructable(gated_job), instance=instance) == by_hand.run_id
+    assert [r.run_id for r in instance.get_runs() if r.parent_run_id == parked] == [by_hand.run_id]
+    assert pending(instance) == []

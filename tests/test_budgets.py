@@ -223,3 +223,23 @@ def test_the_day_of_a_per_day_budget(instance: DagsterInstance) -> None:
     assert budget_day(backfill, instance) == "2025-12-31"
     static = created.with_tags({**created.tags, "dagster/partition": "eu-west"})
     assert budget_day(static, instance) == today
+
+
+def test_a_request_cut_off_by_a_timeout_counts_at_its_worst_case(instance: DagsterInstance) -> None:
+    """The request may have been sent and billed: a timeout (a cancellation) keeps its reservation as spent."""
+
+    async def slow(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        await anyio.sleep(5)
+        return ModelResponse(parts=[TextPart("late")])
+
+    agent = Agent("openai:gpt-5-mini", defer_model_check=True)
+    ask = agent_step("ask", agent, prompt="hi", output_key="a0", model_settings={"max_tokens": 100}, timeout_s=0.2)
+    fields: dict[str, object] = {"a0": (str, "")}
+    context: type[BaseModel] = create_model("Slow", **fields)  # type: ignore[call-overload]
+    pipeline = Pipeline("slow", context=context, steps=[ask], budget=Budget(max_cost_usd=Decimal("1")))
+    runtime = AgentRuntime(model=FunctionModel(slow, model_name="metered"), prices={"function:metered": PRICE})
+    result = run_pipeline(pipeline, {}, instance=instance, resources={"agent_runtime": runtime}, log_level="CRITICAL")
+    assert not result.success and result.error is not None and "StepTimeoutError" in result.error
+    (entry,) = InstanceLedger().for_instance(instance).entries(run_id=result.run_id)
+    assert entry.state == "reconciled" and entry.actual == entry.reserved
+    assert entry.reserved.usd_nanos == 100 * USD_NANOS // 1000  # max_tokens x $0.001 (input is free)

@@ -74,6 +74,7 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
             else:
                 decision = checked
         if decision is None:
+            _request(context, gate, wiring, node, digest)  # so that a reviewer can decide while it waits
             if gate.mode == "wait" and context.retry_number < len(WAIT_DELAYS_S):
                 raise RetryRequested(
                     max_retries=len(WAIT_DELAYS_S), seconds_to_wait=WAIT_DELAYS_S[context.retry_number]
@@ -118,18 +119,9 @@ def _park(
     digest: str,
     dumped: dict[str, Any],
 ) -> None:
-    """Record the request on the run and stop it here (no worker held): Dagster's run retries must not
-    relaunch it, and alerting tells it from a failure by the `flujo/parked` tag."""
-    request = {"path": wiring.path, "payload_hash": digest, "approvers": gate.approvers, "show": list(gate.show)}
-    context.instance.add_run_tags(
-        context.run_id,
-        {
-            AWAITING_PREFIX + node: "pending",
-            REQUEST_PREFIX + node: _json(request),
-            PARKED_TAG: "true",
-            NO_RUN_RETRY_TAG: "false",
-        },
-    )
+    """Stop the run here (no worker held): Dagster's run retries must not relaunch it, and alerting tells it
+    from a failure by the `flujo/parked` tag."""
+    context.instance.add_run_tags(context.run_id, {PARKED_TAG: "true", NO_RUN_RETRY_TAG: "false"})
     who = ", ".join(gate.approvers) if gate.approvers is not None else "anyone"
     raise Failure(
         description=f"parked at {wiring.path}: waiting for an approval by {who}; decide with\n"
@@ -143,6 +135,15 @@ def _park(
             "flujo/approval/commands": MetadataValue.text(_commands(context.run_id, node)),
         },
         allow_retries=False,
+    )
+
+
+def _request(context: OpExecutionContext, gate: Approval, wiring: StepWiring, node: str, digest: str) -> None:
+    """Record on the run what the gate waits for: `flujo/awaiting/<gate>=pending` and the request (step path,
+    payload hash, who may approve)."""
+    request = {"path": wiring.path, "payload_hash": digest, "approvers": gate.approvers, "show": list(gate.show)}
+    context.instance.add_run_tags(
+        context.run_id, {AWAITING_PREFIX + node: "pending", REQUEST_PREFIX + node: _json(request)}
     )
 
 

@@ -17,6 +17,7 @@ from flujo_dagster.runtime.approvals import (
     REQUEST_PREFIX,
     Decision,
     Verdict,
+    parse_decision,
 )
 
 if TYPE_CHECKING:  # what `dagster.reconstructable(...)` returns; not exported by name
@@ -128,15 +129,21 @@ def resume_plan(run: DagsterRun, instance: DagsterInstance) -> Resumable | None:
     decided = []
     for gate, request in _requests(dict(run.tags)).items():
         raw = decisions.get(DECISION_PREFIX + gate)
-        if raw is not None and json.loads(raw).get("payload_hash") == request.get("payload_hash"):
+        parsed = parse_decision(raw) if raw is not None else None  # malformed: not resumable (the gate says why)
+        if isinstance(parsed, Decision) and parsed.payload_hash == request.get("payload_hash"):
             decided.append(gate)
     if not decided:
         return None
     root = run.root_run_id or run.run_id
     key = hashlib.sha256(json.dumps([root, sorted(decisions.items())]).encode()).hexdigest()
-    if instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1):
-        return None
     superseded = {AWAITING_PREFIX + g: "resumed" for g in decided}
+    if run.tags.get(RESUME_KEY_TAG) == key:
+        return None  # this run was the resume for these decisions and parked again: it needs a new decision
+    same_key = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1)
+    if same_key or instance.get_runs(filters=RunsFilter(tags={PARENT_TAG: run.run_id}), limit=1):
+        # already resumed: by us, or re-executed from the UI (with the decision tag added by hand)
+        instance.add_run_tags(run.run_id, superseded)
+        return None
     return Resumable(
         run_id=run.run_id,
         gates=tuple(decided),
@@ -173,7 +180,9 @@ def resume(run_id: str, *, job: ReconstructableJob, instance: DagsterInstance) -
     if plan is None:
         decisions = sorted((k, v) for k, v in run.tags.items() if k.startswith(DECISION_PREFIX))
         key = hashlib.sha256(json.dumps([run.root_run_id or run_id, decisions]).encode()).hexdigest()
-        earlier = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1)
+        earlier = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1) or instance.get_runs(
+            filters=RunsFilter(tags={PARENT_TAG: run_id}), limit=1
+        )
         if earlier:
             return earlier[0].run_id
         raise ApprovalError(f"run {run_id} has no decision for the gates it is parked at; decide first")

@@ -122,7 +122,14 @@ class PricedAgents:
         self.runtime = runtime
         self.prices = prices
         self.budget_for = budget_for
-        self.limiters = {pool: anyio.CapacityLimiter(limit) for pool, limit in (pool_limits or {}).items()}
+        limits = dict(pool_limits or {})
+        closed = sorted(pool for pool, limit in limits.items() if limit < 1)
+        if closed:
+            raise ConfigurationError(
+                f"concurrency pool(s) {closed} have a limit below 1, so their agent calls would wait forever; set a "
+                "limit of 1 or more (dagster instance concurrency set POOL N)"
+            )
+        self.limiters = {pool: anyio.CapacityLimiter(limit) for pool, limit in limits.items()}
 
     async def run(self, step: AgentStep, prompt: str, *, path: str) -> tuple[AgentCall, ModelSource]:
         """Run and price one agent step (see `AgentRuntime.run`), at most as many at once per pool as the

@@ -95,12 +95,21 @@ def approvals_sensor(webserver_url: str, *, interval_s: int = 30) -> SensorDefin
     cannot re-execute), at most once per set of decisions (`flujo/resume_key`)."""
 
     def evaluate(context: SensorEvaluationContext) -> SkipReason:
-        resumed = []
+        resumed, failed = [], []
         for parked in resumable(context.instance):
-            run_id = launch_reexecution(webserver_url, parked.run_id, parked.tags)
+            try:
+                run_id = launch_reexecution(webserver_url, parked.run_id, parked.tags)
+            except ApprovalError as exc:  # one run's failure must not keep the others parked
+                context.log.error(str(exc))
+                failed.append(str(exc))
+                continue
             context.instance.add_run_tags(parked.run_id, parked.superseded)
             context.log.info(f"resumed run {parked.run_id} as {run_id} (decided: {', '.join(parked.gates)})")
             resumed.append(run_id)
+        if failed:  # the tick fails, so the problem shows in the UI; the others were resumed
+            raise ApprovalError(
+                f"resumed {len(resumed)} run(s); {len(failed)} could not be resumed: " + "; ".join(failed)
+            )
         summary = f"resumed {len(resumed)} parked run(s): {', '.join(resumed)}" if resumed else "nothing to resume"
         return SkipReason(summary)
 

@@ -20,6 +20,7 @@ __all__ = [
     "REQUEST_PREFIX",
     "Decision",
     "check_decision",
+    "parse_decision",
     "payload_hash",
 ]
 
@@ -55,7 +56,8 @@ class Decision:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
 
-def _parse(raw: str) -> Decision | str:
+def parse_decision(raw: str) -> Decision | str:
+    """The decision record in tag value `raw`, or what is wrong with it."""
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -86,7 +88,7 @@ def check_decision(raw: str, gate: Approval, *, expected_hash: str, requester: s
     """The decision in tag value `raw` if it counts for `gate` showing content `expected_hash`, else the reason it
     is ignored (the run stays parked): malformed, another payload, a reviewer not allowed, the requester
     approving their own run, or edited values the decision model refuses (then `values` holds them validated)."""
-    parsed = _parse(raw)
+    parsed = parse_decision(raw)
     if isinstance(parsed, str):
         return f"malformed decision record: {parsed}"
     if parsed.payload_hash != expected_hash:

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
+import anyio
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelResponse
 from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
 from pydantic_ai.models.wrapper import WrapperModel
@@ -102,10 +103,29 @@ class BudgetedModel(WrapperModel):
                     )
                 )
         except BaseException:
-            for reservation in held:
-                self.budget.ledger.release(reservation)
+            self.settle(held, None, release=True)
             raise
         return held
+
+    def settle(self, held: list[Reservation], actual: Usage | None, *, release: bool = False) -> list[Reservation]:
+        """Close every reservation in `held` (released, or reconciled to `actual`, or to its own worst case
+        when `actual` is None), even when closing one fails; the overshooting ones. The first error is raised
+        after all were tried, so that none stays open."""
+        overshoots: list[Reservation] = []
+        errors: list[BaseException] = []
+        for reservation in held:
+            try:
+                if release:
+                    self.budget.ledger.release(reservation)
+                elif self.budget.ledger.reconcile(
+                    reservation, actual or Usage(reservation.usd_nanos, reservation.tokens)
+                ):
+                    overshoots.append(reservation)
+            except Exception as exc:  # noqa: BLE001 (re-raised below, after the other reservations are closed)
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return overshoots
 
     async def request(
         self,
@@ -118,18 +138,20 @@ class BudgetedModel(WrapperModel):
         held = self.reserve(self.worst_case(messages, model_request_parameters))
         try:
             response = await super().request(messages, settings, model_request_parameters)
+        except anyio.get_cancelled_exc_class():
+            # a timeout or a terminated run: the request may have been sent and billed, so its worst case counts
+            self.settle(held, None)
+            raise
         except BaseException:
-            for reservation in held:
-                self.budget.ledger.release(reservation)
+            self.settle(held, Usage(0, 0), release=True)
             raise
         try:
             actual = self.actual(response)
         except BaseException:
             # the request was answered (and billed) but cannot be priced: keep the worst case as spent
-            for reservation in held:
-                self.budget.ledger.reconcile(reservation, Usage(reservation.usd_nanos, reservation.tokens))
+            self.settle(held, None)
             raise
-        overshoots = [r for r in held if self.budget.ledger.reconcile(r, actual)]
+        overshoots = self.settle(held, actual)
         if overshoots:
             first = overshoots[0]
             raise UsageLimitExceededError(
