@@ -53,7 +53,9 @@ def started(instance: DagsterInstance, run_id: str) -> list[str]:
 
 
 def park(job_fn: object, instance: DagsterInstance) -> str:
-    with execute_job(reconstructable(job_fn), instance=instance, run_config=INPUTS, raise_on_error=False) as first:
+    job = reconstructable(job_fn)
+    tags = {"dagster/user": "requester"}
+    with execute_job(job, instance=instance, run_config=INPUTS, tags=tags, raise_on_error=False) as first:
         assert not first.success
         return first.run_id
 
@@ -75,6 +77,7 @@ def test_a_run_parks_at_the_gate_and_resumes_after_approval_without_repeating_wo
     resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
     assert resume(parked, job=reconstructable(gated_job), instance=instance) == resumed  # exactly once
     assert instance.get_run_by_id(resumed).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
+    assert instance.get_run_by_id(resumed).tags["dagster/user"] == "requester"  # type: ignore[union-attr]
     assert set(started(instance, resumed)) == {"review", "publish", "flujo_context"}
     assert requests.read_text().splitlines() == ["Write about otters"]  # the model was not asked again
     context = load_final_context(gated, resumed, instance=instance)
@@ -248,3 +251,14 @@ def test_a_run_re_executed_by_hand_is_not_resumed_again(instance: DagsterInstanc
     assert resume(parked, job=reconstructable(gated_job), instance=instance) == by_hand.run_id
     assert [r.run_id for r in instance.get_runs() if r.parent_run_id == parked] == [by_hand.run_id]
     assert pending(instance) == []
+
+
+def test_the_requester_may_not_approve_their_own_run(instance: DagsterInstance, requests: Path) -> None:
+    parked = park(gated_job, instance)  # launched by "requester"
+    decide(parked, verdict="approve", by="requester", instance=instance)
+    resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
+    run = instance.get_run_by_id(resumed)
+    assert run is not None and run.status == DagsterRunStatus.FAILURE
+    assert run.tags["flujo/awaiting/review"] == "pending"
+    warnings = [e.user_message for e in instance.all_logs(resumed) if "ignored the decision" in e.user_message]
+    assert warnings and "'requester' launched the run and may not decide on it" in warnings[0]

@@ -187,9 +187,10 @@ def resume(run_id: str, *, job: ReconstructableJob, instance: DagsterInstance) -
             return earlier[0].run_id
         raise ApprovalError(f"run {run_id} has no decision for the gates it is parked at; decide first")
     options = ReexecutionOptions.from_failure(run_id, instance)
-    with execute_job(
-        job, instance=instance, reexecution_options=options, tags=plan.tags, raise_on_error=False
-    ) as result:
+    # execute_job inherits no tag: carry the parent's (who launched it, its partition or scheduled time...) as a
+    # re-execution from the UI would, with the resume's own on top
+    tags = {**run.tags, **plan.tags}
+    with execute_job(job, instance=instance, reexecution_options=options, tags=tags, raise_on_error=False) as result:
         resumed = result.run_id
     instance.add_run_tags(run_id, plan.superseded)
     return resumed
