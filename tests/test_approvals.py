@@ -29,10 +29,11 @@ from flujo_dagster import (
     Pipeline,
     build_definitions,
     load_final_context,
+    run_pipeline,
     step,
 )
 from flujo_dagster.adapter.approvals import decide, pending, resume
-from flujo_dagster.runtime.approvals import DECISION_PREFIX
+from flujo_dagster.runtime.approvals import DECISION_PREFIX, Decision, payload_hash
 from tests.approval_defs import REQUEST_LOG, Post, gated, gated_job, looped, looped_job
 from tests.fixtures.invalid_pipeline import broken, valid
 from tests.test_cli import run as run_cli
@@ -262,3 +263,21 @@ def test_the_requester_may_not_approve_their_own_run(instance: DagsterInstance, 
     assert run.tags["flujo/awaiting/review"] == "pending"
     warnings = [e.user_message for e in instance.all_logs(resumed) if "ignored the decision" in e.user_message]
     assert warnings and "'requester' launched the run and may not decide on it" in warnings[0]
+
+
+class Loose(BaseModel):
+    """A decision model looser than the key it edits (`a` is an int key)."""
+
+    a: str
+
+
+def test_an_edit_that_does_not_fit_its_keys_type_is_ignored(instance: DagsterInstance) -> None:
+    pipeline = Pipeline("loose", context=Small, steps=[Approval("g", show=["a"], decision=Loose)])
+    record = Decision(verdict="approve", by="ana", payload_hash=payload_hash({"a": 0}), values={"a": "many"})
+    fits = Decision(verdict="approve", by="ana", payload_hash=payload_hash({"a": 0}), values={"a": "7"})
+    result = run_pipeline(pipeline, {}, instance=instance, tags={DECISION_PREFIX + "g": record.to_tag()})
+    assert not result.success  # parked: the decision was ignored
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if "ignored the decision" in e.user_message]
+    assert warnings and "its edited value of 'a' is not a valid 'a'" in warnings[0]
+    result = run_pipeline(pipeline, {}, instance=instance, tags={DECISION_PREFIX + "g": fits.to_tag()})
+    assert result.success and result.context == Small(a=7)  # "7" becomes the int key's 7

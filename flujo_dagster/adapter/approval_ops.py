@@ -2,10 +2,12 @@
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from dagster import Failure, In, MetadataValue, OpDefinition, OpExecutionContext, Out, Output, RetryRequested
 from dagster import Nothing as DagsterNothing
+from pydantic import ValidationError
 
 from flujo_dagster.adapter import metadata as md
 from flujo_dagster.adapter.flow_ops import AFTER_INPUT
@@ -69,6 +71,8 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
         raw = tags.get(DECISION_PREFIX + node)
         if raw is not None:
             checked = check_decision(raw, gate, expected_hash=digest, requester=tags.get(USER_TAG))
+            if not isinstance(checked, str):
+                checked = _typed_edits(pipeline, checked)
             if isinstance(checked, str):
                 context.log.warning(f"{wiring.path}: ignored the decision in tag {DECISION_PREFIX + node}: {checked}")
             else:
@@ -109,6 +113,18 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
         description=f"approval gate {wiring.path}: shows {', '.join(gate.show)} to a reviewer",
         tags={md.KIND: "approval", md.STEP_PATH: wiring.path},
     )
+
+
+def _typed_edits(pipeline: Pipeline, decision: Decision) -> Decision | str:
+    """`decision` with its edited values as their keys' own types (what later steps read), or why one does
+    not fit its key."""
+    typed: dict[str, Any] = {}
+    for key, value in decision.values.items():
+        try:
+            typed[key] = key_type(pipeline.name, key, pipeline.fields[key]).coerce(value)
+        except ValidationError as exc:
+            return f"its edited value of {key!r} is not a valid {key!r}: {exc.errors(include_url=False)}"
+    return replace(decision, values=typed)
 
 
 def _park(
