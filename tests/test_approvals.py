@@ -78,7 +78,13 @@ def test_a_run_parks_at_the_gate_and_resumes_after_approval_without_repeating_wo
     resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
     assert resume(parked, job=reconstructable(gated_job), instance=instance) == resumed  # exactly once
     assert instance.get_run_by_id(resumed).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
-    assert instance.get_run_by_id(resumed).tags["dagster/user"] == "requester"  # type: ignore[union-attr]
+    resumed_tags = instance.get_run_by_id(resumed).tags  # type: ignore[union-attr]
+    assert resumed_tags["dagster/user"] == "requester"
+    # automatic run retries were off only while parked
+    assert (run.tags["flujo/retry_before_park"], resumed_tags["dagster/retry_on_asset_or_op_failure"]) == (
+        "true",
+        "true",
+    )
     assert set(started(instance, resumed)) == {"review", "publish", "flujo_context"}
     assert requests.read_text().splitlines() == ["Write about otters"]  # the model was not asked again
     context = load_final_context(gated, resumed, instance=instance)

@@ -27,13 +27,23 @@ from flujo_dagster.runtime.approvals import (
 )
 from flujo_dagster.runtime.values import jsonable
 
-__all__ = ["APPROVED_OUTPUT", "PARKED_TAG", "USER_TAG", "approval_op", "preview"]
+__all__ = [
+    "APPROVED_OUTPUT",
+    "NO_RUN_RETRY_TAG",
+    "PARKED_TAG",
+    "RETRY_BEFORE_PARK_TAG",
+    "USER_TAG",
+    "approval_op",
+    "preview",
+]
 
 APPROVED_OUTPUT = "flujo_approved"
 """The gate's `Nothing` output: every step after the gate in its sequence waits for it."""
 PARKED_TAG = "flujo/parked"
 USER_TAG = "dagster/user"
 NO_RUN_RETRY_TAG = "dagster/retry_on_asset_or_op_failure"
+RETRY_BEFORE_PARK_TAG = "flujo/retry_before_park"
+"""What `dagster/retry_on_asset_or_op_failure` was before the first park: a resume restores it."""
 PREVIEW_CHARS = 2_000
 WAIT_DELAYS_S = (5, 10, 20, 40, 60)
 
@@ -137,7 +147,10 @@ def _park(
 ) -> None:
     """Stop the run here (no worker held): Dagster's run retries must not relaunch it, and alerting tells it
     from a failure by the `flujo/parked` tag."""
-    context.instance.add_run_tags(context.run_id, {PARKED_TAG: "true", NO_RUN_RETRY_TAG: "false"})
+    run = context.instance.get_run_by_id(context.run_id)
+    tags = run.tags if run is not None else context.run.tags
+    before = {RETRY_BEFORE_PARK_TAG: tags.get(NO_RUN_RETRY_TAG, "true")} if RETRY_BEFORE_PARK_TAG not in tags else {}
+    context.instance.add_run_tags(context.run_id, {**before, PARKED_TAG: "true", NO_RUN_RETRY_TAG: "false"})
     who = ", ".join(gate.approvers) if gate.approvers is not None else "anyone"
     raise Failure(
         description=f"parked at {wiring.path}: waiting for an approval by {who}; decide with\n"

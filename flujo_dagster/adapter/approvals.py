@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job
 
-from flujo_dagster.adapter.approval_ops import PARKED_TAG
+from flujo_dagster.adapter.approval_ops import NO_RUN_RETRY_TAG, PARKED_TAG, RETRY_BEFORE_PARK_TAG
 from flujo_dagster.errors import ApprovalError
 from flujo_dagster.runtime.approvals import (
     AWAITING_PREFIX,
@@ -152,6 +152,8 @@ def resume_plan(run: DagsterRun, instance: DagsterInstance) -> Resumable | None:
             **decisions,
             **superseded,
             PARKED_TAG: "false",
+            # Dagster's automatic run retries were turned off only while parked
+            NO_RUN_RETRY_TAG: run.tags.get(RETRY_BEFORE_PARK_TAG, "true"),
             RESUME_KEY_TAG: key,
             PARENT_TAG: run.run_id,
             ROOT_TAG: root,
