@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/parallel.py
 	$(BIN)/python benchmarks/budget.py
+	$(BIN)/python -m benchmarks.approvals
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR) .mypy_cache .ruff_cache .hypothesis *.egg-info

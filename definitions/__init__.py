@@ -11,6 +11,7 @@ import os
 from dagster import JobDefinition
 
 from definitions.digest import digest
+from definitions.gated import gated
 from definitions.offline import offline_runtime
 from definitions.review import review
 from flujo_dagster import AgentRuntime, build_definitions
@@ -18,7 +19,7 @@ from flujo_dagster import AgentRuntime, build_definitions
 LIVE = os.environ.get("FLUJO_DAGSTER_LIVE") == "1"
 agent_runtime = AgentRuntime() if LIVE else offline_runtime()
 
-defs = build_definitions(pipelines=[digest, review], resources={"agent_runtime": agent_runtime})
+defs = build_definitions(pipelines=[digest, review, gated], resources={"agent_runtime": agent_runtime})
 
 
 def digest_job() -> JobDefinition:
@@ -29,3 +30,8 @@ def digest_job() -> JobDefinition:
 def reviewed_digest_job() -> JobDefinition:
     """The reviewed digest's job, resolved against `defs`."""
     return defs.resolve_job_def("reviewed_digest")
+
+
+def gated_digest_job() -> JobDefinition:
+    """The signed-off digest's job (an approval gate in a loop), resolved against `defs`."""
+    return defs.resolve_job_def("gated_digest")

@@ -43,24 +43,34 @@ from flujo_dagster.validation import Finding, ValidationReport, validate
 if TYPE_CHECKING:
     from flujo_dagster.adapter import (
         AgentRuntime,
+        ApprovalSettings,
         FlujoDagsterTranslator,
         PipelineRun,
         PydanticJsonIOManager,
         arun_pipeline,
+        audit_trail,
         build_definitions,
+        decide,
         load_final_context,
+        pending,
+        resume,
         run_pipeline,
     )
 
 _ADAPTER_NAMES = frozenset(
     {
         "AgentRuntime",
+        "ApprovalSettings",
         "FlujoDagsterTranslator",
         "PipelineRun",
         "PydanticJsonIOManager",
         "arun_pipeline",
+        "audit_trail",
         "build_definitions",
+        "decide",
         "load_final_context",
+        "pending",
+        "resume",
         "run_pipeline",
     }
 )
@@ -71,6 +81,7 @@ __all__ = [
     "Approval",
     "ApprovalError",
     "ApprovalRejectedError",
+    "ApprovalSettings",
     "Branch",
     "Budget",
     "ConfigurationError",
@@ -98,8 +109,12 @@ __all__ = [
     "ValidationReport",
     "agent_step",
     "arun_pipeline",
+    "audit_trail",
     "build_definitions",
+    "decide",
     "load_final_context",
+    "pending",
+    "resume",
     "run_pipeline",
     "step",
     "validate",

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import ModuleType
 from typing import NoReturn
@@ -15,12 +16,13 @@ import click
 from dagster import DagsterInstance, Definitions
 from pydantic import ValidationError
 
-from flujo_dagster.adapter.approvals import decide, pending
+from flujo_dagster.adapter.approvals import decide, pending, prepare_decision
+from flujo_dagster.adapter.audit import audit_trail
 from flujo_dagster.adapter.costs import run_costs
 from flujo_dagster.adapter.run import run_pipeline
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ApprovalError, ConfigurationError, FlujoDagsterError
-from flujo_dagster.runtime.approvals import Verdict
+from flujo_dagster.runtime.approvals import SECRET_ENV, Verdict
 from flujo_dagster.runtime.values import adapter_for, from_json
 from flujo_dagster.validation import ValidationReport, validate
 
@@ -173,18 +175,47 @@ def costs_command(run_id: str) -> None:
 def pending_command() -> None:
     """List the gates runs are parked at (DAGSTER_HOME's instance), with the commands to decide."""
     with DagsterInstance.get() as instance:
-        waiting = pending(instance)
+        waiting = pending(instance, secret=os.environ.get(SECRET_ENV) or None)
     for gate in waiting:
-        who = ", ".join(gate.approvers) if gate.approvers is not None else "anyone"
-        click.echo(f"{gate.run_id}  {gate.gate}  {gate.path}  payload {gate.payload_hash[:12]}  approvers: {who}")
+        due = f"  deadline {gate.deadline}" if gate.deadline else ""
+        click.echo(
+            f"{gate.run_id}  {gate.gate}  {gate.path}  payload {gate.payload_hash[:12]}  waiting for "
+            f"{gate.waiting_for}{due}"
+        )
+        for line in gate.preview.splitlines():
+            click.echo(f"    {line}")
     click.echo(f"{len(waiting)} pending approval(s)")
+
+
+@main.command("audit")
+@click.argument("run_id")
+def audit_command(run_id: str) -> None:
+    """The approval audit trail of RUN_ID's chain (the run, its resumes): requests, decisions, ignored decisions,
+    timeouts, escalations and resumes."""
+    with DagsterInstance.get() as instance:
+        try:
+            events = audit_trail(instance, run_id)
+        except FlujoDagsterError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_USAGE)
+    for event in events:
+        at = datetime.fromtimestamp(event.timestamp, UTC).isoformat(timespec="seconds")
+        click.echo(f"{at}  {event.run_id[:8]}  {event.kind:<10}  {event.gate}  {event.message}")
+    click.echo(f"{len(events)} audit event(s)")
 
 
 def _decide(run_id: str, verdict: Verdict, gate: str | None, by: str, comment: str, values: dict[str, object]) -> None:
     with DagsterInstance.get() as instance:
         try:
             decision = decide(
-                run_id, verdict=verdict, by=by, gate=gate, comment=comment, values=values, instance=instance
+                run_id,
+                verdict=verdict,
+                by=by,
+                gate=gate,
+                comment=comment,
+                values=values,
+                instance=instance,
+                secret=os.environ.get(SECRET_ENV) or None,  # signs the decision when set
             )
         except ApprovalError as exc:
             click.echo(str(exc), err=True)
@@ -217,6 +248,40 @@ def _values(pairs: tuple[str, ...]) -> dict[str, object]:
 def approve_command(run_id: str, gate: str | None, by: str, comment: str, edits: tuple[str, ...]) -> None:
     """Approve the gate RUN_ID is parked at."""
     _decide(run_id, "approve", gate, by, comment, _values(edits))
+
+
+@main.command("sign")
+@click.argument("run_id")
+@click.option("--gate", default=None, help="the gate when the run is parked at several")
+@click.option("--by", required=True, help="who decides")
+@click.option("--verdict", type=click.Choice(["approve", "reject"]), required=True)
+@click.option("--comment", default="")
+@click.option("--set", "edits", multiple=True, help="key=value: an edited value of a shown key")
+def sign_command(
+    run_id: str, gate: str | None, by: str, verdict: Verdict, comment: str, edits: tuple[str, ...]
+) -> None:
+    """Print the `at` and `signature` of a signed decision, for the Launchpad's flujo_decide job (the secret is
+    read from FLUJO_DAGSTER_DECISION_SECRET and never printed)."""
+    secret = os.environ.get(SECRET_ENV)
+    if not secret:
+        click.echo(f"set {SECRET_ENV} to the approvers' secret to sign a decision", err=True)
+        sys.exit(EXIT_USAGE)
+    with DagsterInstance.get() as instance:
+        try:
+            _, _, decision = prepare_decision(
+                run_id,
+                verdict=verdict,
+                by=by,
+                gate=gate,
+                comment=comment,
+                values=_values(edits),
+                instance=instance,
+                secret=secret,
+            )
+        except ApprovalError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_USAGE)
+    click.echo(f"at: {decision.at}\nsignature: {decision.signature}")
 
 
 @main.command("reject")

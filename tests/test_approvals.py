@@ -118,7 +118,7 @@ def test_decisions_that_do_not_count_leave_the_run_parked(instance: DagsterInsta
     assert run is not None and run.status == DagsterRunStatus.FAILURE
     assert run.tags.get("flujo/awaiting/review") == "pending"
     warnings = [e.user_message for e in instance.all_logs(resumed) if "ignored the decision" in e.user_message]
-    assert warnings and "its edited values do not validate" in warnings[0]
+    assert any("flujo/decision/review/ana: its edited values do not validate" in w for w in warnings)
     assert resume(parked, job=reconstructable(gated_job), instance=instance) == resumed  # no second resume
     assert [p.run_id for p in pending(instance)] == [resumed]
 
@@ -158,13 +158,21 @@ class Small(BaseModel):
         (
             "parallel",
             "p > parallel:par > approval:g",
-            "this approval gate could not pause and resume: gates inside a parallel (p > parallel:par) are not "
-            "supported yet.",
+            "this approval gate could not pause and resume: p > parallel:par runs in one op (isolation='inline', "
+            "the default), so resuming would run the whole op again and repeat its model calls.",
         ),
         (
             "map",
             "p > map:m > approval:g",
-            "this approval gate could not pause and resume: gates inside a map (p > map:m) are not supported yet.",
+            "this approval gate could not pause and resume: p > map:m runs in one op (isolation='inline', the "
+            "default), so resuming would run the whole op again and repeat its model calls.",
+        ),
+        (
+            "loop_in_map",
+            "p > map:m > loop:l > approval:g",
+            "this approval gate could not pause and resume: p > map:m > loop:l runs in one op per element (control "
+            "flow inside the body of a map with isolation='op' is not expanded), so resuming would run the whole op "
+            "again and repeat its model calls.",
         ),
     ],
 )
@@ -175,6 +183,15 @@ def test_gates_where_a_run_could_not_resume_are_refused(where: str, expected_pat
         "inline_loop": Loop("l", body=[bump, gate], until=lambda a: True, max_iterations=1, inline=True),
         "parallel": Parallel("par", branches={"one": [bump, gate]}),
         "map": Map("m", over="xs", item="a", body=[gate], result="a", into="ys"),
+        "loop_in_map": Map(
+            "m",
+            over="xs",
+            item="a",
+            body=[Loop("l", body=[gate], until=lambda a: True, max_iterations=1)],
+            result="a",
+            into="ys",
+            isolation="op",
+        ),
     }[where]
     with pytest.raises(ConfigurationError) as raised:
         build_definitions(pipelines=[Pipeline("p", context=Small, steps=[node])])
@@ -190,7 +207,8 @@ def test_the_cli_lists_pending_gates_and_records_decisions(
     assert listed.returncode == 0, listed.stderr
     digest = pending(instance)[0].payload_hash[:12]
     assert listed.stdout.splitlines() == [
-        f"{parked}  review  gated > approval:review  payload {digest}  approvers: anyone",
+        f"{parked}  review  gated > approval:review  payload {digest}  waiting for a decision by anyone",
+        "    draft: draft about otters",
         "1 pending approval(s)",
     ]
     wrong = run_cli("approve", parked, "--gate", "nope", "--by", "ana", home=dagster_home)
@@ -237,20 +255,12 @@ def test_quarantine_leaves_invalid_pipelines_out_and_a_sensor_reports_them(insta
         build_definitions(pipelines=[valid, broken])  # raise stays the default
 
 
-def test_options_not_built_yet_are_refused_rather_than_ignored() -> None:
-    gate = Approval("g", show=["a"], quorum=2, escalate_to=["lead"])
-    with pytest.raises(ConfigurationError) as raised:
-        build_definitions(pipelines=[Pipeline("p", context=Small, steps=[gate])])
-    (finding,) = [f for f in raised.value.findings if f.code == "HITL-UNSUPPORTED-001"]
-    assert finding.message == "quorum=2, escalate_to=['lead'] is not supported yet: the gate would silently ignore it."
-
-
 def test_a_run_re_executed_by_hand_is_not_resumed_again(instance: DagsterInstance, requests: Path) -> None:
     """A user who re-executes from failure in the UI after adding the decision tag by hand resumes it; the
     sensor and `resume` must not launch a second resume."""
     parked = park(gated_job, instance)
     decide(parked, verdict="approve", by="ana", instance=instance)
-    decision = instance.get_run_by_id(parked).tags[DECISION_PREFIX + "review"]  # type: ignore[union-attr]
+    decision = instance.get_run_by_id(parked).tags[DECISION_PREFIX + "review/ana"]  # type: ignore[union-attr]
     options = ReexecutionOptions.from_failure(parked, instance)
     tags = {DECISION_PREFIX + "review": decision, "dagster/parent_run_id": parked}  # as the UI's re-execution
     with execute_job(reconstructable(gated_job), instance=instance, reexecution_options=options, tags=tags) as by_hand:
@@ -262,12 +272,22 @@ def test_a_run_re_executed_by_hand_is_not_resumed_again(instance: DagsterInstanc
 
 def test_the_requester_may_not_approve_their_own_run(instance: DagsterInstance, requests: Path) -> None:
     parked = park(gated_job, instance)  # launched by "requester"
-    decide(parked, verdict="approve", by="requester", instance=instance)
-    resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
-    run = instance.get_run_by_id(resumed)
-    assert run is not None and run.status == DagsterRunStatus.FAILURE
-    assert run.tags["flujo/awaiting/review"] == "pending"
-    warnings = [e.user_message for e in instance.all_logs(resumed) if "ignored the decision" in e.user_message]
+    with pytest.raises(ApprovalError) as refused:
+        decide(parked, verdict="approve", by="requester", instance=instance)
+    assert str(refused.value) == (
+        f"this decision on gate review of run {parked} would not count: 'requester' launched the run and may not "
+        "decide on it (requester_may_approve=False)"
+    )
+    # written by hand and re-executed from the UI, the gate ignores it and parks again
+    (waiting,) = pending(instance)
+    own = Decision(verdict="approve", by="requester", payload_hash=waiting.payload_hash)
+    options = ReexecutionOptions.from_failure(parked, instance)
+    tags = {DECISION_PREFIX + "review": own.to_tag(), "dagster/user": "requester"}
+    with execute_job(reconstructable(gated_job), instance=instance, reexecution_options=options, tags=tags) as again:
+        assert not again.success
+    run = instance.get_run_by_id(again.run_id)
+    assert run is not None and run.tags["flujo/awaiting/review"] == "pending"
+    warnings = [e.user_message for e in instance.all_logs(again.run_id) if "ignored the decision" in e.user_message]
     assert warnings and "'requester' launched the run and may not decide on it" in warnings[0]
 
 

@@ -110,7 +110,7 @@ def test_the_sensor_resumes_a_decided_run_through_the_webserver(
     (resumed,) = [r for r in instance.get_runs() if r.parent_run_id == parked]
     assert wait_done(instance, resumed.run_id) == DagsterRunStatus.SUCCESS, server.log.read_text()[-3000:]
     print(f"decision to resumed run finished: {time.monotonic() - started:.2f} s")
-    assert "flujo/decision/review" in resumed.tags and resumed.tags["dagster/parent_run_id"] == parked
+    assert "flujo/decision/review/ana" in resumed.tags and resumed.tags["dagster/parent_run_id"] == parked
     assert (resumed.tags["flujo/awaiting/review"], resumed.tags["flujo/parked"]) == ("resumed", "false")
     assert requests.read_text().splitlines() == ["Write about otters"]  # the model was not asked again
     context = load_final_context(gated, resumed.run_id, instance=instance)

@@ -1,5 +1,8 @@
 """The only package that imports dagster: compiler, ops, IO manager, types, resources, definitions."""
 
+from flujo_dagster.adapter.approval_settings import ApprovalSettings
+from flujo_dagster.adapter.approvals import decide, pending, resume
+from flujo_dagster.adapter.audit import audit_trail
 from flujo_dagster.adapter.compiler import CompiledPipeline, compile_pipeline
 from flujo_dagster.adapter.definitions import build_definitions
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager
@@ -9,13 +12,18 @@ from flujo_dagster.adapter.translator import FlujoDagsterTranslator
 
 __all__ = [
     "AgentRuntime",
+    "ApprovalSettings",
     "CompiledPipeline",
     "FlujoDagsterTranslator",
     "PipelineRun",
     "PydanticJsonIOManager",
     "arun_pipeline",
+    "audit_trail",
     "build_definitions",
     "compile_pipeline",
+    "decide",
     "load_final_context",
+    "pending",
+    "resume",
     "run_pipeline",
 ]

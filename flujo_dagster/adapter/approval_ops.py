@@ -1,29 +1,48 @@
 """The approval gate op: approves, rejects, or parks the run until a reviewer decides (run tags)."""
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from dagster import Failure, In, MetadataValue, OpDefinition, OpExecutionContext, Out, Output, RetryRequested
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    Failure,
+    In,
+    MetadataValue,
+    OpDefinition,
+    OpExecutionContext,
+    Out,
+    Output,
+    RetryRequested,
+)
 from dagster import Nothing as DagsterNothing
 from pydantic import ValidationError
 
 from flujo_dagster.adapter import metadata as md
-from flujo_dagster.adapter.flow_ops import AFTER_INPUT
+from flujo_dagster.adapter.approval_settings import APPROVAL_SETTINGS_KEY, ApprovalSettings
+from flujo_dagster.adapter.audit import AuditKind, audit, record_ignored
+from flujo_dagster.adapter.flow_ops import AFTER_INPUT, DECISION_OUTPUT
+from flujo_dagster.adapter.map_ops import mapped_gate_id
 from flujo_dagster.adapter.naming import io_name
-from flujo_dagster.adapter.ops import StepWiring, ins_for, not_retried, outs_for
+from flujo_dagster.adapter.ops import IO_MANAGER_KEY, StepWiring, ins_for, not_retried, outs_for
 from flujo_dagster.adapter.types import key_type
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.errors import ApprovalRejectedError
+from flujo_dagster.errors import ApprovalRejectedError, ConfigurationError
 from flujo_dagster.runtime.approvals import (
     AWAITING_PREFIX,
-    DECISION_PREFIX,
     REQUEST_PREFIX,
+    TIMEOUT_BY,
     Decision,
-    check_decision,
+    Outcome,
+    Policy,
+    Request,
     payload_hash,
+    tally,
 )
 from flujo_dagster.runtime.values import jsonable
 
@@ -31,20 +50,28 @@ __all__ = [
     "APPROVED_OUTPUT",
     "NO_RUN_RETRY_TAG",
     "PARKED_TAG",
+    "REJECTED_OUTPUT",
     "RETRY_BEFORE_PARK_TAG",
     "USER_TAG",
+    "VERDICT_LABELS",
     "approval_op",
     "preview",
+    "requester_of",
 ]
 
 APPROVED_OUTPUT = "flujo_approved"
 """The gate's `Nothing` output: every step after the gate in its sequence waits for it."""
+REJECTED_OUTPUT = "flujo_rejected"
+"""The `Nothing` output of a gate with `on_reject` steps: they wait for it (yielded only on a rejection)."""
+VERDICT_LABELS = ("approve", "reject")
+"""The labels of a routing gate's two paths, as its `decision` output says which was taken."""
 PARKED_TAG = "flujo/parked"
 USER_TAG = "dagster/user"
 NO_RUN_RETRY_TAG = "dagster/retry_on_asset_or_op_failure"
 RETRY_BEFORE_PARK_TAG = "flujo/retry_before_park"
 """What `dagster/retry_on_asset_or_op_failure` was before the first park: a resume restores it."""
 PREVIEW_CHARS = 2_000
+SHORT_PREVIEW_CHARS = 160
 WAIT_DELAYS_S = (5, 10, 20, 40, 60)
 
 
@@ -59,41 +86,79 @@ def preview(shown: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def _commands(run_id: str, node: str) -> str:
+def short_preview(dumped: dict[str, Any]) -> str:
+    """One line per shown key, each value cut to `SHORT_PREVIEW_CHARS` (the request tag, `flujo-dagster pending`)."""
+    lines = []
+    for key, value in dumped.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        text = " ".join(text.split())
+        cut = text[:SHORT_PREVIEW_CHARS] + ("..." if len(text) > SHORT_PREVIEW_CHARS else "")
+        lines.append(f"{key}: {cut}")
+    return "\n".join(lines)
+
+
+def _commands(run_id: str, gate_id: str) -> str:
     return (
-        f"flujo-dagster approve {run_id} --gate {node} --by NAME [--comment TEXT]\n"
-        f"flujo-dagster reject {run_id} --gate {node} --by NAME --comment TEXT"
+        f"flujo-dagster approve {run_id} --gate '{gate_id}' --by NAME [--comment TEXT]\n"
+        f"flujo-dagster reject {run_id} --gate '{gate_id}' --by NAME --comment TEXT"
     )
 
 
 def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDefinition:
-    """The gate op of `gate`: re-reads the run's tags (the run's own snapshot is stale) for a decision bound to
+    """The gate op of `gate`: re-reads the run's tags (the run's own snapshot is stale) for decisions bound to
     the shown values; goes on with them (edits applied), fails on a rejection, or parks the run."""
     node = wiring.op
 
     def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        settings: ApprovalSettings = getattr(context.resources, APPROVAL_SETTINGS_KEY)
+        gate_id = mapped_gate_id(context, node)
         shown = {k: inputs[io_name(k)] for k in gate.show}
         dumped = {k: jsonable(key_type(pipeline.name, k, pipeline.fields[k]).adapter, v) for k, v in shown.items()}
         digest = payload_hash(dumped)
-        run = context.instance.get_run_by_id(context.run_id)
-        tags = run.tags if run is not None else context.run.tags
-        decision: Decision | None = None
-        raw = tags.get(DECISION_PREFIX + node)
-        if raw is not None:
-            checked = check_decision(raw, gate, expected_hash=digest, requester=tags.get(USER_TAG))
-            if not isinstance(checked, str):
-                checked = _typed_edits(pipeline, checked)
-            if isinstance(checked, str):
-                context.log.warning(f"{wiring.path}: ignored the decision in tag {DECISION_PREFIX + node}: {checked}")
-            else:
-                decision = checked
+        run = context.instance.get_run_by_id(context.run_id) or context.run
+        tags = run.tags
+        secret = settings.secret()
+        if settings.require_signed_decisions and secret is None:
+            missing = ConfigurationError(
+                f"require_signed_decisions=True, but {settings.secret_env} is not set where run {context.run_id} "
+                "executes: set it to the approvers' secret in the code location's environment"
+            )
+            raise not_retried(missing, wiring) from missing
+        policy = Policy.of(gate, signed=settings.require_signed_decisions)
+        element = context.get_mapping_key()  # one gate per element of a Map: its path says which
+        fresh = Request(
+            path=f"{wiring.path} [{element}]" if element else wiring.path,
+            payload_hash=digest,
+            show=gate.show,
+            policy=policy,
+            preview=short_preview(dumped),
+            editable=tuple(gate.decision.model_fields) if gate.decision is not None else (),
+        )
+        root = run.root_run_id or run.run_id
+        request = _request_for(tags, gate_id, fresh, secret, root)
+        outcome = tally(
+            tags,
+            gate_id,
+            request,
+            requester=requester_of(context.instance, run),
+            now=datetime.now(UTC),
+            secret=secret,
+            root=root,
+            decision_model=gate.decision,
+            edit=partial(_typed_edits, pipeline),
+        )
+        step_key = context.get_step_execution_context().step.key
+        for key, reason in outcome.ignored:
+            context.log.warning(f"{wiring.path}: ignored the decision in tag {key}: {reason}")
+        record_ignored(context.instance, run, gate_id, outcome.ignored, step_key=step_key)  # once per content
+        decision = outcome.decision
         if decision is None:
-            _request(context, gate, wiring, node, digest)  # so that a reviewer can decide while it waits
-            if gate.mode == "wait" and context.retry_number < len(WAIT_DELAYS_S):
-                raise RetryRequested(
-                    max_retries=len(WAIT_DELAYS_S), seconds_to_wait=WAIT_DELAYS_S[context.retry_number]
-                )
-            _park(context, gate, wiring, node, digest, dumped)
+            # recorded before a wait, so that a reviewer can decide while the gate polls
+            _record_request(context, run, gate_id, request, step_key, first=context.retry_number == 0)
+            delay = _wait_delay(gate, request, context.retry_number)
+            if delay is not None:
+                raise RetryRequested(max_retries=context.retry_number + 1, seconds_to_wait=delay)
+            _park(context, wiring, gate_id, request, dumped, outcome)
         assert decision is not None
         record: dict[str, Any] = {
             md.STEP_PATH: wiring.path,
@@ -104,25 +169,95 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
             "flujo/approval/payload_hash": digest,
             "flujo/approval/edited": ", ".join(sorted(decision.values)),
         }
-        if decision.verdict == "reject":
+        if decision.by == TIMEOUT_BY:
+            audit(
+                context.instance, run, "timeout", gate_id, decision.comment, step_key=step_key, verdict=decision.verdict
+            )
+        kind: AuditKind = "approved" if decision.verdict == "approve" else "rejected"
+        fields = {"by": decision.by, "at": decision.at, "comment": decision.comment, "payload_hash": digest}
+        audit(context.instance, run, kind, gate_id, f"by {decision.by}", step_key=step_key, **fields)
+        _decided(context, gate_id, failing=decision.verdict == "reject" and not gate.on_reject)
+        if decision.verdict == "reject" and not gate.on_reject:
             why = f": {decision.comment}" if decision.comment else ""
             error = ApprovalRejectedError(f"{wiring.path}: rejected by {decision.by} at {decision.at}{why}")
             raise not_retried(error, wiring) from error
+        if gate.on_reject:  # routes like a branch: the join after both paths reads the verdict
+            yield Output(decision.verdict, DECISION_OUTPUT)
+        if decision.verdict == "reject":
+            yield Output(None, REJECTED_OUTPUT, metadata=record)
+            return
         values = {**shown, **decision.values}
         for key in gate.show:
             yield Output(values[key], io_name(key))
         yield Output(None, APPROVED_OUTPUT, metadata=record)
 
-    outs: dict[str, Out] = {**outs_for(pipeline, gate.show), APPROVED_OUTPUT: Out(DagsterNothing)}
+    routes = bool(gate.on_reject)
+    outs: dict[str, Out] = {
+        **outs_for(pipeline, gate.show, frozenset(gate.show) if routes else frozenset()),
+        APPROVED_OUTPUT: Out(DagsterNothing, is_required=not routes),
+    }
+    if routes:
+        outs[REJECTED_OUTPUT] = Out(DagsterNothing, is_required=False)
+        outs[DECISION_OUTPUT] = Out(str, io_manager_key=IO_MANAGER_KEY)
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
         # `after`: the gate also waits for what the steps after it read from before it (see graph_builder)
         ins={**ins_for(pipeline, wiring.reads, gated=wiring.gated), AFTER_INPUT: In(DagsterNothing)},
         outs=outs,
+        required_resource_keys={APPROVAL_SETTINGS_KEY},
         description=f"approval gate {wiring.path}: shows {', '.join(gate.show)} to a reviewer",
         tags={md.KIND: "approval", md.STEP_PATH: wiring.path},
     )
+
+
+def requester_of(instance: DagsterInstance, run: DagsterRun) -> str | None:
+    """Who launched the run chain: the `dagster/user` of its root run (a re-execution by someone else does not
+    make them the requester)."""
+    root = instance.get_run_by_id(run.root_run_id) if run.root_run_id else run
+    return (root or run).tags.get(USER_TAG)
+
+
+def _request_for(tags: Mapping[str, str], gate_id: str, fresh: Request, secret: str | None, root: str) -> Request:
+    """The gate's request: an earlier one for the same content keeps its time (the deadline runs from the
+    first request); with a secret, only an earlier request sealed with it for this run chain and gate does."""
+    raw = tags.get(REQUEST_PREFIX + gate_id)
+    if raw is not None:
+        earlier = Request.from_tag(raw, gate=gate_id)
+        if earlier.payload_hash == fresh.payload_hash and (
+            secret is None or earlier.intact(secret, root=root, gate=gate_id)
+        ):
+            fresh = replace(fresh, requested_at=earlier.requested_at)
+    return fresh.sealed(secret, root=root, gate=gate_id) if secret is not None else fresh
+
+
+def _decided(context: OpExecutionContext, gate_id: str, *, failing: bool) -> None:
+    """Mark the gate decided in this run (a run re-executed by hand inherits its parent's `pending`), and, once
+    no gate of the run waits any more, the run as not parked, with Dagster's automatic run retries as before the
+    first park (off for a rejection that fails the run: it would only be rejected again)."""
+    run = context.instance.get_run_by_id(context.run_id) or context.run
+    updates = {AWAITING_PREFIX + gate_id: "decided"}
+    others = [k for k, v in run.tags.items() if k.startswith(AWAITING_PREFIX) and v == "pending"]
+    if set(others) <= {AWAITING_PREFIX + gate_id} and run.tags.get(PARKED_TAG) == "true":
+        updates[PARKED_TAG] = "false"
+        updates[NO_RUN_RETRY_TAG] = run.tags.get(RETRY_BEFORE_PARK_TAG, "true")
+    if failing:
+        updates[NO_RUN_RETRY_TAG] = "false"
+    context.instance.add_run_tags(context.run_id, updates)
+
+
+def _wait_delay(gate: Approval, request: Request, retry_number: int) -> float | None:
+    """How long a `mode="wait"` gate waits before it looks again (growing; up to its deadline), or None when it
+    parks now."""
+    if gate.mode != "wait":
+        return None
+    deadlines = request.deadlines()
+    if deadlines is None:
+        return WAIT_DELAYS_S[retry_number] if retry_number < len(WAIT_DELAYS_S) else None
+    remaining = (deadlines[0] - datetime.now(UTC)).total_seconds()
+    if remaining <= 0:
+        return None
+    return min(WAIT_DELAYS_S[min(retry_number, len(WAIT_DELAYS_S) - 1)], remaining)
 
 
 def _typed_edits(pipeline: Pipeline, decision: Decision) -> Decision | str:
@@ -139,11 +274,11 @@ def _typed_edits(pipeline: Pipeline, decision: Decision) -> Decision | str:
 
 def _park(
     context: OpExecutionContext,
-    gate: Approval,
     wiring: StepWiring,
-    node: str,
-    digest: str,
+    gate_id: str,
+    request: Request,
     dumped: dict[str, Any],
+    outcome: Outcome,
 ) -> None:
     """Stop the run here (no worker held): Dagster's run retries must not relaunch it, and alerting tells it
     from a failure by the `flujo/parked` tag."""
@@ -151,30 +286,38 @@ def _park(
     tags = run.tags if run is not None else context.run.tags
     before = {RETRY_BEFORE_PARK_TAG: tags.get(NO_RUN_RETRY_TAG, "true")} if RETRY_BEFORE_PARK_TAG not in tags else {}
     context.instance.add_run_tags(context.run_id, {**before, PARKED_TAG: "true", NO_RUN_RETRY_TAG: "false"})
-    who = ", ".join(gate.approvers) if gate.approvers is not None else "anyone"
+    deadlines = request.deadlines()
+    due = (
+        f" (deadline {deadlines[0].isoformat(timespec='seconds')}, then on_timeout={request.policy.on_timeout!r})"
+        if deadlines
+        else ""
+    )
     raise Failure(
-        description=f"parked at {wiring.path}: waiting for an approval by {who}; decide with\n"
-        + _commands(context.run_id, node),
+        description=f"parked at {wiring.path}: waiting for {outcome.waiting_for}{due}; decide with\n"
+        + _commands(context.run_id, gate_id),
         metadata={
             md.STEP_PATH: wiring.path,
             PARKED_TAG: True,
+            "flujo/approval/gate": gate_id,
             "flujo/approval/payload": MetadataValue.md(preview(dumped)),
-            "flujo/approval/payload_hash": digest,
-            "flujo/approval/approvers": who,
-            "flujo/approval/commands": MetadataValue.text(_commands(context.run_id, node)),
+            "flujo/approval/payload_hash": request.payload_hash,
+            "flujo/approval/approvers": request.policy.who(escalated=outcome.stage != "open"),
+            "flujo/approval/waiting_for": outcome.waiting_for,
+            "flujo/approval/commands": MetadataValue.text(_commands(context.run_id, gate_id)),
         },
         allow_retries=False,
     )
 
 
-def _request(context: OpExecutionContext, gate: Approval, wiring: StepWiring, node: str, digest: str) -> None:
+def _record_request(
+    context: OpExecutionContext, run: DagsterRun, gate_id: str, request: Request, step_key: str, *, first: bool
+) -> None:
     """Record on the run what the gate waits for: `flujo/awaiting/<gate>=pending` and the request (step path,
-    payload hash, who may approve)."""
-    request = {"path": wiring.path, "payload_hash": digest, "approvers": gate.approvers, "show": list(gate.show)}
+    payload hash, policy, time); on a gate's first attempt in a run, also as an audit event."""
     context.instance.add_run_tags(
-        context.run_id, {AWAITING_PREFIX + node: "pending", REQUEST_PREFIX + node: _json(request)}
+        context.run_id, {AWAITING_PREFIX + gate_id: "pending", REQUEST_PREFIX + gate_id: request.to_tag()}
     )
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if first:
+        fields = {"path": request.path, "payload_hash": request.payload_hash, "requested_at": request.requested_at}
+        who = request.policy.who(escalated=False)
+        audit(context.instance, run, "request", gate_id, f"{request.path} waits for {who}", step_key=step_key, **fields)

@@ -1,29 +1,52 @@
-"""Deciding on parked runs and resuming them, from Python (the CLI calls these): `pending`, `decide`, `resume`."""
+"""Deciding on parked runs and resuming them, from Python (the CLI calls these): `pending`, `decide`, `resume`;
+`escalate_due` for gates whose deadline escalates them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job
 
-from flujo_dagster.adapter.approval_ops import NO_RUN_RETRY_TAG, PARKED_TAG, RETRY_BEFORE_PARK_TAG
+from flujo_dagster.adapter.approval_ops import NO_RUN_RETRY_TAG, PARKED_TAG, RETRY_BEFORE_PARK_TAG, requester_of
+from flujo_dagster.adapter.audit import audit, record_ignored
+from flujo_dagster.adapter.chain import chain_runs
 from flujo_dagster.errors import ApprovalError
 from flujo_dagster.runtime.approvals import (
     AWAITING_PREFIX,
     DECISION_PREFIX,
+    ESCALATED_PREFIX,
     REQUEST_PREFIX,
+    SECRET_ENV,
     Decision,
+    Request,
     Verdict,
-    parse_decision,
+    check_decision,
+    sign,
+    tally,
 )
 
 if TYPE_CHECKING:  # what `dagster.reconstructable(...)` returns; not exported by name
     from dagster._core.definitions.reconstruct import ReconstructableJob
 
-__all__ = ["PendingApproval", "Resumable", "decide", "pending", "resumable", "resume", "resume_plan"]
+__all__ = [
+    "PendingApproval",
+    "Resumable",
+    "decide",
+    "escalate_due",
+    "parked_runs",
+    "pending",
+    "prepare_decision",
+    "record_resume",
+    "resumable",
+    "resume",
+    "resume_plan",
+]
 
 RESUME_KEY_TAG = "flujo/resume_key"
 PARENT_TAG, ROOT_TAG = "dagster/parent_run_id", "dagster/root_run_id"
@@ -31,41 +54,69 @@ PARENT_TAG, ROOT_TAG = "dagster/parent_run_id", "dagster/root_run_id"
 
 @dataclass(frozen=True)
 class PendingApproval:
-    """A gate a run is parked at: the run, the gate (its op), the step path, the payload hash, who may decide."""
+    """A gate a run is parked at: the run, the gate (its op, plus `[<mapping key>]` in a Map), the step path,
+    the payload hash, who may decide now, how many approvals it still needs, and its deadline (if any)."""
 
     run_id: str
     gate: str
     path: str
     payload_hash: str
     approvers: tuple[str, ...] | None
+    waiting_for: str = ""
+    deadline: str = ""
+    preview: str = ""
 
 
-def _requests(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
+def _requests(tags: dict[str, str]) -> dict[str, Request]:
     """The parked gates of a run (tags `flujo/awaiting/<gate>=pending`) and their recorded requests."""
-    found = {}
-    for key, value in tags.items():
-        if key.startswith(AWAITING_PREFIX) and value == "pending":
-            gate = key.removeprefix(AWAITING_PREFIX)
-            found[gate] = json.loads(tags.get(REQUEST_PREFIX + gate, "{}"))
-    return found
+    return {
+        key.removeprefix(AWAITING_PREFIX): Request.from_tag(
+            tags.get(REQUEST_PREFIX + key.removeprefix(AWAITING_PREFIX), "{}"), gate=key.removeprefix(AWAITING_PREFIX)
+        )
+        for key, value in tags.items()
+        if key.startswith(AWAITING_PREFIX) and value == "pending"
+    }
 
 
-def pending(instance: DagsterInstance) -> list[PendingApproval]:
-    """Every gate a run of `instance` is parked at, newest run first."""
-    runs = instance.get_runs(
-        filters=RunsFilter(tags={PARKED_TAG: "true"}, statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED])
-    )
+def parked_runs(instance: DagsterInstance, *, jobs: Collection[str] | None = None) -> list[DagsterRun]:
+    """The runs of `instance` (of `jobs`, when given) parked at a gate, newest first. A run someone cancelled is
+    not parked: it is never resumed."""
+    runs = instance.get_runs(filters=RunsFilter(tags={PARKED_TAG: "true"}, statuses=[DagsterRunStatus.FAILURE]))
+    return [r for r in runs if jobs is None or r.job_name in jobs]
+
+
+def pending(
+    instance: DagsterInstance, *, now: datetime | None = None, secret: str | None = None
+) -> list[PendingApproval]:
+    """Every gate a run of `instance` is parked at, newest run first (signed decisions are counted when the
+    `secret` is given)."""
     found = []
-    for run in runs:
-        for gate, request in _requests(dict(run.tags)).items():
-            approvers = request.get("approvers")
+    moment = now or datetime.now(UTC)
+    for run in parked_runs(instance):
+        tags = dict(run.tags)
+        for gate, request in _requests(tags).items():
+            outcome = tally(
+                tags,
+                gate,
+                request,
+                requester=requester_of(instance, run),
+                now=moment,
+                secret=secret,
+                root=run.root_run_id or run.run_id,
+                validate_edits=False,
+                verify_signature=secret is not None,
+            )
+            deadlines = request.deadlines()
             found.append(
                 PendingApproval(
                     run_id=run.run_id,
                     gate=gate,
-                    path=str(request.get("path", gate)),
-                    payload_hash=str(request.get("payload_hash", "")),
-                    approvers=tuple(approvers) if approvers is not None else None,
+                    path=request.path,
+                    payload_hash=request.payload_hash,
+                    approvers=request.policy.allowed(escalated=outcome.stage != "open"),
+                    waiting_for=outcome.waiting_for,
+                    deadline=deadlines[0].isoformat(timespec="seconds") if deadlines else "",
+                    preview=request.preview,
                 )
             )
     return found
@@ -80,10 +131,56 @@ def decide(
     gate: str | None = None,
     comment: str = "",
     values: dict[str, Any] | None = None,
+    secret: str | None = None,
+    at: str | None = None,
+    signature: str | None = None,
 ) -> Decision:
     """Record a decision on the gate `gate` (the only parked one when None) of parked run `run_id`, as the run
-    tag `flujo/decision/<gate>`, bound to the payload hash the gate recorded. Raises `ApprovalError` when the
-    run is not parked there. Does not resume the run (the `flujo_approvals` sensor or `resume` does)."""
+    tag `flujo/decision/<gate>/<by>` (one per reviewer), bound to the payload hash the gate recorded, and as an
+    audit event. With `secret` the record is signed (HMAC) for this run chain and gate; `signature` (with its
+    `at`) passes one made elsewhere (`flujo-dagster sign`). Raises `ApprovalError` when the run is not parked
+    there, or when the decision would not count (the reason). Does not resume the run (the `flujo_approvals`
+    sensor or `resume` does)."""
+    run, gate, decision = prepare_decision(
+        run_id,
+        verdict=verdict,
+        by=by,
+        instance=instance,
+        gate=gate,
+        comment=comment,
+        values=values,
+        secret=secret,
+        at=at,
+        signature=signature,
+    )
+    key = f"{DECISION_PREFIX}{gate}/{decision.by}"  # one tag per reviewer: a rejection is never overwritten
+    instance.add_run_tags(run_id, {key: decision.to_tag()})
+    fields: dict[str, Any] = {
+        "verdict": verdict,
+        "by": decision.by,
+        "comment": comment,
+        "tag": key,
+        "signed": bool(decision.signature),
+    }
+    audit(instance, run, "decision", gate, f"{verdict} by {decision.by} recorded in tag {key}", **fields)
+    return decision
+
+
+def prepare_decision(
+    run_id: str,
+    *,
+    verdict: Verdict,
+    by: str,
+    instance: DagsterInstance,
+    gate: str | None = None,
+    comment: str = "",
+    values: dict[str, Any] | None = None,
+    secret: str | None = None,
+    at: str | None = None,
+    signature: str | None = None,
+) -> tuple[DagsterRun, str, Decision]:
+    """The parked run, the gate and the (signed) decision record `decide` would write, checked as the gate would
+    check it; `ApprovalError` says why it would not count."""
     run = instance.get_run_by_id(run_id)
     if run is None:
         raise ApprovalError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
@@ -96,18 +193,46 @@ def decide(
             )
         (gate,) = requests
     if gate not in requests:
+        if run.tags.get(AWAITING_PREFIX + gate) == "resumed":
+            children = [r.run_id for r in chain_runs(instance, run_id) if r.parent_run_id == run_id]
+            raise ApprovalError(
+                f"run {run_id} was resumed as {', '.join(children) or 'a new run'}; decide on that run once it "
+                "parks at the gate (flujo-dagster pending)"
+            )
         raise ApprovalError(
             f"run {run_id} is not parked at gate {gate!r}; parked at: {', '.join(sorted(requests)) or 'no gate'}"
         )
+    if verdict == "reject" and values:
+        raise ApprovalError("a rejection edits nothing: drop the edited values (--set) or approve")
+    by = by.strip()
+    request = requests[gate]
     decision = Decision(
-        verdict=verdict,
-        by=by,
-        payload_hash=str(requests[gate].get("payload_hash", "")),
-        comment=comment,
-        values=dict(values or {}),
+        verdict=verdict, by=by, payload_hash=request.payload_hash, comment=comment, values=dict(values or {})
     )
-    instance.add_run_tags(run_id, {DECISION_PREFIX + gate: decision.to_tag()})
-    return decision
+    decision = replace(decision, at=at or decision.at, signature=signature or "")
+    if not signature and secret is not None:
+        decision = sign(decision, secret=secret, root=run.root_run_id or run.run_id, gate=gate)
+    elif not signature and request.policy.signed:
+        raise ApprovalError(
+            f"gate {gate} of run {run_id} requires signed decisions: set {SECRET_ENV} to the approvers' secret "
+            "(the CLI reads it from there) or pass secret=..."
+        )
+    root = run.root_run_id or run.run_id
+    stage = request.stage(datetime.now(UTC))
+    refused = check_decision(
+        decision.to_tag(),
+        request,
+        requester=requester_of(instance, run),
+        escalated=stage != "open",
+        secret=secret,
+        root=root,
+        gate=gate,
+        validate_edits=False,  # the gate validates edits against its decision model
+        verify_signature=secret is not None,  # a signature made elsewhere: the gate checks it
+    )
+    if isinstance(refused, str):
+        raise ApprovalError(f"this decision on gate {gate} of run {run_id} would not count: {refused}")
+    return run, gate, decision
 
 
 @dataclass(frozen=True)
@@ -121,29 +246,59 @@ class Resumable:
     superseded: dict[str, str]
 
 
-def resume_plan(run: DagsterRun, instance: DagsterInstance) -> Resumable | None:
-    """How to resume `run`, or None when no gate it is parked at has a decision for the content it showed, or
-    when a resume with the same decisions was already launched in its chain (exactly once: a decision written
-    twice, a sensor ticking twice, or a decision the gate then ignores, resume at most once)."""
-    decisions = {k: v for k, v in run.tags.items() if k.startswith(DECISION_PREFIX)}
-    decided = []
-    for gate, request in _requests(dict(run.tags)).items():
-        raw = decisions.get(DECISION_PREFIX + gate)
-        parsed = parse_decision(raw) if raw is not None else None  # malformed: not resumable (the gate says why)
-        if isinstance(parsed, Decision) and parsed.payload_hash == request.get("payload_hash"):
+def _resume_key(run: DagsterRun, marks: list[str]) -> str:
+    decisions = sorted((k, v) for k, v in run.tags.items() if k.startswith(DECISION_PREFIX))
+    return hashlib.sha256(json.dumps([run.root_run_id or run.run_id, decisions, *marks]).encode()).hexdigest()
+
+
+def resume_plan(
+    run: DagsterRun, instance: DagsterInstance, *, secret: str | None = None, now: datetime | None = None
+) -> Resumable | None:
+    """How to resume `run`, or None when no gate it is parked at is decided (a rejection, enough approvals for
+    the content it showed, or a deadline that decides), or when a resume with the same decisions was already
+    launched in its chain (exactly once: a decision written twice, a sensor ticking twice, or a decision the
+    gate then ignores, resume at most once)."""
+    tags = dict(run.tags)
+    moment = now or datetime.now(UTC)
+    decided, marks = [], []
+    requests = _requests(tags)
+    root = run.root_run_id or run.run_id
+    for gate, request in requests.items():
+        outcome = tally(
+            tags,
+            gate,
+            request,
+            requester=requester_of(instance, run),
+            now=moment,
+            secret=secret,
+            root=root,
+            validate_edits=False,
+            verify_signature=secret is not None,  # without the secret, the gate checks signatures itself
+        )
+        record_ignored(instance, run, gate, outcome.ignored)
+        if outcome.decision is not None:
             decided.append(gate)
+            d = outcome.decision
+            marks.append(json.dumps([gate, d.verdict, d.by, d.at, sorted(d.values.items(), key=str)], default=str))
+    _unknown_gates(instance, run, requests)
     if not decided:
         return None
-    root = run.root_run_id or run.run_id
-    key = hashlib.sha256(json.dumps([root, sorted(decisions.items())]).encode()).hexdigest()
-    superseded = {AWAITING_PREFIX + g: "resumed" for g in decided}
+    key = _resume_key(run, marks)
+    # every gate the run is parked at: the resume runs the undecided ones again, and they park there anew
+    superseded = {AWAITING_PREFIX + g: "resumed" for g in _requests(tags)}
     if run.tags.get(RESUME_KEY_TAG) == key:
         return None  # this run was the resume for these decisions and parked again: it needs a new decision
     same_key = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1)
-    if same_key or instance.get_runs(filters=RunsFilter(tags={PARENT_TAG: run.run_id}), limit=1):
+    children = instance.get_runs(filters=RunsFilter(tags={PARENT_TAG: run.run_id}), limit=1)
+    if same_key or children:
         # already resumed: by us, or re-executed from the UI (with the decision tag added by hand)
         instance.add_run_tags(run.run_id, superseded)
+        if children and not same_key:
+            by_hand = children[0].run_id
+            for gate in decided:
+                audit(instance, run, "resume", gate, f"re-executed by hand as run {by_hand}", resumed_run_id=by_hand)
         return None
+    decisions = {k: v for k, v in tags.items() if k.startswith(DECISION_PREFIX)}
     return Resumable(
         run_id=run.run_id,
         gates=tuple(decided),
@@ -162,31 +317,70 @@ def resume_plan(run: DagsterRun, instance: DagsterInstance) -> Resumable | None:
     )
 
 
-def resumable(instance: DagsterInstance) -> list[Resumable]:
-    """Every parked run of `instance` that a recorded decision lets resume (see `resume_plan`)."""
-    runs = instance.get_runs(
-        filters=RunsFilter(tags={PARKED_TAG: "true"}, statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED])
-    )
-    plans = [resume_plan(run, instance) for run in runs]
+def _unknown_gates(instance: DagsterInstance, run: DagsterRun, requests: dict[str, Request]) -> None:
+    """Report, once, decision tags for a gate the run never waited at (a typo in a tag written by hand)."""
+    known = {k.removeprefix(AWAITING_PREFIX) for k in run.tags if k.startswith(AWAITING_PREFIX)}
+    for key in run.tags:
+        if not key.startswith(DECISION_PREFIX):
+            continue
+        gate = key.removeprefix(DECISION_PREFIX).split("/", 1)[0]
+        if gate not in known:
+            waiting = ", ".join(sorted(requests)) or "none"
+            reason = f"no gate {gate!r} waits in this run (gates waiting: {waiting})"
+            record_ignored(instance, run, gate, ((key, reason),))
+
+
+def resumable(
+    instance: DagsterInstance,
+    *,
+    secret: str | None = None,
+    now: datetime | None = None,
+    jobs: Collection[str] | None = None,
+) -> list[Resumable]:
+    """Every parked run of `instance` (of `jobs`, when given) that a recorded decision (or a deadline) lets
+    resume (see `resume_plan`)."""
+    plans = [resume_plan(run, instance, secret=secret, now=now) for run in parked_runs(instance, jobs=jobs)]
     return [p for p in plans if p is not None]
 
 
-def resume(run_id: str, *, job: ReconstructableJob, instance: DagsterInstance) -> str:
+def escalate_due(
+    instance: DagsterInstance, *, now: datetime | None = None, jobs: Collection[str] | None = None
+) -> list[tuple[str, str]]:
+    """Escalate every parked gate whose deadline passed with `on_timeout="escalate"`: tag the run
+    `flujo/escalated/<gate>` and record an escalation event (its approvers widen to `escalate_to` until a second
+    deadline, then it rejects). Returns the (run id, gate) pairs escalated now."""
+    moment = now or datetime.now(UTC)
+    escalated = []
+    for run in parked_runs(instance, jobs=jobs):
+        tags = dict(run.tags)
+        for gate, request in _requests(tags).items():
+            if request.stage(moment) != "escalated" or ESCALATED_PREFIX + gate in tags:
+                continue
+            deadlines = request.deadlines()
+            assert deadlines is not None
+            until = deadlines[1].isoformat(timespec="seconds")
+            instance.add_run_tags(run.run_id, {ESCALATED_PREFIX + gate: moment.isoformat(timespec="seconds")})
+            who = ", ".join(request.policy.escalate_to)
+            message = f"no decision by {deadlines[0].isoformat(timespec='seconds')}; escalated to {who} until {until}"
+            audit(instance, run, "escalation", gate, message, escalate_to=list(request.policy.escalate_to), until=until)
+            escalated.append((run.run_id, gate))
+    return escalated
+
+
+def resume(run_id: str, *, job: ReconstructableJob, instance: DagsterInstance, secret: str | None = None) -> str:
     """Re-execute parked run `run_id` from failure with every decision so far (where no webserver runs to
     launch it through GraphQL; `execute_job` inherits no tags, so they are passed). Exactly once per set of
-    decisions: a second call returns the first resume's run id. Returns the resumed run's id."""
+    decisions: a second call returns the first resume's run id. Returns the resumed run's id. Signed decisions
+    are checked with `secret`, by default `FLUJO_DAGSTER_DECISION_SECRET` from the environment."""
+    secret = secret if secret is not None else os.environ.get(SECRET_ENV) or None
     run = instance.get_run_by_id(run_id)
     if run is None:
         raise ApprovalError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
-    plan = resume_plan(run, instance)
+    plan = resume_plan(run, instance, secret=secret)
     if plan is None:
-        decisions = sorted((k, v) for k, v in run.tags.items() if k.startswith(DECISION_PREFIX))
-        key = hashlib.sha256(json.dumps([run.root_run_id or run_id, decisions]).encode()).hexdigest()
-        earlier = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1) or instance.get_runs(
-            filters=RunsFilter(tags={PARENT_TAG: run_id}), limit=1
-        )
+        earlier = [r for r in chain_runs(instance, run_id) if r.parent_run_id == run_id]
         if earlier:
-            return earlier[0].run_id
+            return earlier[0].run_id  # oldest first: the first resume
         raise ApprovalError(f"run {run_id} has no decision for the gates it is parked at; decide first")
     options = ReexecutionOptions.from_failure(run_id, instance)
     # execute_job inherits no tag: carry the parent's (who launched it, its partition or scheduled time...) as a
@@ -194,5 +388,12 @@ def resume(run_id: str, *, job: ReconstructableJob, instance: DagsterInstance) -
     tags = {**run.tags, **plan.tags}
     with execute_job(job, instance=instance, reexecution_options=options, tags=tags, raise_on_error=False) as result:
         resumed = result.run_id
-    instance.add_run_tags(run_id, plan.superseded)
+    record_resume(instance, run, plan, resumed)
     return resumed
+
+
+def record_resume(instance: DagsterInstance, run: DagsterRun, plan: Resumable, resumed: str) -> None:
+    """Mark `run`'s decided gates as resumed and record the resume as an audit event on it."""
+    instance.add_run_tags(run.run_id, plan.superseded)
+    for gate in plan.gates:
+        audit(instance, run, "resume", gate, f"resumed as run {resumed}", resumed_run_id=resumed)

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 
-from dagster import DagsterEvent, DagsterEventType, DagsterInstance, RunsFilter
+from dagster import DagsterEvent, DagsterEventType, DagsterInstance
 
 from flujo_dagster.adapter import metadata as md
-from flujo_dagster.errors import FlujoDagsterError
+from flujo_dagster.adapter.chain import chain_runs
 
 __all__ = ["AgentCallSummary", "agent_calls", "run_costs"]
 
@@ -87,19 +87,9 @@ def agent_calls(events: Iterable[DagsterEvent], run_id: str = "") -> tuple[Agent
 def run_costs(run_id: str, instance: DagsterInstance) -> tuple[AgentCallSummary, ...]:
     """The agent calls of run `run_id` and of every run of its re-execution group (a re-execution runs only
     the steps that had not completed, so nothing is counted twice), oldest run first."""
-    run = instance.get_run_by_id(run_id)
-    if run is None:
-        raise FlujoDagsterError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
-    root = run.root_run_id or run.run_id
-    # not instance.get_run_group: it finds re-executions by a tag that execute_job's re-executions do not carry
-    records = [
-        r
-        for r in instance.get_run_records(filters=RunsFilter(job_name=run.job_name))
-        if r.dagster_run.run_id == root or r.dagster_run.root_run_id == root
-    ]
     calls: list[AgentCallSummary] = []
-    for record in sorted(records, key=lambda r: r.create_timestamp):
-        logs = instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.STEP_OUTPUT)
+    for run in chain_runs(instance, run_id):
+        logs = instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_OUTPUT)
         events = (e.dagster_event for e in logs if e.dagster_event is not None)
-        calls.extend(agent_calls(events, record.dagster_run.run_id))
+        calls.extend(agent_calls(events, run.run_id))
     return tuple(calls)

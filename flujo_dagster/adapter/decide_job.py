@@ -14,6 +14,7 @@ from dagster import (
     Permissive,
 )
 
+from flujo_dagster.adapter.approval_ops import USER_TAG
 from flujo_dagster.adapter.approvals import decide
 from flujo_dagster.errors import ApprovalError
 
@@ -32,11 +33,24 @@ _CONFIG = {
         is_required=False,
         description="edited values of shown keys (approve only)",
     ),
+    "at": Field(str, is_required=False, description="the decision's time, as signed (signed decisions only)"),
+    "signature": Field(
+        str,
+        is_required=False,
+        description="the decision's HMAC, made where the secret is held (require_signed_decisions); never the secret",
+    ),
 }
 
 
 def _compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> None:
     config = context.op_config
+    user = context.run.tags.get(USER_TAG)  # set by deployments that authenticate their users
+    if user is not None and config["by"] != user:
+        raise Failure(
+            description=f"ApprovalError: this run was launched by {user!r}, who may decide only as themselves "
+            f"(by={config['by']!r})",
+            allow_retries=False,
+        )
     try:
         recorded = decide(
             config["run_id"],
@@ -46,6 +60,8 @@ def _compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> None:
             comment=config.get("comment", ""),
             values=config.get("values"),
             instance=context.instance,
+            at=config.get("at"),
+            signature=config.get("signature"),
         )
     except ApprovalError as exc:
         raise Failure(description=f"ApprovalError: {exc}", allow_retries=False) from exc

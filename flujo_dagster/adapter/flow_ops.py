@@ -42,6 +42,7 @@ __all__ = [
     "DONE_OUTPUT",
     "Producer",
     "arm_output",
+    "barrier_op",
     "branch_join_op",
     "context_op",
     "inline_op",
@@ -241,6 +242,23 @@ def until_op(pipeline: Pipeline, loop: Loop, wiring: StepWiring, iteration: int)
     )
 
 
+def barrier_op(pipeline: Pipeline, wiring: StepWiring) -> OpDefinition:
+    """After a Parallel whose branches hold approval gates: waits (fan-in `after`) for every branch's gate in
+    force, so that the steps after the Parallel wait for all of them. Gated like a loop's join."""
+
+    def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        yield Output(None, DONE_OUTPUT)
+
+    return OpDefinition(
+        compute_fn=compute,
+        name=wiring.definition,
+        ins={**ins_for(pipeline, (), gated=wiring.gated), AFTER_INPUT: In(Nothing)},
+        outs={DONE_OUTPUT: Out(Nothing)},
+        description=f"joins parallel {wiring.path}: waits for the approval gates in its branches",
+        tags={md.KIND: "join", md.STEP_PATH: wiring.path},
+    )
+
+
 def loop_join_op(
     pipeline: Pipeline,
     wiring: StepWiring,
@@ -250,7 +268,9 @@ def loop_join_op(
     step_key: Callable[[str], str],
     done: bool = False,
 ) -> OpDefinition:
-    """After a loop: forwards the keys the body writes from the iteration that exited."""
+    """After a loop: forwards the keys the body writes from the iteration that exited. Gated (`wiring.gated`)
+    by the gate in force before the loop, so that it is skipped with the region holding the loop even when its
+    `after` fan-in includes producers from outside it."""
 
     def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
         reader = _Reader(context, step_key)
@@ -262,7 +282,7 @@ def loop_join_op(
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
-        ins={AFTER_INPUT: In(Nothing)},
+        ins={**ins_for(pipeline, (), gated=wiring.gated), AFTER_INPUT: In(Nothing)},
         outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes), done=done),
         required_resource_keys={IO_MANAGER_KEY},
         description=f"joins loop {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",

@@ -11,7 +11,7 @@ from dagster import DependencyDefinition, GraphDefinition, MultiDependencyDefini
 # tests/test_map_op.py). Building the graph from dependency dicts keeps step keys and names flat and ours.
 from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
 
-from flujo_dagster.adapter.approval_ops import APPROVED_OUTPUT, approval_op
+from flujo_dagster.adapter.approval_ops import APPROVED_OUTPUT, REJECTED_OUTPUT, VERDICT_LABELS, approval_op
 from flujo_dagster.adapter.flow_ops import (
     AFTER_INPUT,
     CONTINUE_OUTPUT,
@@ -20,6 +20,7 @@ from flujo_dagster.adapter.flow_ops import (
     EXIT_OUTPUT,
     Producer,
     arm_output,
+    barrier_op,
     branch_join_op,
     context_op,
     inline_op,
@@ -72,6 +73,7 @@ class _Builder:
         self.before_gate: dict[str, dict[Producer, None]] = {}
         self.fan_in: dict[str, list[Producer]] = {}
         self.in_fanout = False  # inside the body of a Map expanded with isolation="op"
+        self.dynamic: set[str] = set()  # nodes whose outputs are per element: fan-outs and the ops they map
 
     # -- wiring helpers -----------------------------------------------------------------------------------
     def resolve(self, key: str, live: Live) -> Producer | None:
@@ -108,6 +110,8 @@ class _Builder:
         deps.update({name: DynamicCollectDependencyDefinition(*p) for name, p in collected.items()})
         self.g.defs[node] = definition
         self.g.deps[node] = deps
+        if self.in_fanout:
+            self.dynamic.add(node)
         self.g.upstream[node] = [
             *data.values(),
             *fan_in,
@@ -124,8 +128,13 @@ class _Builder:
         Dagster 1.13's in-process executor spins forever when abandoning a step (downstream of a failure) makes
         a gated step skippable and nothing is left to run: it handles skips, then abandons, never skips again.
         With every outside producer ahead of the gate, a region's ops resolve when the gate does: all skipped
-        (the gate went the other way) or all abandoned (something before it failed)."""
+        (the gate went the other way) or all abandoned (something before it failed).
+
+        Per-element outputs cannot feed a fan-in (Dagster refuses it) and need no such ordering: the only gates
+        in a mapped body are approvals, and one element's ops run or are abandoned together."""
         source = producer[0]
+        if source in self.dynamic:
+            return
         for gate in self.regions_of[node]:
             if source != gate and gate not in self.regions_of.get(source, ()):
                 self.before_gate.setdefault(gate, {})[producer] = None
@@ -160,21 +169,24 @@ class _Builder:
         """Expand a sequence. Returns the gate in force at its end: after an approval gate (or the join of a
         construct holding one) every later step of the sequence waits for it, as a region of that op."""
         depth = len(self.regions)
-        for step in steps:
+        for index, step in enumerate(steps):
             here = f"{path} > {step.kind}:{step.name}"
             after: Producer | None = None
             if runs_in_one_op(step, in_fanout=self.in_fanout):
                 self.inline(step, live, prefix, here, path, gate)
+            elif isinstance(step, Approval) and step.on_reject:  # routes the rest of the sequence: it ends here
+                gate = self.rejectable(step, steps[index + 1 :], live, prefix, here, path, gate)
+                break
             elif isinstance(step, Approval):
                 after = (self.approval(step, live, prefix, here, gate), APPROVED_OUTPUT)
             elif isinstance(step, Map):
-                self.fanout(step, live, prefix, here, gate)
+                after = self.fanout(step, live, prefix, here, gate)
             elif isinstance(step, Loop):
                 after = self.loop(step, live, prefix, here, gate)
             elif isinstance(step, Branch):
                 after = self.branch(step, live, prefix, here, gate)
             elif isinstance(step, Parallel):
-                self.parallel(step, live, prefix, here, gate)
+                after = self.parallel(step, live, prefix, here, gate)
             elif isinstance(step, Group):
                 tail = self.steps(step.steps, live, (*prefix, step.name), here, gate)
                 after = tail if tail != gate else None
@@ -193,6 +205,57 @@ class _Builder:
         self.add(node, approval_op(self.p, step, wiring), data, gate)
         live.update({k: (node, io_name(k)) for k in step.show})
         return node
+
+    def rejectable(
+        self,
+        step: Approval,
+        rest: Sequence[Step],
+        live: Live,
+        prefix: tuple[str, ...],
+        here: str,
+        path: str,
+        gate: Producer | None,
+    ) -> Producer:
+        """A gate with `on_reject` steps routes like a branch: approved, the rest of its sequence runs (reading the
+        approved values); rejected, the `on_reject` steps run instead (ops `<gate>__<step>`, reading the shown
+        keys' values from before the gate). A join after both forwards every key either writes. Returns the
+        join's `flujo_done`, the gate in force at the end of the sequence."""
+        node = op_name(*prefix, step.name)
+        wiring = self.wiring(node, here, step.show, step.show, split=True, gated=gate is not None)
+        self.add(
+            node, approval_op(self.p, step, wiring), {io_name(k): self.must(k, live, here) for k in step.show}, gate
+        )
+        may = flow_of_steps(rest, self.fields).may | flow_of_steps(step.on_reject, self.fields).may
+        written = self.ordered(may | frozenset(step.show))
+        approved = {**live, **{k: (node, io_name(k)) for k in step.show}}
+        arms = [
+            (rest, approved, (node, APPROVED_OUTPUT), prefix, path),
+            (step.on_reject, dict(live), (node, REJECTED_OUTPUT), (*prefix, step.name), here),
+        ]
+        producers: list[dict[str, Producer | None]] = []
+        tails: list[Producer] = []
+        for steps, arm_live, arm_gate, arm_prefix, arm_path in arms:
+            self.region(node)
+            tail = self.steps(steps, arm_live, arm_prefix, arm_path, arm_gate)
+            self.regions.pop()
+            if tail is not None and tail != arm_gate:
+                tails.append(tail)
+            producers.append({k: self.resolve(k, arm_live) for k in written})
+        join = op_name(*prefix, step.name, "flujo_join")
+        sources = self.frontier(
+            [(node, DECISION_OUTPUT), *tails], [p for arm in producers for p in arm.values() if p is not None]
+        )
+        op = branch_join_op(
+            self.p,
+            self.wiring(join, here, (), written),
+            list(VERDICT_LABELS),
+            producers,
+            step_key=self.step_key,
+            done=True,
+        )
+        self.add(join, op, {DECISION_OUTPUT: (node, DECISION_OUTPUT)}, None, sources)
+        live.update({k: (join, io_name(k)) for k in written})
+        return (join, DONE_OUTPUT)
 
     def leaf(self, step: Step, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
         keys = self.p.keys_of(step)
@@ -259,6 +322,7 @@ class _Builder:
     def loop(
         self, loop: Loop, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None
     ) -> Producer | None:
+        outer = gate  # the join waits for it: a fan-in alone would run it in a skipped region (see loop_join_op)
         written = self.ordered(flow_of_steps(loop.body, self.fields).may)
         reads = callable_reads(loop.until)
         exits: list[Producer] = []
@@ -281,26 +345,32 @@ class _Builder:
             self.region(until)  # iteration i + 1 and the ones after it
         del self.regions[depth:]
         join = op_name(*prefix, loop.name, "flujo_join")
-        op = loop_join_op(
-            self.p, self.wiring(join, path, (), written), exits, snapshots, step_key=self.step_key, done=held
-        )
+        wiring = self.wiring(join, path, (), written, gated=outer is not None)
+        op = loop_join_op(self.p, wiring, exits, snapshots, step_key=self.step_key, done=held)
         sources = self.frontier(exits, [p for snap in snapshots for p in snap.values() if p is not None])
-        self.add(join, op, {}, None, sources)
+        self.add(join, op, {}, outer, sources)
         live.update({k: (join, io_name(k)) for k in written})
         return (join, DONE_OUTPUT) if held else None
 
-    def fanout(self, node: Map, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
+    def fanout(
+        self, node: Map, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None
+    ) -> Producer | None:
+        """A fan-out op, the body's ops mapped once per element, a collect op. When the body holds an approval
+        gate (one per element, decided by mapping key), the steps after the Map wait for the collect's
+        `flujo_done`, which waits for every element's gate."""
         fan = op_name(*prefix, node.name)
         wiring = self.wiring(fan, path, (node.over,), (), gated=gate is not None)
         self.add(fan, fanout_op(self.p, node, wiring), {io_name(node.over): self.must(node.over, live, path)}, gate)
+        self.dynamic.add(fan)
         body_live = dict(live)
         body_live[node.item] = (fan, ITEM_OUTPUT)
         first = len(self.g.defs)
         self.in_fanout = True
         # the element as every body op's gate: each is mapped once per element (even one reading no key of the
         # element), and skipped with the fan-out
-        self.steps(node.body, body_live, (*prefix, node.name), path, (fan, ITEM_OUTPUT))
+        tail = self.steps(node.body, body_live, (*prefix, node.name), path, (fan, ITEM_OUTPUT))
         self.in_fanout = False
+        held = tail != (fan, ITEM_OUTPUT)
         body = list(self.g.defs)[first:]
         result = self.must(node.result, body_live, path)
         if result[0] not in (fan, *body):
@@ -309,19 +379,35 @@ class _Builder:
         consumed = {u for n in body for u in self.g.upstream[n]} | {result}
         leaves = [(n, out) for n in body for out in _outputs(self.g.defs[n]) if (n, out) not in consumed]
         collect = op_name(*prefix, node.name, "flujo_collect")
-        op = collect_op(self.p, node, self.wiring(collect, path, (), (node.into,), gated=gate is not None), len(leaves))
+        wiring = self.wiring(collect, path, (), (node.into,), gated=gate is not None)
+        op = collect_op(self.p, node, wiring, len(leaves), done=held)
         collected = {RESULTS_INPUT: result, **{f"after_{i}": p for i, p in enumerate(leaves)}}
         self.add(collect, op, {}, gate, collected=collected)
         live[node.into] = (collect, io_name(node.into))
+        return (collect, DONE_OUTPUT) if held else None
 
-    def parallel(self, par: Parallel, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None) -> None:
+    def parallel(
+        self, par: Parallel, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None
+    ) -> Producer | None:
+        """Each branch's ops side by side. When branches hold approval gates, a barrier op
+        `<parallel>__flujo_join` waits for each one's gate in force, and the steps after the Parallel wait for
+        the barrier: gates in different branches park in the same run and are decided separately."""
         before = dict(live)
+        tails: list[Producer] = []
         for label, steps in par.branches.items():
             branch_live = dict(before)
-            self.steps(steps, branch_live, (*prefix, par.name, label), f"{path} > {label}", gate)
+            tail = self.steps(steps, branch_live, (*prefix, par.name, label), f"{path} > {label}", gate)
+            if tail is not None and tail != gate:
+                tails.append(tail)
             for key in flow_of_steps(steps, self.fields).may:
                 if key in branch_live:
                     live[key] = branch_live[key]
+        if not tails:
+            return None
+        join = op_name(*prefix, par.name, "flujo_join")
+        wiring = self.wiring(join, path, (), (), gated=gate is not None)
+        self.add(join, barrier_op(self.p, wiring), {}, gate, tails)
+        return (join, DONE_OUTPUT)
 
     # -- the whole pipeline -------------------------------------------------------------------------------
     def build(self) -> BuiltGraph:

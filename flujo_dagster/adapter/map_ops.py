@@ -8,13 +8,14 @@ from typing import Any
 from dagster import DynamicOut, DynamicOutput, In, Nothing, OpDefinition, OpExecutionContext, Out, Output
 
 from flujo_dagster.adapter import metadata as md
+from flujo_dagster.adapter.flow_ops import AFTER_INPUT, DONE_OUTPUT
 from flujo_dagster.adapter.naming import io_name
 from flujo_dagster.adapter.ops import GATE_INPUT, IO_MANAGER_KEY, StepWiring, ins_for
 from flujo_dagster.adapter.types import key_type
 from flujo_dagster.dsl.control import Map
 from flujo_dagster.dsl.pipeline import Pipeline
 
-__all__ = ["ITEM_OUTPUT", "RESULTS_INPUT", "collect_op", "fanout_op", "mapping_key"]
+__all__ = ["ITEM_OUTPUT", "RESULTS_INPUT", "collect_op", "fanout_op", "mapped_gate_id", "mapping_key"]
 
 ITEM_OUTPUT = "item"
 RESULTS_INPUT = "results"
@@ -23,6 +24,14 @@ RESULTS_INPUT = "results"
 def mapping_key(index: int) -> str:
     """The mapping key of element `index`: stable for the same input list, shown in step keys (`each__f[i3]`)."""
     return f"i{index}"
+
+
+def mapped_gate_id(context: OpExecutionContext, node: str) -> str:
+    """The id an approval gate's tags use (`flujo/decision/<id>`): its node name, and, in the body of a Map
+    expanded with `isolation="op"`, the element's mapping key as Dagster's step key shows it (`each__review[i3]`),
+    so that each element's gate is decided on its own."""
+    key = context.get_mapping_key()
+    return f"{node}[{key}]" if key is not None else node
 
 
 def fanout_op(pipeline: Pipeline, node: Map, wiring: StepWiring) -> OpDefinition:
@@ -43,24 +52,32 @@ def fanout_op(pipeline: Pipeline, node: Map, wiring: StepWiring) -> OpDefinition
     )
 
 
-def collect_op(pipeline: Pipeline, node: Map, wiring: StepWiring, after: int) -> OpDefinition:
+def collect_op(pipeline: Pipeline, node: Map, wiring: StepWiring, after: int, *, done: bool = False) -> OpDefinition:
     """Gathers each element's `result` into `into` (input order); `after` Nothing inputs collect the body's
-    other leaf outputs, so that every mapped op leads to the Map's output."""
+    other leaf outputs, so that every mapped op leads to the Map's output. With `done` (the body holds an
+    approval gate) it also yields `flujo_done`, which the steps after the Map wait for, and takes the `after`
+    fan-in that orders what they read from before it (see `graph_builder`)."""
     into_type = key_type(pipeline.name, node.into, pipeline.fields[node.into])
 
     def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
         yield Output(list(inputs[RESULTS_INPUT]), io_name(node.into))
+        if done:
+            yield Output(None, DONE_OUTPUT)
 
     # each element loads with the result key's own type (the producer's); the list is checked as `into`
     ins: dict[str, In] = {RESULTS_INPUT: In(list)}
     ins.update({f"after_{i}": In(Nothing) for i in range(after)})
     if wiring.gated:
         ins[GATE_INPUT] = In(Nothing)
+    outs = {io_name(node.into): Out(into_type, io_manager_key=IO_MANAGER_KEY)}
+    if done:
+        ins[AFTER_INPUT] = In(Nothing)
+        outs[DONE_OUTPUT] = Out(Nothing)
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
         ins=ins,
-        outs={io_name(node.into): Out(into_type, io_manager_key=IO_MANAGER_KEY)},
+        outs=outs,
         description=f"collects map {wiring.path}: each {node.result!r} into {node.into!r}, in input order",
         tags={md.KIND: "map_collect", md.STEP_PATH: wiring.path},
     )

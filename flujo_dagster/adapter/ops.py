@@ -105,8 +105,9 @@ def outs_for(pipeline: Pipeline, writes: tuple[str, ...], optional: frozenset[st
 def not_retried(exc: BaseException, wiring: StepWiring) -> Failure:
     """Dagster's RetryPolicy retries every exception but this one: configuration, budget and control-flow
     errors fail the step on its first attempt, chained from the original."""
+    where = "" if str(exc).startswith(f"{wiring.path}: ") else f" at {wiring.path}"  # said once
     return Failure(
-        description=f"{type(exc).__name__} at {wiring.path}: {exc}",
+        description=f"{type(exc).__name__}{where}: {exc}",
         metadata={md.STEP_PATH: wiring.path, "flujo/error_class": type(exc).__name__},
         allow_retries=False,
     )

@@ -3,10 +3,12 @@
 
 import json
 import urllib.request
+from collections.abc import Collection
 
 from dagster import DefaultSensorStatus, SensorDefinition, SensorEvaluationContext, SkipReason
 
-from flujo_dagster.adapter.approvals import resumable
+from flujo_dagster.adapter.approval_settings import ApprovalSettings
+from flujo_dagster.adapter.approvals import escalate_due, record_resume, resumable
 from flujo_dagster.errors import ApprovalError, ConfigurationError
 from flujo_dagster.validation import ValidationReport
 
@@ -76,7 +78,7 @@ def launch_reexecution(webserver_url: str, parent_run_id: str, tags: dict[str, s
     try:
         with _NO_PROXY.open(request, timeout=30) as response:
             payload = json.load(response)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # unreachable, or an answer that is not GraphQL's JSON
         raise ApprovalError(
             f"cannot reach the Dagster webserver at {webserver_url} to resume run {parent_run_id} ({exc}); "
             "resumes are launched through its GraphQL API: run the webserver there, or pass "
@@ -89,21 +91,39 @@ def launch_reexecution(webserver_url: str, parent_run_id: str, tags: dict[str, s
     return run_id
 
 
-def approvals_sensor(webserver_url: str, *, interval_s: int = 30) -> SensorDefinition:
-    """A sensor, running by default, that resumes each parked run once a decision for one of its gates is
-    recorded: a re-execution from failure launched through the webserver's GraphQL API (a sensor's RunRequest
-    cannot re-execute), at most once per set of decisions (`flujo/resume_key`)."""
+def approvals_sensor(
+    webserver_url: str,
+    *,
+    interval_s: int = 30,
+    settings: ApprovalSettings | None = None,
+    jobs: Collection[str] | None = None,
+) -> SensorDefinition:
+    """A sensor, running by default, that escalates parked gates whose deadline escalates them and resumes each
+    parked run once a decision for one of its gates is recorded (or its deadline decides): a re-execution from
+    failure launched through the webserver's GraphQL API (a sensor's RunRequest cannot re-execute), at most once
+    per set of decisions (`flujo/resume_key`). Only runs of `jobs` (this code location's, when given)."""
+    chosen = settings or ApprovalSettings()
 
     def evaluate(context: SensorEvaluationContext) -> SkipReason:
+        secret = chosen.secret()
+        if chosen.require_signed_decisions and secret is None:
+            raise ApprovalError(
+                f"require_signed_decisions=True, but {chosen.secret_env} is not set where this code location "
+                "runs, so the sensor cannot check signed decisions: set it to the approvers' secret"
+            )
+        for run_id, gate in escalate_due(context.instance, jobs=jobs):
+            context.log.info(f"escalated gate {gate} of parked run {run_id}")
         resumed, failed = [], []
-        for parked in resumable(context.instance):
+        for parked in resumable(context.instance, secret=secret, jobs=jobs):
             try:
                 run_id = launch_reexecution(webserver_url, parked.run_id, parked.tags)
             except ApprovalError as exc:  # one run's failure must not keep the others parked
                 context.log.error(str(exc))
                 failed.append(str(exc))
                 continue
-            context.instance.add_run_tags(parked.run_id, parked.superseded)
+            parent = context.instance.get_run_by_id(parked.run_id)
+            if parent is not None:
+                record_resume(context.instance, parent, parked, run_id)
             context.log.info(f"resumed run {parked.run_id} as {run_id} (decided: {', '.join(parked.gates)})")
             resumed.append(run_id)
         if failed:  # the tick fails, so the problem shows in the UI; the others were resumed

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from flujo_dagster.dsl.steps import Retry, Step
+from flujo_dagster.dsl.steps import Retry, Step, StepsLike, as_steps
 
 __all__ = ["Approval", "ApprovalMode", "OnTimeout"]
 
@@ -24,7 +24,9 @@ class Approval(Step):
     fields are shown keys) flow on as the keys' new values. Every step after the gate in its sequence runs only
     after the approval. With no decision yet the run parks (`mode="park"`, no worker held) and resumes by
     re-execution from failure once a decision is recorded; `mode="wait"` first polls the run's tags.
-    A rejection fails the run with `ApprovalRejectedError`.
+    A rejection fails the run with `ApprovalRejectedError`, unless `on_reject` names steps: then those run
+    instead of the steps after the gate in its sequence (the shown keys keep their values from before the gate),
+    and the run goes on after that sequence.
     """
 
     show: tuple[str, ...] = field(default=())
@@ -35,6 +37,7 @@ class Approval(Step):
     timeout: timedelta | None = None
     on_timeout: OnTimeout = "reject"
     escalate_to: tuple[str, ...] = ()
+    on_reject: tuple[Step, ...] = ()
     mode: ApprovalMode = "park"
 
     kind = "approval"
@@ -52,6 +55,7 @@ class Approval(Step):
         timeout: timedelta | None = None,
         on_timeout: OnTimeout = "reject",
         escalate_to: list[str] | tuple[str, ...] = (),
+        on_reject: StepsLike | None = None,
         mode: ApprovalMode = "park",
     ) -> None:
         object.__setattr__(self, "name", name)
@@ -66,4 +70,5 @@ class Approval(Step):
         object.__setattr__(self, "timeout", timeout)
         object.__setattr__(self, "on_timeout", on_timeout)
         object.__setattr__(self, "escalate_to", tuple(escalate_to))
+        object.__setattr__(self, "on_reject", as_steps(on_reject) if on_reject is not None else ())
         object.__setattr__(self, "mode", mode)

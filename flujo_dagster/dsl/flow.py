@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.keys import parameter_names, resolve_keys
 from flujo_dagster.dsl.steps import Step, remembered
@@ -36,11 +37,17 @@ def flow_of_steps(steps: Sequence[Step], fields: Mapping[str, object]) -> Flow:
     reads: list[str] = []
     must: set[str] = set()
     may: set[str] = set()
-    for step in steps:
+    for index, step in enumerate(steps):
         f = flow_of(step, fields)
         reads.extend(k for k in f.reads if k not in must)
         must |= f.must
         may |= f.may
+        if isinstance(step, Approval) and step.on_reject:  # the rest of the sequence runs only if approved
+            rest, rejected = flow_of_steps(steps[index + 1 :], fields), flow_of_steps(step.on_reject, fields)
+            reads.extend(k for k in _ordered(rest.reads, rejected.reads) if k not in must)
+            must |= rest.must & rejected.must
+            may |= rest.may | rejected.may
+            break
     return Flow(_ordered(reads), frozenset(must), frozenset(may))
 
 
@@ -78,7 +85,8 @@ def _flow_of(step: Step, fields: Mapping[str, object]) -> Flow:
 
 
 def children(step: Step) -> list[tuple[str | None, tuple[Step, ...]]]:
-    """The step sequences directly inside a control-flow node, with their arm labels (None for a loop body)."""
+    """The step sequences directly inside a control-flow node (or an approval gate's `on_reject` steps), with
+    their arm labels (None for a loop body)."""
     if isinstance(step, Loop):
         return [(None, step.body)]
     if isinstance(step, Branch):
@@ -89,6 +97,8 @@ def children(step: Step) -> list[tuple[str | None, tuple[Step, ...]]]:
         return [(None, step.body)]
     if isinstance(step, Group):
         return [(None, step.steps)]
+    if isinstance(step, Approval) and step.on_reject:
+        return [("rejected", step.on_reject)]
     return []
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Sequence
 
+from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.flow import callable_reads, flow_of_steps
 from flujo_dagster.dsl.keys import resolve_keys
@@ -52,8 +53,16 @@ class _Checker:
 
     def steps(self, steps: Sequence[Step], live: set[str], path: str) -> Iterator[Finding]:
         """Check `steps` in order; `live` (keys with a value on every path) grows as they write."""
-        for step in steps:
+        for index, step in enumerate(steps):
             here = f"{path} > {step.kind}:{step.name}"
+            if isinstance(step, Approval) and step.on_reject:
+                # approved: the rest of the sequence runs; rejected: the on_reject steps do instead
+                yield from self.leaf(step, live, here)
+                approved, rejected = set(live), set(live)
+                yield from self.steps(steps[index + 1 :], approved, path)
+                yield from self.steps(step.on_reject, rejected, here)
+                live.update(approved & rejected)
+                return
             if isinstance(step, Loop):
                 yield from self.loop(step, live, here)
             elif isinstance(step, Branch):
