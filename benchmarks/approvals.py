@@ -33,7 +33,7 @@ from tests.dagster_dev import DagsterDev, DagsterDevError, dagster_dev
 
 TARGET = ("-m", "benchmarks.approval_defs", "-a", "defs")
 SENSOR = "flujo_approvals"
-DECISION = "flujo/decision/review"
+DECISION = "flujo/decision/review/ana"  # decide() writes one tag per reviewer
 REQUESTER = {"dagster/user": "requester"}
 MIN_INTERVAL_S = 1
 """Dagster's sensor daemon evaluates sensors in a loop that runs at most every 5 s (MIN_INTERVAL_LOOP_TIME in
