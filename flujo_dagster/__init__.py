@@ -14,6 +14,8 @@ from flujo_dagster.dsl import (
     Approval,
     Branch,
     Budget,
+    Check,
+    DailyPartitions,
     FunctionStep,
     Group,
     Loop,
@@ -21,6 +23,8 @@ from flujo_dagster.dsl import (
     Parallel,
     Pipeline,
     Retry,
+    Schedule,
+    StaticPartitions,
     Step,
     agent_step,
     step,
@@ -45,6 +49,7 @@ if TYPE_CHECKING:
         AgentRuntime,
         ApprovalSettings,
         FlujoDagsterTranslator,
+        FlujoPipelineComponent,
         PipelineRun,
         PydanticJsonIOManager,
         arun_pipeline,
@@ -62,6 +67,7 @@ _ADAPTER_NAMES = frozenset(
         "AgentRuntime",
         "ApprovalSettings",
         "FlujoDagsterTranslator",
+        "FlujoPipelineComponent",
         "PipelineRun",
         "PydanticJsonIOManager",
         "arun_pipeline",
@@ -84,11 +90,14 @@ __all__ = [
     "ApprovalSettings",
     "Branch",
     "Budget",
+    "Check",
     "ConfigurationError",
     "ControlFlowError",
+    "DailyPartitions",
     "Finding",
     "FlujoDagsterError",
     "FlujoDagsterTranslator",
+    "FlujoPipelineComponent",
     "FunctionStep",
     "Group",
     "Loop",
@@ -102,6 +111,8 @@ __all__ = [
     "PricingNotConfiguredError",
     "PydanticJsonIOManager",
     "Retry",
+    "Schedule",
+    "StaticPartitions",
     "Step",
     "StepOutputError",
     "StorageError",
@@ -119,6 +130,11 @@ __all__ = [
     "step",
     "validate",
 ]
+
+
+def __dir__() -> list[str]:
+    """Module names plus the lazy adapter names (`dg list components` finds `FlujoPipelineComponent` here)."""
+    return sorted({*globals(), *_ADAPTER_NAMES})
 
 
 def __getattr__(name: str) -> object:

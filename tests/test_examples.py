@@ -69,11 +69,10 @@ def test_example_runs_with_execute_job(instance: DagsterInstance, make_job: Any)
 
 def test_agent_metadata_names_the_offline_model(instance: DagsterInstance) -> None:
     with execute_job(reconstructable(digest_job), instance=instance, run_config=RUN_CONFIG) as result:
-        outputs = {
-            e.step_key: {k: v.value for k, v in e.step_output_data.metadata.items()}
-            for e in result.all_events
-            if e.event_type == DagsterEventType.STEP_OUTPUT and e.step_output_data is not None
-        }
+        outputs: dict[str | None, dict[str, Any]] = {}
+        for e in result.all_events:  # each step's first output: the key (its asset checks' outputs follow)
+            if e.event_type == DagsterEventType.STEP_OUTPUT and e.step_output_data is not None:
+                outputs.setdefault(e.step_key, {k: v.value for k, v in e.step_output_data.metadata.items()})
     draft = outputs["digest_graph.draft"]
     assert draft["flujo/model"] == "function:offline-digest"
     assert draft["flujo/model_source"] == "offline"

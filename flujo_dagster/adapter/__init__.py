@@ -4,6 +4,7 @@ from flujo_dagster.adapter.approval_settings import ApprovalSettings
 from flujo_dagster.adapter.approvals import decide, pending, resume
 from flujo_dagster.adapter.audit import audit_trail
 from flujo_dagster.adapter.compiler import CompiledPipeline, compile_pipeline
+from flujo_dagster.adapter.component import FlujoPipelineComponent
 from flujo_dagster.adapter.definitions import build_definitions
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager
 from flujo_dagster.adapter.resources import AgentRuntime
@@ -15,6 +16,7 @@ __all__ = [
     "ApprovalSettings",
     "CompiledPipeline",
     "FlujoDagsterTranslator",
+    "FlujoPipelineComponent",
     "PipelineRun",
     "PydanticJsonIOManager",
     "arun_pipeline",

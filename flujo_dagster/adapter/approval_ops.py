@@ -187,8 +187,8 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
             yield Output(None, REJECTED_OUTPUT, metadata=record)
             return
         values = {**shown, **decision.values}
-        for key in gate.show:
-            yield Output(values[key], io_name(key))
+        for key in gate.show:  # the record rides on each shown key too: an asset written here carries it
+            yield Output(values[key], io_name(key), metadata=record)
         yield Output(None, APPROVED_OUTPUT, metadata=record)
 
     routes = bool(gate.on_reject)

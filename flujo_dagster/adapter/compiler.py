@@ -15,8 +15,11 @@ from dagster import (
     define_asset_job,
 )
 
+from flujo_dagster.adapter.asset_checks import ReviewPlan, plan_reviews
 from flujo_dagster.adapter.graph_builder import build_graph
+from flujo_dagster.adapter.lineage import data_upstream
 from flujo_dagster.adapter.naming import CONTEXT_OP, CONTEXT_OUTPUT, INPUTS_OP, graph_name, io_name, step_key
+from flujo_dagster.adapter.partitions import partitions_def
 from flujo_dagster.adapter.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.pipeline import Pipeline
 
@@ -73,9 +76,11 @@ def compile_pipeline(
     """Compile a pipeline that passed validation. Deterministic: every step process rebuilds the same job."""
     has_assets = bool(pipeline.assets)
     built = build_graph(pipeline, lambda node: step_key(pipeline.name, has_assets, node))
-    live, upstream = built.live, built.upstream
+    live, upstream = built.live, data_upstream(built)
 
     job_name = translator.get_job_name(pipeline)
+    # asset producers wrapped for review metadata and checks (replaced in built.defs)
+    review = plan_reviews(pipeline, built, translator) if has_assets else ReviewPlan()
     graph = GraphDefinition(
         # not the job's name: Dagster wants graph and job names distinct within a code location
         name=graph_name(pipeline.name, has_assets),
@@ -86,10 +91,16 @@ def compile_pipeline(
             *(OutputMapping(io_name(k), *live[k]) for k in pipeline.assets),
             # Dagster refuses non-asset leaf ops in a graph-backed asset: the final context is an asset too.
             *([OutputMapping(CONTEXT_OUTPUT, CONTEXT_OP, CONTEXT_OUTPUT)] if pipeline.assets else []),
+            *review.output_mappings,
         ],
     )
     if not pipeline.assets:
-        job = graph.to_job(name=job_name, executor_def=executor, description=pipeline.description)
+        job = graph.to_job(
+            name=job_name,
+            executor_def=executor,
+            description=pipeline.description,
+            partitions_def=partitions_def(pipeline),
+        )
         return CompiledPipeline(
             pipeline=pipeline,
             graph=graph,
@@ -121,6 +132,8 @@ def compile_pipeline(
         descriptions_by_output_name={o: d for o, d in descriptions.items() if d is not None},
         metadata_by_output_name=metadata,
         tags_by_output_name=tags,
+        check_specs=review.check_specs,
+        partitions_def=partitions_def(pipeline),
     )
     asset_job = define_asset_job(
         job_name,

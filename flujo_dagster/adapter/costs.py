@@ -13,7 +13,7 @@ from dagster import DagsterEvent, DagsterEventType, DagsterInstance
 from flujo_dagster.adapter import metadata as md
 from flujo_dagster.adapter.chain import chain_runs
 
-__all__ = ["AgentCallSummary", "agent_calls", "run_costs"]
+__all__ = ["AgentCallSummary", "agent_calls", "metadata_calls", "run_costs"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,32 +55,39 @@ def _summary(values: Mapping[str, Any], run_id: str) -> AgentCallSummary:
     )
 
 
+def metadata_calls(meta: Mapping[str, Any], run_id: str = "") -> list[AgentCallSummary]:
+    """The agent calls recorded in one output's metadata (plain values): an agent op's `flujo/...` keys, or
+    an inline op's per-step table."""
+    calls: list[AgentCallSummary] = []
+    for record in cast(list[dict[str, Any]], meta.get(md.STEPS_JSON) or []):
+        if record.get("model"):
+            calls.append(_summary(record, run_id))
+    if md.MODEL in meta:
+        calls.append(
+            _summary(
+                {
+                    "path": meta[md.STEP_PATH],
+                    "model": meta[md.MODEL],
+                    "model_source": meta[md.MODEL_SOURCE],
+                    "requests": meta[md.REQUESTS],
+                    "input_tokens": meta[md.INPUT_TOKENS],
+                    "output_tokens": meta[md.OUTPUT_TOKENS],
+                    "cost_usd": meta.get(md.COST_USD),
+                    "price_source": meta.get(md.PRICE_SOURCE),
+                },
+                run_id,
+            )
+        )
+    return calls
+
+
 def agent_calls(events: Iterable[DagsterEvent], run_id: str = "") -> tuple[AgentCallSummary, ...]:
     """Every agent call in `events` (a run's step outputs), inline ones included, in event order."""
     calls: list[AgentCallSummary] = []
     for event in events:
         if event.event_type != DagsterEventType.STEP_OUTPUT or event.step_output_data is None:
             continue
-        meta = {k: v.value for k, v in event.step_output_data.metadata.items()}
-        for record in cast(list[dict[str, Any]], meta.get(md.STEPS_JSON) or []):
-            if record.get("model"):
-                calls.append(_summary(record, run_id))
-        if md.MODEL in meta:
-            calls.append(
-                _summary(
-                    {
-                        "path": meta[md.STEP_PATH],
-                        "model": meta[md.MODEL],
-                        "model_source": meta[md.MODEL_SOURCE],
-                        "requests": meta[md.REQUESTS],
-                        "input_tokens": meta[md.INPUT_TOKENS],
-                        "output_tokens": meta[md.OUTPUT_TOKENS],
-                        "cost_usd": meta.get(md.COST_USD),
-                        "price_source": meta.get(md.PRICE_SOURCE),
-                    },
-                    run_id,
-                )
-            )
+        calls.extend(metadata_calls({k: v.value for k, v in event.step_output_data.metadata.items()}, run_id))
     return tuple(calls)
 
 

@@ -18,6 +18,7 @@ from flujo_dagster.adapter.decide_job import decide_job
 from flujo_dagster.adapter.io_manager import PydanticJsonIOManager
 from flujo_dagster.adapter.ops import AGENT_RUNTIME_KEY, IO_MANAGER_KEY, PRICE_BOOK_KEY
 from flujo_dagster.adapter.resources import AgentRuntime
+from flujo_dagster.adapter.schedules import schedules_for
 from flujo_dagster.adapter.sensors import approvals_sensor, validation_sensor
 from flujo_dagster.adapter.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.approval import Approval
@@ -183,6 +184,7 @@ def build_definitions(
     return Definitions(
         assets=[c.assets for c in compiled if c.assets is not None],
         jobs=jobs,
+        schedules=schedules_for(compiled, chosen),
         sensors=sensors,
         resources=chosen,
     )

@@ -107,9 +107,11 @@ class PydanticJsonIOManager(ConfigurableIOManager):
         return (path / f"{mapping_key}.json") if mapping_key else path.with_name(f"{output_name}.json")
 
     @staticmethod
-    def asset_path(root: UPath, asset_path: list[str]) -> UPath:
-        """Where the latest value of an asset lives (for loads outside a run)."""
+    def asset_path(root: UPath, asset_path: list[str], partition: str | None = None) -> UPath:
+        """Where the latest value of an asset (of one partition) lives (for loads outside a run)."""
         *parents, last = asset_path
+        if partition is not None:
+            return root.joinpath("assets", *parents, last, f"{partition}.json")
         return root.joinpath("assets", *parents, f"{last}.json")
 
     # -- values --------------------------------------------------------------------------------------
@@ -175,7 +177,8 @@ class PydanticJsonIOManager(ConfigurableIOManager):
         self.write(path, data)
         metadata: dict[str, Any] = {"flujo/path": MetadataValue.path(str(path))}
         if context.has_asset_key:
-            asset_file = self.asset_path(root, list(context.asset_key.path))
+            partition = context.asset_partition_key if context.has_asset_partitions else None
+            asset_file = self.asset_path(root, list(context.asset_key.path), partition)
             self.write(asset_file, data)
         context.add_output_metadata(metadata)
 
@@ -199,7 +202,8 @@ class PydanticJsonIOManager(ConfigurableIOManager):
                     f"cannot load input {context.name!r}: its producer ran in no known run and is not an asset. "
                     "Load values the flujo IO manager stored, from the run that produced them."
                 )
-            path = self.asset_path(root, list(upstream.asset_key.path))
+            partition = context.asset_partition_key if context.has_asset_partitions else None
+            path = self.asset_path(root, list(upstream.asset_key.path), partition)
             return self.read(path, stored, where=f"asset {upstream.asset_key.to_user_string()}")
         path = self.output_path(root, run_id, step_key, upstream.name, upstream.mapping_key)
         return self.read(path, stored, where=f"run {run_id}, step {step_key}")

@@ -22,6 +22,7 @@ from dagster import (
 from flujo_dagster.adapter import metadata as md
 from flujo_dagster.adapter.budgets import BUDGET_LEDGER_KEY, budget_context
 from flujo_dagster.adapter.naming import READY_OUTPUT, io_name
+from flujo_dagster.adapter.partitions import partition_input, partitioned_inputs
 from flujo_dagster.adapter.resources import AgentRuntime
 from flujo_dagster.adapter.types import KeyType, key_type
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -200,12 +201,12 @@ def step_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinition:
 
 def inputs_op(pipeline: Pipeline, name: str, emitted: tuple[str, ...]) -> OpDefinition:
     """The first op: validates the run's `inputs` mapping with the context model, emits the initial keys."""
-    required = set(pipeline.input_keys())
+    required = set(pipeline.input_keys()) - {partition_input(pipeline)}  # the partition key fills its own
     fields = {k: Field(DagsterAny, is_required=k in required) for k in pipeline.initial_keys()}
     inputs_schema = Permissive(fields)  # type: ignore[no-untyped-call]
 
     def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
-        raw = (context.op_config or {}).get("inputs") or {}
+        raw = partitioned_inputs(pipeline, context, (context.op_config or {}).get("inputs") or {})
         values = validate_inputs(pipeline, raw)
         for key in emitted:
             yield Output(values[key], io_name(key))

@@ -25,6 +25,7 @@ from flujo_dagster.errors import ConfigurationError, FlujoDagsterError
 from flujo_dagster.pricing.prices import Price
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.sync import call_blocking
+from flujo_dagster.validation.schedules import partition_input
 
 __all__ = ["PipelineRun", "arun_pipeline", "inputs_run_config", "load_final_context", "run_pipeline"]
 
@@ -101,6 +102,7 @@ def run_pipeline(
     log_level: str | None = None,
     prices: Mapping[str, Price] | None = None,
     strict_pricing: bool = True,
+    partition_key: str | None = None,
 ) -> PipelineRun:
     """Validate the pipeline and its inputs, run it in process on `instance`, and return the typed result.
 
@@ -108,9 +110,17 @@ def run_pipeline(
     instance of `DAGSTER_HOME` when it is set, else a temporary one. Safe to call from inside a running
     event loop (a notebook, an async test): the run then happens in anyio's worker thread.
     `log_level` sets Dagster's console logger (e.g. "WARNING" to hide the per-event DEBUG lines).
+    `partition_key` runs one partition of a partitioned pipeline (it fills the partition's context field).
     """
     raw = dict(inputs or {})
-    validate_inputs(pipeline, raw)
+    key_field = partition_input(pipeline)
+    if (key_field is None) != (partition_key is None):
+        raise ConfigurationError(
+            f"pipeline {pipeline.name!r} is partitioned: pass partition_key=..."
+            if key_field is not None
+            else f"pipeline {pipeline.name!r} is not partitioned: partition_key={partition_key!r} has no meaning"
+        )
+    validate_inputs(pipeline, {**raw, key_field: partition_key} if key_field is not None else raw)
     (compiled,), chosen, _ = compile_all(
         [pipeline], resources=resources, prices=prices, strict_pricing=strict_pricing, translator=translator
     )
@@ -134,6 +144,7 @@ def run_pipeline(
                 instance=instance,
                 tags=dict(tags or {}),
                 raise_on_error=False,
+                partition_key=partition_key,
             )
         )
         context = None
@@ -166,6 +177,7 @@ async def arun_pipeline(
     log_level: str | None = None,
     prices: Mapping[str, Price] | None = None,
     strict_pricing: bool = True,
+    partition_key: str | None = None,
 ) -> PipelineRun:
     """`run_pipeline` for async code: the run happens in anyio's worker thread."""
     call = functools.partial(
@@ -179,5 +191,6 @@ async def arun_pipeline(
         log_level=log_level,
         prices=prices,
         strict_pricing=strict_pricing,
+        partition_key=partition_key,
     )
     return await anyio.to_thread.run_sync(call)

@@ -10,8 +10,10 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.dsl.checks import Check
 from flujo_dagster.dsl.flow import flow_of_steps
 from flujo_dagster.dsl.keys import StepKeys, resolve_keys
+from flujo_dagster.dsl.schedules import Partitions, Schedule
 from flujo_dagster.dsl.steps import Step, StepsLike, as_steps
 from flujo_dagster.errors import ConfigurationError
 
@@ -38,6 +40,9 @@ class Pipeline:
     assets: tuple[str, ...] = field(default=())
     description: str | None = None
     budget: Budget | None = None
+    schedule: Schedule | None = None
+    partitions: Partitions | None = None
+    checks: tuple[Check, ...] = field(default=())
 
     def __init__(
         self,
@@ -48,6 +53,9 @@ class Pipeline:
         assets: Iterable[str] = (),
         description: str | None = None,
         budget: Budget | None = None,
+        schedule: Schedule | None = None,
+        partitions: Partitions | None = None,
+        checks: Iterable[Check] = (),
     ) -> None:
         if not (isinstance(context, type) and issubclass(context, BaseModel)):
             raise ConfigurationError(
@@ -60,6 +68,9 @@ class Pipeline:
         object.__setattr__(self, "assets", tuple(assets))
         object.__setattr__(self, "description", description)
         object.__setattr__(self, "budget", budget)
+        object.__setattr__(self, "schedule", schedule)
+        object.__setattr__(self, "partitions", partitions)
+        object.__setattr__(self, "checks", tuple(checks))
         object.__setattr__(self, "_fields", {n: _annotation(i) for n, i in context.model_fields.items()})
         object.__setattr__(self, "_initial", None)
 
@@ -72,9 +83,11 @@ class Pipeline:
                 )
             added: tuple[Step, ...] = other.steps
             assets = (*self.assets, *(a for a in other.assets if a not in self.assets))
+            checks = (*self.checks, *(c for c in other.checks if c not in self.checks))
         else:
             added = as_steps(other)
             assets = self.assets
+            checks = self.checks
         return Pipeline(
             self.name,
             context=self.context,
@@ -82,6 +95,9 @@ class Pipeline:
             assets=assets,
             description=self.description,
             budget=self.budget,
+            schedule=self.schedule,
+            partitions=self.partitions,
+            checks=checks,
         )
 
     def __iter__(self) -> Iterator[Step]:

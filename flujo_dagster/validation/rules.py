@@ -16,6 +16,7 @@ from flujo_dagster.validation.findings import Finding
 from flujo_dagster.validation.keyflow import rule_keys
 from flujo_dagster.validation.names import DAGSTER_RESERVED_NAMES, io_name
 from flujo_dagster.validation.scale import rule_scale
+from flujo_dagster.validation.schedules import rule_partitions, rule_schedule
 from flujo_dagster.validation.typecompat import (
     ambiguous_union_problem,
     is_assignable,
@@ -226,4 +227,13 @@ def rule_agents(pipeline: Pipeline) -> Iterator[Finding]:
             )
 
 
-RULES: tuple[Rule, ...] = (rule_names, rule_keys, rule_types, rule_agents, rule_scale, rule_approvals)
+RULES: tuple[Rule, ...] = (
+    rule_names,
+    rule_keys,
+    rule_types,
+    rule_agents,
+    rule_scale,
+    rule_approvals,
+    rule_schedule,
+    rule_partitions,
+)

@@ -1,0 +1,1 @@
+"""An example `dg` project: a research digest declared with `FlujoPipelineComponent`."""

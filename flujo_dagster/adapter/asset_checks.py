@@ -1,0 +1,311 @@
+"""Asset review and checks for graph-backed assets: the op that produces an asset key is wrapped so that its
+materialization carries review metadata (see `review`) and, right after the value is stored, the asset's checks
+run in the same op (the type check `flujo_type`, then the user's `Check`s). A failing blocking check fails that
+op, so nothing downstream of it runs in the run."""
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    Failure,
+    In,
+    Nothing,
+    OpDefinition,
+    OpExecutionContext,
+    Out,
+    Output,
+    OutputMapping,
+)
+from pydantic import ValidationError
+
+from flujo_dagster.adapter import metadata as md
+from flujo_dagster.adapter.costs import AgentCallSummary, metadata_calls
+from flujo_dagster.adapter.graph_builder import BuiltGraph
+from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
+from flujo_dagster.adapter.lineage import data_upstream
+from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, io_name, step_key
+from flujo_dagster.adapter.ops import IO_MANAGER_KEY
+from flujo_dagster.adapter.review import (
+    APPROVAL_PREFIX,
+    RegionEvents,
+    approval_record,
+    plain,
+    region_calls,
+    review_metadata,
+)
+from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+from flujo_dagster.dsl.checks import Check
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.errors import ConfigurationError, StorageError
+from flujo_dagster.runtime.values import coerce_value
+from flujo_dagster.validation.typecompat import type_name
+
+__all__ = ["TYPE_CHECK", "AssetPlan", "ReviewPlan", "checked_op", "plan_reviews"]
+
+TYPE_CHECK = "flujo_type"
+"""The name of the check every asset gets: its stored value validates against its declared type."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssetPlan:
+    """One asset output of a producing op: its key, the steps it is made from, its checks."""
+
+    output: str
+    key: str
+    asset_key: AssetKey
+    region: frozenset[str]
+    """Step keys of the steps that produced the value: upstream of the producer, up to the nearest assets."""
+    gates: frozenset[str]
+    """Step keys of the approval gates in `region` that show the key."""
+    checks: tuple[tuple[AssetCheckSpec, Check | None], ...]
+    """Each check spec and the user's check (None for the type check)."""
+
+
+@dataclass(frozen=True)
+class ReviewPlan:
+    """What the compiler adds to a graph-backed asset: check specs and the graph outputs they map to."""
+
+    check_specs: tuple[AssetCheckSpec, ...] = ()
+    output_mappings: tuple[OutputMapping, ...] = ()
+
+
+def _region(start: str, upstream: Mapping[str, Sequence[tuple[str, str]]], stops: set[str]) -> frozenset[str]:
+    seen = {start}
+    frontier = [start]
+    while frontier:
+        for source, _ in upstream.get(frontier.pop(), ()):
+            if source and source not in seen and source not in stops:
+                seen.add(source)
+                frontier.append(source)
+    return frozenset(seen)
+
+
+def _shows(definition: object, key: str) -> bool:
+    return (
+        isinstance(definition, OpDefinition)
+        and definition.tags.get(md.KIND) == "approval"
+        and io_name(key) in definition.output_dict
+    )
+
+
+def _specs(pipeline: Pipeline, key: str, asset_key: AssetKey) -> tuple[tuple[AssetCheckSpec, Check | None], ...]:
+    shown = "the final context" if key == CONTEXT_KEY else f"key {key!r}"
+    typed = AssetCheckSpec(
+        TYPE_CHECK,
+        asset=asset_key,
+        blocking=True,
+        description=f"The stored value of {shown} loads back as its declared type.",
+    )
+    user = [
+        (AssetCheckSpec(c.name, asset=asset_key, blocking=c.blocking, description=c.description), c)
+        for c in pipeline.checks
+        if c.key == key
+    ]
+    return ((typed, None), *user)
+
+
+def plan_reviews(pipeline: Pipeline, built: BuiltGraph, translator: FlujoDagsterTranslator) -> ReviewPlan:
+    """Wrap each asset-producing op of `built` (replaced in `built.defs`) and return the checks to declare.
+    `ConfigurationError` for a check on a key that is not an asset, or two checks of one key with one name."""
+    problems = [
+        f"check {c.name!r} is on key {c.key!r}, which is not in assets="
+        for c in pipeline.checks
+        if c.key not in pipeline.assets
+    ]
+    names = [(c.key, c.name) for c in pipeline.checks]
+    problems += [f"two checks on key {k!r} are named {n!r}" for k, n in dict.fromkeys(names) if names.count((k, n)) > 1]
+    problems += [
+        f"check {c.name!r} on key {c.key!r} uses the reserved name" for c in pipeline.checks if c.name == TYPE_CHECK
+    ]
+    if problems:
+        raise ConfigurationError(f"pipeline {pipeline.name!r}: " + "; ".join(problems) + ". Fix the checks= list.")
+    producers = {k: built.live[k] for k in pipeline.assets}
+    keys = {k: translator.get_asset_key(pipeline, k) for k in pipeline.assets}
+    producers[CONTEXT_KEY] = (CONTEXT_OP, CONTEXT_OUTPUT)
+    keys[CONTEXT_KEY] = translator.get_context_asset_key(pipeline)
+    asset_ops = {op for op, _ in producers.values()}
+    every_node = frozenset(built.defs)
+    upstream = data_upstream(built)
+
+    def keys_of(nodes: frozenset[str]) -> frozenset[str]:
+        return frozenset(step_key(pipeline.name, True, n) for n in nodes)
+
+    plans: dict[str, list[AssetPlan]] = {}
+    for key, (op, out) in producers.items():
+        # the final context is made by the whole run; any other asset by the steps since the nearest assets
+        region = every_node if key == CONTEXT_KEY else _region(op, upstream, asset_ops - {op})
+        gates = frozenset(n for n in region if n != op and _shows(built.defs[n], key))
+        plans.setdefault(op, []).append(
+            AssetPlan(
+                output=out,
+                key=key,
+                asset_key=keys[key],
+                region=keys_of(region),
+                gates=keys_of(gates),
+                checks=_specs(pipeline, key, keys[key]),
+            )
+        )
+    specs: list[AssetCheckSpec] = []
+    mappings: list[OutputMapping] = []
+    for node, node_plans in plans.items():
+        definition = built.defs[node]
+        if not isinstance(definition, OpDefinition):
+            raise ConfigurationError(f"pipeline {pipeline.name!r}: asset producer {node!r} is not an op")
+        shared = any(d is definition for n, d in built.defs.items() if n != node)
+        name = f"{definition.name}__{node}" if shared else definition.name  # Dagster wants one def per name
+        built.defs[node] = checked_op(definition, node_plans, name=name)
+        for plan in node_plans:
+            for spec, _ in plan.checks:
+                specs.append(spec)
+                mappings.append(OutputMapping(spec.get_python_identifier(), node, spec.get_python_identifier()))
+    return ReviewPlan(tuple(specs), tuple(mappings))
+
+
+@dataclass
+class _State:
+    """What one execution of a wrapped op has seen so far."""
+
+    calls: list[AgentCallSummary] = field(default_factory=list)
+    events: RegionEvents | None = None
+
+
+def _reviewed(
+    context: OpExecutionContext, definition: OpDefinition, out: Output[Any], plan: AssetPlan, state: _State
+) -> Output[Any]:
+    """`out` with the review metadata: preview, type, cost, tokens, models, approval record."""
+    own = plain(out.metadata)
+    step = context.get_step_execution_context().step.key
+    if state.events is None and (plan.region - {step} or plan.gates):  # no query when only this step made it
+        state.events = RegionEvents.load(context.instance, context.run_id, exclude_step=step)
+    events = state.events or RegionEvents(())
+    stored = StoredKey.of(definition.output_def_named(plan.output).dagster_type, plan.key)
+    calls = [*region_calls(events, plan.region), *state.calls]
+    metadata = review_metadata(out.value, stored.annotation, type_name(stored.annotation), calls)
+    if not any(k.startswith(APPROVAL_PREFIX) for k in own):
+        metadata.update(approval_record(events, plan.gates))
+    return out.with_metadata({**out.metadata, **metadata})
+
+
+def _load(context: OpExecutionContext, definition: OpDefinition, plan: AssetPlan, value: object) -> object:
+    """The value as stored (read back through the flujo IO manager), or, with another IO manager, `value`
+    validated as its type. Raises `StorageError` or pydantic's `ValidationError`."""
+    stored = StoredKey.of(definition.output_def_named(plan.output).dagster_type, plan.key)
+    io = getattr(context.resources, IO_MANAGER_KEY)
+    if not isinstance(io, PydanticJsonIOManager):
+        return coerce_value(stored.adapter, value)
+    step = context.get_step_execution_context().step.key
+    path = io.output_path(io.root(context.instance.storage_directory()), context.run_id, step, plan.output)
+    return io.read(path, stored, where=f"run {context.run_id}, step {step}")
+
+
+def _evaluate(
+    context: OpExecutionContext, definition: OpDefinition, plan: AssetPlan, value: object
+) -> tuple[list[AssetCheckResult], list[str]]:
+    """Every check of `plan`'s asset and the failures of its blocking ones."""
+    try:
+        loaded, error = _load(context, definition, plan, value), None
+    except (StorageError, ValidationError) as exc:
+        loaded, error = None, str(exc)
+    results: list[AssetCheckResult] = []
+    blocked: list[str] = []
+    for spec, check in plan.checks:
+        if check is None:
+            passed, detail = error is None, error or "the stored value loads back as its declared type"
+        elif error is not None:
+            passed, detail = False, "not evaluated: the stored value does not load back as its declared type"
+        else:
+            try:
+                passed = bool(check.fn(loaded))
+                detail = "passed" if passed else f"{spec.name} returned a false value for this materialization"
+            except Exception as exc:  # noqa: BLE001 - reported as this check's failed evaluation, with the error
+                passed, detail = False, f"{spec.name} raised {type(exc).__name__}: {exc}"
+        severity = AssetCheckSeverity.ERROR if spec.blocking else AssetCheckSeverity.WARN
+        results.append(
+            AssetCheckResult(
+                asset_key=plan.asset_key,
+                check_name=spec.name,
+                passed=passed,
+                severity=severity,
+                description=detail,
+                metadata={"flujo/check_result": detail},
+            )
+        )
+        if not passed and spec.blocking:
+            blocked.append(f"{spec.name} ({detail})")
+    return results, blocked
+
+
+def _blocked(plan: AssetPlan, node: str, blocked: list[str]) -> Failure:
+    return Failure(
+        description=(
+            f"blocking check(s) on asset {plan.asset_key.to_user_string()} failed in step {node!r}: "
+            f"{'; '.join(blocked)}. The steps after it do not run; fix the value or the check and re-execute."
+        ),
+        metadata={"flujo/asset": plan.asset_key.to_user_string(), "flujo/failed_checks": ", ".join(blocked)},
+        allow_retries=False,
+    )
+
+
+def checked_op(definition: OpDefinition, plans: Sequence[AssetPlan], *, name: str) -> OpDefinition:
+    """`definition` with review metadata on its asset outputs and its assets' checks evaluated right after each
+    is stored (one optional `Nothing` output per check, mapped to the graph's check outputs)."""
+    by_output = {p.output: p for p in plans}
+    inner = definition.compute_fn
+    if not callable(inner) or not (inspect.isasyncgenfunction(inner) or inspect.isgeneratorfunction(inner)):
+        raise ConfigurationError(f"op {definition.name!r} produces an asset but its compute is not a generator")
+
+    def handle(context: OpExecutionContext, event: object, state: _State) -> Iterator[Any]:
+        if not isinstance(event, Output):
+            yield event
+            return
+        state.calls.extend(metadata_calls(plain(event.metadata), context.run_id))
+        plan = by_output.get(event.output_name)
+        if plan is None:
+            yield event
+            return
+        yield _reviewed(context, definition, event, plan, state)  # stored before the generator resumes
+        results, blocked = _evaluate(context, definition, plan, event.value)
+        yield from results
+        if blocked:
+            raise _blocked(plan, context.op_handle.name, blocked)
+
+    compute: Callable[..., Any]
+    if inspect.isasyncgenfunction(inner):
+        agen = cast(Callable[[OpExecutionContext, dict[str, Any]], AsyncIterator[Any]], inner)
+
+        async def acompute(context: OpExecutionContext, inputs: dict[str, Any]) -> AsyncIterator[Any]:
+            state = _State()
+            async for event in agen(context, inputs):
+                for item in handle(context, event, state):
+                    yield item
+
+        compute = acompute
+    else:
+        gen = cast(Callable[[OpExecutionContext, dict[str, Any]], Iterator[Any]], inner)
+
+        def scompute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Any]:
+            state = _State()
+            for event in gen(context, inputs):
+                yield from handle(context, event, state)
+
+        compute = scompute
+
+    check_outs = {spec.get_python_identifier(): Out(Nothing, is_required=False) for p in plans for spec, _ in p.checks}
+    return OpDefinition(
+        compute_fn=compute,
+        name=name,
+        ins={i.name: In.from_definition(i) for i in definition.input_defs},
+        outs={**{o.name: Out.from_definition(o) for o in definition.output_defs}, **check_outs},
+        config_schema=definition.config_schema,
+        description=definition.description,
+        tags=definition.tags,
+        required_resource_keys={*definition.required_resource_keys, IO_MANAGER_KEY},
+        retry_policy=definition.retry_policy,
+        pool=definition.pool,
+    )

@@ -1,0 +1,269 @@
+"""`FlujoPipelineComponent`: declare a flujo pipeline in a `dg` project's `defs.yaml`.
+
+The component resolves the pipeline (and optionally an agent runtime and a translator) by import path and calls
+`build_definitions`, the same compiler every other entry point uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from dagster import AssetKey, Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
+from dagster.components import Component, ComponentLoadContext, Model, Resolvable
+from pydantic import Field
+
+from flujo_dagster.adapter.definitions import build_definitions
+from flujo_dagster.adapter.ops import AGENT_RUNTIME_KEY
+from flujo_dagster.adapter.resources import AgentRuntime
+from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.dsl.schedules import DailyPartitions, Partitions, Schedule, ScheduleInputs, StaticPartitions
+from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.pricing.prices import Price
+
+__all__ = [
+    "BudgetModel",
+    "FlujoPipelineComponent",
+    "PartitionsModel",
+    "PriceModel",
+    "ScheduleModel",
+    "TranslatorModel",
+    "load_object",
+]
+
+_EXECUTORS: dict[str, ExecutorDefinition] = {
+    "in_process": in_process_executor,
+    "multiprocess": multiprocess_executor,
+}
+
+
+def load_object(path: str, what: str) -> object:
+    """The object at `path` (`package.module:attr` or `package.module.attr`); `ConfigurationError` names
+    `what` when it cannot be imported."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigurationError(f"{what}: {path!r} is not an import path like 'mypkg.pipelines:digest'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"{what}: cannot import module {module_name!r} of {path!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigurationError(f"{what}: module {module_name!r} has no attribute {attr!r}") from None
+
+
+class PriceModel(Model):
+    """US dollars per million tokens of one `provider:model` (see `flujo_dagster.Price`)."""
+
+    input_per_mtok: str | float
+    output_per_mtok: str | float
+    cached_input_per_mtok: str | float | None = None
+
+
+class BudgetModel(Model):
+    """A spending limit on the whole pipeline (see `flujo_dagster.Budget`); replaces the pipeline's own."""
+
+    max_cost_usd: str | float | None = None
+    max_tokens: int | None = None
+    scope: Literal["run", "day"] = "run"
+
+
+class TranslatorModel(Model):
+    """How the pipeline's assets are named: a `FlujoDagsterTranslator` subclass by import path (built without
+    arguments), and/or a key prefix and a group name applied on top of it."""
+
+    type: str | None = Field(default=None, description="Import path of a FlujoDagsterTranslator subclass.")
+    key_prefix: list[str] = Field(default_factory=list, description="Prepended to every asset key.")
+    group_name: str | None = Field(default=None, description="The asset group of every asset of the pipeline.")
+
+
+class ScheduleModel(Model):
+    """A cron schedule (see `flujo_dagster.Schedule`); replaces the pipeline's own."""
+
+    cron: str
+    timezone: str = "UTC"
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Fixed run inputs (JSON values).")
+    inputs_fn: str | None = Field(
+        default=None, description="Import path of a function of the scheduled time returning the run inputs."
+    )
+    default_status: Literal["stopped", "running"] = "stopped"
+    name: str | None = None
+
+
+class PartitionsModel(Model):
+    """Daily (`start`, `end`, `timezone`) or static (`keys`) partitions; replace the pipeline's own."""
+
+    type: Literal["daily", "static"]
+    start: str | None = None
+    end: str | None = None
+    timezone: str = "UTC"
+    keys: list[str] = Field(default_factory=list)
+    input_key: str = "partition_key"
+
+
+class _SettingsTranslator(FlujoDagsterTranslator):
+    """Applies a key prefix and a group name over another translator."""
+
+    def __init__(self, base: FlujoDagsterTranslator, key_prefix: Sequence[str], group_name: str | None) -> None:
+        self.base = base
+        self.key_prefix = list(key_prefix)
+        self.group_name = group_name
+
+    def get_asset_key(self, pipeline: Pipeline, key: str) -> AssetKey:
+        return self.base.get_asset_key(pipeline, key).with_prefix(self.key_prefix)
+
+    def get_context_asset_key(self, pipeline: Pipeline) -> AssetKey:
+        return self.base.get_context_asset_key(pipeline).with_prefix(self.key_prefix)
+
+    def get_group_name(self, pipeline: Pipeline, key: str | None) -> str | None:
+        return self.group_name if self.group_name is not None else self.base.get_group_name(pipeline, key)
+
+    def get_description(self, pipeline: Pipeline, key: str | None) -> str | None:
+        return self.base.get_description(pipeline, key)
+
+    def get_tags(self, pipeline: Pipeline, key: str | None) -> Mapping[str, str]:
+        return self.base.get_tags(pipeline, key)
+
+    def get_metadata(self, pipeline: Pipeline, key: str | None) -> Mapping[str, object]:
+        return self.base.get_metadata(pipeline, key)
+
+    def get_job_name(self, pipeline: Pipeline) -> str:
+        return self.base.get_job_name(pipeline)
+
+
+class FlujoPipelineComponent(Component, Model, Resolvable):
+    """A flujo_dagster pipeline (by import path) compiled to Dagster jobs and assets."""
+
+    pipeline: str = Field(description="Import path of the Pipeline, e.g. 'mypkg.pipelines:digest'.")
+    agent_runtime: str | None = Field(
+        default=None,
+        description="Import path of an AgentRuntime, or of a function without arguments returning one.",
+    )
+    prices: dict[str, PriceModel] = Field(
+        default_factory=dict, description="Price overrides per 'provider:model' (win over pyproject.toml)."
+    )
+    strict_pricing: bool = True
+    budget: BudgetModel | None = None
+    translator: TranslatorModel | None = None
+    executor: Literal["in_process", "multiprocess"] = "in_process"
+    schedule: ScheduleModel | None = None
+    partitions: PartitionsModel | None = None
+
+    def build_defs(self, context: ComponentLoadContext) -> Definitions:
+        """Resolve the import paths and compile the pipeline with `build_definitions`."""
+        pyproject = context.project_root / "pyproject.toml"
+        return build_definitions(
+            pipelines=[self.resolve_pipeline()],
+            resources=self.resolve_resources(),
+            translator=self.resolve_translator(),
+            executor=_EXECUTORS[self.executor],
+            prices=self.resolve_prices(),
+            strict_pricing=self.strict_pricing,
+            pyproject=pyproject if pyproject.is_file() else None,
+        )
+
+    def resolve_pipeline(self) -> Pipeline:
+        """The pipeline at `pipeline`, with the `budget`, `schedule` and `partitions` given here in place of its
+        own."""
+        pipeline = load_object(self.pipeline, "pipeline")
+        if not isinstance(pipeline, Pipeline):
+            raise ConfigurationError(f"pipeline: {self.pipeline!r} is a {type(pipeline).__name__}, not a Pipeline")
+        if self.schedule is not None:
+            pipeline = dataclasses.replace(pipeline, schedule=self.resolve_schedule(self.schedule))
+        if self.partitions is not None:
+            pipeline = dataclasses.replace(pipeline, partitions=self.resolve_partitions(self.partitions))
+        if self.budget is not None:
+            budget = Budget(
+                max_cost_usd=None if (cost := self.budget.max_cost_usd) is None else _usd(cost, "budget.max_cost_usd"),
+                max_tokens=self.budget.max_tokens,
+                scope=self.budget.scope,
+            )
+            pipeline = dataclasses.replace(pipeline, budget=budget)
+        return pipeline
+
+    @staticmethod
+    def resolve_schedule(model: ScheduleModel) -> Schedule:
+        """`schedule` as a `Schedule`."""
+        inputs: ScheduleInputs = model.inputs
+        if model.inputs_fn is not None:
+            if model.inputs:
+                raise ConfigurationError("schedule: give `inputs` or `inputs_fn`, not both")
+            found = load_object(model.inputs_fn, "schedule.inputs_fn")
+            if not callable(found):
+                raise ConfigurationError(f"schedule.inputs_fn: {model.inputs_fn!r} is not a function")
+            inputs = found
+        return Schedule(
+            cron=model.cron,
+            timezone=model.timezone,
+            inputs=inputs,
+            default_status=model.default_status,
+            name=model.name,
+        )
+
+    @staticmethod
+    def resolve_partitions(model: PartitionsModel) -> Partitions:
+        """`partitions` as `DailyPartitions` or `StaticPartitions`."""
+        if model.type == "static":
+            if model.start is not None or model.end is not None:
+                raise ConfigurationError("partitions: static partitions take `keys`, not `start`/`end`")
+            return StaticPartitions(keys=model.keys, input_key=model.input_key)
+        if model.start is None or model.keys:
+            raise ConfigurationError("partitions: daily partitions need `start` (YYYY-MM-DD) and take no `keys`")
+        return DailyPartitions(start=model.start, end=model.end, timezone=model.timezone, input_key=model.input_key)
+
+    def resolve_resources(self) -> dict[str, object] | None:
+        """`{"agent_runtime": ...}` from `agent_runtime`, or None for the default runtime."""
+        if self.agent_runtime is None:
+            return None
+        found = load_object(self.agent_runtime, "agent_runtime")
+        runtime = found if isinstance(found, AgentRuntime) else found() if callable(found) else found
+        if not isinstance(runtime, AgentRuntime):
+            raise ConfigurationError(
+                f"agent_runtime: {self.agent_runtime!r} gave a {type(runtime).__name__}, not an AgentRuntime"
+            )
+        return {AGENT_RUNTIME_KEY: runtime}
+
+    def resolve_prices(self) -> dict[str, Price]:
+        """`prices` as `Price` objects."""
+        return {
+            model: Price(
+                input_per_mtok=_usd(p.input_per_mtok, f"prices[{model!r}].input_per_mtok"),
+                output_per_mtok=_usd(p.output_per_mtok, f"prices[{model!r}].output_per_mtok"),
+                cached_input_per_mtok=None
+                if (cached := p.cached_input_per_mtok) is None
+                else _usd(cached, f"prices[{model!r}].cached_input_per_mtok"),
+            )
+            for model, p in self.prices.items()
+        }
+
+    def resolve_translator(self) -> FlujoDagsterTranslator | None:
+        """The translator `translator` describes, or None for the default one."""
+        if self.translator is None:
+            return None
+        base: FlujoDagsterTranslator = FlujoDagsterTranslator()
+        if self.translator.type is not None:
+            cls = load_object(self.translator.type, "translator.type")
+            if not (isinstance(cls, type) and issubclass(cls, FlujoDagsterTranslator)):
+                raise ConfigurationError(
+                    f"translator.type: {self.translator.type!r} is not a FlujoDagsterTranslator subclass"
+                )
+            base = cls()
+        if not self.translator.key_prefix and self.translator.group_name is None:
+            return base
+        return _SettingsTranslator(base, self.translator.key_prefix, self.translator.group_name)
+
+
+def _usd(value: str | float, what: str) -> Decimal:
+    """A YAML number or string as a `Decimal` of what the user wrote (0.1, not 0.1000000000000000055)."""
+    try:
+        return Decimal(value if isinstance(value, str) else repr(value))
+    except InvalidOperation:
+        raise ConfigurationError(f"{what} must be a number of US dollars, got {value!r}") from None

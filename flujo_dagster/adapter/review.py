@@ -1,0 +1,193 @@
+"""What a reviewer sees on an asset materialization: a bounded preview of the value, its type, what the steps
+that produced it cost, the models they used, and the approval record of a gate that approved it."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from dagster import (
+    DagsterEvent,
+    DagsterEventType,
+    DagsterInstance,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+)
+from pydantic import BaseModel
+
+from flujo_dagster.adapter.chain import chain_runs
+from flujo_dagster.adapter.costs import AgentCallSummary, metadata_calls
+from flujo_dagster.runtime.values import adapter_for, jsonable
+
+__all__ = [
+    "APPROVAL_PREFIX",
+    "MODELS",
+    "PREVIEW",
+    "PREVIEW_CHARS",
+    "PRODUCED_BY",
+    "TABLE_ROWS",
+    "TOTAL_COST_USD",
+    "TOTAL_INPUT_TOKENS",
+    "TOTAL_OUTPUT_TOKENS",
+    "TYPE",
+    "RegionEvents",
+    "approval_record",
+    "plain",
+    "preview",
+    "readable_type",
+    "region_calls",
+    "review_metadata",
+]
+
+PREVIEW = "flujo/preview"
+TYPE = "flujo/type"
+TOTAL_COST_USD = "flujo/total_cost_usd"
+TOTAL_INPUT_TOKENS = "flujo/total_input_tokens"
+TOTAL_OUTPUT_TOKENS = "flujo/total_output_tokens"
+MODELS = "flujo/models"
+PRODUCED_BY = "flujo/produced_by"
+APPROVAL_PREFIX = "flujo/approval/"
+PREVIEW_CHARS = 4_000
+"""At most this many characters of text or JSON in a preview."""
+TABLE_ROWS = 20
+CELL_CHARS = 200
+
+
+_QUALIFIED = re.compile(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)")
+
+
+def readable_type(type_label: str) -> str:
+    """A type name without module paths (`list[tests.defs.Source]` -> `list[Source]`)."""
+    return _QUALIFIED.sub(r"\1", type_label)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _cell(value: object) -> str | int | float | bool | None:
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, list | tuple | dict):
+        return _cut(json.dumps(value, ensure_ascii=False, default=str), CELL_CHARS)
+    return _cut(str(value), CELL_CHARS)
+
+
+def _table(rows: Sequence[BaseModel]) -> MetadataValue:
+    model = type(rows[0])
+    columns = list(model.model_fields)
+    records = [
+        TableRecord({c: _cell(v) for c, v in row.model_dump().items() if c in columns}) for row in rows[:TABLE_ROWS]
+    ]
+    schema = TableSchema(columns=[TableColumn(name=c, type="string") for c in columns])
+    return MetadataValue.table(records, schema=schema)
+
+
+def preview(value: object, annotation: object) -> MetadataValue:
+    """Markdown for text, a table (first `TABLE_ROWS` rows) for a list of models of one class, JSON otherwise;
+    text and JSON longer than `PREVIEW_CHARS` are cut (then shown as a Markdown code block)."""
+    if isinstance(value, str):
+        return MetadataValue.md(_cut(value, PREVIEW_CHARS) if value else "*(empty)*")
+    if isinstance(value, list) and value and all(type(v) is type(value[0]) for v in value):
+        if isinstance(value[0], BaseModel):
+            return _table(value)
+    # JSON values (dates, decimals... as text); NaN and infinities stay floats, which JSON metadata refuses
+    dumped = json.loads(json.dumps(jsonable(adapter_for(annotation), value), default=str))
+    text = json.dumps(dumped, ensure_ascii=False, indent=2)
+    if len(text) <= PREVIEW_CHARS and isinstance(dumped, dict | list) and _finite(dumped):
+        return MetadataValue.json(dumped)
+    return MetadataValue.md(f"```json\n{_cut(text, PREVIEW_CHARS)}\n```")
+
+
+def _finite(data: object) -> bool:
+    try:
+        json.dumps(data, allow_nan=False)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class RegionEvents:
+    """The step outputs of a run (and, for a re-execution, of its chain) that asset metadata is made from."""
+
+    events: tuple[tuple[str, DagsterEvent], ...]
+    """(run id, STEP_OUTPUT event), oldest run first; a step's outputs come from the newest run that has any."""
+
+    @classmethod
+    def load(cls, instance: DagsterInstance, run_id: str, exclude_step: str) -> RegionEvents:
+        """Step outputs of the run chain of `run_id`, except those of `exclude_step` (the running step)."""
+        run = instance.get_run_by_id(run_id)
+        chained = run is not None and run.parent_run_id is not None
+        run_ids = [r.run_id for r in chain_runs(instance, run_id)] if chained else [run_id]
+        newest: dict[str, str] = {}
+        collected: list[tuple[str, DagsterEvent]] = []
+        for rid in run_ids:
+            for record in instance.all_logs(rid, of_type=DagsterEventType.STEP_OUTPUT):
+                event = record.dagster_event
+                if event is None or event.step_key is None or event.step_key == exclude_step:
+                    continue
+                newest[_base(event.step_key)] = rid
+                collected.append((rid, event))
+        return cls(tuple((rid, e) for rid, e in collected if newest[_base(e.step_key or "")] == rid))
+
+    def of(self, step_keys: frozenset[str]) -> Iterable[tuple[str, DagsterEvent]]:
+        """The outputs of the steps `step_keys` (each element of a fan-out included)."""
+        return ((rid, e) for rid, e in self.events if _base(e.step_key or "") in step_keys)
+
+
+def _base(step_key: str) -> str:
+    """A step key without its fan-out element (`graph.op[key]` -> `graph.op`)."""
+    return step_key.split("[", 1)[0]
+
+
+def plain(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata values as plain Python values."""
+    return {k: v.value if isinstance(v, MetadataValue) else v for k, v in metadata.items()}
+
+
+def region_calls(events: RegionEvents, step_keys: frozenset[str]) -> list[AgentCallSummary]:
+    """The agent calls recorded by the steps `step_keys`."""
+    calls: list[AgentCallSummary] = []
+    for rid, event in events.of(step_keys):
+        if event.step_output_data is not None:
+            calls.extend(metadata_calls(plain(event.step_output_data.metadata), rid))
+    return calls
+
+
+def approval_record(events: RegionEvents, gate_keys: frozenset[str]) -> dict[str, Any]:
+    """The approval record of the latest of the gates `gate_keys` that approved (empty when none did)."""
+    record: dict[str, Any] = {}
+    for _, event in events.of(gate_keys):
+        data = event.step_output_data
+        if data is None:
+            continue
+        found = {k: v for k, v in plain(data.metadata).items() if k.startswith(APPROVAL_PREFIX)}
+        if found.get(APPROVAL_PREFIX + "verdict") == "approve":
+            record = found
+    return record
+
+
+def review_metadata(
+    value: object, annotation: object, type_label: str, calls: Sequence[AgentCallSummary]
+) -> dict[str, Any]:
+    """Preview, type, total cost and tokens, models, and the agent steps counted."""
+    cost = sum((c.cost_usd for c in calls), Decimal(0))
+    return {
+        PREVIEW: preview(value, annotation),
+        TYPE: readable_type(type_label),
+        TOTAL_COST_USD: float(cost),
+        TOTAL_INPUT_TOKENS: sum(c.input_tokens for c in calls),
+        TOTAL_OUTPUT_TOKENS: sum(c.output_tokens for c in calls),
+        MODELS: ", ".join(sorted({c.model for c in calls})) or "(none)",
+        PRODUCED_BY: ", ".join(dict.fromkeys(c.step_path for c in calls)) or "(no agent step)",
+    }

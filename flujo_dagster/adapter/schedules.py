@@ -1,0 +1,164 @@
+"""Schedules in Dagster terms: one `ScheduleDefinition` per scheduled pipeline, whose ticks validate the run
+inputs with the context model and skip when the pipeline's per-day budget is already spent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    TimeWindowPartitionsDefinition,
+)
+from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
+
+from flujo_dagster.adapter.budgets import BUDGET_LEDGER_KEY, ledger_of
+from flujo_dagster.adapter.compiler import CompiledPipeline
+from flujo_dagster.adapter.partitions import partition_day, partitions_def
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.dsl.schedules import Schedule
+from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.pricing.ledger import format_usd
+from flujo_dagster.runtime.budget import guard_for
+from flujo_dagster.runtime.inputs import validate_inputs
+from flujo_dagster.validation.schedules import partition_input
+
+__all__ = ["schedule_for", "schedule_name", "schedules_for", "spent_reason"]
+
+
+def schedule_name(compiled: CompiledPipeline) -> str:
+    """The schedule's name: `Schedule(name=...)`, else `<job name>_schedule`."""
+    schedule = compiled.pipeline.schedule
+    assert schedule is not None
+    return schedule.name or f"{compiled.job_name}_schedule"
+
+
+def _run_config(compiled: CompiledPipeline, inputs: Mapping[str, object]) -> dict[str, Any]:
+    config: dict[str, Any] = {"config": {"inputs": dict(inputs)}}
+    for part in reversed(compiled.inputs_step_key.split(".")):
+        config = {"ops": {part: config}}
+    return config
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(inputs)'}: {e['msg']}" for e in exc.errors())
+
+
+def _tick_inputs(pipeline: Pipeline, schedule: Schedule, name: str, when: datetime) -> dict[str, object]:
+    """The tick's run inputs as JSON values: the fixed ones, or what the inputs function returns."""
+    fixed = schedule.fixed_inputs()
+    if fixed is not None:
+        return dict(to_jsonable_python(dict(fixed)))
+    produced = schedule.inputs(when)  # type: ignore[operator]
+    if not isinstance(produced, Mapping):
+        raise ConfigurationError(
+            f"schedule {name!r} of pipeline {pipeline.name!r}: its inputs function returned "
+            f"{type(produced).__name__}, not a mapping of run inputs"
+        )
+    return dict(to_jsonable_python(dict(produced)))
+
+
+def _check_inputs(pipeline: Pipeline, name: str, raw: Mapping[str, object], partition: str | None) -> None:
+    key = partition_input(pipeline)
+    full = {**raw, key: partition} if key is not None and partition is not None else dict(raw)
+    try:
+        validate_inputs(pipeline, full)
+    except ValidationError as exc:
+        raise ConfigurationError(
+            f"schedule {name!r} of pipeline {pipeline.name!r}: invalid run inputs, no run launched: {_errors(exc)}"
+        ) from exc
+
+
+def spent_reason(
+    pipeline: Pipeline, ledger_resource: object, context: ScheduleEvaluationContext, day: str
+) -> str | None:
+    """Why a tick charging `day` must not run (its per-day budget is spent), or None."""
+    budget = pipeline.budget
+    if budget is None or budget.scope != "day":
+        return None
+    scope = f"pipeline:{pipeline.name}:day:{day}"
+    limits = guard_for(budget, scope).limits
+    totals = ledger_of(ledger_resource, context.instance).totals(scope)
+    usd = totals.spent_usd_nanos + totals.reserved_usd_nanos
+    tokens = totals.spent_tokens + totals.reserved_tokens
+    if totals.halted:
+        return f"the per-day budget of pipeline {pipeline.name!r} for {day} is halted ({totals.halted_reason})"
+    if limits.max_usd_nanos is not None and usd >= limits.max_usd_nanos:
+        return (
+            f"the per-day budget of pipeline {pipeline.name!r} for {day} is spent "
+            f"({format_usd(usd)} of {format_usd(limits.max_usd_nanos)}); no run launched"
+        )
+    if limits.max_tokens is not None and tokens >= limits.max_tokens:
+        return (
+            f"the per-day budget of pipeline {pipeline.name!r} for {day} is spent "
+            f"({tokens} of {limits.max_tokens} tokens); no run launched"
+        )
+    return None
+
+
+def schedule_for(compiled: CompiledPipeline, ledger_resource: object) -> ScheduleDefinition:
+    """The schedule of a scheduled pipeline, targeting its job.
+
+    Each tick computes the run inputs (fixed, or the inputs function of the scheduled time), validates them
+    with the context model (a bad input fails the tick with `ConfigurationError` naming the pipeline and the
+    field) and skips (`SkipReason`) when the pipeline's per-day budget for the run's day is already spent. A
+    daily-partitioned pipeline runs the last complete day as of the tick (as Dagster's partitioned schedules
+    do); a statically partitioned one runs every partition."""
+    pipeline, schedule = compiled.pipeline, compiled.pipeline.schedule
+    assert schedule is not None
+    name = schedule_name(compiled)
+    parts = partitions_def(pipeline)
+    zone = ZoneInfo(schedule.timezone)
+
+    def evaluate(context: ScheduleEvaluationContext) -> Iterator[RunRequest | SkipReason]:
+        when = context.scheduled_execution_time or datetime.now(zone)
+        when = when.astimezone(zone)
+        raw = _tick_inputs(pipeline, schedule, name, when)
+        if parts is None:
+            keys: Sequence[str | None] = [None]
+        elif isinstance(parts, TimeWindowPartitionsDefinition):
+            complete = parts.get_partition_keys(current_time=when)
+            if not complete:
+                yield SkipReason(f"pipeline {pipeline.name!r} has no complete daily partition yet at {when}")
+                return
+            keys = [complete[-1]]
+        else:
+            keys = list(parts.get_partition_keys())
+        requests: list[RunRequest] = []
+        skipped: list[str] = []
+        for key in keys:
+            _check_inputs(pipeline, name, raw, key)
+            day = partition_day(pipeline, key) if key is not None else None
+            reason = spent_reason(pipeline, ledger_resource, context, (day or when.date()).isoformat())
+            if reason is not None:
+                skipped.append(reason)
+                continue
+            requests.append(RunRequest(run_key=key, run_config=_run_config(compiled, raw), partition_key=key))
+        if not requests:
+            yield SkipReason("; ".join(dict.fromkeys(skipped)))
+        yield from requests
+
+    return ScheduleDefinition(
+        name=name,
+        cron_schedule=schedule.cron,
+        execution_timezone=schedule.timezone,
+        job=compiled.job,
+        execution_fn=evaluate,
+        default_status=DefaultScheduleStatus.RUNNING
+        if schedule.default_status == "running"
+        else DefaultScheduleStatus.STOPPED,
+        description=f"Runs pipeline {pipeline.name!r} on {schedule.cron!r} ({schedule.timezone}).",
+    )
+
+
+def schedules_for(compiled: Sequence[CompiledPipeline], resources: Mapping[str, object]) -> list[ScheduleDefinition]:
+    """A schedule per scheduled pipeline; budgets are checked in the `budget_ledger` resource's ledger."""
+    ledger = resources[BUDGET_LEDGER_KEY]
+    return [schedule_for(c, ledger) for c in compiled if c.pipeline.schedule is not None]

@@ -1,0 +1,29 @@
+"""`Check`: a user's check on one key's value, attached to a pipeline (`Pipeline(..., checks=[...])`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Check"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """A check on the value of asset key `key`: `fn(value)` returns True when the value is acceptable.
+
+    It runs in the op that produces the key, right after the value is stored, and is reported as a Dagster
+    asset check named `name` (default: the function's name). A failing `blocking` check fails that op, so no
+    step downstream of it runs; a non-blocking one is reported as a warning.
+    """
+
+    key: str
+    fn: Callable[[object], bool]
+    name: str = ""
+    blocking: bool = True
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:  # a lambda without `name=` is called `<key>_check`
+            fn_name = getattr(self.fn, "__name__", "<lambda>")
+            object.__setattr__(self, "name", f"{self.key}_check" if fn_name.startswith("<") else fn_name)

@@ -1,0 +1,123 @@
+"""`Schedule`, `DailyPartitions`, `StaticPartitions`: when a pipeline runs and over which partitions (pure data;
+the adapter compiles them to Dagster schedules and partitions definitions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from types import MappingProxyType
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from flujo_dagster.errors import ConfigurationError
+
+__all__ = ["DailyPartitions", "Partitions", "Schedule", "ScheduleInputs", "StaticPartitions"]
+
+ScheduleInputs = Mapping[str, object] | Callable[[datetime], Mapping[str, object]]
+"""Run inputs of a scheduled run: fixed JSON values, or a function of the tick's scheduled time (timezone-aware,
+in the schedule's timezone) returning them."""
+
+
+def _check_timezone(owner: str, timezone: str) -> None:
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigurationError(f"{owner}: unknown timezone {timezone!r}; use an IANA name such as 'UTC'") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """Run the pipeline on a cron schedule.
+
+    `cron`: a cron string (`"0 6 * * *"`), read in `timezone` (IANA name). `inputs`: the run inputs, or a
+    function of the scheduled time returning them; validated with the context model at every tick.
+    `default_status`: whether the schedule starts `"stopped"` (Dagster's default) or `"running"`. `name`
+    defaults to `<job name>_schedule`.
+    """
+
+    cron: str
+    timezone: str = "UTC"
+    inputs: ScheduleInputs = field(default_factory=lambda: MappingProxyType({}))
+    default_status: Literal["stopped", "running"] = "stopped"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cron, str) or len(self.cron.split()) not in (5, 6):
+            raise ConfigurationError(f"Schedule cron must be a cron string like '0 6 * * *', got {self.cron!r}")
+        _check_timezone("Schedule", self.timezone)
+        if self.default_status not in ("stopped", "running"):
+            raise ConfigurationError(
+                f"Schedule default_status must be 'stopped' or 'running', got {self.default_status!r}"
+            )
+        if isinstance(self.inputs, Mapping):
+            object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
+        elif not callable(self.inputs):
+            raise ConfigurationError(
+                f"Schedule inputs must be a mapping or a function of the scheduled time, got {self.inputs!r}"
+            )
+
+    def fixed_inputs(self) -> Mapping[str, object] | None:
+        """The inputs when they are fixed values, None when a function computes them at each tick."""
+        return self.inputs if isinstance(self.inputs, Mapping) else None
+
+
+def _as_date(owner: str, name: str, value: str | date) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{owner} {name} must be a date or 'YYYY-MM-DD', got {value!r}") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class DailyPartitions:
+    """One partition per calendar day (keys `YYYY-MM-DD`) from `start` (inclusive) to `end` (exclusive; None:
+    up to the last complete day), days counted in `timezone`. The key fills context field `input_key` (typed
+    `str` or `date`) and each partition's agent costs charge a per-day budget on the partition's own day."""
+
+    start: str | date
+    end: str | date | None = None
+    timezone: str = "UTC"
+    input_key: str = "partition_key"
+
+    def __post_init__(self) -> None:
+        start = _as_date("DailyPartitions", "start", self.start)
+        object.__setattr__(self, "start", start)
+        if self.end is not None:
+            end = _as_date("DailyPartitions", "end", self.end)
+            if end <= start:
+                raise ConfigurationError(f"DailyPartitions end {end} must be after start {start}")
+            object.__setattr__(self, "end", end)
+        _check_timezone("DailyPartitions", self.timezone)
+
+    def sample_key(self) -> str:
+        """A key these partitions produce (the first day's)."""
+        return str(self.start)
+
+
+@dataclass(frozen=True, init=False)
+class StaticPartitions:
+    """A fixed list of partition keys (`keys=["en", "es"]`); the key fills context field `input_key`."""
+
+    keys: tuple[str, ...]
+    input_key: str = "partition_key"
+
+    def __init__(self, *, keys: Iterable[str], input_key: str = "partition_key") -> None:
+        listed = tuple(keys)
+        if not listed or not all(isinstance(k, str) and k for k in listed):
+            raise ConfigurationError(f"StaticPartitions keys must be non-empty strings, got {listed!r}")
+        if len(set(listed)) != len(listed):
+            raise ConfigurationError(f"StaticPartitions keys must be unique, got {listed!r}")
+        object.__setattr__(self, "keys", listed)
+        object.__setattr__(self, "input_key", input_key)
+
+    def sample_key(self) -> str:
+        """A key these partitions produce (the first)."""
+        return self.keys[0]
+
+
+Partitions = DailyPartitions | StaticPartitions

@@ -1,0 +1,95 @@
+"""Rules for a pipeline's schedule (SCHED-*) and partitions (PART-*)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, cast
+
+from pydantic import TypeAdapter, ValidationError
+
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.validation.findings import Finding
+
+__all__ = ["partition_input", "rule_partitions", "rule_schedule"]
+
+
+def partition_input(pipeline: Pipeline) -> str | None:
+    """The context field the partition key fills, or None for an unpartitioned pipeline."""
+    return pipeline.partitions.input_key if pipeline.partitions is not None else None
+
+
+def rule_schedule(pipeline: Pipeline) -> Iterator[Finding]:
+    """SCHED-001: a schedule with fixed inputs gives every required input (the partition key aside).
+    SCHED-002: its fixed inputs name only keys a run starts with, and not the partition key field."""
+    schedule = pipeline.schedule
+    if schedule is None:
+        return
+    given = schedule.fixed_inputs()
+    if given is None:  # a function of the scheduled time: checked at each tick
+        return
+    path = f"{pipeline.name} > schedule"
+    missing = [k for k in pipeline.input_keys() if k not in given and k != partition_input(pipeline)]
+    if missing:
+        yield Finding(
+            code="SCHED-001",
+            severity="error",
+            path=path,
+            message=f"the schedule gives no value for required run input(s) {missing}.",
+            hint="add them to Schedule(inputs={...}), pass a function of the scheduled time, or give the "
+            "context fields defaults",
+        )
+    unknown = sorted(set(given) - set(pipeline.initial_keys()))
+    if unknown:
+        yield Finding(
+            code="SCHED-002",
+            severity="error",
+            path=path,
+            message=f"the schedule's inputs name {unknown}, which are not run inputs of {pipeline.context.__name__}.",
+            hint="a run takes the context fields no step writes; remove these keys or fix their spelling",
+        )
+    key = partition_input(pipeline)
+    if key is not None and key in given:
+        yield Finding(
+            code="SCHED-002",
+            severity="error",
+            path=path,
+            message=f"the schedule's inputs give the partition key field {key!r}, which each run's partition fills.",
+            hint=f"remove {key!r} from the schedule's inputs",
+        )
+
+
+def rule_partitions(pipeline: Pipeline) -> Iterator[Finding]:
+    """PART-001: the partition key fills a context field that no step writes and whose type accepts the keys."""
+    partitions = pipeline.partitions
+    if partitions is None:
+        return
+    key, path = partitions.input_key, f"{pipeline.name} > partitions"
+    kind = type(partitions).__name__
+    if key not in pipeline.fields:
+        yield Finding(
+            code="PART-001",
+            severity="error",
+            path=path,
+            message=f"{kind} input_key {key!r} is not a field of {pipeline.context.__name__}.",
+            hint=f"add a field `{key}: str` (or `date` for DailyPartitions) to the context, or set input_key",
+        )
+        return
+    if key in pipeline.written_keys():
+        yield Finding(
+            code="PART-001",
+            severity="error",
+            path=path,
+            message=f"partition key field {key!r} is written by a step; the partition key must be a run input.",
+            hint="use another context field for the partition key",
+        )
+    sample = partitions.sample_key()
+    try:
+        TypeAdapter[object](cast(Any, pipeline.fields[key])).validate_python(sample)
+    except ValidationError as exc:
+        yield Finding(
+            code="PART-001",
+            severity="error",
+            path=path,
+            message=f"field {key!r} rejects partition key {sample!r}: {exc.errors()[0]['msg']}.",
+            hint="type the field `str` (or `date` for DailyPartitions)",
+        )

@@ -1,0 +1,177 @@
+"""`FlujoPipelineComponent`: the example `dg` project under examples/dg_digest, checked with the venv's `dg` and
+run in process on its offline model; the component's YAML settings and their errors.
+
+pytest puts `examples/dg_digest/src` on sys.path (pyproject.toml), as `dg` does for the project's code location.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, ComponentTree, DagsterInstance, load_from_defs_folder
+from dg_digest.pipelines import Digest, digest
+
+from flujo_dagster import (
+    ConfigurationError,
+    DailyPartitions,
+    FlujoDagsterTranslator,
+    FlujoPipelineComponent,
+    Pipeline,
+    StaticPartitions,
+    load_final_context,
+)
+
+# dagster's YAML resolution (`resolve_from_yaml`) still calls pydantic's deprecated `parse_obj_as`.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`parse_obj_as` is deprecated:pydantic.warnings.PydanticDeprecatedSince20"
+)
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dg_digest"
+DG = Path(sys.executable).parent / "dg"
+RUN_CONFIG = {
+    "ops": {"dg_digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "dagster agents"}}}}}}
+}
+BASE = "pipeline: dg_digest.pipelines:digest\nagent_runtime: dg_digest.offline:offline_runtime\n"
+
+
+class RenamingTranslator(FlujoDagsterTranslator):
+    """A user translator, loaded by import path from `translator.type`."""
+
+    def get_job_name(self, pipeline: Pipeline) -> str:
+        return f"{pipeline.name}_renamed"
+
+
+def schedule_inputs(scheduled: object) -> dict[str, object]:
+    """Run inputs computed at a tick (loaded by import path from `schedule.inputs_fn`)."""
+    return {"topic": f"agents {scheduled}"}
+
+
+def _dg(*args: str, cwd: Path = EXAMPLE) -> subprocess.Popen[str]:
+    """The venv's `dg` in `cwd`, without DAGSTER_HOME (dg check defs uses an ephemeral instance)."""
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    return subprocess.Popen(
+        [str(DG), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _component(yaml: str) -> FlujoPipelineComponent:
+    component = FlujoPipelineComponent.resolve_from_yaml(BASE + yaml)
+    assert isinstance(component, FlujoPipelineComponent)
+    return component
+
+
+def test_dg_check_defs_and_list_components_accept_the_example(tmp_path: Path) -> None:
+    broken = tmp_path / "dg_digest"
+    shutil.copytree(EXAMPLE, broken, ignore=shutil.ignore_patterns("__pycache__"))
+    yaml = broken / "src" / "dg_digest" / "defs" / "digest" / "defs.yaml"
+    yaml.write_text(yaml.read_text().replace("dg_digest.pipelines:digest", "dg_digest.pipelines:missing"))
+    runs = {  # concurrently: each dg call boots dagster (about 5 to 10 s)
+        "check": _dg("check", "defs"),
+        "list": _dg("list", "components", "--json"),
+        "broken": _dg("check", "defs", cwd=broken),
+    }
+    out = {name: run.communicate(timeout=300) for name, run in runs.items()}
+    check_out, check_err = out["check"]
+    assert runs["check"].returncode == 0, check_out + check_err
+    assert "All component YAML validated successfully." in check_out
+    assert "All definitions loaded successfully." in check_out
+    assert runs["list"].returncode == 0, out["list"][1]
+    items = {item["key"]: item["summary"] for item in json.loads(out["list"][0])["items"]}
+    assert items["flujo_dagster.FlujoPipelineComponent"].startswith("A flujo_dagster pipeline")
+    assert runs["broken"].returncode == 1
+    assert "module 'dg_digest.pipelines' has no attribute 'missing'" in "".join(out["broken"])
+
+
+def test_the_example_component_loads_and_runs_in_process(instance: DagsterInstance) -> None:
+    defs = load_from_defs_folder(path_within_project=EXAMPLE / "src" / "dg_digest")
+    report_key = AssetKey(["examples", "dg_digest", "report"])
+    assert defs.resolve_assets_def(report_key).group_names_by_key[report_key] == "digests"
+    schedule = defs.resolve_schedule_def("dg_digest_schedule")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 6 * * *", "UTC")
+    result = defs.resolve_job_def("dg_digest").execute_in_process(instance=instance, run_config=RUN_CONFIG)
+    assert result.success
+    final = load_final_context(digest, result.run_id, instance=instance)
+    assert isinstance(final, Digest)
+    assert final.sources == [
+        "Typed agent pipelines",
+        "Agents in production",
+        "Assets and lineage",
+        "Schedules for LLM jobs",
+    ]
+    assert final.draft is not None and final.draft.startswith("Offline digest. Summarise")
+    assert final.report == f"# Dagster Agents digest\n\n{final.draft}"
+
+
+def test_yaml_settings_reach_the_pipeline_and_the_compiler() -> None:
+    component = _component(
+        "prices:\n  'openai:gpt-5-mini': {input_per_mtok: 0.1, output_per_mtok: '0.4'}\n"
+        "budget: {max_tokens: 5000, scope: run}\n"
+        "translator: {type: tests.test_component.RenamingTranslator}\n"
+        "partitions: {type: daily, start: '2026-01-01', input_key: topic}\n"
+        "schedule: {cron: '0 7 * * 1', inputs_fn: tests.test_component.schedule_inputs, default_status: running}\n"
+    )
+    pipeline = component.resolve_pipeline()
+    assert pipeline.budget is not None and (pipeline.budget.max_tokens, pipeline.budget.scope) == (5000, "run")
+    assert pipeline.partitions == DailyPartitions(start=date(2026, 1, 1), input_key="topic")
+    assert pipeline.schedule is not None and pipeline.schedule.inputs is schedule_inputs
+    assert pipeline.schedule.default_status == "running"
+    assert pipeline.steps == digest.steps and digest.schedule is None  # the imported pipeline is left as it was
+    price = component.resolve_prices()["openai:gpt-5-mini"]
+    assert (price.input_per_mtok, price.output_per_mtok) == (Decimal("0.1"), Decimal("0.4"))
+    translator = component.resolve_translator()
+    assert isinstance(translator, RenamingTranslator)
+    static = _component("partitions: {type: static, keys: [en, es]}\n").resolve_pipeline().partitions
+    assert static == StaticPartitions(keys=["en", "es"])
+
+
+def test_component_build_defs_uses_the_same_compiler() -> None:
+    component = _component("translator: {type: tests.test_component.RenamingTranslator, key_prefix: [x]}\n")
+    defs = component.build_defs(ComponentTree.for_test().load_context)
+    assert defs.resolve_job_def("dg_digest_renamed").name == "dg_digest_renamed"
+    assert AssetKey(["x", "dg_digest", "draft"]) in {k for a in defs.assets or [] for k in a.keys}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("yaml", "message"),
+    [
+        ("translator: {type: tests.test_component.schedule_inputs}\n", "not a FlujoDagsterTranslator subclass"),
+        (
+            "schedule: {cron: '0 6 * * *', inputs: {topic: a}, inputs_fn: tests.test_component.schedule_inputs}\n",
+            "not both",
+        ),
+        ("partitions: {type: daily}\n", "daily partitions need `start`"),
+        ("partitions: {type: static, keys: [a], start: '2026-01-01'}\n", "static partitions take `keys`"),
+        ("prices:\n  'openai:gpt-5-mini': {input_per_mtok: lots, output_per_mtok: 1}\n", "must be a number"),
+    ],
+)
+def test_bad_settings_are_configuration_errors(yaml: str, message: str) -> None:
+    component = _component(yaml)
+    with pytest.raises(ConfigurationError, match=message):
+        component.resolve_pipeline()
+        component.resolve_prices()
+        component.resolve_translator()
+
+
+@pytest.mark.parametrize(
+    ("field", "path", "message"),
+    [
+        ("pipeline", "dg_digest.nowhere:digest", "cannot import module 'dg_digest.nowhere'"),
+        ("pipeline", "dg_digest.pipelines:Digest", "is a ModelMetaclass, not a Pipeline"),
+        ("pipeline", "digest", "is not an import path"),
+        ("agent_runtime", "dg_digest.pipelines:digest", "gave a Pipeline, not an AgentRuntime"),
+    ],
+)
+def test_bad_import_paths_are_configuration_errors(field: str, path: str, message: str) -> None:
+    component = FlujoPipelineComponent.resolve_from_yaml(BASE.replace(f"{field}: ", f"{field}: {path} #", 1))
+    assert isinstance(component, FlujoPipelineComponent)
+    with pytest.raises(ConfigurationError, match=message):
+        component.resolve_pipeline()
+        component.resolve_resources()
