@@ -150,3 +150,18 @@ def test_checks_are_refused_on_keys_that_are_not_assets_and_on_duplicate_names()
         "pipeline 'bad_checks': check 'not_empty' is on key 'text', which is not in assets=; two checks on key "
         "'summary' are named 'not_empty'. Fix the checks= list."
     )
+
+
+def test_checks_on_a_pipeline_without_assets_and_async_checks_are_refused() -> None:
+    def not_empty(value: object) -> bool:
+        return bool(value)
+
+    no_assets = Pipeline("no_assets", context=Note, steps=[summary], checks=[Check("summary", not_empty)])
+    with pytest.raises(ConfigurationError, match="check 'not_empty' is on key 'summary', which is not in assets="):
+        build_definitions(pipelines=[no_assets])
+
+    async def judged(value: object) -> bool:
+        return bool(value)
+
+    with pytest.raises(TypeError, match="the check function must be synchronous and return a bool"):
+        Check("summary", judged)

@@ -182,6 +182,10 @@ def test_a_partitioned_run_needs_a_partition_key_that_its_inputs_agree_with(inst
         ),
         (StaticPartitions(keys=["en"], input_key="greeting"), "partition key field 'greeting' is written by a step"),
         (StaticPartitions(keys=["fr"], input_key="lang"), "field 'lang' rejects partition key 'fr': Input should be"),
+        (  # every key is checked, not only the first
+            StaticPartitions(keys=["en", "fr"], input_key="lang"),
+            "field 'lang' rejects partition key 'fr': Input should be",
+        ),
     ],
 )
 def test_partition_rules_when_the_definitions_load(partitions: StaticPartitions, message: str) -> None:

@@ -186,6 +186,40 @@ def test_a_tick_whose_day_budget_is_spent_is_skipped(instance: DagsterInstance) 
     assert isinstance(tomorrow, RunRequest)
 
 
+def test_a_tick_and_its_run_use_the_same_day_in_the_schedules_timezone(instance: DagsterInstance) -> None:
+    """06:00 in Tokyo on the 27th is 21:00 UTC on the 26th, and Dagster tags scheduled runs with UTC times: the
+    run must charge the day the tick checked (the 27th), not the UTC date."""
+    agent = Agent("openai:gpt-5-mini", defer_model_check=True)
+    pipeline = Pipeline(
+        "tokyo",
+        context=Brief,
+        steps=[agent_step("brief", agent, prompt="Brief on {topic}", model_settings={"max_tokens": 200})],
+        schedule=Schedule(cron="0 6 * * *", timezone="Asia/Tokyo", inputs={"topic": "rates"}),
+        budget=Budget(max_cost_usd="0.45", scope="day"),
+    )
+    runtime = AgentRuntime(
+        model=FunctionModel(answer, model_name="metered"),
+        prices={"function:metered": Price(input_per_mtok=0, output_per_mtok=1_000)},
+    )
+    defs = build_definitions(pipelines=[pipeline], resources={"agent_runtime": runtime})
+    when = datetime(2026, 11, 27, 6, 0, tzinfo=ZoneInfo("Asia/Tokyo"))
+    (request,) = tick(defs, "tokyo_schedule", instance, when)
+    assert isinstance(request, RunRequest) and request.tags["flujo/budget_day"] == "2026-11-27"
+    utc_tag = when.astimezone(ZoneInfo("UTC")).isoformat()  # what Dagster writes: 2026-11-26T21:00:00+00:00
+    assert (
+        defs.resolve_job_def("tokyo")
+        .execute_in_process(
+            run_config={**request.run_config, **QUIET},
+            instance=instance,
+            tags={**request.tags, ".dagster/scheduled_execution_time": utc_tag},
+        )
+        .success
+    )
+    ledger = InstanceLedger().for_instance(instance)
+    assert ledger.totals("pipeline:tokyo:day:2026-11-27").spent_usd_nanos > 0
+    assert ledger.totals("pipeline:tokyo:day:2026-11-26").spent_usd_nanos == 0
+
+
 class Daily(BaseModel):
     day: date
     lang: Literal["en", "es"] = "en"

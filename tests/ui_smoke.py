@@ -141,6 +141,9 @@ def _pages(
     expect_texts(page, "asset materialization", ["report", "Latest materialization", "The final Markdown report."])
     expect_link(page, "asset materialization", f"/runs/{digest_run}")  # the latest one is the digest run's
     expect_texts(page, "asset materialization", ["flujo/pipeline", "digest"])
+    # what a reviewer needs, on the latest materialization (docs/assets.md)
+    review = ["flujo/preview", "Digest:", "flujo/type", "flujo/total_cost_usd", "flujo/models", "flujo/produced_by"]
+    expect_texts(page, "asset materialization", review)
     _shoot(page, out, "asset-materialization.png")
 
     page.goto(f"{url}/runs?q%5B%5D=tag%3Aflujo%2Fparked%3Dtrue")  # the Runs page filtered by the parked tag

@@ -21,11 +21,13 @@ from flujo_dagster.pricing.ledger_sqlite import SqliteBudgetLedger
 from flujo_dagster.pricing.prices import PriceBook
 from flujo_dagster.runtime.budget import BudgetContext, Guard, guard_for
 
-__all__ = ["BUDGET_LEDGER_KEY", "InstanceLedger", "budget_context", "budget_day", "run_scope"]
+__all__ = ["BUDGET_DAY_TAG", "BUDGET_LEDGER_KEY", "InstanceLedger", "budget_context", "budget_day", "run_scope"]
 
 BUDGET_LEDGER_KEY = "budget_ledger"
 PARTITION_TAG = "dagster/partition"
 _DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:$|[T -])")
+BUDGET_DAY_TAG = "flujo/budget_day"
+"""The day (ISO date) a flujo schedule's tick checked the per-day budget for; the run charges that day."""
 SCHEDULED_TIME_TAG = ".dagster/scheduled_execution_time"
 """The tag Dagster puts on a scheduled run: the tick's time, ISO 8601 with the schedule's timezone."""
 
@@ -90,9 +92,13 @@ def _partition_day(key: str) -> date | None:
 
 
 def budget_day(run: DagsterRun, instance: DagsterInstance) -> str:
-    """The calendar day a run charges to a per-day budget: a date partition's own day (a backfill charges each
-    partition's day), else the scheduled time's date in the schedule's timezone, else the date (UTC) its first
+    """The calendar day a run charges to a per-day budget: the day its schedule's tick checked (tag
+    `flujo/budget_day`), else a date partition's own day (a backfill charges each partition's day), else the
+    scheduled time's date, else the date (UTC) its first
     run (before any re-execution) was created."""
+    chosen = run.tags.get(BUDGET_DAY_TAG)  # set by a flujo schedule's tick: the day it checked
+    if chosen is not None and _partition_day(chosen) is not None:
+        return chosen
     day = _partition_day(run.tags.get(PARTITION_TAG, ""))
     if day is not None:
         return day.isoformat()

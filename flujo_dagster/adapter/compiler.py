@@ -80,7 +80,8 @@ def compile_pipeline(
 
     job_name = translator.get_job_name(pipeline)
     # asset producers wrapped for review metadata and checks (replaced in built.defs)
-    review = plan_reviews(pipeline, built, translator) if has_assets else ReviewPlan()
+    # a check on a pipeline without assets= is refused there too (it would never run)
+    review = plan_reviews(pipeline, built, translator) if has_assets or pipeline.checks else ReviewPlan()
     graph = GraphDefinition(
         # not the job's name: Dagster wants graph and job names distinct within a code location
         name=graph_name(pipeline.name, has_assets),

@@ -19,7 +19,7 @@ from dagster import (
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
-from flujo_dagster.adapter.budgets import BUDGET_LEDGER_KEY, ledger_of
+from flujo_dagster.adapter.budgets import BUDGET_DAY_TAG, BUDGET_LEDGER_KEY, ledger_of
 from flujo_dagster.adapter.compiler import CompiledPipeline
 from flujo_dagster.adapter.partitions import partition_day, partitions_def
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -140,7 +140,11 @@ def schedule_for(compiled: CompiledPipeline, ledger_resource: object) -> Schedul
             if reason is not None:
                 skipped.append(reason)
                 continue
-            requests.append(RunRequest(run_key=key, run_config=_run_config(compiled, raw), partition_key=key))
+            # the day the tick checked is the day the run charges (the scheduled-time tag Dagster writes is UTC)
+            tags = {BUDGET_DAY_TAG: (day or when.date()).isoformat()}
+            requests.append(
+                RunRequest(run_key=key, run_config=_run_config(compiled, raw), partition_key=key, tags=tags)
+            )
         if not requests:
             yield SkipReason("; ".join(dict.fromkeys(skipped)))
         yield from requests

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,11 @@ class Check:
     description: str | None = None
 
     def __post_init__(self) -> None:
+        if inspect.iscoroutinefunction(self.fn):  # its coroutine would be truthy: the check would always pass
+            raise TypeError(
+                f"Check on {self.key!r}: the check function must be synchronous and return a bool, got an async "
+                "function; compute what it needs in a step and check that key instead"
+            )
         if not self.name:  # a lambda without `name=` is called `<key>_check`
             fn_name = getattr(self.fn, "__name__", "<lambda>")
             object.__setattr__(self, "name", f"{self.key}_check" if fn_name.startswith("<") else fn_name)

@@ -94,9 +94,9 @@ class DailyPartitions:
             object.__setattr__(self, "end", end)
         _check_timezone("DailyPartitions", self.timezone)
 
-    def sample_key(self) -> str:
-        """A key these partitions produce (the first day's)."""
-        return str(self.start)
+    def sample_keys(self) -> tuple[str, ...]:
+        """A key these partitions produce (the first day's): every day's key has the same form."""
+        return (str(self.start),)
 
 
 @dataclass(frozen=True, init=False)
@@ -115,9 +115,9 @@ class StaticPartitions:
         object.__setattr__(self, "keys", listed)
         object.__setattr__(self, "input_key", input_key)
 
-    def sample_key(self) -> str:
-        """A key these partitions produce (the first)."""
-        return self.keys[0]
+    def sample_keys(self) -> tuple[str, ...]:
+        """The keys these partitions produce (every one)."""
+        return self.keys
 
 
 Partitions = DailyPartitions | StaticPartitions

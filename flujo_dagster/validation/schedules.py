@@ -82,14 +82,15 @@ def rule_partitions(pipeline: Pipeline) -> Iterator[Finding]:
             message=f"partition key field {key!r} is written by a step; the partition key must be a run input.",
             hint="use another context field for the partition key",
         )
-    sample = partitions.sample_key()
-    try:
-        TypeAdapter[object](cast(Any, pipeline.fields[key])).validate_python(sample)
-    except ValidationError as exc:
-        yield Finding(
-            code="PART-001",
-            severity="error",
-            path=path,
-            message=f"field {key!r} rejects partition key {sample!r}: {exc.errors()[0]['msg']}.",
-            hint="type the field `str` (or `date` for DailyPartitions)",
-        )
+    adapter = TypeAdapter[object](cast(Any, pipeline.fields[key]))
+    for sample in partitions.sample_keys():
+        try:
+            adapter.validate_python(sample)
+        except ValidationError as exc:
+            yield Finding(
+                code="PART-001",
+                severity="error",
+                path=path,
+                message=f"field {key!r} rejects partition key {sample!r}: {exc.errors()[0]['msg']}.",
+                hint="type the field `str` (or `date` for DailyPartitions)",
+            )
