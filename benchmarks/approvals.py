@@ -28,7 +28,7 @@ from typing import Any
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord
 
-from flujo_dagster.adapter.approvals import decide
+from flujo_dagster.adapter.control.approvals import decide
 from tests.dagster_dev import DagsterDev, DagsterDevError, dagster_dev
 
 TARGET = ("-m", "benchmarks.approval_defs", "-a", "defs")

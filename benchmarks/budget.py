@@ -37,7 +37,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage, RunUsage, UsageLimits
 
 from flujo_dagster import AgentRuntime, Budget, Parallel, Pipeline, Price, agent_step, run_pipeline
-from flujo_dagster.adapter.budgets import InstanceLedger
+from flujo_dagster.adapter.storage.budgets import InstanceLedger
 from flujo_dagster.pricing import USD_NANOS
 
 BRANCHES, MAX_TOKENS = 16, 2_000

@@ -16,9 +16,9 @@ import click
 from dagster import DagsterInstance, Definitions
 from pydantic import ValidationError
 
-from flujo_dagster.adapter.approvals import decide, pending, prepare_decision
-from flujo_dagster.adapter.audit import audit_trail
-from flujo_dagster.adapter.costs import run_costs
+from flujo_dagster.adapter.control.approvals import decide, pending, prepare_decision
+from flujo_dagster.adapter.control.audit import audit_trail
+from flujo_dagster.adapter.control.costs import run_costs
 from flujo_dagster.adapter.run import run_pipeline
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ApprovalError, ConfigurationError, FlujoDagsterError

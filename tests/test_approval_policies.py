@@ -22,11 +22,12 @@ from dagster import (
 )
 
 from flujo_dagster import ConfigurationError, Map, Pipeline, audit_trail, build_definitions, load_final_context
-from flujo_dagster.adapter.approvals import decide, escalate_due, pending, resumable, resume
-from flujo_dagster.adapter.sensors import approvals_sensor
+from flujo_dagster.adapter.control.approvals import decide, escalate_due, pending, resumable, resume
+from flujo_dagster.adapter.control.sensors import approvals_sensor
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.errors import ApprovalError
-from flujo_dagster.runtime.approvals import DECISION_PREFIX, REQUEST_PREFIX, SECRET_ENV, Decision, sign
+from flujo_dagster.names import DECISION_PREFIX, REQUEST_PREFIX
+from flujo_dagster.runtime.approvals import SECRET_ENV, Decision, sign
 from tests.approval_defs import REQUEST_LOG, Post
 from tests.policy_defs import defs as policy_defs
 from tests.policy_defs import (

@@ -32,8 +32,9 @@ from flujo_dagster import (
     run_pipeline,
     step,
 )
-from flujo_dagster.adapter.approvals import decide, pending, resume
-from flujo_dagster.runtime.approvals import DECISION_PREFIX, Decision, payload_hash
+from flujo_dagster.adapter.control.approvals import decide, pending, resume
+from flujo_dagster.names import DECISION_PREFIX
+from flujo_dagster.runtime.approvals import Decision, payload_hash
 from tests.approval_defs import REQUEST_LOG, Post, gated, gated_job, looped, looped_job
 from tests.fixtures.invalid_pipeline import broken, valid
 from tests.test_cli import run as run_cli

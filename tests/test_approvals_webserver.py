@@ -15,8 +15,8 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context, instance_for_test
 
 from flujo_dagster import load_final_context
-from flujo_dagster.adapter.approvals import decide, pending
-from flujo_dagster.adapter.sensors import approvals_sensor
+from flujo_dagster.adapter.control.approvals import decide, pending
+from flujo_dagster.adapter.control.sensors import approvals_sensor
 from tests.approval_defs import REQUEST_LOG, Post, defs, gated
 from tests.test_webserver import BOOT_TIMEOUT_S, ROOT, WEBSERVER, Webserver, _free_port, _server_info, _stop
 

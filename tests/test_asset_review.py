@@ -20,8 +20,8 @@ from dagster import (
 )
 from pydantic import BaseModel
 
-from flujo_dagster.adapter.approvals import decide, resume
-from flujo_dagster.adapter.review import PREVIEW_CHARS, TABLE_ROWS, preview
+from flujo_dagster.adapter.control.approvals import decide, resume
+from flujo_dagster.adapter.ops.review import PREVIEW_CHARS, TABLE_ROWS, preview
 from flujo_dagster.runtime.approvals import payload_hash
 from tests.review_defs import looped_review_job, reviewed_job
 

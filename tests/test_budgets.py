@@ -29,7 +29,7 @@ from flujo_dagster import (
     build_definitions,
     run_pipeline,
 )
-from flujo_dagster.adapter.budgets import InstanceLedger, budget_day
+from flujo_dagster.adapter.storage.budgets import InstanceLedger, budget_day
 from flujo_dagster.pricing import USD_NANOS, BudgetLedger, Limits, PostgresBudgetLedger, SqliteBudgetLedger, Usage
 from tests import budget_defs
 

@@ -24,8 +24,8 @@ from flujo_dagster import (
     run_pipeline,
     step,
 )
-from flujo_dagster.adapter.compiler import compile_pipeline
-from flujo_dagster.adapter.types import KeyType
+from flujo_dagster.adapter.compile.compiler import compile_pipeline
+from flujo_dagster.adapter.storage.types import KeyType
 
 
 class Colour(Enum):

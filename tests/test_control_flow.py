@@ -34,8 +34,8 @@ from flujo_dagster import (
     step,
     validate,
 )
-from flujo_dagster.adapter.compiler import compile_pipeline
-from flujo_dagster.adapter.definitions import default_resources
+from flujo_dagster.adapter.compile.compiler import compile_pipeline
+from flujo_dagster.adapter.compile.definitions import default_resources
 from flujo_dagster.dsl import Branch, FunctionStep, Loop, Parallel, Step
 from tests.control_flow_defs import Review, review, review_multiprocess_job
 

@@ -18,8 +18,8 @@ from dagster import DagsterEventType, DagsterRunStatus
 
 from definitions.gated import GatedDigest, gated
 from flujo_dagster import ConfigurationError, build_definitions, load_final_context
-from flujo_dagster.adapter.approvals import pending
-from flujo_dagster.adapter.definitions import APPROVALS_INTERVAL_ENV, WEBSERVER_URL_ENV
+from flujo_dagster.adapter.compile.definitions import APPROVALS_INTERVAL_ENV, WEBSERVER_URL_ENV
+from flujo_dagster.adapter.control.approvals import pending
 from tests.approval_defs import gated as small_gated
 from tests.dagster_dev import DagsterDev, dagster_dev, group_members, leftovers
 

@@ -61,8 +61,8 @@ from upath import UPath
 
 import flujo_dagster
 from flujo_dagster import Pipeline, PydanticJsonIOManager, StorageError, build_definitions, run_pipeline, step
-from flujo_dagster.adapter.io_manager import StoredKey
-from flujo_dagster.adapter.types import key_type
+from flujo_dagster.adapter.storage.io_manager import StoredKey
+from flujo_dagster.adapter.storage.types import key_type
 
 # --- a context model with many kinds of fields -------------------------------------------------------------
 

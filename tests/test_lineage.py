@@ -9,7 +9,7 @@ from pathlib import Path
 from dagster import DagsterInstance, execute_job, reconstructable
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
-from flujo_dagster.adapter.approvals import decide, resume
+from flujo_dagster.adapter.control.approvals import decide, resume
 from tests.review_defs import lineage_job
 from tests.test_asset_checks import evaluations
 from tests.test_asset_review import inputs, materialized

@@ -22,7 +22,7 @@ from dagster._core.definitions.dependency import DynamicCollectDependencyDefinit
 from pydantic import BaseModel, Field
 
 from flujo_dagster import FlujoDagsterTranslator, Pipeline, load_final_context, run_pipeline, step, validate
-from flujo_dagster.adapter.compiler import compile_pipeline
+from flujo_dagster.adapter.compile.compiler import compile_pipeline
 from flujo_dagster.dsl import Branch, Loop, Map
 from flujo_dagster.dsl.steps import FunctionStep
 from flujo_dagster.validation.scale import expanded_ops

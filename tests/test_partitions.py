@@ -39,7 +39,7 @@ from flujo_dagster import (
     step,
     validate,
 )
-from flujo_dagster.adapter.budgets import InstanceLedger
+from flujo_dagster.adapter.storage.budgets import InstanceLedger
 from flujo_dagster.pricing import USD_NANOS, Limits, Usage
 
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]

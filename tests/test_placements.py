@@ -33,8 +33,8 @@ from flujo_dagster import (
     load_final_context,
     step,
 )
-from flujo_dagster.adapter.approvals import decide, pending, resume
-from flujo_dagster.runtime.approvals import AWAITING_PREFIX
+from flujo_dagster.adapter.control.approvals import decide, pending, resume
+from flujo_dagster.names import AWAITING_PREFIX
 from tests.placement_defs import (
     GATE,
     KINDS,

@@ -11,7 +11,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from flujo_dagster import AgentRuntime, FlujoDagsterTranslator, Parallel, Pipeline, Price, agent_step, run_pipeline
-from flujo_dagster.adapter.compiler import compile_pipeline
+from flujo_dagster.adapter.compile.compiler import compile_pipeline
 
 
 class Three(BaseModel):

@@ -10,7 +10,7 @@ from dagster import DagsterEventType, DagsterInstance, ReexecutionOptions, execu
 
 from definitions.digest import Digest, digest
 from flujo_dagster import PydanticJsonIOManager, load_final_context
-from flujo_dagster.adapter.costs import run_costs
+from flujo_dagster.adapter.control.costs import run_costs
 from tests.reexec_defs import FAIL_MARKER, REQUEST_LOG, flaky_digest_job
 
 RUN_CONFIG: dict[str, Any] = {

@@ -11,7 +11,7 @@ from pydantic_ai.providers.openai import OpenAIProvider
 
 from definitions.offline import scripted_answer
 from flujo_dagster import AgentRuntime, agent_step
-from flujo_dagster.validation.names import DAGSTER_RESERVED_NAMES
+from flujo_dagster.names import DAGSTER_RESERVED_NAMES
 
 writer = Agent("openai:gpt-5-mini", defer_model_check=True)
 draft = agent_step("draft", writer, prompt="{topic}")

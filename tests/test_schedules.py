@@ -37,7 +37,7 @@ from flujo_dagster import (
     step,
     validate,
 )
-from flujo_dagster.adapter.budgets import InstanceLedger
+from flujo_dagster.adapter.storage.budgets import InstanceLedger
 from flujo_dagster.pricing import USD_NANOS, Limits, Usage
 
 MADRID = ZoneInfo("Europe/Madrid")

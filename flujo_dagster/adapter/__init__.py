@@ -1,15 +1,15 @@
 """The only package that imports dagster: compiler, ops, IO manager, types, resources, definitions."""
 
-from flujo_dagster.adapter.approval_settings import ApprovalSettings
-from flujo_dagster.adapter.approvals import decide, pending, resume
-from flujo_dagster.adapter.audit import audit_trail
-from flujo_dagster.adapter.compiler import CompiledPipeline, compile_pipeline
-from flujo_dagster.adapter.component import FlujoPipelineComponent
-from flujo_dagster.adapter.definitions import build_definitions
-from flujo_dagster.adapter.io_manager import PydanticJsonIOManager
-from flujo_dagster.adapter.resources import AgentRuntime
+from flujo_dagster.adapter.compile.compiler import CompiledPipeline, compile_pipeline
+from flujo_dagster.adapter.compile.component import FlujoPipelineComponent
+from flujo_dagster.adapter.compile.definitions import build_definitions
+from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.control.approvals import decide, pending, resume
+from flujo_dagster.adapter.control.audit import audit_trail
 from flujo_dagster.adapter.run import PipelineRun, arun_pipeline, load_final_context, run_pipeline
-from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
+from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager
+from flujo_dagster.adapter.storage.resources import AgentRuntime
 
 __all__ = [
     "AgentRuntime",

@@ -13,15 +13,14 @@ import anyio.to_thread
 from dagster import DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
 from pydantic import BaseModel
 
-from flujo_dagster.adapter.compiler import CompiledPipeline
-from flujo_dagster.adapter.costs import AgentCallSummary, agent_calls
-from flujo_dagster.adapter.definitions import compile_all
-from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
-from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, step_key
-from flujo_dagster.adapter.ops import IO_MANAGER_KEY
-from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.compile.compiler import CompiledPipeline
+from flujo_dagster.adapter.compile.definitions import compile_all
+from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.control.costs import AgentCallSummary, agent_calls
+from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager, StoredKey
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ConfigurationError, FlujoDagsterError
+from flujo_dagster.names import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, IO_MANAGER_KEY, step_key
 from flujo_dagster.pricing.prices import Price
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.sync import call_blocking

@@ -8,6 +8,7 @@ from typing import Literal, TypeAlias, TypeVar
 
 from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.interfaces import AgentLike, ModelLike
+from flujo_dagster.names import POOL_PREFIX
 
 __all__ = [
     "AgentStep",
@@ -92,7 +93,7 @@ class AgentStep(Step):
         if self.pool is not None:
             return self.pool
         model = self.model_id()
-        return f"flujo/{model.partition(':')[0]}" if model and ":" in model else None
+        return f"{POOL_PREFIX}{model.partition(':')[0]}" if model and ":" in model else None
 
     def max_tokens(self) -> int | None:
         """`max_tokens` from the step's model settings, else from the agent's own."""

@@ -15,12 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from flujo_dagster.dsl.approval import Approval, OnTimeout
+from flujo_dagster.names import DECISION_PREFIX
 
 __all__ = [
-    "AWAITING_PREFIX",
-    "DECISION_PREFIX",
-    "ESCALATED_PREFIX",
-    "REQUEST_PREFIX",
     "SECRET_ENV",
     "TIMEOUT_BY",
     "Decision",
@@ -35,15 +32,6 @@ __all__ = [
     "tally",
 ]
 
-DECISION_PREFIX = "flujo/decision/"
-"""Run tag `flujo/decision/<gate>` (or `flujo/decision/<gate>/<reviewer>` when a quorum is needed): a decision
-record (JSON) for gate `<gate>` (its op's node name, plus `[<mapping key>]` inside a Map)."""
-AWAITING_PREFIX = "flujo/awaiting/"
-"""Run tag `flujo/awaiting/<gate>`: `pending` while the run is parked at the gate, `resumed` once resumed."""
-REQUEST_PREFIX = "flujo/request/"
-"""Run tag `flujo/request/<gate>`: the request (step path, payload hash, policy, time) of a parked gate."""
-ESCALATED_PREFIX = "flujo/escalated/"
-"""Run tag `flujo/escalated/<gate>`: when the gate's deadline passed and it was escalated to `escalate_to`."""
 SECRET_ENV = "FLUJO_DAGSTER_DECISION_SECRET"
 """The environment variable holding the secret that signs decisions (`require_signed_decisions`)."""
 TIMEOUT_BY = "flujo (timeout)"

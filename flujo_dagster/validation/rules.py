@@ -11,10 +11,10 @@ from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.keys import annotations_of, resolve_keys, return_annotation
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
+from flujo_dagster.names import DAGSTER_RESERVED_NAMES, io_name
 from flujo_dagster.validation.approvals import rule_approvals
 from flujo_dagster.validation.findings import Finding
 from flujo_dagster.validation.keyflow import rule_keys
-from flujo_dagster.validation.names import DAGSTER_RESERVED_NAMES, io_name
 from flujo_dagster.validation.scale import rule_scale
 from flujo_dagster.validation.schedules import rule_partitions, rule_schedule
 from flujo_dagster.validation.typecompat import (

@@ -11,13 +11,8 @@ from dagster import DependencyDefinition, GraphDefinition, MultiDependencyDefini
 # tests/test_map_op.py). Building the graph from dependency dicts keeps step keys and names flat and ours.
 from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
 
-from flujo_dagster.adapter.approval_ops import APPROVED_OUTPUT, REJECTED_OUTPUT, VERDICT_LABELS, approval_op
-from flujo_dagster.adapter.flow_ops import (
-    AFTER_INPUT,
-    CONTINUE_OUTPUT,
-    DECISION_OUTPUT,
-    DONE_OUTPUT,
-    EXIT_OUTPUT,
+from flujo_dagster.adapter.ops.approval import VERDICT_LABELS, approval_op
+from flujo_dagster.adapter.ops.flow import (
     Producer,
     arm_output,
     barrier_op,
@@ -28,15 +23,31 @@ from flujo_dagster.adapter.flow_ops import (
     router_op,
     until_op,
 )
-from flujo_dagster.adapter.map_ops import ITEM_OUTPUT, RESULTS_INPUT, collect_op, fanout_op
-from flujo_dagster.adapter.naming import CONTEXT_OP, INPUTS_OP, READY_OUTPUT, io_name, op_name
-from flujo_dagster.adapter.ops import GATE_INPUT, StepWiring, inputs_op, step_op
+from flujo_dagster.adapter.ops.leaf import StepWiring, inputs_op, step_op
+from flujo_dagster.adapter.ops.map import collect_op, fanout_op
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel, runs_in_one_op
 from flujo_dagster.dsl.flow import callable_reads, flow_of, flow_of_steps
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
 from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.names import (
+    AFTER_INPUT,
+    APPROVED_OUTPUT,
+    CONTEXT_OP,
+    CONTINUE_OUTPUT,
+    DECISION_OUTPUT,
+    DONE_OUTPUT,
+    EXIT_OUTPUT,
+    GATE_INPUT,
+    INPUTS_OP,
+    ITEM_OUTPUT,
+    READY_OUTPUT,
+    REJECTED_OUTPUT,
+    RESULTS_INPUT,
+    io_name,
+    op_name,
+)
 
 __all__ = ["BuiltGraph", "build_graph"]
 

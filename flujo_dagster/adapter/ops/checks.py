@@ -4,7 +4,7 @@ run in the same op (the type check `flujo_type`, then the user's `Check`s). A fa
 op, so nothing downstream of it runs in the run."""
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -20,36 +20,23 @@ from dagster import (
     OpExecutionContext,
     Out,
     Output,
-    OutputMapping,
 )
 from pydantic import ValidationError
 
-from flujo_dagster.adapter import metadata as md
-from flujo_dagster.adapter.costs import AgentCallSummary, metadata_calls
-from flujo_dagster.adapter.graph_builder import BuiltGraph
-from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
-from flujo_dagster.adapter.lineage import data_upstream
-from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, io_name, step_key
-from flujo_dagster.adapter.ops import IO_MANAGER_KEY
-from flujo_dagster.adapter.review import (
-    APPROVAL_PREFIX,
-    RegionEvents,
-    approval_record,
-    plain,
-    region_calls,
-    review_metadata,
-)
-from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+from flujo_dagster import names
+from flujo_dagster.adapter.control.costs import AgentCallSummary, metadata_calls
+from flujo_dagster.adapter.ops.review import RegionEvents, approval_record, plain, region_calls, review_metadata
+from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager, StoredKey
 from flujo_dagster.dsl.checks import Check
-from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ConfigurationError, StorageError
+from flujo_dagster.names import (
+    APPROVAL_PREFIX,
+    IO_MANAGER_KEY,
+)
 from flujo_dagster.runtime.values import coerce_value
 from flujo_dagster.validation.typecompat import type_name
 
-__all__ = ["TYPE_CHECK", "AssetPlan", "ReviewPlan", "checked_op", "plan_reviews"]
-
-TYPE_CHECK = "flujo_type"
-"""The name of the check every asset gets: its stored value validates against its declared type."""
+__all__ = ["AssetPlan", "checked_op"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,106 +52,6 @@ class AssetPlan:
     """Step keys of the approval gates in `region` that show the key."""
     checks: tuple[tuple[AssetCheckSpec, Check | None], ...]
     """Each check spec and the user's check (None for the type check)."""
-
-
-@dataclass(frozen=True)
-class ReviewPlan:
-    """What the compiler adds to a graph-backed asset: check specs and the graph outputs they map to."""
-
-    check_specs: tuple[AssetCheckSpec, ...] = ()
-    output_mappings: tuple[OutputMapping, ...] = ()
-
-
-def _region(start: str, upstream: Mapping[str, Sequence[tuple[str, str]]], stops: set[str]) -> frozenset[str]:
-    seen = {start}
-    frontier = [start]
-    while frontier:
-        for source, _ in upstream.get(frontier.pop(), ()):
-            if source and source not in seen and source not in stops:
-                seen.add(source)
-                frontier.append(source)
-    return frozenset(seen)
-
-
-def _shows(definition: object, key: str) -> bool:
-    return (
-        isinstance(definition, OpDefinition)
-        and definition.tags.get(md.KIND) == "approval"
-        and io_name(key) in definition.output_dict
-    )
-
-
-def _specs(pipeline: Pipeline, key: str, asset_key: AssetKey) -> tuple[tuple[AssetCheckSpec, Check | None], ...]:
-    shown = "the final context" if key == CONTEXT_KEY else f"key {key!r}"
-    typed = AssetCheckSpec(
-        TYPE_CHECK,
-        asset=asset_key,
-        blocking=True,
-        description=f"The stored value of {shown} loads back as its declared type.",
-    )
-    user = [
-        (AssetCheckSpec(c.name, asset=asset_key, blocking=c.blocking, description=c.description), c)
-        for c in pipeline.checks
-        if c.key == key
-    ]
-    return ((typed, None), *user)
-
-
-def plan_reviews(pipeline: Pipeline, built: BuiltGraph, translator: FlujoDagsterTranslator) -> ReviewPlan:
-    """Wrap each asset-producing op of `built` (replaced in `built.defs`) and return the checks to declare.
-    `ConfigurationError` for a check on a key that is not an asset, or two checks of one key with one name."""
-    problems = [
-        f"check {c.name!r} is on key {c.key!r}, which is not in assets="
-        for c in pipeline.checks
-        if c.key not in pipeline.assets
-    ]
-    names = [(c.key, c.name) for c in pipeline.checks]
-    problems += [f"two checks on key {k!r} are named {n!r}" for k, n in dict.fromkeys(names) if names.count((k, n)) > 1]
-    problems += [
-        f"check {c.name!r} on key {c.key!r} uses the reserved name" for c in pipeline.checks if c.name == TYPE_CHECK
-    ]
-    if problems:
-        raise ConfigurationError(f"pipeline {pipeline.name!r}: " + "; ".join(problems) + ". Fix the checks= list.")
-    producers = {k: built.live[k] for k in pipeline.assets}
-    keys = {k: translator.get_asset_key(pipeline, k) for k in pipeline.assets}
-    producers[CONTEXT_KEY] = (CONTEXT_OP, CONTEXT_OUTPUT)
-    keys[CONTEXT_KEY] = translator.get_context_asset_key(pipeline)
-    asset_ops = {op for op, _ in producers.values()}
-    every_node = frozenset(built.defs)
-    upstream = data_upstream(built)
-
-    def keys_of(nodes: frozenset[str]) -> frozenset[str]:
-        return frozenset(step_key(pipeline.name, True, n) for n in nodes)
-
-    plans: dict[str, list[AssetPlan]] = {}
-    for key, (op, out) in producers.items():
-        # the final context is made by the whole run; any other asset by the steps since the nearest assets
-        region = every_node if key == CONTEXT_KEY else _region(op, upstream, asset_ops - {op})
-        gates = frozenset(n for n in region if n != op and _shows(built.defs[n], key))
-        plans.setdefault(op, []).append(
-            AssetPlan(
-                output=out,
-                key=key,
-                asset_key=keys[key],
-                region=keys_of(region),
-                gates=keys_of(gates),
-                checks=_specs(pipeline, key, keys[key]),
-            )
-        )
-    specs: list[AssetCheckSpec] = []
-    mappings: list[OutputMapping] = []
-    for node, node_plans in plans.items():
-        definition = built.defs[node]
-        if not isinstance(definition, OpDefinition):
-            raise ConfigurationError(f"pipeline {pipeline.name!r}: asset producer {node!r} is not an op")
-        shared = any(d is definition for n, d in built.defs.items() if n != node)
-        name = f"{definition.name}__{node}" if shared else definition.name  # Dagster wants one def per name
-        built.defs[node] = checked_op(definition, node_plans, name=name)
-        for plan in node_plans:
-            for spec, _ in plan.checks:
-                specs.append(spec)
-                mappings.append(OutputMapping(spec.get_python_identifier(), node, spec.get_python_identifier()))
-    return ReviewPlan(tuple(specs), tuple(mappings))
 
 
 @dataclass
@@ -233,7 +120,7 @@ def _evaluate(
                 passed=passed,
                 severity=severity,
                 description=detail,
-                metadata={"flujo/check_result": detail},
+                metadata={names.CHECK_RESULT: detail},
             )
         )
         if not passed and spec.blocking:
@@ -247,7 +134,7 @@ def _blocked(plan: AssetPlan, node: str, blocked: list[str]) -> Failure:
             f"blocking check(s) on asset {plan.asset_key.to_user_string()} failed in step {node!r}: "
             f"{'; '.join(blocked)}. The steps after it do not run; fix the value or the check and re-execute."
         ),
-        metadata={"flujo/asset": plan.asset_key.to_user_string(), "flujo/failed_checks": ", ".join(blocked)},
+        metadata={names.CHECK_ASSET: plan.asset_key.to_user_string(), names.CHECK_FAILED: ", ".join(blocked)},
         allow_retries=False,
     )
 

@@ -9,37 +9,37 @@ from typing import Any
 from dagster import DagsterRun, In, MetadataValue, Nothing, OpDefinition, OpExecutionContext, Out, Output
 from pydantic import ValidationError
 
-from flujo_dagster.adapter import metadata as md
-from flujo_dagster.adapter.budgets import BUDGET_LEDGER_KEY, budget_context
-from flujo_dagster.adapter.io_manager import PydanticJsonIOManager, StoredKey
-from flujo_dagster.adapter.naming import CONTEXT_KEY, CONTEXT_OUTPUT, io_name
-from flujo_dagster.adapter.ops import (
-    AGENT_RUNTIME_KEY,
-    IO_MANAGER_KEY,
-    NOT_RETRIED,
-    PRICE_BOOK_KEY,
-    StepWiring,
-    ins_for,
-    not_retried,
-    outs_for,
-)
-from flujo_dagster.adapter.resources import PricedAgents
-from flujo_dagster.adapter.types import key_type
+from flujo_dagster import names
+from flujo_dagster.adapter.ops.leaf import NOT_RETRIED, StepWiring, ins_for, not_retried, outs_for
+from flujo_dagster.adapter.storage.budgets import budget_context
+from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager, StoredKey
+from flujo_dagster.adapter.storage.resources import PricedAgents
+from flujo_dagster.adapter.storage.types import key_type
 from flujo_dagster.dsl.control import Branch, Loop
 from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, Step
 from flujo_dagster.errors import StepOutputError, StorageError
+from flujo_dagster.names import (
+    AFTER_INPUT,
+    AGENT_RUNTIME_KEY,
+    BUDGET_LEDGER_KEY,
+    CONTEXT_KEY,
+    CONTEXT_OUTPUT,
+    CONTINUE_OUTPUT,
+    DECISION_OUTPUT,
+    DONE_OUTPUT,
+    EXIT_OUTPUT,
+    IO_MANAGER_KEY,
+    PRICE_BOOK_KEY,
+    io_name,
+)
 from flujo_dagster.pricing.prices import PriceBook
 from flujo_dagster.runtime.budget import BudgetContext
 from flujo_dagster.runtime.interpreter import Interpreter, StepRecord, branch_arm, loop_should_exit
 from flujo_dagster.runtime.values import jsonable, to_json_bytes
 
 __all__ = [
-    "DECISION_OUTPUT",
-    "EXIT_OUTPUT",
-    "CONTINUE_OUTPUT",
-    "DONE_OUTPUT",
     "Producer",
     "arm_output",
     "barrier_op",
@@ -52,14 +52,6 @@ __all__ = [
 ]
 
 Producer = tuple[str, str]  # (node name, output name)
-DECISION_OUTPUT = "decision"
-EXIT_OUTPUT = "exit"
-CONTINUE_OUTPUT = "next"
-AFTER_INPUT = "after"
-"""A `Nothing` fan-in for ordering: joins wait for their sources; routers and loop gates wait for every producer
-outside their region that an op inside it reads (see `graph_builder`)."""
-DONE_OUTPUT = "flujo_done"
-"""A `Nothing` output for ops that write no key: Dagster refuses graph-asset leaf ops without outputs."""
 
 
 def _outs_or_done(
@@ -158,7 +150,7 @@ def context_op(
         outs={CONTEXT_OUTPUT: Out(context_type, io_manager_key=IO_MANAGER_KEY)},
         required_resource_keys={IO_MANAGER_KEY},
         description=f"Assembles and validates the final {pipeline.context.__name__} of pipeline {pipeline.name!r}.",
-        tags={md.KIND: "context"},
+        tags={names.KIND: "context"},
     )
 
 
@@ -184,7 +176,7 @@ def router_op(pipeline: Pipeline, branch: Branch, wiring: StepWiring) -> OpDefin
         ins={**ins_for(pipeline, wiring.reads, gated=wiring.gated), AFTER_INPUT: In(Nothing)},
         outs=outs,
         description=f"branch {wiring.path}: routes to one of {', '.join(labels)}",
-        tags={md.KIND: "branch", md.STEP_PATH: wiring.path},
+        tags={names.KIND: "branch", names.STEP_PATH: wiring.path},
     )
 
 
@@ -212,7 +204,7 @@ def branch_join_op(
         outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes), done=done),
         required_resource_keys={IO_MANAGER_KEY},
         description=f"joins branch {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
-        tags={md.KIND: "join", md.STEP_PATH: wiring.path},
+        tags={names.KIND: "join", names.STEP_PATH: wiring.path},
     )
 
 
@@ -238,7 +230,7 @@ def until_op(pipeline: Pipeline, loop: Loop, wiring: StepWiring, iteration: int)
         ins={**ins_for(pipeline, wiring.reads, gated=wiring.gated), AFTER_INPUT: In(Nothing)},
         outs=outs,
         description=f"loop {wiring.path}: exit after iteration {iteration}, or go on",
-        tags={md.KIND: "loop_gate", md.STEP_PATH: wiring.path},
+        tags={names.KIND: "loop_gate", names.STEP_PATH: wiring.path},
     )
 
 
@@ -255,7 +247,7 @@ def barrier_op(pipeline: Pipeline, wiring: StepWiring) -> OpDefinition:
         ins={**ins_for(pipeline, (), gated=wiring.gated), AFTER_INPUT: In(Nothing)},
         outs={DONE_OUTPUT: Out(Nothing)},
         description=f"joins parallel {wiring.path}: waits for the approval gates in its branches",
-        tags={md.KIND: "join", md.STEP_PATH: wiring.path},
+        tags={names.KIND: "join", names.STEP_PATH: wiring.path},
     )
 
 
@@ -286,7 +278,7 @@ def loop_join_op(
         outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes), done=done),
         required_resource_keys={IO_MANAGER_KEY},
         description=f"joins loop {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
-        tags={md.KIND: "join", md.STEP_PATH: wiring.path},
+        tags={names.KIND: "join", names.STEP_PATH: wiring.path},
     )
 
 
@@ -346,13 +338,13 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
             if record.status == "ignored":
                 context.log.warning(f"{record.path} failed and was ignored: {record.error}")
         metadata: dict[str, Any] = {
-            md.STEP_PATH: wiring.path,
-            md.STEPS: MetadataValue.md(_table(records.records)),
-            md.STEPS_JSON: MetadataValue.json([_record_json(r) for r in records.records]),
-            md.INPUT_TOKENS: sum(r.input_tokens for r in records.records),
-            md.OUTPUT_TOKENS: sum(r.output_tokens for r in records.records),
-            md.REQUESTS: sum(r.requests for r in records.records),
-            md.COST_USD: float(sum(r.cost_usd or 0 for r in records.records)),
+            names.STEP_PATH: wiring.path,
+            names.STEPS: MetadataValue.md(_table(records.records)),
+            names.STEPS_JSON: MetadataValue.json([_record_json(r) for r in records.records]),
+            names.INPUT_TOKENS: sum(r.input_tokens for r in records.records),
+            names.OUTPUT_TOKENS: sum(r.output_tokens for r in records.records),
+            names.REQUESTS: sum(r.requests for r in records.records),
+            names.COST_USD: float(sum(r.cost_usd or 0 for r in records.records)),
         }
         first = True
         for key in wiring.writes:
@@ -370,5 +362,5 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
         required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY} if needs_agents else set(),
         description=f"{node.kind} {wiring.path}, run in one op by the flujo interpreter",
         retry_policy=None,
-        tags={md.KIND: f"inline_{node.kind}", md.STEP_PATH: wiring.path},
+        tags={names.KIND: f"inline_{node.kind}", names.STEP_PATH: wiring.path},
     )

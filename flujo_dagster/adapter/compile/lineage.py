@@ -3,10 +3,9 @@ it shows (what a step after a gate waits for is the approved value, not what the
 
 from __future__ import annotations
 
-from flujo_dagster.adapter import metadata as md
-from flujo_dagster.adapter.approval_ops import APPROVED_OUTPUT, REJECTED_OUTPUT
-from flujo_dagster.adapter.flow_ops import DECISION_OUTPUT
-from flujo_dagster.adapter.graph_builder import BuiltGraph
+from flujo_dagster import names
+from flujo_dagster.adapter.compile.graph_builder import BuiltGraph
+from flujo_dagster.names import APPROVED_OUTPUT, DECISION_OUTPUT, REJECTED_OUTPUT
 
 __all__ = ["data_upstream"]
 
@@ -18,7 +17,7 @@ def data_upstream(built: BuiltGraph) -> dict[str, list[Producer]]:
     """`built.upstream` with each gate's control outputs replaced by the gate's shown-key outputs."""
     shown: dict[str, list[Producer]] = {}
     for node, definition in built.defs.items():
-        if definition.tags.get(md.KIND) == "approval":
+        if definition.tags.get(names.KIND) == "approval":
             shown[node] = [(node, name) for name in definition.output_dict if name not in _CONTROL]
 
     def sources(producer: Producer) -> list[Producer]:

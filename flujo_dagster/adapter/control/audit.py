@@ -13,14 +13,11 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRun, MetadataValue
 # not exported by name in Dagster 1.13; the only way to attach metadata to an event outside a step's own output
 from dagster._core.events import EngineEventData
 
-from flujo_dagster.adapter.chain import chain_runs
+from flujo_dagster.adapter.control.chain import chain_runs
+from flujo_dagster.names import AUDIT_GATE, AUDIT_KEY, AUDIT_KIND, IGNORED_PREFIX
 
 __all__ = ["AUDIT_KEY", "IGNORED_PREFIX", "AuditEvent", "AuditKind", "audit", "audit_trail", "record_ignored"]
 
-AUDIT_KEY = "flujo/audit"
-"""Metadata entry of an audit event: its JSON record."""
-IGNORED_PREFIX = "flujo/ignored/"
-"""Run tag `flujo/ignored/<gate>`: a digest of the decision tags whose ignored records were last reported."""
 AuditKind = Literal["request", "decision", "ignored", "approved", "rejected", "timeout", "escalation", "resume"]
 
 
@@ -56,7 +53,7 @@ def audit(
         _prefix(kind, gate) + message,
         dagster_run=run,
         engine_event_data=EngineEventData(
-            metadata={AUDIT_KEY: MetadataValue.json(record), "flujo/audit/kind": kind, "flujo/audit/gate": gate}
+            metadata={AUDIT_KEY: MetadataValue.json(record), AUDIT_KIND: kind, AUDIT_GATE: gate}
         ),
         step_key=step_key,
     )

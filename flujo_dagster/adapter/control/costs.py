@@ -10,8 +10,8 @@ from typing import Any, cast
 
 from dagster import DagsterEvent, DagsterEventType, DagsterInstance
 
-from flujo_dagster.adapter import metadata as md
-from flujo_dagster.adapter.chain import chain_runs
+from flujo_dagster import names
+from flujo_dagster.adapter.control.chain import chain_runs
 
 __all__ = ["AgentCallSummary", "agent_calls", "metadata_calls", "run_costs"]
 
@@ -59,21 +59,21 @@ def metadata_calls(meta: Mapping[str, Any], run_id: str = "") -> list[AgentCallS
     """The agent calls recorded in one output's metadata (plain values): an agent op's `flujo/...` keys, or
     an inline op's per-step table."""
     calls: list[AgentCallSummary] = []
-    for record in cast(list[dict[str, Any]], meta.get(md.STEPS_JSON) or []):
+    for record in cast(list[dict[str, Any]], meta.get(names.STEPS_JSON) or []):
         if record.get("model"):
             calls.append(_summary(record, run_id))
-    if md.MODEL in meta:
+    if names.MODEL in meta:
         calls.append(
             _summary(
                 {
-                    "path": meta[md.STEP_PATH],
-                    "model": meta[md.MODEL],
-                    "model_source": meta[md.MODEL_SOURCE],
-                    "requests": meta[md.REQUESTS],
-                    "input_tokens": meta[md.INPUT_TOKENS],
-                    "output_tokens": meta[md.OUTPUT_TOKENS],
-                    "cost_usd": meta.get(md.COST_USD),
-                    "price_source": meta.get(md.PRICE_SOURCE),
+                    "path": meta[names.STEP_PATH],
+                    "model": meta[names.MODEL],
+                    "model_source": meta[names.MODEL_SOURCE],
+                    "requests": meta[names.REQUESTS],
+                    "input_tokens": meta[names.INPUT_TOKENS],
+                    "output_tokens": meta[names.OUTPUT_TOKENS],
+                    "cost_usd": meta.get(names.COST_USD),
+                    "price_source": meta.get(names.PRICE_SOURCE),
                 },
                 run_id,
             )

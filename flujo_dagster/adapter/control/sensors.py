@@ -7,14 +7,13 @@ from collections.abc import Collection
 
 from dagster import DefaultSensorStatus, SensorDefinition, SensorEvaluationContext, SkipReason
 
-from flujo_dagster.adapter.approval_settings import ApprovalSettings
-from flujo_dagster.adapter.approvals import escalate_due, record_resume, resumable
+from flujo_dagster.adapter.control.approvals import escalate_due, record_resume, resumable
+from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
 from flujo_dagster.errors import ApprovalError, ConfigurationError
+from flujo_dagster.names import APPROVALS_SENSOR, VALIDATION_SENSOR
 from flujo_dagster.validation import ValidationReport
 
 __all__ = ["APPROVALS_SENSOR", "VALIDATION_SENSOR", "approvals_sensor", "launch_reexecution", "validation_sensor"]
-
-VALIDATION_SENSOR = "flujo_validation"
 
 
 def validation_sensor(quarantined: ValidationReport) -> SensorDefinition:
@@ -39,7 +38,6 @@ def validation_sensor(quarantined: ValidationReport) -> SensorDefinition:
     )
 
 
-APPROVALS_SENSOR = "flujo_approvals"
 _REEXECUTE = """
 mutation Resume($params: ReexecutionParams!) {
   launchRunReexecution(reexecutionParams: $params) {

@@ -14,13 +14,12 @@ from dagster import (
     Permissive,
 )
 
-from flujo_dagster.adapter.approval_ops import USER_TAG
-from flujo_dagster.adapter.approvals import decide
+from flujo_dagster.adapter.control.approvals import decide
 from flujo_dagster.errors import ApprovalError
+from flujo_dagster.names import DECIDE_JOB, USER_TAG
 
 __all__ = ["DECIDE_JOB", "decide_job"]
 
-DECIDE_JOB = "flujo_decide"
 
 _CONFIG = {
     "run_id": Field(str, description="the parked run"),

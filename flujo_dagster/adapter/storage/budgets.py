@@ -16,6 +16,7 @@ from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep
 from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.names import BUDGET_DAY_TAG, BUDGET_LEDGER_KEY, PARTITION_TAG, SCHEDULED_TIME_TAG
 from flujo_dagster.pricing.ledger import BudgetLedger
 from flujo_dagster.pricing.ledger_sqlite import SqliteBudgetLedger
 from flujo_dagster.pricing.prices import PriceBook
@@ -23,13 +24,7 @@ from flujo_dagster.runtime.budget import BudgetContext, Guard, guard_for
 
 __all__ = ["BUDGET_DAY_TAG", "BUDGET_LEDGER_KEY", "InstanceLedger", "budget_context", "budget_day", "run_scope"]
 
-BUDGET_LEDGER_KEY = "budget_ledger"
-PARTITION_TAG = "dagster/partition"
 _DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:$|[T -])")
-BUDGET_DAY_TAG = "flujo/budget_day"
-"""The day (ISO date) a flujo schedule's tick checked the per-day budget for; the run charges that day."""
-SCHEDULED_TIME_TAG = ".dagster/scheduled_execution_time"
-"""The tag Dagster puts on a scheduled run: the tick's time, ISO 8601 with the schedule's timezone."""
 
 
 class InstanceLedger:

@@ -19,12 +19,13 @@ from dagster import (
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
-from flujo_dagster.adapter.budgets import BUDGET_DAY_TAG, BUDGET_LEDGER_KEY, ledger_of
-from flujo_dagster.adapter.compiler import CompiledPipeline
-from flujo_dagster.adapter.partitions import partition_day, partitions_def
+from flujo_dagster.adapter.compile.compiler import CompiledPipeline
+from flujo_dagster.adapter.compile.partitions import partition_day, partitions_def
+from flujo_dagster.adapter.storage.budgets import ledger_of
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.schedules import Schedule
 from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.names import BUDGET_DAY_TAG, BUDGET_LEDGER_KEY
 from flujo_dagster.pricing.ledger import format_usd
 from flujo_dagster.runtime.budget import guard_for
 from flujo_dagster.runtime.inputs import validate_inputs

@@ -16,14 +16,14 @@ from dagster import AssetKey, Definitions, ExecutorDefinition, in_process_execut
 from dagster.components import Component, ComponentLoadContext, Model, Resolvable
 from pydantic import Field
 
-from flujo_dagster.adapter.definitions import build_definitions
-from flujo_dagster.adapter.ops import AGENT_RUNTIME_KEY
-from flujo_dagster.adapter.resources import AgentRuntime
-from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.compile.definitions import build_definitions
+from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.storage.resources import AgentRuntime
 from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.schedules import DailyPartitions, Partitions, Schedule, ScheduleInputs, StaticPartitions
 from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.names import AGENT_RUNTIME_KEY
 from flujo_dagster.pricing.prices import Price
 
 __all__ = [

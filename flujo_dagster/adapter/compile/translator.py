@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from dagster import AssetKey
 
+from flujo_dagster import names
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.validation.typecompat import type_name
 
@@ -45,8 +46,8 @@ class FlujoDagsterTranslator:
     def get_metadata(self, pipeline: Pipeline, key: str | None) -> Mapping[str, object]:
         """Definition metadata of the asset for `key` (None: the final context)."""
         if key is None:
-            return {"flujo/pipeline": pipeline.name, "flujo/type": pipeline.context.__name__}
-        return {"flujo/pipeline": pipeline.name, "flujo/key": key, "flujo/type": type_name(pipeline.fields[key])}
+            return {names.PIPELINE: pipeline.name, names.TYPE: pipeline.context.__name__}
+        return {names.PIPELINE: pipeline.name, names.KEY: key, names.TYPE: type_name(pipeline.fields[key])}
 
     def get_job_name(self, pipeline: Pipeline) -> str:
         """The name of the job that runs `pipeline`."""

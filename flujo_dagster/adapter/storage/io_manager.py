@@ -16,7 +16,8 @@ from dagster import (
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from upath import UPath
 
-from flujo_dagster.adapter.types import KeyType
+from flujo_dagster import names
+from flujo_dagster.adapter.storage.types import KeyType
 from flujo_dagster.errors import StorageError
 from flujo_dagster.runtime.values import from_json, jsonable, to_json_bytes
 from flujo_dagster.validation.typecompat import type_name
@@ -175,7 +176,7 @@ class PydanticJsonIOManager(ConfigurableIOManager):
         data = self.dump(stored, obj)
         path = self.output_path(root, context.run_id, context.step_key, context.name, context.mapping_key)
         self.write(path, data)
-        metadata: dict[str, Any] = {"flujo/path": MetadataValue.path(str(path))}
+        metadata: dict[str, Any] = {names.PATH: MetadataValue.path(str(path))}
         if context.has_asset_key:
             partition = context.asset_partition_key if context.has_asset_partitions else None
             asset_file = self.asset_path(root, list(context.asset_key.path), partition)

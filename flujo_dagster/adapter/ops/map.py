@@ -7,18 +7,22 @@ from typing import Any
 
 from dagster import DynamicOut, DynamicOutput, In, Nothing, OpDefinition, OpExecutionContext, Out, Output
 
-from flujo_dagster.adapter import metadata as md
-from flujo_dagster.adapter.flow_ops import AFTER_INPUT, DONE_OUTPUT
-from flujo_dagster.adapter.naming import io_name
-from flujo_dagster.adapter.ops import GATE_INPUT, IO_MANAGER_KEY, StepWiring, ins_for
-from flujo_dagster.adapter.types import key_type
+from flujo_dagster import names
+from flujo_dagster.adapter.ops.leaf import StepWiring, ins_for
+from flujo_dagster.adapter.storage.types import key_type
 from flujo_dagster.dsl.control import Map
 from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.names import (
+    AFTER_INPUT,
+    DONE_OUTPUT,
+    GATE_INPUT,
+    IO_MANAGER_KEY,
+    ITEM_OUTPUT,
+    RESULTS_INPUT,
+    io_name,
+)
 
 __all__ = ["ITEM_OUTPUT", "RESULTS_INPUT", "collect_op", "fanout_op", "mapped_gate_id", "mapping_key"]
-
-ITEM_OUTPUT = "item"
-RESULTS_INPUT = "results"
 
 
 def mapping_key(index: int) -> str:
@@ -48,7 +52,7 @@ def fanout_op(pipeline: Pipeline, node: Map, wiring: StepWiring) -> OpDefinition
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs={ITEM_OUTPUT: DynamicOut(item_type, io_manager_key=IO_MANAGER_KEY)},
         description=f"map {wiring.path}: one {node.item!r} per element of {node.over!r}",
-        tags={md.KIND: "map", md.STEP_PATH: wiring.path},
+        tags={names.KIND: "map", names.STEP_PATH: wiring.path},
     )
 
 
@@ -79,5 +83,5 @@ def collect_op(pipeline: Pipeline, node: Map, wiring: StepWiring, after: int, *,
         ins=ins,
         outs=outs,
         description=f"collects map {wiring.path}: each {node.result!r} into {node.into!r}, in input order",
-        tags={md.KIND: "map_collect", md.STEP_PATH: wiring.path},
+        tags={names.KIND: "map_collect", names.STEP_PATH: wiring.path},
     )

@@ -8,7 +8,6 @@ from functools import partial
 from typing import Any
 
 from dagster import (
-    DagsterInstance,
     DagsterRun,
     Failure,
     In,
@@ -22,54 +21,41 @@ from dagster import (
 from dagster import Nothing as DagsterNothing
 from pydantic import ValidationError
 
-from flujo_dagster.adapter import metadata as md
-from flujo_dagster.adapter.approval_settings import APPROVAL_SETTINGS_KEY, ApprovalSettings
-from flujo_dagster.adapter.audit import AuditKind, audit, record_ignored
-from flujo_dagster.adapter.flow_ops import AFTER_INPUT, DECISION_OUTPUT
-from flujo_dagster.adapter.map_ops import mapped_gate_id
-from flujo_dagster.adapter.naming import io_name
-from flujo_dagster.adapter.ops import IO_MANAGER_KEY, StepWiring, ins_for, not_retried, outs_for
-from flujo_dagster.adapter.types import key_type
+from flujo_dagster import names
+from flujo_dagster.adapter.control.audit import AuditKind, audit, record_ignored
+from flujo_dagster.adapter.control.chain import requester_of
+from flujo_dagster.adapter.ops.leaf import StepWiring, ins_for, not_retried, outs_for
+from flujo_dagster.adapter.ops.map import mapped_gate_id
+from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
+from flujo_dagster.adapter.storage.types import key_type
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ApprovalRejectedError, ConfigurationError
-from flujo_dagster.runtime.approvals import (
+from flujo_dagster.names import (
+    AFTER_INPUT,
+    APPROVAL_SETTINGS_KEY,
+    APPROVED_OUTPUT,
     AWAITING_PREFIX,
+    DECISION_OUTPUT,
+    IO_MANAGER_KEY,
+    NO_RUN_RETRY_TAG,
+    PARKED_TAG,
+    REJECTED_OUTPUT,
     REQUEST_PREFIX,
-    TIMEOUT_BY,
-    Decision,
-    Outcome,
-    Policy,
-    Request,
-    payload_hash,
-    tally,
+    RETRY_BEFORE_PARK_TAG,
+    io_name,
 )
+from flujo_dagster.runtime.approvals import TIMEOUT_BY, Decision, Outcome, Policy, Request, payload_hash, tally
 from flujo_dagster.runtime.values import jsonable
 
 __all__ = [
-    "APPROVED_OUTPUT",
-    "NO_RUN_RETRY_TAG",
-    "PARKED_TAG",
-    "REJECTED_OUTPUT",
-    "RETRY_BEFORE_PARK_TAG",
-    "USER_TAG",
     "VERDICT_LABELS",
     "approval_op",
     "preview",
-    "requester_of",
 ]
 
-APPROVED_OUTPUT = "flujo_approved"
-"""The gate's `Nothing` output: every step after the gate in its sequence waits for it."""
-REJECTED_OUTPUT = "flujo_rejected"
-"""The `Nothing` output of a gate with `on_reject` steps: they wait for it (yielded only on a rejection)."""
 VERDICT_LABELS = ("approve", "reject")
 """The labels of a routing gate's two paths, as its `decision` output says which was taken."""
-PARKED_TAG = "flujo/parked"
-USER_TAG = "dagster/user"
-NO_RUN_RETRY_TAG = "dagster/retry_on_asset_or_op_failure"
-RETRY_BEFORE_PARK_TAG = "flujo/retry_before_park"
-"""What `dagster/retry_on_asset_or_op_failure` was before the first park: a resume restores it."""
 PREVIEW_CHARS = 2_000
 SHORT_PREVIEW_CHARS = 160
 WAIT_DELAYS_S = (5, 10, 20, 40, 60)
@@ -161,13 +147,13 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
             _park(context, wiring, gate_id, request, dumped, outcome)
         assert decision is not None
         record: dict[str, Any] = {
-            md.STEP_PATH: wiring.path,
-            "flujo/approval/verdict": decision.verdict,
-            "flujo/approval/by": decision.by,
-            "flujo/approval/at": decision.at,
-            "flujo/approval/comment": decision.comment,
-            "flujo/approval/payload_hash": digest,
-            "flujo/approval/edited": ", ".join(sorted(decision.values)),
+            names.STEP_PATH: wiring.path,
+            names.approval("verdict"): decision.verdict,
+            names.approval("by"): decision.by,
+            names.approval("at"): decision.at,
+            names.approval("comment"): decision.comment,
+            names.approval("payload_hash"): digest,
+            names.approval("edited"): ", ".join(sorted(decision.values)),
         }
         if decision.by == TIMEOUT_BY:
             audit(
@@ -207,15 +193,8 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
         outs=outs,
         required_resource_keys={APPROVAL_SETTINGS_KEY},
         description=f"approval gate {wiring.path}: shows {', '.join(gate.show)} to a reviewer",
-        tags={md.KIND: "approval", md.STEP_PATH: wiring.path},
+        tags={names.KIND: "approval", names.STEP_PATH: wiring.path},
     )
-
-
-def requester_of(instance: DagsterInstance, run: DagsterRun) -> str | None:
-    """Who launched the run chain: the `dagster/user` of its root run (a re-execution by someone else does not
-    make them the requester)."""
-    root = instance.get_run_by_id(run.root_run_id) if run.root_run_id else run
-    return (root or run).tags.get(USER_TAG)
 
 
 def _request_for(tags: Mapping[str, str], gate_id: str, fresh: Request, secret: str | None, root: str) -> Request:
@@ -296,14 +275,14 @@ def _park(
         description=f"parked at {wiring.path}: waiting for {outcome.waiting_for}{due}; decide with\n"
         + _commands(context.run_id, gate_id),
         metadata={
-            md.STEP_PATH: wiring.path,
+            names.STEP_PATH: wiring.path,
             PARKED_TAG: True,
-            "flujo/approval/gate": gate_id,
-            "flujo/approval/payload": MetadataValue.md(preview(dumped)),
-            "flujo/approval/payload_hash": request.payload_hash,
-            "flujo/approval/approvers": request.policy.who(escalated=outcome.stage != "open"),
-            "flujo/approval/waiting_for": outcome.waiting_for,
-            "flujo/approval/commands": MetadataValue.text(_commands(context.run_id, gate_id)),
+            names.approval("gate"): gate_id,
+            names.approval("payload"): MetadataValue.md(preview(dumped)),
+            names.approval("payload_hash"): request.payload_hash,
+            names.approval("approvers"): request.policy.who(escalated=outcome.stage != "open"),
+            names.approval("waiting_for"): outcome.waiting_for,
+            names.approval("commands"): MetadataValue.text(_commands(context.run_id, gate_id)),
         },
         allow_retries=False,
     )

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from flujo_dagster.names import APPROVAL_SETTINGS_KEY
 from flujo_dagster.runtime.approvals import SECRET_ENV
 
 __all__ = ["APPROVAL_SETTINGS_KEY", "ApprovalSettings"]
-
-APPROVAL_SETTINGS_KEY = "approval_settings"
 
 
 @dataclass(frozen=True, kw_only=True)

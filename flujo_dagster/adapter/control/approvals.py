@@ -13,23 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job
 
-from flujo_dagster.adapter.approval_ops import NO_RUN_RETRY_TAG, PARKED_TAG, RETRY_BEFORE_PARK_TAG, requester_of
-from flujo_dagster.adapter.audit import audit, record_ignored
-from flujo_dagster.adapter.chain import chain_runs
+from flujo_dagster.adapter.control.audit import audit, record_ignored
+from flujo_dagster.adapter.control.chain import chain_runs, requester_of
 from flujo_dagster.errors import ApprovalError
-from flujo_dagster.runtime.approvals import (
+from flujo_dagster.names import (
     AWAITING_PREFIX,
     DECISION_PREFIX,
     ESCALATED_PREFIX,
+    NO_RUN_RETRY_TAG,
+    PARKED_TAG,
     REQUEST_PREFIX,
-    SECRET_ENV,
-    Decision,
-    Request,
-    Verdict,
-    check_decision,
-    sign,
-    tally,
+    RESUME_KEY_TAG,
+    RETRY_BEFORE_PARK_TAG,
 )
+from flujo_dagster.runtime.approvals import SECRET_ENV, Decision, Request, Verdict, check_decision, sign, tally
 
 if TYPE_CHECKING:  # what `dagster.reconstructable(...)` returns; not exported by name
     from dagster._core.definitions.reconstruct import ReconstructableJob
@@ -48,7 +45,6 @@ __all__ = [
     "resume_plan",
 ]
 
-RESUME_KEY_TAG = "flujo/resume_key"
 PARENT_TAG, ROOT_TAG = "dagster/parent_run_id", "dagster/root_run_id"
 
 

@@ -1,6 +1,6 @@
 """Op factories for leaf steps (one compile rule per kind) and the first op, `flujo_inputs`."""
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,27 +19,31 @@ from dagster import (
     RetryPolicy,
 )
 
-from flujo_dagster.adapter import metadata as md
-from flujo_dagster.adapter.budgets import BUDGET_LEDGER_KEY, budget_context
-from flujo_dagster.adapter.naming import READY_OUTPUT, io_name
-from flujo_dagster.adapter.partitions import partition_input, partitioned_inputs
-from flujo_dagster.adapter.resources import AgentRuntime
-from flujo_dagster.adapter.types import KeyType, key_type
+from flujo_dagster import names
+from flujo_dagster.adapter.storage.budgets import budget_context
+from flujo_dagster.adapter.storage.resources import AgentRuntime
+from flujo_dagster.adapter.storage.types import KeyType, key_type
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Retry, Step
 from flujo_dagster.errors import ConfigurationError, ControlFlowError, UsageLimitExceededError
+from flujo_dagster.names import (
+    AGENT_RUNTIME_KEY,
+    BUDGET_LEDGER_KEY,
+    GATE_INPUT,
+    IO_MANAGER_KEY,
+    PRICE_BOOK_KEY,
+    READY_OUTPUT,
+    io_name,
+)
 from flujo_dagster.pricing.prices import PriceBook
 from flujo_dagster.runtime.calls import call_function_step, with_timeout
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.prompts import render_prompt
 from flujo_dagster.runtime.values import step_outputs
+from flujo_dagster.validation.schedules import partition_input
 
 __all__ = [
-    "AGENT_RUNTIME_KEY",
-    "GATE_INPUT",
-    "IO_MANAGER_KEY",
     "NOT_RETRIED",
-    "PRICE_BOOK_KEY",
     "OP_RULES",
     "StepWiring",
     "inputs_op",
@@ -49,11 +53,6 @@ __all__ = [
     "step_op",
 ]
 
-IO_MANAGER_KEY = "flujo_io_manager"
-AGENT_RUNTIME_KEY = "agent_runtime"
-PRICE_BOOK_KEY = "price_book"
-GATE_INPUT = "flujo_gate"
-"""A `Nothing` input tying an op to the router case or loop iteration it belongs to (skipped with it)."""
 NOT_RETRIED = (ConfigurationError, UsageLimitExceededError, ControlFlowError)
 
 
@@ -109,7 +108,7 @@ def not_retried(exc: BaseException, wiring: StepWiring) -> Failure:
     where = "" if str(exc).startswith(f"{wiring.path}: ") else f" at {wiring.path}"  # said once
     return Failure(
         description=f"{type(exc).__name__}{where}: {exc}",
-        metadata={md.STEP_PATH: wiring.path, "flujo/error_class": type(exc).__name__},
+        metadata={names.STEP_PATH: wiring.path, names.ERROR_CLASS: type(exc).__name__},
         allow_retries=False,
     )
 
@@ -133,7 +132,7 @@ def _function_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefini
         outs=outs_for(pipeline, wiring.writes),
         description=(step.fn.__doc__ or f"function step {wiring.path}").strip(),
         retry_policy=_retry_policy(step.retry),
-        tags={md.KIND: "function", md.STEP_PATH: wiring.path},
+        tags={names.KIND: "function", names.STEP_PATH: wiring.path},
     )
 
 
@@ -159,15 +158,15 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
             value,
             io_name(key),
             metadata={
-                md.STEP_PATH: wiring.path,
-                md.MODEL: call.model,
-                md.MODEL_SOURCE: source,
-                md.INPUT_TOKENS: call.input_tokens,
-                md.OUTPUT_TOKENS: call.output_tokens,
-                md.CACHE_READ_TOKENS: call.cache_read_tokens,
-                md.REQUESTS: call.requests,
-                md.COST_USD: float(call.cost_usd or 0),
-                md.PRICE_SOURCE: call.price_source,
+                names.STEP_PATH: wiring.path,
+                names.MODEL: call.model,
+                names.MODEL_SOURCE: source,
+                names.INPUT_TOKENS: call.input_tokens,
+                names.OUTPUT_TOKENS: call.output_tokens,
+                names.CACHE_READ_TOKENS: call.cache_read_tokens,
+                names.REQUESTS: call.requests,
+                names.COST_USD: float(call.cost_usd or 0),
+                names.PRICE_SOURCE: call.price_source,
             },
         )
 
@@ -181,7 +180,7 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
         required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY},
         retry_policy=_retry_policy(step.retry),
         pool=step.pool_name(),
-        tags={md.KIND: "agent", md.STEP_PATH: wiring.path, md.MODEL: step.model_id() or "unknown"},
+        tags={names.KIND: "agent", names.STEP_PATH: wiring.path, names.MODEL: step.model_id() or "unknown"},
     )
 
 
@@ -220,5 +219,29 @@ def inputs_op(pipeline: Pipeline, name: str, emitted: tuple[str, ...]) -> OpDefi
         outs=outs_for(pipeline, emitted) if emitted else {READY_OUTPUT: Out(Nothing)},
         config_schema={"inputs": Field(inputs_schema, is_required=bool(required))},
         description=f"Validates the run inputs of pipeline {pipeline.name!r} with {pipeline.context.__name__}.",
-        tags={md.KIND: "inputs"},
+        tags={names.KIND: "inputs"},
     )
+
+
+def partitioned_inputs(
+    pipeline: Pipeline, context: OpExecutionContext, raw: Mapping[str, object]
+) -> Mapping[str, object]:
+    """The run inputs with the partition key filled in (unchanged for an unpartitioned pipeline).
+
+    Raises `ConfigurationError` when a partitioned pipeline runs without a partition key, or when the inputs
+    give the partition field a different value."""
+    key = partition_input(pipeline)
+    if key is None:
+        return raw
+    if not context.has_partition_key:
+        raise ConfigurationError(
+            f"pipeline {pipeline.name!r} is partitioned: launch its runs for a partition (a backfill, the UI's "
+            "partition picker, or execute_in_process/materialize with partition_key=...)"
+        )
+    value = context.partition_key
+    if key in raw and str(raw[key]) != value:
+        raise ConfigurationError(
+            f"pipeline {pipeline.name!r}: input {key!r}={raw[key]!r} contradicts the run's partition key "
+            f"{value!r}; leave {key!r} out of the inputs (the partition key fills it)"
+        )
+    return {**raw, key: value}

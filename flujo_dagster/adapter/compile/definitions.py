@@ -10,21 +10,27 @@ from typing import TYPE_CHECKING, Literal
 
 from dagster import Definitions, ExecutorDefinition, JobDefinition, SensorDefinition, in_process_executor
 
-from flujo_dagster.adapter.approval_settings import APPROVAL_SETTINGS_KEY, ApprovalSettings
-from flujo_dagster.adapter.budgets import BUDGET_LEDGER_KEY, InstanceLedger
-from flujo_dagster.adapter.compiler import CompiledPipeline, compile_pipeline
-from flujo_dagster.adapter.config import find_pyproject, pyproject_prices
-from flujo_dagster.adapter.decide_job import decide_job
-from flujo_dagster.adapter.io_manager import PydanticJsonIOManager
-from flujo_dagster.adapter.ops import AGENT_RUNTIME_KEY, IO_MANAGER_KEY, PRICE_BOOK_KEY
-from flujo_dagster.adapter.resources import AgentRuntime
-from flujo_dagster.adapter.schedules import schedules_for
-from flujo_dagster.adapter.sensors import approvals_sensor, validation_sensor
-from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.compile.compiler import CompiledPipeline, compile_pipeline
+from flujo_dagster.adapter.compile.schedules import schedules_for
+from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.control.decide_job import decide_job
+from flujo_dagster.adapter.control.sensors import approvals_sensor, validation_sensor
+from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
+from flujo_dagster.adapter.storage.budgets import InstanceLedger
+from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager
+from flujo_dagster.adapter.storage.resources import AgentRuntime
+from flujo_dagster.config import find_pyproject, pyproject_prices
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.names import (
+    AGENT_RUNTIME_KEY,
+    APPROVAL_SETTINGS_KEY,
+    BUDGET_LEDGER_KEY,
+    IO_MANAGER_KEY,
+    PRICE_BOOK_KEY,
+)
 from flujo_dagster.pricing.prices import Price, PriceBook
 from flujo_dagster.pricing.rules import check_prices
 from flujo_dagster.validation import ValidationReport, validate

@@ -15,13 +15,13 @@ from dagster import (
     define_asset_job,
 )
 
-from flujo_dagster.adapter.asset_checks import ReviewPlan, plan_reviews
-from flujo_dagster.adapter.graph_builder import build_graph
-from flujo_dagster.adapter.lineage import data_upstream
-from flujo_dagster.adapter.naming import CONTEXT_OP, CONTEXT_OUTPUT, INPUTS_OP, graph_name, io_name, step_key
-from flujo_dagster.adapter.partitions import partitions_def
-from flujo_dagster.adapter.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.compile.graph_builder import build_graph
+from flujo_dagster.adapter.compile.lineage import data_upstream
+from flujo_dagster.adapter.compile.partitions import partitions_def
+from flujo_dagster.adapter.compile.reviews import ReviewPlan, plan_reviews
+from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.names import CONTEXT_OP, CONTEXT_OUTPUT, INPUTS_OP, graph_name, io_name, step_key
 
 if TYPE_CHECKING:  # not exported by dagster; only needed for the annotation
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition

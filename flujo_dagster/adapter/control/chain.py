@@ -1,12 +1,13 @@
-"""A run's re-execution chain: its root run and every re-execution of it (resumes included)."""
+"""A run's re-execution chain: its root run and every re-execution of it (resumes included), and who launched it."""
 
 from __future__ import annotations
 
 from dagster import DagsterInstance, DagsterRun, RunsFilter
 
 from flujo_dagster.errors import FlujoDagsterError
+from flujo_dagster.names import USER_TAG
 
-__all__ = ["chain_runs"]
+__all__ = ["chain_runs", "requester_of"]
 
 
 def chain_runs(instance: DagsterInstance, run_id: str) -> list[DagsterRun]:
@@ -23,3 +24,10 @@ def chain_runs(instance: DagsterInstance, run_id: str) -> list[DagsterRun]:
         if r.dagster_run.run_id == root or r.dagster_run.root_run_id == root
     ]
     return [r.dagster_run for r in sorted(records, key=lambda r: r.create_timestamp)]
+
+
+def requester_of(instance: DagsterInstance, run: DagsterRun) -> str | None:
+    """Who launched the run chain: the `dagster/user` of its root run (a re-execution by someone else does not
+    make them the requester)."""
+    root = instance.get_run_by_id(run.root_run_id) if run.root_run_id else run
+    return (root or run).tags.get(USER_TAG)

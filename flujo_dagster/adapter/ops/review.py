@@ -22,21 +22,23 @@ from dagster import (
 )
 from pydantic import BaseModel
 
-from flujo_dagster.adapter.chain import chain_runs
-from flujo_dagster.adapter.costs import AgentCallSummary, metadata_calls
+from flujo_dagster.adapter.control.chain import chain_runs
+from flujo_dagster.adapter.control.costs import AgentCallSummary, metadata_calls
+from flujo_dagster.names import (
+    APPROVAL_PREFIX,
+    MODELS,
+    PREVIEW,
+    PRODUCED_BY,
+    TOTAL_COST_USD,
+    TOTAL_INPUT_TOKENS,
+    TOTAL_OUTPUT_TOKENS,
+    TYPE,
+)
 from flujo_dagster.runtime.values import adapter_for, jsonable
 
 __all__ = [
-    "APPROVAL_PREFIX",
-    "MODELS",
-    "PREVIEW",
     "PREVIEW_CHARS",
-    "PRODUCED_BY",
     "TABLE_ROWS",
-    "TOTAL_COST_USD",
-    "TOTAL_INPUT_TOKENS",
-    "TOTAL_OUTPUT_TOKENS",
-    "TYPE",
     "RegionEvents",
     "approval_record",
     "plain",
@@ -46,14 +48,6 @@ __all__ = [
     "review_metadata",
 ]
 
-PREVIEW = "flujo/preview"
-TYPE = "flujo/type"
-TOTAL_COST_USD = "flujo/total_cost_usd"
-TOTAL_INPUT_TOKENS = "flujo/total_input_tokens"
-TOTAL_OUTPUT_TOKENS = "flujo/total_output_tokens"
-MODELS = "flujo/models"
-PRODUCED_BY = "flujo/produced_by"
-APPROVAL_PREFIX = "flujo/approval/"
 PREVIEW_CHARS = 4_000
 """At most this many characters of text or JSON in a preview."""
 TABLE_ROWS = 20

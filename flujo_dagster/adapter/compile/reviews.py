@@ -1,0 +1,119 @@
+"""Which ops of a graph-backed asset produce its asset keys, and the checks each asset declares: the compiler wraps
+those ops (`ops.checks.checked_op`) and maps the check outputs out of the graph."""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from dagster import AssetCheckSpec, AssetKey, OpDefinition, OutputMapping
+
+from flujo_dagster import names
+from flujo_dagster.adapter.compile.graph_builder import BuiltGraph
+from flujo_dagster.adapter.compile.lineage import data_upstream
+from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.ops.checks import AssetPlan, checked_op
+from flujo_dagster.dsl.checks import Check
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.names import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, TYPE_CHECK, io_name, step_key
+
+__all__ = ["ReviewPlan", "plan_reviews"]
+
+
+@dataclass(frozen=True)
+class ReviewPlan:
+    """What the compiler adds to a graph-backed asset: check specs and the graph outputs they map to."""
+
+    check_specs: tuple[AssetCheckSpec, ...] = ()
+    output_mappings: tuple[OutputMapping, ...] = ()
+
+
+def _region(start: str, upstream: Mapping[str, Sequence[tuple[str, str]]], stops: set[str]) -> frozenset[str]:
+    seen = {start}
+    frontier = [start]
+    while frontier:
+        for source, _ in upstream.get(frontier.pop(), ()):
+            if source and source not in seen and source not in stops:
+                seen.add(source)
+                frontier.append(source)
+    return frozenset(seen)
+
+
+def _shows(definition: object, key: str) -> bool:
+    return (
+        isinstance(definition, OpDefinition)
+        and definition.tags.get(names.KIND) == "approval"
+        and io_name(key) in definition.output_dict
+    )
+
+
+def _specs(pipeline: Pipeline, key: str, asset_key: AssetKey) -> tuple[tuple[AssetCheckSpec, Check | None], ...]:
+    shown = "the final context" if key == CONTEXT_KEY else f"key {key!r}"
+    typed = AssetCheckSpec(
+        TYPE_CHECK,
+        asset=asset_key,
+        blocking=True,
+        description=f"The stored value of {shown} loads back as its declared type.",
+    )
+    user = [
+        (AssetCheckSpec(c.name, asset=asset_key, blocking=c.blocking, description=c.description), c)
+        for c in pipeline.checks
+        if c.key == key
+    ]
+    return ((typed, None), *user)
+
+
+def plan_reviews(pipeline: Pipeline, built: BuiltGraph, translator: FlujoDagsterTranslator) -> ReviewPlan:
+    """Wrap each asset-producing op of `built` (replaced in `built.defs`) and return the checks to declare.
+    `ConfigurationError` for a check on a key that is not an asset, or two checks of one key with one name."""
+    problems = [
+        f"check {c.name!r} is on key {c.key!r}, which is not in assets="
+        for c in pipeline.checks
+        if c.key not in pipeline.assets
+    ]
+    names = [(c.key, c.name) for c in pipeline.checks]
+    problems += [f"two checks on key {k!r} are named {n!r}" for k, n in dict.fromkeys(names) if names.count((k, n)) > 1]
+    problems += [
+        f"check {c.name!r} on key {c.key!r} uses the reserved name" for c in pipeline.checks if c.name == TYPE_CHECK
+    ]
+    if problems:
+        raise ConfigurationError(f"pipeline {pipeline.name!r}: " + "; ".join(problems) + ". Fix the checks= list.")
+    producers = {k: built.live[k] for k in pipeline.assets}
+    keys = {k: translator.get_asset_key(pipeline, k) for k in pipeline.assets}
+    producers[CONTEXT_KEY] = (CONTEXT_OP, CONTEXT_OUTPUT)
+    keys[CONTEXT_KEY] = translator.get_context_asset_key(pipeline)
+    asset_ops = {op for op, _ in producers.values()}
+    every_node = frozenset(built.defs)
+    upstream = data_upstream(built)
+
+    def keys_of(nodes: frozenset[str]) -> frozenset[str]:
+        return frozenset(step_key(pipeline.name, True, n) for n in nodes)
+
+    plans: dict[str, list[AssetPlan]] = {}
+    for key, (op, out) in producers.items():
+        # the final context is made by the whole run; any other asset by the steps since the nearest assets
+        region = every_node if key == CONTEXT_KEY else _region(op, upstream, asset_ops - {op})
+        gates = frozenset(n for n in region if n != op and _shows(built.defs[n], key))
+        plans.setdefault(op, []).append(
+            AssetPlan(
+                output=out,
+                key=key,
+                asset_key=keys[key],
+                region=keys_of(region),
+                gates=keys_of(gates),
+                checks=_specs(pipeline, key, keys[key]),
+            )
+        )
+    specs: list[AssetCheckSpec] = []
+    mappings: list[OutputMapping] = []
+    for node, node_plans in plans.items():
+        definition = built.defs[node]
+        if not isinstance(definition, OpDefinition):
+            raise ConfigurationError(f"pipeline {pipeline.name!r}: asset producer {node!r} is not an op")
+        shared = any(d is definition for n, d in built.defs.items() if n != node)
+        name = f"{definition.name}__{node}" if shared else definition.name  # Dagster wants one def per name
+        built.defs[node] = checked_op(definition, node_plans, name=name)
+        for plan in node_plans:
+            for spec, _ in plan.checks:
+                specs.append(spec)
+                mappings.append(OutputMapping(spec.get_python_identifier(), node, spec.get_python_identifier()))
+    return ReviewPlan(tuple(specs), tuple(mappings))

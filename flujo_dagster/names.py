@@ -1,0 +1,231 @@
+"""Every name flujo_dagster writes into Dagster: run tags, metadata keys, op/input/output names, resource keys,
+job and sensor names, and the step-path convention. The strings live here and nowhere else.
+
+Pure (no dagster, no pydantic_ai): every layer may import it. Tags and metadata keys are namespaced `flujo/`,
+never `dagster/`; the few `dagster/` names here are Dagster's own tags that flujo_dagster reads or sets.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+
+__all__ = [
+    "AFTER_INPUT",
+    "AGENT_RUNTIME_KEY",
+    "APPROVALS_SENSOR",
+    "APPROVAL_PREFIX",
+    "APPROVAL_SETTINGS_KEY",
+    "APPROVED_OUTPUT",
+    "AUDIT_GATE",
+    "AUDIT_KEY",
+    "AUDIT_KIND",
+    "AWAITING_PREFIX",
+    "BUDGET_DAY_TAG",
+    "BUDGET_LEDGER_KEY",
+    "CACHE_READ_TOKENS",
+    "CHECK_ASSET",
+    "CHECK_FAILED",
+    "CHECK_RESULT",
+    "CONTEXT_KEY",
+    "CONTEXT_OP",
+    "CONTEXT_OUTPUT",
+    "CONTINUE_OUTPUT",
+    "COST_USD",
+    "DAGSTER_RESERVED_NAMES",
+    "DECIDE_JOB",
+    "DECISION_OUTPUT",
+    "DECISION_PREFIX",
+    "DONE_OUTPUT",
+    "ERROR_CLASS",
+    "ESCALATED_PREFIX",
+    "EXIT_OUTPUT",
+    "GATE_INPUT",
+    "IGNORED_PREFIX",
+    "INPUTS_OP",
+    "INPUT_TOKENS",
+    "IO_MANAGER_KEY",
+    "ITEM_OUTPUT",
+    "KEY",
+    "KIND",
+    "MODEL",
+    "MODELS",
+    "MODEL_SOURCE",
+    "NO_RUN_RETRY_TAG",
+    "OUTPUT_TOKENS",
+    "PARKED_TAG",
+    "PARTITION_TAG",
+    "PATH",
+    "PIPELINE",
+    "POOL_PREFIX",
+    "PREVIEW",
+    "PRICE_BOOK_KEY",
+    "PRICE_SOURCE",
+    "PRODUCED_BY",
+    "READY_OUTPUT",
+    "REJECTED_OUTPUT",
+    "REQUESTS",
+    "REQUEST_PREFIX",
+    "RESULTS_INPUT",
+    "RESUME_KEY_TAG",
+    "RETRY_BEFORE_PARK_TAG",
+    "SCHEDULED_TIME_TAG",
+    "STEPS",
+    "STEPS_JSON",
+    "STEP_PATH",
+    "TOTAL_COST_USD",
+    "TOTAL_INPUT_TOKENS",
+    "TOTAL_OUTPUT_TOKENS",
+    "TYPE",
+    "TYPE_CHECK",
+    "USER_TAG",
+    "VALIDATION_SENSOR",
+    "approval",
+    "graph_name",
+    "io_name",
+    "op_name",
+    "step_key",
+]
+
+# --- metadata keys on op outputs and asset materializations -------------------------------------------------------
+STEP_PATH = "flujo/step_path"
+KIND = "flujo/kind"
+PIPELINE = "flujo/pipeline"
+KEY = "flujo/key"
+TYPE = "flujo/type"
+MODEL = "flujo/model"
+MODEL_SOURCE = "flujo/model_source"
+INPUT_TOKENS = "flujo/input_tokens"
+OUTPUT_TOKENS = "flujo/output_tokens"
+CACHE_READ_TOKENS = "flujo/cache_read_tokens"
+REQUESTS = "flujo/requests"
+COST_USD = "flujo/cost_usd"
+PRICE_SOURCE = "flujo/price_source"
+PATH = "flujo/path"
+STEPS = "flujo/steps"
+STEPS_JSON = "flujo/steps_json"
+ERROR_CLASS = "flujo/error_class"
+PREVIEW = "flujo/preview"
+TOTAL_COST_USD = "flujo/total_cost_usd"
+TOTAL_INPUT_TOKENS = "flujo/total_input_tokens"
+TOTAL_OUTPUT_TOKENS = "flujo/total_output_tokens"
+MODELS = "flujo/models"
+PRODUCED_BY = "flujo/produced_by"
+APPROVAL_PREFIX = "flujo/approval/"
+"""Metadata `flujo/approval/<field>`: the approval record of the gate that approved a value (see `approval`)."""
+CHECK_RESULT = "flujo/check_result"
+CHECK_ASSET = "flujo/asset"
+CHECK_FAILED = "flujo/failed_checks"
+AUDIT_KEY = "flujo/audit"
+"""Metadata of an audit engine event: its JSON record."""
+AUDIT_KIND = "flujo/audit/kind"
+AUDIT_GATE = "flujo/audit/gate"
+
+
+def approval(field: str) -> str:
+    """The metadata key `flujo/approval/<field>` (verdict, by, at, payload_hash, ...)."""
+    return f"{APPROVAL_PREFIX}{field}"
+
+
+# --- run tags --------------------------------------------------------------------------------------------------------
+DECISION_PREFIX = "flujo/decision/"
+"""Run tag `flujo/decision/<gate>` (or `flujo/decision/<gate>/<reviewer>` when a quorum is needed): a decision
+record (JSON) for gate `<gate>` (its op's node name, plus `[<mapping key>]` inside a Map)."""
+AWAITING_PREFIX = "flujo/awaiting/"
+"""Run tag `flujo/awaiting/<gate>`: `pending` while the run is parked at the gate, `resumed` once resumed."""
+REQUEST_PREFIX = "flujo/request/"
+"""Run tag `flujo/request/<gate>`: the request (step path, payload hash, policy, time) of a parked gate."""
+ESCALATED_PREFIX = "flujo/escalated/"
+"""Run tag `flujo/escalated/<gate>`: when the gate's deadline passed and it was escalated to `escalate_to`."""
+IGNORED_PREFIX = "flujo/ignored/"
+PARKED_TAG = "flujo/parked"
+RETRY_BEFORE_PARK_TAG = "flujo/retry_before_park"
+RESUME_KEY_TAG = "flujo/resume_key"
+BUDGET_DAY_TAG = "flujo/budget_day"
+USER_TAG = "dagster/user"
+NO_RUN_RETRY_TAG = "dagster/retry_on_asset_or_op_failure"
+PARTITION_TAG = "dagster/partition"
+SCHEDULED_TIME_TAG = ".dagster/scheduled_execution_time"
+
+# --- concurrency pools ----------------------------------------------------------------------------------------------
+POOL_PREFIX = "flujo/"
+"""An agent step's default Dagster pool is `flujo/<provider>`."""
+
+# --- resource keys ----------------------------------------------------------------------------------------------------
+IO_MANAGER_KEY = "flujo_io_manager"
+AGENT_RUNTIME_KEY = "agent_runtime"
+PRICE_BOOK_KEY = "price_book"
+BUDGET_LEDGER_KEY = "budget_ledger"
+APPROVAL_SETTINGS_KEY = "approval_settings"
+
+# --- jobs, sensors, checks ------------------------------------------------------------------------------------------
+DECIDE_JOB = "flujo_decide"
+VALIDATION_SENSOR = "flujo_validation"
+APPROVALS_SENSOR = "flujo_approvals"
+TYPE_CHECK = "flujo_type"
+"""The name of the check every asset gets: its stored value validates against its declared type."""
+
+# --- ops, inputs and outputs ----------------------------------------------------------------------------------------
+INPUTS_OP = "flujo_inputs"
+CONTEXT_OP = "flujo_context"
+CONTEXT_OUTPUT = "final_context"
+CONTEXT_KEY = "__context__"
+"""The key name the final context is stored under (not a field name: pydantic refuses leading underscores)."""
+READY_OUTPUT = "flujo_ready"
+"""`flujo_inputs`' Nothing output when it emits no key."""
+GATE_INPUT = "flujo_gate"
+DECISION_OUTPUT = "decision"
+EXIT_OUTPUT = "exit"
+CONTINUE_OUTPUT = "next"
+AFTER_INPUT = "after"
+DONE_OUTPUT = "flujo_done"
+ITEM_OUTPUT = "item"
+RESULTS_INPUT = "results"
+APPROVED_OUTPUT = "flujo_approved"
+REJECTED_OUTPUT = "flujo_rejected"
+
+#: Dagster's `DISALLOWED_NAMES` (dagster/_core/definitions/utils.py, 1.13), kept in step by a test.
+DAGSTER_RESERVED_NAMES = frozenset(
+    {
+        "context",
+        "conf",
+        "config",
+        "meta",
+        "arg_dict",
+        "dict",
+        "input_arg_dict",
+        "output_arg_dict",
+        "int",
+        "str",
+        "float",
+        "bool",
+        "input",
+        "output",
+        "type",
+        *keyword.kwlist,
+    }
+)
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def io_name(key: str) -> str:
+    """The input/output name that carries context key `key`: the key itself, with a trailing `_` when
+    Dagster reserves the name (rule V-NAME refuses a key whose name would then collide with another's)."""
+    name = _UNSAFE.sub("_", key)
+    return f"{name}_" if name in DAGSTER_RESERVED_NAMES else name
+
+
+def graph_name(pipeline: str, has_assets: bool) -> str:
+    """The graph's name: the pipeline's, or `<pipeline>_graph` inside a graph-backed asset (Dagster wants graph
+    and job names distinct in a code location)."""
+    return f"{pipeline}_graph" if has_assets else pipeline
+
+
+def step_key(pipeline: str, has_assets: bool, node: str) -> str:
+    """The step key Dagster gives the top-level node `node` of a pipeline's job."""
+    return f"{graph_name(pipeline, True)}.{node}" if has_assets else node
+
+
+def op_name(*path: str) -> str:
+    """The op name for a step path (`refine`, `i2`, `draft` -> `refine__i2__draft`)."""
+    return "__".join(_UNSAFE.sub("_", part) for part in path)
