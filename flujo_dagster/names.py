@@ -1,5 +1,5 @@
 """Every name flujo_dagster writes into Dagster: run tags, metadata keys, op/input/output names, resource keys,
-job and sensor names, and the step-path convention. The strings live here and nowhere else.
+job and sensor names, op kinds, and the step-path convention. The strings live here and nowhere else.
 
 Pure (no dagster, no pydantic_ai): every layer may import it. Tags and metadata keys are namespaced `flujo/`,
 never `dagster/`; the few `dagster/` names here are Dagster's own tags that flujo_dagster reads or sets.
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import keyword
 import re
+from collections.abc import Mapping
+from enum import StrEnum
 
 __all__ = [
     "AFTER_INPUT",
@@ -52,10 +54,12 @@ __all__ = [
     "MODELS",
     "MODEL_SOURCE",
     "NO_RUN_RETRY_TAG",
+    "OpKind",
     "OUTPUT_TOKENS",
     "PARKED_TAG",
     "PARTITION_TAG",
     "PATH",
+    "PATH_SEPARATOR",
     "PIPELINE",
     "POOL_PREFIX",
     "PREVIEW",
@@ -81,10 +85,18 @@ __all__ = [
     "USER_TAG",
     "VALIDATION_SENSOR",
     "approval",
+    "child_path",
+    "element_path",
     "graph_name",
     "io_name",
+    "item_path",
+    "iteration_path",
+    "key_path",
+    "op_kind",
     "op_name",
+    "op_tags",
     "step_key",
+    "step_path",
 ]
 
 # --- metadata keys on op outputs and asset materializations -------------------------------------------------------
@@ -125,6 +137,99 @@ AUDIT_GATE = "flujo/audit/gate"
 def approval(field: str) -> str:
     """The metadata key `flujo/approval/<field>` (verdict, by, at, payload_hash, ...)."""
     return f"{APPROVAL_PREFIX}{field}"
+
+
+# --- op kinds ---------------------------------------------------------------------------------------------------------
+class OpKind(StrEnum):
+    """What an op flujo builds is for: the value of its `flujo/kind` tag. Ops are tagged through `op_tags` and
+    kinds read back through `op_kind`, never compared as strings."""
+
+    INPUTS = "inputs"
+    """`flujo_inputs`, the first op: validates the run's inputs and emits them as keys."""
+    CONTEXT = "context"
+    """`flujo_context`, the last op: assembles and validates the final context."""
+    FUNCTION = "function"
+    AGENT = "agent"
+    APPROVAL = "approval"
+    ROUTER = "branch"
+    """A Branch's router: one optional output per case."""
+    LOOP_GATE = "loop_gate"
+    """A Loop's gate after one iteration: `exit` or `next`."""
+    JOIN = "join"
+    """After a Branch, Loop, rejectable gate or gated Parallel: forwards the keys written inside."""
+    FAN_OUT = "map"
+    """A Map expanded into ops: one dynamic output per element."""
+    COLLECT = "map_collect"
+    """A Map expanded into ops: gathers each element's result."""
+    INLINE_STEP = "inline_step"
+    INLINE_AGENT = "inline_agent"
+    INLINE_LOOP = "inline_loop"
+    INLINE_BRANCH = "inline_branch"
+    INLINE_PARALLEL = "inline_parallel"
+    INLINE_MAP = "inline_map"
+    INLINE_GROUP = "inline_group"
+
+    @classmethod
+    def inline(cls, node_kind: str) -> OpKind:
+        """The kind of the op that runs a DSL node of kind `node_kind` (`loop`, `map`, ...) whole, in one op."""
+        return cls(f"inline_{node_kind}")
+
+
+def op_tags(kind: OpKind, path: str | None = None) -> dict[str, str]:
+    """An op's flujo tags: its kind and, when it stands for a step, its step path. Plain strings: Dagster
+    serializes op tags and refuses enum members."""
+    tags = {KIND: kind.value}
+    if path is not None:
+        tags[STEP_PATH] = path
+    return tags
+
+
+def op_kind(tags: Mapping[str, str]) -> OpKind | None:
+    """The kind of an op from its tags; None for an op flujo did not build."""
+    try:
+        return OpKind(tags[KIND])
+    except (KeyError, ValueError):
+        return None
+
+
+# --- step paths -------------------------------------------------------------------------------------------------------
+# A step path says where a node sits, for people: findings, errors, the `flujo/step_path` tag, cost tables and
+# approval requests show it (`digest > loop:refine > i2 > agent:draft`). Paths are built here, one segment at a
+# time, and never parsed back: code that needs a pipeline or a step carries the object, not its path.
+PATH_SEPARATOR = " > "
+
+
+def step_path(parent: str, kind: str, name: str) -> str:
+    """The path of the DSL node `name` of kind `kind` under `parent` (its pipeline's name or its parent node's
+    path): `digest > loop:refine`."""
+    return f"{parent}{PATH_SEPARATOR}{kind}:{name}"
+
+
+def child_path(parent: str, label: str) -> str:
+    """A labelled part under `parent`: a Parallel's branch (`... > parallel:extras > title`), or a pipeline's
+    `schedule` or `partitions`."""
+    return f"{parent}{PATH_SEPARATOR}{label}"
+
+
+def iteration_path(loop: str, iteration: int) -> str:
+    """Iteration `iteration` (1-based) of the Loop at path `loop`: `... > loop:refine > i2`."""
+    return f"{loop}{PATH_SEPARATOR}i{iteration}"
+
+
+def item_path(map_path: str, index: int) -> str:
+    """Element `index` (0-based) of the Map at `map_path` run inline: `... > map:each > [0]`."""
+    return f"{map_path}{PATH_SEPARATOR}[{index}]"
+
+
+def key_path(pipeline: str, key: str) -> str:
+    """A context key of pipeline `pipeline`, as findings about the key name it: `digest > key:topic`."""
+    return f"{pipeline}{PATH_SEPARATOR}key:{key}"
+
+
+def element_path(path: str, mapping_key: str) -> str:
+    """The step at `path` inside a Map expanded into ops, for one element (its Dagster mapping key):
+    `... > approval:check [i0]`."""
+    return f"{path} [{mapping_key}]"
 
 
 # --- run tags --------------------------------------------------------------------------------------------------------

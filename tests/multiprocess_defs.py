@@ -12,7 +12,7 @@ defs = build_definitions(
     pipelines=[digest],
     resources={"agent_runtime": offline_runtime()},
     # forkserver with the code preloaded: each step process starts in well under a second instead of
-    # re-importing dagster and the code location (DESIGN.md, "Where Dagster's time goes")
+    # re-importing dagster and the code location (docs/architecture.md, "What Dagster costs")
     executor=multiprocess_executor.configured(
         {"start_method": {"forkserver": {"preload_modules": ["tests.multiprocess_defs"]}}}
     ),

@@ -1,11 +1,16 @@
-"""Layering: the DSL and validation are pure; import-linter contracts hold; no imports inside functions."""
+"""Layering: the DSL and validation are pure; import-linter contracts hold. The repository is self-contained,
+names and step paths are spelt in one module, and docs/architecture.md names the modules as they are."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from flujo_dagster import names
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,3 +47,137 @@ def test_import_contracts_hold() -> None:
     out = subprocess.run([str(lint_imports)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Contracts: 4 kept, 0 broken." in out.stdout
+
+
+# --- the repository is self-contained; conventions have one owner ---------------------------------------------------
+
+PACKAGE = ROOT / "flujo_dagster"
+NAMES = PACKAGE / "names.py"
+
+
+def _tracked_files() -> list[Path]:
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [ROOT / name for name in out.stdout.split("\0") if name]
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, FileNotFoundError):  # binary (screenshots), or deleted but not yet staged
+        return None
+
+
+def test_no_tracked_file_cites_a_file_outside_the_repository() -> None:
+    outside = ("DESIGN" + ".md", "../" + "shared")  # split: this file is tracked too
+    texts = {p: _text(p) for p in _tracked_files() if p.name != "CHANGELOG.md"}
+    assert len(texts) > 100 and ROOT / "docs" / "architecture.md" in texts
+    cited = sorted(
+        f"{p.relative_to(ROOT)}: {word}" for p, text in texts.items() if text for word in outside if word in text
+    )
+    assert cited == []
+
+
+def _docstrings(tree: ast.Module) -> set[int]:
+    """ids of the string constants that are statements of their own: docstrings (module, class, function,
+    attribute), which may mention a tag in prose."""
+    return {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+    }
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string constant in `path` that is not a docstring, f-string parts included."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = _docstrings(tree)
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+def _package_modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_string_scan_sees_literals_and_skips_docstrings(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text('"""Writes `flujo/kind`."""\nTAG = "flujo/x"\nLABEL = f"flujo/{TAG}"\n', encoding="utf-8")
+    assert [text for _, text in _string_constants(sample)] == ["flujo/x", "flujo/"]
+
+
+def test_flujo_tags_are_spelt_only_in_the_names_module() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {text!r}"
+        for path in _package_modules()
+        if path != NAMES
+        for line, text in _string_constants(path)
+        if text.startswith("flujo/")
+    ]
+    assert found == []
+    assert any(text.startswith("flujo/") for _, text in _string_constants(NAMES))
+
+
+def test_step_paths_are_built_only_in_the_names_module() -> None:
+    """Every step path is built by `names.step_path` and its siblings: no other module spells the separator,
+    so none can build a path of its own or split one back into parts."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {text!r}"
+        for path in _package_modules()
+        if path != NAMES
+        for line, text in _string_constants(path)
+        if names.PATH_SEPARATOR in text
+    ]
+    # the quarantine in compile_all still splits a finding's path, until `Finding` carries its pipeline
+    pending = [f for f in found if f.startswith("flujo_dagster/adapter/compile/definitions.py:")]
+    assert len(pending) <= 1
+    assert [f for f in found if f not in pending] == []
+
+
+def test_step_paths() -> None:
+    loop = names.step_path("digest", "loop", "refine")
+    assert loop == "digest > loop:refine"
+    assert names.step_path(names.iteration_path(loop, 2), "agent", "draft") == "digest > loop:refine > i2 > agent:draft"
+    assert names.child_path("digest", "schedule") == "digest > schedule"
+    assert names.item_path("digest > map:each", 0) == "digest > map:each > [0]"
+    assert names.key_path("digest", "topic") == "digest > key:topic"
+    assert names.element_path("digest > map:each > approval:ok", "i3") == "digest > map:each > approval:ok [i3]"
+
+
+def test_op_kinds_round_trip_as_plain_strings() -> None:
+    tags = names.op_tags(names.OpKind.APPROVAL, "p > approval:review")
+    assert tags == {names.KIND: "approval", names.STEP_PATH: "p > approval:review"}
+    assert type(tags[names.KIND]) is str  # Dagster's serializer refuses enum members in op tags
+    assert names.op_kind(tags) is names.OpKind.APPROVAL
+    assert names.op_kind({}) is None and names.op_kind({names.KIND: "not_ours"}) is None
+    assert names.OpKind.inline("loop") is names.OpKind.INLINE_LOOP
+
+
+# --- docs/architecture.md names the package's modules as they are ----------------------------------------------------
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def _doc_name(module: Path) -> str:
+    """How docs/architecture.md names a module: its path in the package, adapter modules from inside adapter/."""
+    relative = module.relative_to(PACKAGE).as_posix()
+    return relative.removeprefix("adapter/")
+
+
+def test_architecture_names_every_module() -> None:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    modules = [m for m in _package_modules() if m.name != "__init__.py"]
+    assert len(modules) > 50
+    missing = [_doc_name(m) for m in modules if not re.search(rf"(?<![\w/]){re.escape(_doc_name(m))}", text)]
+    assert missing == [], "docs/architecture.md does not say where these modules fit"
+
+
+def test_architecture_names_no_module_that_is_gone() -> None:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    named = set(re.findall(r"`([\w/]+\.py)`", text))
+    assert {"compile/compiler.py", "names.py"} <= named
+    bases = (ROOT, PACKAGE, PACKAGE / "adapter")
+    gone = sorted(n for n in named if not any((base / n).is_file() for base in bases))
+    assert gone == []

@@ -13,19 +13,28 @@ import anyio
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, RetryPolicy
 from pydantic import Base64Bytes, BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_ai import Agent
+from pydantic_ai.models.test import TestModel
 from typing_extensions import TypedDict
 
 from flujo_dagster import (
+    Approval,
+    Branch,
     FlujoDagsterTranslator,
+    Loop,
+    Map,
     Pipeline,
     Retry,
+    agent_step,
     build_definitions,
     load_final_context,
     run_pipeline,
     step,
+    validate,
 )
 from flujo_dagster.adapter.compile.compiler import compile_pipeline
 from flujo_dagster.adapter.storage.types import KeyType
+from flujo_dagster.names import STEP_PATH, OpKind, op_kind
 
 
 class Colour(Enum):
@@ -321,3 +330,94 @@ def test_field_validators_check_inputs_and_model_validators_check_the_final_cont
     bad = run_pipeline(pipeline, {"topic": "other"}, instance=instance)
     assert not bad.success and bad.error is not None
     assert "does not validate as Guarded" in bad.error and "unknown verdict 'maybe'" in bad.error
+
+
+class Kinds(BaseModel):
+    topic: str
+    draft: str = ""
+    answer: str = ""
+    n: int = 0
+    m: int = 0
+    note: str = ""
+    xs: list[int] = Field(default_factory=list)
+    x: int = 0
+    y: int = 0
+    ys: list[int] = Field(default_factory=list)
+    z: int = 0
+    zs: list[int] = Field(default_factory=list)
+
+
+@step(output_keys=["draft"])
+def write(topic: str) -> str:
+    return topic
+
+
+@step(output_keys=["n"])
+def bump(n: int) -> int:
+    return n + 1
+
+
+@step(output_keys=["m"])
+def spin(m: int) -> int:
+    return m + 1
+
+
+@step(output_keys=["note"])
+def high(n: int) -> str:
+    return "high"
+
+
+@step(output_keys=["note"])
+def low(n: int) -> str:
+    return "low"
+
+
+@step(output_keys=["y"])
+def triple(x: int) -> int:
+    return 3 * x
+
+
+@step(output_keys=["z"])
+def square(x: int) -> int:
+    return x * x
+
+
+def test_every_op_carries_its_kind_as_a_plain_string_tag() -> None:
+    pipeline = Pipeline(
+        "kinds",
+        context=Kinds,
+        steps=[
+            write,
+            agent_step("answer", Agent(TestModel()), prompt="{topic}"),
+            Approval("review", show=["draft"]),
+            Loop("grow", body=[bump], until=lambda n: n >= 2, max_iterations=2),
+            Branch("route", on=lambda n: n > 1, cases={True: [high], False: [low]}),
+            Map("each", over="xs", item="x", body=[triple], result="y", into="ys", isolation="op"),
+            Map("each_inline", over="xs", item="x", body=[square], result="z", into="zs"),
+            Loop("spinning", body=[spin], until=lambda m: m >= 2, max_iterations=2, inline=True),
+        ],
+    )
+    assert not validate(pipeline).errors
+    graph = compile_pipeline(pipeline, translator=FlujoDagsterTranslator()).graph
+    kinds = {node.name: op_kind(node.definition.tags) for node in graph.nodes}
+    assert None not in kinds.values(), kinds
+    assert set(kinds.values()) == {
+        OpKind.INPUTS,
+        OpKind.CONTEXT,
+        OpKind.FUNCTION,
+        OpKind.AGENT,
+        OpKind.APPROVAL,
+        OpKind.LOOP_GATE,
+        OpKind.JOIN,
+        OpKind.ROUTER,
+        OpKind.FAN_OUT,
+        OpKind.COLLECT,
+        OpKind.INLINE_MAP,
+        OpKind.INLINE_LOOP,
+    }
+    assert kinds["route"] is OpKind.ROUTER and kinds["grow__i1__flujo_until"] is OpKind.LOOP_GATE
+    for node in graph.nodes:  # on the wire: the plain strings Dagster serializes
+        assert all(type(value) is str for value in node.definition.tags.values())
+    tags = graph.node_named("grow__i2__bump").definition.tags
+    assert tags["flujo/kind"] == "function" and tags[STEP_PATH] == "kinds > loop:grow > i2 > step:bump"
+    assert graph.node_named("each_inline").definition.tags["flujo/kind"] == "inline_map"

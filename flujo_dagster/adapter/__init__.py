@@ -1,4 +1,5 @@
-"""The only package that imports dagster: compiler, ops, IO manager, types, resources, definitions."""
+"""The only package that imports dagster, laid out by when its code runs (docs/architecture.md): `compile/` when
+the definitions load, `ops/` inside a step, `control/` around runs, `storage/` underneath, `run.py` on top."""
 
 from flujo_dagster.adapter.compile.compiler import CompiledPipeline, compile_pipeline
 from flujo_dagster.adapter.compile.component import FlujoPipelineComponent

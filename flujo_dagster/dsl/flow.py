@@ -9,6 +9,7 @@ from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.keys import parameter_names, resolve_keys
 from flujo_dagster.dsl.steps import Step, remembered
+from flujo_dagster.names import step_path
 
 __all__ = ["Flow", "callable_reads", "children", "flow_of", "flow_of_steps", "walk"]
 
@@ -105,7 +106,7 @@ def children(step: Step) -> list[tuple[str | None, tuple[Step, ...]]]:
 def walk(steps: Sequence[Step], path: str) -> Iterator[tuple[str, Step]]:
     """Every node below `path`, depth first, with its path (`digest > loop:refine > step:draft`)."""
     for step in steps:
-        here = f"{path} > {step.kind}:{step.name}"
+        here = step_path(path, step.kind, step.name)
         yield here, step
         for _, inner in children(step):
             yield from walk(inner, here)

@@ -1,4 +1,4 @@
-"""Prices and budgets (issue 4).
+"""Prices and budgets.
 
 The budget ledger: `BudgetLedger` (the protocol), `SqliteBudgetLedger` (the default) and `PostgresBudgetLedger`
 (extra `postgres`; loaded on first use, so psycopg2 is needed only by who uses it).

@@ -18,6 +18,7 @@ from flujo_dagster.dsl.flow import callable_reads, flow_of_steps
 from flujo_dagster.dsl.keys import resolve_keys
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
 from flujo_dagster.errors import ConfigurationError, ControlFlowError, FlujoDagsterError, ParallelBranchError
+from flujo_dagster.names import child_path, item_path, iteration_path, step_path
 from flujo_dagster.runtime.agents import AgentCall
 from flujo_dagster.runtime.calls import call_function_step, with_timeout
 from flujo_dagster.runtime.prompts import render_prompt
@@ -126,7 +127,7 @@ class Interpreter:
             rule = self._rules.get(type(step))
             if rule is None:
                 raise ControlFlowError(f"{path}: the interpreter has no rule for {type(step).__name__}")
-            await rule(step, state, f"{path} > {step.kind}:{step.name}")
+            await rule(step, state, step_path(path, step.kind, step.name))
 
     def _report(self, record: StepRecord) -> None:
         if self.reporter is not None:
@@ -208,7 +209,7 @@ class Interpreter:
     async def _loop(self, step: Step, state: State, path: str) -> None:
         assert isinstance(step, Loop)
         for iteration in range(1, max(step.max_iterations, 1) + 1):
-            await self.run(step.body, state, f"{path} > i{iteration}")
+            await self.run(step.body, state, iteration_path(path, iteration))
             if loop_should_exit(step, state, iteration, path):
                 return
 
@@ -226,7 +227,7 @@ class Interpreter:
         async def one(label: str, steps: tuple[Step, ...]) -> None:
             local = dict(state)
             try:
-                await self.run(steps, local, f"{path} > {label}")
+                await self.run(steps, local, child_path(path, label))
             except FlujoDagsterError as exc:  # never ignored: raised once every branch has finished
                 control.append(exc)
                 return
@@ -250,7 +251,7 @@ class Interpreter:
         for label, exc in errors.items():
             self._report(
                 StepRecord(
-                    path=f"{path} > {label}",
+                    path=child_path(path, label),
                     kind="branch",
                     status="ignored",
                     duration_s=0.0,
@@ -275,7 +276,7 @@ class Interpreter:
                 local = dict(state)
                 local[step.item] = item
                 try:
-                    await self.run(step.body, local, f"{path} > [{index}]")
+                    await self.run(step.body, local, item_path(path, index))
                 except FlujoDagsterError as exc:  # never ignored: raised once every item has finished
                     control.append(exc)
                     return

@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.validation.findings import Finding, Severity, ValidationReport
-from flujo_dagster.validation.rules import RESERVED_STEP_NAMES, RULES, step_path
+from flujo_dagster.validation.rules import RESERVED_STEP_NAMES, RULES
 
-__all__ = ["RESERVED_STEP_NAMES", "Finding", "Severity", "ValidationReport", "step_path", "validate"]
+__all__ = ["RESERVED_STEP_NAMES", "Finding", "Severity", "ValidationReport", "validate"]
 
 
 def validate(pipeline: Pipeline | Iterable[Pipeline]) -> ValidationReport:

@@ -11,6 +11,7 @@ from flujo_dagster.dsl.control import Map, runs_in_one_op
 from flujo_dagster.dsl.flow import children, walk
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
+from flujo_dagster.names import step_path
 from flujo_dagster.validation.findings import Finding
 
 __all__ = ["rule_approvals"]
@@ -46,7 +47,7 @@ def _walk(
 ) -> Iterator[Finding]:
     """HITL-NESTED-001 for each gate below a node that runs in one op, naming the outermost such node."""
     for step in steps:
-        here = f"{path} > {step.kind}:{step.name}"
+        here = step_path(path, step.kind, step.name)
         if isinstance(step, Approval):
             if refusal is not None:
                 reason, hint = refusal

@@ -12,6 +12,7 @@ from flujo_dagster.dsl.flow import callable_reads, flow_of_steps
 from flujo_dagster.dsl.keys import resolve_keys
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
+from flujo_dagster.names import step_path
 from flujo_dagster.validation.findings import Finding
 
 __all__ = ["rule_keys"]
@@ -54,7 +55,7 @@ class _Checker:
     def steps(self, steps: Sequence[Step], live: set[str], path: str) -> Iterator[Finding]:
         """Check `steps` in order; `live` (keys with a value on every path) grows as they write."""
         for index, step in enumerate(steps):
-            here = f"{path} > {step.kind}:{step.name}"
+            here = step_path(path, step.kind, step.name)
             if isinstance(step, Approval) and step.on_reject:
                 # approved: the rest of the sequence runs; rejected: the on_reject steps do instead
                 yield from self.leaf(step, live, here)

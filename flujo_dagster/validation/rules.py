@@ -10,8 +10,8 @@ from typing import Any, get_origin
 from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.keys import annotations_of, resolve_keys, return_annotation
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
-from flujo_dagster.names import DAGSTER_RESERVED_NAMES, io_name
+from flujo_dagster.dsl.steps import AgentStep, FunctionStep
+from flujo_dagster.names import DAGSTER_RESERVED_NAMES, io_name, key_path
 from flujo_dagster.validation.approvals import rule_approvals
 from flujo_dagster.validation.findings import Finding
 from flujo_dagster.validation.keyflow import rule_keys
@@ -25,7 +25,7 @@ from flujo_dagster.validation.typecompat import (
     untyped_problem,
 )
 
-__all__ = ["RESERVED_STEP_NAMES", "RULES", "step_path"]
+__all__ = ["RESERVED_STEP_NAMES", "RULES"]
 
 Rule = Callable[[Pipeline], Iterator[Finding]]
 
@@ -33,11 +33,6 @@ Rule = Callable[[Pipeline], Iterator[Finding]]
 RESERVED_STEP_NAMES = frozenset({"flujo_inputs", "flujo_context", *DAGSTER_RESERVED_NAMES})
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EMPTY = inspect.Parameter.empty
-
-
-def step_path(pipeline: Pipeline, step: Step) -> str:
-    """`pipeline > kind:name`, the path findings and errors use."""
-    return f"{pipeline.name} > {step.kind}:{step.name}"
 
 
 def rule_names(pipeline: Pipeline) -> Iterator[Finding]:
@@ -105,7 +100,7 @@ def _key_names(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-NAME",
                 severity="error",
-                path=f"{pipeline.name} > key:{key}",
+                path=key_path(pipeline.name, key),
                 message=f"key name {key!r} cannot be used: {clash}.",
                 hint="rename the context field",
             )
@@ -177,7 +172,7 @@ def rule_types(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-TYPE",
                 severity="error",
-                path=f"{pipeline.name} > key:{name}",
+                path=key_path(pipeline.name, name),
                 message=f"key {name!r} ({type_name(annotation)}) does not round-trip through JSON: {problem}.",
                 hint="every key is stored as JSON; choose a JSON-friendly type",
             )
@@ -185,7 +180,7 @@ def rule_types(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-TYPE",
                 severity="warning",
-                path=f"{pipeline.name} > key:{name}",
+                path=key_path(pipeline.name, name),
                 message=f"key {name!r} ({type_name(annotation)}) is an ambiguous union: {ambiguity}.",
                 hint="use a discriminated union, or wrap the members in models that JSON can tell apart",
             )
@@ -193,7 +188,7 @@ def rule_types(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-TYPE",
                 severity="warning",
-                path=f"{pipeline.name} > key:{name}",
+                path=key_path(pipeline.name, name),
                 message=f"key {name!r} ({type_name(annotation)}) is not fully typed: {untyped}.",
                 hint="declare the concrete type",
             )

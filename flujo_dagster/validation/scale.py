@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel, runs_in_one_op
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
+from flujo_dagster.names import step_path
 from flujo_dagster.validation.findings import Finding
 
 __all__ = ["EXPANDED_OPS_ERROR", "EXPANDED_OPS_WARNING", "expanded_ops", "rule_scale"]
@@ -43,7 +44,7 @@ def expanded_ops(steps: Sequence[Step], *, in_fanout: bool = False) -> int:
 def _biggest(steps: Sequence[Step], path: str) -> Iterator[tuple[int, str]]:
     for step in steps:
         if isinstance(step, Loop | Branch | Parallel | Group | Map) and not step.inline:
-            yield expanded_ops([step]), f"{path} > {step.kind}:{step.name}"
+            yield expanded_ops([step]), step_path(path, step.kind, step.name)
 
 
 def rule_scale(pipeline: Pipeline) -> Iterator[Finding]:

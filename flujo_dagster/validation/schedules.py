@@ -8,6 +8,7 @@ from typing import Any, cast
 from pydantic import TypeAdapter, ValidationError
 
 from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.names import child_path
 from flujo_dagster.validation.findings import Finding
 
 __all__ = ["partition_input", "rule_partitions", "rule_schedule"]
@@ -27,7 +28,7 @@ def rule_schedule(pipeline: Pipeline) -> Iterator[Finding]:
     given = schedule.fixed_inputs()
     if given is None:  # a function of the scheduled time: checked at each tick
         return
-    path = f"{pipeline.name} > schedule"
+    path = child_path(pipeline.name, "schedule")
     missing = [k for k in pipeline.input_keys() if k not in given and k != partition_input(pipeline)]
     if missing:
         yield Finding(
@@ -63,7 +64,7 @@ def rule_partitions(pipeline: Pipeline) -> Iterator[Finding]:
     partitions = pipeline.partitions
     if partitions is None:
         return
-    key, path = partitions.input_key, f"{pipeline.name} > partitions"
+    key, path = partitions.input_key, child_path(pipeline.name, "partitions")
     kind = type(partitions).__name__
     if key not in pipeline.fields:
         yield Finding(

@@ -175,7 +175,8 @@ def build_definitions(
     jobs: list[JobDefinition | UnresolvedAssetJobDefinition] = [c.job for c in compiled]
     sensors: list[SensorDefinition] = []
     if quarantined.errors:
-        sensors.append(validation_sensor(quarantined))
+        kept = {c.pipeline.name for c in compiled}
+        sensors.append(validation_sensor(quarantined, [p.name for p in listed if p.name not in kept]))
     if any(isinstance(s, Approval) for p in listed for _, s in walk(p.steps, p.name)):
         jobs.append(decide_job())
         url, interval_s = approvals_settings(webserver_url, approvals_interval_s)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dagster import DependencyDefinition, GraphDefinition, MultiDependencyDefinition, NodeInvocation, OpDefinition
 
 # What `.collect()` in a `@graph` function compiles to; dagster 1.13 does not export it (pinned by
-# tests/test_map_op.py). Building the graph from dependency dicts keeps step keys and names flat and ours.
+# tests/test_map.py). Building the graph from dependency dicts keeps step keys and names flat and ours.
 from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
 
 from flujo_dagster.adapter.ops.approval import VERDICT_LABELS, approval_op
@@ -45,8 +45,11 @@ from flujo_dagster.names import (
     READY_OUTPUT,
     REJECTED_OUTPUT,
     RESULTS_INPUT,
+    child_path,
     io_name,
+    iteration_path,
     op_name,
+    step_path,
 )
 
 __all__ = ["BuiltGraph", "build_graph"]
@@ -181,7 +184,7 @@ class _Builder:
         construct holding one) every later step of the sequence waits for it, as a region of that op."""
         depth = len(self.regions)
         for index, step in enumerate(steps):
-            here = f"{path} > {step.kind}:{step.name}"
+            here = step_path(path, step.kind, step.name)
             after: Producer | None = None
             if runs_in_one_op(step, in_fanout=self.in_fanout):
                 self.inline(step, live, prefix, here, path, gate)
@@ -342,14 +345,14 @@ class _Builder:
         held = False  # the body holds an approval gate
         for i in range(1, loop.max_iterations + 1):
             here = (*prefix, loop.name, f"i{i}")
-            tail = self.steps(loop.body, live, here, f"{path} > i{i}", gate)
+            tail = self.steps(loop.body, live, here, iteration_path(path, i), gate)
             if tail is not None and tail != gate:
                 held, gate = True, tail  # the iteration's gate op waits for the approval
                 self.region(tail[0])
             until = op_name(*here, "flujo_until")
-            wiring = self.wiring(until, f"{path} > i{i}", reads, (), gated=gate is not None)
+            wiring = self.wiring(until, iteration_path(path, i), reads, (), gated=gate is not None)
             data = {io_name(k): self.must(k, live, path) for k in reads}
-            self.add(until, until_op(self.p, loop, wiring, i), data, gate)
+            self.add(until, until_op(self.p, loop, wiring, i, loop_path=path), data, gate)
             exits.append((until, EXIT_OUTPUT))
             snapshots.append({k: self.resolve(k, live) for k in written})
             gate = (until, CONTINUE_OUTPUT)
@@ -407,7 +410,7 @@ class _Builder:
         tails: list[Producer] = []
         for label, steps in par.branches.items():
             branch_live = dict(before)
-            tail = self.steps(steps, branch_live, (*prefix, par.name, label), f"{path} > {label}", gate)
+            tail = self.steps(steps, branch_live, (*prefix, par.name, label), child_path(path, label), gate)
             if tail is not None and tail != gate:
                 tails.append(tail)
             for key in flow_of_steps(steps, self.fields).may:

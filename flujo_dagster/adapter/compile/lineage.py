@@ -17,7 +17,7 @@ def data_upstream(built: BuiltGraph) -> dict[str, list[Producer]]:
     """`built.upstream` with each gate's control outputs replaced by the gate's shown-key outputs."""
     shown: dict[str, list[Producer]] = {}
     for node, definition in built.defs.items():
-        if definition.tags.get(names.KIND) == "approval":
+        if names.op_kind(definition.tags) is names.OpKind.APPROVAL:
             shown[node] = [(node, name) for name in definition.output_dict if name not in _CONTROL]
 
     def sources(producer: Producer) -> list[Producer]:

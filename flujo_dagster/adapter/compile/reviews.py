@@ -41,7 +41,7 @@ def _region(start: str, upstream: Mapping[str, Sequence[tuple[str, str]]], stops
 def _shows(definition: object, key: str) -> bool:
     return (
         isinstance(definition, OpDefinition)
-        and definition.tags.get(names.KIND) == "approval"
+        and names.op_kind(definition.tags) is names.OpKind.APPROVAL
         and io_name(key) in definition.output_dict
     )
 

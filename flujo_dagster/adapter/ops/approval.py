@@ -113,7 +113,7 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
         policy = Policy.of(gate, signed=settings.require_signed_decisions)
         element = context.get_mapping_key()  # one gate per element of a Map: its path says which
         fresh = Request(
-            path=f"{wiring.path} [{element}]" if element else wiring.path,
+            path=names.element_path(wiring.path, element) if element else wiring.path,
             payload_hash=digest,
             show=gate.show,
             policy=policy,
@@ -193,7 +193,7 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
         outs=outs,
         required_resource_keys={APPROVAL_SETTINGS_KEY},
         description=f"approval gate {wiring.path}: shows {', '.join(gate.show)} to a reviewer",
-        tags={names.KIND: "approval", names.STEP_PATH: wiring.path},
+        tags=names.op_tags(names.OpKind.APPROVAL, wiring.path),
     )
 
 

@@ -150,7 +150,7 @@ def context_op(
         outs={CONTEXT_OUTPUT: Out(context_type, io_manager_key=IO_MANAGER_KEY)},
         required_resource_keys={IO_MANAGER_KEY},
         description=f"Assembles and validates the final {pipeline.context.__name__} of pipeline {pipeline.name!r}.",
-        tags={names.KIND: "context"},
+        tags=names.op_tags(names.OpKind.CONTEXT),
     )
 
 
@@ -176,7 +176,7 @@ def router_op(pipeline: Pipeline, branch: Branch, wiring: StepWiring) -> OpDefin
         ins={**ins_for(pipeline, wiring.reads, gated=wiring.gated), AFTER_INPUT: In(Nothing)},
         outs=outs,
         description=f"branch {wiring.path}: routes to one of {', '.join(labels)}",
-        tags={names.KIND: "branch", names.STEP_PATH: wiring.path},
+        tags=names.op_tags(names.OpKind.ROUTER, wiring.path),
     )
 
 
@@ -204,14 +204,14 @@ def branch_join_op(
         outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes), done=done),
         required_resource_keys={IO_MANAGER_KEY},
         description=f"joins branch {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
-        tags={names.KIND: "join", names.STEP_PATH: wiring.path},
+        tags=names.op_tags(names.OpKind.JOIN, wiring.path),
     )
 
 
-def until_op(pipeline: Pipeline, loop: Loop, wiring: StepWiring, iteration: int) -> OpDefinition:
-    """A loop's gate after iteration `iteration`: yields `exit` (the iteration number) or `next`."""
+def until_op(pipeline: Pipeline, loop: Loop, wiring: StepWiring, iteration: int, *, loop_path: str) -> OpDefinition:
+    """A loop's gate after iteration `iteration`: yields `exit` (the iteration number) or `next`. Its errors
+    name the loop (`loop_path`), as the interpreter's do."""
     last = iteration >= loop.max_iterations
-    loop_path = wiring.path.removesuffix(f" > i{iteration}")  # errors name the loop, as the interpreter's do
 
     def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
         state = {k: inputs[io_name(k)] for k in wiring.reads}
@@ -230,7 +230,7 @@ def until_op(pipeline: Pipeline, loop: Loop, wiring: StepWiring, iteration: int)
         ins={**ins_for(pipeline, wiring.reads, gated=wiring.gated), AFTER_INPUT: In(Nothing)},
         outs=outs,
         description=f"loop {wiring.path}: exit after iteration {iteration}, or go on",
-        tags={names.KIND: "loop_gate", names.STEP_PATH: wiring.path},
+        tags=names.op_tags(names.OpKind.LOOP_GATE, wiring.path),
     )
 
 
@@ -247,7 +247,7 @@ def barrier_op(pipeline: Pipeline, wiring: StepWiring) -> OpDefinition:
         ins={**ins_for(pipeline, (), gated=wiring.gated), AFTER_INPUT: In(Nothing)},
         outs={DONE_OUTPUT: Out(Nothing)},
         description=f"joins parallel {wiring.path}: waits for the approval gates in its branches",
-        tags={names.KIND: "join", names.STEP_PATH: wiring.path},
+        tags=names.op_tags(names.OpKind.JOIN, wiring.path),
     )
 
 
@@ -278,7 +278,7 @@ def loop_join_op(
         outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes), done=done),
         required_resource_keys={IO_MANAGER_KEY},
         description=f"joins loop {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
-        tags={names.KIND: "join", names.STEP_PATH: wiring.path},
+        tags=names.op_tags(names.OpKind.JOIN, wiring.path),
     )
 
 
@@ -362,5 +362,5 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
         required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY} if needs_agents else set(),
         description=f"{node.kind} {wiring.path}, run in one op by the flujo interpreter",
         retry_policy=None,
-        tags={names.KIND: f"inline_{node.kind}", names.STEP_PATH: wiring.path},
+        tags=names.op_tags(names.OpKind.inline(node.kind), wiring.path),
     )

@@ -132,7 +132,7 @@ def _function_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefini
         outs=outs_for(pipeline, wiring.writes),
         description=(step.fn.__doc__ or f"function step {wiring.path}").strip(),
         retry_policy=_retry_policy(step.retry),
-        tags={names.KIND: "function", names.STEP_PATH: wiring.path},
+        tags=names.op_tags(names.OpKind.FUNCTION, wiring.path),
     )
 
 
@@ -180,7 +180,7 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
         required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY},
         retry_policy=_retry_policy(step.retry),
         pool=step.pool_name(),
-        tags={names.KIND: "agent", names.STEP_PATH: wiring.path, names.MODEL: step.model_id() or "unknown"},
+        tags={**names.op_tags(names.OpKind.AGENT, wiring.path), names.MODEL: step.model_id() or "unknown"},
     )
 
 
@@ -219,7 +219,7 @@ def inputs_op(pipeline: Pipeline, name: str, emitted: tuple[str, ...]) -> OpDefi
         outs=outs_for(pipeline, emitted) if emitted else {READY_OUTPUT: Out(Nothing)},
         config_schema={"inputs": Field(inputs_schema, is_required=bool(required))},
         description=f"Validates the run inputs of pipeline {pipeline.name!r} with {pipeline.context.__name__}.",
-        tags={names.KIND: "inputs"},
+        tags=names.op_tags(names.OpKind.INPUTS),
     )
 
 

@@ -52,7 +52,7 @@ def fanout_op(pipeline: Pipeline, node: Map, wiring: StepWiring) -> OpDefinition
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs={ITEM_OUTPUT: DynamicOut(item_type, io_manager_key=IO_MANAGER_KEY)},
         description=f"map {wiring.path}: one {node.item!r} per element of {node.over!r}",
-        tags={names.KIND: "map", names.STEP_PATH: wiring.path},
+        tags=names.op_tags(names.OpKind.FAN_OUT, wiring.path),
     )
 
 
@@ -83,5 +83,5 @@ def collect_op(pipeline: Pipeline, node: Map, wiring: StepWiring, after: int, *,
         ins=ins,
         outs=outs,
         description=f"collects map {wiring.path}: each {node.result!r} into {node.into!r}, in input order",
-        tags={names.KIND: "map_collect", names.STEP_PATH: wiring.path},
+        tags=names.op_tags(names.OpKind.COLLECT, wiring.path),
     )
