@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import pytest
-from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, RetryPolicy
+from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions
 from pydantic import Base64Bytes, BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_ai import Agent
 from pydantic_ai.models.test import TestModel
@@ -164,16 +164,24 @@ def value(start: int) -> int:
     return start + 1
 
 
-def test_step_retries_map_to_dagster_retry_policy(instance: DagsterInstance) -> None:
+def test_step_retries_run_in_the_op_and_are_logged(instance: DagsterInstance) -> None:
+    """The leaf executor retries in the op's process (no Dagster RetryPolicy): one step start, no Dagster step
+    retry, and a warning for each failed attempt."""
     compiled = compile_pipeline(
         Pipeline("retrying", context=Counter, steps=[value]), translator=FlujoDagsterTranslator()
     )
-    op = compiled.graph.node_named("value").definition
-    assert op.retry_policy == RetryPolicy(max_retries=2, delay=0.0, backoff=None)  # type: ignore[attr-defined]
+    assert compiled.graph.node_named("value").definition.retry_policy is None  # type: ignore[attr-defined]
     result = run_pipeline(Pipeline("retrying", context=Counter, steps=[value]), {"start": 1}, instance=instance)
     assert result.success, result.error
     assert isinstance(result.context, Counter) and result.context.value == 2
     assert next(_attempts) == 3  # two failed attempts, one success
+    starts = instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_START)
+    assert [e.step_key for e in starts].count("value") == 1
+    assert instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY) == []
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if "trying again" in e.user_message]
+    assert warnings == [
+        f"retrying > step:value: attempt {n} of 3 failed with RuntimeError: flaky; trying again in 0 s" for n in (1, 2)
+    ]
 
 
 @step(name="value", timeout_s=0.2)

@@ -3,17 +3,14 @@ op (`flujo_context`). Joins and the last op read values from the flujo IO manage
 know which producer holds each key on the path that ran, and a Dagster input per key would cost two events."""
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from dagster import DagsterRun, In, MetadataValue, Nothing, OpDefinition, OpExecutionContext, Out, Output
 from pydantic import ValidationError
 
 from flujo_dagster import names
-from flujo_dagster.adapter.ops.leaf import NOT_RETRIED, StepWiring, ins_for, not_retried, outs_for
-from flujo_dagster.adapter.storage.budgets import budget_context
+from flujo_dagster.adapter.ops.leaf import OpReporter, StepWiring, ins_for, not_retried, outs_for, priced_agents
 from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager, StoredKey
-from flujo_dagster.adapter.storage.resources import PricedAgents
 from flujo_dagster.adapter.storage.types import key_type
 from flujo_dagster.dsl.control import Branch, Loop
 from flujo_dagster.dsl.flow import walk
@@ -34,9 +31,10 @@ from flujo_dagster.names import (
     PRICE_BOOK_KEY,
     io_name,
 )
-from flujo_dagster.pricing.prices import PriceBook
-from flujo_dagster.runtime.budget import BudgetContext
-from flujo_dagster.runtime.interpreter import Interpreter, StepRecord, branch_arm, loop_should_exit
+from flujo_dagster.runtime.control import branch_arm, loop_should_exit
+from flujo_dagster.runtime.interpreter import Interpreter
+from flujo_dagster.runtime.records import StepRecord
+from flujo_dagster.runtime.retries import NEVER_RETRIED
 from flujo_dagster.runtime.values import jsonable, to_json_bytes
 
 __all__ = [
@@ -163,7 +161,7 @@ def router_op(pipeline: Pipeline, branch: Branch, wiring: StepWiring) -> OpDefin
         state = {k: inputs[io_name(k)] for k in wiring.reads}
         try:
             label, _ = branch_arm(branch, state, wiring.path)
-        except NOT_RETRIED as exc:
+        except NEVER_RETRIED as exc:
             raise not_retried(exc, wiring) from exc
         yield Output(label, DECISION_OUTPUT)
         yield Output(None, arm_output(labels.index(label)))
@@ -217,7 +215,7 @@ def until_op(pipeline: Pipeline, loop: Loop, wiring: StepWiring, iteration: int,
         state = {k: inputs[io_name(k)] for k in wiring.reads}
         try:
             done = loop_should_exit(loop, state, iteration, loop_path)
-        except NOT_RETRIED as exc:
+        except NEVER_RETRIED as exc:
             raise not_retried(exc, wiring) from exc
         yield Output(iteration, EXIT_OUTPUT) if done else Output(None, CONTINUE_OUTPUT)
 
@@ -282,14 +280,6 @@ def loop_join_op(
     )
 
 
-@dataclass
-class _Records:
-    records: list[StepRecord]
-
-    def step_finished(self, record: StepRecord) -> None:
-        self.records.append(record)
-
-
 def _table(records: Sequence[StepRecord]) -> str:
     lines = [
         "| step | status | attempts | s | model | tokens in/out | requests | cost USD |",
@@ -319,20 +309,15 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
 
     async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Any:
         state: dict[str, object] = {k: inputs[io_name(k)] for k in wiring.reads}
-        records = _Records([])
+        records = OpReporter(context.log)
         agents = None
         if needs_agents:
-            book: PriceBook = getattr(context.resources, PRICE_BOOK_KEY)
-
-            def budget_for(step: AgentStep, path: str) -> BudgetContext | None:
-                return budget_context(context, pipeline, step, path, book)
-
             limits = {p.name: p.limit for p in context.instance.event_log_storage.get_pool_limits() if p.name in pools}
-            agents = PricedAgents(getattr(context.resources, AGENT_RUNTIME_KEY), book, budget_for, limits)
+            agents = priced_agents(context, pipeline, limits)
         interpreter = Interpreter(fields=pipeline.fields, agents=agents, reporter=records)
         try:
             await interpreter.run([node], state, parent_path)
-        except NOT_RETRIED as exc:
+        except NEVER_RETRIED as exc:
             raise not_retried(exc, wiring) from exc
         for record in records.records:
             if record.status == "ignored":

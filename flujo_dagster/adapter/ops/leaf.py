@@ -6,7 +6,7 @@ from typing import Any
 
 from dagster import Any as DagsterAny
 from dagster import (
-    Backoff,
+    DagsterLogManager,
     Failure,
     Field,
     In,
@@ -16,16 +16,15 @@ from dagster import (
     Out,
     Output,
     Permissive,
-    RetryPolicy,
 )
 
 from flujo_dagster import names
 from flujo_dagster.adapter.storage.budgets import budget_context
-from flujo_dagster.adapter.storage.resources import AgentRuntime
+from flujo_dagster.adapter.storage.resources import PricedAgents
 from flujo_dagster.adapter.storage.types import KeyType, key_type
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Retry, Step
-from flujo_dagster.errors import ConfigurationError, ControlFlowError, UsageLimitExceededError
+from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
+from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.names import (
     AGENT_RUNTIME_KEY,
     BUDGET_LEDGER_KEY,
@@ -36,24 +35,24 @@ from flujo_dagster.names import (
     io_name,
 )
 from flujo_dagster.pricing.prices import PriceBook
-from flujo_dagster.runtime.calls import call_function_step, with_timeout
+from flujo_dagster.runtime.budget import BudgetContext
 from flujo_dagster.runtime.inputs import validate_inputs
-from flujo_dagster.runtime.prompts import render_prompt
-from flujo_dagster.runtime.values import step_outputs
+from flujo_dagster.runtime.leaf import AgentRunner, LeafExecutor, LeafResult
+from flujo_dagster.runtime.records import StepRecord
+from flujo_dagster.runtime.retries import NEVER_RETRIED
 from flujo_dagster.validation.schedules import partition_input
 
 __all__ = [
-    "NOT_RETRIED",
     "OP_RULES",
+    "OpReporter",
     "StepWiring",
     "inputs_op",
     "ins_for",
     "not_retried",
     "outs_for",
+    "priced_agents",
     "step_op",
 ]
-
-NOT_RETRIED = (ConfigurationError, UsageLimitExceededError, ControlFlowError)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,13 +72,6 @@ class StepWiring:
     gated: bool = False
     optional: frozenset[str] = frozenset()
     """Written keys the op may not produce (an inline branch that did not write them)."""
-
-
-def _retry_policy(retry: Retry) -> RetryPolicy | None:
-    if retry.max_retries <= 0:
-        return None
-    backoff = {"constant": None, "linear": Backoff.LINEAR, "exponential": Backoff.EXPONENTIAL}[retry.backoff]
-    return RetryPolicy(max_retries=retry.max_retries, delay=retry.delay_s, backoff=backoff)
 
 
 def _ktype(pipeline: Pipeline, key: str) -> KeyType:
@@ -103,8 +95,8 @@ def outs_for(pipeline: Pipeline, writes: tuple[str, ...], optional: frozenset[st
 
 
 def not_retried(exc: BaseException, wiring: StepWiring) -> Failure:
-    """Dagster's RetryPolicy retries every exception but this one: configuration, budget and control-flow
-    errors fail the step on its first attempt, chained from the original."""
+    """One of our errors that fails a step on its first attempt (`runtime.retries.NEVER_RETRIED`), as a
+    `Failure(allow_retries=False)` naming its class and the step path, chained from the original."""
     where = "" if str(exc).startswith(f"{wiring.path}: ") else f" at {wiring.path}"  # said once
     return Failure(
         description=f"{type(exc).__name__}{where}: {exc}",
@@ -113,17 +105,62 @@ def not_retried(exc: BaseException, wiring: StepWiring) -> Failure:
     )
 
 
+class OpReporter:
+    """The leaf executor's reporter inside one op: logs each failed attempt that will be tried again (a
+    warning in the run's event log) and keeps the record of every step that finished."""
+
+    def __init__(self, log: DagsterLogManager) -> None:
+        self.log = log
+        self.records: list[StepRecord] = []
+
+    def step_finished(self, record: StepRecord) -> None:
+        """Keep the record."""
+        self.records.append(record)
+
+    def attempt_failed(self, path: str, attempt: int, attempts: int, error: Exception, delay_s: float) -> None:
+        """Log the failed attempt."""
+        self.log.warning(
+            f"{path}: attempt {attempt} of {attempts} failed with {type(error).__name__}: {error}; "
+            f"trying again in {delay_s:g} s"
+        )
+
+
+def priced_agents(
+    context: OpExecutionContext, pipeline: Pipeline, pools: Mapping[str, int] | None = None
+) -> PricedAgents:
+    """The agent runner of an op: the run's `AgentRuntime` with its price book and budgets (and, inside an
+    inline op, the limits of the Dagster concurrency pools its agent steps use)."""
+    book: PriceBook = getattr(context.resources, PRICE_BOOK_KEY)
+
+    def budget_for(step: AgentStep, path: str) -> BudgetContext | None:
+        return budget_context(context, pipeline, step, path, book)
+
+    return PricedAgents(getattr(context.resources, AGENT_RUNTIME_KEY), book, budget_for, pools)
+
+
+async def _run_leaf(
+    context: OpExecutionContext,
+    pipeline: Pipeline,
+    step: Step,
+    wiring: StepWiring,
+    inputs: Mapping[str, Any],
+    agents: AgentRunner | None,
+) -> LeafResult:
+    """Run the op's step on the leaf executor (retries in this process, as inside an inline op)."""
+    executor = LeafExecutor(fields=pipeline.fields, agents=agents, reporter=OpReporter(context.log))
+    try:
+        return await executor.run(step, {k: inputs[io_name(k)] for k in wiring.reads}, wiring.path)
+    except NEVER_RETRIED as exc:
+        raise not_retried(exc, wiring) from exc
+
+
 def _function_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinition:
     assert isinstance(step, FunctionStep)
 
     async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> AsyncIterator[Output[Any]]:
-        kwargs = {k: inputs[io_name(k)] for k in wiring.reads}
-        try:
-            result = await call_function_step(step, kwargs, path=wiring.path)
-        except NOT_RETRIED as exc:
-            raise not_retried(exc, wiring) from exc
-        for key, value in step_outputs(wiring.path, wiring.writes, wiring.split, result, pipeline.fields).items():
-            yield Output(value, io_name(key))
+        result = await _run_leaf(context, pipeline, step, wiring, inputs, None)
+        for key in wiring.writes:
+            yield Output(result.values[key], io_name(key))
 
     return OpDefinition(
         compute_fn=compute,
@@ -131,7 +168,6 @@ def _function_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefini
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs=outs_for(pipeline, wiring.writes),
         description=(step.fn.__doc__ or f"function step {wiring.path}").strip(),
-        retry_policy=_retry_policy(step.retry),
         tags=names.op_tags(names.OpKind.FUNCTION, wiring.path),
     )
 
@@ -141,26 +177,16 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
     (key,) = wiring.writes
 
     async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> AsyncIterator[Output[Any]]:
-        runtime: AgentRuntime = getattr(context.resources, AGENT_RUNTIME_KEY)
-        book: PriceBook = getattr(context.resources, PRICE_BOOK_KEY)
-        prompt = render_prompt(step, {k: inputs[io_name(k)] for k in wiring.reads})
-        try:
-            budget = budget_context(context, pipeline, step, wiring.path, book)
-            call, source = await with_timeout(
-                step.timeout_s,
-                lambda: runtime.run(step, prompt, prices=book, path=wiring.path, budget=budget),
-                path=wiring.path,
-            )
-        except NOT_RETRIED as exc:
-            raise not_retried(exc, wiring) from exc
-        (value,) = step_outputs(wiring.path, wiring.writes, False, call.output, pipeline.fields).values()
+        result = await _run_leaf(context, pipeline, step, wiring, inputs, priced_agents(context, pipeline))
+        call, record = result.call, result.record
+        assert call is not None
         yield Output(
-            value,
+            result.values[key],
             io_name(key),
             metadata={
                 names.STEP_PATH: wiring.path,
                 names.MODEL: call.model,
-                names.MODEL_SOURCE: source,
+                names.MODEL_SOURCE: record.model_source or "",
                 names.INPUT_TOKENS: call.input_tokens,
                 names.OUTPUT_TOKENS: call.output_tokens,
                 names.CACHE_READ_TOKENS: call.cache_read_tokens,
@@ -178,7 +204,6 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
         outs=outs_for(pipeline, wiring.writes),
         description=f"agent step {wiring.path} on {step.model_id()}; prompt: {prompt_text}",
         required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY},
-        retry_policy=_retry_policy(step.retry),
         pool=step.pool_name(),
         tags={**names.op_tags(names.OpKind.AGENT, wiring.path), names.MODEL: step.model_id() or "unknown"},
     )
