@@ -13,6 +13,11 @@ Semantics implemented:
   With one written key (and no model return) the returned value is that key's value; otherwise the key's
   value is taken from the returned mapping (item) or object (attribute). Values are validated against the
   field's type (lax), as a stored value would be.
+- Retries: a step whose function raises is called again, up to `retry.max_retries` more times, unless the
+  error's `allow_retries` attribute is False (a `dagster.Failure(allow_retries=False)`); the run fails with the
+  last call's error. Errors the library itself raises about a step (a value of the wrong type, configuration,
+  budgets) are never retried; they are not modelled here, as the generated steps never cause them. `Attempts`
+  counts, per step name, the calls and the failed calls that were tried again.
 - `Group`: its steps in order. `Loop`: the body, then `until` over the keys it names; exits when it is true;
   after `max_iterations` iterations, exhaustion fails (`on_exhausted="fail"`) or goes on with the last
   iteration's keys. `Branch`: the case whose value equals key `on` (or what the selector returns), else the
@@ -27,14 +32,16 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections import Counter
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
 from flujo_dagster.dsl import AgentStep, Branch, FunctionStep, Group, Loop, Map, Parallel, Pipeline, Step
 
-__all__ = ["ControlFailure", "RunFails", "StepFailure", "evaluate", "keys_of", "run_steps"]
+__all__ = ["Attempts", "ControlFailure", "RunFails", "StepFailure", "evaluate", "keys_of", "run_steps"]
 
 State = MutableMapping[str, object]
 
@@ -53,7 +60,15 @@ class ControlFailure(RunFails):
 
 
 class StepFailure(RunFails):
-    """A step's own function raised."""
+    """A step's own function raised (on its last attempt)."""
+
+
+@dataclass
+class Attempts:
+    """Per step name: how often its function was called, and how many of the failed calls were tried again."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    retried: Counter[str] = field(default_factory=Counter)
 
 
 def _parameters(fn: Callable[..., object]) -> tuple[str, ...]:
@@ -93,12 +108,23 @@ def _typed(fields: Mapping[str, Any], key: str, value: object) -> object:
     return TypeAdapter(fields[key].annotation).validate_python(value)
 
 
-def _function(step: FunctionStep, state: State, fields: Mapping[str, Any]) -> set[str]:
+def _call(step: FunctionStep, values: Mapping[str, object], attempts: Attempts) -> object:
+    """Call the step's function until it returns, it is out of retries, or its error refuses a retry."""
+    tries = max(step.retry.max_retries, 0) + 1
+    for number in range(1, tries + 1):
+        attempts.calls[step.name] += 1
+        try:
+            return step.fn(**values)
+        except Exception as exc:
+            if number == tries or getattr(exc, "allow_retries", True) is False:
+                raise StepFailure((step.name,), f"{type(exc).__name__}: {exc}") from exc
+            attempts.retried[step.name] += 1
+    raise AssertionError("unreachable")
+
+
+def _function(step: FunctionStep, state: State, fields: Mapping[str, Any], attempts: Attempts) -> set[str]:
     reads, writes, split = keys_of(step, fields)
-    try:
-        result = step.fn(**{k: state[k] for k in reads})
-    except Exception as exc:
-        raise StepFailure((step.name,), f"{type(exc).__name__}: {exc}") from exc
+    result = _call(step, {k: state[k] for k in reads}, attempts)
     if inspect.isawaitable(result):
         raise TypeError(f"reference: async steps are not supported (step {step.name!r})")
     for key in writes:
@@ -112,10 +138,10 @@ def _function(step: FunctionStep, state: State, fields: Mapping[str, Any]) -> se
     return set(writes)
 
 
-def _loop(loop: Loop, state: State, fields: Mapping[str, Any]) -> set[str]:
+def _loop(loop: Loop, state: State, fields: Mapping[str, Any], attempts: Attempts) -> set[str]:
     written: set[str] = set()
     for _ in range(max(loop.max_iterations, 1)):
-        written |= run_steps(loop.body, state, fields)
+        written |= run_steps(loop.body, state, fields, attempts)
         if loop.until(**{k: state[k] for k in _parameters(loop.until)}):
             return written
     if loop.on_exhausted == "fail":
@@ -123,19 +149,19 @@ def _loop(loop: Loop, state: State, fields: Mapping[str, Any]) -> set[str]:
     return written
 
 
-def _branch(branch: Branch, state: State, fields: Mapping[str, Any]) -> set[str]:
+def _branch(branch: Branch, state: State, fields: Mapping[str, Any], attempts: Attempts) -> set[str]:
     if isinstance(branch.on, str):
         value: object = state[branch.on]
     else:
         value = branch.on(**{k: state[k] for k in _parameters(branch.on)})
     if value in branch.cases:
-        return run_steps(branch.cases[value], state, fields)
+        return run_steps(branch.cases[value], state, fields, attempts)
     if branch.default is not None:
-        return run_steps(branch.default, state, fields)
+        return run_steps(branch.default, state, fields, attempts)
     raise ControlFailure((branch.name,), f"no case for {value!r}")
 
 
-def _parallel(parallel: Parallel, state: State, fields: Mapping[str, Any]) -> set[str]:
+def _parallel(parallel: Parallel, state: State, fields: Mapping[str, Any], attempts: Attempts) -> set[str]:
     before = dict(state)
     merged: dict[str, object] = {}
     writer: dict[str, str] = {}
@@ -143,7 +169,7 @@ def _parallel(parallel: Parallel, state: State, fields: Mapping[str, Any]) -> se
     for label, steps in parallel.branches.items():  # every branch finishes, even when another one failed
         local = dict(before)
         try:
-            wrote = run_steps(steps, local, fields)
+            wrote = run_steps(steps, local, fields, attempts)
         except StepFailure as exc:
             if parallel.on_branch_failure == "fail":
                 failures.append(exc)
@@ -170,7 +196,7 @@ def _raise_any(failures: Sequence[RunFails]) -> None:
     raise kind(nodes, "; ".join(str(f) for f in failures))
 
 
-def _map(node: Map, state: State, fields: Mapping[str, Any]) -> set[str]:
+def _map(node: Map, state: State, fields: Mapping[str, Any], attempts: Attempts) -> set[str]:
     results: list[object] = []
     elements = state[node.over]
     assert isinstance(elements, list), f"reference: Map {node.name!r} over a non-list {elements!r}"
@@ -179,7 +205,7 @@ def _map(node: Map, state: State, fields: Mapping[str, Any]) -> set[str]:
         local = dict(state)
         local[node.item] = element
         try:
-            run_steps(node.body, local, fields)
+            run_steps(node.body, local, fields, attempts)
         except RunFails as exc:
             failures.append(exc)
             continue
@@ -189,22 +215,22 @@ def _map(node: Map, state: State, fields: Mapping[str, Any]) -> set[str]:
     return {node.into}
 
 
-def run_steps(steps: Sequence[Step], state: State, fields: Mapping[str, Any]) -> set[str]:
-    """Run `steps` in order on `state`; return the keys they wrote."""
+def run_steps(steps: Sequence[Step], state: State, fields: Mapping[str, Any], attempts: Attempts) -> set[str]:
+    """Run `steps` in order on `state`, counting calls in `attempts`; return the keys they wrote."""
     written: set[str] = set()
     for step in steps:
         if isinstance(step, FunctionStep):
-            written |= _function(step, state, fields)
+            written |= _function(step, state, fields, attempts)
         elif isinstance(step, Loop):
-            written |= _loop(step, state, fields)
+            written |= _loop(step, state, fields, attempts)
         elif isinstance(step, Branch):
-            written |= _branch(step, state, fields)
+            written |= _branch(step, state, fields, attempts)
         elif isinstance(step, Parallel):
-            written |= _parallel(step, state, fields)
+            written |= _parallel(step, state, fields, attempts)
         elif isinstance(step, Map):
-            written |= _map(step, state, fields)
+            written |= _map(step, state, fields, attempts)
         elif isinstance(step, Group):
-            written |= run_steps(step.steps, state, fields)
+            written |= run_steps(step.steps, state, fields, attempts)
         elif isinstance(step, AgentStep):
             raise TypeError(f"reference: agent steps are not supported (step {step.name!r})")
         else:
@@ -212,8 +238,9 @@ def run_steps(steps: Sequence[Step], state: State, fields: Mapping[str, Any]) ->
     return written
 
 
-def evaluate(pipeline: Pipeline, inputs: Mapping[str, object]) -> BaseModel:
-    """The final context of running `pipeline` on `inputs`; raises `RunFails` when the run must fail."""
+def evaluate(pipeline: Pipeline, inputs: Mapping[str, object], attempts: Attempts | None = None) -> BaseModel:
+    """The final context of running `pipeline` on `inputs`; raises `RunFails` when the run must fail. Counts
+    the calls of every step in `attempts` (also when the run fails)."""
     fields = pipeline.context.model_fields
     unknown = set(inputs) - set(fields)
     assert not unknown, f"reference: unknown inputs {sorted(unknown)}"
@@ -223,5 +250,5 @@ def evaluate(pipeline: Pipeline, inputs: Mapping[str, object]) -> BaseModel:
             state[key] = _typed(fields, key, inputs[key])
         elif not info.is_required():
             state[key] = info.get_default(call_default_factory=True)
-    run_steps(pipeline.steps, state, fields)
+    run_steps(pipeline.steps, state, fields, attempts if attempts is not None else Attempts())
     return pipeline.context.model_validate(state)

@@ -25,7 +25,8 @@ __all__ = [
 class Retry:
     """How often a failed step is tried again, and how long to wait between tries.
 
-    Maps to Dagster's `RetryPolicy`. `max_retries=0` (the default) means one attempt only.
+    Applied inside the step's op, expanded or inline alike; errors that another attempt cannot fix are never
+    retried (docs/control-flow.md, "Retries"). `max_retries=0` (the default) means one attempt only.
     """
 
     max_retries: int = 0

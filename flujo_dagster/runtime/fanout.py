@@ -1,6 +1,7 @@
 """The interpreter's concurrent nodes: a Parallel's branches and a Map's items, each run on its own copy of
-the state and awaited together. A branch's or item's own error is decided on once all have finished; our
-errors (`FlujoDagsterError`) are never ignored."""
+the state and awaited together. A branch's or item's own error is decided on once all have finished (a nested
+Parallel's or Map's `ParallelBranchError` is one: it only wraps steps' own errors); our other errors
+(`FlujoDagsterError`: control flow, configuration, budgets) are never ignored."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ class _Outcomes(Generic[K]):
         """Await `work()`; False when it failed (its error is kept)."""
         try:
             await work()
+        except ParallelBranchError as exc:  # steps' own errors, in a nested Parallel or Map
+            self.own[key] = exc
+            return False
         except FlujoDagsterError as exc:  # never ignored: raised once every run has finished
             self.ours.append(exc)
             return False
