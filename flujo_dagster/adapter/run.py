@@ -7,18 +7,17 @@ import os
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic
 
 import anyio.to_thread
 from dagster import DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
-from pydantic import BaseModel
 
 from flujo_dagster.adapter.compile.compiler import CompiledPipeline
 from flujo_dagster.adapter.compile.definitions import compile_all
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.control.costs import AgentCallSummary, agent_calls
 from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager, StoredKey
-from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.dsl.pipeline import Ctx, Pipeline
 from flujo_dagster.errors import ConfigurationError, FlujoDagsterError
 from flujo_dagster.names import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, IO_MANAGER_KEY, step_key
 from flujo_dagster.pricing.prices import Price
@@ -30,37 +29,43 @@ __all__ = ["PipelineRun", "arun_pipeline", "inputs_run_config", "load_final_cont
 
 
 @dataclass(frozen=True, kw_only=True)
-class PipelineRun:
-    """The outcome of one run: its id, whether it succeeded, the final typed context, and the failure."""
+class PipelineRun(Generic[Ctx]):
+    """The outcome of one run: its id, whether it succeeded, the final context (typed as the pipeline's context
+    model), and the failure. `final_context` is None when the run failed; `context` raises then."""
 
     run_id: str
     success: bool
-    context: BaseModel | None
+    final_context: Ctx | None
     error: str | None = None
     agent_calls: tuple[AgentCallSummary, ...] = ()
 
-    def raise_for_failure(self) -> BaseModel:
+    @property
+    def context(self) -> Ctx:
+        """The final context; `FlujoDagsterError` naming the run and what failed when it failed."""
+        return self.raise_for_failure()
+
+    def raise_for_failure(self) -> Ctx:
         """The final context, or `FlujoDagsterError` naming the run and what failed."""
-        if not self.success or self.context is None:
+        if not self.success or self.final_context is None:
             raise FlujoDagsterError(f"run {self.run_id} failed: {self.error}")
-        return self.context
+        return self.final_context
 
 
-def inputs_run_config(compiled: CompiledPipeline, inputs: Mapping[str, object]) -> dict[str, Any]:
+def inputs_run_config(compiled: CompiledPipeline, inputs: Mapping[str, object]) -> dict[str, object]:
     """The run config that hands `inputs` (JSON values) to the pipeline's first op."""
-    config: dict[str, Any] = {"config": {"inputs": dict(inputs)}}
+    config: dict[str, object] = {"config": {"inputs": dict(inputs)}}
     for part in reversed(compiled.inputs_step_key.split(".")):
         config = {"ops": {part: config}}
     return config
 
 
 def load_final_context(
-    pipeline: Pipeline,
+    pipeline: Pipeline[Ctx],
     run_id: str,
     *,
     instance: DagsterInstance,
     io_manager: PydanticJsonIOManager | None = None,
-) -> BaseModel:
+) -> Ctx:
     """The validated final context that run `run_id` of `pipeline` stored (any executor, any launcher).
 
     Raises `StorageError` naming the run and file when the run did not finish its `flujo_context` step.
@@ -69,7 +74,7 @@ def load_final_context(
     root = io.root(instance.storage_directory())
     path = io.output_path(root, run_id, step_key(pipeline.name, bool(pipeline.assets), CONTEXT_OP), CONTEXT_OUTPUT)
     value = io.read(path, StoredKey(CONTEXT_KEY, pipeline.context), where=f"run {run_id}")
-    assert isinstance(value, BaseModel)
+    assert isinstance(value, pipeline.context)  # `read` validated it as the context model
     return value
 
 
@@ -91,7 +96,7 @@ def _failure(result: ExecuteInProcessResult) -> str | None:
 
 
 def run_pipeline(
-    pipeline: Pipeline,
+    pipeline: Pipeline[Ctx],
     inputs: Mapping[str, object] | None = None,
     *,
     resources: Mapping[str, object] | None = None,
@@ -102,7 +107,7 @@ def run_pipeline(
     prices: Mapping[str, Price] | None = None,
     strict_pricing: bool = True,
     partition_key: str | None = None,
-) -> PipelineRun:
+) -> PipelineRun[Ctx]:
     """Validate the pipeline and its inputs, run it in process on `instance`, and return the typed result.
 
     Bad inputs raise pydantic's `ValidationError` before anything runs. Without `instance`, uses the
@@ -146,7 +151,7 @@ def run_pipeline(
                 partition_key=partition_key,
             )
         )
-        context = None
+        context: Ctx | None = None
         if result.success:
             io = chosen[IO_MANAGER_KEY]
             if not isinstance(io, PydanticJsonIOManager):
@@ -159,14 +164,14 @@ def run_pipeline(
         return PipelineRun(
             run_id=result.run_id,
             success=result.success,
-            context=context,
+            final_context=context,
             error=_failure(result),
             agent_calls=agent_calls(result.all_events),
         )
 
 
 async def arun_pipeline(
-    pipeline: Pipeline,
+    pipeline: Pipeline[Ctx],
     inputs: Mapping[str, object] | None = None,
     *,
     resources: Mapping[str, object] | None = None,
@@ -177,7 +182,7 @@ async def arun_pipeline(
     prices: Mapping[str, Price] | None = None,
     strict_pricing: bool = True,
     partition_key: str | None = None,
-) -> PipelineRun:
+) -> PipelineRun[Ctx]:
     """`run_pipeline` for async code: the run happens in anyio's worker thread."""
     call = functools.partial(
         run_pipeline,

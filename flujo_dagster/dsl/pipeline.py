@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Generic
 
 from pydantic import BaseModel
-from pydantic.fields import FieldInfo
+from typing_extensions import TypeVar
 
 from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.dsl.checks import Check
@@ -17,25 +17,32 @@ from flujo_dagster.dsl.schedules import Partitions, Schedule
 from flujo_dagster.dsl.steps import Step, StepsLike, as_steps
 from flujo_dagster.errors import ConfigurationError
 
-__all__ = ["Pipeline"]
+__all__ = ["Ctx", "Pipeline"]
+
+Ctx = TypeVar("Ctx", bound=BaseModel, covariant=True, default=BaseModel)
+"""A pipeline's context model, inferred from `Pipeline(..., context=MyModel)`. A bare `Pipeline` annotation
+means `Pipeline[BaseModel]`, which every pipeline is."""
 
 
-def _annotation(info: FieldInfo) -> object:
-    if not info.metadata:
-        return info.annotation
-    return Annotated.__class_getitem__((info.annotation, *info.metadata))  # type: ignore[attr-defined]
+def _check_context(name: str, context: object) -> None:
+    if not (isinstance(context, type) and issubclass(context, BaseModel)):
+        raise ConfigurationError(
+            f"Pipeline {name!r}: context must be a pydantic BaseModel subclass, got {context!r}. "
+            "Declare the keys as fields of a model and pass the class."
+        )
 
 
 @dataclass(frozen=True, init=False)
-class Pipeline:
+class Pipeline(Generic[Ctx]):
     """A pipeline: a name, a context model whose fields are the keys, steps, and the keys kept as assets.
 
     Fields without a default that no step writes are the run's inputs. `pipeline >> step` gives a new
-    pipeline; so does `pipeline >> other_pipeline` when both use the same context model.
+    pipeline; so does `pipeline >> other_pipeline` when both use the same context model. Generic over the
+    context model (`Pipeline[MyModel]`, inferred), so a run's final context is typed as `MyModel`.
     """
 
     name: str
-    context: type[BaseModel]
+    context: type[Ctx]
     steps: tuple[Step, ...]
     assets: tuple[str, ...] = field(default=())
     description: str | None = None
@@ -48,7 +55,7 @@ class Pipeline:
         self,
         name: str,
         *,
-        context: type[BaseModel],
+        context: type[Ctx],
         steps: StepsLike,
         assets: Iterable[str] = (),
         description: str | None = None,
@@ -57,48 +64,16 @@ class Pipeline:
         partitions: Partitions | None = None,
         checks: Iterable[Check] = (),
     ) -> None:
-        if not (isinstance(context, type) and issubclass(context, BaseModel)):
-            raise ConfigurationError(
-                f"Pipeline {name!r}: context must be a pydantic BaseModel subclass, got {context!r}. "
-                "Declare the keys as fields of a model and pass the class."
-            )
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "context", context)
-        object.__setattr__(self, "steps", as_steps(steps))
-        object.__setattr__(self, "assets", tuple(assets))
-        object.__setattr__(self, "description", description)
-        object.__setattr__(self, "budget", budget)
-        object.__setattr__(self, "schedule", schedule)
-        object.__setattr__(self, "partitions", partitions)
-        object.__setattr__(self, "checks", tuple(checks))
-        object.__setattr__(self, "_fields", {n: _annotation(i) for n, i in context.model_fields.items()})
-        object.__setattr__(self, "_initial", None)
+        _check_context(name, context)
+        values = {"name": name, "context": context, "steps": as_steps(steps), "assets": tuple(assets)}
+        values |= {"description": description, "budget": budget, "schedule": schedule, "partitions": partitions}
+        values |= {"checks": tuple(checks), "_initial": None}
+        values["_fields"] = {n: info.rebuild_annotation() for n, info in context.model_fields.items()}
+        for attribute, value in values.items():
+            object.__setattr__(self, attribute, value)
 
-    def __rshift__(self, other: StepsLike | Pipeline) -> Pipeline:
-        if isinstance(other, Pipeline):
-            if other.context is not self.context:
-                raise ConfigurationError(
-                    f"Cannot compose pipeline {self.name!r} (context {self.context.__name__}) with pipeline "
-                    f"{other.name!r} (context {other.context.__name__}): both must use the same context model."
-                )
-            added: tuple[Step, ...] = other.steps
-            assets = (*self.assets, *(a for a in other.assets if a not in self.assets))
-            checks = (*self.checks, *(c for c in other.checks if c not in self.checks))
-        else:
-            added = as_steps(other)
-            assets = self.assets
-            checks = self.checks
-        return Pipeline(
-            self.name,
-            context=self.context,
-            steps=(*self.steps, *added),
-            assets=assets,
-            description=self.description,
-            budget=self.budget,
-            schedule=self.schedule,
-            partitions=self.partitions,
-            checks=checks,
-        )
+    def __rshift__(self, other: StepsLike | Pipeline) -> Pipeline[Ctx]:
+        return _composed(self, other)
 
     def __iter__(self) -> Iterator[Step]:
         return iter(self.steps)
@@ -135,3 +110,30 @@ class Pipeline:
             initial = tuple(k for k in self.context.model_fields if k in inputs or self.has_default(k))
             object.__setattr__(self, "_initial", initial)
         return initial
+
+
+def _composed(first: Pipeline[Ctx], other: StepsLike | Pipeline) -> Pipeline[Ctx]:
+    """`first >> other`: `other`'s steps appended; a pipeline's assets and checks too (same context model)."""
+    assets, checks = first.assets, first.checks
+    if isinstance(other, Pipeline):
+        if other.context is not first.context:
+            raise ConfigurationError(
+                f"Cannot compose pipeline {first.name!r} (context {first.context.__name__}) with pipeline "
+                f"{other.name!r} (context {other.context.__name__}): both must use the same context model."
+            )
+        added: tuple[Step, ...] = other.steps
+        assets = (*assets, *(a for a in other.assets if a not in assets))
+        checks = (*checks, *(c for c in other.checks if c not in checks))
+    else:
+        added = as_steps(other)
+    return Pipeline(
+        first.name,
+        context=first.context,
+        steps=(*first.steps, *added),
+        assets=assets,
+        description=first.description,
+        budget=first.budget,
+        schedule=first.schedule,
+        partitions=first.partitions,
+        checks=checks,
+    )
