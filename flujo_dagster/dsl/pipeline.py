@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Generic
 
 from pydantic import BaseModel
-from typing_extensions import TypeVar
+from typing_extensions import TypeForm, TypeVar
 
 from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.dsl.checks import Check
@@ -79,10 +79,10 @@ class Pipeline(Generic[Ctx]):
         return iter(self.steps)
 
     @property
-    def fields(self) -> dict[str, object]:
+    def fields(self) -> dict[str, TypeForm[object]]:
         """The context's keys and their annotations (with the field's constraints, e.g. `Field(gt=0)`, kept as
         `Annotated` metadata so that stored values are checked against them too)."""
-        fields: dict[str, object] = self.__dict__["_fields"]
+        fields: dict[str, TypeForm[object]] = self.__dict__["_fields"]
         return fields
 
     def keys_of(self, step: Step) -> StepKeys:

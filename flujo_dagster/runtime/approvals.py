@@ -1,6 +1,10 @@
 """Approval decisions, Dagster-free: the payload hash a decision is bound to, the request a parked gate records,
 the decision records kept in run tags, their signatures, and the tally that says whether a gate is approved,
-rejected, timed out or still waiting (and why each record that does not count is ignored)."""
+rejected, timed out or still waiting (and why each record that does not count is ignored).
+
+The policy, request and decision are frozen pydantic models: read from their tags with `model_validate_json` and
+written with `model_dump_json`. Signatures (HMAC) are computed from their own canonical JSON, not from the tags.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,26 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from functools import partial
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticSerializationError
 
 from flujo_dagster.dsl.approval import Approval, OnTimeout
+from flujo_dagster.errors import ApprovalError
 from flujo_dagster.names import DECISION_PREFIX
 
 __all__ = [
@@ -25,6 +42,7 @@ __all__ = [
     "Policy",
     "Request",
     "check_decision",
+    "decision_record",
     "decision_tags",
     "parse_decision",
     "payload_hash",
@@ -38,9 +56,19 @@ TIMEOUT_BY = "flujo (timeout)"
 """Who a decision made by a gate's deadline is recorded as."""
 
 Verdict = Literal["approve", "reject"]
+Stage = Literal["open", "escalated", "timed_out"]
+_RECORD = ConfigDict(frozen=True, extra="ignore", ser_json_inf_nan="constants")
+"""Records in tags: fields they do not know are ignored; NaN and infinities are kept (as in `payload_hash`)."""
+_FROM_TAG = {"from_tag": True}
+"""Validation context of a decision read from a tag: a record without a time has none (not the time it is read)."""
 
 
-def payload_hash(shown: Mapping[str, Any]) -> str:
+def _canonical(value: object) -> bytes:
+    """The JSON that payload hashes and signatures are computed over: keys sorted, no spaces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def payload_hash(shown: Mapping[str, object]) -> str:
     """SHA-256 of the shown keys' JSON values (keys sorted): a decision counts only for exactly this content."""
     text = json.dumps(shown, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -58,10 +86,28 @@ def _time(text: str) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Policy:
+def _problems(exc: ValidationError) -> str:
+    """What is wrong with a record, one clause per problem (a bad input shown cut short)."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        if error["type"] == "json_invalid":
+            problems.append(f"not JSON ({error['ctx']['error']})")
+        elif error["type"] == "model_type":
+            problems.append("not a JSON object")
+        elif error["type"] == "missing":
+            problems.append(f"{'.'.join(map(str, error['loc']))}: missing")
+        else:
+            shown = repr(error["input"])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            problems.append(f"{'.'.join(map(str, error['loc']))}: {error['msg'].lower()}, got {shown}")
+    return "; ".join(problems)
+
+
+class Policy(BaseModel):
     """Who may decide on a gate, how many approvals it needs, its deadline and whether decisions must be signed:
     recorded with the request, so the gate, the sensor and the CLI apply the same rules."""
+
+    model_config = _RECORD
 
     approvers: tuple[str, ...] | None = None
     quorum: int = 1
@@ -84,23 +130,6 @@ class Policy:
             signed=signed,
         )
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Policy:
-        """The policy recorded in a request (a field that does not parse keeps its default: the gate, which
-        knows its own policy, decides anyway)."""
-        approvers, escalate_to = data.get("approvers"), data.get("escalate_to")
-        on_timeout = data.get("on_timeout", "reject")
-        quorum, timeout_s = data.get("quorum", 1), data.get("timeout_s")
-        return cls(
-            approvers=tuple(str(a) for a in approvers) if isinstance(approvers, list) else None,
-            quorum=quorum if isinstance(quorum, int) else 1,
-            requester_may_approve=data.get("requester_may_approve") is True,
-            timeout_s=float(timeout_s) if isinstance(timeout_s, int | float) else None,
-            on_timeout=on_timeout if on_timeout in ("reject", "approve", "escalate") else "reject",
-            escalate_to=tuple(str(a) for a in escalate_to) if isinstance(escalate_to, list) else (),
-            signed=data.get("signed") is True,
-        )
-
     def who(self, *, escalated: bool) -> str:
         """Who may decide, for a message."""
         allowed = self.allowed(escalated=escalated)
@@ -114,68 +143,63 @@ class Policy:
         return (*self.approvers, *self.escalate_to) if escalated else self.approvers
 
 
-@dataclass(frozen=True, kw_only=True)
-class Request:
+class Request(BaseModel):
     """What a parked gate waits for: its step path, the payload hash of what it shows, its policy, and when it
-    first asked (for this content; the deadline runs from then)."""
+    first asked (for this content; the deadline runs from then). In its tag the policy's fields sit beside the
+    request's own, and `mac` only when sealed."""
+
+    model_config = _RECORD
 
     path: str
     payload_hash: str
     show: tuple[str, ...]
     policy: Policy
-    requested_at: str = field(default_factory=_now)
+    requested_at: str = Field(default_factory=_now)
     preview: str = ""
     editable: tuple[str, ...] = ()
     mac: str = ""
 
-    def _data(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "payload_hash": self.payload_hash,
-            "show": list(self.show),
-            "requested_at": self.requested_at,
-            "preview": self.preview,
-            "editable": list(self.editable),
-            **asdict(self.policy),
-        }
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_policy(cls, data: object) -> object:
+        """A tag's flat record: its policy fields become `policy`."""
+        if not isinstance(data, dict) or "policy" in data:
+            return data
+        policy = {k: v for k, v in data.items() if k in Policy.model_fields}
+        return {**{k: v for k, v in data.items() if k not in Policy.model_fields}, "policy": policy}
+
+    @model_serializer(mode="wrap")
+    def _flatten_policy(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        policy = data.pop("policy", None)
+        if not data.get("mac", True):
+            del data["mac"]
+        return {**data, **(policy if isinstance(policy, dict) else {})}
 
     def to_tag(self) -> str:
         """The request as the JSON stored in the request tag."""
-        data = {**self._data(), **({"mac": self.mac} if self.mac else {})}
-        return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-    def _digest(self, secret: str, *, root: str, gate: str) -> str:
-        text = json.dumps([root, gate, self._data()], sort_keys=True, separators=(",", ":")).encode()
-        return hmac.new(secret.encode(), text, hashlib.sha256).hexdigest()
-
-    def sealed(self, secret: str, *, root: str, gate: str) -> Request:
-        """The request with an HMAC made with `secret` for this run chain and gate, so that its time (the
-        deadline) can be neither moved nor copied from another run by someone who does not hold the secret."""
-        return replace(self, mac=self._digest(secret, root=root, gate=gate))
-
-    def intact(self, secret: str, *, root: str, gate: str) -> bool:
-        """Whether the request's HMAC matches (made for this run chain and gate by a gate holding `secret`)."""
-        return bool(self.mac) and _same(self.mac, self._digest(secret, root=root, gate=gate))
+        return self.model_dump_json()
 
     @classmethod
     def from_tag(cls, raw: str, *, gate: str) -> Request:
         """The request recorded in tag value `raw` for `gate` (an unreadable one is treated as just made)."""
         try:
-            data = json.loads(raw)
-        except json.JSONDecodeError:
-            data = {}
-        if not isinstance(data, dict):
-            data = {}
-        return cls(
-            path=str(data.get("path", gate)),
-            payload_hash=str(data.get("payload_hash", "")),
-            show=tuple(data.get("show") or ()),
-            policy=Policy.from_json(data),
-            requested_at=str(data.get("requested_at") or _now()),
-            preview=str(data.get("preview") or ""),
-            editable=tuple(str(k) for k in data.get("editable") or () if isinstance(data.get("editable"), list)),
-            mac=str(data.get("mac") or ""),
-        )
+            return cls.model_validate_json(raw)
+        except ValidationError:
+            return cls(path=gate, payload_hash="", show=(), policy=Policy())
+
+    def _digest(self, secret: str, *, root: str, gate: str) -> str:
+        text = _canonical([root, gate, self.model_dump(exclude={"mac"})])
+        return hmac.new(secret.encode(), text, hashlib.sha256).hexdigest()
+
+    def sealed(self, secret: str, *, root: str, gate: str) -> Request:
+        """The request with an HMAC made with `secret` for this run chain and gate, so that its time (the
+        deadline) can be neither moved nor copied from another run by someone who does not hold the secret."""
+        return self.model_copy(update={"mac": self._digest(secret, root=root, gate=gate)})
+
+    def intact(self, secret: str, *, root: str, gate: str) -> bool:
+        """Whether the request's HMAC matches (made for this run chain and gate by a gate holding `secret`)."""
+        return bool(self.mac) and _same(self.mac, self._digest(secret, root=root, gate=gate))
 
     def deadlines(self) -> tuple[datetime, datetime] | None:
         """When the gate times out, and (escalating gates) when the escalation times out; None: no deadline."""
@@ -185,7 +209,7 @@ class Request:
         timeout = timedelta(seconds=self.policy.timeout_s)
         return start + timeout, start + 2 * timeout
 
-    def stage(self, now: datetime) -> Literal["open", "escalated", "timed_out"]:
+    def stage(self, now: datetime) -> Stage:
         """Where the gate's deadline stands at `now`."""
         deadlines = self.deadlines()
         if deadlines is None or now < deadlines[0]:
@@ -195,24 +219,33 @@ class Request:
         return "timed_out"
 
 
-@dataclass(frozen=True, kw_only=True)
-class Decision:
-    """A reviewer's decision on one gate, bound to the payload hash they saw (and, signed, to the run chain)."""
+class Decision(BaseModel):
+    """A reviewer's decision on one gate, bound to the payload hash they saw (and, signed, to the run chain).
+
+    `values` holds the edited values: JSON values in a record, the keys' own types once the gate checked them.
+    """
+
+    model_config = _RECORD
 
     verdict: Verdict
-    by: str
+    by: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
     payload_hash: str
     comment: str = ""
-    values: dict[str, Any] = field(default_factory=dict)
-    at: str = field(default_factory=_now)
+    values: dict[str, object] = Field(default_factory=dict)
+    at: str = Field(default_factory=_now)
     signature: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _record_defaults(cls, data: object, info: ValidationInfo) -> object:
+        """In a record read from a tag, a null field is an absent one, and an absent time is empty."""
+        if not (isinstance(data, dict) and info.context == _FROM_TAG):
+            return data
+        return {"at": "", **{k: v for k, v in data.items() if v is not None}}
 
     def to_tag(self) -> str:
         """The record as the JSON stored in the decision tag."""
-        data = asdict(self)
-        if not self.signature:
-            del data["signature"]
-        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return self.model_dump_json(exclude={"signature"} if not self.signature else None)
 
 
 def _same(given: str, expected: str) -> bool:
@@ -222,47 +255,81 @@ def _same(given: str, expected: str) -> bool:
 
 def _signed_text(decision: Decision, *, root: str, gate: str) -> bytes:
     fields = [root, gate, decision.payload_hash, decision.verdict, decision.values, decision.by, decision.at]
-    return json.dumps([*fields, decision.comment], sort_keys=True, separators=(",", ":")).encode()
+    return _canonical([*fields, decision.comment])
 
 
 def sign(decision: Decision, *, secret: str, root: str, gate: str) -> Decision:
     """`decision` with its HMAC-SHA256 over (run chain, gate, payload hash, verdict and edits, reviewer, time,
     comment) made with `secret`."""
     text = _signed_text(decision, root=root, gate=gate)
-    return replace(decision, signature=hmac.new(secret.encode(), text, hashlib.sha256).hexdigest())
+    return decision.model_copy(update={"signature": hmac.new(secret.encode(), text, hashlib.sha256).hexdigest()})
+
+
+def decision_record(
+    *,
+    verdict: str,
+    by: str,
+    payload_hash: str,
+    comment: str = "",
+    values: Mapping[str, object] | None = None,
+    at: str | None = None,
+    signature: str = "",
+) -> Decision:
+    """A new decision record (made now unless `at` is given) that its tag can hold; `ApprovalError` says what is
+    wrong with the fields."""
+    fields: dict[str, object] = {"verdict": verdict, "by": by, "payload_hash": payload_hash, "comment": comment}
+    fields |= {"values": dict(values or {}), "at": at or _now(), "signature": signature}
+    try:
+        decision = Decision.model_validate(fields)
+        decision.to_tag()
+    except ValidationError as exc:
+        raise ApprovalError(f"malformed decision: {_problems(exc)}") from None
+    except PydanticSerializationError as exc:
+        raise ApprovalError(f"its edited values cannot be written as JSON: {exc}") from None
+    return decision
 
 
 def parse_decision(raw: str) -> Decision | str:
     """The decision record in tag value `raw`, or what is wrong with it."""
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return f"not JSON ({exc.msg} at {exc.pos})"
-    if not isinstance(data, dict):
-        return "not a JSON object"
-    verdict, by, digest = data.get("verdict"), data.get("by"), data.get("payload_hash")
-    if verdict not in ("approve", "reject"):
-        return f"verdict must be 'approve' or 'reject', got {verdict!r}"
-    if not isinstance(by, str) or not by.strip():
-        return "no reviewer name ('by')"
-    if not isinstance(digest, str):
-        return "no payload_hash"
-    values = data.get("values") or {}
-    if not isinstance(values, dict):
-        return "values must be a JSON object"
-    return Decision(
-        verdict=verdict,
-        by=by.strip(),
-        payload_hash=digest,
-        comment=str(data.get("comment") or ""),
-        values=values,
-        at=str(data.get("at") or ""),
-        signature=str(data.get("signature") or ""),
-    )
+        return Decision.model_validate_json(raw, context=_FROM_TAG)
+    except ValidationError as exc:
+        return _problems(exc)
 
 
 Edit = Callable[[Decision], "Decision | str"]
 """Validates a decision's edited values (the gate's decision model and key types): the typed decision or why not."""
+
+
+def _signature_problem(decision: Decision, secret: str | None, *, root: str, gate: str) -> str | None:
+    """Why the signature of `decision` does not count where signed decisions are required, or None."""
+    if secret is None:
+        return f"signed decisions are required, but {SECRET_ENV} is not set where the gate runs"
+    if not decision.signature:
+        return "it is not signed, and this deployment requires signed decisions"
+    if not _same(decision.signature, sign(decision, secret=secret, root=root, gate=gate).signature):
+        return "its signature does not match (wrong secret, or a record changed or made for another run or gate)"
+    return None
+
+
+def _edits_checked(
+    decision: Decision, request: Request, decision_model: type[BaseModel] | None, *, validate_edits: bool
+) -> Decision | str:
+    """`decision` with its edits validated by the decision model (or, without it, only among the editable keys)."""
+    if not decision.values:
+        return decision
+    if not validate_edits:  # what can be told without the decision model
+        refused = sorted(set(decision.values) - set(request.editable))
+        if refused:
+            return f"it edits {refused}, which reviewers may not edit here (editable: {list(request.editable)})"
+        return decision
+    if decision_model is None:
+        return "it edits values, but the gate has no decision model"
+    try:
+        edited = decision_model.model_validate(decision.values)
+    except ValidationError as exc:
+        return f"its edited values do not validate: {exc.errors(include_url=False)}"
+    return decision.model_copy(update={"values": edited.model_dump(mode="python", exclude_unset=True)})
 
 
 def check_decision(
@@ -295,33 +362,17 @@ def check_decision(
             f"{request.payload_hash[:12]}... (the shown values changed since)"
         )
     if request.policy.signed and verify_signature:
-        if secret is None:
-            return f"signed decisions are required, but {SECRET_ENV} is not set where the gate runs"
-        if not parsed.signature:
-            return "it is not signed, and this deployment requires signed decisions"
-        expected = sign(parsed, secret=secret, root=root, gate=gate).signature
-        if not _same(parsed.signature, expected):
-            return "its signature does not match (wrong secret, or a record changed or made for another run or gate)"
+        problem = _signature_problem(parsed, secret, root=root, gate=gate)
+        if problem is not None:
+            return problem
     allowed = request.policy.allowed(escalated=escalated)
     if allowed is not None and parsed.by not in allowed:
         return f"{parsed.by!r} may not decide here (approvers: {', '.join(allowed)})"
     if not request.policy.requester_may_approve and requester is not None and parsed.by == requester:
         return f"{parsed.by!r} launched the run and may not decide on it (requester_may_approve=False)"
     if parsed.verdict == "reject":
-        return replace(parsed, values={})  # a rejection edits nothing
-    if parsed.values and not validate_edits:  # what can be told without the decision model
-        refused = sorted(set(parsed.values) - set(request.editable))
-        if refused:
-            return f"it edits {refused}, which reviewers may not edit here (editable: {list(request.editable)})"
-    if parsed.values and validate_edits:
-        if decision_model is None:
-            return "it edits values, but the gate has no decision model"
-        try:
-            edited = decision_model.model_validate(parsed.values)
-        except ValidationError as exc:
-            return f"its edited values do not validate: {exc.errors(include_url=False)}"
-        return replace(parsed, values=edited.model_dump(mode="python", exclude_unset=True))
-    return parsed
+        return parsed.model_copy(update={"values": {}})  # a rejection edits nothing
+    return _edits_checked(parsed, request, decision_model, validate_edits=validate_edits)
 
 
 def decision_tags(tags: Mapping[str, str], gate: str) -> dict[str, str]:
@@ -339,8 +390,75 @@ class Outcome:
     decision: Decision | None
     counted: tuple[Decision, ...]
     ignored: tuple[tuple[str, str], ...]
-    stage: Literal["open", "escalated", "timed_out"]
+    stage: Stage
     waiting_for: str = ""
+
+
+def _sorted_out(
+    tags: Mapping[str, str], gate: str, check: Callable[[str], Decision | str], edit: Edit | None
+) -> tuple[list[Decision], list[tuple[str, str]]]:
+    """The decisions of `gate` that count (oldest first), and the tags ignored with the reason."""
+    counted: list[Decision] = []
+    ignored: list[tuple[str, str]] = []
+    for key, raw in sorted(decision_tags(tags, gate).items()):
+        checked = check(raw)
+        if not isinstance(checked, str) and edit is not None and checked.verdict == "approve":
+            checked = edit(checked)
+        if isinstance(checked, str):
+            ignored.append((key, checked))
+        else:
+            counted.append(checked)
+    counted.sort(key=lambda d: d.at)
+    return counted, ignored
+
+
+def _approvals(counted: list[Decision]) -> tuple[list[Decision], int]:
+    """The largest group of approvals that made the same edits (or none), one vote per reviewer (their
+    latest), and how many such groups there are: a quorum approves one content."""
+    latest = list({d.by: d for d in counted}.values())
+    groups: dict[str, list[Decision]] = {}
+    for d in latest:
+        groups.setdefault(json.dumps(d.values, sort_keys=True, default=str), []).append(d)
+    return (max(groups.values(), key=len) if groups else []), len(groups)
+
+
+def _merged(approvals: list[Decision], request: Request) -> Decision:
+    """One approval standing for a quorum: every approver, the comments, the shared edits, the last time."""
+    many = len(approvals) > 1
+    return Decision(
+        verdict="approve",
+        by=", ".join(d.by for d in approvals),
+        payload_hash=request.payload_hash,
+        comment="; ".join(f"{d.by}: {d.comment}" for d in approvals if d.comment) if many else approvals[0].comment,
+        values=dict(approvals[0].values),
+        at=approvals[-1].at,
+    )
+
+
+def _by_timeout(request: Request, now: datetime) -> Decision:
+    """The decision a passed deadline makes (`on_timeout`; an escalating gate rejects after its second one)."""
+    on_timeout = request.policy.on_timeout
+    deadlines = request.deadlines()
+    assert deadlines is not None  # a gate times out only with a deadline
+    passed = deadlines[1] if on_timeout == "escalate" else deadlines[0]
+    return Decision(
+        verdict="approve" if on_timeout == "approve" else "reject",
+        by=TIMEOUT_BY,
+        payload_hash=request.payload_hash,
+        comment=f"no decision by the deadline {passed.isoformat(timespec='seconds')} (on_timeout={on_timeout!r})",
+        at=now.isoformat(timespec="seconds"),
+    )
+
+
+def _waiting_for(request: Request, stage: Stage, approvals: int, groups: int) -> str:
+    """What an undecided gate waits for, for a message."""
+    quorum, who = request.policy.quorum, request.policy.who(escalated=stage != "open")
+    if quorum == 1:
+        return f"a decision by {who}"
+    waiting_for = f"{quorum - approvals} more approval(s) of {quorum} by {who}"
+    if groups > 1:
+        waiting_for += " (approvals count together only when they make the same edits)"
+    return waiting_for
 
 
 def tally(
@@ -361,81 +479,28 @@ def tally(
     distinct approvers approve; past the deadline with neither, `on_timeout` decides (an escalating gate first
     widens its approvers to `escalate_to` for one more timeout, then rejects)."""
     stage = request.stage(now)
-    counted: list[Decision] = []
-    ignored: list[tuple[str, str]] = []
-    for key, raw in sorted(decision_tags(tags, gate).items()):
-        checked = check_decision(
-            raw,
-            request,
-            requester=requester,
-            escalated=stage != "open",
-            secret=secret,
-            root=root,
-            gate=gate,
-            decision_model=decision_model,
-            validate_edits=validate_edits,
-            verify_signature=verify_signature,
-        )
-        if not isinstance(checked, str) and edit is not None and checked.verdict == "approve":
-            checked = edit(checked)
-        if isinstance(checked, str):
-            ignored.append((key, checked))
-        else:
-            counted.append(checked)
-    counted.sort(key=lambda d: d.at)
+    check = partial(
+        check_decision,
+        request=request,
+        requester=requester,
+        escalated=stage != "open",
+        secret=secret,
+        root=root,
+        gate=gate,
+        decision_model=decision_model,
+        validate_edits=validate_edits,
+        verify_signature=verify_signature,
+    )
+    counted, ignored = _sorted_out(tags, gate, check, edit)
+    outcome = partial(Outcome, counted=tuple(counted), ignored=tuple(ignored), stage=stage)
     rejections = [d for d in counted if d.verdict == "reject"]
     if rejections:
-        return Outcome(
-            verdict="reject", decision=rejections[0], counted=tuple(counted), ignored=tuple(ignored), stage=stage
-        )
-    latest = list({d.by: d for d in counted}.values())  # one vote per reviewer: their latest
-    # a quorum approves one content: the approvals that made the same edits (or none) count together
-    groups: dict[str, list[Decision]] = {}
-    for d in latest:
-        groups.setdefault(json.dumps(d.values, sort_keys=True, default=str), []).append(d)
-    approvals = max(groups.values(), key=len) if groups else []
-    if latest and len(approvals) >= request.policy.quorum:
-        values = dict(approvals[0].values)
-        merged = Decision(
-            verdict="approve",
-            by=", ".join(d.by for d in approvals),
-            payload_hash=request.payload_hash,
-            comment="; ".join(f"{d.by}: {d.comment}" for d in approvals if d.comment)
-            if len(approvals) > 1
-            else approvals[0].comment,
-            values=values,
-            at=approvals[-1].at,
-        )
-        return Outcome(verdict="approve", decision=merged, counted=tuple(counted), ignored=tuple(ignored), stage=stage)
+        return outcome(verdict="reject", decision=rejections[0])
+    approvals, groups = _approvals(counted)
+    if approvals and len(approvals) >= request.policy.quorum:
+        return outcome(verdict="approve", decision=_merged(approvals, request))
     if stage == "timed_out":
-        verdict: Verdict = "approve" if request.policy.on_timeout == "approve" else "reject"
-        deadlines = request.deadlines()
-        assert deadlines is not None
-        passed = deadlines[1] if request.policy.on_timeout == "escalate" else deadlines[0]
-        by_timeout = Decision(
-            verdict=verdict,
-            by=TIMEOUT_BY,
-            payload_hash=request.payload_hash,
-            comment=f"no decision by the deadline {passed.isoformat(timespec='seconds')} (on_timeout="
-            f"{request.policy.on_timeout!r})",
-            at=now.isoformat(timespec="seconds"),
-        )
-        return Outcome(
-            verdict=verdict, decision=by_timeout, counted=tuple(counted), ignored=tuple(ignored), stage=stage
-        )
-    missing = request.policy.quorum - len(approvals)
-    who = request.policy.who(escalated=stage != "open")
-    if request.policy.quorum == 1:
-        waiting_for = f"a decision by {who}"
-    else:
-        waiting_for = f"{missing} more approval(s) of {request.policy.quorum} by {who}"
-        if len(groups) > 1:
-            waiting_for += " (approvals count together only when they make the same edits)"
-    return Outcome(
-        verdict=None,
-        decision=None,
-        counted=tuple(counted),
-        ignored=tuple(ignored),
-        stage=stage,
-        waiting_for=waiting_for,
-    )
+        by_timeout = _by_timeout(request, now)
+        return outcome(verdict=by_timeout.verdict, decision=by_timeout)
+    waiting_for = _waiting_for(request, stage, len(approvals), groups)
+    return outcome(verdict=None, decision=None, waiting_for=waiting_for)

@@ -4,31 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import Any, cast
+from typing import TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 
 from flujo_dagster.errors import StepOutputError
-from flujo_dagster.validation.typecompat import type_name
+from flujo_dagster.validation.typecompat import type_adapter, type_name
 
 __all__ = ["adapter_for", "coerce_value", "from_json", "jsonable", "step_outputs", "to_json_bytes"]
 
+T = TypeVar("T")
+
 
 @cache
-def _cached_adapter(annotation: object) -> TypeAdapter[Any]:
-    return TypeAdapter(cast(Any, annotation))
+def _cached_adapter(annotation: object) -> TypeAdapter[object]:
+    return type_adapter(annotation)
 
 
-def adapter_for(annotation: object) -> TypeAdapter[Any]:
+def adapter_for(annotation: object) -> TypeAdapter[object]:
     """A (cached) pydantic TypeAdapter for an annotation."""
     try:
         return _cached_adapter(annotation)
     except TypeError:  # unhashable annotation (rare): build a fresh one
-        return TypeAdapter(cast(Any, annotation))
+        return type_adapter(annotation)
 
 
-def jsonable(adapter: TypeAdapter[Any], value: object) -> object:
+def jsonable(adapter: TypeAdapter[object], value: object) -> object:
     """The value dumped by pydantic in Python mode, by field name, ready for `to_json_bytes`."""
     return adapter.dump_python(value, mode="python", round_trip=True)
 
@@ -38,12 +40,12 @@ def to_json_bytes(obj: object) -> bytes:
     return to_json(obj, inf_nan_mode="constants")
 
 
-def from_json(adapter: TypeAdapter[Any], raw: str | bytes) -> Any:
+def from_json(adapter: TypeAdapter[T], raw: str | bytes) -> T:
     """Validate JSON written by `to_json_bytes(jsonable(...))`: fields by name (aliases accepted too)."""
     return adapter.validate_json(raw, by_name=True)
 
 
-def coerce_value(adapter: TypeAdapter[Any], value: object) -> object:
+def coerce_value(adapter: TypeAdapter[object], value: object) -> object:
     """The value as it will load back: a value of the type is passed through its JSON form (so what a step
     returns is exactly what later steps read, constraints checked); anything else is first validated
     leniently (a dict for a model). Raises pydantic's `ValidationError`."""

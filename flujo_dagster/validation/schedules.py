@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, cast
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.names import child_path
 from flujo_dagster.validation.findings import Finding
+from flujo_dagster.validation.typecompat import type_adapter
 
 __all__ = ["partition_input", "rule_partitions", "rule_schedule"]
 
@@ -83,7 +83,7 @@ def rule_partitions(pipeline: Pipeline) -> Iterator[Finding]:
             message=f"partition key field {key!r} is written by a step; the partition key must be a run input.",
             hint="use another context field for the partition key",
         )
-    adapter = TypeAdapter[object](cast(Any, pipeline.fields[key]))
+    adapter = type_adapter(pipeline.fields[key])
     for sample in partitions.sample_keys():
         try:
             adapter.validate_python(sample)

@@ -16,7 +16,14 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 from pydantic.types import EncodedBytes, EncodedStr
 
-__all__ = ["ambiguous_union_problem", "is_assignable", "json_round_trip_problem", "type_name", "untyped_problem"]
+__all__ = [
+    "ambiguous_union_problem",
+    "is_assignable",
+    "json_round_trip_problem",
+    "type_adapter",
+    "type_name",
+    "untyped_problem",
+]
 
 _NUMERIC_TOWER: dict[type, tuple[type, ...]] = {float: (int,), complex: (int, float)}
 _ABSTRACT_ORIGINS: dict[object, tuple[object, ...]] = {
@@ -142,7 +149,7 @@ def _json_round_trip_problem(tp: object) -> str | None:
         if key not in (str, int, float, bool) and not (isinstance(key, type) and issubclass(key, str)):
             return f"dict keys of type {type_name(key)} become JSON strings and cannot be read back"
     try:
-        TypeAdapter(cast(Any, tp))
+        type_adapter(tp)
     except (PydanticSchemaGenerationError, PydanticUserError, TypeError) as exc:
         first = str(exc).splitlines()[0]
         return f"pydantic cannot build a JSON schema for it ({first})"
@@ -248,3 +255,8 @@ def _cached(check: Callable[[object], str | None], tp: object) -> str | None:
         return check(tp)
     result = _CACHE[key] = check(tp)
     return result
+
+
+def type_adapter(annotation: object) -> TypeAdapter[object]:
+    """A pydantic `TypeAdapter` for an annotation known only at run time (a context field's, constraints kept)."""
+    return TypeAdapter[object](cast(Any, annotation))  # pydantic's parameter is a static `TypeForm`

@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Collection
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job
 
@@ -26,7 +26,16 @@ from flujo_dagster.names import (
     RESUME_KEY_TAG,
     RETRY_BEFORE_PARK_TAG,
 )
-from flujo_dagster.runtime.approvals import SECRET_ENV, Decision, Request, Verdict, check_decision, sign, tally
+from flujo_dagster.runtime.approvals import (
+    SECRET_ENV,
+    Decision,
+    Request,
+    Verdict,
+    check_decision,
+    decision_record,
+    sign,
+    tally,
+)
 
 if TYPE_CHECKING:  # what `dagster.reconstructable(...)` returns; not exported by name
     from dagster._core.definitions.reconstruct import ReconstructableJob
@@ -126,7 +135,7 @@ def decide(
     instance: DagsterInstance,
     gate: str | None = None,
     comment: str = "",
-    values: dict[str, Any] | None = None,
+    values: Mapping[str, object] | None = None,
     secret: str | None = None,
     at: str | None = None,
     signature: str | None = None,
@@ -151,14 +160,20 @@ def decide(
     )
     key = f"{DECISION_PREFIX}{gate}/{decision.by}"  # one tag per reviewer: a rejection is never overwritten
     instance.add_run_tags(run_id, {key: decision.to_tag()})
-    fields: dict[str, Any] = {
-        "verdict": verdict,
-        "by": decision.by,
-        "comment": comment,
-        "tag": key,
-        "signed": bool(decision.signature),
-    }
-    audit(instance, run, "decision", gate, f"{verdict} by {decision.by} recorded in tag {key}", **fields)
+    message = f"{verdict} by {decision.by} recorded in tag {key}"
+    signed = bool(decision.signature)
+    audit(
+        instance,
+        run,
+        "decision",
+        gate,
+        message,
+        verdict=verdict,
+        by=decision.by,
+        comment=comment,
+        tag=key,
+        signed=signed,
+    )
     return decision
 
 
@@ -170,7 +185,7 @@ def prepare_decision(
     instance: DagsterInstance,
     gate: str | None = None,
     comment: str = "",
-    values: dict[str, Any] | None = None,
+    values: Mapping[str, object] | None = None,
     secret: str | None = None,
     at: str | None = None,
     signature: str | None = None,
@@ -181,45 +196,32 @@ def prepare_decision(
     if run is None:
         raise ApprovalError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
     requests = _requests(dict(run.tags))
-    if gate is None:
-        if len(requests) != 1:
-            raise ApprovalError(
-                f"run {run_id} is parked at {len(requests)} gates ({', '.join(sorted(requests)) or 'none'}); "
-                "name one with gate=..."
-            )
-        (gate,) = requests
-    if gate not in requests:
-        if run.tags.get(AWAITING_PREFIX + gate) == "resumed":
-            children = [r.run_id for r in chain_runs(instance, run_id) if r.parent_run_id == run_id]
-            raise ApprovalError(
-                f"run {run_id} was resumed as {', '.join(children) or 'a new run'}; decide on that run once it "
-                "parks at the gate (flujo-dagster pending)"
-            )
-        raise ApprovalError(
-            f"run {run_id} is not parked at gate {gate!r}; parked at: {', '.join(sorted(requests)) or 'no gate'}"
-        )
+    gate = _parked_gate(instance, run, gate, requests)
     if verdict == "reject" and values:
         raise ApprovalError("a rejection edits nothing: drop the edited values (--set) or approve")
-    by = by.strip()
     request = requests[gate]
-    decision = Decision(
-        verdict=verdict, by=by, payload_hash=request.payload_hash, comment=comment, values=dict(values or {})
+    root = run.root_run_id or run.run_id
+    decision = decision_record(
+        verdict=verdict,
+        by=by,
+        payload_hash=request.payload_hash,
+        comment=comment,
+        values=values,
+        at=at,
+        signature=signature or "",
     )
-    decision = replace(decision, at=at or decision.at, signature=signature or "")
     if not signature and secret is not None:
-        decision = sign(decision, secret=secret, root=run.root_run_id or run.run_id, gate=gate)
+        decision = sign(decision, secret=secret, root=root, gate=gate)
     elif not signature and request.policy.signed:
         raise ApprovalError(
             f"gate {gate} of run {run_id} requires signed decisions: set {SECRET_ENV} to the approvers' secret "
             "(the CLI reads it from there) or pass secret=..."
         )
-    root = run.root_run_id or run.run_id
-    stage = request.stage(datetime.now(UTC))
     refused = check_decision(
         decision.to_tag(),
         request,
         requester=requester_of(instance, run),
-        escalated=stage != "open",
+        escalated=request.stage(datetime.now(UTC)) != "open",
         secret=secret,
         root=root,
         gate=gate,
@@ -229,6 +231,28 @@ def prepare_decision(
     if isinstance(refused, str):
         raise ApprovalError(f"this decision on gate {gate} of run {run_id} would not count: {refused}")
     return run, gate, decision
+
+
+def _parked_gate(instance: DagsterInstance, run: DagsterRun, gate: str | None, requests: dict[str, Request]) -> str:
+    """`gate`, or the only gate `run` is parked at; `ApprovalError` when the run does not wait there."""
+    if gate is None:
+        if len(requests) != 1:
+            raise ApprovalError(
+                f"run {run.run_id} is parked at {len(requests)} gates ({', '.join(sorted(requests)) or 'none'}); "
+                "name one with gate=..."
+            )
+        (gate,) = requests
+    if gate not in requests:
+        if run.tags.get(AWAITING_PREFIX + gate) == "resumed":
+            children = [r.run_id for r in chain_runs(instance, run.run_id) if r.parent_run_id == run.run_id]
+            raise ApprovalError(
+                f"run {run.run_id} was resumed as {', '.join(children) or 'a new run'}; decide on that run once it "
+                "parks at the gate (flujo-dagster pending)"
+            )
+        raise ApprovalError(
+            f"run {run.run_id} is not parked at gate {gate!r}; parked at: {', '.join(sorted(requests)) or 'no gate'}"
+        )
+    return gate
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def audit(
     message: str,
     *,
     step_key: str | None = None,
-    **fields: Any,
+    **fields: object,
 ) -> None:
     """Append an audit event about `gate` to `run`'s event log (also after the run ended)."""
     record = {"kind": kind, "gate": gate, **fields}

@@ -2,10 +2,10 @@
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import NoReturn
 
 from dagster import (
     DagsterRun,
@@ -61,7 +61,7 @@ SHORT_PREVIEW_CHARS = 160
 WAIT_DELAYS_S = (5, 10, 20, 40, 60)
 
 
-def preview(shown: dict[str, Any]) -> str:
+def preview(shown: Mapping[str, object]) -> str:
     """The shown keys as Markdown for a reviewer (each value's JSON, size-bounded)."""
     parts = []
     for key, value in shown.items():
@@ -72,7 +72,7 @@ def preview(shown: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def short_preview(dumped: dict[str, Any]) -> str:
+def short_preview(dumped: Mapping[str, object]) -> str:
     """One line per shown key, each value cut to `SHORT_PREVIEW_CHARS` (the request tag, `flujo-dagster pending`)."""
     lines = []
     for key, value in dumped.items():
@@ -90,92 +90,33 @@ def _commands(run_id: str, gate_id: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """One attempt of one gate: the op's context, the run as stored now (the run's own snapshot is stale), the
+    gate's id in tags and the step key its events are recorded on."""
+
+    context: OpExecutionContext
+    run: DagsterRun
+    gate_id: str
+    step_key: str
+
+
 def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDefinition:
     """The gate op of `gate`: re-reads the run's tags (the run's own snapshot is stale) for decisions bound to
     the shown values; goes on with them (edits applied), fails on a rejection, or parks the run."""
     node = wiring.op
 
-    def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
-        settings: ApprovalSettings = getattr(context.resources, APPROVAL_SETTINGS_KEY)
-        gate_id = mapped_gate_id(context, node)
+    def compute(context: OpExecutionContext, inputs: dict[str, object]) -> Iterator[Output[object]]:
+        attempt = _Attempt(
+            context=context,
+            run=context.instance.get_run_by_id(context.run_id) or context.run,
+            gate_id=mapped_gate_id(context, node),
+            step_key=context.get_step_execution_context().step.key,
+        )
         shown = {k: inputs[io_name(k)] for k in gate.show}
         dumped = {k: jsonable(key_type(pipeline.name, k, pipeline.fields[k]).adapter, v) for k, v in shown.items()}
-        digest = payload_hash(dumped)
-        run = context.instance.get_run_by_id(context.run_id) or context.run
-        tags = run.tags
-        secret = settings.secret()
-        if settings.require_signed_decisions and secret is None:
-            missing = ConfigurationError(
-                f"require_signed_decisions=True, but {settings.secret_env} is not set where run {context.run_id} "
-                "executes: set it to the approvers' secret in the code location's environment"
-            )
-            raise not_retried(missing, wiring) from missing
-        policy = Policy.of(gate, signed=settings.require_signed_decisions)
-        element = context.get_mapping_key()  # one gate per element of a Map: its path says which
-        fresh = Request(
-            path=names.element_path(wiring.path, element) if element else wiring.path,
-            payload_hash=digest,
-            show=gate.show,
-            policy=policy,
-            preview=short_preview(dumped),
-            editable=tuple(gate.decision.model_fields) if gate.decision is not None else (),
-        )
-        root = run.root_run_id or run.run_id
-        request = _request_for(tags, gate_id, fresh, secret, root)
-        outcome = tally(
-            tags,
-            gate_id,
-            request,
-            requester=requester_of(context.instance, run),
-            now=datetime.now(UTC),
-            secret=secret,
-            root=root,
-            decision_model=gate.decision,
-            edit=partial(_typed_edits, pipeline),
-        )
-        step_key = context.get_step_execution_context().step.key
-        for key, reason in outcome.ignored:
-            context.log.warning(f"{wiring.path}: ignored the decision in tag {key}: {reason}")
-        record_ignored(context.instance, run, gate_id, outcome.ignored, step_key=step_key)  # once per content
-        decision = outcome.decision
-        if decision is None:
-            # recorded before a wait, so that a reviewer can decide while the gate polls
-            _record_request(context, run, gate_id, request, step_key, first=context.retry_number == 0)
-            delay = _wait_delay(gate, request, context.retry_number)
-            if delay is not None:
-                raise RetryRequested(max_retries=context.retry_number + 1, seconds_to_wait=delay)
-            _park(context, wiring, gate_id, request, dumped, outcome)
-        assert decision is not None
-        record: dict[str, Any] = {
-            names.STEP_PATH: wiring.path,
-            names.approval("verdict"): decision.verdict,
-            names.approval("by"): decision.by,
-            names.approval("at"): decision.at,
-            names.approval("comment"): decision.comment,
-            names.approval("payload_hash"): digest,
-            names.approval("edited"): ", ".join(sorted(decision.values)),
-        }
-        if decision.by == TIMEOUT_BY:
-            audit(
-                context.instance, run, "timeout", gate_id, decision.comment, step_key=step_key, verdict=decision.verdict
-            )
-        kind: AuditKind = "approved" if decision.verdict == "approve" else "rejected"
-        fields = {"by": decision.by, "at": decision.at, "comment": decision.comment, "payload_hash": digest}
-        audit(context.instance, run, kind, gate_id, f"by {decision.by}", step_key=step_key, **fields)
-        _decided(context, gate_id, failing=decision.verdict == "reject" and not gate.on_reject)
-        if decision.verdict == "reject" and not gate.on_reject:
-            why = f": {decision.comment}" if decision.comment else ""
-            error = ApprovalRejectedError(f"{wiring.path}: rejected by {decision.by} at {decision.at}{why}")
-            raise not_retried(error, wiring) from error
-        if gate.on_reject:  # routes like a branch: the join after both paths reads the verdict
-            yield Output(decision.verdict, DECISION_OUTPUT)
-        if decision.verdict == "reject":
-            yield Output(None, REJECTED_OUTPUT, metadata=record)
-            return
-        values = {**shown, **decision.values}
-        for key in gate.show:  # the record rides on each shown key too: an asset written here carries it
-            yield Output(values[key], io_name(key), metadata=record)
-        yield Output(None, APPROVED_OUTPUT, metadata=record)
+        decision = _decision(attempt, pipeline, gate, wiring, dumped)
+        yield from _decided(attempt, gate, wiring, decision, shown, payload_hash(dumped))
 
     routes = bool(gate.on_reject)
     outs: dict[str, Out] = {
@@ -197,6 +138,111 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
     )
 
 
+def _secret(attempt: _Attempt, wiring: StepWiring, settings: ApprovalSettings) -> str | None:
+    """The decision secret; `ConfigurationError` (not retried) when signed decisions need it and it is not set."""
+    secret = settings.secret()
+    if settings.require_signed_decisions and secret is None:
+        missing = ConfigurationError(
+            f"require_signed_decisions=True, but {settings.secret_env} is not set where run "
+            f"{attempt.context.run_id} executes: set it to the approvers' secret in the code location's environment"
+        )
+        raise not_retried(missing, wiring) from missing
+    return secret
+
+
+def _decision(
+    attempt: _Attempt, pipeline: Pipeline, gate: Approval, wiring: StepWiring, dumped: dict[str, object]
+) -> Decision:
+    """The decision that counts for the gate (edits typed); without one, the gate waits (`mode="wait"`) or parks
+    the run."""
+    context, run = attempt.context, attempt.run
+    settings: ApprovalSettings = getattr(context.resources, APPROVAL_SETTINGS_KEY)
+    secret = _secret(attempt, wiring, settings)
+    element = context.get_mapping_key()  # one gate per element of a Map: its path says which
+    fresh = Request(
+        path=names.element_path(wiring.path, element) if element else wiring.path,
+        payload_hash=payload_hash(dumped),
+        show=gate.show,
+        policy=Policy.of(gate, signed=settings.require_signed_decisions),
+        preview=short_preview(dumped),
+        editable=tuple(gate.decision.model_fields) if gate.decision is not None else (),
+    )
+    root = run.root_run_id or run.run_id
+    request = _request_for(run.tags, attempt.gate_id, fresh, secret, root)
+    outcome = tally(
+        run.tags,
+        attempt.gate_id,
+        request,
+        requester=requester_of(context.instance, run),
+        now=datetime.now(UTC),
+        secret=secret,
+        root=root,
+        decision_model=gate.decision,
+        edit=partial(_typed_edits, pipeline),
+    )
+    for key, reason in outcome.ignored:
+        context.log.warning(f"{wiring.path}: ignored the decision in tag {key}: {reason}")
+    record_ignored(context.instance, run, attempt.gate_id, outcome.ignored, step_key=attempt.step_key)  # once
+    if outcome.decision is not None:
+        return outcome.decision
+    # recorded before a wait, so that a reviewer can decide while the gate polls
+    _record_request(attempt, request, first=context.retry_number == 0)
+    delay = _wait_delay(gate, request, context.retry_number)
+    if delay is not None:
+        raise RetryRequested(max_retries=context.retry_number + 1, seconds_to_wait=delay)
+    _park(attempt, wiring, request, dumped, outcome)
+
+
+def _decided(
+    attempt: _Attempt,
+    gate: Approval,
+    wiring: StepWiring,
+    decision: Decision,
+    shown: dict[str, object],
+    digest: str,
+) -> Iterator[Output[object]]:
+    """Record the decision (audit events, tags); then fail on a rejection, take the `on_reject` path, or go on
+    with the shown values (edits applied), the decision riding on each as metadata."""
+    context, run, gate_id = attempt.context, attempt.run, attempt.gate_id
+    record = {
+        names.STEP_PATH: wiring.path,
+        names.approval("verdict"): decision.verdict,
+        names.approval("by"): decision.by,
+        names.approval("at"): decision.at,
+        names.approval("comment"): decision.comment,
+        names.approval("payload_hash"): digest,
+        names.approval("edited"): ", ".join(sorted(decision.values)),
+    }
+    if decision.by == TIMEOUT_BY:
+        audit(
+            context.instance,
+            run,
+            "timeout",
+            gate_id,
+            decision.comment,
+            step_key=attempt.step_key,
+            verdict=decision.verdict,
+        )
+    kind: AuditKind = "approved" if decision.verdict == "approve" else "rejected"
+    fields = {"by": decision.by, "at": decision.at, "comment": decision.comment, "payload_hash": digest}
+    audit(context.instance, run, kind, gate_id, f"by {decision.by}", step_key=attempt.step_key, **fields)
+    failing = decision.verdict == "reject" and not gate.on_reject
+    _mark_decided(context, gate_id, failing=failing)
+    if failing:
+        why = f": {decision.comment}" if decision.comment else ""
+        error = ApprovalRejectedError(f"{wiring.path}: rejected by {decision.by} at {decision.at}{why}")
+        raise not_retried(error, wiring) from error
+    if gate.on_reject:  # routes like a branch: the join after both paths reads the verdict
+        yield Output(decision.verdict, DECISION_OUTPUT)
+    if decision.verdict == "reject":
+        yield Output(None, REJECTED_OUTPUT, metadata=record)
+        return
+    values = {**shown, **decision.values}
+    for key in gate.show:  # the record rides on each shown key too: an asset written here carries it
+        yield Output(values[key], io_name(key), metadata=record)
+    yield Output(None, APPROVED_OUTPUT, metadata=record)
+
+
 def _request_for(tags: Mapping[str, str], gate_id: str, fresh: Request, secret: str | None, root: str) -> Request:
     """The gate's request: an earlier one for the same content keeps its time (the deadline runs from the
     first request); with a secret, only an earlier request sealed with it for this run chain and gate does."""
@@ -206,11 +252,11 @@ def _request_for(tags: Mapping[str, str], gate_id: str, fresh: Request, secret: 
         if earlier.payload_hash == fresh.payload_hash and (
             secret is None or earlier.intact(secret, root=root, gate=gate_id)
         ):
-            fresh = replace(fresh, requested_at=earlier.requested_at)
+            fresh = fresh.model_copy(update={"requested_at": earlier.requested_at})
     return fresh.sealed(secret, root=root, gate=gate_id) if secret is not None else fresh
 
 
-def _decided(context: OpExecutionContext, gate_id: str, *, failing: bool) -> None:
+def _mark_decided(context: OpExecutionContext, gate_id: str, *, failing: bool) -> None:
     """Mark the gate decided in this run (a run re-executed by hand inherits its parent's `pending`), and, once
     no gate of the run waits any more, the run as not parked, with Dagster's automatic run retries as before the
     first park (off for a rejection that fails the run: it would only be rejected again)."""
@@ -242,25 +288,21 @@ def _wait_delay(gate: Approval, request: Request, retry_number: int) -> float | 
 def _typed_edits(pipeline: Pipeline, decision: Decision) -> Decision | str:
     """`decision` with its edited values as their keys' own types (what later steps read), or why one does
     not fit its key."""
-    typed: dict[str, Any] = {}
+    typed: dict[str, object] = {}
     for key, value in decision.values.items():
         try:
             typed[key] = key_type(pipeline.name, key, pipeline.fields[key]).coerce(value)
         except ValidationError as exc:
             return f"its edited value of {key!r} is not a valid {key!r}: {exc.errors(include_url=False)}"
-    return replace(decision, values=typed)
+    return decision.model_copy(update={"values": typed})
 
 
 def _park(
-    context: OpExecutionContext,
-    wiring: StepWiring,
-    gate_id: str,
-    request: Request,
-    dumped: dict[str, Any],
-    outcome: Outcome,
-) -> None:
+    attempt: _Attempt, wiring: StepWiring, request: Request, dumped: dict[str, object], outcome: Outcome
+) -> NoReturn:
     """Stop the run here (no worker held): Dagster's run retries must not relaunch it, and alerting tells it
     from a failure by the `flujo/parked` tag."""
+    context, gate_id = attempt.context, attempt.gate_id
     run = context.instance.get_run_by_id(context.run_id)
     tags = run.tags if run is not None else context.run.tags
     before = {RETRY_BEFORE_PARK_TAG: tags.get(NO_RUN_RETRY_TAG, "true")} if RETRY_BEFORE_PARK_TAG not in tags else {}
@@ -288,15 +330,15 @@ def _park(
     )
 
 
-def _record_request(
-    context: OpExecutionContext, run: DagsterRun, gate_id: str, request: Request, step_key: str, *, first: bool
-) -> None:
+def _record_request(attempt: _Attempt, request: Request, *, first: bool) -> None:
     """Record on the run what the gate waits for: `flujo/awaiting/<gate>=pending` and the request (step path,
     payload hash, policy, time); on a gate's first attempt in a run, also as an audit event."""
+    context, run, gate_id = attempt.context, attempt.run, attempt.gate_id
     context.instance.add_run_tags(
         context.run_id, {AWAITING_PREFIX + gate_id: "pending", REQUEST_PREFIX + gate_id: request.to_tag()}
     )
     if first:
         fields = {"path": request.path, "payload_hash": request.payload_hash, "requested_at": request.requested_at}
         who = request.policy.who(escalated=False)
-        audit(context.instance, run, "request", gate_id, f"{request.path} waits for {who}", step_key=step_key, **fields)
+        message = f"{request.path} waits for {who}"
+        audit(context.instance, run, "request", gate_id, message, step_key=attempt.step_key, **fields)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar
 
 from dagster import (
     ConfigurableIOManager,
@@ -19,7 +19,7 @@ from upath import UPath
 from flujo_dagster import names
 from flujo_dagster.adapter.storage.types import KeyType
 from flujo_dagster.errors import StorageError
-from flujo_dagster.runtime.values import from_json, jsonable, to_json_bytes
+from flujo_dagster.runtime.values import adapter_for, from_json, jsonable, to_json_bytes
 from flujo_dagster.validation.typecompat import type_name
 
 __all__ = ["ENVELOPE_VERSION", "PydanticJsonIOManager", "StoredKey"]
@@ -38,13 +38,8 @@ class _Envelope(BaseModel, Generic[T]):
 
 
 @cache
-def _envelope_adapter(annotation: object) -> TypeAdapter[Any]:
+def _envelope_adapter(annotation: object) -> TypeAdapter[_Envelope[object]]:
     return TypeAdapter(_Envelope[annotation])  # type: ignore[valid-type]
-
-
-@cache
-def _plain_adapter(annotation: object) -> TypeAdapter[Any]:
-    return TypeAdapter(cast(Any, annotation))
 
 
 class StoredKey:
@@ -55,7 +50,7 @@ class StoredKey:
     def __init__(self, key: str, annotation: object, *, check_key: bool = True) -> None:
         self.key = key
         self.annotation = annotation
-        self.adapter = _plain_adapter(annotation)
+        self.adapter = adapter_for(annotation)
         self.check_key = check_key
         """When True, `read` refuses a file that holds another key (a file copied into the wrong place)."""
 
@@ -176,7 +171,7 @@ class PydanticJsonIOManager(ConfigurableIOManager):
         data = self.dump(stored, obj)
         path = self.output_path(root, context.run_id, context.step_key, context.name, context.mapping_key)
         self.write(path, data)
-        metadata: dict[str, Any] = {names.PATH: MetadataValue.path(str(path))}
+        metadata = {names.PATH: MetadataValue.path(str(path))}
         if context.has_asset_key:
             partition = context.asset_partition_key if context.has_asset_partitions else None
             asset_file = self.asset_path(root, list(context.asset_key.path), partition)

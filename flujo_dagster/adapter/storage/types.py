@@ -24,7 +24,7 @@ class KeyType(DagsterType):
     def __init__(self, *, name: str, key: str, annotation: object) -> None:
         self.context_key = key
         self.annotation = annotation
-        self.adapter: TypeAdapter[Any] = adapter_for(annotation)
+        self.adapter: TypeAdapter[object] = adapter_for(annotation)
         super().__init__(
             type_check_fn=self._check,
             name=name,

@@ -1,0 +1,153 @@
+"""The approval policy, request and decision records: frozen pydantic models whose tags keep the format parked
+runs already hold, whose HMACs cover the same fields over the same canonical bytes, and whose bad input is a
+clear reason (the record is ignored) or an `ApprovalError`, never a raw exception."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from functools import partial
+
+import pytest
+from pydantic import ValidationError
+
+from flujo_dagster import ApprovalError
+from flujo_dagster.runtime.approvals import (
+    Decision,
+    Policy,
+    Request,
+    check_decision,
+    decision_record,
+    parse_decision,
+    sign,
+)
+
+SECRET, ROOT, GATE = "s3cret", "run-1", "check"
+HASH = "ab" * 32
+# Written by the hand-written JSON code these models replace (keys sorted, non-ASCII escaped), as parked runs and
+# recorded decisions hold them; the MAC and the signature were made by that code with SECRET, ROOT and GATE.
+LEGACY_REQUEST = (
+    '{"approvers":["ana","b\\u00e9"],"editable":["draft"],"escalate_to":["lead"],'
+    '"mac":"cd4e544aadab81edf5c9d48d6e0cf0e002c18ed853e8bc4a970636221d604b6d","on_timeout":"escalate",'
+    f'"path":"review > approval:check","payload_hash":"{HASH}","preview":"draft: Otters \\u00e9","quorum":2,'
+    '"requested_at":"2026-03-01T09:00:00.000+00:00","requester_may_approve":false,"show":["draft"],"signed":true,'
+    '"timeout_s":60.0}'
+)
+LEGACY_DECISION = (
+    '{"at":"2026-03-01T09:05:00.000+00:00","by":"ana","comment":"fine \\u00fc",'
+    f'"payload_hash":"{HASH}","signature":"f68a7635df0cb5fadc2e0d04ff7abef010fe8b48abbdfbc6b6cd48434c8970c6",'
+    '"values":{"draft":"Better otters","n":[1,2.5]},"verdict":"approve"}'
+)
+POLICY = Policy(
+    approvers=("ana", "bé"), quorum=2, timeout_s=60.0, on_timeout="escalate", escalate_to=("lead",), signed=True
+)
+REQUEST = Request(
+    path="review > approval:check",
+    payload_hash=HASH,
+    show=("draft",),
+    policy=POLICY,
+    requested_at="2026-03-01T09:00:00.000+00:00",
+    preview="draft: Otters é",
+    editable=("draft",),
+)
+
+
+def _hmac(value: object) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(SECRET.encode(), text, hashlib.sha256).hexdigest()
+
+
+def test_a_legacy_request_tag_reads_back_sealed_and_intact() -> None:
+    request = Request.from_tag(LEGACY_REQUEST, gate=GATE)
+    assert request == REQUEST.sealed(SECRET, root=ROOT, gate=GATE)
+    assert request.intact(SECRET, root=ROOT, gate=GATE)
+    assert not request.intact("guess", root=ROOT, gate=GATE)
+    assert not request.intact(SECRET, root="another-run", gate=GATE)
+    moved = request.model_copy(update={"requested_at": "2026-03-02T09:00:00.000+00:00"})
+    assert not moved.intact(SECRET, root=ROOT, gate=GATE)  # the deadline cannot be moved
+
+
+def test_the_request_tag_is_flat_and_its_mac_covers_every_field_but_itself() -> None:
+    unsealed = json.loads(REQUEST.to_tag())
+    assert "mac" not in unsealed and "policy" not in unsealed
+    assert unsealed == {k: v for k, v in json.loads(LEGACY_REQUEST).items() if k != "mac"}
+    sealed = REQUEST.sealed(SECRET, root=ROOT, gate=GATE)
+    assert json.loads(sealed.to_tag()) == json.loads(LEGACY_REQUEST)
+    assert sealed.mac == _hmac([ROOT, GATE, unsealed])
+    assert Request.from_tag(sealed.to_tag(), gate=GATE) == sealed
+
+
+def test_a_legacy_decision_tag_reads_back_with_its_signature() -> None:
+    decision = parse_decision(LEGACY_DECISION)
+    assert isinstance(decision, Decision)
+    assert (decision.by, decision.comment, decision.values) == (
+        "ana",
+        "fine ü",
+        {"draft": "Better otters", "n": [1, 2.5]},
+    )
+    assert json.loads(decision.to_tag()) == json.loads(LEGACY_DECISION)
+    unsigned = decision.model_copy(update={"signature": ""})
+    assert sign(unsigned, secret=SECRET, root=ROOT, gate=GATE) == decision
+    fields = [ROOT, GATE, HASH, "approve", decision.values, "ana", decision.at, "fine ü"]
+    assert decision.signature == _hmac(fields)
+    assert "signature" not in json.loads(unsigned.to_tag())
+    editable = REQUEST.model_copy(update={"editable": ("draft", "n")})
+    check = partial(check_decision, request=editable, requester=None, secret=SECRET, root=ROOT, gate=GATE)
+    assert check(LEGACY_DECISION, validate_edits=False) == decision
+    forged = LEGACY_DECISION.replace("Better otters", "Worse otters")
+    assert check(forged, validate_edits=False) == (
+        "its signature does not match (wrong secret, or a record changed or made for another run or gate)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "not JSON (EOF while parsing a value at line 1 column 0)"),
+        ("[1]", "not a JSON object"),
+        (
+            '{"verdict":"maybe","by":"ana","payload_hash":"x"}',
+            "verdict: input should be 'approve' or 'reject', got 'maybe'",
+        ),
+        ('{"verdict":"approve","by":"  ","payload_hash":"x"}', "by: string should have at least 1 character, got '  '"),
+        ('{"verdict":"approve","by":"ana"}', "payload_hash: missing"),
+        (
+            '{"verdict":"approve","by":"ana","payload_hash":"x","values":[1]}',
+            "values: input should be an object, got [1]",
+        ),
+        ('{"verdict":"approve","by":7,"payload_hash":"x"}', "by: input should be a valid string, got 7"),
+        ("[" * 5000 + "]" * 5000, "not JSON (recursion limit exceeded at line 1 column 202)"),
+        ('{"verdict":"approve","values":' + '{"a":' * 3000 + "1" + "}" * 3001, "not JSON (recursion limit exceeded"),
+    ],
+)
+def test_a_malformed_decision_is_ignored_with_what_is_wrong(raw: str, reason: str) -> None:
+    parsed = parse_decision(raw)
+    assert isinstance(parsed, str) and parsed.startswith(reason)
+    checked = check_decision(raw, REQUEST, requester=None, validate_edits=False, verify_signature=False)
+    assert checked == f"malformed decision record: {parsed}"
+
+
+def test_a_decision_record_without_time_or_with_nulls_reads_as_before() -> None:
+    parsed = parse_decision('{"verdict":"approve","by":" ana ","payload_hash":"x","values":null,"comment":null}')
+    assert isinstance(parsed, Decision)
+    assert (parsed.by, parsed.at, parsed.values, parsed.comment, parsed.signature) == ("ana", "", {}, "", "")
+
+
+def test_an_unreadable_request_tag_is_treated_as_just_made() -> None:
+    for raw in ("garbage", "[]", '{"path": 5}', "[" * 5000):
+        request = Request.from_tag(raw, gate=GATE)
+        assert (request.path, request.payload_hash, request.show, request.policy) == (GATE, "", (), Policy())
+
+
+def test_records_are_frozen_and_bad_fields_are_approval_errors() -> None:
+    with pytest.raises(ValidationError, match="frozen"):
+        REQUEST.path = "elsewhere"
+    with pytest.raises(ApprovalError, match="malformed decision: by: string should have at least 1 character"):
+        decision_record(verdict="approve", by=" ", payload_hash=HASH)
+    with pytest.raises(ApprovalError, match="malformed decision: verdict: input should be 'approve' or 'reject'"):
+        decision_record(verdict="maybe", by="ana", payload_hash=HASH)
+    with pytest.raises(ApprovalError, match="its edited values cannot be written as JSON"):
+        decision_record(verdict="approve", by="ana", payload_hash=HASH, values={"draft": object()})
+    made = decision_record(verdict="approve", by=" ana ", payload_hash=HASH, values={"draft": "x"})
+    assert made.by == "ana" and made.at and parse_decision(made.to_tag()) == made
