@@ -6,8 +6,10 @@ pytest puts `examples/dg_digest/src` on sys.path (pyproject.toml), as `dg` does 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,16 +19,28 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey, ComponentTree, DagsterInstance, load_from_defs_folder
+from dagster.components import Model
 from dg_digest.pipelines import Digest, digest
+from pydantic import BaseModel, ValidationError
 
 from flujo_dagster import (
+    Budget,
     ConfigurationError,
     DailyPartitions,
     FlujoDagsterTranslator,
     FlujoPipelineComponent,
     Pipeline,
+    Price,
+    Schedule,
     StaticPartitions,
     load_final_context,
+)
+from flujo_dagster.adapter.compile.component_models import (
+    BudgetModel,
+    PartitionsModel,
+    PriceModel,
+    ScheduleModel,
+    yaml_fields,
 )
 
 # dagster's YAML resolution (`resolve_from_yaml`) still calls pydantic's deprecated `parse_obj_as`.
@@ -175,3 +189,71 @@ def test_bad_import_paths_are_configuration_errors(field: str, path: str, messag
     with pytest.raises(ConfigurationError, match=message):
         component.resolve_pipeline()
         component.resolve_resources()
+
+
+def test_the_yaml_models_are_derived_from_the_dsl_value_objects() -> None:
+    """Each YAML model has exactly its value object's fields and defaults (a field added to `Budget` shows up in
+    `defs.yaml` without restating it), in the forms YAML can hold."""
+
+    def defaults(value_type: type) -> dict[str, object]:
+        return {f.name: f.default for f in dataclasses.fields(value_type) if f.default is not dataclasses.MISSING}
+
+    def model_defaults(model: type[BaseModel]) -> dict[str, object]:
+        return {n: f.default for n, f in model.model_fields.items() if not f.is_required()}
+
+    assert list(PriceModel.model_fields) == [f.name for f in dataclasses.fields(Price)]
+    assert list(BudgetModel.model_fields) == [f.name for f in dataclasses.fields(Budget)]
+    assert model_defaults(BudgetModel) == defaults(Budget) == {"max_cost_usd": None, "max_tokens": None, "scope": "run"}
+    assert set(ScheduleModel.model_fields) == {f.name for f in dataclasses.fields(Schedule)} | {"inputs_fn"}
+    daily, static = ({f.name for f in dataclasses.fields(p)} for p in (DailyPartitions, StaticPartitions))
+    assert set(PartitionsModel.model_fields) == daily | static | {"type"}
+    assert PriceModel.model_fields["cached_input_per_mtok"].annotation == str | float | None
+    assert PartitionsModel.model_fields["keys"].annotation == list[str] | None
+
+
+def test_a_value_object_field_gets_its_yaml_form() -> None:
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Limits:
+        runs: int
+        usd: Decimal | None = None
+        since: date | None = None
+        tags: tuple[str, ...] = ()
+
+    @yaml_fields(Limits)
+    class LimitsModel(Model):
+        """Limits, in YAML."""
+
+    assert LimitsModel.__doc__ == "Limits, in YAML." and LimitsModel.model_fields["runs"].is_required()
+    parsed = LimitsModel.model_validate({"runs": 2, "usd": 0.1, "since": "2026-01-01", "tags": ["a"]})
+    assert parsed.model_dump() == {"runs": 2, "usd": 0.1, "since": "2026-01-01", "tags": ["a"]}
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        LimitsModel.model_validate({"runs": 2, "limit": 1})
+
+
+@pytest.mark.parametrize(
+    ("yaml", "message"),
+    [
+        ("budget: {scope: day}\n", "budget: Budget needs max_cost_usd, max_tokens or both"),
+        ("budget: {max_cost_usd: '-1'}\n", "budget: Budget max_cost_usd must be a finite number >= 0, got -1"),
+        ("schedule: {cron: 'daily'}\n", "schedule: Schedule cron must be a cron string like '0 6 * * *', got 'daily'"),
+        ("partitions: {type: daily, start: '2026-13-01'}\n", "partitions: DailyPartitions start must be a date"),
+        ("partitions: {type: static, keys: [a, a]}\n", "partitions: StaticPartitions keys must be unique"),
+        ("partitions: {type: static}\n", "partitions: static partitions need `keys`"),
+        (
+            "partitions: {type: daily, start: '2026-01-01', keys: [a]}\n",
+            "daily partitions take `start`, `end`, `timezone`, `input_key`, not ['keys']",
+        ),
+    ],
+)
+def test_the_value_objects_own_checks_name_the_attribute(yaml: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        _component(yaml).resolve_pipeline()
+
+
+def test_a_bad_price_names_its_model() -> None:
+    component = _component("prices:\n  'openai:gpt-5-mini': {input_per_mtok: lots, output_per_mtok: 1}\n")
+    with pytest.raises(ConfigurationError) as raised:
+        component.resolve_prices()
+    assert str(raised.value) == (
+        "prices['openai:gpt-5-mini']: input_per_mtok must be a number of US dollars, got 'lots'"
+    )

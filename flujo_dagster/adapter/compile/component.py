@@ -7,21 +7,24 @@ The component resolves the pipeline (and optionally an agent runtime and a trans
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping, Sequence
-from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Literal
 
 from dagster import AssetKey, Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
 from dagster.components import Component, ComponentLoadContext, Model, Resolvable
 from pydantic import Field
 
+from flujo_dagster.adapter.compile.component_models import (
+    BudgetModel,
+    PartitionsModel,
+    PriceModel,
+    ScheduleModel,
+    load_object,
+)
 from flujo_dagster.adapter.compile.definitions import build_definitions
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.storage.resources import AgentRuntime
-from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.dsl.schedules import DailyPartitions, Partitions, Schedule, ScheduleInputs, StaticPartitions
 from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.names import AGENT_RUNTIME_KEY
 from flujo_dagster.pricing.prices import Price
@@ -42,40 +45,6 @@ _EXECUTORS: dict[str, ExecutorDefinition] = {
 }
 
 
-def load_object(path: str, what: str) -> object:
-    """The object at `path` (`package.module:attr` or `package.module.attr`); `ConfigurationError` names
-    `what` when it cannot be imported."""
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigurationError(f"{what}: {path!r} is not an import path like 'mypkg.pipelines:digest'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"{what}: cannot import module {module_name!r} of {path!r}: {exc}") from exc
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigurationError(f"{what}: module {module_name!r} has no attribute {attr!r}") from None
-
-
-class PriceModel(Model):
-    """US dollars per million tokens of one `provider:model` (see `flujo_dagster.Price`)."""
-
-    input_per_mtok: str | float
-    output_per_mtok: str | float
-    cached_input_per_mtok: str | float | None = None
-
-
-class BudgetModel(Model):
-    """A spending limit on the whole pipeline (see `flujo_dagster.Budget`); replaces the pipeline's own."""
-
-    max_cost_usd: str | float | None = None
-    max_tokens: int | None = None
-    scope: Literal["run", "day"] = "run"
-
-
 class TranslatorModel(Model):
     """How the pipeline's assets are named: a `FlujoDagsterTranslator` subclass by import path (built without
     arguments), and/or a key prefix and a group name applied on top of it."""
@@ -83,30 +52,6 @@ class TranslatorModel(Model):
     type: str | None = Field(default=None, description="Import path of a FlujoDagsterTranslator subclass.")
     key_prefix: list[str] = Field(default_factory=list, description="Prepended to every asset key.")
     group_name: str | None = Field(default=None, description="The asset group of every asset of the pipeline.")
-
-
-class ScheduleModel(Model):
-    """A cron schedule (see `flujo_dagster.Schedule`); replaces the pipeline's own."""
-
-    cron: str
-    timezone: str = "UTC"
-    inputs: dict[str, Any] = Field(default_factory=dict, description="Fixed run inputs (JSON values).")
-    inputs_fn: str | None = Field(
-        default=None, description="Import path of a function of the scheduled time returning the run inputs."
-    )
-    default_status: Literal["stopped", "running"] = "stopped"
-    name: str | None = None
-
-
-class PartitionsModel(Model):
-    """Daily (`start`, `end`, `timezone`) or static (`keys`) partitions; replace the pipeline's own."""
-
-    type: Literal["daily", "static"]
-    start: str | None = None
-    end: str | None = None
-    timezone: str = "UTC"
-    keys: list[str] = Field(default_factory=list)
-    input_key: str = "partition_key"
 
 
 class _SettingsTranslator(FlujoDagsterTranslator):
@@ -177,47 +122,12 @@ class FlujoPipelineComponent(Component, Model, Resolvable):
         if not isinstance(pipeline, Pipeline):
             raise ConfigurationError(f"pipeline: {self.pipeline!r} is a {type(pipeline).__name__}, not a Pipeline")
         if self.schedule is not None:
-            pipeline = dataclasses.replace(pipeline, schedule=self.resolve_schedule(self.schedule))
+            pipeline = dataclasses.replace(pipeline, schedule=self.schedule.resolve())
         if self.partitions is not None:
-            pipeline = dataclasses.replace(pipeline, partitions=self.resolve_partitions(self.partitions))
+            pipeline = dataclasses.replace(pipeline, partitions=self.partitions.resolve())
         if self.budget is not None:
-            budget = Budget(
-                max_cost_usd=None if (cost := self.budget.max_cost_usd) is None else _usd(cost, "budget.max_cost_usd"),
-                max_tokens=self.budget.max_tokens,
-                scope=self.budget.scope,
-            )
-            pipeline = dataclasses.replace(pipeline, budget=budget)
+            pipeline = dataclasses.replace(pipeline, budget=self.budget.resolve())
         return pipeline
-
-    @staticmethod
-    def resolve_schedule(model: ScheduleModel) -> Schedule:
-        """`schedule` as a `Schedule`."""
-        inputs: ScheduleInputs = model.inputs
-        if model.inputs_fn is not None:
-            if model.inputs:
-                raise ConfigurationError("schedule: give `inputs` or `inputs_fn`, not both")
-            found = load_object(model.inputs_fn, "schedule.inputs_fn")
-            if not callable(found):
-                raise ConfigurationError(f"schedule.inputs_fn: {model.inputs_fn!r} is not a function")
-            inputs = found
-        return Schedule(
-            cron=model.cron,
-            timezone=model.timezone,
-            inputs=inputs,
-            default_status=model.default_status,
-            name=model.name,
-        )
-
-    @staticmethod
-    def resolve_partitions(model: PartitionsModel) -> Partitions:
-        """`partitions` as `DailyPartitions` or `StaticPartitions`."""
-        if model.type == "static":
-            if model.start is not None or model.end is not None:
-                raise ConfigurationError("partitions: static partitions take `keys`, not `start`/`end`")
-            return StaticPartitions(keys=model.keys, input_key=model.input_key)
-        if model.start is None or model.keys:
-            raise ConfigurationError("partitions: daily partitions need `start` (YYYY-MM-DD) and take no `keys`")
-        return DailyPartitions(start=model.start, end=model.end, timezone=model.timezone, input_key=model.input_key)
 
     def resolve_resources(self) -> dict[str, object] | None:
         """`{"agent_runtime": ...}` from `agent_runtime`, or None for the default runtime."""
@@ -233,16 +143,7 @@ class FlujoPipelineComponent(Component, Model, Resolvable):
 
     def resolve_prices(self) -> dict[str, Price]:
         """`prices` as `Price` objects."""
-        return {
-            model: Price(
-                input_per_mtok=_usd(p.input_per_mtok, f"prices[{model!r}].input_per_mtok"),
-                output_per_mtok=_usd(p.output_per_mtok, f"prices[{model!r}].output_per_mtok"),
-                cached_input_per_mtok=None
-                if (cached := p.cached_input_per_mtok) is None
-                else _usd(cached, f"prices[{model!r}].cached_input_per_mtok"),
-            )
-            for model, p in self.prices.items()
-        }
+        return {model: price.resolve(f"prices[{model!r}]") for model, price in self.prices.items()}
 
     def resolve_translator(self) -> FlujoDagsterTranslator | None:
         """The translator `translator` describes, or None for the default one."""
@@ -259,11 +160,3 @@ class FlujoPipelineComponent(Component, Model, Resolvable):
         if not self.translator.key_prefix and self.translator.group_name is None:
             return base
         return _SettingsTranslator(base, self.translator.key_prefix, self.translator.group_name)
-
-
-def _usd(value: str | float, what: str) -> Decimal:
-    """A YAML number or string as a `Decimal` of what the user wrote (0.1, not 0.1000000000000000055)."""
-    try:
-        return Decimal(value if isinstance(value, str) else repr(value))
-    except InvalidOperation:
-        raise ConfigurationError(f"{what} must be a number of US dollars, got {value!r}") from None
