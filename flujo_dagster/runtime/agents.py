@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 from pydantic_ai import Agent
+from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.models import Model
 from pydantic_ai.settings import ModelSettings
 
@@ -53,7 +54,7 @@ async def run_agent(
     prompt: str,
     *,
     model: Model | str | None,
-    model_settings: Mapping[str, Any] | None,
+    model_settings: Mapping[str, object] | None,
 ) -> AgentCall:
     """Run `agent` on `prompt` (with `model` replacing the agent's own when given) in the caller's loop.
 
@@ -82,12 +83,10 @@ async def run_agent(
     )
 
 
-def _answering_model(messages: list[Any], fallback: object) -> str:
+def _answering_model(messages: Sequence[ModelMessage], fallback: object) -> str:
     """`provider:model` of the last response's model (what really answered), else the configured one."""
     for message in reversed(messages):
-        name = getattr(message, "model_name", None)
-        provider = getattr(message, "provider_name", None)
-        if getattr(message, "kind", None) == "response" and name:
-            system = provider or (model_id_of(fallback) or "unknown:").split(":", 1)[0]
-            return f"{system}:{name}"
+        if isinstance(message, ModelResponse) and message.model_name:
+            system = message.provider_name or (model_id_of(fallback) or "unknown:").split(":", 1)[0]
+            return f"{system}:{message.model_name}"
     return model_id_of(fallback) or "unknown"

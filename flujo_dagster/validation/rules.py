@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, get_origin
+from typing import get_origin
 
 from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.keys import annotations_of, resolve_keys, return_annotation
@@ -149,7 +149,7 @@ def _function_type_findings(pipeline: Pipeline, s: FunctionStep, path: str) -> I
 def _agent_type_findings(pipeline: Pipeline, s: AgentStep, path: str) -> Iterator[Finding]:
     fields = pipeline.fields
     key = s.output_key or s.name
-    output_type: Any = getattr(s.agent, "output_type", None)
+    output_type: object = getattr(s.agent, "output_type", None)
     # a class or a generic alias / union (list[Source], str | None); not pydantic-ai's output specs (lists, markers)
     is_annotation = isinstance(output_type, type) or get_origin(output_type) is not None
     if key in fields and is_annotation and not is_assignable(output_type, fields[key]):
