@@ -170,9 +170,10 @@ class Request(BaseModel):
 
     @model_serializer(mode="wrap")
     def _flatten_policy(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """The tag's flat record: the policy's fields beside the request's own, `mac` only when sealed."""
         data: dict[str, object] = handler(self)
         policy = data.pop("policy", None)
-        if not data.get("mac", True):
+        if "mac" in data and not data["mac"]:
             del data["mac"]
         return {**data, **(policy if isinstance(policy, dict) else {})}
 
