@@ -28,6 +28,7 @@ from flujo_dagster.pricing import (
     Limits,
     PostgresBudgetLedger,
     Reservation,
+    ScopeTotals,
     SqliteBudgetLedger,
     Usage,
     format_usd,
@@ -268,6 +269,44 @@ def test_release_frees_the_reservation_and_closing_twice_counts_once(ledger: Bud
     assert (ledger.totals("team"), ledger.entries()) == after_first
     assert after_first[0].spent_usd_nanos == 20 * CENT and after_first[0].overshoots == 1
     assert_consistent(ledger, "team")
+
+
+def test_every_backend_records_one_mixed_scenario_identically(ledger: BudgetLedger) -> None:
+    """Two runs over two scopes: an overshoot, a release and a recover, then the filters and counters, compared
+    with literal values (so both backends give the very same records)."""
+    limits = Limits(max_usd_nanos=USD_NANOS, max_tokens=1000)
+    over = ledger.reserve("mix-a", limits, Usage(10 * CENT, 100), run_id="run-1", step="s1")
+    failed = ledger.reserve("mix-b", limits, Usage(20 * CENT, 200), run_id="run-1", step="s2")
+    ledger.reserve("mix-a", limits, Usage(30 * CENT, 300), run_id="run-2", step="s3")
+    ledger.reserve("mix-a", limits, Usage(5 * CENT, 50), run_id="run-1", step="s4")
+    assert ledger.reconcile(over, Usage(15 * CENT, 90)) is True
+    ledger.release(failed)
+    assert ledger.recover("run-1") == 1  # only s4 was still open
+
+    def records(run_id: str | None, scope: str | None) -> list[tuple[str, str, str, Usage | None, bool]]:
+        return [(e.step, e.scope, e.state, e.actual, e.overshoot) for e in ledger.entries(run_id=run_id, scope=scope)]
+
+    assert records("run-1", "mix-a") == [
+        ("s1", "mix-a", "reconciled", Usage(15 * CENT, 90), True),
+        ("s4", "mix-a", "recovered", Usage(5 * CENT, 50), False),
+    ]
+    assert records("run-1", "mix-b") == [("s2", "mix-b", "released", None, False)]
+    assert records("run-2", "mix-b") == []
+    assert [step for step, *_ in records(None, "mix-a")] == ["s1", "s3", "s4"]
+    assert [step for step, *_ in records("run-1", None)] == ["s1", "s2", "s4"]
+    reason = "an overshoot at run 'run-1' step 's1' (reserved $0.10 / 100 tokens, actual $0.15 / 90 tokens)"
+    # the recover kept the halt (and its reason) that the overshoot set
+    assert ledger.totals("mix-a") == ScopeTotals("mix-a", 20 * CENT, 140, 30 * CENT, 300, 1, True, reason)
+    assert ledger.totals("mix-b") == ScopeTotals("mix-b", 0, 0, 0, 0, 0, False, None)
+    with pytest.raises(UsageLimitExceededError, match="was halted by an overshoot at run 'run-1' step 's1'"):
+        ledger.reserve("mix-a", limits, Usage(1, 1), run_id="run-3", step="s5")
+    assert ledger.resume("mix-a") is True
+    # exactly up to both limits: 20 + 30 + 50 cents, 140 + 300 + 560 tokens
+    ledger.reserve("mix-a", limits, Usage(50 * CENT, 560), run_id="run-3", step="s5")
+    with pytest.raises(UsageLimitExceededError, match="would total 1001"):
+        ledger.reserve("mix-a", limits, Usage(0, 1), run_id="run-3", step="s6")
+    assert_consistent(ledger, "mix-a")
+    assert_consistent(ledger, "mix-b")
 
 
 def test_an_unknown_reservation_is_an_error(backend: Backend, ledger: BudgetLedger) -> None:

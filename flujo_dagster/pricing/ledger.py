@@ -25,7 +25,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar, cast, runtime_checkable
+from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from flujo_dagster.errors import UsageLimitExceededError
 
@@ -49,8 +49,6 @@ _MAX_AMOUNT = 2**62  # far below the 64-bit column limit even after summing many
 _C = TypeVar("_C")
 
 EntryState = Literal["reserved", "reconciled", "released", "recovered"]
-
-EntryRow = tuple[str, str, str, str, int, int, int | None, int | None, str, int, float, float | None]
 
 
 def _check_amount(name: str, value: object) -> None:
@@ -252,25 +250,6 @@ def unknown_reservation_message(reservation: Reservation, where: str) -> str:
         f"Reservation {reservation.id!r} (scope {reservation.scope!r}, run {reservation.run_id!r}, step "
         f"{reservation.step!r}) is not in the budget ledger at {where}: it was reserved in another ledger. "
         "Reconcile or release it with the ledger that reserved it."
-    )
-
-
-def entry_from_row(row: EntryRow) -> LedgerEntry:
-    """A `LedgerEntry` from an entries row: id, scope, run_id, step, reserved usd/tokens, actual usd/tokens, state,
-    overshoot, created_at, closed_at."""
-    entry_id, scope, run_id, step, res_usd, res_tokens, act_usd, act_tokens, state, overshoot, created, closed = row
-    actual = None if act_usd is None or act_tokens is None else Usage(int(act_usd), int(act_tokens))
-    return LedgerEntry(
-        id=entry_id,
-        scope=scope,
-        run_id=run_id,
-        step=step,
-        reserved=Usage(int(res_usd), int(res_tokens)),
-        actual=actual,
-        state=cast(EntryState, state),
-        overshoot=bool(overshoot),
-        created_at=float(created),
-        closed_at=None if closed is None else float(closed),
     )
 
 

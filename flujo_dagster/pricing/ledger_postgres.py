@@ -3,18 +3,17 @@
 Every write is one transaction. `reserve` first makes sure the scope's row exists (`INSERT ... ON CONFLICT DO
 NOTHING`), then locks it (`SELECT ... FOR UPDATE`): concurrent reservations of one scope queue on that row lock, so
 the limit check and the write that follows it see no other writer in between. `reconcile` and `release` lock the
-entry row, then update the scope row; `recover` updates the run's open entries, then their scopes in name order, so
-two transactions never wait on each other in a cycle. A transaction that still meets a deadlock or a serialization
-failure is rolled back and retried. Each thread of each process gets its own connection, opened on first use.
-Tables are created when missing, named `<table_prefix>scopes` and `<table_prefix>entries`.
+entry row, then update the scope row; `recover` locks the run's open entries, then updates them and their scopes in
+name order, so two transactions never wait on each other in a cycle. A transaction that still meets a deadlock or a
+serialization failure is rolled back and retried. Each thread of each process gets its own connection, opened on
+first use. Tables are created when missing, named `<table_prefix>scopes` and `<table_prefix>entries`.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -22,28 +21,19 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from flujo_dagster.errors import StorageError
-from flujo_dagster.pricing.ledger import (
-    EntryRow,
-    EntryState,
-    LedgerEntry,
-    Limits,
-    PerThreadConnections,
-    Reservation,
-    ScopeTotals,
-    Usage,
-    check_reservation_args,
-    entry_from_row,
-    halted_error,
-    halted_reason,
-    is_overshoot,
-    limit_error,
-    new_reservation_id,
-    unknown_reservation_message,
+from flujo_dagster.pricing.ledger import PerThreadConnections
+from flujo_dagster.pricing.ledger_sql import (
+    ENTRY_COLUMNS,
+    LOCKED_ENTRY_COLUMNS,
+    SCOPE_COLUMNS,
+    SqlBudgetLedger,
+    Statements,
 )
 
 __all__ = ["PostgresBudgetLedger", "redact_url"]
 
 _T = TypeVar("_T")
+_Connection = psycopg2.extensions.connection
 _Cursor = psycopg2.extensions.cursor
 
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}")
@@ -56,7 +46,7 @@ def _detail(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _is_open(conn: psycopg2.extensions.connection) -> bool:
+def _is_open(conn: _Connection) -> bool:
     return not conn.closed
 
 
@@ -73,7 +63,130 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
-class PostgresBudgetLedger:
+def _schema(scopes: str, entries: str) -> str:
+    """The tables and indexes, created when missing."""
+    return f"""CREATE TABLE IF NOT EXISTS {scopes} (
+            scope TEXT PRIMARY KEY,
+            spent_usd_nanos BIGINT NOT NULL DEFAULT 0,
+            spent_tokens BIGINT NOT NULL DEFAULT 0,
+            reserved_usd_nanos BIGINT NOT NULL DEFAULT 0,
+            reserved_tokens BIGINT NOT NULL DEFAULT 0,
+            overshoots BIGINT NOT NULL DEFAULT 0,
+            halted BOOLEAN NOT NULL DEFAULT FALSE,
+            halted_reason TEXT
+        );
+        CREATE TABLE IF NOT EXISTS {entries} (
+            id TEXT PRIMARY KEY,
+            scope TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            step TEXT NOT NULL,
+            reserved_usd_nanos BIGINT NOT NULL,
+            reserved_tokens BIGINT NOT NULL,
+            actual_usd_nanos BIGINT,
+            actual_tokens BIGINT,
+            state TEXT NOT NULL CHECK (state IN ('reserved', 'reconciled', 'released', 'recovered')),
+            overshoot BOOLEAN NOT NULL DEFAULT FALSE,
+            seq BIGSERIAL,
+            created_at DOUBLE PRECISION NOT NULL,
+            closed_at DOUBLE PRECISION
+        );
+        CREATE INDEX IF NOT EXISTS {entries}_run_id ON {entries} (run_id, state);
+        CREATE INDEX IF NOT EXISTS {entries}_scope ON {entries} (scope);"""
+
+
+def _statements(scopes: str, entries: str) -> Statements:
+    """The ledger's SQL on the tables `scopes` and `entries`. Rows are held by `FOR UPDATE` row locks."""
+    return Statements(
+        placeholder="%({})s",
+        # the row exists first (a refused reserve's insert is rolled back with it), so that the lock can be taken
+        lock_scope=(
+            f"INSERT INTO {scopes} (scope) VALUES (%(scope)s) ON CONFLICT (scope) DO NOTHING; "
+            f"SELECT {SCOPE_COLUMNS} FROM {scopes} WHERE scope = %(scope)s FOR UPDATE"
+        ),
+        reserve=(
+            f"UPDATE {scopes} SET reserved_usd_nanos = reserved_usd_nanos + %(usd)s, "
+            f"reserved_tokens = reserved_tokens + %(tokens)s WHERE scope = %(scope)s; "
+            f"INSERT INTO {entries} (id, scope, run_id, step, reserved_usd_nanos, reserved_tokens, state, created_at) "
+            f"VALUES (%(id)s, %(scope)s, %(run_id)s, %(step)s, %(usd)s, %(tokens)s, 'reserved', %(now)s)",
+        ),
+        lock_entry=f"SELECT {LOCKED_ENTRY_COLUMNS} FROM {entries} WHERE id = %(id)s FOR UPDATE",
+        lock_open_entries=(
+            f"SELECT {LOCKED_ENTRY_COLUMNS} FROM {entries} WHERE run_id = %(run_id)s AND state = 'reserved' FOR UPDATE"
+        ),
+        close_entry=(
+            f"UPDATE {entries} SET state = %(state)s, actual_usd_nanos = %(actual_usd)s, "
+            f"actual_tokens = %(actual_tokens)s, overshoot = %(overshoot)s::boolean, closed_at = %(now)s "
+            f"WHERE id = %(id)s"
+        ),
+        move_to_spent=(
+            f"UPDATE {scopes} SET reserved_usd_nanos = reserved_usd_nanos - %(usd)s, "
+            f"reserved_tokens = reserved_tokens - %(tokens)s, spent_usd_nanos = spent_usd_nanos + %(spent_usd)s, "
+            f"spent_tokens = spent_tokens + %(spent_tokens)s, overshoots = overshoots + %(overshoot)s, "
+            f"halted_reason = CASE WHEN NOT halted AND %(overshoot)s::boolean THEN %(reason)s ELSE halted_reason END, "
+            f"halted = halted OR %(overshoot)s::boolean WHERE scope = %(scope)s"
+        ),
+        resume=f"UPDATE {scopes} SET halted = FALSE, halted_reason = NULL WHERE scope = %(scope)s AND halted",
+        select_scope=f"SELECT {SCOPE_COLUMNS} FROM {scopes} WHERE scope = %(scope)s",
+        select_entries=f"SELECT {ENTRY_COLUMNS} FROM {entries}",
+        entries_order="ORDER BY created_at, seq",
+    )
+
+
+def _connect(url: str, where: str, connect_timeout_s: int, lock_timeout_s: float) -> _Connection:
+    """A new connection whose row-lock waits end after `lock_timeout_s`."""
+    try:
+        conn = psycopg2.connect(url, connect_timeout=connect_timeout_s)
+    except psycopg2.Error as exc:
+        raise StorageError(
+            f"Cannot connect to the budget ledger in {where} ({_detail(exc)}). Check that the server "
+            "is running and reachable and that the URL's user, password and database are right."
+        ) from exc
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{round(lock_timeout_s * 1000)}ms",))
+        conn.commit()
+    except psycopg2.Error as exc:
+        conn.close()
+        raise StorageError(
+            f"Cannot set lock_timeout on the budget ledger's connection to {where} ({_detail(exc)}). "
+            "Check the server's configuration."
+        ) from exc
+    return conn
+
+
+def _create_tables(cur: _Cursor, prefix: str) -> None:
+    """Create the tables and indexes named `<prefix>...`, only when one is missing: CREATE INDEX IF NOT EXISTS locks
+    the table against writers even when the index exists. Concurrent creations can collide in the catalog: they
+    are serialized on an advisory lock."""
+    names = [f"{prefix}{name}" for name in ("scopes", "entries", "entries_run_id", "entries_scope")]
+    cur.execute("SELECT to_regclass(%s), to_regclass(%s), to_regclass(%s), to_regclass(%s)", names)
+    row = cur.fetchone()
+    if row is not None and all(oid is not None for oid in row):
+        return
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"flujo_dagster.ledger.{prefix}",))
+    cur.execute(_schema(f"{prefix}scopes", f"{prefix}entries"))
+
+
+def _storage_error(exc: psycopg2.Error, where: str, lock_timeout_s: float) -> StorageError:
+    """The error to raise for a driver error that is not transient."""
+    if isinstance(exc, psycopg2.errors.LockNotAvailable):
+        return StorageError(
+            f"The budget ledger in {where} stayed locked by another session for more than "
+            f"{lock_timeout_s} s. Look for a hung process or an idle transaction holding it "
+            "(pg_stat_activity), or raise lock_timeout_s."
+        )
+    if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+        return StorageError(
+            f"Lost the connection to the budget ledger in {where} ({_detail(exc)}). The operation "
+            "may or may not have been committed; check the server, then look at the ledger's entries."
+        )
+    return StorageError(
+        f"The budget ledger in {where} cannot be used ({_detail(exc)}). Check that these tables "
+        "are a flujo_dagster budget ledger and the user may write them, or choose another table_prefix."
+    )
+
+
+class PostgresBudgetLedger(SqlBudgetLedger[_Connection]):
     """A `BudgetLedger` in the PostgreSQL database at `url` (libpq URL, e.g. `postgresql://user@host:5432/db`).
 
     `table_prefix` names the tables (lowercase letters, digits, underscores). `connect_timeout_s` bounds how long
@@ -98,123 +211,20 @@ class PostgresBudgetLedger:
         self.table_prefix = table_prefix
         self.connect_timeout_s = connect_timeout_s
         self.lock_timeout_s = lock_timeout_s
-        self._where = f"PostgreSQL {redact_url(url)} (tables {table_prefix}scopes, {table_prefix}entries)"
-        self._connections = PerThreadConnections(self._open, psycopg2.extensions.connection.close, _is_open)
         scopes, entries = f"{table_prefix}scopes", f"{table_prefix}entries"
-        self._schema = f"""CREATE TABLE IF NOT EXISTS {scopes} (
-                scope TEXT PRIMARY KEY,
-                spent_usd_nanos BIGINT NOT NULL DEFAULT 0,
-                spent_tokens BIGINT NOT NULL DEFAULT 0,
-                reserved_usd_nanos BIGINT NOT NULL DEFAULT 0,
-                reserved_tokens BIGINT NOT NULL DEFAULT 0,
-                overshoots BIGINT NOT NULL DEFAULT 0,
-                halted BOOLEAN NOT NULL DEFAULT FALSE,
-                halted_reason TEXT
-            );
-            CREATE TABLE IF NOT EXISTS {entries} (
-                id TEXT PRIMARY KEY,
-                scope TEXT NOT NULL,
-                run_id TEXT NOT NULL,
-                step TEXT NOT NULL,
-                reserved_usd_nanos BIGINT NOT NULL,
-                reserved_tokens BIGINT NOT NULL,
-                actual_usd_nanos BIGINT,
-                actual_tokens BIGINT,
-                state TEXT NOT NULL CHECK (state IN ('reserved', 'reconciled', 'released', 'recovered')),
-                overshoot BOOLEAN NOT NULL DEFAULT FALSE,
-                seq BIGSERIAL,
-                created_at DOUBLE PRECISION NOT NULL,
-                closed_at DOUBLE PRECISION
-            );
-            CREATE INDEX IF NOT EXISTS {entries}_run_id ON {entries} (run_id, state);
-            CREATE INDEX IF NOT EXISTS {entries}_scope ON {entries} (scope);"""
-        self._lock_scope = (
-            f"INSERT INTO {scopes} (scope) VALUES (%s) ON CONFLICT (scope) DO NOTHING; "
-            f"SELECT spent_usd_nanos, spent_tokens, reserved_usd_nanos, reserved_tokens, halted, halted_reason "
-            f"FROM {scopes} WHERE scope = %s FOR UPDATE"
-        )
-        self._reserve = (
-            f"UPDATE {scopes} SET reserved_usd_nanos = reserved_usd_nanos + %s, "
-            f"reserved_tokens = reserved_tokens + %s WHERE scope = %s; "
-            f"INSERT INTO {entries} (id, scope, run_id, step, reserved_usd_nanos, reserved_tokens, state, created_at) "
-            f"VALUES (%s, %s, %s, %s, %s, %s, 'reserved', %s)"
-        )
-        self._select_entry = (
-            f"SELECT scope, run_id, step, reserved_usd_nanos, reserved_tokens, state, overshoot "
-            f"FROM {entries} WHERE id = %s FOR UPDATE"
-        )
-        self._close_entry_sql = (
-            f"UPDATE {entries} SET state = %s, actual_usd_nanos = %s, actual_tokens = %s, overshoot = %s, "
-            f"closed_at = %s WHERE id = %s"
-        )
-        self._move_to_spent = (
-            f"UPDATE {scopes} SET reserved_usd_nanos = reserved_usd_nanos - %s, "
-            f"reserved_tokens = reserved_tokens - %s, spent_usd_nanos = spent_usd_nanos + %s, "
-            f"spent_tokens = spent_tokens + %s, overshoots = overshoots + %s, "
-            f"halted_reason = CASE WHEN NOT halted AND %s THEN %s ELSE halted_reason END, "
-            f"halted = halted OR %s WHERE scope = %s"
-        )
-        self._recover_run = (
-            f"UPDATE {entries} SET state = 'recovered', actual_usd_nanos = reserved_usd_nanos, "
-            f"actual_tokens = reserved_tokens, closed_at = %s WHERE run_id = %s AND state = 'reserved' "
-            f"RETURNING scope, reserved_usd_nanos, reserved_tokens"
-        )
-        self._resume = f"UPDATE {scopes} SET halted = FALSE, halted_reason = NULL WHERE scope = %s AND halted"
-        self._select_scope = (
-            f"SELECT spent_usd_nanos, spent_tokens, reserved_usd_nanos, reserved_tokens, overshoots, halted, "
-            f"halted_reason FROM {scopes} WHERE scope = %s"
-        )
-        self._entry_columns = (
-            f"SELECT id, scope, run_id, step, reserved_usd_nanos, reserved_tokens, actual_usd_nanos, actual_tokens, "
-            f"state, overshoot, created_at, closed_at FROM {entries}"
-        )
+        where = f"PostgreSQL {redact_url(url)} (tables {scopes}, {entries})"
+        connections = PerThreadConnections(self._open, _Connection.close, _is_open)
+        super().__init__(_statements(scopes, entries), where, connections)
         try:
-            self._transaction(self._create_tables)
+            self._write(lambda cur: _create_tables(cur, table_prefix))
         except BaseException:
             self.close()
             raise
 
-    # connections -----------------------------------------------------------------------------------------------
+    def _open(self) -> _Connection:
+        return _connect(self.url, self._where, self.connect_timeout_s, self.lock_timeout_s)
 
-    def _open(self) -> psycopg2.extensions.connection:
-        try:
-            conn = psycopg2.connect(self.url, connect_timeout=self.connect_timeout_s)
-        except psycopg2.Error as exc:
-            raise StorageError(
-                f"Cannot connect to the budget ledger in {self._where} ({_detail(exc)}). Check that the server "
-                "is running and reachable and that the URL's user, password and database are right."
-            ) from exc
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{round(self.lock_timeout_s * 1000)}ms",))
-            conn.commit()
-        except psycopg2.Error as exc:
-            conn.close()
-            raise StorageError(
-                f"Cannot set lock_timeout on the budget ledger's connection to {self._where} ({_detail(exc)}). "
-                "Check the server's configuration."
-            ) from exc
-        return conn
-
-    def _connection(self) -> psycopg2.extensions.connection:
-        return self._connections.get()
-
-    def close(self) -> None:
-        """Close every connection this object opened in this process; it reconnects if used again."""
-        self._connections.close_all()
-
-    def _create_tables(self, cur: _Cursor) -> None:
-        # Only when something is missing: CREATE INDEX IF NOT EXISTS locks the table against writers even when the
-        # index exists. Concurrent creations can collide in the catalog: they are serialized on an advisory lock.
-        names = [f"{self.table_prefix}{name}" for name in ("scopes", "entries", "entries_run_id", "entries_scope")]
-        cur.execute("SELECT to_regclass(%s), to_regclass(%s), to_regclass(%s), to_regclass(%s)", names)
-        row = cur.fetchone()
-        if row is not None and all(oid is not None for oid in row):
-            return
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"flujo_dagster.ledger.{self.table_prefix}",))
-        cur.execute(self._schema)
-
-    def _transaction(self, body: Callable[[_Cursor], _T]) -> _T:
+    def _write(self, body: Callable[[_Cursor], _T]) -> _T:
         """Run `body` in one transaction: committed when it returns, rolled back when it raises; a deadlock or a
         serialization failure is retried (the rolled-back transaction wrote nothing)."""
         for attempt in range(_RETRIES):
@@ -232,180 +242,15 @@ class PostgresBudgetLedger:
                     ) from exc
             except psycopg2.errors.LockNotAvailable as exc:
                 conn.rollback()
-                raise StorageError(
-                    f"The budget ledger in {self._where} stayed locked by another session for more than "
-                    f"{self.lock_timeout_s} s. Look for a hung process or an idle transaction holding it "
-                    "(pg_stat_activity), or raise lock_timeout_s."
-                ) from exc
+                raise _storage_error(exc, self._where, self.lock_timeout_s) from exc
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                conn.close()
-                raise StorageError(
-                    f"Lost the connection to the budget ledger in {self._where} ({_detail(exc)}). The operation "
-                    "may or may not have been committed; check the server, then look at the ledger's entries."
-                ) from exc
+                conn.close()  # the connection is lost: the next use opens another
+                raise _storage_error(exc, self._where, self.lock_timeout_s) from exc
             except psycopg2.Error as exc:
                 conn.rollback()
-                raise StorageError(
-                    f"The budget ledger in {self._where} cannot be used ({_detail(exc)}). Check that these tables "
-                    "are a flujo_dagster budget ledger and the user may write them, or choose another table_prefix."
-                ) from exc
+                raise _storage_error(exc, self._where, self.lock_timeout_s) from exc
             except BaseException:
                 if not conn.closed:
                     conn.rollback()
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
-
-    # the ledger ------------------------------------------------------------------------------------------------
-
-    def reserve(self, scope: str, limits: Limits, amount: Usage, *, run_id: str, step: str) -> Reservation:
-        """Reserve `amount` in `scope` (see `BudgetLedger.reserve`)."""
-        check_reservation_args(scope, limits, amount, run_id, step)
-        reservation = Reservation(new_reservation_id(), scope, run_id, step, amount.usd_nanos, amount.tokens)
-
-        def body(cur: _Cursor) -> None:
-            cur.execute(self._lock_scope, (scope, scope))
-            row = cur.fetchone()
-            assert row is not None  # the row was inserted just above if missing
-            spent_usd, spent_tokens, reserved_usd, reserved_tokens, halted, reason = row
-            if halted:
-                raise halted_error(scope, reason, run_id, step)
-            spent, reserved = Usage(spent_usd, spent_tokens), Usage(reserved_usd, reserved_tokens)
-            error = limit_error(scope, limits, spent, reserved, amount, run_id=run_id, step=step)
-            if error is not None:
-                raise error
-            cur.execute(
-                self._reserve,
-                (
-                    amount.usd_nanos,
-                    amount.tokens,
-                    scope,
-                    reservation.id,
-                    scope,
-                    run_id,
-                    step,
-                    amount.usd_nanos,
-                    amount.tokens,
-                    time.time(),
-                ),
-            )
-
-        self._transaction(body)
-        return reservation
-
-    def _close_entry(self, reservation: Reservation, state: EntryState, actual: Usage | None) -> bool:
-        def body(cur: _Cursor) -> bool:
-            cur.execute(self._select_entry, (reservation.id,))
-            row = cur.fetchone()
-            if row is None:
-                raise StorageError(unknown_reservation_message(reservation, self._where))
-            scope, run_id, step, reserved_usd, reserved_tokens, current, overshot = row
-            if current != "reserved":
-                return bool(overshot)
-            reserved = Usage(reserved_usd, reserved_tokens)
-            spend = actual if actual is not None else Usage(0, 0)
-            overshoot = actual is not None and is_overshoot(reserved, actual)
-            reason = halted_reason(run_id, step, reserved, spend) if overshoot else None
-            cur.execute(
-                self._close_entry_sql,
-                (
-                    state,
-                    None if actual is None else actual.usd_nanos,
-                    None if actual is None else actual.tokens,
-                    overshoot,
-                    time.time(),
-                    reservation.id,
-                ),
-            )
-            cur.execute(
-                self._move_to_spent,
-                (
-                    reserved.usd_nanos,
-                    reserved.tokens,
-                    spend.usd_nanos,
-                    spend.tokens,
-                    int(overshoot),
-                    overshoot,
-                    reason,
-                    overshoot,
-                    scope,
-                ),
-            )
-            return overshoot
-
-        return self._transaction(body)
-
-    def reconcile(self, reservation: Reservation, actual: Usage) -> bool:
-        """Record the actual spend of an open reservation; True on an overshoot, which halts the scope.
-
-        Idempotent: on an already closed reservation it changes nothing and returns the flag first recorded.
-        """
-        if not isinstance(actual, Usage):
-            raise TypeError(f"reconcile: actual must be a Usage, got {type(actual).__name__}")
-        return self._close_entry(reservation, "reconciled", actual)
-
-    def release(self, reservation: Reservation) -> None:
-        """Close an open reservation with no spend. Idempotent: a closed reservation is left as it is."""
-        self._close_entry(reservation, "released", None)
-
-    def recover(self, run_id: str) -> int:
-        """Close the open reservations of `run_id` as "recovered", spent at their reserved amount; how many.
-
-        Call it only once no process of that run is running (e.g. when the run failed or is re-executed).
-        """
-
-        def body(cur: _Cursor) -> int:
-            cur.execute(self._recover_run, (time.time(), run_id))
-            sums: dict[str, tuple[int, int]] = {}
-            rows = cur.fetchall()
-            for scope, usd, tokens in rows:
-                old_usd, old_tokens = sums.get(scope, (0, 0))
-                sums[scope] = (old_usd + usd, old_tokens + tokens)
-            for scope in sorted(sums):
-                usd, tokens = sums[scope]
-                cur.execute(self._move_to_spent, (usd, tokens, usd, tokens, 0, False, None, False, scope))
-            return len(rows)
-
-        return self._transaction(body)
-
-    def resume(self, scope: str) -> bool:
-        """Lift the halt of `scope` (spend and overshoot count stay); True when it was halted."""
-
-        def body(cur: _Cursor) -> bool:
-            cur.execute(self._resume, (scope,))
-            return cur.rowcount > 0
-
-        return self._transaction(body)
-
-    def totals(self, scope: str) -> ScopeTotals:
-        """The counters of `scope` (zeros for a scope never used)."""
-
-        def body(cur: _Cursor) -> ScopeTotals:
-            cur.execute(self._select_scope, (scope,))
-            row = cur.fetchone()
-            if row is None:
-                return ScopeTotals(scope, 0, 0, 0, 0, 0, False)
-            spent_usd, spent_tokens, reserved_usd, reserved_tokens, overshoots, halted, reason = row
-            return ScopeTotals(
-                scope, spent_usd, spent_tokens, reserved_usd, reserved_tokens, overshoots, bool(halted), reason
-            )
-
-        return self._transaction(body)
-
-    def entries(self, *, run_id: str | None = None, scope: str | None = None) -> list[LedgerEntry]:
-        """Every entry, optionally of one run and/or scope, oldest first."""
-        conditions: list[str] = []
-        params: list[str] = []
-        if run_id is not None:
-            conditions.append("run_id = %s")
-            params.append(run_id)
-        if scope is not None:
-            conditions.append("scope = %s")
-            params.append(scope)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        query = f"{self._entry_columns}{where} ORDER BY created_at, seq"
-
-        def body(cur: _Cursor) -> list[LedgerEntry]:
-            cur.execute(query, params)
-            return [entry_from_row(cast(EntryRow, row)) for row in cur.fetchall()]
-
-        return self._transaction(body)

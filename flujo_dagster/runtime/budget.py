@@ -29,7 +29,7 @@ from flujo_dagster.errors import ConfigurationError, UsageLimitExceededError
 from flujo_dagster.pricing.ledger import USD_NANOS, BudgetLedger, Limits, Reservation, Usage
 from flujo_dagster.pricing.prices import PriceBook, TokenUsage
 
-__all__ = ["BudgetContext", "BudgetedModel", "Guard", "guard_for", "nanos"]
+__all__ = ["BudgetContext", "BudgetedModel", "Guard", "day_scope", "guard_for", "nanos"]
 
 
 def nanos(usd: Decimal) -> int:
@@ -51,6 +51,11 @@ def guard_for(budget: Budget, scope: str) -> Guard:
     return Guard(scope, Limits(max_usd_nanos=cost, max_tokens=budget.max_tokens))
 
 
+def day_scope(pipeline: str, day: str) -> str:
+    """The ledger scope of pipeline `pipeline`'s per-day budget on `day` (an ISO date, `2026-11-26`)."""
+    return f"pipeline:{pipeline}:day:{day}"
+
+
 @dataclass(frozen=True)
 class BudgetContext:
     """What an agent step's requests are charged to: the ledger, the budgets (guards) that apply, the run
@@ -60,6 +65,49 @@ class BudgetContext:
     guards: tuple[Guard, ...]
     run_id: str
     prices: PriceBook
+
+    def reserve(self, amount: Usage, *, step: str) -> list[Reservation]:
+        """Reserve `amount` for `step` in every guard's scope, or none of them (`UsageLimitExceededError`)."""
+        held: list[Reservation] = []
+        try:
+            for guard in self.guards:
+                held.append(self.ledger.reserve(guard.scope, guard.limits, amount, run_id=self.run_id, step=step))
+        except BaseException:
+            self.settle(held, None, release=True)
+            raise
+        return held
+
+    def settle(self, held: list[Reservation], actual: Usage | None, *, release: bool = False) -> list[Reservation]:
+        """Close every reservation in `held` (released, or reconciled to `actual`, or to its own worst case
+        when `actual` is None), even when closing one fails; the overshooting ones. The first error is raised
+        after all were tried, so that none stays open."""
+        overshoots: list[Reservation] = []
+        errors: list[BaseException] = []
+        for reservation in held:
+            try:
+                if release:
+                    self.ledger.release(reservation)
+                elif self.ledger.reconcile(reservation, actual or Usage(reservation.usd_nanos, reservation.tokens)):
+                    overshoots.append(reservation)
+            except Exception as exc:  # noqa: BLE001 (re-raised below, after the other reservations are closed)
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return overshoots
+
+
+def _overshoot_error(
+    path: str, model_name: str | None, actual: Usage, overshoots: list[Reservation], max_tokens: int
+) -> UsageLimitExceededError:
+    """The error of a response that cost more than its reservations `overshoots` (the first one is quoted)."""
+    first = overshoots[0]
+    return UsageLimitExceededError(
+        f"{path}: a response of {model_name!r} used {actual.tokens} tokens "
+        f"(${Decimal(actual.usd_nanos) / USD_NANOS}), more than the {first.tokens} tokens "
+        f"(${Decimal(first.usd_nanos) / USD_NANOS}) reserved for it (max_tokens={max_tokens}); recorded "
+        f"as an overshoot in budget scope(s) {', '.join(r.scope for r in overshoots)}, which now refuse "
+        "further requests. Check that the provider honours max_tokens."
+    )
 
 
 class BudgetedModel(WrapperModel):
@@ -92,41 +140,6 @@ class BudgetedModel(WrapperModel):
         )
         return Usage(usd_nanos=nanos(pricing.cost(tokens)), tokens=usage.input_tokens + usage.output_tokens)
 
-    def reserve(self, amount: Usage) -> list[Reservation]:
-        """Reserve `amount` in every guard's scope, or none of them (`UsageLimitExceededError`)."""
-        held: list[Reservation] = []
-        try:
-            for guard in self.budget.guards:
-                held.append(
-                    self.budget.ledger.reserve(
-                        guard.scope, guard.limits, amount, run_id=self.budget.run_id, step=self.path
-                    )
-                )
-        except BaseException:
-            self.settle(held, None, release=True)
-            raise
-        return held
-
-    def settle(self, held: list[Reservation], actual: Usage | None, *, release: bool = False) -> list[Reservation]:
-        """Close every reservation in `held` (released, or reconciled to `actual`, or to its own worst case
-        when `actual` is None), even when closing one fails; the overshooting ones. The first error is raised
-        after all were tried, so that none stays open."""
-        overshoots: list[Reservation] = []
-        errors: list[BaseException] = []
-        for reservation in held:
-            try:
-                if release:
-                    self.budget.ledger.release(reservation)
-                elif self.budget.ledger.reconcile(
-                    reservation, actual or Usage(reservation.usd_nanos, reservation.tokens)
-                ):
-                    overshoots.append(reservation)
-            except Exception as exc:  # noqa: BLE001 (re-raised below, after the other reservations are closed)
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-        return overshoots
-
     async def request(
         self,
         messages: list[ModelMessage],
@@ -135,32 +148,26 @@ class BudgetedModel(WrapperModel):
     ) -> ModelResponse:
         settings = ModelSettings(**(model_settings or {}))
         settings["max_tokens"] = min(settings.get("max_tokens", self.max_tokens), self.max_tokens)
-        held = self.reserve(self.worst_case(messages, model_request_parameters))
+        budget = self.budget
+        held = budget.reserve(self.worst_case(messages, model_request_parameters), step=self.path)
         try:
             response = await super().request(messages, settings, model_request_parameters)
         except anyio.get_cancelled_exc_class():
             # a timeout or a terminated run: the request may have been sent and billed, so its worst case counts
-            self.settle(held, None)
+            budget.settle(held, None)
             raise
         except BaseException:
-            self.settle(held, Usage(0, 0), release=True)
+            budget.settle(held, Usage(0, 0), release=True)
             raise
         try:
             actual = self.actual(response)
         except BaseException:
             # the request was answered (and billed) but cannot be priced: keep the worst case as spent
-            self.settle(held, None)
+            budget.settle(held, None)
             raise
-        overshoots = self.settle(held, actual)
+        overshoots = budget.settle(held, actual)
         if overshoots:
-            first = overshoots[0]
-            raise UsageLimitExceededError(
-                f"{self.path}: a response of {response.model_name!r} used {actual.tokens} tokens "
-                f"(${Decimal(actual.usd_nanos) / USD_NANOS}), more than the {first.tokens} tokens "
-                f"(${Decimal(first.usd_nanos) / USD_NANOS}) reserved for it (max_tokens={self.max_tokens}); recorded "
-                f"as an overshoot in budget scope(s) {', '.join(r.scope for r in overshoots)}, which now refuse "
-                "further requests. Check that the provider honours max_tokens."
-            )
+            raise _overshoot_error(self.path, response.model_name, actual, overshoots, self.max_tokens)
         return response
 
     @asynccontextmanager

@@ -27,7 +27,7 @@ from flujo_dagster.dsl.schedules import Schedule
 from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.names import BUDGET_DAY_TAG, BUDGET_LEDGER_KEY
 from flujo_dagster.pricing.ledger import format_usd
-from flujo_dagster.runtime.budget import guard_for
+from flujo_dagster.runtime.budget import day_scope, guard_for
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.validation.schedules import partition_input
 
@@ -84,7 +84,7 @@ def spent_reason(
     budget = pipeline.budget
     if budget is None or budget.scope != "day":
         return None
-    scope = f"pipeline:{pipeline.name}:day:{day}"
+    scope = day_scope(pipeline.name, day)
     limits = guard_for(budget, scope).limits
     totals = ledger_of(ledger_resource, context.instance).totals(scope)
     usd = totals.spent_usd_nanos + totals.reserved_usd_nanos

@@ -20,7 +20,7 @@ from flujo_dagster.names import BUDGET_DAY_TAG, BUDGET_LEDGER_KEY, PARTITION_TAG
 from flujo_dagster.pricing.ledger import BudgetLedger
 from flujo_dagster.pricing.ledger_sqlite import SqliteBudgetLedger
 from flujo_dagster.pricing.prices import PriceBook
-from flujo_dagster.runtime.budget import BudgetContext, Guard, guard_for
+from flujo_dagster.runtime.budget import BudgetContext, Guard, day_scope, guard_for
 
 __all__ = ["BUDGET_DAY_TAG", "BUDGET_LEDGER_KEY", "InstanceLedger", "budget_context", "budget_day", "run_scope"]
 
@@ -108,7 +108,7 @@ def budget_day(run: DagsterRun, instance: DagsterInstance) -> str:
 def run_scope(budget: Budget, pipeline: Pipeline, run: DagsterRun, instance: DagsterInstance) -> str:
     """The ledger scope of a pipeline's budget: the run (re-executions share their root run's) or the day."""
     if budget.scope == "day":
-        return f"pipeline:{pipeline.name}:day:{budget_day(run, instance)}"
+        return day_scope(pipeline.name, budget_day(run, instance))
     return f"run:{run.root_run_id or run.run_id}"
 
 
