@@ -98,7 +98,7 @@ def run_case(name: str, inline: bool, instance: DagsterInstance, tally: Path) ->
         resources={"agent_runtime": agent_runtime()},
         log_level="CRITICAL",
     )
-    values = result.context.model_dump(exclude={"tally", "n"}) if result.context is not None else None
+    values = result.final_context.model_dump(exclude={"tally", "n"}) if result.final_context is not None else None
     seen = outcome(instance, result.run_id, tally, values)
     error = None
     if not result.success:
