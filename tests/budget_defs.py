@@ -1,4 +1,4 @@
-"""Sixteen budgeted agent steps, one op each (`isolation="op"`), under the multiprocess executor: a
+"""Sixteen budgeted agent steps, one op each (`inline=False`), under the multiprocess executor: a
 reconstructable target for `execute_job` (each step process imports this module and rebuilds the jobs).
 
 The scripted model answers `branch i` with `OUTPUTS[i]` output tokens at $0.001 each: a request's worst case
@@ -49,7 +49,7 @@ branches = {
 fan = Pipeline(
     "fan_op",
     context=Fan,
-    steps=[Parallel("all", branches=branches, isolation="op")],
+    steps=[Parallel("all", branches=branches, inline=False)],
     budget=Budget(max_cost_usd=BUDGET_USD),
 )
 runtime = AgentRuntime(

@@ -1,4 +1,4 @@
-"""A Map expanded with `isolation="op"` under the multiprocess executor: a reconstructable target for
+"""A Map expanded with `inline=False` under the multiprocess executor: a reconstructable target for
 `execute_job` (each step process imports this module and rebuilds the same job)."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def check(x: int, flag: str) -> int:
 flagged = Pipeline(
     "map_flagged",
     context=Flagged,
-    steps=[Map("each", over="xs", item="x", body=[check], result="y", into="ys", isolation="op")],
+    steps=[Map("each", over="xs", item="x", body=[check], result="y", into="ys", inline=False)],
 )
 
 defs = build_definitions(

@@ -36,7 +36,6 @@ from flujo_dagster import (
     build_definitions,
     step,
 )
-from flujo_dagster.dsl.control import Isolation
 from flujo_dagster.dsl.steps import Step
 
 REQUEST_LOG = "FLUJO_TEST_REQUEST_LOG"
@@ -45,14 +44,15 @@ KINDS = (
     "loop-inline",
     "branch",
     "branch-inline",
-    "parallel-op",
+    "parallel-expanded",
     "parallel",
-    "map-op",
+    "map-expanded",
     "map",
     "group",
     "group-inline",
 )
-"""Container kinds: `-inline` is `inline=True`; `-op` is `isolation="op"` (Parallel and Map are inline by default)."""
+"""Container kinds, by their `inline`: Loop, Branch and Group default to expanded (`-inline` is `inline=True`), Parallel
+and Map to one op (`-expanded` is `inline=False`)."""
 GATE = "review"
 
 
@@ -127,18 +127,17 @@ def _wrap(kind: str, depth: int, inner: list[Step], out: str) -> tuple[list[Step
     """`inner` (writing `out` on every path) inside a container of `kind` at `depth`; and the key the
     container writes on every path."""
     name = container_name(kind, depth)
-    inline = kind.endswith("-inline")
-    base = kind.removesuffix("-inline").removesuffix("-op")
-    isolation: Isolation = "op" if kind.endswith("-op") else "inline"
+    base = kind.removesuffix("-inline").removesuffix("-expanded")
+    inline = kind.endswith("-inline") or (base in ("parallel", "map") and not kind.endswith("-expanded"))
     if base == "loop":
         return [Loop(name, body=inner, until=lambda go: go, max_iterations=2, inline=inline)], out
     if base == "branch":
         return [Branch(name, on="go", cases={True: inner}, default=[_fallback(depth, out)], inline=inline)], out
     if base == "parallel":
-        return [Parallel(name, branches={"a": inner, "b": [_side(depth)]}, isolation=isolation)], out
+        return [Parallel(name, branches={"a": inner, "b": [_side(depth)]}, inline=inline)], out
     if base == "map":
         into = f"out{depth}"
-        node = Map(name, over="xs", item="x", body=inner, result=out, into=into, isolation=isolation)
+        node = Map(name, over="xs", item="x", body=inner, result=out, into=into, inline=inline)
         return [node], into
     assert base == "group", kind
     return [Group(name, steps=inner, inline=inline)], out

@@ -118,7 +118,7 @@ def checked_job() -> JobDefinition:
     return defs.resolve_job_def("checked")
 
 
-# -- lineage across a Map (op isolation), a Loop, an Approval and a Branch ---------------------------------------
+# -- lineage across a Map (expanded), a Loop, an Approval and a Branch -------------------------------------------
 class Flow(BaseModel):
     topic: str
     items: list[int] = []
@@ -171,7 +171,7 @@ lineage = Pipeline(
     context=Flow,
     steps=[
         items,
-        Map("each", over="items", item="x", body=[double], result="y", into="doubled", isolation="op"),
+        Map("each", over="items", item="x", body=[double], result="y", into="doubled", inline=False),
         Loop("refine", body=[redraft, tick], until=lambda rounds: rounds >= 2, max_iterations=3),
         Approval("sign_off", show=["draft"]),
         Branch("route", on=lambda draft: len(draft) > 5, cases={True: [accept]}, default=[refuse]),

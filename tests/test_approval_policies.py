@@ -397,12 +397,12 @@ def test_a_rejection_in_a_loop_iteration_lets_the_next_iteration_try_again(
     assert "rounds_loop__i1__review__shelve" in shelved
 
 
-def test_on_reject_is_refused_inside_an_op_isolated_map() -> None:
+def test_on_reject_is_refused_inside_an_expanded_map() -> None:
     body = [Approval("check", show=["topic"], on_reject=[shelve])]
     pipeline = Pipeline(
         "m",
         context=Post,
-        steps=[Map("each", over="sources", item="topic", body=body, result="topic", into="sources", isolation="op")],
+        steps=[Map("each", over="sources", item="topic", body=body, result="topic", into="sources", inline=False)],
     )
     with pytest.raises(ConfigurationError) as raised:
         build_definitions(pipelines=[pipeline])
@@ -411,7 +411,7 @@ def test_on_reject_is_refused_inside_an_op_isolated_map() -> None:
         (
             "HITL-NESTED-001",
             "m > map:each > approval:check",
-            "this approval gate could not run its on_reject steps: inside the body of a map with isolation='op' a "
+            "this approval gate could not run its on_reject steps: inside the body of a map with inline=False a "
             "gate cannot route an element to other steps.",
         )
     ]

@@ -153,26 +153,26 @@ class Small(BaseModel):
         (
             "inline_loop",
             "p > loop:l > approval:g",
-            "this approval gate could not pause and resume: p > loop:l runs in one op, so resuming would run the "
-            "whole op again and repeat its model calls.",
+            "this approval gate could not pause and resume: p > loop:l runs in one op (inline=True), so resuming "
+            "would run the whole op again and repeat its model calls.",
         ),
         (
             "parallel",
             "p > parallel:par > approval:g",
-            "this approval gate could not pause and resume: p > parallel:par runs in one op (isolation='inline', "
-            "the default), so resuming would run the whole op again and repeat its model calls.",
+            "this approval gate could not pause and resume: p > parallel:par runs in one op (inline=True, the "
+            "default), so resuming would run the whole op again and repeat its model calls.",
         ),
         (
             "map",
             "p > map:m > approval:g",
-            "this approval gate could not pause and resume: p > map:m runs in one op (isolation='inline', the "
-            "default), so resuming would run the whole op again and repeat its model calls.",
+            "this approval gate could not pause and resume: p > map:m runs in one op (inline=True, the default), "
+            "so resuming would run the whole op again and repeat its model calls.",
         ),
         (
             "loop_in_map",
             "p > map:m > loop:l > approval:g",
             "this approval gate could not pause and resume: p > map:m > loop:l runs in one op per element (control "
-            "flow inside the body of a map with isolation='op' is not expanded), so resuming would run the whole op "
+            "flow inside the body of a map with inline=False is not expanded), so resuming would run the whole op "
             "again and repeat its model calls.",
         ),
     ],
@@ -191,7 +191,7 @@ def test_gates_where_a_run_could_not_resume_are_refused(where: str, expected_pat
             body=[Loop("l", body=[gate], until=lambda a: True, max_iterations=1)],
             result="a",
             into="ys",
-            isolation="op",
+            inline=False,
         ),
     }[where]
     with pytest.raises(ConfigurationError) as raised:

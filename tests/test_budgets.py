@@ -160,8 +160,8 @@ def test_the_default_ledger_is_a_sqlite_file_under_the_instance(instance: Dagste
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-def test_op_isolated_branches_in_separate_processes_never_overspend(instance: DagsterInstance, kind: str) -> None:
-    """Sixteen step processes (multiprocess executor, `isolation="op"`) share one $20 budget."""
+def test_expanded_branches_in_separate_processes_never_overspend(instance: DagsterInstance, kind: str) -> None:
+    """Sixteen step processes (multiprocess executor, `inline=False`) share one $20 budget."""
     if kind == "postgres" and not budget_defs.POSTGRES_URL:
         pytest.skip("FLUJO_TEST_POSTGRES_URL is not set")
     job = reconstructable(budget_defs.sqlite_job if kind == "sqlite" else budget_defs.postgres_job)

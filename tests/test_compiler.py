@@ -400,7 +400,7 @@ def test_every_op_carries_its_kind_as_a_plain_string_tag() -> None:
             Approval("review", show=["draft"]),
             Loop("grow", body=[bump], until=lambda n: n >= 2, max_iterations=2),
             Branch("route", on=lambda n: n > 1, cases={True: [high], False: [low]}),
-            Map("each", over="xs", item="x", body=[triple], result="y", into="ys", isolation="op"),
+            Map("each", over="xs", item="x", body=[triple], result="y", into="ys", inline=False),
             Map("each_inline", over="xs", item="x", body=[square], result="z", into="zs"),
             Loop("spinning", body=[spin], until=lambda m: m >= 2, max_iterations=2, inline=True),
         ],

@@ -36,7 +36,7 @@ from flujo_dagster import (
 )
 from flujo_dagster.adapter.compile.compiler import compile_pipeline
 from flujo_dagster.adapter.compile.definitions import default_resources
-from flujo_dagster.dsl import Branch, FunctionStep, Loop, Parallel, Step
+from flujo_dagster.dsl import Branch, FunctionStep, Group, Loop, Map, Parallel, Step
 from tests.control_flow_defs import Review, review, review_multiprocess_job
 
 
@@ -56,7 +56,7 @@ class Doc(BaseModel):
 
 
 Mode = Literal["expanded", "inline", "inner"]
-"""expanded: every construct becomes ops (parallels with isolation="op"); inline: the outermost node has
+"""expanded: every construct becomes ops (parallels with inline=False); inline: the outermost node has
 inline=True (one op); inner: the innermost construct is inline, the rest expanded."""
 MODES: tuple[Mode, ...] = ("expanded", "inline", "inner")
 SIDE_EFFECTS: list[str] = []
@@ -497,34 +497,43 @@ def test_branch_without_a_match_or_default_fails_naming_the_value_and_the_cases(
 # --- Parallel --------------------------------------------------------------------------------------------------
 
 
-def fan_pipeline(isolation: Literal["inline", "op"], inline: bool = False) -> Pipeline:
+def fan_pipeline(*, inline: bool) -> Pipeline:
     fan = Parallel(
         "fan",
         branches={
             "l": [bump("left", "a", 1)],
             "r": [step(name="right", output_keys=["b"])(lambda n: n * 10), bump("right_again", "b", 5)],
         },
-        isolation=isolation,
         inline=inline,
     )
     total = step(name="total", output_keys=["count"])(lambda a, b: a + b)
     return Pipeline("fanning", context=Doc, steps=[fan, total])
 
 
-def test_parallel_default_is_one_op() -> None:
-    graph = graph_of(fan_pipeline("inline"))
+def test_parallel_and_map_default_to_one_op_the_other_nodes_to_expanded() -> None:
+    assert Parallel("p", branches={}).inline and Map("m", over="a", item="b", body=[], result="b", into="c").inline
+    assert not any(
+        node.inline
+        for node in (
+            Loop("l", body=[], until=lambda a: True, max_iterations=1),
+            Branch("b", on="a", cases={}),
+            Group("g", steps=[]),
+        )
+    )
+
+
+def test_parallel_inline_is_one_op() -> None:
+    graph = graph_of(fan_pipeline(inline=True))
     deps = wiring(graph)
     assert set(deps) == {"flujo_inputs", "fan", "total", "flujo_context"}
     assert deps["fan"] == {"a": [("flujo_inputs", "a")], "n": [("flujo_inputs", "n")]}
     assert outputs_of(graph, "fan") == {"a", "b"}
     assert deps["total"] == {"a": [("fan", "a")], "b": [("fan", "b")]}
     assert kind_of(graph, "fan") == "inline_parallel"
-    # inline=True wins over isolation="op"
-    assert set(wiring(graph_of(fan_pipeline("op", inline=True)))) == {"flujo_inputs", "fan", "total", "flujo_context"}
 
 
-def test_parallel_isolation_op_gives_each_branch_its_own_ops() -> None:
-    deps = wiring(graph_of(fan_pipeline("op")))
+def test_parallel_not_inline_gives_each_branch_its_own_ops() -> None:
+    deps = wiring(graph_of(fan_pipeline(inline=False)))
     assert set(deps) == {
         "flujo_inputs",
         "fan__l__left",
@@ -540,9 +549,9 @@ def test_parallel_isolation_op_gives_each_branch_its_own_ops() -> None:
     assert deps["total"] == {"a": [("fan__l__left", "a")], "b": [("fan__r__right_again", "b")]}
 
 
-def test_parallel_inline_and_op_isolation_give_the_same_context(instance: DagsterInstance) -> None:
-    one_op, _ = ok(fan_pipeline("inline"), instance, n=2)
-    ops, run_ops = ok(fan_pipeline("op"), instance, n=2)
+def test_parallel_in_one_op_and_expanded_give_the_same_context(instance: DagsterInstance) -> None:
+    one_op, _ = ok(fan_pipeline(inline=True), instance, n=2)
+    ops, run_ops = ok(fan_pipeline(inline=False), instance, n=2)
     assert one_op == ops == Doc(n=2, a=1, b=25, count=26)
     assert {"fan__l__left", "fan__r__right", "fan__r__right_again"} <= started(instance, run_ops)
 
@@ -573,13 +582,13 @@ def test_parallel_branches_run_concurrently_in_one_op(instance: DagsterInstance)
 def failing_fan(
     on_branch_failure: Literal["fail", "ignore"],
     bad: list[Step] | None = None,
-    isolation: Literal["inline", "op"] = "inline",
+    inline: bool = True,
 ) -> Pipeline:
     fan = Parallel(
         "fan",
         branches={"good": [slow_good()], "bad": bad if bad is not None else [explode]},
         on_branch_failure=on_branch_failure,
-        isolation=isolation,
+        inline=inline,
     )
     after = step(name="after", output_keys=["count"])(lambda a, b: a + b)
     return Pipeline("failing", context=Doc, steps=[fan, after])
@@ -597,11 +606,11 @@ def test_parallel_failing_branch_fails_the_step_after_the_others_finish(instance
     assert "after" not in started(instance, result)
 
 
-def test_parallel_isolation_op_failing_branch_fails_the_run_after_the_other_branch_ran(
+def test_expanded_parallel_failing_branch_fails_the_run_after_the_other_branch_ran(
     instance: DagsterInstance,
 ) -> None:
     SIDE_EFFECTS.clear()
-    result = run(failing_fan("fail", isolation="op"), instance, n=1)
+    result = run(failing_fan("fail", inline=False), instance, n=1)
     assert not result.success
     assert result.error is not None and result.error.startswith("step fan__bad__explode: ")
     assert result.error.endswith("ValueError: boom at 1")
@@ -648,10 +657,6 @@ def test_parallel_ignore_never_swallows_a_flujo_dagster_error(instance: DagsterI
 # --- nestings, two and three levels deep -----------------------------------------------------------------------
 
 
-def isolation(mode: Mode) -> Literal["inline", "op"]:
-    return "op" if mode == "expanded" else "inline"
-
-
 def branch_in_loop(mode: Mode) -> Pipeline:
     parity = Branch(
         "parity",
@@ -691,7 +696,7 @@ def parallel_in_loop(mode: Mode) -> Pipeline:
     fan = Parallel(
         "fan",
         branches={"l": [bump("inc_a", "a")], "r": [bump("inc_b", "b", 2)]},
-        isolation=isolation(mode),
+        inline=mode != "expanded",
     )
     rounds = Loop(
         "rounds",
@@ -714,7 +719,6 @@ def loop_in_parallel(mode: Mode) -> Pipeline:
     fan = Parallel(
         "fan",
         branches={"l": [spin], "r": [bump("inc_b", "b")]},
-        isolation=isolation(mode) if mode != "inner" else "op",
         inline=mode == "inline",
     )
     return Pipeline("loop_in_parallel", context=Doc, steps=[fan])
@@ -761,7 +765,7 @@ def parallel_in_branch_in_loop(mode: Mode) -> Pipeline:
     pair = Parallel(
         "pair",
         branches={"x": [bump("px", "a")], "y": [bump("py", "b", 10)]},
-        isolation=isolation(mode),
+        inline=mode != "expanded",
     )
     route = Branch("route", on=lambda count: count % 2 == 1, cases={True: [pair]}, default=[note("rest")])
     outer = Loop(

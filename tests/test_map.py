@@ -1,4 +1,4 @@
-"""Map: one op with the items awaited together (the default), or expanded with `isolation="op"` into a fan-out
+"""Map: one op with the items awaited together (the default), or expanded with `inline=False` into a fan-out
 with one `DynamicOutput` per element, the body's ops mapped over them, and a collect op (input order).
 
 Both forms must end with the same final context; the expanded one shows each element's steps in the UI
@@ -49,7 +49,7 @@ def name_it(doubled: int, x: int) -> str:
     return f"{x}->{doubled}"
 
 
-def pipeline(isolation: str = "op", *, body: list[FunctionStep | Loop | Branch] | None = None) -> Pipeline:
+def pipeline(*, inline: bool = False, body: list[FunctionStep | Loop | Branch] | None = None) -> Pipeline:
     each = Map(
         "each",
         over="xs",
@@ -57,9 +57,9 @@ def pipeline(isolation: str = "op", *, body: list[FunctionStep | Loop | Branch] 
         body=body if body is not None else [double, name_it],
         result="label",
         into="labels",
-        isolation=isolation,  # type: ignore[arg-type]
+        inline=inline,
     )
-    return Pipeline(f"nums_{isolation}", context=Nums, steps=[each], assets=["labels"])
+    return Pipeline("nums_inline" if inline else "nums_expanded", context=Nums, steps=[each], assets=["labels"])
 
 
 def graph_of(p: Pipeline) -> GraphDefinition:
@@ -72,8 +72,8 @@ def step_keys(instance: DagsterInstance, run_id: str, kind: DagsterEventType) ->
     return [e.step_key.split(".", 1)[-1] for e in instance.all_logs(run_id, of_type=kind) if e.step_key]
 
 
-def test_isolation_op_expands_to_a_fanout_mapped_body_ops_and_a_collect() -> None:
-    graph = graph_of(pipeline("op"))
+def test_map_not_inline_expands_to_a_fanout_mapped_body_ops_and_a_collect() -> None:
+    graph = graph_of(pipeline())
     nodes = {n.name: n for n in graph.nodes}
     assert set(nodes) == {
         "flujo_inputs",
@@ -90,19 +90,19 @@ def test_isolation_op_expands_to_a_fanout_mapped_body_ops_and_a_collect() -> Non
     # the result comes from the op that writes it in the body, collected per element
     assert isinstance(collect["results"], DynamicCollectDependencyDefinition)
     assert (collect["results"].node_name, collect["results"].output_name) == ("each__name_it", "label")
-    assert expanded_ops(pipeline("op").steps) == 4
-    assert expanded_ops(pipeline("inline").steps) == 1
+    assert expanded_ops(pipeline().steps) == 4
+    assert expanded_ops(pipeline(inline=True).steps) == 1
 
 
-@pytest.mark.parametrize("isolation", ["op", "inline"])
-def test_both_forms_collect_results_in_input_order(isolation: str, instance: DagsterInstance) -> None:
+@pytest.mark.parametrize("inline", [False, True], ids=["expanded", "inline"])
+def test_both_forms_collect_results_in_input_order(inline: bool, instance: DagsterInstance) -> None:
     xs = [5, 3, 9, 1, 7, 2, 8, 4, 6, 0, 11, 10]  # 12 elements: i10 and i11 sort before i2 as text
-    result = run_pipeline(pipeline(isolation), {"xs": xs}, instance=instance, log_level="ERROR")
+    result = run_pipeline(pipeline(inline=inline), {"xs": xs}, instance=instance, log_level="ERROR")
     assert result.success, result.error
     assert result.context == Nums(xs=xs, labels=[f"{x}->{2 * x + 100}" for x in xs])
-    assert load_final_context(pipeline(isolation), result.run_id, instance=instance) == result.context
+    assert load_final_context(pipeline(inline=inline), result.run_id, instance=instance) == result.context
     started = step_keys(instance, result.run_id, DagsterEventType.STEP_START)
-    if isolation == "op":
+    if not inline:
         assert {f"each__double[i{i}]" for i in range(12)} <= set(started)
         assert {f"each__name_it[i{i}]" for i in range(12)} <= set(started)
     else:
@@ -110,13 +110,13 @@ def test_both_forms_collect_results_in_input_order(isolation: str, instance: Dag
 
 
 def test_an_empty_list_collects_an_empty_list(instance: DagsterInstance) -> None:
-    result = run_pipeline(pipeline("op"), {"xs": []}, instance=instance, log_level="ERROR")
+    result = run_pipeline(pipeline(), {"xs": []}, instance=instance, log_level="ERROR")
     assert result.success, result.error
     assert result.context is not None and result.context.labels == []
     assert "each__flujo_collect" in step_keys(instance, result.run_id, DagsterEventType.STEP_START)
 
 
-def test_control_flow_inside_an_op_isolated_body_runs_inline_per_element(instance: DagsterInstance) -> None:
+def test_control_flow_inside_an_expanded_body_runs_inline_per_element(instance: DagsterInstance) -> None:
     @step(name="tick", output_keys=["rounds"])
     def tick(rounds: int) -> int:
         return rounds + 1
@@ -131,19 +131,19 @@ def test_control_flow_inside_an_op_isolated_body_runs_inline_per_element(instanc
 
     grow = Loop("grow", body=[tick], until=lambda rounds, x: rounds >= x, max_iterations=5)
     size = Branch("size", on=lambda x: x > 2, cases={True: [big], False: [small]})
-    p = pipeline("op", body=[grow, size])
+    p = pipeline(body=[grow, size])
     graph = graph_of(p)
     kinds = {n.name: n.definition.tags["flujo/kind"] for n in graph.nodes}
     assert kinds["each__grow"] == "inline_loop" and kinds["each__size"] == "inline_branch"
     result = run_pipeline(p, {"xs": [1, 3, 4]}, instance=instance, log_level="ERROR")
     assert result.success, result.error
     assert result.context is not None and result.context.labels == ["small:1:1", "big:3:3", "big:4:4"]
-    inline = run_pipeline(pipeline("inline", body=[grow, size]), {"xs": [1, 3, 4]}, instance=instance)
+    inline = run_pipeline(pipeline(inline=True, body=[grow, size]), {"xs": [1, 3, 4]}, instance=instance)
     assert inline.context is not None and inline.context.labels == result.context.labels
 
 
-def test_op_isolated_map_in_an_untaken_branch_arm_is_skipped(instance: DagsterInstance) -> None:
-    each = pipeline("op").steps[0]
+def test_expanded_map_in_an_untaken_branch_arm_is_skipped(instance: DagsterInstance) -> None:
+    each = pipeline().steps[0]
     fallback = step(name="fallback", output_keys=["labels"])(lambda xs: ["none"])
     p = Pipeline(
         "nums_arm",
@@ -159,21 +159,21 @@ def test_op_isolated_map_in_an_untaken_branch_arm_is_skipped(instance: DagsterIn
     assert {"when__each", "when__each__flujo_collect"} <= set(skipped)
 
 
-def test_isolation_op_needs_the_result_written_on_every_path() -> None:
+def test_expanded_map_needs_the_result_written_on_every_path() -> None:
     maybe = Branch("maybe", on=lambda x: x > 1, cases={True: [name_it]}, default=[])
     p = Pipeline(
         "nums_bad",
         context=Nums,
-        steps=[Map("each", over="xs", item="x", body=[double, maybe], result="label", into="labels", isolation="op")],
+        steps=[Map("each", over="xs", item="x", body=[double, maybe], result="label", into="labels", inline=False)],
     )
     (finding,) = [f for f in validate(p).findings if f.code == "V-FLOW"]
     assert finding.severity == "error"
     assert finding.path == "nums_bad > map:each"
     assert finding.message == (
-        "with isolation='op' each element's 'label' is collected from the op that writes it, but the body does not "
+        "with inline=False each element's 'label' is collected from the op that writes it, but the body does not "
         "write it on every path."
     )
-    assert finding.hint == "write 'label' on every path of the body, or use isolation='inline' (the default)"
+    assert finding.hint == "write 'label' on every path of the body, or use inline=True (the default)"
 
 
 def test_reexecution_from_failure_reruns_only_the_failed_element(instance: DagsterInstance, tmp_path: Path) -> None:

@@ -76,13 +76,13 @@ ONE_OP = {"loop-inline", "branch-inline", "parallel", "map", "group-inline"}
 
 
 def refused_at(kinds: tuple[str, ...]) -> int | None:
-    """The outermost container that runs in one op (None: the gate can resume). In the body of an op-isolated
+    """The outermost container that runs in one op (None: the gate can resume). In the body of an expanded
     Map only groups stay expanded."""
     in_map = False
     for index, kind in enumerate(kinds):
         if kind in ONE_OP or (in_map and kind != "group"):
             return index
-        in_map = in_map or kind == "map-op"
+        in_map = in_map or kind == "map-expanded"
     return None
 
 
@@ -96,7 +96,7 @@ def node_path(kinds: tuple[str, ...]) -> list[str]:
 
 def expected_run(kinds: tuple[str, ...]) -> tuple[Doc, list[str], list[str]]:
     """The final context, the model prompts (one per loop iteration that ran and per element) and the gate ids
-    (op name, and `[i<k>]` for the element of an op-isolated Map) of a resumable placement."""
+    (op name, and `[i<k>]` for the element of an expanded Map) of a resumable placement."""
     prompts: list[str] = []
     gates: list[str] = []
 
@@ -111,10 +111,10 @@ def expected_run(kinds: tuple[str, ...]) -> tuple[Doc, list[str], list[str]]:
         kind, name = kinds[depth], container_name(kinds[depth], depth + 1)
         if kind == "loop":
             return run(depth + 1, state, [*names, name, "i1"], element)
-        if kind == "parallel-op":
+        if kind == "parallel-expanded":
             state[f"side{depth + 1}"] = "side of otters"
             return run(depth + 1, state, [*names, name, "a"], element)
-        if kind == "map-op":
+        if kind == "map-expanded":
             results = []
             for index, x in enumerate(["a", "b"]):
                 inner = {**state, "x": x}
@@ -219,7 +219,7 @@ reviews = Pipeline(
                 "legal": [legal, Approval("legal_ok", show=["legal"])],
                 "style": [style, Approval("style_ok", show=["style"])],
             },
-            isolation="op",
+            inline=False,
         ),
         publish,  # reads only `draft`, from before the Parallel: waits for both gates anyway
     ],
@@ -235,7 +235,7 @@ per_element = Pipeline(
             body=[write_each, Approval("review", show=["draft"], decision=Edit), publish_each],
             result="published",
             into="posts",
-            isolation="op",
+            inline=False,
         ),
         step(name="announce", output_keys=["published"])(lambda topic: f"announced {topic}"),
     ],
@@ -294,7 +294,7 @@ def test_gates_in_parallel_branches_park_together_and_are_decided_separately(
     )
 
 
-def test_each_element_of_an_op_isolated_map_has_its_own_gate(instance: DagsterInstance, requests: Path) -> None:
+def test_each_element_of_an_expanded_map_has_its_own_gate(instance: DagsterInstance, requests: Path) -> None:
     job = reconstructable(per_element_job)
     with execute_job(job, instance=instance, run_config=INPUTS, raise_on_error=False) as first:
         assert not first.success
@@ -340,7 +340,7 @@ def test_gates_in_sequence_in_a_mapped_body_compile() -> None:
     twice = Pipeline(
         "twice",
         context=Post,
-        steps=[Map("each", over="xs", item="x", body=body, result="published", into="posts", isolation="op")],
+        steps=[Map("each", over="xs", item="x", body=body, result="published", into="posts", inline=False)],
     )
     job = build_definitions(pipelines=[twice], resources={"agent_runtime": runtime}).resolve_job_def("twice")
     assert {"each__review", "each__sign_off", "each__publish", "each__flujo_collect"} <= set(job.graph.node_names())

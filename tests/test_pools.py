@@ -37,7 +37,7 @@ def tracked(peak: list[int]) -> FunctionModel:
 def three(**options: str) -> Pipeline:
     agent = Agent("openai:gpt-5-mini", defer_model_check=True)
     branches = {f"b{i}": [agent_step(f"ask{i}", agent, prompt="hi", output_key=f"a{i}", **options)] for i in range(3)}
-    return Pipeline("three", context=Three, steps=[Parallel("all", branches=branches, isolation="op")])
+    return Pipeline("three", context=Three, steps=[Parallel("all", branches=branches, inline=False)])
 
 
 def test_agent_ops_are_in_a_pool_per_provider_unless_named() -> None:

@@ -296,22 +296,21 @@ class Builder:
             owner = self.draw(st.integers(-1, count - 1))
             if owner >= 0:
                 owned[owner].add(key)
-        isolation = self.draw(st.sampled_from(["inline", "op"]))
-        failure = "fail" if isolation == "op" else self.draw(st.sampled_from(["fail", "ignore"]))
+        inline = self.draw(st.booleans())
+        failure = self.draw(st.sampled_from(["fail", "ignore"])) if inline else "fail"
         return Parallel(
             self.name("par"),
             branches={f"p{i}": self.seq(depth - 1, frozenset(keys), 1, 2) for i, keys in enumerate(owned)},
             on_branch_failure=failure,
-            isolation=isolation,
-            inline=self.once_in(self.inline_chance),
+            inline=inline,
         )
 
     def map(self, depth: int) -> Map:
         result = self.draw(st.sampled_from(INT_KEYS))
         body = self.seq(depth - 1, frozenset({*INT_KEYS, "ys"}), 1, 2)  # what the body writes is per item
-        isolation = self.draw(st.sampled_from(["inline", "op"]))
-        if MAP_BODY_WRITES_RESULT or (isolation == "op" and result not in flow_of_steps(body, Ctx.model_fields).must):
-            body.append(self.leaf(frozenset({result})))  # op isolation collects the result from its writer
+        inline = self.draw(st.booleans())
+        if MAP_BODY_WRITES_RESULT or (not inline and result not in flow_of_steps(body, Ctx.model_fields).must):
+            body.append(self.leaf(frozenset({result})))  # expanded, the result is collected from its writer
         return Map(
             self.name("map"),
             over=self.draw(st.sampled_from(["xs", "ys"])),
@@ -320,8 +319,7 @@ class Builder:
             result=result,
             into="ys",
             max_concurrency=self.draw(st.sampled_from([None, 1, 2])),
-            isolation=isolation,
-            inline=self.once_in(self.inline_chance),
+            inline=inline,
         )
 
 
@@ -347,15 +345,12 @@ def describe(steps: Sequence[Step], indent: int = 0) -> Iterator[str]:
                 yield f"{pad}  case {label}:"
                 yield from describe(arm, indent + 2)
         elif isinstance(s, Parallel):
-            yield f"{pad}parallel {s.name}{flags} isolation={s.isolation} on_branch_failure={s.on_branch_failure}"
+            yield f"{pad}parallel {s.name}{flags} on_branch_failure={s.on_branch_failure}"
             for label, arm in s.branches.items():
                 yield f"{pad}  branch {label}:"
                 yield from describe(arm, indent + 2)
         elif isinstance(s, Map):
-            yield (
-                f"{pad}map {s.name}{flags} isolation={s.isolation} over {s.over} item {s.item} result {s.result} "
-                f"into {s.into}"
-            )
+            yield f"{pad}map {s.name}{flags} over {s.over} item {s.item} result {s.result} into {s.into}"
             yield from describe(s.body, indent + 1)
         elif isinstance(s, Group):
             yield f"{pad}group {s.name}{flags}"
@@ -374,7 +369,7 @@ def trees(
 
 
 def expanded_control(steps: Sequence[Step], in_fanout: bool = False) -> int:
-    """How many loops, branches, op-isolated parallels and maps compile to several ops (not inside a one-op
+    """How many loops, branches, expanded parallels and maps compile to several ops (not inside a one-op
     node)."""
     count = 0
     for s in steps:
@@ -388,7 +383,7 @@ def expanded_control(steps: Sequence[Step], in_fanout: bool = False) -> int:
 @st.composite
 def valid_cases(draw: st.DrawFn, inline_chance: int = 3, least_expanded: int = 0, fail_chance: int = 20) -> Case:
     """A valid pipeline and its inputs; at most MAX_OPS expanded ops, at least `least_expanded` expanded loops,
-    branches or op-isolated parallels."""
+    branches or expanded parallels."""
     _, steps = draw(trees(inline_chance=inline_chance, fail_chance=fail_chance))
     assume(least_expanded <= expanded_control(steps) and expanded_ops(steps) <= MAX_OPS)
     assets = draw(st.lists(st.sampled_from(["a", "b", "ys"]), max_size=2, unique=True))
@@ -825,7 +820,6 @@ def with_child(node: Step, slot: Slot, steps: Sequence[Step]) -> Step:
             result=node.result,
             into=node.into,
             max_concurrency=node.max_concurrency,
-            isolation=node.isolation,
             inline=node.inline,
         )
     if isinstance(node, Group):
@@ -839,7 +833,6 @@ def with_child(node: Step, slot: Slot, steps: Sequence[Step]) -> Step:
         node.name,
         branches={k: (steps if k == label else arm) for k, arm in node.branches.items()},
         on_branch_failure=node.on_branch_failure,
-        isolation=node.isolation,
         inline=node.inline,
     )
 
@@ -995,14 +988,14 @@ def broken_cases(draw: st.DrawFn) -> tuple[Pipeline, str, str]:
         code, marker = "V-FLOW", "no case and no default"
         new = Branch(fresh, on="x", cases={})
     elif defect == "parallel_op_ignore":
-        code, marker = "V-FLOW", "isolation='op'"
+        code, marker = "V-FLOW", "inline=False"
         new = Parallel(
-            fresh, branches={"p": [writer(builder.name("s"), "a")]}, isolation="op", on_branch_failure="ignore"
+            fresh, branches={"p": [writer(builder.name("s"), "a")]}, inline=False, on_branch_failure="ignore"
         )
     elif defect == "map_op_result_on_some_paths":
-        code, marker = "V-FLOW", "isolation='op'"
+        code, marker = "V-FLOW", "inline=False"
         body = [Branch(builder.name("br"), on="it", cases={1: [writer(builder.name("s"), "a")]}, default=[])]
-        new = Map(fresh, over="xs", item="it", body=body, result="a", into="ys", isolation="op")
+        new = Map(fresh, over="xs", item="it", body=body, result="a", into="ys", inline=False)
     elif defect == "writes_not_inferred":
         code, marker = "V-CTX3", fresh
         new = step(name=fresh)(no_output)

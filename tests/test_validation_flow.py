@@ -332,7 +332,7 @@ def test_flow_branch_with_only_a_default_passes() -> None:
     assert rendered(plan(writes("sketch", "outline"), route, writes("decide", "verdict"))) == []
 
 
-def test_flow_parallel_ignore_with_op_isolation_fails_unless_run_inline() -> None:
+def test_flow_parallel_ignore_fails_unless_run_in_one_op() -> None:
     def pipeline(**options: object) -> Pipeline:
         fan = Parallel(
             "fan",
@@ -342,9 +342,9 @@ def test_flow_parallel_ignore_with_op_isolation_fails_unless_run_inline() -> Non
         )
         return plan(writes("sketch", "outline"), fan, writes("decide", "verdict"))
 
-    assert rendered(pipeline(isolation="op")) == [
+    assert rendered(pipeline(inline=False)) == [
         "[V-FLOW] error at plans > parallel:fan: on_branch_failure='ignore' is supported for parallel branches run "
-        "in one op, not with isolation='op'. Hint: use isolation='inline' (the default), or on_branch_failure='fail'"
+        "in one op, not with inline=False. Hint: use inline=True (the default), or on_branch_failure='fail'"
     ]
-    assert rendered(pipeline(isolation="op", inline=True)) == []
+    assert rendered(pipeline(inline=True)) == []
     assert rendered(pipeline()) == []

@@ -8,9 +8,7 @@ from typing import Literal
 
 from flujo_dagster.dsl.steps import Retry, Step, StepsLike, as_steps
 
-__all__ = ["Branch", "Group", "Isolation", "Loop", "Map", "Parallel", "runs_in_one_op"]
-
-Isolation = Literal["inline", "op"]
+__all__ = ["Branch", "Group", "Loop", "Map", "Parallel", "runs_in_one_op"]
 
 
 def _base(obj: Step, name: str, inline: bool) -> None:
@@ -97,14 +95,14 @@ class Parallel(Step):
     """Run named branches at the same time; each sees the keys as they were before the Parallel, and no two
     branches may write the same key (V-PAR1).
 
-    By default one op awaits every branch together (LLM waits overlap). `isolation="op"` gives each branch
-    its own ops. With `on_branch_failure="ignore"` a failing branch's keys are left unwritten and the others
+    By default (`inline=True`) one op awaits every branch together (LLM waits overlap). `inline=False` gives
+    each branch its own ops. With `on_branch_failure="ignore"` a failing branch's keys are left unwritten and the others
     go on; a `FlujoDagsterError` (pricing, budget, rejection) is never ignored.
     """
 
     branches: Mapping[str, tuple[Step, ...]] = field(default_factory=dict)
     on_branch_failure: Literal["fail", "ignore"] = "fail"
-    isolation: Isolation = "inline"
+    inline: bool = True
 
     kind = "parallel"
 
@@ -115,13 +113,11 @@ class Parallel(Step):
         *,
         branches: Mapping[str, StepsLike],
         on_branch_failure: Literal["fail", "ignore"] = "fail",
-        isolation: Isolation = "inline",
-        inline: bool = False,
+        inline: bool = True,
     ) -> None:
         _base(self, name, inline)
         object.__setattr__(self, "branches", {label: as_steps(steps) for label, steps in branches.items()})
         object.__setattr__(self, "on_branch_failure", on_branch_failure)
-        object.__setattr__(self, "isolation", isolation)
 
 
 @dataclass(frozen=True, init=False)
@@ -130,8 +126,8 @@ class Map(Step):
     each run's `result` key into the list key `into`, in input order.
 
     Inside the body, key `item` holds the element; `item`, `result` and any other key the body writes are
-    scoped to that element and keep their outside values after the Map. Runs in one op (items awaited
-    together).
+    scoped to that element and keep their outside values after the Map. By default (`inline=True`) one op
+    awaits the elements together; `inline=False` gives each element its own ops (a Dagster fan-out).
     """
 
     over: str = ""
@@ -140,7 +136,7 @@ class Map(Step):
     result: str = ""
     into: str = ""
     max_concurrency: int | None = None
-    isolation: Isolation = "inline"
+    inline: bool = True
 
     kind = "map"
 
@@ -155,8 +151,7 @@ class Map(Step):
         result: str,
         into: str,
         max_concurrency: int | None = None,
-        isolation: Isolation = "inline",
-        inline: bool = False,
+        inline: bool = True,
     ) -> None:
         _base(self, name, inline)
         object.__setattr__(self, "over", over)
@@ -165,7 +160,6 @@ class Map(Step):
         object.__setattr__(self, "result", result)
         object.__setattr__(self, "into", into)
         object.__setattr__(self, "max_concurrency", max_concurrency)
-        object.__setattr__(self, "isolation", isolation)
 
 
 @dataclass(frozen=True, init=False)
@@ -185,12 +179,8 @@ class Group(Step):
 def runs_in_one_op(step: Step, *, in_fanout: bool = False) -> bool:
     """Whether the compiler runs `step` (and everything under it) in one op.
 
-    `inline=True` does; so do a Map or Parallel with `isolation="inline"` (the default). Inside the body of a
-    Map expanded with `isolation="op"` (`in_fanout`), every control-flow node does: Dagster maps each body op
-    once per element but cannot route, unroll or fan out again inside that mapping.
+    `inline=True` does (the default of Parallel and Map). Inside the body of a Map expanded with `inline=False`
+    (`in_fanout`), every control-flow node does: Dagster maps each body op once per element but cannot route,
+    unroll or fan out again inside that mapping.
     """
-    if step.inline:
-        return True
-    if isinstance(step, Map | Parallel):
-        return in_fanout or step.isolation == "inline"
-    return in_fanout and isinstance(step, Loop | Branch)
+    return step.inline or (in_fanout and isinstance(step, Loop | Branch | Parallel | Map))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from flujo_dagster.dsl.approval import Approval
-from flujo_dagster.dsl.control import Map, runs_in_one_op
+from flujo_dagster.dsl.control import Map, Parallel, runs_in_one_op
 from flujo_dagster.dsl.flow import children, walk
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
@@ -21,24 +21,20 @@ def _refusal(ancestor: Step, where: str, *, in_fanout: bool) -> tuple[str, str] 
     """Why a gate below `ancestor` (at `where`) cannot pause and resume, and what to do; None when it can.
 
     A gate can resume wherever its ancestors are all expanded into ops (see `runs_in_one_op`); `in_fanout`: `ancestor`
-    stands in the body of a Map expanded with `isolation="op"`, where control flow runs in one op per element."""
+    stands in the body of a Map expanded with `inline=False`, where control flow runs in one op per element."""
     if not runs_in_one_op(ancestor, in_fanout=in_fanout):
         return None
     again = "resuming would run the whole op again and repeat its model calls"
-    if ancestor.inline:
+    if not ancestor.inline:
         return (
-            f"{where} runs in one op, so {again}",
-            f"remove inline=True from {ancestor.kind}:{ancestor.name}, or move the gate out of it",
-        )
-    if in_fanout:
-        return (
-            f"{where} runs in one op per element (control flow inside the body of a map with isolation='op' "
+            f"{where} runs in one op per element (control flow inside the body of a map with inline=False "
             f"is not expanded), so {again}",
             f"move the gate out of {ancestor.kind}:{ancestor.name}, directly into the map's body or after the map",
         )
+    default = ", the default" if isinstance(ancestor, Map | Parallel) else ""
     return (
-        f"{where} runs in one op (isolation='inline', the default), so {again}",
-        f"give {ancestor.kind}:{ancestor.name} isolation='op', or move the gate out of it",
+        f"{where} runs in one op (inline=True{default}), so {again}",
+        f"set inline=False on {ancestor.kind}:{ancestor.name}, or move the gate out of it",
     )
 
 
@@ -64,7 +60,7 @@ def _walk(
                     severity="error",
                     path=here,
                     message="this approval gate could not run its on_reject steps: inside the body of a map with "
-                    "isolation='op' a gate cannot route an element to other steps.",
+                    "inline=False a gate cannot route an element to other steps.",
                     hint="drop on_reject (a rejection then fails the element), or move the gate after the map",
                 )
             for _, inner in children(step):  # gates among its on_reject steps

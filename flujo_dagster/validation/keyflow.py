@@ -134,14 +134,14 @@ class _Checker:
         live.update(set.intersection(*after))
 
     def parallel(self, parallel: Parallel, live: set[str], path: str) -> Iterator[Finding]:
-        if parallel.isolation == "op" and parallel.on_branch_failure == "ignore" and not parallel.inline:
+        if parallel.on_branch_failure == "ignore" and not parallel.inline:
             yield Finding(
                 code="V-FLOW",
                 severity="error",
                 path=path,
                 message="on_branch_failure='ignore' is supported for parallel branches run in one op, not with "
-                "isolation='op'.",
-                hint="use isolation='inline' (the default), or on_branch_failure='fail'",
+                "inline=False.",
+                hint="use inline=True (the default), or on_branch_failure='fail'",
             )
         writers: dict[str, list[str]] = {}
         for label, steps in parallel.branches.items():
@@ -169,14 +169,14 @@ class _Checker:
         inner = set(live) | {node.item}
         yield from self.steps(node.body, inner, path)
         body = flow_of_steps(node.body, self.fields)
-        if node.isolation == "op" and not node.inline and node.result not in (*body.must, node.item):
+        if not node.inline and node.result not in (*body.must, node.item):
             yield Finding(
                 code="V-FLOW",
                 severity="error",
                 path=path,
-                message=f"with isolation='op' each element's {node.result!r} is collected from the op that writes "
+                message=f"with inline=False each element's {node.result!r} is collected from the op that writes "
                 "it, but the body does not write it on every path.",
-                hint=f"write {node.result!r} on every path of the body, or use isolation='inline' (the default)",
+                hint=f"write {node.result!r} on every path of the body, or use inline=True (the default)",
             )
         if node.result in self.fields and node.result not in inner:
             yield Finding(

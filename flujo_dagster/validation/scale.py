@@ -21,7 +21,7 @@ raises RecursionError in dagster 1.13) and plan creation takes tens of seconds."
 
 def expanded_ops(steps: Sequence[Step], *, in_fanout: bool = False) -> int:
     """The number of ops `steps` compile to (flujo's own first and last ops not included; a Map expanded with
-    `isolation="op"` counts its fan-out, its body's ops once, and its collect)."""
+    `inline=False` counts its fan-out, its body's ops once, and its collect)."""
     total = 0
     for step in steps:
         if runs_in_one_op(step, in_fanout=in_fanout):

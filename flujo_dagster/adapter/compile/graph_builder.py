@@ -86,7 +86,7 @@ class _Builder:
         self.regions_of: dict[str, tuple[str, ...]] = {}
         self.before_gate: dict[str, dict[Producer, None]] = {}
         self.fan_in: dict[str, list[Producer]] = {}
-        self.in_fanout = False  # inside the body of a Map expanded with isolation="op"
+        self.in_fanout = False  # inside the body of a Map expanded with inline=False
         self.dynamic: set[str] = set()  # nodes whose outputs are per element: fan-outs and the ops they map
 
     # -- wiring helpers -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Ops around a Map expanded with `isolation="op"`: the fan-out yields one `DynamicOutput` per element of the
+"""Ops around a Map expanded with `inline=False`: the fan-out yields one `DynamicOutput` per element of the
 `over` list (mapping keys `i0`, `i1`, ... in input order), the body's ops run once per element, and the collect
 op gathers each element's `result` into the `into` list, in input order."""
 
@@ -32,7 +32,7 @@ def mapping_key(index: int) -> str:
 
 def mapped_gate_id(context: OpExecutionContext, node: str) -> str:
     """The id an approval gate's tags use (`flujo/decision/<id>`): its node name, and, in the body of a Map
-    expanded with `isolation="op"`, the element's mapping key as Dagster's step key shows it (`each__review[i3]`),
+    expanded with `inline=False`, the element's mapping key as Dagster's step key shows it (`each__review[i3]`),
     so that each element's gate is decided on its own."""
     key = context.get_mapping_key()
     return f"{node}[{key}]" if key is not None else node
