@@ -266,7 +266,7 @@ def test_loop_expanded_unrolls_iterations_with_gates_and_a_join() -> None:
     assert deps["refine__i1__draft"] == {"draft": [("flujo_inputs", "draft")]}
     assert deps["refine__i1__score"] == {"draft": [("refine__i1__draft", "draft")]}
     # a gate that lets the next iteration go on waits for what that iteration reads (iteration k's draft), so
-    # that a failure before it abandons the gate and everything it gates (see graph_builder.order_before_gates)
+    # that a failure before it abandons the gate and everything it gates (see adapter/compile/graph/gates.py)
     assert deps["refine__i1__flujo_until"] == {
         "n": [("flujo_inputs", "n")],
         "score": [("refine__i1__score", "score")],

@@ -15,7 +15,7 @@ from dagster import (
     define_asset_job,
 )
 
-from flujo_dagster.adapter.compile.graph_builder import build_graph
+from flujo_dagster.adapter.compile.graph.build import build_graph
 from flujo_dagster.adapter.compile.lineage import data_upstream
 from flujo_dagster.adapter.compile.partitions import partitions_def
 from flujo_dagster.adapter.compile.reviews import ReviewPlan, plan_reviews

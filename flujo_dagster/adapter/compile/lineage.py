@@ -4,7 +4,7 @@ it shows (what a step after a gate waits for is the approved value, not what the
 from __future__ import annotations
 
 from flujo_dagster import names
-from flujo_dagster.adapter.compile.graph_builder import BuiltGraph
+from flujo_dagster.adapter.compile.graph.built import BuiltGraph
 from flujo_dagster.names import APPROVED_OUTPUT, DECISION_OUTPUT, REJECTED_OUTPUT
 
 __all__ = ["data_upstream"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from dagster import AssetCheckSpec, AssetKey, OpDefinition, OutputMapping
 
 from flujo_dagster import names
-from flujo_dagster.adapter.compile.graph_builder import BuiltGraph
+from flujo_dagster.adapter.compile.graph.built import BuiltGraph
 from flujo_dagster.adapter.compile.lineage import data_upstream
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.ops.checks import AssetPlan, checked_op

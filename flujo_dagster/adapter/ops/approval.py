@@ -129,7 +129,7 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
-        # `after`: the gate also waits for what the steps after it read from before it (see graph_builder)
+        # `after`: the gate also waits for what the steps after it read from before it (see compile/graph/gates.py)
         ins={**ins_for(pipeline, wiring.reads, gated=wiring.gated), AFTER_INPUT: In(DagsterNothing)},
         outs=outs,
         required_resource_keys={APPROVAL_SETTINGS_KEY},

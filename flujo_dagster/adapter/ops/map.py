@@ -60,7 +60,7 @@ def collect_op(pipeline: Pipeline, node: Map, wiring: StepWiring, after: int, *,
     """Gathers each element's `result` into `into` (input order); `after` Nothing inputs collect the body's
     other leaf outputs, so that every mapped op leads to the Map's output. With `done` (the body holds an
     approval gate) it also yields `flujo_done`, which the steps after the Map wait for, and takes the `after`
-    fan-in that orders what they read from before it (see `graph_builder`)."""
+    fan-in that orders what they read from before it (see `adapter/compile/graph/gates.py`)."""
     into_type = key_type(pipeline.name, node.into, pipeline.fields[node.into])
 
     def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:

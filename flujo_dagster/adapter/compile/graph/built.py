@@ -1,0 +1,47 @@
+"""What graph building produces: op definitions, their dependencies, the final producer of each key, and the
+data lineage between nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dagster import DependencyDefinition, GraphDefinition, MultiDependencyDefinition, NodeInvocation, OpDefinition
+
+# What `.collect()` in a `@graph` function compiles to; dagster 1.13 does not export it (pinned by
+# tests/test_map.py). Building the graph from dependency dicts keeps step keys and names flat and ours.
+from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
+
+from flujo_dagster.adapter.ops.flow import Producer
+
+__all__ = ["INPUT", "BuiltGraph", "Dep", "Live", "outputs"]
+
+INPUT: Producer = ("", "")
+"""Marker: the key's value comes from flujo_inputs (emitted only when needed)."""
+Live = dict[str, Producer]
+"""The node output holding each key's value at a point of the graph."""
+Dep = DependencyDefinition | MultiDependencyDefinition | DynamicCollectDependencyDefinition
+
+
+class BuiltGraph:
+    """Nodes, dependencies, the final producer of each key, and data lineage between nodes."""
+
+    def __init__(self) -> None:
+        self.defs: dict[str, OpDefinition | GraphDefinition] = {}
+        self.deps: dict[str, dict[str, Dep]] = {}
+        self.upstream: dict[str, list[Producer]] = {}
+        self.live: Live = {}
+
+    def dependencies(self) -> dict[NodeInvocation, dict[str, Dep]]:
+        """Dependencies keyed by invocation: node names alias the pipeline-prefixed op definitions."""
+        return {NodeInvocation(d.name, alias=node): self.deps.get(node, {}) for node, d in self.defs.items()}
+
+    def frontier(self, keep: Sequence[Producer], candidates: Sequence[Producer]) -> list[Producer]:
+        """The fan-in sources an op needs for ordering: `keep` (always), and the candidates that no other
+        candidate reads (in a chain, only the last): the others come before those anyway."""
+        consumed = {u for p in candidates for u in self.upstream.get(p[0], ())}
+        return list(dict.fromkeys([*keep, *(p for p in candidates if p not in consumed)]))
+
+
+def outputs(definition: OpDefinition | GraphDefinition) -> list[str]:
+    """The output names of a node definition."""
+    return [o.name for o in definition.output_defs]
