@@ -4,7 +4,7 @@ be inferred), V-PAR1 (parallel branches writing one key), V-FLOW (malformed loop
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
@@ -23,9 +23,102 @@ def _close(key: str, known: list[str]) -> str:
     return f"did you mean {match[0]!r}?" if match else f"known keys: {', '.join(known)}"
 
 
-class _Checker:
+def _writes_unknown(step: Step, path: str) -> Finding:
+    """V-CTX3: the keys `step` writes cannot be inferred."""
+    return Finding(
+        code="V-CTX3",
+        severity="error",
+        path=path,
+        message=(
+            f"cannot tell which keys step {step.name!r} writes: no key is named {step.name!r} and it "
+            "does not return a model whose fields are all keys."
+        ),
+        hint="pass output_keys=[...] to @step, or name the step after the key it writes",
+    )
+
+
+def _loop_shape(loop: Loop, path: str) -> Iterator[Finding]:
+    """V-FLOW: a loop that could not run its body."""
+    if loop.max_iterations < 1:
+        yield Finding(
+            code="V-FLOW",
+            severity="error",
+            path=path,
+            message=f"max_iterations is {loop.max_iterations}; a loop runs its body at least once.",
+            hint="set max_iterations to 1 or more",
+        )
+
+
+def _no_arms(path: str) -> Finding:
+    """V-FLOW: a branch with nothing to run."""
+    return Finding(
+        code="V-FLOW",
+        severity="error",
+        path=path,
+        message="branch has no case and no default.",
+        hint="give it cases={value: [steps]} and, if every value must be handled, a default",
+    )
+
+
+def _parallel_shape(parallel: Parallel, path: str) -> Iterator[Finding]:
+    """V-FLOW: `on_branch_failure="ignore"` on a Parallel expanded into ops."""
+    if parallel.on_branch_failure == "ignore" and not parallel.inline:
+        yield Finding(
+            code="V-FLOW",
+            severity="error",
+            path=path,
+            message="on_branch_failure='ignore' is supported for parallel branches run in one op, not with "
+            "inline=False.",
+            hint="use inline=True (the default), or on_branch_failure='fail'",
+        )
+
+
+def _parallel_writers(parallel: Parallel, fields: Mapping[str, object], path: str) -> Iterator[Finding]:
+    """V-PAR1: a key two branches of `parallel` may write."""
+    writers: dict[str, list[str]] = {}
+    for label, steps in parallel.branches.items():
+        for key in sorted(flow_of_steps(steps, fields).may):
+            writers.setdefault(key, []).append(label)
+    for key, labels in writers.items():
+        if len(labels) > 1:
+            yield Finding(
+                code="V-PAR1",
+                severity="error",
+                path=path,
+                message=f"branches {', '.join(map(repr, labels))} all write key {key!r}; parallel branches "
+                "must write different keys.",
+                hint="write a separate key in each branch and combine them in a step after the Parallel",
+            )
+
+
+def _map_result(node: Map, body_must: frozenset[str], path: str) -> Iterator[Finding]:
+    """V-FLOW: an expanded Map whose body does not write its result on every path (`body_must`)."""
+    if not node.inline and node.result not in (*body_must, node.item):
+        yield Finding(
+            code="V-FLOW",
+            severity="error",
+            path=path,
+            message=f"with inline=False each element's {node.result!r} is collected from the op that writes "
+            "it, but the body does not write it on every path.",
+            hint=f"write {node.result!r} on every path of the body, or use inline=True (the default)",
+        )
+
+
+def _map_result_unwritten(node: Map, path: str) -> Finding:
+    """V-CTX1: a Map's result key that its body may leave without a value."""
+    return Finding(
+        code="V-CTX1",
+        severity="error",
+        path=path,
+        message=f"the body does not write the result key {node.result!r} on every path.",
+        hint=f"write {node.result!r} in the body, or give the field a default",
+    )
+
+
+class _Keys:
+    """Key references against the context model: unknown keys (V-CTX2), reads of keys without a value (V-CTX1)."""
+
     def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
         self.fields = pipeline.fields
         self.known = list(self.fields)
         self.model = pipeline.context.__name__
@@ -51,6 +144,12 @@ class _Checker:
                     message=f"{who}reads key {key!r} before any step writes it, and it has no default.",
                     hint=f"write {key!r} in an earlier step, or give the field a default",
                 )
+
+
+class _Checker:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.keys = _Keys(pipeline)
+        self.fields = pipeline.fields
 
     def steps(self, steps: Sequence[Step], live: set[str], path: str) -> Iterator[Finding]:
         """Check `steps` in order; `live` (keys with a value on every path) grows as they write."""
@@ -79,52 +178,26 @@ class _Checker:
 
     def leaf(self, step: Step, live: set[str], path: str) -> Iterator[Finding]:
         keys = resolve_keys(step, self.fields)
-        yield from self.reads(keys.reads, live, path)
+        yield from self.keys.reads(keys.reads, live, path)
         if keys.writes is None:
-            yield Finding(
-                code="V-CTX3",
-                severity="error",
-                path=path,
-                message=(
-                    f"cannot tell which keys step {step.name!r} writes: no key is named {step.name!r} and it "
-                    "does not return a model whose fields are all keys."
-                ),
-                hint="pass output_keys=[...] to @step, or name the step after the key it writes",
-            )
+            yield _writes_unknown(step, path)
             return
-        for key in keys.writes:
-            if key not in self.fields:
-                yield self.unknown(key, path, "writes")
+        yield from (self.keys.unknown(key, path, "writes") for key in keys.writes if key not in self.fields)
         live.update(keys.writes)
 
     def loop(self, loop: Loop, live: set[str], path: str) -> Iterator[Finding]:
-        if loop.max_iterations < 1:
-            yield Finding(
-                code="V-FLOW",
-                severity="error",
-                path=path,
-                message=f"max_iterations is {loop.max_iterations}; a loop runs its body at least once.",
-                hint="set max_iterations to 1 or more",
-            )
+        yield from _loop_shape(loop, path)
         inner = set(live)
         yield from self.steps(loop.body, inner, path)
-        yield from self.reads(callable_reads(loop.until), inner, path, who="until ")
+        yield from self.keys.reads(callable_reads(loop.until), inner, path, who="until ")
         live.update(inner)
 
     def branch(self, branch: Branch, live: set[str], path: str) -> Iterator[Finding]:
-        if isinstance(branch.on, str):
-            yield from self.reads((branch.on,), live, path, who="on ")
-        else:
-            yield from self.reads(callable_reads(branch.on), live, path, who="on ")
+        on = (branch.on,) if isinstance(branch.on, str) else callable_reads(branch.on)
+        yield from self.keys.reads(on, live, path, who="on ")
         arms = branch.arms()
         if not arms:
-            yield Finding(
-                code="V-FLOW",
-                severity="error",
-                path=path,
-                message="branch has no case and no default.",
-                hint="give it cases={value: [steps]} and, if every value must be handled, a default",
-            )
+            yield _no_arms(path)
             return
         after: list[set[str]] = []
         for _, steps in arms:
@@ -134,58 +207,23 @@ class _Checker:
         live.update(set.intersection(*after))
 
     def parallel(self, parallel: Parallel, live: set[str], path: str) -> Iterator[Finding]:
-        if parallel.on_branch_failure == "ignore" and not parallel.inline:
-            yield Finding(
-                code="V-FLOW",
-                severity="error",
-                path=path,
-                message="on_branch_failure='ignore' is supported for parallel branches run in one op, not with "
-                "inline=False.",
-                hint="use inline=True (the default), or on_branch_failure='fail'",
-            )
-        writers: dict[str, list[str]] = {}
-        for label, steps in parallel.branches.items():
+        yield from _parallel_shape(parallel, path)
+        for steps in parallel.branches.values():
             yield from self.steps(steps, set(live), path)
-            for key in sorted(flow_of_steps(steps, self.fields).may):
-                writers.setdefault(key, []).append(label)
-        for key, labels in writers.items():
-            if len(labels) > 1:
-                yield Finding(
-                    code="V-PAR1",
-                    severity="error",
-                    path=path,
-                    message=f"branches {', '.join(map(repr, labels))} all write key {key!r}; parallel branches "
-                    "must write different keys.",
-                    hint="write a separate key in each branch and combine them in a step after the Parallel",
-                )
+        yield from _parallel_writers(parallel, self.fields, path)
         if parallel.on_branch_failure == "fail":
             live.update(flow_of_steps([parallel], self.fields).must)
 
     def map(self, node: Map, live: set[str], path: str) -> Iterator[Finding]:
-        yield from self.reads((node.over,), live, path, who="over ")
+        yield from self.keys.reads((node.over,), live, path, who="over ")
         for role, key in (("item", node.item), ("result", node.result), ("into", node.into)):
             if key not in self.fields:
-                yield self.unknown(key, path, f"names as {role} an")
+                yield self.keys.unknown(key, path, f"names as {role} an")
         inner = set(live) | {node.item}
         yield from self.steps(node.body, inner, path)
-        body = flow_of_steps(node.body, self.fields)
-        if not node.inline and node.result not in (*body.must, node.item):
-            yield Finding(
-                code="V-FLOW",
-                severity="error",
-                path=path,
-                message=f"with inline=False each element's {node.result!r} is collected from the op that writes "
-                "it, but the body does not write it on every path.",
-                hint=f"write {node.result!r} on every path of the body, or use inline=True (the default)",
-            )
+        yield from _map_result(node, flow_of_steps(node.body, self.fields).must, path)
         if node.result in self.fields and node.result not in inner:
-            yield Finding(
-                code="V-CTX1",
-                severity="error",
-                path=path,
-                message=f"the body does not write the result key {node.result!r} on every path.",
-                hint=f"write {node.result!r} in the body, or give the field a default",
-            )
+            yield _map_result_unwritten(node, path)
         live.add(node.into)
 
 
@@ -211,6 +249,6 @@ def rule_keys(pipeline: Pipeline) -> Iterator[Finding]:
                 code="V-CTX2",
                 severity="error",
                 path=pipeline.name,
-                message=f"asset {key!r} is not a field of {checker.model}.",
-                hint=_close(key, checker.known),
+                message=f"asset {key!r} is not a field of {checker.keys.model}.",
+                hint=_close(key, checker.keys.known),
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from dagster import (
 )
 
 from flujo_dagster.adapter.compile.graph.build import build_graph
+from flujo_dagster.adapter.compile.graph.built import BuiltGraph
 from flujo_dagster.adapter.compile.lineage import data_upstream
 from flujo_dagster.adapter.compile.partitions import partitions_def
 from flujo_dagster.adapter.compile.reviews import ReviewPlan, plan_reviews
@@ -76,25 +78,12 @@ def compile_pipeline(
     """Compile a pipeline that passed validation. Deterministic: every step process rebuilds the same job."""
     has_assets = bool(pipeline.assets)
     built = build_graph(pipeline, lambda node: step_key(pipeline.name, has_assets, node))
-    live, upstream = built.live, data_upstream(built)
-
+    upstream = data_upstream(built)  # from the ops as built, before the review replaces asset producers
     job_name = translator.get_job_name(pipeline)
     # asset producers wrapped for review metadata and checks (replaced in built.defs)
     # a check on a pipeline without assets= is refused there too (it would never run)
     review = plan_reviews(pipeline, built, translator) if has_assets or pipeline.checks else ReviewPlan()
-    graph = GraphDefinition(
-        # not the job's name: Dagster wants graph and job names distinct within a code location
-        name=graph_name(pipeline.name, has_assets),
-        description=pipeline.description,
-        node_defs=list(dict.fromkeys(built.defs.values())),
-        dependencies=built.dependencies(),
-        output_mappings=[
-            *(OutputMapping(io_name(k), *live[k]) for k in pipeline.assets),
-            # Dagster refuses non-asset leaf ops in a graph-backed asset: the final context is an asset too.
-            *([OutputMapping(CONTEXT_OUTPUT, CONTEXT_OP, CONTEXT_OUTPUT)] if pipeline.assets else []),
-            *review.output_mappings,
-        ],
-    )
+    graph = _graph(pipeline, built, review)
     if not pipeline.assets:
         job = graph.to_job(
             name=job_name,
@@ -111,31 +100,7 @@ def compile_pipeline(
             context_step_key=CONTEXT_OP,
             inputs_step_key=INPUTS_OP,
         )
-    outs = {io_name(k): k for k in pipeline.assets}
-    asset_keys = {o: translator.get_asset_key(pipeline, k) for o, k in outs.items()}
-    asset_keys[CONTEXT_OUTPUT] = translator.get_context_asset_key(pipeline)
-    groups = {o: translator.get_group_name(pipeline, k) for o, k in outs.items()}
-    groups[CONTEXT_OUTPUT] = translator.get_group_name(pipeline, None)
-    descriptions = {o: translator.get_description(pipeline, k) for o, k in outs.items()}
-    descriptions[CONTEXT_OUTPUT] = translator.get_description(pipeline, None)
-    metadata = {o: dict(translator.get_metadata(pipeline, k)) for o, k in outs.items()}
-    metadata[CONTEXT_OUTPUT] = dict(translator.get_metadata(pipeline, None))
-    tags = {o: dict(translator.get_tags(pipeline, k)) for o, k in outs.items()}
-    tags[CONTEXT_OUTPUT] = dict(translator.get_tags(pipeline, None))
-    produced_by = {io_name(k): live[k] for k in pipeline.assets}
-    produced_by[CONTEXT_OUTPUT] = (CONTEXT_OP, CONTEXT_OUTPUT)
-    lineage = _asset_lineage(upstream, produced_by, {p: o for o, p in produced_by.items()})
-    assets = AssetsDefinition.from_graph(
-        graph,
-        keys_by_output_name=asset_keys,
-        internal_asset_deps={o: {asset_keys[d] for d in parents} for o, parents in lineage.items()},
-        group_names_by_output_name=groups,
-        descriptions_by_output_name={o: d for o, d in descriptions.items() if d is not None},
-        metadata_by_output_name=metadata,
-        tags_by_output_name=tags,
-        check_specs=review.check_specs,
-        partitions_def=partitions_def(pipeline),
-    )
+    assets = _assets(pipeline, graph, built.live, upstream, review, translator)
     asset_job = define_asset_job(
         job_name,
         selection=AssetSelection.assets(assets),
@@ -150,4 +115,54 @@ def compile_pipeline(
         job_name=job_name,
         context_step_key=step_key(pipeline.name, has_assets, CONTEXT_OP),
         inputs_step_key=step_key(pipeline.name, has_assets, INPUTS_OP),
+    )
+
+
+def _graph(pipeline: Pipeline, built: BuiltGraph, review: ReviewPlan) -> GraphDefinition:
+    """The pipeline's graph: its ops, their dependencies, and an output per asset (the final context too)."""
+    return GraphDefinition(
+        # not the job's name: Dagster wants graph and job names distinct within a code location
+        name=graph_name(pipeline.name, bool(pipeline.assets)),
+        description=pipeline.description,
+        node_defs=list(dict.fromkeys(built.defs.values())),
+        dependencies=built.dependencies(),
+        output_mappings=[
+            *(OutputMapping(io_name(k), *built.live[k]) for k in pipeline.assets),
+            # Dagster refuses non-asset leaf ops in a graph-backed asset: the final context is an asset too.
+            *([OutputMapping(CONTEXT_OUTPUT, CONTEXT_OP, CONTEXT_OUTPUT)] if pipeline.assets else []),
+            *review.output_mappings,
+        ],
+    )
+
+
+def _assets(
+    pipeline: Pipeline,
+    graph: GraphDefinition,
+    live: Mapping[str, Producer],
+    upstream: dict[str, list[Producer]],
+    review: ReviewPlan,
+    translator: FlujoDagsterTranslator,
+) -> AssetsDefinition:
+    """The graph-backed assets: one per asset key and one for the final context, named, grouped, described and
+    tagged by the translator, with the lineage between them and the review's checks."""
+    outs: dict[str, str | None] = {io_name(k): k for k in pipeline.assets}
+    outs[CONTEXT_OUTPUT] = None
+    asset_keys = {
+        o: translator.get_asset_key(pipeline, k) if k is not None else translator.get_context_asset_key(pipeline)
+        for o, k in outs.items()
+    }
+    descriptions = {o: translator.get_description(pipeline, k) for o, k in outs.items()}
+    produced_by = {io_name(k): live[k] for k in pipeline.assets}
+    produced_by[CONTEXT_OUTPUT] = (CONTEXT_OP, CONTEXT_OUTPUT)
+    lineage = _asset_lineage(upstream, produced_by, {p: o for o, p in produced_by.items()})
+    return AssetsDefinition.from_graph(
+        graph,
+        keys_by_output_name=asset_keys,
+        internal_asset_deps={o: {asset_keys[d] for d in parents} for o, parents in lineage.items()},
+        group_names_by_output_name={o: translator.get_group_name(pipeline, k) for o, k in outs.items()},
+        descriptions_by_output_name={o: d for o, d in descriptions.items() if d is not None},
+        metadata_by_output_name={o: dict(translator.get_metadata(pipeline, k)) for o, k in outs.items()},
+        tags_by_output_name={o: dict(translator.get_tags(pipeline, k)) for o, k in outs.items()},
+        check_specs=review.check_specs,
+        partitions_def=partitions_def(pipeline),
     )

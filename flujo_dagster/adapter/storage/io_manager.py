@@ -22,7 +22,7 @@ from flujo_dagster.errors import StorageError
 from flujo_dagster.runtime.values import adapter_for, from_json, jsonable, to_json_bytes
 from flujo_dagster.validation.typecompat import type_name
 
-__all__ = ["ENVELOPE_VERSION", "PydanticJsonIOManager", "StoredKey"]
+__all__ = ["ENVELOPE_VERSION", "PydanticJsonIOManager", "StoredKey", "dump_envelope", "read_envelope", "write_file"]
 
 ENVELOPE_VERSION = 1
 _NO_RUN = "__EPHEMERAL_RUN_ID"
@@ -79,6 +79,63 @@ def _declared_type(context: InputContext, upstream: OutputContext) -> DagsterTyp
     return context.dagster_type
 
 
+def dump_envelope(stored: StoredKey, value: object) -> bytes:
+    """The envelope bytes for `value`."""
+    py = jsonable(stored.adapter, value)
+    envelope = {
+        "flujo": ENVELOPE_VERSION,
+        "key": stored.key,
+        "type": type_name(stored.annotation),
+        "value": py,
+    }
+    return to_json_bytes(envelope)
+
+
+def write_file(path: UPath, data: bytes) -> None:
+    """Write bytes, creating parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def read_envelope(path: UPath, stored: StoredKey, *, where: str) -> object:
+    """Load and validate the value at `path`. `where` names the run and step for error messages."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise StorageError(
+            f"no stored value for key {stored.key!r} ({where}) at {path}: the file is missing. "
+            "Re-run the step that writes it (re-execute the run from failure)."
+        ) from exc
+    try:
+        envelope = from_json(_envelope_adapter(stored.annotation), raw)
+    except ValidationError as exc:
+        raise _unreadable(exc, path, stored, where) from exc
+    if stored.check_key and envelope.key != stored.key:
+        raise StorageError(
+            f"stored file {path} ({where}) holds key {envelope.key!r}, not {stored.key!r}: it was copied or "
+            "moved by hand. Put the right file back, or delete it and re-execute the step that writes it."
+        )
+    return envelope.value
+
+
+def _unreadable(exc: ValidationError, path: UPath, stored: StoredKey, where: str) -> StorageError:
+    """Why a stored file did not validate: its value no longer matches the declared type, or it is no envelope."""
+    errors = exc.errors()
+    if all(e["loc"][:1] == ("value",) for e in errors) and not any(
+        e["loc"] == ("value",) and e["type"] == "missing" for e in errors
+    ):
+        return StorageError(
+            f"stored value of key {stored.key!r} ({where}) at {path} no longer matches its declared "
+            f"type {type_name(stored.annotation)}: {exc}. Fix or delete the file and re-execute the "
+            "step, or change the context field back."
+        )
+    return StorageError(
+        f"stored value of key {stored.key!r} ({where}) at {path} is corrupt (not a flujo_dagster "
+        f"JSON envelope): {exc.errors()[0]['msg']}. Delete the file and re-execute the step that "
+        "wrote it."
+    )
+
+
 class PydanticJsonIOManager(ConfigurableIOManager):
     """Stores each op output as JSON at `<base_dir>/<run_id>/<step_key>/<output>[/<mapping_key>].json`.
 
@@ -110,58 +167,21 @@ class PydanticJsonIOManager(ConfigurableIOManager):
             return root.joinpath("assets", *parents, last, f"{partition}.json")
         return root.joinpath("assets", *parents, f"{last}.json")
 
-    # -- values --------------------------------------------------------------------------------------
+    # -- values ------------------------------------------------------------------------------------------
     @staticmethod
     def dump(stored: StoredKey, value: object) -> bytes:
-        """The envelope bytes for `value`."""
-        py = jsonable(stored.adapter, value)
-        envelope = {
-            "flujo": ENVELOPE_VERSION,
-            "key": stored.key,
-            "type": type_name(stored.annotation),
-            "value": py,
-        }
-        return to_json_bytes(envelope)
+        """The envelope bytes for `value` (`dump_envelope`)."""
+        return dump_envelope(stored, value)
 
     @staticmethod
     def write(path: UPath, data: bytes) -> None:
-        """Write bytes, creating parent folders."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        """Write bytes, creating parent folders (`write_file`)."""
+        write_file(path, data)
 
     @staticmethod
     def read(path: UPath, stored: StoredKey, *, where: str) -> object:
-        """Load and validate the value at `path`. `where` names the run and step for error messages."""
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise StorageError(
-                f"no stored value for key {stored.key!r} ({where}) at {path}: the file is missing. "
-                "Re-run the step that writes it (re-execute the run from failure)."
-            ) from exc
-        try:
-            envelope = from_json(_envelope_adapter(stored.annotation), raw)
-        except ValidationError as exc:
-            errors = exc.errors()
-            if all(e["loc"][:1] == ("value",) for e in errors) and not any(
-                e["loc"] == ("value",) and e["type"] == "missing" for e in errors
-            ):
-                raise StorageError(
-                    f"stored value of key {stored.key!r} ({where}) at {path} no longer matches its declared "
-                    f"type {type_name(stored.annotation)}: {exc}. Fix or delete the file and re-execute the "
-                    "step, or change the context field back."
-                ) from exc
-            raise StorageError(
-                f"stored value of key {stored.key!r} ({where}) at {path} is corrupt (not a flujo_dagster "
-                f"JSON envelope): {exc.errors()[0]['msg']}. Delete the file and re-execute the step that "
-                "wrote it."
-            ) from exc
-        if stored.check_key and envelope.key != stored.key:
-            raise StorageError(
-                f"stored file {path} ({where}) holds key {envelope.key!r}, not {stored.key!r}: it was copied or "
-                "moved by hand. Put the right file back, or delete it and re-execute the step that writes it."
-            )
-        return envelope.value
+        """Load and validate the value at `path`; `where` names the run and step for errors (`read_envelope`)."""
+        return read_envelope(path, stored, where=where)
 
     # -- Dagster's IO manager interface ---------------------------------------------------------------
     def handle_output(self, context: OutputContext, obj: object) -> None:
@@ -187,19 +207,25 @@ class PydanticJsonIOManager(ConfigurableIOManager):
                 "the flujo IO manager only loads values that ops produced."
             )
         stored = StoredKey.of(_declared_type(context, upstream), upstream.name)
-        root = self.root(context.instance.storage_directory())
-        try:
-            run_id, step_key = upstream.run_id, upstream.step_key
-        except DagsterInvariantViolationError:  # loading an asset outside a run (load_asset_value)
-            run_id, step_key = _NO_RUN, ""
-        if run_id == _NO_RUN:  # outside a run, or an asset another job materialized: its latest copy
-            if not upstream.has_asset_key:
-                raise StorageError(
-                    f"cannot load input {context.name!r}: its producer ran in no known run and is not an asset. "
-                    "Load values the flujo IO manager stored, from the run that produced them."
-                )
-            partition = context.asset_partition_key if context.has_asset_partitions else None
-            path = self.asset_path(root, list(upstream.asset_key.path), partition)
-            return self.read(path, stored, where=f"asset {upstream.asset_key.to_user_string()}")
-        path = self.output_path(root, run_id, step_key, upstream.name, upstream.mapping_key)
-        return self.read(path, stored, where=f"run {run_id}, step {step_key}")
+        path, where = _source(context, upstream, self.root(context.instance.storage_directory()))
+        return self.read(path, stored, where=where)
+
+
+def _source(context: InputContext, upstream: OutputContext, root: UPath) -> tuple[UPath, str]:
+    """Where the value of `context`'s input is stored, and how error messages name it: the producer's run-scoped
+    output, or, outside a run or for an asset another job materialized, the asset's latest copy."""
+    try:
+        run_id, step_key = upstream.run_id, upstream.step_key
+    except DagsterInvariantViolationError:  # loading an asset outside a run (load_asset_value)
+        run_id, step_key = _NO_RUN, ""
+    if run_id != _NO_RUN:
+        path = PydanticJsonIOManager.output_path(root, run_id, step_key, upstream.name, upstream.mapping_key)
+        return path, f"run {run_id}, step {step_key}"
+    if not upstream.has_asset_key:
+        raise StorageError(
+            f"cannot load input {context.name!r}: its producer ran in no known run and is not an asset. "
+            "Load values the flujo IO manager stored, from the run that produced them."
+        )
+    partition = context.asset_partition_key if context.has_asset_partitions else None
+    path = PydanticJsonIOManager.asset_path(root, list(upstream.asset_key.path), partition)
+    return path, f"asset {upstream.asset_key.to_user_string()}"

@@ -81,22 +81,9 @@ class AgentRuntime:
             raise TypeError(f"agent step {step.name!r} holds {type(agent).__name__}, not a pydantic-ai Agent")
         model, source = self.model_for(step)
         if budget is not None and budget.guards:
-            model = self._budgeted(step, model if model is not None else agent.model, budget, path)
+            model = _budgeted(step, model if model is not None else agent.model, budget, path)
         call = await run_agent(agent, prompt, model=model, model_settings=step.model_settings)
         return call.priced(prices.require(call.model, where=path)), source
-
-    @staticmethod
-    def _budgeted(step: AgentStep, chosen: object, budget: BudgetContext, path: str) -> BudgetedModel:
-        max_tokens = step.max_tokens()
-        configured = model_id_of(chosen)
-        if max_tokens is None or configured is None or not isinstance(chosen, Model | str):
-            raise ConfigurationError(
-                f"{path}: a budgeted agent step needs a model and max_tokens in its model settings "
-                f"(model {configured!r}, max_tokens {max_tokens!r}); validate the pipeline first"
-            )
-        return BudgetedModel(
-            infer_model(chosen), budget=budget, path=path, configured=configured, max_tokens=max_tokens
-        )
 
     def price_book(self, overrides: Mapping[str, Price], *, strict: bool) -> PriceBook:
         """A price book with `overrides` and this runtime's declared prices (`offline` for offline models)."""
@@ -107,6 +94,18 @@ class AgentRuntime:
             offline={m: p for m, p in self.prices.items() if m in offline},
             strict=strict,
         )
+
+
+def _budgeted(step: AgentStep, chosen: object, budget: BudgetContext, path: str) -> BudgetedModel:
+    """`chosen` wrapped so that every request is reserved against `budget` first and reconciled after."""
+    max_tokens = step.max_tokens()
+    configured = model_id_of(chosen)
+    if max_tokens is None or configured is None or not isinstance(chosen, Model | str):
+        raise ConfigurationError(
+            f"{path}: a budgeted agent step needs a model and max_tokens in its model settings "
+            f"(model {configured!r}, max_tokens {max_tokens!r}); validate the pipeline first"
+        )
+    return BudgetedModel(infer_model(chosen), budget=budget, path=path, configured=configured, max_tokens=max_tokens)
 
 
 class PricedAgents:
