@@ -20,8 +20,11 @@ from flujo_dagster.adapter.control.approvals import decide, pending, prepare_dec
 from flujo_dagster.adapter.control.audit import audit_trail
 from flujo_dagster.adapter.control.costs import run_costs
 from flujo_dagster.adapter.run import run_pipeline
+from flujo_dagster.adapter.storage.resources import AgentRuntime
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ApprovalError, ConfigurationError, FlujoDagsterError
+from flujo_dagster.names import AGENT_RUNTIME_KEY, PRICE_BOOK_KEY
+from flujo_dagster.pricing.prices import PriceBook
 from flujo_dagster.runtime.approvals import SECRET_ENV, Verdict
 from flujo_dagster.runtime.values import adapter_for, from_json
 from flujo_dagster.validation import ValidationReport, validate
@@ -90,8 +93,21 @@ def _parse_input(pipeline: Pipeline, text: str) -> tuple[str, object]:
 
 
 def _exit_invalid(exc: ConfigurationError) -> NoReturn:
-    click.echo(ValidationReport.of(exc.findings).render() if exc.findings else str(exc))
+    click.echo(str(ValidationReport.of(exc.findings)) if exc.findings else str(exc))
     sys.exit(EXIT_INVALID)
+
+
+def _report(module: ModuleType, pipelines: list[Pipeline]) -> ValidationReport:
+    """What `build_definitions` finds in `pipelines` with the module's settings: the agent runtime and the price
+    book of its `Definitions` (the book build_definitions made from its prices, pyproject and strictness)."""
+    resources = _resources(module)
+    runtime = resources.get(AGENT_RUNTIME_KEY)
+    book = resources.get(PRICE_BOOK_KEY)
+    return validate(
+        pipelines,
+        prices=book if isinstance(book, PriceBook) else None,
+        runtime=runtime if isinstance(runtime, AgentRuntime) else None,
+    )
 
 
 @click.group()
@@ -108,8 +124,11 @@ def validate_command(target: str) -> None:
         module = _import(module_name)
     except ConfigurationError as exc:
         _exit_invalid(exc)
-    report = validate(_pipelines(module, attr, target))
-    click.echo(report.render())
+    try:
+        report = _report(module, _pipelines(module, attr, target))
+    except ConfigurationError as exc:  # a pyproject pricing table that cannot be read
+        _exit_invalid(exc)
+    click.echo(str(report))
     sys.exit(EXIT_OK if report.ok else EXIT_INVALID)
 
 

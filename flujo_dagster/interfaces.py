@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-__all__ = ["AgentLike", "ModelLike"]
+if TYPE_CHECKING:
+    from flujo_dagster.dsl.pipeline import Pipeline
+    from flujo_dagster.dsl.steps import AgentStep
+    from flujo_dagster.pricing.prices import Price, PriceBook
+
+__all__ = ["AgentLike", "AssetKeyLike", "ModelLike", "PipelineNaming", "PricingRuntime"]
 
 
 @runtime_checkable
@@ -27,3 +33,29 @@ class AgentLike(Protocol):
 
     @property
     def model(self) -> object: ...
+
+
+class PricingRuntime(Protocol):
+    """What validation needs of the agent runtime to price agent steps (`AgentRuntime` fits): the model each
+    agent step runs on, and the price book with the prices it declares for its models."""
+
+    def model_id_for(self, step: AgentStep) -> str | None: ...
+
+    def price_book(self, overrides: Mapping[str, Price], *, strict: bool) -> PriceBook: ...
+
+
+class AssetKeyLike(Protocol):
+    """What validation needs of an asset key (a dagster `AssetKey` fits)."""
+
+    @property
+    def path(self) -> Sequence[str]: ...
+
+
+class PipelineNaming(Protocol):
+    """How pipelines are named in Dagster, as far as validation checks the names (`FlujoDagsterTranslator` fits)."""
+
+    def get_job_name(self, pipeline: Pipeline) -> str: ...
+
+    def get_asset_key(self, pipeline: Pipeline, key: str) -> AssetKeyLike: ...
+
+    def get_context_asset_key(self, pipeline: Pipeline) -> AssetKeyLike: ...

@@ -146,10 +146,12 @@ def test_checks_are_refused_on_keys_that_are_not_assets_and_on_duplicate_names()
     )
     with pytest.raises(ConfigurationError) as error:
         build_definitions(pipelines=[bad])
-    assert str(error.value) == (
-        "pipeline 'bad_checks': check 'not_empty' is on key 'text', which is not in assets=; two checks on key "
-        "'summary' are named 'not_empty'. Fix the checks= list."
-    )
+    assert [str(f) for f in error.value.findings] == [
+        "[CHECK-001] error at bad_checks > check:not_empty: check 'not_empty' is on key 'text', which is not in "
+        "assets=['summary'], so it would never run. Hint: add 'text' to assets=[...], or check a key that is an asset",
+        "[CHECK-002] error at bad_checks > check:not_empty: two checks on key 'summary' are named 'not_empty'. "
+        "Hint: give each check of a key its own name",
+    ]
 
 
 def test_checks_on_a_pipeline_without_assets_and_async_checks_are_refused() -> None:

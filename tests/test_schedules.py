@@ -310,8 +310,14 @@ def test_schedule_rules_when_the_definitions_load() -> None:
 
 def test_schedule_dsl_checks_its_arguments() -> None:
     with pytest.raises(ConfigurationError, match=r"^Schedule cron must be a cron string like '0 6 \* \* \*'"):
-        Schedule(cron="daily")
-    with pytest.raises(ConfigurationError, match=r"^Schedule: unknown timezone 'Europe/Nowhere'"):
-        Schedule(cron="0 6 * * *", timezone="Europe/Nowhere")
+        Schedule(cron=6)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"^Schedule timezone must be an IANA timezone name"):
+        Schedule(cron="0 6 * * *", timezone=None)  # type: ignore[arg-type]
+    # what Dagster would refuse is a finding of the pipeline (tests/test_validation_dagster.py)
+    nowhere = digest(Schedule(cron="daily", timezone="Europe/Nowhere", inputs={"topic": "agents"}))
+    assert [(f.code, f.path) for f in validate(nowhere).findings] == [
+        ("SCHED-003", "digest > schedule"),
+        ("SCHED-004", "digest > schedule"),
+    ]
     with pytest.raises(ConfigurationError, match=r"^Schedule default_status must be 'stopped' or 'running'"):
         Schedule(cron="0 6 * * *", default_status="paused")  # type: ignore[arg-type]

@@ -147,6 +147,7 @@ def test_ctx2_unknown_written_key_prompt_key_and_asset() -> None:
     assert findings[-1] == Finding(
         code="V-CTX2",
         severity="error",
+        pipeline="notes",
         path="notes",
         message="asset 'outlines' is not a field of Notes.",
         hint="did you mean 'outline'?",

@@ -39,7 +39,7 @@ def _refusal(ancestor: Step, where: str, *, in_fanout: bool) -> tuple[str, str] 
 
 
 def _walk(
-    steps: Sequence[Step], path: str, refusal: tuple[str, str] | None, in_fanout: bool = False
+    pipeline: Pipeline, steps: Sequence[Step], path: str, refusal: tuple[str, str] | None, in_fanout: bool = False
 ) -> Iterator[Finding]:
     """HITL-NESTED-001 for each gate below a node that runs in one op, naming the outermost such node."""
     for step in steps:
@@ -50,6 +50,7 @@ def _walk(
                 yield Finding(
                     code="HITL-NESTED-001",
                     severity="error",
+                    pipeline=pipeline.name,
                     path=here,
                     message=f"this approval gate could not pause and resume: {reason}.",
                     hint=hint,
@@ -58,18 +59,19 @@ def _walk(
                 yield Finding(
                     code="HITL-NESTED-001",
                     severity="error",
+                    pipeline=pipeline.name,
                     path=here,
                     message="this approval gate could not run its on_reject steps: inside the body of a map with "
                     "inline=False a gate cannot route an element to other steps.",
                     hint="drop on_reject (a rejection then fails the element), or move the gate after the map",
                 )
             for _, inner in children(step):  # gates among its on_reject steps
-                yield from _walk(inner, here, refusal, in_fanout)
+                yield from _walk(pipeline, inner, here, refusal, in_fanout)
             continue
         below = refusal or _refusal(step, here, in_fanout=in_fanout)
         fanout = in_fanout or (isinstance(step, Map) and not runs_in_one_op(step, in_fanout=in_fanout))
         for _, inner in children(step):
-            yield from _walk(inner, here, below, fanout)
+            yield from _walk(pipeline, inner, here, below, fanout)
 
 
 def _decisions(pipeline: Pipeline) -> Iterator[Finding]:
@@ -81,6 +83,7 @@ def _decisions(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="HITL-DECISION-001",
                 severity="error",
+                pipeline=pipeline.name,
                 path=path,
                 message=f"the decision model {step.decision.__name__} edits {extra}, which the gate does not show "
                 f"(show={list(step.show)}).",
@@ -129,11 +132,18 @@ def _policies(pipeline: Pipeline) -> Iterator[Finding]:
         if not isinstance(step, Approval):
             continue
         for message, hint in _policy_problems(step):
-            yield Finding(code="HITL-POLICY-001", severity="error", path=path, message=f"{message}.", hint=hint)
+            yield Finding(
+                code="HITL-POLICY-001",
+                severity="error",
+                pipeline=pipeline.name,
+                path=path,
+                message=f"{message}.",
+                hint=hint,
+            )
 
 
 def rule_approvals(pipeline: Pipeline) -> Iterator[Finding]:
     """HITL-NESTED-001, HITL-DECISION-001 and HITL-POLICY-001 for every approval gate of `pipeline`."""
-    yield from _walk(pipeline.steps, pipeline.name, None)
+    yield from _walk(pipeline, pipeline.steps, pipeline.name, None)
     yield from _decisions(pipeline)
     yield from _policies(pipeline)

@@ -23,11 +23,12 @@ def _close(key: str, known: list[str]) -> str:
     return f"did you mean {match[0]!r}?" if match else f"known keys: {', '.join(known)}"
 
 
-def _writes_unknown(step: Step, path: str) -> Finding:
+def _writes_unknown(pipeline: str, step: Step, path: str) -> Finding:
     """V-CTX3: the keys `step` writes cannot be inferred."""
     return Finding(
         code="V-CTX3",
         severity="error",
+        pipeline=pipeline,
         path=path,
         message=(
             f"cannot tell which keys step {step.name!r} writes: no key is named {step.name!r} and it "
@@ -37,35 +38,38 @@ def _writes_unknown(step: Step, path: str) -> Finding:
     )
 
 
-def _loop_shape(loop: Loop, path: str) -> Iterator[Finding]:
+def _loop_shape(pipeline: str, loop: Loop, path: str) -> Iterator[Finding]:
     """V-FLOW: a loop that could not run its body."""
     if loop.max_iterations < 1:
         yield Finding(
             code="V-FLOW",
             severity="error",
+            pipeline=pipeline,
             path=path,
             message=f"max_iterations is {loop.max_iterations}; a loop runs its body at least once.",
             hint="set max_iterations to 1 or more",
         )
 
 
-def _no_arms(path: str) -> Finding:
+def _no_arms(pipeline: str, path: str) -> Finding:
     """V-FLOW: a branch with nothing to run."""
     return Finding(
         code="V-FLOW",
         severity="error",
+        pipeline=pipeline,
         path=path,
         message="branch has no case and no default.",
         hint="give it cases={value: [steps]} and, if every value must be handled, a default",
     )
 
 
-def _parallel_shape(parallel: Parallel, path: str) -> Iterator[Finding]:
+def _parallel_shape(pipeline: str, parallel: Parallel, path: str) -> Iterator[Finding]:
     """V-FLOW: `on_branch_failure="ignore"` on a Parallel expanded into ops."""
     if parallel.on_branch_failure == "ignore" and not parallel.inline:
         yield Finding(
             code="V-FLOW",
             severity="error",
+            pipeline=pipeline,
             path=path,
             message="on_branch_failure='ignore' is supported for parallel branches run in one op, not with "
             "inline=False.",
@@ -73,7 +77,7 @@ def _parallel_shape(parallel: Parallel, path: str) -> Iterator[Finding]:
         )
 
 
-def _parallel_writers(parallel: Parallel, fields: Mapping[str, object], path: str) -> Iterator[Finding]:
+def _parallel_writers(pipeline: str, parallel: Parallel, fields: Mapping[str, object], path: str) -> Iterator[Finding]:
     """V-PAR1: a key two branches of `parallel` may write."""
     writers: dict[str, list[str]] = {}
     for label, steps in parallel.branches.items():
@@ -84,6 +88,7 @@ def _parallel_writers(parallel: Parallel, fields: Mapping[str, object], path: st
             yield Finding(
                 code="V-PAR1",
                 severity="error",
+                pipeline=pipeline,
                 path=path,
                 message=f"branches {', '.join(map(repr, labels))} all write key {key!r}; parallel branches "
                 "must write different keys.",
@@ -91,12 +96,13 @@ def _parallel_writers(parallel: Parallel, fields: Mapping[str, object], path: st
             )
 
 
-def _map_result(node: Map, body_must: frozenset[str], path: str) -> Iterator[Finding]:
+def _map_result(pipeline: str, node: Map, body_must: frozenset[str], path: str) -> Iterator[Finding]:
     """V-FLOW: an expanded Map whose body does not write its result on every path (`body_must`)."""
     if not node.inline and node.result not in (*body_must, node.item):
         yield Finding(
             code="V-FLOW",
             severity="error",
+            pipeline=pipeline,
             path=path,
             message=f"with inline=False each element's {node.result!r} is collected from the op that writes "
             "it, but the body does not write it on every path.",
@@ -104,11 +110,12 @@ def _map_result(node: Map, body_must: frozenset[str], path: str) -> Iterator[Fin
         )
 
 
-def _map_result_unwritten(node: Map, path: str) -> Finding:
+def _map_result_unwritten(pipeline: str, node: Map, path: str) -> Finding:
     """V-CTX1: a Map's result key that its body may leave without a value."""
     return Finding(
         code="V-CTX1",
         severity="error",
+        pipeline=pipeline,
         path=path,
         message=f"the body does not write the result key {node.result!r} on every path.",
         hint=f"write {node.result!r} in the body, or give the field a default",
@@ -122,11 +129,13 @@ class _Keys:
         self.fields = pipeline.fields
         self.known = list(self.fields)
         self.model = pipeline.context.__name__
+        self.name = pipeline.name
 
     def unknown(self, key: str, path: str, verb: str) -> Finding:
         return Finding(
             code="V-CTX2",
             severity="error",
+            pipeline=self.name,
             path=path,
             message=f"{verb} unknown key {key!r}: it is not a field of {self.model}.",
             hint=_close(key, self.known),
@@ -140,6 +149,7 @@ class _Keys:
                 yield Finding(
                     code="V-CTX1",
                     severity="error",
+                    pipeline=self.name,
                     path=path,
                     message=f"{who}reads key {key!r} before any step writes it, and it has no default.",
                     hint=f"write {key!r} in an earlier step, or give the field a default",
@@ -149,6 +159,7 @@ class _Keys:
 class _Checker:
     def __init__(self, pipeline: Pipeline) -> None:
         self.keys = _Keys(pipeline)
+        self.name = pipeline.name
         self.fields = pipeline.fields
 
     def steps(self, steps: Sequence[Step], live: set[str], path: str) -> Iterator[Finding]:
@@ -180,13 +191,13 @@ class _Checker:
         keys = resolve_keys(step, self.fields)
         yield from self.keys.reads(keys.reads, live, path)
         if keys.writes is None:
-            yield _writes_unknown(step, path)
+            yield _writes_unknown(self.name, step, path)
             return
         yield from (self.keys.unknown(key, path, "writes") for key in keys.writes if key not in self.fields)
         live.update(keys.writes)
 
     def loop(self, loop: Loop, live: set[str], path: str) -> Iterator[Finding]:
-        yield from _loop_shape(loop, path)
+        yield from _loop_shape(self.name, loop, path)
         inner = set(live)
         yield from self.steps(loop.body, inner, path)
         yield from self.keys.reads(callable_reads(loop.until), inner, path, who="until ")
@@ -197,7 +208,7 @@ class _Checker:
         yield from self.keys.reads(on, live, path, who="on ")
         arms = branch.arms()
         if not arms:
-            yield _no_arms(path)
+            yield _no_arms(self.name, path)
             return
         after: list[set[str]] = []
         for _, steps in arms:
@@ -207,10 +218,10 @@ class _Checker:
         live.update(set.intersection(*after))
 
     def parallel(self, parallel: Parallel, live: set[str], path: str) -> Iterator[Finding]:
-        yield from _parallel_shape(parallel, path)
+        yield from _parallel_shape(self.name, parallel, path)
         for steps in parallel.branches.values():
             yield from self.steps(steps, set(live), path)
-        yield from _parallel_writers(parallel, self.fields, path)
+        yield from _parallel_writers(self.name, parallel, self.fields, path)
         if parallel.on_branch_failure == "fail":
             live.update(flow_of_steps([parallel], self.fields).must)
 
@@ -221,9 +232,9 @@ class _Checker:
                 yield self.keys.unknown(key, path, f"names as {role} an")
         inner = set(live) | {node.item}
         yield from self.steps(node.body, inner, path)
-        yield from _map_result(node, flow_of_steps(node.body, self.fields).must, path)
+        yield from _map_result(self.name, node, flow_of_steps(node.body, self.fields).must, path)
         if node.result in self.fields and node.result not in inner:
-            yield _map_result_unwritten(node, path)
+            yield _map_result_unwritten(self.name, node, path)
         live.add(node.into)
 
 
@@ -239,6 +250,7 @@ def rule_keys(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-CTX1",
                 severity="error",
+                pipeline=pipeline.name,
                 path=pipeline.name,
                 message=f"key {key!r} has no default and is not written on every path through the pipeline.",
                 hint=f"give {key!r} a default, or write it on every branch",
@@ -248,6 +260,7 @@ def rule_keys(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-CTX2",
                 severity="error",
+                pipeline=pipeline.name,
                 path=pipeline.name,
                 message=f"asset {key!r} is not a field of {checker.keys.model}.",
                 hint=_close(key, checker.keys.known),

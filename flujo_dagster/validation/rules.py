@@ -36,21 +36,15 @@ _EMPTY = inspect.Parameter.empty
 
 
 def rule_names(pipeline: Pipeline) -> Iterator[Finding]:
-    """V-NAME: step names are unique, legal op names, and not reserved."""
+    """V-NAME: the pipeline's and steps' names are legal and not reserved; step names are unique."""
     seen: set[str] = set()
-    if not _NAME_RE.match(pipeline.name):
-        yield Finding(
-            code="V-NAME",
-            severity="error",
-            path=pipeline.name,
-            message=f"pipeline name {pipeline.name!r} is not a legal Dagster name.",
-            hint="use letters, digits and underscores, not starting with a digit",
-        )
+    yield from _pipeline_name(pipeline)
     for path, s in walk(pipeline.steps, pipeline.name):
         if not _NAME_RE.match(s.name):
             yield Finding(
                 code="V-NAME",
                 severity="error",
+                pipeline=pipeline.name,
                 path=path,
                 message=f"step name {s.name!r} is not a legal op name.",
                 hint="use letters, digits and underscores, not starting with a digit",
@@ -59,6 +53,7 @@ def rule_names(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-NAME",
                 severity="error",
+                pipeline=pipeline.name,
                 path=path,
                 message=f"step name {s.name!r} is reserved.",
                 hint="rename the step (name=...)",
@@ -67,6 +62,7 @@ def rule_names(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-NAME",
                 severity="error",
+                pipeline=pipeline.name,
                 path=path,
                 message=f"step name {s.name!r} contains '__', which separates the parts of derived op names.",
                 hint="use single underscores (name=...)",
@@ -75,12 +71,33 @@ def rule_names(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-NAME",
                 severity="error",
+                pipeline=pipeline.name,
                 path=path,
                 message=f"step name {s.name!r} is used more than once in pipeline {pipeline.name!r}.",
                 hint="give each step a unique name (name=...)",
             )
         seen.add(s.name)
     yield from _key_names(pipeline)
+
+
+def _pipeline_name(pipeline: Pipeline) -> Iterator[Finding]:
+    name = pipeline.name
+    if not _NAME_RE.match(name):
+        problem, hint = "is not a legal Dagster name", "use letters, digits and underscores, not starting with a digit"
+    elif name in DAGSTER_RESERVED_NAMES or name.startswith("flujo_"):
+        problem, hint = "is reserved (by Dagster, or for flujo's own jobs)", "rename the pipeline"
+    elif "__" in name:
+        problem, hint = "contains '__', which separates the parts of derived op names", "use single underscores"
+    else:
+        return
+    yield Finding(
+        code="V-NAME",
+        severity="error",
+        pipeline=name,
+        path=name,
+        message=f"pipeline name {name!r} {problem}.",
+        hint=hint,
+    )
 
 
 def _key_names(pipeline: Pipeline) -> Iterator[Finding]:
@@ -100,6 +117,7 @@ def _key_names(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-NAME",
                 severity="error",
+                pipeline=pipeline.name,
                 path=key_path(pipeline.name, key),
                 message=f"key name {key!r} cannot be used: {clash}.",
                 hint="rename the context field",
@@ -110,6 +128,7 @@ def _key_names(pipeline: Pipeline) -> Iterator[Finding]:
         yield Finding(
             code="V-NAME",
             severity="error",
+            pipeline=pipeline.name,
             path=pipeline.name,
             message=f"asset {key!r} is listed more than once.",
             hint="list each key once in assets=[...]",
@@ -125,6 +144,7 @@ def _function_type_findings(pipeline: Pipeline, s: FunctionStep, path: str) -> I
             yield Finding(
                 code="V-TYPE",
                 severity="error",
+                pipeline=pipeline.name,
                 path=path,
                 message=(
                     f"parameter {key!r} is annotated {type_name(hints[key])} but key {key!r} holds "
@@ -140,6 +160,7 @@ def _function_type_findings(pipeline: Pipeline, s: FunctionStep, path: str) -> I
         yield Finding(
             code="V-TYPE",
             severity="error",
+            pipeline=pipeline.name,
             path=path,
             message=(f"returns {type_name(returned)} but writes key {key!r}, which holds {type_name(fields[key])}."),
             hint=f"return {type_name(fields[key])}, or change the context field",
@@ -156,6 +177,7 @@ def _agent_type_findings(pipeline: Pipeline, s: AgentStep, path: str) -> Iterato
         yield Finding(
             code="V-TYPE",
             severity="error",
+            pipeline=pipeline.name,
             path=path,
             message=(
                 f"the agent's output_type is {type_name(output_type)} but key {key!r} holds {type_name(fields[key])}."
@@ -172,6 +194,7 @@ def rule_types(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-TYPE",
                 severity="error",
+                pipeline=pipeline.name,
                 path=key_path(pipeline.name, name),
                 message=f"key {name!r} ({type_name(annotation)}) does not round-trip through JSON: {problem}.",
                 hint="every key is stored as JSON; choose a JSON-friendly type",
@@ -180,6 +203,7 @@ def rule_types(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-TYPE",
                 severity="warning",
+                pipeline=pipeline.name,
                 path=key_path(pipeline.name, name),
                 message=f"key {name!r} ({type_name(annotation)}) is an ambiguous union: {ambiguity}.",
                 hint="use a discriminated union, or wrap the members in models that JSON can tell apart",
@@ -188,6 +212,7 @@ def rule_types(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-TYPE",
                 severity="warning",
+                pipeline=pipeline.name,
                 path=key_path(pipeline.name, name),
                 message=f"key {name!r} ({type_name(annotation)}) is not fully typed: {untyped}.",
                 hint="declare the concrete type",
@@ -208,6 +233,7 @@ def rule_agents(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-A1",
                 severity="error",
+                pipeline=pipeline.name,
                 path=path,
                 message="agent step has no agent.",
                 hint="pass a pydantic-ai Agent: agent_step(name, Agent(...), prompt=...)",
@@ -216,6 +242,7 @@ def rule_agents(pipeline: Pipeline) -> Iterator[Finding]:
             yield Finding(
                 code="V-A1",
                 severity="error",
+                pipeline=pipeline.name,
                 path=path,
                 message="agent step has no model: neither the agent nor the step names one.",
                 hint="build the agent with a model ('provider:model', defer_model_check=True) or pass model=",

@@ -60,6 +60,7 @@ def rule_scale(pipeline: Pipeline) -> Iterator[Finding]:
     yield Finding(
         code="V-SCALE",
         severity="error" if refused else "warning",
+        pipeline=pipeline.name,
         path=pipeline.name,
         message=f"the pipeline expands to {ops} ops{where}, more than {limit}.",
         hint="mark loops and long step chains inline=True (or wrap steps in Group(..., inline=True)) so each "

@@ -81,8 +81,7 @@ def compile_pipeline(
     upstream = data_upstream(built)  # from the ops as built, before the review replaces asset producers
     job_name = translator.get_job_name(pipeline)
     # asset producers wrapped for review metadata and checks (replaced in built.defs)
-    # a check on a pipeline without assets= is refused there too (it would never run)
-    review = plan_reviews(pipeline, built, translator) if has_assets or pipeline.checks else ReviewPlan()
+    review = plan_reviews(pipeline, built, translator) if has_assets else ReviewPlan()
     graph = _graph(pipeline, built, review)
     if not pipeline.assets:
         job = graph.to_job(

@@ -19,7 +19,6 @@ from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
 from flujo_dagster.adapter.storage.budgets import InstanceLedger
 from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager
 from flujo_dagster.adapter.storage.resources import AgentRuntime
-from flujo_dagster.config import find_pyproject, pyproject_prices
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -32,8 +31,8 @@ from flujo_dagster.names import (
     PRICE_BOOK_KEY,
 )
 from flujo_dagster.pricing.prices import Price, PriceBook
-from flujo_dagster.pricing.rules import check_prices
 from flujo_dagster.validation import ValidationReport, validate
+from flujo_dagster.validation.pricing import price_book
 
 __all__ = [
     "APPROVALS_INTERVAL_ENV",
@@ -80,33 +79,31 @@ def compile_all(
     executor: ExecutorDefinition | None = None,
     on_invalid: OnInvalid = "raise",
 ) -> tuple[list[CompiledPipeline], dict[str, object], ValidationReport]:
-    """Validate (raising `ConfigurationError` listing every error finding; `PricingNotConfiguredError` when a
-    model has no price) and compile each pipeline. Returns the compiled pipelines, their resources (the price
-    book `price_book` included), and, with `on_invalid="quarantine"`, the error findings of the pipelines left
-    out instead of raising."""
+    """Validate (`validate`, with these settings; raising `ConfigurationError` listing every error finding,
+    `PricingNotConfiguredError` when a model has no price) and compile each pipeline. Returns the compiled
+    pipelines, their resources (the price book `price_book` included), and, with `on_invalid="quarantine"`, the
+    error findings of the pipelines left out instead of raising."""
     chosen = default_resources(resources)
     runtime = chosen[AGENT_RUNTIME_KEY]
     if not isinstance(runtime, AgentRuntime):
         raise ConfigurationError(
             f"resource {AGENT_RUNTIME_KEY!r} must be an AgentRuntime, got {type(runtime).__name__}"
         )
-    overrides = {**pyproject_prices(pyproject or find_pyproject()), **(prices or {})}
-    book = chosen.setdefault(PRICE_BOOK_KEY, runtime.price_book(overrides, strict=strict_pricing))
+    book = chosen.setdefault(PRICE_BOOK_KEY, price_book(prices, runtime, strict=strict_pricing, pyproject=pyproject))
     if not isinstance(book, PriceBook):
         raise ConfigurationError(f"resource {PRICE_BOOK_KEY!r} must be a PriceBook, got {type(book).__name__}")
-    report = validate(pipelines) + check_prices(list(pipelines), book, runtime.model_id_for)
+    translator = translator or FlujoDagsterTranslator()
+    report = validate(pipelines, prices=book, runtime=runtime, translator=translator)
     for finding in report.warnings:
-        _log.warning("%s", finding.render())
+        _log.warning("%s", finding)
     quarantined = ValidationReport()
     if on_invalid == "quarantine" and report.errors:
-        invalid = {f.path.split(" > ")[0] for f in report.errors}
         quarantined = ValidationReport(report.errors)
         for finding in report.errors:
-            _log.error("quarantined: %s", finding.render())
-        pipelines = [p for p in pipelines if p.name not in invalid]
+            _log.error("quarantined: %s", finding)
+        pipelines = [p for p in pipelines if p.name not in report.invalid_pipelines]
     else:
         report.raise_for_errors()
-    translator = translator or FlujoDagsterTranslator()
     try:
         compiled = [compile_pipeline(p, translator=translator, executor=executor) for p in pipelines]
     except RecursionError as exc:  # V-SCALE refuses such sizes first; this is the last line of defence
@@ -114,12 +111,7 @@ def compile_all(
             f"Dagster ran out of recursion depth building {[p.name for p in pipelines]}: the pipeline expands to "
             "too many ops. Mark loops and long step chains inline=True (or wrap them in Group(..., inline=True))."
         ) from exc
-    names = [c.job_name for c in compiled]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigurationError(
-            f"two pipelines compile to the same job name(s) {duplicates}: give each pipeline a unique name"
-        )
+    assert len({c.job_name for c in compiled}) == len(compiled), "validation refuses it (V-JOB)"
     return compiled, chosen, quarantined
 
 
@@ -175,8 +167,7 @@ def build_definitions(
     jobs: list[JobDefinition | UnresolvedAssetJobDefinition] = [c.job for c in compiled]
     sensors: list[SensorDefinition] = []
     if quarantined.errors:
-        kept = {c.pipeline.name for c in compiled}
-        sensors.append(validation_sensor(quarantined, [p.name for p in listed if p.name not in kept]))
+        sensors.append(validation_sensor(quarantined))
     if any(isinstance(s, Approval) for p in listed for _, s in walk(p.steps, p.name)):
         jobs.append(decide_job())
         url, interval_s = approvals_settings(webserver_url, approvals_interval_s)

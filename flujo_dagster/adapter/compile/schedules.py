@@ -29,16 +29,17 @@ from flujo_dagster.names import BUDGET_DAY_TAG, BUDGET_LEDGER_KEY
 from flujo_dagster.pricing.ledger import format_usd
 from flujo_dagster.runtime.budget import day_scope, guard_for
 from flujo_dagster.runtime.inputs import validate_inputs
+from flujo_dagster.validation.naming import schedule_name_for
 from flujo_dagster.validation.schedules import partition_input
 
 __all__ = ["schedule_for", "schedule_name", "schedules_for", "spent_reason"]
 
 
 def schedule_name(compiled: CompiledPipeline) -> str:
-    """The schedule's name: `Schedule(name=...)`, else `<job name>_schedule`."""
-    schedule = compiled.pipeline.schedule
-    assert schedule is not None
-    return schedule.name or f"{compiled.job_name}_schedule"
+    """The schedule's name: `Schedule(name=...)`, else `<job name>_schedule` (validation checks the same names)."""
+    name = schedule_name_for(compiled.pipeline, compiled.job_name)
+    assert name is not None
+    return name
 
 
 def _run_config(compiled: CompiledPipeline, inputs: Mapping[str, object]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 
 import json
 import urllib.request
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 
 from dagster import DefaultSensorStatus, SensorDefinition, SensorEvaluationContext, SkipReason
 
@@ -16,11 +16,11 @@ from flujo_dagster.validation import ValidationReport
 __all__ = ["APPROVALS_SENSOR", "VALIDATION_SENSOR", "approvals_sensor", "launch_reexecution", "validation_sensor"]
 
 
-def validation_sensor(quarantined: ValidationReport, left_out: Sequence[str]) -> SensorDefinition:
-    """A sensor, running by default, that fails every tick with the findings of the pipelines (named in
-    `left_out`) that `build_definitions(on_invalid="quarantine")` left out."""
-    names = sorted(set(left_out))
-    body = "\n".join(f"  {f.render()}" for f in quarantined.errors)
+def validation_sensor(quarantined: ValidationReport) -> SensorDefinition:
+    """A sensor, running by default, that fails every tick with the findings of the pipelines
+    `build_definitions(on_invalid="quarantine")` left out."""
+    names = quarantined.invalid_pipelines
+    body = "\n".join(f"  {f}" for f in quarantined.errors)
     message = (
         f"flujo_dagster left {len(names)} invalid pipeline(s) out of this code location ({', '.join(names)}); "
         f"nothing of them can run until they are fixed:\n{body}"

@@ -1,29 +1,60 @@
-"""Pricing and budget rules checked when the definitions load: PRICE-001 (an agent step's model has no price),
-PRICE-002 (pricing is not strict), BUDGET-001 (a budgeted agent step without `max_tokens`) and BUDGET-002 (a
-budget that one request's worst case alone would exceed)."""
+"""Pricing and budget rules: PRICE-001 (an agent step's model has no price), PRICE-002 (pricing is not strict),
+BUDGET-001 (a budgeted agent step without `max_tokens`) and BUDGET-002 (a budget that one request's worst case
+alone would exceed); and the price book they are checked against."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
+from flujo_dagster.config import find_pyproject, pyproject_prices
 from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep
-from flujo_dagster.pricing.prices import ModelPricing, PriceBook, TokenUsage, unpriced_message
-from flujo_dagster.validation.findings import Finding, ValidationReport
+from flujo_dagster.interfaces import PricingRuntime
+from flujo_dagster.pricing.prices import ModelPricing, Price, PriceBook, TokenUsage, unpriced_message
+from flujo_dagster.validation.findings import Finding
 
-__all__ = ["ModelOf", "check_prices"]
+__all__ = ["ModelOf", "price_book", "rule_prices"]
 
 ModelOf = Callable[[AgentStep], str | None]
 """The `provider:model` an agent step will run on (overrides applied), or None when it has no model."""
 
 
-def _rule(pipeline: Pipeline, book: PriceBook, model_of: ModelOf) -> Iterator[Finding]:
+def price_book(
+    prices: Mapping[str, Price] | PriceBook | None,
+    runtime: PricingRuntime | None,
+    *,
+    strict: bool,
+    pyproject: Path | None,
+) -> PriceBook:
+    """The book `build_definitions` prices with: `prices` itself when it is a `PriceBook`; else the overrides of
+    `pyproject` (default: the nearest pyproject.toml from the working directory up) and `prices` (which win),
+    with the prices `runtime` declares for its models."""
+    if isinstance(prices, PriceBook):
+        return prices
+    overrides = {**pyproject_prices(pyproject or find_pyproject()), **(prices or {})}
+    if runtime is None:  # what a default AgentRuntime() declares: nothing
+        return PriceBook(overrides, strict=strict)
+    return runtime.price_book(overrides, strict=strict)
+
+
+def model_of(runtime: PricingRuntime | None) -> ModelOf:
+    """How `runtime` picks each agent step's model; without one, the step's own (as a default AgentRuntime does)."""
+    if runtime is None:
+        return AgentStep.model_id
+    return runtime.model_id_for
+
+
+def rule_prices(pipeline: Pipeline, book: PriceBook, model_for: ModelOf) -> Iterator[Finding]:
+    """PRICE-002 once when `book` is not strict; PRICE-001 for every agent step whose model has no price in
+    `book`; BUDGET-001/002 for every agent step a budget applies to."""
     if not book.strict:
         yield Finding(
             code="PRICE-002",
             severity="warning",
+            pipeline=pipeline.name,
             path=pipeline.name,
             message="pricing is not strict: genai-prices' loose matches are accepted, so a misspelt model is billed "
             "at a neighbouring model's price.",
@@ -32,29 +63,31 @@ def _rule(pipeline: Pipeline, book: PriceBook, model_of: ModelOf) -> Iterator[Fi
     for path, step in walk(pipeline.steps, pipeline.name):
         if not isinstance(step, AgentStep):
             continue
-        model = model_of(step)  # None: no model at all, which V-A1 reports
+        model = model_for(step)  # None: no model at all, which V-A1 reports
         pricing = None if model is None else book.resolve(model)
         if model is not None and pricing is None:
             yield Finding(
                 code="PRICE-001",
                 severity="error",
+                pipeline=pipeline.name,
                 path=path,
                 message=unpriced_message(model, path, book.why_unpriced(model)) + ".",
                 hint="offline models (FunctionModel, TestModel) declare theirs with AgentRuntime(prices={...})",
             )
         budgets = [b for b in (pipeline.budget, step.budget) if b is not None]
         if budgets:
-            yield from _budget_findings(path, step, budgets, pricing)
+            yield from _budget_findings(pipeline, path, step, budgets, pricing)
 
 
 def _budget_findings(
-    path: str, step: AgentStep, budgets: list[Budget], pricing: ModelPricing | None
+    pipeline: Pipeline, path: str, step: AgentStep, budgets: list[Budget], pricing: ModelPricing | None
 ) -> Iterator[Finding]:
     max_tokens = step.max_tokens()
     if max_tokens is None:
         yield Finding(
             code="BUDGET-001",
             severity="error",
+            pipeline=pipeline.name,
             path=path,
             message="a budget applies to this agent step, but it sets no max_tokens, so no request has a worst case "
             "to reserve.",
@@ -75,13 +108,8 @@ def _budget_findings(
         yield Finding(
             code="BUDGET-002",
             severity="error",
+            pipeline=pipeline.name,
             path=path,
             message=f"no request of this step can ever fit the {budget.scope} budget: {reason}.",
             hint="raise the budget or lower max_tokens",
         )
-
-
-def check_prices(pipelines: list[Pipeline], book: PriceBook, model_of: ModelOf) -> ValidationReport:
-    """PRICE-001 for every agent step whose model has no price in `book`; PRICE-002 once per pipeline when
-    `book` is not strict."""
-    return ValidationReport.of(f for p in pipelines for f in _rule(p, book, model_of))

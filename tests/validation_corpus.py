@@ -1,0 +1,240 @@
+"""A corpus of pipelines that break each validation rule (one case per rule code and severity), beside one healthy
+pipeline. tests/test_validation_parity.py runs every case through `validate`, `build_definitions` and the CLI, and
+quarantines each next to the healthy pipeline; it also checks that the cases cover every rule code the package
+emits and docs/validation.md lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, create_model
+from pydantic_ai import Agent
+
+from flujo_dagster import (
+    Approval,
+    Budget,
+    Check,
+    DailyPartitions,
+    Loop,
+    Parallel,
+    Pipeline,
+    PriceBook,
+    Schedule,
+    StaticPartitions,
+    agent_step,
+    step,
+)
+
+__all__ = ["CASES", "Case", "healthy"]
+
+
+class Doc(BaseModel):
+    """`topic` is the run input; every other key has a default."""
+
+    topic: str
+    draft: str = ""
+    score: int = 0
+    left: int = 0
+    day: str = ""
+
+
+@step
+def draft(topic: str) -> str:
+    return f"about {topic}"
+
+
+@step
+def score(draft: str) -> int:
+    return len(draft)
+
+
+def ok(value: object) -> bool:
+    return bool(value)
+
+
+def _doc(name: str, *steps: Any, **options: Any) -> Pipeline:
+    return Pipeline(name, context=Doc, steps=list(steps) or [draft], **options)
+
+
+@dataclass(frozen=True)
+class Case:
+    """Pipelines of one code location that break a rule, the resources they are built with, and the findings
+    expected, as (code, severity) pairs."""
+
+    pipelines: tuple[Pipeline, ...]
+    expected: tuple[tuple[str, str], ...]
+    resources: dict[str, object] = field(default_factory=dict)
+
+
+healthy = _doc("healthy", draft, score, assets=["draft"], checks=[Check("draft", ok)])
+
+writer = Agent("openai:gpt-5-mini", defer_model_check=True)
+unpriced = Agent("ollama:llama3", defer_model_check=True)
+
+
+@step(name="score")
+def score_text(draft: str) -> str:
+    return draft
+
+
+@step
+def helper(topic: str) -> None:
+    return None
+
+
+@step(name="input", output_keys=["draft"])
+def reserved(topic: str) -> str:
+    return topic
+
+
+class Loose(BaseModel):
+    topic: str
+    extras: dict[str, Any] = {}
+
+
+class Outline(BaseModel):
+    """`outline` has no default, so reading it before a step writes it is V-CTX1."""
+
+    topic: str
+    outline: str
+
+
+@step
+def outline(topic: str) -> str:
+    return topic
+
+
+@step(name="review", output_keys=["topic"])
+def review(outline: str) -> str:
+    return outline
+
+
+Odd = create_model("Odd", topic=(str, ...), café=(str, ""))  # a field name Dagster refuses in asset check names
+
+
+@step(output_keys=["café"])
+def cafe(topic: str) -> str:
+    return topic
+
+
+@step
+def extras(topic: str) -> dict[str, Any]:
+    return {"topic": topic}
+
+
+class Edit(BaseModel):
+    draft: str
+    score: int
+
+
+def _steps(count: int) -> list[Any]:
+    return [step(name=f"s{i}", input_keys=["topic"], output_keys=["draft"])(draft.fn) for i in range(count)]
+
+
+def _never(draft: str) -> bool:
+    return False
+
+
+INPUTS = {"topic": "agents"}
+CASES: dict[str, Case] = {
+    "V-CTX1": Case((Pipeline("ctx1", context=Outline, steps=[review, outline]),), (("V-CTX1", "error"),)),
+    "V-CTX2": Case((_doc("ctx2", draft, assets=["drafts"]),), (("V-CTX2", "error"),)),
+    "V-CTX3": Case((_doc("ctx3", helper),), (("V-CTX3", "error"),)),
+    "V-TYPE error": Case((_doc("types", draft, score_text),), (("V-TYPE", "error"),)),
+    "V-TYPE warning": Case((Pipeline("loose", context=Loose, steps=[extras]),), (("V-TYPE", "warning"),)),
+    "V-NAME": Case((_doc("names", reserved, draft),), (("V-NAME", "error"),)),
+    "V-NAME key": Case((Pipeline("odd", context=Odd, steps=[cafe], assets=["café"]),), (("V-NAME", "error"),)),
+    "V-A1": Case(
+        (_doc("a1", agent_step("draft", Agent(defer_model_check=True), prompt="{topic}")),), (("V-A1", "error"),)
+    ),
+    "V-PAR1": Case(
+        (
+            _doc(
+                "par1",
+                draft,
+                Parallel("fan", branches={"a": [score], "b": [step(name="rescore", output_keys=["score"])(score.fn)]}),
+            ),
+        ),
+        (("V-PAR1", "error"),),
+    ),
+    "V-SCALE warning": Case(
+        (_doc("wide", Loop("again", body=_steps(2), until=_never, max_iterations=90)),), (("V-SCALE", "warning"),)
+    ),
+    "V-SCALE error": Case((_doc("huge", *_steps(1300)),), (("V-SCALE", "error"),)),
+    "V-FLOW": Case(
+        (_doc("flow", Loop("again", body=[draft], until=_never, max_iterations=0)),), (("V-FLOW", "error"),)
+    ),
+    "V-JOB": Case((_doc("twice"), _doc("twice", draft, score)), (("V-JOB", "error"),)),
+    "V-JOB graph": Case((_doc("shelf", assets=["draft"]), _doc("shelf_graph")), (("V-JOB", "error"),)),
+    "HITL-NESTED-001": Case(
+        (_doc("nested", draft, Parallel("fan", branches={"a": [Approval("gate", show=["draft"])], "b": [score]})),),
+        (("HITL-NESTED-001", "error"),),
+    ),
+    "HITL-DECISION-001": Case(
+        (_doc("decision", draft, Approval("gate", show=["draft"], decision=Edit)),), (("HITL-DECISION-001", "error"),)
+    ),
+    "HITL-POLICY-001": Case(
+        (_doc("policy", draft, Approval("gate", show=["draft"], quorum=0)),), (("HITL-POLICY-001", "error"),)
+    ),
+    "SCHED-001": Case((_doc("sched1", schedule=Schedule(cron="0 6 * * *")),), (("SCHED-001", "error"),)),
+    "SCHED-002": Case(
+        (_doc("sched2", schedule=Schedule(cron="0 6 * * *", inputs={**INPUTS, "topik": "x"})),),
+        (("SCHED-002", "error"),),
+    ),
+    "SCHED-003 error": Case(
+        (_doc("sched3", schedule=Schedule(cron="0 6 30 2 *", inputs=INPUTS)),), (("SCHED-003", "error"),)
+    ),
+    "SCHED-003 warning": Case(
+        (_doc("sched3w", schedule=Schedule(cron="*/90 * * * *", inputs=INPUTS)),), (("SCHED-003", "warning"),)
+    ),
+    "SCHED-004": Case(
+        (_doc("sched4", schedule=Schedule(cron="0 6 * * *", timezone="Mars/Base", inputs=INPUTS)),),
+        (("SCHED-004", "error"),),
+    ),
+    "SCHED-005": Case(
+        (_doc("sched5", schedule=Schedule(cron="0 6 * * *", inputs=INPUTS, name="every morning")),),
+        (("SCHED-005", "error"),),
+    ),
+    "PART-001": Case(
+        (_doc("part1", partitions=StaticPartitions(keys=["en"], input_key="lang")),), (("PART-001", "error"),)
+    ),
+    "PART-002": Case(
+        (_doc("part2", partitions=DailyPartitions(start="2026-01-01", timezone="Mars/Base", input_key="day")),),
+        (("PART-002", "error"),),
+    ),
+    "PART-003": Case(
+        (_doc("part3", partitions=StaticPartitions(keys=["en", "e...s"], input_key="day")),), (("PART-003", "error"),)
+    ),
+    "PRICE-001": Case((_doc("price1", agent_step("draft", unpriced, prompt="{topic}")),), (("PRICE-001", "error"),)),
+    "PRICE-002": Case(
+        (_doc("price2", agent_step("draft", writer, prompt="{topic}")),),
+        (("PRICE-002", "warning"),),
+        {"price_book": PriceBook(strict=False)},
+    ),
+    "BUDGET-001": Case(
+        (_doc("budget1", agent_step("draft", writer, prompt="{topic}"), budget=Budget(max_cost_usd=Decimal(1))),),
+        (("BUDGET-001", "error"),),
+    ),
+    "BUDGET-002": Case(
+        (
+            _doc(
+                "budget2",
+                agent_step("draft", writer, prompt="{topic}", model_settings={"max_tokens": 500}),
+                budget=Budget(max_tokens=100),
+            ),
+        ),
+        (("BUDGET-002", "error"),),
+    ),
+    "CHECK-001": Case((_doc("check1", draft, checks=[Check("draft", ok)]),), (("CHECK-001", "error"),)),
+    "CHECK-002": Case(
+        (_doc("check2", draft, assets=["draft"], checks=[Check("draft", ok), Check("draft", ok)]),),
+        (("CHECK-002", "error"),),
+    ),
+    "CHECK-003": Case(
+        (_doc("check3", draft, assets=["draft"], checks=[Check("draft", ok, name="not empty")]),),
+        (("CHECK-003", "error"),),
+    ),
+}
