@@ -24,6 +24,7 @@ from flujo_dagster import (
     Loop,
     Map,
     Pipeline,
+    Price,
     Retry,
     agent_step,
     build_definitions,
@@ -405,7 +406,8 @@ def test_every_op_carries_its_kind_as_a_plain_string_tag() -> None:
             Loop("spinning", body=[spin], until=lambda m: m >= 2, max_iterations=2, inline=True),
         ],
     )
-    assert not validate(pipeline).errors
+    free = Price(input_per_mtok=0, output_per_mtok=0)  # TestModel has no price of its own
+    assert not validate(pipeline, prices={"test:test": free}).errors
     graph = compile_pipeline(pipeline, translator=FlujoDagsterTranslator()).graph
     kinds = {node.name: op_kind(node.definition.tags) for node in graph.nodes}
     assert None not in kinds.values(), kinds

@@ -22,6 +22,7 @@ __all__ = ["RESERVED_STEP_NAMES", "Finding", "Severity", "ValidationReport", "va
 
 def validate(
     pipelines: Pipeline | Iterable[Pipeline],
+    /,
     *,
     prices: Mapping[str, Price] | PriceBook | None = None,
     runtime: PricingRuntime | None = None,
