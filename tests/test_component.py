@@ -235,7 +235,6 @@ def test_a_value_object_field_gets_its_yaml_form() -> None:
     [
         ("budget: {scope: day}\n", "budget: Budget needs max_cost_usd, max_tokens or both"),
         ("budget: {max_cost_usd: '-1'}\n", "budget: Budget max_cost_usd must be a finite number >= 0, got -1"),
-        ("schedule: {cron: 'daily'}\n", "schedule: Schedule cron must be a cron string like '0 6 * * *', got 'daily'"),
         ("partitions: {type: daily, start: '2026-13-01'}\n", "partitions: DailyPartitions start must be a date"),
         ("partitions: {type: static, keys: [a, a]}\n", "partitions: StaticPartitions keys must be unique"),
         ("partitions: {type: static}\n", "partitions: static partitions need `keys`"),
@@ -248,6 +247,21 @@ def test_a_value_object_field_gets_its_yaml_form() -> None:
 def test_the_value_objects_own_checks_name_the_attribute(yaml: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         _component(yaml).resolve_pipeline()
+
+
+def test_a_cron_string_dagster_refuses_is_a_finding_of_the_pipeline() -> None:
+    """What only Dagster would refuse is a validation finding when the component builds its definitions (the one
+    validation pass), not an error of the YAML value object."""
+    component = _component("schedule: {cron: 'daily', inputs: {topic: a}}\n")
+    schedule = component.resolve_pipeline().schedule
+    assert schedule is not None and schedule.cron == "daily"
+    with pytest.raises(ConfigurationError) as raised:
+        component.build_defs(ComponentTree.for_test().load_context)
+    assert [str(f) for f in raised.value.findings] == [
+        "[SCHED-003] error at dg_digest > schedule: Dagster refuses the cron string 'daily': it has 1 field; Dagster "
+        "reads exactly 5 (minute hour day-of-month month day-of-week). Hint: write five fields, minute hour "
+        "day-of-month month day-of-week (e.g. '0 6 * * *'), or an alias such as '@daily'"
+    ]
 
 
 def test_a_bad_price_names_its_model() -> None:

@@ -231,7 +231,7 @@ CRON_HINT = (
     [
         ("99 6 * * *", "99 is out of range for the minute field (0-59)"),
         ("0 6 * * * *", "it has 6 fields; Dagster reads exactly 5 (minute hour day-of-month month day-of-week)"),
-        ("daily", "it has 1 fields; Dagster reads exactly 5 (minute hour day-of-month month day-of-week)"),
+        ("daily", "it has 1 field; Dagster reads exactly 5 (minute hour day-of-month month day-of-week)"),
         ("0 6 30 2 *", "February has no day 30"),
         ("0 6 * * funday", "'funday' is not a value of the day of week field"),
         ("0 6 * * 1#2,3", "the day of week field mixes plain days with nth-weekday (#) values"),

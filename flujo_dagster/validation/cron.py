@@ -147,7 +147,8 @@ def _problem(cron: str) -> str | None:
     text = cron.lower()
     parts = _ALIASES.get(text, text).split()
     if len(parts) != 5:
-        return f"it has {len(parts)} fields; Dagster reads exactly 5 (minute hour day-of-month month day-of-week)"
+        count = f"{len(parts)} field{'' if len(parts) == 1 else 's'}"
+        return f"it has {count}; Dagster reads exactly 5 (minute hour day-of-month month day-of-week)"
     fields = [_expand_field(i, p) for i, p in enumerate(parts)]
     day, month, dow = fields[_DAY].values, fields[_MONTH].values, fields[_DOW]
     if month == [2] and len(day) == 1 and day[0] in (30, 31):
