@@ -134,10 +134,7 @@ def test_step_paths_are_built_only_in_the_names_module() -> None:
         for line, text in _string_constants(path)
         if names.PATH_SEPARATOR in text
     ]
-    # the quarantine in compile_all still splits a finding's path, until `Finding` carries its pipeline
-    pending = [f for f in found if f.startswith("flujo_dagster/adapter/compile/definitions.py:")]
-    assert len(pending) <= 1
-    assert [f for f in found if f not in pending] == []
+    assert found == []
 
 
 def test_step_paths() -> None:
