@@ -26,8 +26,8 @@ class Note(BaseModel):
 
 
 writer = Agent("openai:gpt-5-mini", defer_model_check=True)
-write = agent_step("write", writer, prompt="Write about {topic}", output_key="draft")
-polish = agent_step("polish", writer, prompt="Polish {draft}", output_key="polished")
+write = agent_step("write", agent=writer, prompt="Write about {topic}", output_key="draft")
+polish = agent_step("polish", agent=writer, prompt="Polish {draft}", output_key="polished")
 
 
 @step(name="publish", output_keys=["published"])

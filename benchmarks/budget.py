@@ -76,7 +76,7 @@ def flujo_overspend() -> tuple[Decimal, int]:
     agent = Agent("openai:gpt-4o", defer_model_check=True)
     settings = {"max_tokens": MAX_TOKENS}
     branches = {
-        f"b{i}": [agent_step(f"ask{i}", agent, prompt=f"branch {i}", output_key=f"a{i}", model_settings=settings)]
+        f"b{i}": [agent_step(f"ask{i}", agent=agent, prompt=f"branch {i}", output_key=f"a{i}", model_settings=settings)]
         for i in range(BRANCHES)
     }
     pipeline = Pipeline(

@@ -61,7 +61,8 @@ def parallel_pipeline() -> Pipeline:
     fields: dict[str, Any] = {"topic": (str, ...)} | {f"answer_{i}": (str, "") for i in range(BRANCHES)}
     context: type[BaseModel] = create_model("Fan", **fields)
     branches = {
-        f"b{i}": [agent_step(f"ask_{i}", agent, prompt="{topic}", output_key=f"answer_{i}")] for i in range(BRANCHES)
+        f"b{i}": [agent_step(f"ask_{i}", agent=agent, prompt="{topic}", output_key=f"answer_{i}")]
+        for i in range(BRANCHES)
     }
     return Pipeline("fan", context=context, steps=[Parallel("ask_all", branches=branches)])
 
@@ -74,7 +75,7 @@ class Items(BaseModel):
 
 
 def map_pipeline() -> Pipeline:
-    body = [agent_step("ask", agent, prompt="{item}", output_key="answer")]
+    body = [agent_step("ask", agent=agent, prompt="{item}", output_key="answer")]
     node = Map(
         "ask_each", over="items", item="item", body=body, result="answer", into="answers", max_concurrency=CONCURRENCY
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -70,14 +70,14 @@ def sources(topic: str, max_sources: int) -> list[Source]:
 
 draft = agent_step(
     "draft",
-    writer,
+    agent=writer,
     prompt="Write a digest about {topic}.\nSources:\n{sources}",
-    retry=Retry(max_retries=2, delay_s=0.5),
+    retry=Retry(max_retries=2, delay=timedelta(seconds=0.5)),
 )
 
 critique = agent_step(
     "critique",
-    critic,
+    agent=critic,
     prompt="Review this digest about {topic}:\n{draft}\nIt cites these sources:\n{sources}",
 )
 

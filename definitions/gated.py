@@ -29,11 +29,11 @@ class DraftEdit(BaseModel):
 
 draft = agent_step(
     "draft",
-    writer,
+    agent=writer,
     prompt="Write a digest about {topic}.\nSources:\n{sources}\nThe last review, if any:\n{critique}",
 )
 critique = agent_step(
-    "critique", critic, prompt="Review this digest about {topic}:\n{draft}\nIt cites these sources:\n{sources}"
+    "critique", agent=critic, prompt="Review this digest about {topic}:\n{draft}\nIt cites these sources:\n{sources}"
 )
 
 

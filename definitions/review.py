@@ -31,11 +31,13 @@ titler = Agent(
 
 draft = agent_step(
     "draft",
-    writer,
+    agent=writer,
     prompt="Write a digest about {topic}.\nSources:\n{sources}\nThe last review, if any:\n{critique}",
 )
-critique = agent_step("critique", critic, prompt="Review this digest about {topic}:\n{draft}\nSources:\n{sources}")
-title = agent_step("title", titler, prompt="Title this digest about {topic}:\n{draft}")
+critique = agent_step(
+    "critique", agent=critic, prompt="Review this digest about {topic}:\n{draft}\nSources:\n{sources}"
+)
+title = agent_step("title", agent=titler, prompt="Title this digest about {topic}:\n{draft}")
 
 
 @step

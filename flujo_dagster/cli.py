@@ -21,11 +21,12 @@ from flujo_dagster.adapter.control.audit import audit_trail
 from flujo_dagster.adapter.control.costs import run_costs
 from flujo_dagster.adapter.run import run_pipeline
 from flujo_dagster.adapter.storage.resources import AgentRuntime
+from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ApprovalError, ConfigurationError, FlujoDagsterError
 from flujo_dagster.names import AGENT_RUNTIME_KEY, PRICE_BOOK_KEY
 from flujo_dagster.pricing.prices import PriceBook
-from flujo_dagster.runtime.approvals import SECRET_ENV, Verdict
+from flujo_dagster.runtime.approvals import Verdict
 from flujo_dagster.runtime.values import adapter_for, from_json
 from flujo_dagster.validation import ValidationReport, validate
 
@@ -174,7 +175,7 @@ def costs_command(run_id: str) -> None:
     instance), then the total."""
     with DagsterInstance.get() as instance:
         try:
-            calls = run_costs(run_id, instance)
+            calls = run_costs(run_id, instance=instance)
         except FlujoDagsterError as exc:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_USAGE)
@@ -194,7 +195,7 @@ def costs_command(run_id: str) -> None:
 def pending_command() -> None:
     """List the gates runs are parked at (DAGSTER_HOME's instance), with the commands to decide."""
     with DagsterInstance.get() as instance:
-        waiting = pending(instance, secret=os.environ.get(SECRET_ENV) or None)
+        waiting = pending(instance=instance, secret=decision_secret())
     for gate in waiting:
         due = f"  deadline {gate.deadline}" if gate.deadline else ""
         click.echo(
@@ -213,7 +214,7 @@ def audit_command(run_id: str) -> None:
     timeouts, escalations and resumes."""
     with DagsterInstance.get() as instance:
         try:
-            events = audit_trail(instance, run_id)
+            events = audit_trail(run_id, instance=instance)
         except FlujoDagsterError as exc:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_USAGE)
@@ -234,7 +235,7 @@ def _decide(run_id: str, verdict: Verdict, gate: str | None, by: str, comment: s
                 comment=comment,
                 values=values,
                 instance=instance,
-                secret=os.environ.get(SECRET_ENV) or None,  # signs the decision when set
+                secret=decision_secret(),  # signs the decision when set
             )
         except ApprovalError as exc:
             click.echo(str(exc), err=True)
@@ -281,9 +282,9 @@ def sign_command(
 ) -> None:
     """Print the `at` and `signature` of a signed decision, for the Launchpad's flujo_decide job (the secret is
     read from FLUJO_DAGSTER_DECISION_SECRET and never printed)."""
-    secret = os.environ.get(SECRET_ENV)
-    if not secret:
-        click.echo(f"set {SECRET_ENV} to the approvers' secret to sign a decision", err=True)
+    secret = decision_secret()
+    if secret is None:
+        click.echo(f"set {DECISION_SECRET_ENV} to the approvers' secret to sign a decision", err=True)
         sys.exit(EXIT_USAGE)
     with DagsterInstance.get() as instance:
         try:

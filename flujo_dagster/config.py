@@ -1,16 +1,95 @@
-"""Configuration read in one place: `[tool.flujo_dagster]` of the nearest pyproject.toml (from the working
-directory up), merged with `build_definitions` arguments (which win)."""
+"""Every environment variable and pyproject.toml setting flujo_dagster reads, read here and nowhere else
+(docs/configuration.md lists them). Each accessor reads when it is called, names the variable and its value in
+its errors, and lets an explicit argument win over the environment."""
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 
+from flujo_dagster.dsl.durations import duration
 from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.pricing.prices import Price, prices_from_table
 
-__all__ = ["find_pyproject", "pyproject_prices"]
+__all__ = [
+    "APPROVALS_INTERVAL_ENV",
+    "DAGSTER_HOME_ENV",
+    "DECISION_SECRET_ENV",
+    "DEFAULT_APPROVALS_INTERVAL",
+    "DEFAULT_WEBSERVER_URL",
+    "PRICING_TABLE",
+    "WEBSERVER_URL_ENV",
+    "approvals_interval",
+    "dagster_home",
+    "decision_secret",
+    "find_pyproject",
+    "pyproject_prices",
+    "webserver_url",
+]
+
+DECISION_SECRET_ENV = "FLUJO_DAGSTER_DECISION_SECRET"
+"""The secret that signs approval decisions (`ApprovalSettings(require_signed_decisions=True)`)."""
+WEBSERVER_URL_ENV = "FLUJO_DAGSTER_WEBSERVER_URL"
+"""The Dagster webserver the approvals sensor resumes parked runs through."""
+APPROVALS_INTERVAL_ENV = "FLUJO_DAGSTER_APPROVALS_INTERVAL_S"
+"""How often the approvals sensor runs, in whole seconds."""
+DAGSTER_HOME_ENV = "DAGSTER_HOME"
+"""Dagster's own: the instance directory `run_pipeline` and the CLI use."""
+PRICING_TABLE = "tool.flujo_dagster.pricing"
+"""The pyproject.toml table of price overrides."""
+
+DEFAULT_WEBSERVER_URL = "http://127.0.0.1:3000"  # what `dagster dev` serves
+DEFAULT_APPROVALS_INTERVAL = timedelta(seconds=30)
+
+
+def _env(name: str) -> str | None:
+    """The value of environment variable `name`; None when it is unset or empty."""
+    return os.environ.get(name) or None
+
+
+def decision_secret(env: str = DECISION_SECRET_ENV) -> str | None:
+    """The decision-signing secret in environment variable `env` (default `FLUJO_DAGSTER_DECISION_SECRET`), or
+    None when it is unset or empty. Read where it is used; never stored."""
+    return _env(env)
+
+
+def dagster_home() -> str | None:
+    """`DAGSTER_HOME`, or None when it is unset or empty."""
+    return _env(DAGSTER_HOME_ENV)
+
+
+def webserver_url(given: str | None = None) -> str:
+    """The approvals sensor's webserver URL (no trailing slash): `given`, else `FLUJO_DAGSTER_WEBSERVER_URL`,
+    else http://127.0.0.1:3000. `ConfigurationError` names a value that is not an http(s) URL and its source."""
+    source = "webserver_url" if given is not None else WEBSERVER_URL_ENV
+    url = given if given is not None else _env(WEBSERVER_URL_ENV) or DEFAULT_WEBSERVER_URL
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"{source}={url!r} is not an http(s) URL of the Dagster webserver")
+    return url.rstrip("/")
+
+
+def approvals_interval(given: timedelta | None = None) -> timedelta:
+    """How often the approvals sensor runs: `given`, else `FLUJO_DAGSTER_APPROVALS_INTERVAL_S` (whole seconds),
+    else 30 s. At least 1 s and whole seconds (a Dagster sensor interval is an int); `ConfigurationError` names
+    a bad value and its source. Dagster's daemon evaluates sensors at most every 5 s, so less means "every loop"."""
+    if given is not None:
+        interval = duration(given, "approvals_interval", positive=True)
+        if interval.total_seconds() < 1 or interval.total_seconds() % 1:
+            raise ConfigurationError(f"approvals_interval={interval!r} must be a whole number of seconds, at least 1")
+        return interval
+    raw = _env(APPROVALS_INTERVAL_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_APPROVALS_INTERVAL
+    try:
+        seconds = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{APPROVALS_INTERVAL_ENV}={raw!r} is not a whole number of seconds") from None
+    if seconds < 1:
+        raise ConfigurationError(f"{APPROVALS_INTERVAL_ENV}={raw!r} must be a whole number of seconds, at least 1")
+    return timedelta(seconds=seconds)
 
 
 def find_pyproject(start: Path | None = None) -> Path | None:
@@ -30,8 +109,8 @@ def pyproject_prices(path: Path | None) -> dict[str, Price]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigurationError(f"{path}: cannot read [tool.flujo_dagster.pricing]: {exc}") from exc
+        raise ConfigurationError(f"{path}: cannot read [{PRICING_TABLE}]: {exc}") from exc
     table = data.get("tool", {}).get("flujo_dagster", {}).get("pricing", {})
     if not isinstance(table, Mapping):
-        raise ConfigurationError(f"{path}: [tool.flujo_dagster.pricing] must be a table of models")
-    return prices_from_table(table, source=f"{path} [tool.flujo_dagster.pricing]")
+        raise ConfigurationError(f"{path}: [{PRICING_TABLE}] must be a table of models")
+    return prices_from_table(table, source=f"{path} [{PRICING_TABLE}]")

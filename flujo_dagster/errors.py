@@ -63,7 +63,7 @@ class StepOutputError(FlujoDagsterError):
 
 
 class StepTimeoutError(TimeoutError):
-    """A step did not finish within its `timeout_s`. Not a `FlujoDagsterError`: like any error of a step's own,
+    """A step did not finish within its `timeout`. Not a `FlujoDagsterError`: like any error of a step's own,
     a timeout is retried when the step has retries."""
 
 

@@ -40,7 +40,7 @@ class Edit(BaseModel):
 
 
 writer = Agent("openai:gpt-5-mini", defer_model_check=True)
-write = agent_step("write", writer, prompt="Write about {topic}", output_key="draft")
+write = agent_step("write", agent=writer, prompt="Write about {topic}", output_key="draft")
 
 
 @step(name="publish", output_keys=["published"])

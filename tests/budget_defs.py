@@ -41,7 +41,7 @@ agent = Agent("openai:gpt-5-mini", defer_model_check=True)
 branches = {
     f"b{i}": [
         agent_step(
-            f"ask{i}", agent, prompt=f"branch {i}", output_key=f"a{i}", model_settings={"max_tokens": MAX_TOKENS}
+            f"ask{i}", agent=agent, prompt=f"branch {i}", output_key=f"a{i}", model_settings={"max_tokens": MAX_TOKENS}
         )
     ]
     for i in range(BRANCHES)

@@ -21,7 +21,7 @@ from typing import Any
 
 from dagster import DagsterInstance, DagsterRun, RunsFilter
 
-from flujo_dagster.adapter.compile.definitions import APPROVALS_INTERVAL_ENV, WEBSERVER_URL_ENV
+from flujo_dagster.config import APPROVALS_INTERVAL_ENV, WEBSERVER_URL_ENV
 from tests.test_webserver import LOCATION_QUERY, ROOT, Webserver, _free_port, _stop
 
 DAGSTER = Path(sys.executable).parent / "dagster"

@@ -81,7 +81,7 @@ def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
 
 
 writer = Agent("openai:gpt-5-mini", defer_model_check=True)
-write = agent_step("write", writer, prompt="Write about {topic} ({x})", output_key="draft")
+write = agent_step("write", agent=writer, prompt="Write about {topic} ({x})", output_key="draft")
 
 
 @step(name="publish", output_keys=["published"])

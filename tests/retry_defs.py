@@ -10,6 +10,7 @@ for `execute_job`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from flujo_dagster import AgentRuntime, Budget, Pipeline, Price, Retry, agent_st
 from flujo_dagster.dsl import Group, Step
 from flujo_dagster.errors import ConfigurationError
 
-RETRY = Retry(max_retries=2, delay_s=0.0, backoff="constant")
+RETRY = Retry(max_retries=2, delay=timedelta(seconds=0.0), backoff="constant")
 
 
 class Trial(BaseModel):
@@ -64,7 +65,7 @@ def flaky(tally: str, n: int) -> int:
     return n + 1
 
 
-@step(name="slow_once", output_keys=["out"], retry=RETRY, timeout_s=0.3)
+@step(name="slow_once", output_keys=["out"], retry=RETRY, timeout=timedelta(seconds=0.3))
 async def slow_once(tally: str, n: int) -> int:
     if attempt(tally) < 2:
         await anyio.sleep(10)
@@ -120,7 +121,7 @@ PRICE = Price(input_per_mtok=1_000, output_per_mtok=1_000)  # $0.001 a token
 
 
 def _agent_step(name: str, **options: Any) -> Step:
-    return agent_step(name, _agent, prompt=counted_prompt, output_key="text", retry=RETRY, **options)
+    return agent_step(name, agent=_agent, prompt=counted_prompt, output_key="text", retry=RETRY, **options)
 
 
 def agent_runtime() -> AgentRuntime:

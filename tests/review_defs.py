@@ -50,7 +50,7 @@ def sources(topic: str) -> list[Source]:
 
 
 writer = Agent("openai:gpt-5-mini", defer_model_check=True)
-write = agent_step("write", writer, prompt="Write about {topic}", output_key="draft")
+write = agent_step("write", agent=writer, prompt="Write about {topic}", output_key="draft")
 
 
 @step
@@ -69,8 +69,8 @@ def publish(summary: str) -> str:
 
 
 CHECKS = [
-    Check("summary", lambda summary: bool(summary.strip()), name="summary_not_empty", blocking=True),
-    Check("report", lambda report: len(report) < 10, name="report_short", blocking=False),
+    Check("summary", fn=lambda summary: bool(summary.strip()), name="summary_not_empty", blocking=True),
+    Check("report", fn=lambda report: len(report) < 10, name="report_short", blocking=False),
 ]
 reviewed = Pipeline(
     "reviewed",

@@ -24,10 +24,11 @@ from dagster import (
 from flujo_dagster import ConfigurationError, Map, Pipeline, audit_trail, build_definitions, load_final_context
 from flujo_dagster.adapter.control.approvals import decide, escalate_due, pending, resumable, resume
 from flujo_dagster.adapter.control.sensors import approvals_sensor
+from flujo_dagster.config import DECISION_SECRET_ENV
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.errors import ApprovalError
 from flujo_dagster.names import DECISION_PREFIX, REQUEST_PREFIX
-from flujo_dagster.runtime.approvals import SECRET_ENV, Decision, sign
+from flujo_dagster.runtime.approvals import Decision, sign
 from tests.approval_defs import REQUEST_LOG, Post
 from tests.policy_defs import defs as policy_defs
 from tests.policy_defs import (
@@ -70,7 +71,7 @@ def park(job_fn: Callable[[], JobDefinition], instance: DagsterInstance) -> str:
 
 def kinds(instance: DagsterInstance, run_id: str, *, of: str | None = None) -> list[str]:
     """The audit events of `run_id`'s chain (only those recorded on run `of`, if given), oldest first."""
-    return [e.kind for e in audit_trail(instance, run_id) if of is None or e.run_id == of]
+    return [e.kind for e in audit_trail(run_id, instance=instance) if of is None or e.run_id == of]
 
 
 def failure_message(instance: DagsterInstance, run_id: str, step_key: str) -> str:
@@ -85,12 +86,12 @@ def test_a_quorum_gate_waits_for_enough_distinct_approvers(instance: DagsterInst
     parked = park(quorum_job, instance)
     decide(parked, verdict="approve", by="ana", comment="ok", instance=instance)
     decide(parked, verdict="approve", by="ana", comment="still ok", instance=instance)  # one vote per reviewer
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     assert waiting.waiting_for == "1 more approval(s) of 2 by ana, bo, cy"
     assert resumable(instance) == []  # not decided yet: nothing to resume
     # approvals count together only for the same content: bo's edit is not what ana approved
     decide(parked, verdict="approve", by="bo", values={"draft": "bo's draft"}, instance=instance)
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     assert waiting.waiting_for == (
         "1 more approval(s) of 2 by ana, bo, cy (approvals count together only when they make the same edits)"
     )
@@ -105,7 +106,7 @@ def test_a_quorum_gate_waits_for_enough_distinct_approvers(instance: DagsterInst
     assert instance.get_run_by_id(resumed).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
     assert requests.read_text().splitlines() == ["Write about otters"]  # the model was asked once
     assert set(started(instance, resumed)) == {"review", "publish", "flujo_context"}
-    approved = [e for e in audit_trail(instance, resumed) if e.kind == "approved"]
+    approved = [e for e in audit_trail(resumed, instance=instance) if e.kind == "approved"]
     assert [e.record["by"] for e in approved] == ["bo, cy"]
     context = load_final_context(quorum, resumed, instance=instance)
     assert context.published == "published: bo's draft"  # type: ignore[attr-defined]
@@ -152,10 +153,10 @@ def test_an_escalating_gate_widens_its_approvers_then_rejects(instance: DagsterI
     time.sleep(2.2)
     assert escalate_due(instance) == [(parked, "review")]
     assert escalate_due(instance) == []  # once
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     assert waiting.approvers == ("ana", "lead")
     decide(parked, verdict="approve", by="lead", instance=instance)
-    escalation = [e for e in audit_trail(instance, parked) if e.kind == "escalation"]
+    escalation = [e for e in audit_trail(parked, instance=instance) if e.kind == "escalation"]
     assert escalation[0].record["escalate_to"] == ["lead"]
     resumed = resume(parked, job=reconstructable(escalating_job), instance=instance)
     assert instance.get_run_by_id(resumed).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
@@ -182,11 +183,11 @@ def test_a_decision_by_someone_not_yet_allowed_is_refused_or_ignored(instance: D
         f"this decision on gate review of run {parked} would not count: 'lead' may not decide here (approvers: ana)"
     )
     # the same decision written as a tag by hand is ignored: reported once in the audit trail, and not resumed
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     by_hand = Decision(verdict="approve", by="lead", payload_hash=waiting.payload_hash)
     instance.add_run_tags(parked, {DECISION_PREFIX + "review": by_hand.to_tag()})
     assert resumable(instance) == [] and resumable(instance) == []
-    ignored = [e for e in audit_trail(instance, parked) if e.kind == "ignored"]
+    ignored = [e for e in audit_trail(parked, instance=instance) if e.kind == "ignored"]
     assert [e.record["reason"] for e in ignored] == ["'lead' may not decide here (approvers: ana)"]
     with pytest.raises(ApprovalError, match="has no decision for the gates it is parked at"):
         resume(parked, job=reconstructable(escalating_job), instance=instance)
@@ -210,11 +211,11 @@ def test_a_wait_mode_gate_polls_until_its_deadline_then_applies_on_timeout(
 def test_signed_decisions_count_only_with_the_right_signature(
     instance: DagsterInstance, requests: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(DECISION_SECRET_ENV, SECRET)
     parked = park(signed_job, instance)
-    with pytest.raises(ApprovalError, match=f"requires signed decisions: set {SECRET_ENV}"):
+    with pytest.raises(ApprovalError, match=f"requires signed decisions: set {DECISION_SECRET_ENV}"):
         decide(parked, verdict="approve", by="ana", instance=instance)
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     unsigned = Decision(verdict="approve", by="ana", payload_hash=waiting.payload_hash)
     forged = sign(unsigned, secret="guess", root=parked, gate="review")
     other_run = sign(unsigned, secret=SECRET, root="another-run", gate="review")
@@ -225,7 +226,7 @@ def test_signed_decisions_count_only_with_the_right_signature(
     ]:
         instance.add_run_tags(parked, {DECISION_PREFIX + "review": record.to_tag()})
         assert resumable(instance, secret=SECRET) == []
-        assert [e.record["reason"] for e in audit_trail(instance, parked) if e.kind == "ignored"][-1] == reason
+        assert [e.record["reason"] for e in audit_trail(parked, instance=instance) if e.kind == "ignored"][-1] == reason
     decide(parked, verdict="approve", by="ana", values={"draft": "signed draft"}, instance=instance, secret=SECRET)
     done = resume(parked, job=reconstructable(signed_job), instance=instance, secret=SECRET)
     assert instance.get_run_by_id(done).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
@@ -242,9 +243,9 @@ def test_the_gate_itself_ignores_a_badly_signed_decision(
     instance: DagsterInstance, requests: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A re-execution from the UI bypasses the sensor's checks: the gate checks the signature again."""
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(DECISION_SECRET_ENV, SECRET)
     parked = park(signed_job, instance)
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     forged = sign(
         Decision(verdict="approve", by="ana", payload_hash=waiting.payload_hash),
         secret="guess",
@@ -259,7 +260,7 @@ def test_the_gate_itself_ignores_a_badly_signed_decision(
     assert run is not None and run.tags["flujo/parked"] == "true"
     reasons = [
         e.record["reason"]
-        for e in audit_trail(instance, again.run_id)
+        for e in audit_trail(again.run_id, instance=instance)
         if e.kind == "ignored" and e.run_id == again.run_id
     ]
     assert reasons == [
@@ -270,14 +271,14 @@ def test_the_gate_itself_ignores_a_badly_signed_decision(
 def test_signed_gates_fail_clearly_when_the_secret_is_missing(
     instance: DagsterInstance, requests: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(SECRET_ENV, raising=False)
+    monkeypatch.delenv(DECISION_SECRET_ENV, raising=False)
     with execute_job(reconstructable(signed_job), instance=instance, run_config=INPUTS) as result:
         assert not result.success
         run_id = result.run_id
     message = failure_message(instance, run_id, "review")
     assert (
-        f"ConfigurationError at signed > approval:review: require_signed_decisions=True, but {SECRET_ENV} is not set "
-        f"where run {run_id} executes" in message
+        f"ConfigurationError at signed > approval:review: require_signed_decisions=True, but {DECISION_SECRET_ENV} "
+        f"is not set where run {run_id} executes" in message
     )
 
 
@@ -286,7 +287,7 @@ def test_the_sensor_escalates_and_resumes_by_deadline(instance: DagsterInstance,
     fails the tick naming the run, and leaves it parked to try again."""
     parked = park(escalating_job, instance)
     time.sleep(2.2)
-    sensor = approvals_sensor("http://127.0.0.1:9", interval_s=5)
+    sensor = approvals_sensor("http://127.0.0.1:9", interval=timedelta(seconds=5))
     result = sensor.evaluate_tick(build_sensor_context(instance=instance))
     assert result.skip_message == "nothing to resume"
     assert kinds(instance, parked)[-1] == "escalation"
@@ -336,7 +337,7 @@ def test_every_step_of_an_approval_is_an_audit_event_readable_after_the_run(
     resumed = resume(parked, job=reconstructable(quorum_job), instance=instance)
     assert kinds(instance, parked, of=parked) == ["request", "decision", "decision", "resume"]
     assert kinds(instance, parked, of=resumed) == ["approved"]
-    request, first, _, resume_event = audit_trail(instance, parked)[:4]
+    request, first, _, resume_event = audit_trail(parked, instance=instance)[:4]
     assert (request.gate, request.record["path"]) == ("review", "quorum > approval:review")
     assert first.record == {
         "kind": "decision",
@@ -385,7 +386,7 @@ def test_a_rejection_in_a_loop_iteration_lets_the_next_iteration_try_again(
     parked = park(retried_job, instance)
     decide(parked, verdict="reject", by="ana", comment="again", instance=instance)
     second = resume(parked, job=reconstructable(retried_job), instance=instance)
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     assert (waiting.run_id, waiting.gate) == (second, "rounds_loop__i2__review")
     decide(second, verdict="approve", by="ana", instance=instance)
     done = resume(second, job=reconstructable(retried_job), instance=instance)
@@ -420,7 +421,7 @@ def test_on_reject_is_refused_inside_an_expanded_map() -> None:
 def test_a_sealed_request_copied_from_another_run_does_not_move_the_deadline(
     instance: DagsterInstance, requests: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(DECISION_SECRET_ENV, SECRET)
     first = park(signed_late_job, instance)
     time.sleep(2.2)  # the first run's deadline has passed
     copied = instance.get_run_by_id(first).tags[REQUEST_PREFIX + "review"]  # type: ignore[union-attr]
@@ -437,15 +438,15 @@ def test_a_signature_made_elsewhere_is_recorded_without_the_secret_and_checked_b
 ) -> None:
     """The Launchpad route: `flujo-dagster sign` where the secret is, `flujo_decide` with `at` and `signature`
     where it is not."""
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(DECISION_SECRET_ENV, SECRET)
     parked = park(signed_job, instance)
     signed_out = run_cli("sign", parked, "--by", "ana", "--verdict", "approve", home=dagster_home)
     assert signed_out.returncode == 0, signed_out.stderr
     assert SECRET not in signed_out.stdout
     fields = dict(line.split(": ", 1) for line in signed_out.stdout.splitlines())
-    monkeypatch.delenv(SECRET_ENV)
+    monkeypatch.delenv(DECISION_SECRET_ENV)
     decide(parked, verdict="approve", by="ana", at=fields["at"], signature=fields["signature"], instance=instance)
-    monkeypatch.setenv(SECRET_ENV, SECRET)  # where the gate runs
+    monkeypatch.setenv(DECISION_SECRET_ENV, SECRET)  # where the gate runs
     done = resume(parked, job=reconstructable(signed_job), instance=instance)
     assert instance.get_run_by_id(done).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
 
@@ -454,7 +455,7 @@ def test_a_rejection_carrying_edits_still_rejects(instance: DagsterInstance, req
     parked = park(quorum_job, instance)
     with pytest.raises(ApprovalError, match="a rejection edits nothing"):
         decide(parked, verdict="reject", by="ana", values={"draft": "x"}, instance=instance)
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     by_hand = Decision(verdict="reject", by="cy", payload_hash=waiting.payload_hash, values={"nope": 1})
     instance.add_run_tags(parked, {DECISION_PREFIX + "review/cy": by_hand.to_tag()})
     resumed = resume(parked, job=reconstructable(quorum_job), instance=instance)
@@ -463,11 +464,11 @@ def test_a_rejection_carrying_edits_still_rejects(instance: DagsterInstance, req
 
 def test_a_decision_for_a_gate_the_run_does_not_wait_at_is_reported(instance: DagsterInstance, requests: Path) -> None:
     parked = park(quorum_job, instance)
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     typo = Decision(verdict="approve", by="ana", payload_hash=waiting.payload_hash)
     instance.add_run_tags(parked, {DECISION_PREFIX + "revew": typo.to_tag()})
     assert resumable(instance) == []
-    ignored = [e for e in audit_trail(instance, parked) if e.kind == "ignored"]
+    ignored = [e for e in audit_trail(parked, instance=instance) if e.kind == "ignored"]
     assert [(e.gate, e.record["reason"]) for e in ignored] == [
         ("revew", "no gate 'revew' waits in this run (gates waiting: review)")
     ]
@@ -483,4 +484,4 @@ def test_the_decide_job_decides_only_as_the_user_who_launched_it(instance: Dagst
     assert not result.success
     (failure,) = instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_FAILURE)
     assert "this run was launched by 'bo', who may decide only as themselves (by='ana')" in str(failure.dagster_event)
-    assert pending(instance)[0].waiting_for == "2 more approval(s) of 2 by ana, bo, cy"
+    assert pending(instance=instance)[0].waiting_for == "2 more approval(s) of 2 by ana, bo, cy"

@@ -71,7 +71,7 @@ def test_a_run_parks_at_the_gate_and_resumes_after_approval_without_repeating_wo
     assert run.tags["flujo/awaiting/review"] == "pending" and run.tags["flujo/parked"] == "true"
     assert run.tags["dagster/retry_on_asset_or_op_failure"] == "false"
     assert "publish" not in started(instance, parked)
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     assert (waiting.run_id, waiting.gate, waiting.path) == (parked, "review", "gated > approval:review")
     assert requests.read_text().splitlines() == ["Write about otters"]
 
@@ -90,7 +90,7 @@ def test_a_run_parks_at_the_gate_and_resumes_after_approval_without_repeating_wo
     assert requests.read_text().splitlines() == ["Write about otters"]  # the model was not asked again
     context = load_final_context(gated, resumed, instance=instance)
     assert context == Post(topic="otters", draft="edited draft", published="published: edited draft")
-    assert pending(instance) == []
+    assert pending(instance=instance) == []
     assert instance.get_run_by_id(parked).tags["flujo/awaiting/review"] == "resumed"  # type: ignore[union-attr]
 
 
@@ -121,13 +121,13 @@ def test_decisions_that_do_not_count_leave_the_run_parked(instance: DagsterInsta
     warnings = [e.user_message for e in instance.all_logs(resumed) if "ignored the decision" in e.user_message]
     assert any("flujo/decision/review/ana: its edited values do not validate" in w for w in warnings)
     assert resume(parked, job=reconstructable(gated_job), instance=instance) == resumed  # no second resume
-    assert [p.run_id for p in pending(instance)] == [resumed]
+    assert [p.run_id for p in pending(instance=instance)] == [resumed]
 
 
 def test_a_gate_in_a_branch_inside_a_loop_pauses_and_resumes(instance: DagsterInstance, requests: Path) -> None:
     """Flujo's lost case: its nested gate was skipped on resume and lost data."""
     parked = park(looped_job, instance)
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     assert waiting.gate == "refine__i2__check__sign_off"
     assert waiting.path == "looped > loop:refine > i2 > branch:check > approval:sign_off"
     decide(parked, verdict="approve", by="ana", instance=instance)
@@ -206,7 +206,7 @@ def test_the_cli_lists_pending_gates_and_records_decisions(
     parked = park(gated_job, instance)
     listed = run_cli("pending", home=dagster_home)
     assert listed.returncode == 0, listed.stderr
-    digest = pending(instance)[0].payload_hash[:12]
+    digest = pending(instance=instance)[0].payload_hash[:12]
     assert listed.stdout.splitlines() == [
         f"{parked}  review  gated > approval:review  payload {digest}  waiting for a decision by anyone",
         "    draft: draft about otters",
@@ -268,7 +268,7 @@ def test_a_run_re_executed_by_hand_is_not_resumed_again(instance: DagsterInstanc
         assert by_hand.success
     assert resume(parked, job=reconstructable(gated_job), instance=instance) == by_hand.run_id
     assert [r.run_id for r in instance.get_runs() if r.parent_run_id == parked] == [by_hand.run_id]
-    assert pending(instance) == []
+    assert pending(instance=instance) == []
 
 
 def test_the_requester_may_not_approve_their_own_run(instance: DagsterInstance, requests: Path) -> None:
@@ -280,7 +280,7 @@ def test_the_requester_may_not_approve_their_own_run(instance: DagsterInstance, 
         "decide on it (requester_may_approve=False)"
     )
     # written by hand and re-executed from the UI, the gate ignores it and parks again
-    (waiting,) = pending(instance)
+    (waiting,) = pending(instance=instance)
     own = Decision(verdict="approve", by="requester", payload_hash=waiting.payload_hash)
     options = ReexecutionOptions.from_failure(parked, instance)
     tags = {DECISION_PREFIX + "review": own.to_tag(), "dagster/user": "requester"}

@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -98,10 +99,12 @@ def test_the_sensor_resumes_a_decided_run_through_the_webserver(
     assert launched["__typename"] == "LaunchRunSuccess", launched
     parked = launched["run"]["runId"]
     assert wait_done(instance, parked) == DagsterRunStatus.FAILURE
-    assert [p.gate for p in pending(instance)] == ["review"]
+    assert [p.gate for p in pending(instance=instance)] == ["review"]
 
     assert defs.resolve_sensor_def("flujo_approvals").minimum_interval_seconds == 30  # the location's own
-    sensor = approvals_sensor(server.url, interval_s=5)  # the same sensor, aimed at this test's webserver
+    sensor = approvals_sensor(
+        server.url, interval=timedelta(seconds=5)
+    )  # the same sensor, aimed at this test's webserver
     idle = sensor(build_sensor_context(instance=instance, definitions=defs))
     assert "nothing to resume" in str(idle)  # no decision yet
     decide(parked, verdict="approve", by="ana", instance=instance)

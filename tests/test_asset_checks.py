@@ -135,14 +135,14 @@ def test_checks_are_refused_on_keys_that_are_not_assets_and_on_duplicate_names()
     def not_empty(value: object) -> bool:
         return bool(value)
 
-    assert Check("summary", not_empty).name == "not_empty"
-    assert Check("summary", lambda value: True).name == "summary_check"
+    assert Check("summary", fn=not_empty).name == "not_empty"
+    assert Check("summary", fn=lambda value: True).name == "summary_check"
     bad = Pipeline(
         "bad_checks",
         context=Note,
         steps=[summary],
         assets=["summary"],
-        checks=[Check("text", not_empty), Check("summary", not_empty), Check("summary", not_empty)],
+        checks=[Check("text", fn=not_empty), Check("summary", fn=not_empty), Check("summary", fn=not_empty)],
     )
     with pytest.raises(ConfigurationError) as error:
         build_definitions(pipelines=[bad])
@@ -158,7 +158,7 @@ def test_checks_on_a_pipeline_without_assets_and_async_checks_are_refused() -> N
     def not_empty(value: object) -> bool:
         return bool(value)
 
-    no_assets = Pipeline("no_assets", context=Note, steps=[summary], checks=[Check("summary", not_empty)])
+    no_assets = Pipeline("no_assets", context=Note, steps=[summary], checks=[Check("summary", fn=not_empty)])
     with pytest.raises(ConfigurationError, match="check 'not_empty' is on key 'summary', which is not in assets="):
         build_definitions(pipelines=[no_assets])
 
@@ -166,4 +166,4 @@ def test_checks_on_a_pipeline_without_assets_and_async_checks_are_refused() -> N
         return bool(value)
 
     with pytest.raises(TypeError, match="the check function must be synchronous and return a bool"):
-        Check("summary", judged)
+        Check("summary", fn=judged)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import anyio
@@ -64,7 +64,7 @@ def fan(budget: Budget, name: str = "fan") -> Pipeline:
     agent = Agent("openai:gpt-5-mini", defer_model_check=True)
     settings = {"max_tokens": MAX_TOKENS}
     branches = {
-        f"b{i}": [agent_step(f"ask{i}", agent, prompt=f"branch {i}", output_key=f"a{i}", model_settings=settings)]
+        f"b{i}": [agent_step(f"ask{i}", agent=agent, prompt=f"branch {i}", output_key=f"a{i}", model_settings=settings)]
         for i in range(BRANCHES)
     }
     return Pipeline(name, context=context, steps=[Parallel("all", branches=branches)], budget=budget)
@@ -113,7 +113,7 @@ def test_budget_rules_when_the_definitions_load() -> None:
     fields: dict[str, object] = {"a": (str, "")}
     context: type[BaseModel] = create_model("One", **fields)  # type: ignore[call-overload]
     unbounded = Pipeline(
-        "one", context=context, steps=[agent_step("a", agent, prompt="hi")], budget=Budget(max_tokens=9)
+        "one", context=context, steps=[agent_step("a", agent=agent, prompt="hi")], budget=Budget(max_tokens=9)
     )
     with pytest.raises(ConfigurationError) as raised:
         build_definitions(pipelines=[unbounded])
@@ -123,7 +123,7 @@ def test_budget_rules_when_the_definitions_load() -> None:
         "it on the agent)"
     )
     small = Budget(max_cost_usd=Decimal("0.001"))
-    step = agent_step("a", agent, prompt="hi", model_settings={"max_tokens": 1_000}, budget=small)
+    step = agent_step("a", agent=agent, prompt="hi", model_settings={"max_tokens": 1_000}, budget=small)
     with pytest.raises(ConfigurationError) as raised:
         build_definitions(pipelines=[Pipeline("one", context=context, steps=[step])])
     assert str(raised.value).splitlines()[1] == (
@@ -233,7 +233,14 @@ def test_a_request_cut_off_by_a_timeout_counts_at_its_worst_case(instance: Dagst
         return ModelResponse(parts=[TextPart("late")])
 
     agent = Agent("openai:gpt-5-mini", defer_model_check=True)
-    ask = agent_step("ask", agent, prompt="hi", output_key="a0", model_settings={"max_tokens": 100}, timeout_s=0.2)
+    ask = agent_step(
+        "ask",
+        agent=agent,
+        prompt="hi",
+        output_key="a0",
+        model_settings={"max_tokens": 100},
+        timeout=timedelta(seconds=0.2),
+    )
     fields: dict[str, object] = {"a0": (str, "")}
     context: type[BaseModel] = create_model("Slow", **fields)  # type: ignore[call-overload]
     pipeline = Pipeline("slow", context=context, steps=[ask], budget=Budget(max_cost_usd=Decimal("1")))

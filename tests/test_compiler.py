@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import itertools
+from datetime import timedelta
 from decimal import Decimal
 from enum import Enum
 from typing import Annotated, Any, Literal
@@ -158,7 +159,7 @@ class Counter(BaseModel):
 _attempts = itertools.count()
 
 
-@step(retry=Retry(max_retries=2, delay_s=0.0, backoff="constant"))
+@step(retry=Retry(max_retries=2, delay=timedelta(seconds=0.0), backoff="constant"))
 def value(start: int) -> int:
     if next(_attempts) < 2:
         raise RuntimeError("flaky")
@@ -185,7 +186,7 @@ def test_step_retries_run_in_the_op_and_are_logged(instance: DagsterInstance) ->
     ]
 
 
-@step(name="value", timeout_s=0.2)
+@step(name="value", timeout=timedelta(seconds=0.2))
 async def slow_value(start: int) -> int:
     await anyio.sleep(5)
     return start
@@ -200,7 +201,7 @@ def test_timeout_fails_the_step_with_its_path(instance: DagsterInstance) -> None
     result = run_pipeline(Pipeline("slow", context=Counter, steps=[slow_value]), {"start": 1}, instance=instance)
     assert not result.success
     assert result.error is not None
-    assert "StepTimeoutError: step slow > step:value did not finish within timeout_s=0.2" in result.error
+    assert "StepTimeoutError: step slow > step:value did not finish within its timeout of 0.2 s" in result.error
 
 
 def test_a_value_of_the_wrong_type_fails_naming_step_and_key(instance: DagsterInstance) -> None:
@@ -279,7 +280,7 @@ def test_a_pipeline_without_inputs_builds_and_runs_as_assets(instance: DagsterIn
     assert load_final_context(pipeline, result.run_id, instance=instance) == Constant(answer=42)
 
 
-@step(name="value", timeout_s=5)
+@step(name="value", timeout=timedelta(seconds=5))
 def own_timeout(start: int) -> int:
     raise TimeoutError("the upstream API timed out")
 
@@ -297,7 +298,9 @@ def test_a_steps_own_timeout_error_is_not_reported_as_a_step_timeout(instance: D
 
 
 def test_an_async_callable_object_with_a_timeout_is_awaited(instance: DagsterInstance) -> None:
-    callable_step = step(name="value", input_keys=["start"], output_keys=["value"], timeout_s=5)(AsyncCallable())
+    callable_step = step(name="value", input_keys=["start"], output_keys=["value"], timeout=timedelta(seconds=5))(
+        AsyncCallable()
+    )
     result = run_pipeline(Pipeline("acall", context=Counter, steps=[callable_step]), {"start": 2}, instance=instance)
     assert result.success, result.error
     assert result.context == Counter(start=2, value=20)
@@ -397,7 +400,7 @@ def test_every_op_carries_its_kind_as_a_plain_string_tag() -> None:
         context=Kinds,
         steps=[
             write,
-            agent_step("answer", Agent(TestModel()), prompt="{topic}"),
+            agent_step("answer", agent=Agent(TestModel()), prompt="{topic}"),
             Approval("review", show=["draft"]),
             Loop("grow", body=[bump], until=lambda n: n >= 2, max_iterations=2),
             Branch("route", on=lambda n: n > 1, cases={True: [high], False: [low]}),

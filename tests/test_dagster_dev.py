@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import Counter
+from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from dagster import DagsterEventType, DagsterRunStatus
 
 from definitions.gated import GatedDigest, gated
 from flujo_dagster import ConfigurationError, build_definitions, load_final_context
-from flujo_dagster.adapter.compile.definitions import APPROVALS_INTERVAL_ENV, WEBSERVER_URL_ENV
 from flujo_dagster.adapter.control.approvals import pending
+from flujo_dagster.config import APPROVALS_INTERVAL_ENV, WEBSERVER_URL_ENV
 from tests.approval_defs import gated as small_gated
 from tests.dagster_dev import DagsterDev, dagster_dev, group_members, leftovers
 
@@ -64,7 +65,7 @@ def test_a_gate_in_a_loop_parks_and_resumes_under_dagster_dev(tmp_path: Path) ->
         chain, gates = [first], []
         run = dev.wait_finished(first)
         while run.status == DagsterRunStatus.FAILURE and run.tags.get("flujo/parked") == "true":
-            (waiting,) = [p for p in pending(dev.instance) if p.run_id == run.run_id]
+            (waiting,) = [p for p in pending(instance=dev.instance) if p.run_id == run.run_id]
             gates.append(waiting.gate)
             _decide(dev, run.run_id, waiting.gate, EDITS[len(gates) - 1])
             resumed = dev.wait_child(run.run_id)  # launched by the sensor through this webserver's GraphQL
@@ -119,12 +120,14 @@ def test_the_sensor_reads_its_webserver_and_interval_from_the_environment(monkey
     monkeypatch.setenv(APPROVALS_INTERVAL_ENV, "2")
     interval, description = sensor_of()
     assert interval == 2 and "http://127.0.0.1:3111." in description
-    interval, description = sensor_of(webserver_url="http://dagster:80", approvals_interval_s=45)  # arguments win
+    interval, description = sensor_of(
+        webserver_url="http://dagster:80", approvals_interval=timedelta(seconds=45)
+    )  # arguments win
     assert interval == 45 and "http://dagster:80." in description
 
     for name, value, message in [
         (APPROVALS_INTERVAL_ENV, "soon", f"{APPROVALS_INTERVAL_ENV}='soon' is not a whole number of seconds"),
-        (APPROVALS_INTERVAL_ENV, "0", f"{APPROVALS_INTERVAL_ENV}=0 must be a whole number of seconds, at least 1"),
+        (APPROVALS_INTERVAL_ENV, "0", f"{APPROVALS_INTERVAL_ENV}='0' must be a whole number of seconds, at least 1"),
         (WEBSERVER_URL_ENV, "127.0.0.1:3000", f"{WEBSERVER_URL_ENV}='127.0.0.1:3000' is not an http(s) URL"),
     ]:
         with monkeypatch.context() as patched:

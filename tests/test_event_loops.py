@@ -226,7 +226,7 @@ class Question(BaseModel):
 
 
 def _ask(agent: Agent[None, str]) -> Pipeline:
-    answer = agent_step("answer", agent, prompt="Tell me about {topic}.")
+    answer = agent_step("answer", agent=agent, prompt="Tell me about {topic}.")
     return Pipeline("ask", context=Question, steps=[answer])
 
 

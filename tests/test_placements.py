@@ -196,8 +196,8 @@ def publish(draft: str) -> str:
     return f"published: {draft}"
 
 
-write = agent_step("write", writer, prompt="Write about {topic}", output_key="draft")
-write_each = agent_step("write", writer, prompt="Write about {topic} {x}", output_key="draft")
+write = agent_step("write", agent=writer, prompt="Write about {topic}", output_key="draft")
+write_each = agent_step("write", agent=writer, prompt="Write about {topic} {x}", output_key="draft")
 
 
 @step(name="publish", output_keys=["published"])
@@ -206,8 +206,8 @@ def publish_each(draft: str, x: str, topic: str) -> str:
     return f"{topic}/{x}: {draft}"
 
 
-legal = agent_step("legal_check", writer, prompt="Check legal {draft}", output_key="legal")
-style = agent_step("style_check", writer, prompt="Check style {draft}", output_key="style")
+legal = agent_step("legal_check", agent=writer, prompt="Check legal {draft}", output_key="legal")
+style = agent_step("style_check", agent=writer, prompt="Check style {draft}", output_key="style")
 reviews = Pipeline(
     "reviews",
     context=Post,
@@ -256,7 +256,7 @@ def started(instance: DagsterInstance, run_id: str) -> set[str]:
 
 
 def parked_at(instance: DagsterInstance, run_id: str) -> list[str]:
-    return sorted(p.gate for p in pending(instance) if p.run_id == run_id)
+    return sorted(p.gate for p in pending(instance=instance) if p.run_id == run_id)
 
 
 def test_gates_in_parallel_branches_park_together_and_are_decided_separately(
@@ -300,7 +300,7 @@ def test_each_element_of_an_expanded_map_has_its_own_gate(instance: DagsterInsta
         assert not first.success
     gates = ["each__review[i0]", "each__review[i1]", "each__review[i2]"]
     assert parked_at(instance, first.run_id) == gates
-    assert sorted(p.path for p in pending(instance)) == [
+    assert sorted(p.path for p in pending(instance=instance)) == [
         f"per_element > map:each > approval:review [i{i}]" for i in range(3)
     ]
     assert not started(instance, first.run_id) & {"each__flujo_collect", "announce"}

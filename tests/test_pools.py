@@ -36,7 +36,9 @@ def tracked(peak: list[int]) -> FunctionModel:
 
 def three(**options: str) -> Pipeline:
     agent = Agent("openai:gpt-5-mini", defer_model_check=True)
-    branches = {f"b{i}": [agent_step(f"ask{i}", agent, prompt="hi", output_key=f"a{i}", **options)] for i in range(3)}
+    branches = {
+        f"b{i}": [agent_step(f"ask{i}", agent=agent, prompt="hi", output_key=f"a{i}", **options)] for i in range(3)
+    }
     return Pipeline("three", context=Three, steps=[Parallel("all", branches=branches, inline=False)])
 
 

@@ -3,6 +3,7 @@ first attempt; every agent call's cost is genai-prices' figure for the usage of 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -41,7 +42,9 @@ class Question(BaseModel):
 
 def ask(model: str, **options: object) -> Pipeline:
     agent = Agent(model, defer_model_check=True)
-    return Pipeline("ask", context=Question, steps=[agent_step("answer", agent, prompt="About {topic}", **options)])
+    return Pipeline(
+        "ask", context=Question, steps=[agent_step("answer", agent=agent, prompt="About {topic}", **options)]
+    )
 
 
 def override_hint(model: str) -> str:
@@ -158,7 +161,7 @@ def test_offline_prices_are_reported_as_offline() -> None:
 def test_an_unpriced_answering_model_fails_the_step_on_its_first_attempt(instance: DagsterInstance) -> None:
     usage = RequestUsage(input_tokens=10, output_tokens=5)
     runtime = AgentRuntime(model=answering_as("nowhere", usage), prices={"function:gpt-4o": FREE})
-    pipeline = ask("openai:gpt-5-mini", retry=Retry(max_retries=3, delay_s=0.0))
+    pipeline = ask("openai:gpt-5-mini", retry=Retry(max_retries=3, delay=timedelta(seconds=0.0)))
     result = run_pipeline(pipeline, {"topic": "t"}, instance=instance, resources={"agent_runtime": runtime})
     assert not result.success
     message = (

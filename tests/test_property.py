@@ -31,6 +31,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -42,9 +43,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from flujo_dagster import ConfigurationError, Pipeline, Retry, build_definitions, run_pipeline, validate
-from flujo_dagster.dsl import Branch, FunctionStep, Group, Loop, Map, Parallel, Step, flow_of_steps, step, walk
+from flujo_dagster.dsl import Branch, FunctionStep, Group, Loop, Map, Parallel, Step, step
 from flujo_dagster.dsl.control import runs_in_one_op
-from flujo_dagster.dsl.flow import children
+from flujo_dagster.dsl.flow import children, flow_of_steps, walk
 from flujo_dagster.errors import ControlFlowError
 from flujo_dagster.runtime.interpreter import Interpreter
 from flujo_dagster.runtime.records import StepRecord
@@ -245,7 +246,7 @@ class Builder:
         least = {"flaky": times, "refuse": 1}.get(mode, 0)  # flaky steps succeed in the end
         retries = self.draw(st.integers(least, 2))
         fn = behaving(affine(reads, mults, writes, adds), name, reads, mode, times)
-        retry = Retry(max_retries=retries, delay_s=0.0, backoff="constant")
+        retry = Retry(max_retries=retries, delay=timedelta(seconds=0.0), backoff="constant")
         if like_key:
             return step(name=name, inline=inline, retry=retry)(fn)
         explicit = self.draw(st.booleans())

@@ -48,10 +48,10 @@ def test_reexecution_from_failure_recomputes_only_what_failed(
     # the parent's draft was read from the parent run's storage, not recomputed into this run
     assert not PydanticJsonIOManager.output_path(root, run_id, "digest_graph.draft", "draft").exists()
     # costs: each agent call once, in the run that made it, across the parent and its re-execution
-    calls = run_costs(run_id, instance)
+    calls = run_costs(run_id, instance=instance)
     assert [(c.step_path, c.run_id) for c in calls] == [
         ("digest > agent:draft", parent_id),
         ("digest > agent:critique", run_id),
     ]
     assert all(c.price_source == "offline" and c.cost_usd == 0 for c in calls)  # FREE: declared at zero
-    assert run_costs(parent_id, instance) == calls  # any run of the group gives the whole group
+    assert run_costs(parent_id, instance=instance) == calls  # any run of the group gives the whole group

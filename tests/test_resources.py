@@ -14,8 +14,8 @@ from flujo_dagster import AgentRuntime, agent_step
 from flujo_dagster.names import DAGSTER_RESERVED_NAMES
 
 writer = Agent("openai:gpt-5-mini", defer_model_check=True)
-draft = agent_step("draft", writer, prompt="{topic}")
-title = agent_step("title", writer, prompt="{topic}", model="anthropic:claude-sonnet-4-5")
+draft = agent_step("draft", agent=writer, prompt="{topic}")
+title = agent_step("title", agent=writer, prompt="{topic}", model="anthropic:claude-sonnet-4-5")
 
 
 def test_model_sources() -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -214,7 +215,9 @@ def test_the_policy_never_retries_our_errors_that_another_attempt_cannot_fix() -
 
 def test_the_delay_grows_as_the_backoff_says() -> None:
     delays = {
-        backoff: [retry_delay(Retry(max_retries=3, delay_s=0.5, backoff=backoff), n) for n in (1, 2, 3)]
+        backoff: [
+            retry_delay(Retry(max_retries=3, delay=timedelta(seconds=0.5), backoff=backoff), n) for n in (1, 2, 3)
+        ]
         for backoff in ("constant", "linear", "exponential")
     }
     assert delays == {"constant": [0.5, 0.5, 0.5], "linear": [0.5, 1.0, 1.5], "exponential": [0.5, 1.0, 2.0]}
@@ -235,7 +238,7 @@ class Reports:
 def test_the_executor_waits_between_attempts_and_reports_each() -> None:
     calls: list[float] = []
 
-    @step(name="out", retry=Retry(max_retries=2, delay_s=0.1, backoff="linear"))
+    @step(name="out", retry=Retry(max_retries=2, delay=timedelta(seconds=0.1), backoff="linear"))
     def out(n: int) -> int:
         calls.append(anyio.current_time())
         raise RuntimeError(f"no {len(calls)}")

@@ -152,7 +152,7 @@ def test_a_tick_whose_day_budget_is_spent_is_skipped(instance: DagsterInstance) 
     pipeline = Pipeline(
         "briefs",
         context=Brief,
-        steps=[agent_step("brief", agent, prompt="Brief on {topic}", model_settings={"max_tokens": 200})],
+        steps=[agent_step("brief", agent=agent, prompt="Brief on {topic}", model_settings={"max_tokens": 200})],
         schedule=Schedule(cron="0 6 * * *", timezone="Europe/Madrid"),
         budget=Budget(max_cost_usd="0.45", scope="day"),
     )
@@ -193,7 +193,7 @@ def test_a_tick_and_its_run_use_the_same_day_in_the_schedules_timezone(instance:
     pipeline = Pipeline(
         "tokyo",
         context=Brief,
-        steps=[agent_step("brief", agent, prompt="Brief on {topic}", model_settings={"max_tokens": 200})],
+        steps=[agent_step("brief", agent=agent, prompt="Brief on {topic}", model_settings={"max_tokens": 200})],
         schedule=Schedule(cron="0 6 * * *", timezone="Asia/Tokyo", inputs={"topic": "rates"}),
         budget=Budget(max_cost_usd="0.45", scope="day"),
     )

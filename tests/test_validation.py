@@ -31,7 +31,8 @@ from flujo_dagster import (
     step,
     validate,
 )
-from flujo_dagster.dsl import StepKeys, StepSequence
+from flujo_dagster.dsl.keys import StepKeys
+from flujo_dagster.dsl.steps import StepSequence
 
 # --- shared fixtures -------------------------------------------------------------------------------------------
 
@@ -90,7 +91,7 @@ def test_ctx1_defaulted_key_and_input_key_may_be_read_first() -> None:
 
 
 def test_ctx1_agent_prompt_reading_unwritten_key_fails() -> None:
-    early = agent_step("summary", with_model(), prompt="Summarise {outline}")
+    early = agent_step("summary", agent=with_model(), prompt="Summarise {outline}")
     pipeline = Pipeline("notes", context=Notes, steps=early >> outline)
     assert rendered(pipeline) == [
         "[V-CTX1] error at notes > agent:summary: reads key 'outline' before any step writes it, and it has no "
@@ -131,7 +132,7 @@ def test_ctx2_unknown_written_key_prompt_key_and_asset() -> None:
         return outline
 
     rater = Agent("openai:gpt-5-mini", output_type=int, defer_model_check=True)
-    ask = agent_step("score", rater, prompt="Rate {sumary} about {topik}")
+    ask = agent_step("score", agent=rater, prompt="Rate {sumary} about {topik}")
     pipeline = Pipeline("notes", context=Notes, steps=outline >> write_misspelt >> ask, assets=["outlines"])
     findings = validate(pipeline).findings
     assert [f.render() for f in findings] == [
@@ -155,7 +156,9 @@ def test_ctx2_unknown_written_key_prompt_key_and_asset() -> None:
 
 
 def test_ctx2_known_keys_pass() -> None:
-    ask = agent_step("score", Agent("openai:gpt-5-mini", output_type=int, defer_model_check=True), prompt="{summary}")
+    ask = agent_step(
+        "score", agent=Agent("openai:gpt-5-mini", output_type=int, defer_model_check=True), prompt="{summary}"
+    )
     pipeline = Pipeline("notes", context=Notes, steps=outline >> summary >> ask, assets=["outline", "summary"])
     assert rendered(pipeline) == []
 
@@ -244,8 +247,8 @@ def test_agent_step_reads_prompt_fields_and_writes_output_key_or_its_name() -> N
     def prompt(topic: str, outline: str) -> str:
         return f"{topic} {outline}"
 
-    templated = agent_step("summary", with_model(), prompt="About {topic}: {outline.title} {outline}")
-    called = agent_step("rate", with_model(), prompt=prompt, output_key="summary")
+    templated = agent_step("summary", agent=with_model(), prompt="About {topic}: {outline.title} {outline}")
+    called = agent_step("rate", agent=with_model(), prompt=prompt, output_key="summary")
     pipeline = Pipeline("notes", context=Notes, steps=outline >> templated)
     assert pipeline.keys_of(templated) == StepKeys(reads=("topic", "outline"), writes=("summary",))
     assert pipeline.keys_of(called) == StepKeys(reads=("topic", "outline"), writes=("summary",))
@@ -300,9 +303,11 @@ def test_type_compatible_annotations_pass() -> None:
 
 
 def test_type_agent_output_type_mismatch_fails() -> None:
-    rate = agent_step("score", Agent("openai:gpt-5-mini", output_type=str, defer_model_check=True), prompt="{topic}")
+    rate = agent_step(
+        "score", agent=Agent("openai:gpt-5-mini", output_type=str, defer_model_check=True), prompt="{topic}"
+    )
     listing = agent_step(
-        "tags", Agent("openai:gpt-5-mini", output_type=list[int], defer_model_check=True), prompt="{topic}"
+        "tags", agent=Agent("openai:gpt-5-mini", output_type=list[int], defer_model_check=True), prompt="{topic}"
     )
     pipeline = Pipeline("notes", context=Notes, steps=outline >> rate >> listing)
     assert rendered(pipeline) == [
@@ -315,7 +320,7 @@ def test_type_agent_output_type_mismatch_fails() -> None:
 
 def test_type_agent_default_str_output_into_int_key_fails() -> None:
     # an Agent without output_type outputs str
-    rate = agent_step("score", with_model(), prompt="{topic}")
+    rate = agent_step("score", agent=with_model(), prompt="{topic}")
     assert rendered(Pipeline("notes", context=Notes, steps=outline >> rate)) == [
         "[V-TYPE] error at notes > agent:score: the agent's output_type is str but key 'score' holds int | None. "
         "Hint: build the agent with output_type=int | None, or change the context field"
@@ -323,11 +328,13 @@ def test_type_agent_default_str_output_into_int_key_fails() -> None:
 
 
 def test_type_agent_output_type_match_passes() -> None:
-    rate = agent_step("score", Agent("openai:gpt-5-mini", output_type=int, defer_model_check=True), prompt="{topic}")
-    listing = agent_step(
-        "tags", Agent("openai:gpt-5-mini", output_type=list[str], defer_model_check=True), prompt="{topic}"
+    rate = agent_step(
+        "score", agent=Agent("openai:gpt-5-mini", output_type=int, defer_model_check=True), prompt="{topic}"
     )
-    text = agent_step("summary", with_model(), prompt="{outline}")
+    listing = agent_step(
+        "tags", agent=Agent("openai:gpt-5-mini", output_type=list[str], defer_model_check=True), prompt="{topic}"
+    )
+    text = agent_step("summary", agent=with_model(), prompt="{outline}")
     pipeline = Pipeline("notes", context=Notes, steps=outline >> rate >> listing >> text)
     assert rendered(pipeline) == []
 
@@ -496,8 +503,10 @@ def test_name_unique_legal_names_pass() -> None:
 
 
 def test_agent_without_agent_or_model_fails() -> None:
-    no_agent = agent_step("summary", None, prompt="{outline}")
-    no_model = agent_step("summary_again", Agent(defer_model_check=True), prompt="{outline}", output_key="summary")
+    no_agent = agent_step("summary", agent=None, prompt="{outline}")
+    no_model = agent_step(
+        "summary_again", agent=Agent(defer_model_check=True), prompt="{outline}", output_key="summary"
+    )
     pipeline = Pipeline("notes", context=Notes, steps=outline >> no_agent >> no_model)
     assert rendered(pipeline) == [
         "[V-A1] error at notes > agent:summary: agent step has no agent. "
@@ -508,9 +517,13 @@ def test_agent_without_agent_or_model_fails() -> None:
 
 
 def test_agent_with_model_on_agent_or_step_passes() -> None:
-    on_agent = agent_step("summary", with_model(), prompt="{outline}")
+    on_agent = agent_step("summary", agent=with_model(), prompt="{outline}")
     on_step = agent_step(
-        "summary_again", Agent(defer_model_check=True), prompt="{outline}", output_key="summary", model="openai:gpt-5"
+        "summary_again",
+        agent=Agent(defer_model_check=True),
+        prompt="{outline}",
+        output_key="summary",
+        model="openai:gpt-5",
     )
     assert on_agent.model_id() == "openai:gpt-5-mini"
     assert on_step.model_id() == "openai:gpt-5"
@@ -522,7 +535,7 @@ def test_agent_with_model_on_agent_or_step_passes() -> None:
 
 def test_report_counts_and_renders_every_finding_across_pipelines() -> None:
     first = Pipeline("first", context=Notes, steps=summary >> outline)
-    second = Pipeline("second", context=Notes, steps=outline >> agent_step("summary", None, prompt="{outline}"))
+    second = Pipeline("second", context=Notes, steps=outline >> agent_step("summary", agent=None, prompt="{outline}"))
     report = validate([first, second])
     assert isinstance(report, ValidationReport)
     assert not report.ok
@@ -547,7 +560,7 @@ def test_build_definitions_lists_every_error_finding() -> None:
         return topic + outlin
 
     first = Pipeline("first", context=Notes, steps=outline >> misspelt)
-    second = Pipeline("second", context=Notes, steps=outline >> agent_step("summary", None, prompt="{outline}"))
+    second = Pipeline("second", context=Notes, steps=outline >> agent_step("summary", agent=None, prompt="{outline}"))
     with pytest.raises(ConfigurationError) as caught:
         build_definitions(pipelines=[first, second])
     ctx2 = (
@@ -567,7 +580,7 @@ def _valid_pipelines() -> list[Pipeline]:
     with_assets = Pipeline(
         "notes_assets",
         context=Notes,
-        steps=outline >> agent_step("summary", with_model(), prompt="{outline}"),
+        steps=outline >> agent_step("summary", agent=with_model(), prompt="{outline}"),
         assets=["outline", "summary"],
     )
     return [plain, with_assets]

@@ -299,7 +299,7 @@ def ok(value: object) -> bool:
 
 @pytest.mark.parametrize("name", ["not empty", "café", "not-empty"])
 def test_a_check_name_dagster_refuses(name: str) -> None:
-    assert lines(_checked(Check("summary", ok, name=name))) == [
+    assert lines(_checked(Check("summary", fn=ok, name=name))) == [
         f"[CHECK-003] error at notes > check:{name}: check {name!r} on key 'summary' cannot be named so: Dagster "
         f"names the check's output 'notes__summary_{name}', and Dagster names use only ASCII letters, digits and "
         "underscores. Hint: name the check with letters, digits and underscores (Check(..., name=...))"
@@ -308,11 +308,11 @@ def test_a_check_name_dagster_refuses(name: str) -> None:
 
 def test_a_check_on_a_key_that_is_not_an_asset() -> None:
     hint = "Hint: add 'text' to assets=[...], or check a key that is an asset"
-    assert lines(_checked(Check("text", ok))) == [
+    assert lines(_checked(Check("text", fn=ok))) == [
         "[CHECK-001] error at notes > check:ok: check 'ok' is on key 'text', which is not in assets=['summary'], so "
         f"it would never run. {hint}"
     ]
-    assert lines(_checked(Check("text", ok), assets=())) == [
+    assert lines(_checked(Check("text", fn=ok), assets=())) == [
         "[CHECK-001] error at notes > check:ok: check 'ok' is on key 'text', which is not in assets= (the pipeline "
         f"has no assets), so it would never run. {hint}"
     ]
@@ -322,7 +322,9 @@ def test_checks_reported_under_one_name() -> None:
     hint = "Hint: give each check of a key its own name"
     assert lines(
         _checked(
-            Check("summary", ok, name="flujo_type"), Check("summary", ok, name="a.b"), Check("summary", ok, name="a_b")
+            Check("summary", fn=ok, name="flujo_type"),
+            Check("summary", fn=ok, name="a.b"),
+            Check("summary", fn=ok, name="a_b"),
         )
     ) == [
         "[CHECK-002] error at notes > check:flujo_type: check 'flujo_type' on key 'summary' has the name of flujo's "

@@ -69,7 +69,7 @@ class Case:
     resources: dict[str, object] = field(default_factory=dict)
 
 
-healthy = _doc("healthy", draft, score, assets=["draft"], checks=[Check("draft", ok)])
+healthy = _doc("healthy", draft, score, assets=["draft"], checks=[Check("draft", fn=ok)])
 
 writer = Agent("openai:gpt-5-mini", defer_model_check=True)
 unpriced = Agent("ollama:llama3", defer_model_check=True)
@@ -148,7 +148,7 @@ CASES: dict[str, Case] = {
     "V-NAME": Case((_doc("names", reserved, draft),), (("V-NAME", "error"),)),
     "V-NAME key": Case((Pipeline("odd", context=Odd, steps=[cafe], assets=["café"]),), (("V-NAME", "error"),)),
     "V-A1": Case(
-        (_doc("a1", agent_step("draft", Agent(defer_model_check=True), prompt="{topic}")),), (("V-A1", "error"),)
+        (_doc("a1", agent_step("draft", agent=Agent(defer_model_check=True), prompt="{topic}")),), (("V-A1", "error"),)
     ),
     "V-PAR1": Case(
         (
@@ -208,33 +208,35 @@ CASES: dict[str, Case] = {
     "PART-003": Case(
         (_doc("part3", partitions=StaticPartitions(keys=["en", "e...s"], input_key="day")),), (("PART-003", "error"),)
     ),
-    "PRICE-001": Case((_doc("price1", agent_step("draft", unpriced, prompt="{topic}")),), (("PRICE-001", "error"),)),
+    "PRICE-001": Case(
+        (_doc("price1", agent_step("draft", agent=unpriced, prompt="{topic}")),), (("PRICE-001", "error"),)
+    ),
     "PRICE-002": Case(
-        (_doc("price2", agent_step("draft", writer, prompt="{topic}")),),
+        (_doc("price2", agent_step("draft", agent=writer, prompt="{topic}")),),
         (("PRICE-002", "warning"),),
         {"price_book": PriceBook(strict=False)},
     ),
     "BUDGET-001": Case(
-        (_doc("budget1", agent_step("draft", writer, prompt="{topic}"), budget=Budget(max_cost_usd=Decimal(1))),),
+        (_doc("budget1", agent_step("draft", agent=writer, prompt="{topic}"), budget=Budget(max_cost_usd=Decimal(1))),),
         (("BUDGET-001", "error"),),
     ),
     "BUDGET-002": Case(
         (
             _doc(
                 "budget2",
-                agent_step("draft", writer, prompt="{topic}", model_settings={"max_tokens": 500}),
+                agent_step("draft", agent=writer, prompt="{topic}", model_settings={"max_tokens": 500}),
                 budget=Budget(max_tokens=100),
             ),
         ),
         (("BUDGET-002", "error"),),
     ),
-    "CHECK-001": Case((_doc("check1", draft, checks=[Check("draft", ok)]),), (("CHECK-001", "error"),)),
+    "CHECK-001": Case((_doc("check1", draft, checks=[Check("draft", fn=ok)]),), (("CHECK-001", "error"),)),
     "CHECK-002": Case(
-        (_doc("check2", draft, assets=["draft"], checks=[Check("draft", ok), Check("draft", ok)]),),
+        (_doc("check2", draft, assets=["draft"], checks=[Check("draft", fn=ok), Check("draft", fn=ok)]),),
         (("CHECK-002", "error"),),
     ),
     "CHECK-003": Case(
-        (_doc("check3", draft, assets=["draft"], checks=[Check("draft", ok, name="not empty")]),),
+        (_doc("check3", draft, assets=["draft"], checks=[Check("draft", fn=ok, name="not empty")]),),
         (("CHECK-003", "error"),),
     ),
 }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Generic
 import anyio.to_thread
 from dagster import DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
 
+from flujo_dagster import config
 from flujo_dagster.adapter.compile.compiler import CompiledPipeline
 from flujo_dagster.adapter.compile.definitions import compile_all
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
@@ -139,7 +139,7 @@ def run_pipeline(
         run_config["loggers"] = {"console": {"config": {"log_level": log_level}}}
     with ExitStack() as stack:
         if instance is None:
-            home = os.environ.get("DAGSTER_HOME")
+            home = config.dagster_home()
             instance = stack.enter_context(DagsterInstance.get() if home else DagsterInstance.ephemeral())
         result = call_blocking(
             functools.partial(

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from flujo_dagster.dsl.durations import optional_duration
 from flujo_dagster.dsl.steps import Retry, Step, StepsLike, as_steps
 
 __all__ = ["Approval", "ApprovalMode", "OnTimeout"]
@@ -60,14 +61,14 @@ class Approval(Step):
     ) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "retry", Retry())
-        object.__setattr__(self, "timeout_s", None)
         object.__setattr__(self, "inline", False)
         object.__setattr__(self, "show", tuple(show))
         object.__setattr__(self, "decision", decision)
         object.__setattr__(self, "approvers", tuple(approvers) if approvers is not None else None)
         object.__setattr__(self, "quorum", quorum)
         object.__setattr__(self, "requester_may_approve", requester_may_approve)
-        object.__setattr__(self, "timeout", timeout)
+        # its type here; its sign is validation rule HITL-POLICY-001
+        object.__setattr__(self, "timeout", optional_duration(timeout, f"Approval {name!r} timeout", signed=True))
         object.__setattr__(self, "on_timeout", on_timeout)
         object.__setattr__(self, "escalate_to", tuple(escalate_to))
         object.__setattr__(self, "on_reject", as_steps(on_reject) if on_reject is not None else ())

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 __all__ = ["Check"]
 
 
 @dataclass(frozen=True)
 class Check:
-    """A check on the value of asset key `key`: `fn(value)` returns True when the value is acceptable.
+    """A check on the value of asset key `key`: `fn(value)` returns True when the value is acceptable
+    (`Check("summary", fn=not_empty)`; everything after the key is keyword-only).
 
     It runs in the op that produces the key, right after the value is stored, and is reported as a Dagster
     asset check named `name` (default: the function's name). A failing `blocking` check fails that op, so no
@@ -19,6 +20,7 @@ class Check:
     """
 
     key: str
+    _: KW_ONLY
     fn: Callable[[object], bool]
     name: str = ""
     blocking: bool = True

@@ -14,7 +14,7 @@ __all__ = ["Branch", "Group", "Loop", "Map", "Parallel", "runs_in_one_op"]
 def _base(obj: Step, name: str, inline: bool) -> None:
     object.__setattr__(obj, "name", name)
     object.__setattr__(obj, "retry", Retry())
-    object.__setattr__(obj, "timeout_s", None)
+    object.__setattr__(obj, "timeout", None)
     object.__setattr__(obj, "inline", inline)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import overload
 
 from flujo_dagster.dsl.budget import Budget
@@ -23,7 +24,7 @@ def step(
     input_keys: Sequence[str] | None = None,
     output_keys: Sequence[str] | None = None,
     retry: Retry | None = None,
-    timeout_s: float | None = None,
+    timeout: timedelta | None = None,
     inline: bool = False,
 ) -> Callable[[Callable[..., object]], FunctionStep]: ...
 
@@ -36,7 +37,7 @@ def step(
     input_keys: Sequence[str] | None = None,
     output_keys: Sequence[str] | None = None,
     retry: Retry | None = None,
-    timeout_s: float | None = None,
+    timeout: timedelta | None = None,
     inline: bool = False,
 ) -> FunctionStep | Callable[[Callable[..., object]], FunctionStep]:
     """Turn a function (sync or async) into a pipeline step.
@@ -53,7 +54,7 @@ def step(
             input_keys=tuple(input_keys) if input_keys is not None else None,
             output_keys=tuple(output_keys) if output_keys is not None else None,
             retry=retry if retry is not None else Retry(),
-            timeout_s=timeout_s,
+            timeout=timeout,
             inline=inline,
         )
 
@@ -64,14 +65,14 @@ def step(
 
 def agent_step(
     name: str,
-    agent: AgentLike | None,
     *,
+    agent: AgentLike | None,
     prompt: str | Callable[..., str],
     output_key: str | None = None,
     model: str | ModelLike | None = None,
     model_settings: Mapping[str, object] | None = None,
     retry: Retry | None = None,
-    timeout_s: float | None = None,
+    timeout: timedelta | None = None,
     inline: bool = False,
     budget: Budget | None = None,
     pool: str | None = None,
@@ -94,7 +95,7 @@ def agent_step(
         model=model,
         model_settings=dict(model_settings) if model_settings is not None else None,
         retry=retry if retry is not None else Retry(),
-        timeout_s=timeout_s,
+        timeout=timeout,
         inline=inline,
         budget=budget,
         pool=pool,

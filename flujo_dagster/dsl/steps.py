@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Literal, TypeAlias, TypeVar
 
 from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.dsl.durations import duration, optional_duration
 from flujo_dagster.interfaces import AgentLike, ModelLike
 from flujo_dagster.names import POOL_PREFIX
 
@@ -26,24 +28,32 @@ class Retry:
     """How often a failed step is tried again, and how long to wait between tries.
 
     Applied inside the step's op, expanded or inline alike; errors that another attempt cannot fix are never
-    retried (docs/control-flow.md, "Retries"). `max_retries=0` (the default) means one attempt only.
+    retried (docs/control-flow.md, "Retries"). `max_retries=0` (the default) means one attempt only. `delay` is
+    the wait before the first retry, grown by `backoff`.
     """
 
     max_retries: int = 0
-    delay_s: float = 1.0
+    delay: timedelta = timedelta(seconds=1)
     backoff: Literal["constant", "linear", "exponential"] = "exponential"
+
+    def __post_init__(self) -> None:
+        duration(self.delay, "Retry delay")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Step:
-    """Base of every DSL node. The name is unique within a pipeline and names the step's op."""
+    """Base of every DSL node. The name is unique within a pipeline and names the step's op. `timeout` bounds
+    one attempt of a function or agent step."""
 
     name: str
     retry: Retry = field(default_factory=Retry)
-    timeout_s: float | None = None
+    timeout: timedelta | None = None
     inline: bool = False
 
     kind = "step"
+
+    def __post_init__(self) -> None:
+        optional_duration(self.timeout, f"step {self.name!r} timeout", positive=True)
 
     def __rshift__(self, other: StepsLike) -> StepSequence:
         return StepSequence((self, *as_steps(other)))

@@ -119,8 +119,8 @@ class PriceBook:
 
     def __init__(
         self,
-        overrides: Mapping[str, Price] | None = None,
         *,
+        overrides: Mapping[str, Price] | None = None,
         offline: Mapping[str, Price] | None = None,
         strict: bool = True,
     ) -> None:

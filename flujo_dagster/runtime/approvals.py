@@ -30,12 +30,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
+from flujo_dagster.config import DECISION_SECRET_ENV
 from flujo_dagster.dsl.approval import Approval, OnTimeout
 from flujo_dagster.errors import ApprovalError
 from flujo_dagster.names import DECISION_PREFIX
 
 __all__ = [
-    "SECRET_ENV",
     "TIMEOUT_BY",
     "Decision",
     "Outcome",
@@ -50,8 +50,6 @@ __all__ = [
     "tally",
 ]
 
-SECRET_ENV = "FLUJO_DAGSTER_DECISION_SECRET"
-"""The environment variable holding the secret that signs decisions (`require_signed_decisions`)."""
 TIMEOUT_BY = "flujo (timeout)"
 """Who a decision made by a gate's deadline is recorded as."""
 
@@ -305,7 +303,7 @@ Edit = Callable[[Decision], "Decision | str"]
 def _signature_problem(decision: Decision, secret: str | None, *, root: str, gate: str) -> str | None:
     """Why the signature of `decision` does not count where signed decisions are required, or None."""
     if secret is None:
-        return f"signed decisions are required, but {SECRET_ENV} is not set where the gate runs"
+        return f"signed decisions are required, but {DECISION_SECRET_ENV} is not set where the gate runs"
     if not decision.signature:
         return "it is not signed, and this deployment requires signed decisions"
     if not _same(decision.signature, sign(decision, secret=secret, root=root, gate=gate).signature):

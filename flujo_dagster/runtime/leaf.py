@@ -104,7 +104,7 @@ class LeafExecutor:
 
         async def agent() -> _Done:
             prompt = render_prompt(step, reads)
-            call, source = await with_timeout(step.timeout_s, lambda: agents.run(step, prompt, path=path), path=path)
+            call, source = await with_timeout(step.timeout, lambda: agents.run(step, prompt, path=path), path=path)
             return _Done(step_outputs(path, writes, False, call.output, self.fields), call, source)
 
         return agent

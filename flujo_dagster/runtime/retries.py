@@ -38,10 +38,11 @@ def is_retried(error: Exception) -> bool:
 
 
 def retry_delay(retry: Retry, failed: int) -> float:
-    """Seconds to wait after failed attempt `failed` (1-based): `delay_s` each time (constant), `delay_s * n`
-    (linear) or `delay_s * 2 ** (n - 1)` (exponential)."""
+    """Seconds to wait after failed attempt `failed` (1-based): `delay` each time (constant), `delay * n`
+    (linear) or `delay * 2 ** (n - 1)` (exponential)."""
+    base = retry.delay.total_seconds()
     if retry.backoff == "exponential":
-        return float(retry.delay_s * 2 ** (failed - 1))
+        return float(base * 2 ** (failed - 1))
     if retry.backoff == "linear":
-        return float(retry.delay_s * failed)
-    return float(retry.delay_s)
+        return float(base * failed)
+    return float(base)

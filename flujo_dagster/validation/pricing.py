@@ -36,7 +36,7 @@ def price_book(
         return prices
     overrides = {**pyproject_prices(pyproject or find_pyproject()), **(prices or {})}
     if runtime is None:  # what a default AgentRuntime() declares: nothing
-        return PriceBook(overrides, strict=strict)
+        return PriceBook(overrides=overrides, strict=strict)
     return runtime.price_book(overrides, strict=strict)
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from dagster import Definitions, ExecutorDefinition, JobDefinition, SensorDefinition, in_process_executor
 
+from flujo_dagster import config
 from flujo_dagster.adapter.compile.compiler import CompiledPipeline, compile_pipeline
 from flujo_dagster.adapter.compile.schedules import schedules_for
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
@@ -35,9 +36,6 @@ from flujo_dagster.validation import ValidationReport, validate
 from flujo_dagster.validation.pricing import price_book
 
 __all__ = [
-    "APPROVALS_INTERVAL_ENV",
-    "WEBSERVER_URL_ENV",
-    "approvals_settings",
     "build_definitions",
     "compile_all",
     "default_resources",
@@ -48,11 +46,6 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("flujo_dagster")
 OnInvalid = Literal["raise", "quarantine"]
-
-WEBSERVER_URL_ENV = "FLUJO_DAGSTER_WEBSERVER_URL"
-APPROVALS_INTERVAL_ENV = "FLUJO_DAGSTER_APPROVALS_INTERVAL_S"
-DEFAULT_WEBSERVER_URL = "http://127.0.0.1:3000"  # what `dagster dev` serves
-DEFAULT_APPROVALS_INTERVAL_S = 30
 
 
 def default_resources(overrides: Mapping[str, object] | None = None) -> dict[str, object]:
@@ -126,7 +119,7 @@ def build_definitions(
     pyproject: Path | None = None,
     on_invalid: OnInvalid = "raise",
     webserver_url: str | None = None,
-    approvals_interval_s: int | None = None,
+    approvals_interval: timedelta | None = None,
 ) -> Definitions:
     """Compile pipelines into `dagster.Definitions`: a job per pipeline (an asset job when it has assets),
     graph-backed assets, the flujo IO manager and the agent runtime.
@@ -147,9 +140,9 @@ def build_definitions(
     sensor, which fails every tick with their findings so the problem stays visible in the UI.
 
     With approval gates, the location also gets the `flujo_decide` job and the `flujo_approvals` sensor (every
-    `approvals_interval_s` seconds), which resumes decided runs through the webserver's GraphQL API at
-    `webserver_url`. Left None, they come from the environment (`FLUJO_DAGSTER_WEBSERVER_URL`, default
-    http://127.0.0.1:3000; `FLUJO_DAGSTER_APPROVALS_INTERVAL_S`, default 30), read where the definitions load.
+    `approvals_interval`), which resumes decided runs through the webserver's GraphQL API at `webserver_url`.
+    Left None, they come from the environment (`FLUJO_DAGSTER_WEBSERVER_URL`, default http://127.0.0.1:3000;
+    `FLUJO_DAGSTER_APPROVALS_INTERVAL_S`, default 30), read where the definitions load (docs/configuration.md).
     """
     if on_invalid not in ("raise", "quarantine"):
         raise ConfigurationError(f"on_invalid={on_invalid!r} is not supported; use 'raise' or 'quarantine'")
@@ -170,15 +163,13 @@ def build_definitions(
         sensors.append(validation_sensor(quarantined))
     if any(isinstance(s, Approval) for p in listed for _, s in walk(p.steps, p.name)):
         jobs.append(decide_job())
-        url, interval_s = approvals_settings(webserver_url, approvals_interval_s)
+        url, interval = config.webserver_url(webserver_url), config.approvals_interval(approvals_interval)
         settings = chosen[APPROVAL_SETTINGS_KEY]
         if not isinstance(settings, ApprovalSettings):
             raise ConfigurationError(
                 f"resource {APPROVAL_SETTINGS_KEY!r} must be an ApprovalSettings, got {type(settings).__name__}"
             )
-        sensors.append(
-            approvals_sensor(url, interval_s=interval_s, settings=settings, jobs=[c.job_name for c in compiled])
-        )
+        sensors.append(approvals_sensor(url, interval=interval, settings=settings, jobs=[c.job_name for c in compiled]))
     return Definitions(
         assets=[c.assets for c in compiled if c.assets is not None],
         jobs=jobs,
@@ -186,25 +177,3 @@ def build_definitions(
         sensors=sensors,
         resources=chosen,
     )
-
-
-def approvals_settings(webserver_url: str | None, interval_s: int | None) -> tuple[str, int]:
-    """The approvals sensor's webserver URL and interval: the arguments, else `FLUJO_DAGSTER_WEBSERVER_URL` and
-    `FLUJO_DAGSTER_APPROVALS_INTERVAL_S`, else http://127.0.0.1:3000 and 30 s. `ConfigurationError` names a bad
-    value and where it came from. Dagster's sensor daemon evaluates sensors at most every 5 s, so any interval
-    below 5 means "every daemon loop"."""
-    url_source = "webserver_url" if webserver_url is not None else WEBSERVER_URL_ENV
-    url = webserver_url if webserver_url is not None else os.environ.get(WEBSERVER_URL_ENV) or DEFAULT_WEBSERVER_URL
-    if not url.startswith(("http://", "https://")):
-        raise ConfigurationError(f"{url_source}={url!r} is not an http(s) URL of the Dagster webserver")
-    if interval_s is not None:
-        interval, interval_source = interval_s, "approvals_interval_s"
-    else:
-        raw, interval_source = os.environ.get(APPROVALS_INTERVAL_ENV, ""), APPROVALS_INTERVAL_ENV
-        try:
-            interval = int(raw) if raw.strip() else DEFAULT_APPROVALS_INTERVAL_S
-        except ValueError:
-            raise ConfigurationError(f"{APPROVALS_INTERVAL_ENV}={raw!r} is not a whole number of seconds") from None
-    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-        raise ConfigurationError(f"{interval_source}={interval!r} must be a whole number of seconds, at least 1")
-    return url.rstrip("/"), interval

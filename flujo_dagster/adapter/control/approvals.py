@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, ReexecutionOp
 
 from flujo_dagster.adapter.control.audit import audit, record_ignored
 from flujo_dagster.adapter.control.chain import chain_runs, requester_of
+from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
 from flujo_dagster.errors import ApprovalError
 from flujo_dagster.names import (
     AWAITING_PREFIX,
@@ -27,7 +27,6 @@ from flujo_dagster.names import (
     RETRY_BEFORE_PARK_TAG,
 )
 from flujo_dagster.runtime.approvals import (
-    SECRET_ENV,
     Decision,
     Request,
     Verdict,
@@ -91,7 +90,7 @@ def parked_runs(instance: DagsterInstance, *, jobs: Collection[str] | None = Non
 
 
 def pending(
-    instance: DagsterInstance, *, now: datetime | None = None, secret: str | None = None
+    *, instance: DagsterInstance, now: datetime | None = None, secret: str | None = None
 ) -> list[PendingApproval]:
     """Every gate a run of `instance` is parked at, newest run first (signed decisions are counted when the
     `secret` is given)."""
@@ -214,8 +213,8 @@ def prepare_decision(
         decision = sign(decision, secret=secret, root=root, gate=gate)
     elif not signature and request.policy.signed:
         raise ApprovalError(
-            f"gate {gate} of run {run_id} requires signed decisions: set {SECRET_ENV} to the approvers' secret "
-            "(the CLI reads it from there) or pass secret=..."
+            f"gate {gate} of run {run_id} requires signed decisions: set {DECISION_SECRET_ENV} to the approvers' "
+            "secret (the CLI reads it from there) or pass secret=..."
         )
     refused = check_decision(
         decision.to_tag(),
@@ -392,7 +391,7 @@ def resume(run_id: str, *, job: ReconstructableJob, instance: DagsterInstance, s
     launch it through GraphQL; `execute_job` inherits no tags, so they are passed). Exactly once per set of
     decisions: a second call returns the first resume's run id. Returns the resumed run's id. Signed decisions
     are checked with `secret`, by default `FLUJO_DAGSTER_DECISION_SECRET` from the environment."""
-    secret = secret if secret is not None else os.environ.get(SECRET_ENV) or None
+    secret = secret if secret is not None else decision_secret()
     run = instance.get_run_by_id(run_id)
     if run is None:
         raise ApprovalError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")

@@ -80,7 +80,7 @@ def record_ignored(
         audit(instance, run, "ignored", gate, f"tag {key}: {reason}", step_key=step_key, tag=key, reason=reason)
 
 
-def audit_trail(instance: DagsterInstance, run_id: str) -> list[AuditEvent]:
+def audit_trail(run_id: str, *, instance: DagsterInstance) -> list[AuditEvent]:
     """The audit events of every run in `run_id`'s chain (its root and all re-executions): run by run, oldest
     run first, each run's events in the order they were recorded (a resume is recorded on the run it resumes)."""
     events: list[AuditEvent] = []

@@ -91,7 +91,7 @@ def agent_calls(events: Iterable[DagsterEvent], run_id: str = "") -> tuple[Agent
     return tuple(calls)
 
 
-def run_costs(run_id: str, instance: DagsterInstance) -> tuple[AgentCallSummary, ...]:
+def run_costs(run_id: str, *, instance: DagsterInstance) -> tuple[AgentCallSummary, ...]:
     """The agent calls of run `run_id` and of every run of its re-execution group (a re-execution runs only
     the steps that had not completed, so nothing is counted twice), oldest run first."""
     calls: list[AgentCallSummary] = []

@@ -4,11 +4,13 @@
 import json
 import urllib.request
 from collections.abc import Collection
+from datetime import timedelta
 
 from dagster import DefaultSensorStatus, SensorDefinition, SensorEvaluationContext, SkipReason
 
 from flujo_dagster.adapter.control.approvals import escalate_due, record_resume, resumable
 from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
+from flujo_dagster.config import DEFAULT_APPROVALS_INTERVAL
 from flujo_dagster.errors import ApprovalError, ConfigurationError
 from flujo_dagster.names import APPROVALS_SENSOR, VALIDATION_SENSOR
 from flujo_dagster.validation import ValidationReport
@@ -92,7 +94,7 @@ def launch_reexecution(webserver_url: str, parent_run_id: str, tags: dict[str, s
 def approvals_sensor(
     webserver_url: str,
     *,
-    interval_s: int = 30,
+    interval: timedelta = DEFAULT_APPROVALS_INTERVAL,
     settings: ApprovalSettings | None = None,
     jobs: Collection[str] | None = None,
 ) -> SensorDefinition:
@@ -134,7 +136,7 @@ def approvals_sensor(
     return SensorDefinition(
         name=APPROVALS_SENSOR,
         evaluation_fn=evaluate,
-        minimum_interval_seconds=interval_s,
+        minimum_interval_seconds=int(interval.total_seconds()),
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Resumes parked runs once a decision is recorded, through the webserver at {webserver_url}.",
     )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
+from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
 from flujo_dagster.names import APPROVAL_SETTINGS_KEY
-from flujo_dagster.runtime.approvals import SECRET_ENV
 
 __all__ = ["APPROVAL_SETTINGS_KEY", "ApprovalSettings"]
 
@@ -18,8 +17,8 @@ class ApprovalSettings:
     location hold it; it is read where it is used and never stored in config, tags, metadata or logs)."""
 
     require_signed_decisions: bool = False
-    secret_env: str = SECRET_ENV
+    secret_env: str = DECISION_SECRET_ENV
 
     def secret(self) -> str | None:
         """The signing secret from the environment, if set."""
-        return os.environ.get(self.secret_env) or None
+        return decision_secret(self.secret_env)

@@ -90,7 +90,7 @@ class AgentRuntime:
         offline = self.offline_models()
         declared = {m: p for m, p in self.prices.items() if m not in offline}
         return PriceBook(
-            {**overrides, **declared},
+            overrides={**overrides, **declared},
             offline={m: p for m, p in self.prices.items() if m in offline},
             strict=strict,
         )

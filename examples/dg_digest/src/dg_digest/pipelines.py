@@ -45,7 +45,7 @@ digest = Pipeline(
         sources,
         agent_step(
             "draft",
-            writer,
+            agent=writer,
             prompt="Summarise {sources} about {topic}.",
             model_settings={"max_tokens": 400},
         ),
