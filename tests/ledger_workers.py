@@ -9,6 +9,7 @@ import random
 import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
 
@@ -31,8 +32,8 @@ class Backend:
     def open(self, *, timeout_s: float = 30.0) -> BudgetLedger:
         """A new ledger object on this storage; `timeout_s` bounds waits for another writer's lock."""
         if self.kind == "sqlite":
-            return SqliteBudgetLedger(self.location, busy_timeout_s=timeout_s)
-        return PostgresBudgetLedger(self.location, table_prefix=self.prefix, lock_timeout_s=timeout_s)
+            return SqliteBudgetLedger(self.location, busy_timeout=timedelta(seconds=timeout_s))
+        return PostgresBudgetLedger(self.location, table_prefix=self.prefix, lock_timeout=timedelta(seconds=timeout_s))
 
     def row_counts(self) -> tuple[int, int]:
         """(rows in the scopes table, rows in the entries table), read with the database's own client."""

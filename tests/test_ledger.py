@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -430,7 +431,7 @@ def test_a_process_killed_inside_a_write_transaction_leaves_nothing(backend: Bac
         impatient = backend.open(timeout_s=0.5)
         with pytest.raises(StorageError, match="stayed locked by another") as caught:
             impatient.reserve("locked", Limits(), Usage(CENT, 1), run_id="run-2", step="waits")
-        assert "raise busy_timeout_s" in str(caught.value) or "raise lock_timeout_s" in str(caught.value)
+        assert "raise busy_timeout." in str(caught.value) or "raise lock_timeout." in str(caught.value)
         impatient.close()
         kill(proc)
     finally:
@@ -511,7 +512,7 @@ def test_sqlite_ledger_written_by_a_newer_version(tmp_path: Path) -> None:
 
 def test_postgres_ledger_on_an_unreachable_server() -> None:
     with pytest.raises(StorageError) as caught:
-        PostgresBudgetLedger("postgresql://someone:secret@127.0.0.1:1/nothing", connect_timeout_s=2)
+        PostgresBudgetLedger("postgresql://someone:secret@127.0.0.1:1/nothing", connect_timeout=timedelta(seconds=2))
     message = str(caught.value)
     assert message.startswith(
         "Cannot connect to the budget ledger in PostgreSQL postgresql://someone:***@127.0.0.1:1/nothing "

@@ -11,8 +11,10 @@ first use. Tables are created when missing, named `<table_prefix>scopes` and `<t
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,6 +22,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
+from flujo_dagster.dsl.durations import duration
 from flujo_dagster.errors import StorageError
 from flujo_dagster.pricing.ledger import PerThreadConnections
 from flujo_dagster.pricing.ledger_sql import (
@@ -173,7 +176,7 @@ def _storage_error(exc: psycopg2.Error, where: str, lock_timeout_s: float) -> St
         return StorageError(
             f"The budget ledger in {where} stayed locked by another session for more than "
             f"{lock_timeout_s} s. Look for a hung process or an idle transaction holding it "
-            "(pg_stat_activity), or raise lock_timeout_s."
+            "(pg_stat_activity), or raise lock_timeout."
         )
     if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
         return StorageError(
@@ -189,9 +192,9 @@ def _storage_error(exc: psycopg2.Error, where: str, lock_timeout_s: float) -> St
 class PostgresBudgetLedger(SqlBudgetLedger[_Connection]):
     """A `BudgetLedger` in the PostgreSQL database at `url` (libpq URL, e.g. `postgresql://user@host:5432/db`).
 
-    `table_prefix` names the tables (lowercase letters, digits, underscores). `connect_timeout_s` bounds how long
-    connecting may take; `lock_timeout_s` how long one operation waits for a row another session holds before it
-    raises `StorageError`. Usable from any number of threads and processes at once.
+    `table_prefix` names the tables (lowercase letters, digits, underscores). `connect_timeout` bounds how long
+    connecting may take (whole seconds, rounded up); `lock_timeout` how long one operation waits for a row another
+    session holds before it raises `StorageError`. Usable from any number of threads and processes at once.
     """
 
     def __init__(
@@ -199,8 +202,8 @@ class PostgresBudgetLedger(SqlBudgetLedger[_Connection]):
         url: str,
         *,
         table_prefix: str = "flujo_budget_",
-        connect_timeout_s: int = 10,
-        lock_timeout_s: float = 30.0,
+        connect_timeout: timedelta = timedelta(seconds=10),
+        lock_timeout: timedelta = timedelta(seconds=30),
     ) -> None:
         if not _PREFIX.fullmatch(table_prefix):
             raise ValueError(
@@ -209,8 +212,9 @@ class PostgresBudgetLedger(SqlBudgetLedger[_Connection]):
             )
         self.url = url
         self.table_prefix = table_prefix
-        self.connect_timeout_s = connect_timeout_s
-        self.lock_timeout_s = lock_timeout_s
+        connecting = duration(connect_timeout, "PostgresBudgetLedger connect_timeout", positive=True)
+        self.connect_timeout_s = math.ceil(connecting.total_seconds())  # libpq takes whole seconds
+        self.lock_timeout_s = duration(lock_timeout, "PostgresBudgetLedger lock_timeout", positive=True).total_seconds()
         scopes, entries = f"{table_prefix}scopes", f"{table_prefix}entries"
         where = f"PostgreSQL {redact_url(url)} (tables {scopes}, {entries})"
         connections = PerThreadConnections(self._open, _Connection.close, _is_open)

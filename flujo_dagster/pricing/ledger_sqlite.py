@@ -14,9 +14,11 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from flujo_dagster.dsl.durations import duration
 from flujo_dagster.errors import StorageError
 from flujo_dagster.pricing.ledger import PerThreadConnections
 from flujo_dagster.pricing.ledger_sql import (
@@ -106,7 +108,7 @@ def _storage_error(path: Path, busy_timeout_s: float, exc: sqlite3.Error) -> Sto
     if _is_busy(exc):
         return StorageError(
             f"The budget ledger {str(path)!r} stayed locked by another process for more than "
-            f"{busy_timeout_s} s ({exc}). Look for a hung process holding it, or raise busy_timeout_s."
+            f"{busy_timeout_s} s ({exc}). Look for a hung process holding it, or raise busy_timeout."
         )
     return StorageError(
         f"The budget ledger {str(path)!r} cannot be used: {exc}. Check that the file is a flujo_dagster "
@@ -151,7 +153,7 @@ def _create_schema(cur: sqlite3.Cursor, path: Path) -> None:
 class SqliteBudgetLedger(SqlBudgetLedger[sqlite3.Connection]):
     """A `BudgetLedger` in the SQLite file at `path` (created, with its parent folders, when missing).
 
-    `busy_timeout_s` bounds how long one operation waits for another process's write transaction before it
+    `busy_timeout` bounds how long one operation waits for another process's write transaction before it
     raises `StorageError`. Usable from any number of threads and processes at once.
     """
 
@@ -159,11 +161,11 @@ class SqliteBudgetLedger(SqlBudgetLedger[sqlite3.Connection]):
         self,
         path: str | os.PathLike[str],
         *,
-        busy_timeout_s: float = 30.0,
+        busy_timeout: timedelta = timedelta(seconds=30),
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
     ) -> None:
         self.path = Path(path)
-        self.busy_timeout_s = busy_timeout_s
+        self.busy_timeout_s = duration(busy_timeout, "SqliteBudgetLedger busy_timeout", positive=True).total_seconds()
         self.synchronous = synchronous
         connections = PerThreadConnections(self._open, sqlite3.Connection.close, lambda _: True)
         super().__init__(_STATEMENTS, repr(str(self.path)), connections)
@@ -175,7 +177,7 @@ class SqliteBudgetLedger(SqlBudgetLedger[sqlite3.Connection]):
                 "Choose a ledger path in a writable folder."
             ) from exc
         try:
-            if _wal_and_version(self._connection(), self.path, busy_timeout_s) != SCHEMA_VERSION:
+            if _wal_and_version(self._connection(), self.path, self.busy_timeout_s) != SCHEMA_VERSION:
                 self._write(lambda cur: _create_schema(cur, self.path))
         except BaseException:
             self.close()
