@@ -95,7 +95,10 @@ __all__ = [
     "op_kind",
     "op_name",
     "op_tags",
+    "decision_gate",
+    "decision_tag",
     "step_key",
+    "step_key_parts",
     "step_path",
 ]
 
@@ -236,6 +239,18 @@ def element_path(path: str, mapping_key: str) -> str:
 DECISION_PREFIX = "flujo/decision/"
 """Run tag `flujo/decision/<gate>` (or `flujo/decision/<gate>/<reviewer>` when a quorum is needed): a decision
 record (JSON) for gate `<gate>` (its op's node name, plus `[<mapping key>]` inside a Map)."""
+
+
+def decision_tag(gate: str, reviewer: str | None = None) -> str:
+    """The run tag of a decision on `gate`: `flujo/decision/<gate>`, or `flujo/decision/<gate>/<reviewer>`."""
+    return f"{DECISION_PREFIX}{gate}" if reviewer is None else f"{DECISION_PREFIX}{gate}/{reviewer}"
+
+
+def decision_gate(tag: str) -> str | None:
+    """The gate a decision tag is for (None for any other tag)."""
+    return tag.removeprefix(DECISION_PREFIX).split("/", 1)[0] if tag.startswith(DECISION_PREFIX) else None
+
+
 AWAITING_PREFIX = "flujo/awaiting/"
 """Run tag `flujo/awaiting/<gate>`: `pending` while the run is parked at the gate, `resumed` once resumed."""
 REQUEST_PREFIX = "flujo/request/"
@@ -326,9 +341,15 @@ def graph_name(pipeline: str, has_assets: bool) -> str:
     return f"{pipeline}_graph" if has_assets else pipeline
 
 
+def step_key_parts(pipeline: str, has_assets: bool, node: str) -> tuple[str, ...]:
+    """The node names from the job down to the top-level node `node` of a pipeline's job: `(node,)`, or
+    `(<pipeline>_graph, node)` inside a graph-backed asset. Run config nests `ops` along them."""
+    return (graph_name(pipeline, True), node) if has_assets else (node,)
+
+
 def step_key(pipeline: str, has_assets: bool, node: str) -> str:
     """The step key Dagster gives the top-level node `node` of a pipeline's job."""
-    return f"{graph_name(pipeline, True)}.{node}" if has_assets else node
+    return ".".join(step_key_parts(pipeline, has_assets, node))
 
 
 def op_name(*path: str) -> str:

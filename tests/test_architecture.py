@@ -255,3 +255,14 @@ def test_the_size_check_counts_nested_functions_methods_and_classes() -> None:
         ("function", "outer", 82),
         ("function", "outer.inner", 81),
     ]
+
+
+def test_decision_tags_and_step_key_parts_have_one_owner() -> None:
+    assert names.decision_tag("review") == "flujo/decision/review"
+    assert names.decision_tag("each__review[i3]", "Ann") == "flujo/decision/each__review[i3]/Ann"
+    assert names.decision_gate(names.decision_tag("each__review[i3]", "Ann")) == "each__review[i3]"
+    assert names.decision_gate(names.decision_tag("review")) == "review"
+    assert names.decision_gate("flujo/awaiting/review") is None
+    assert names.step_key_parts("digest", True, names.INPUTS_OP) == ("digest_graph", "flujo_inputs")
+    assert names.step_key("digest", True, names.INPUTS_OP) == "digest_graph.flujo_inputs"
+    assert names.step_key_parts("digest", False, names.INPUTS_OP) == ("flujo_inputs",)

@@ -12,7 +12,6 @@ import anyio.to_thread
 from dagster import DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
 
 from flujo_dagster import config
-from flujo_dagster.adapter.compile.compiler import CompiledPipeline
 from flujo_dagster.adapter.compile.definitions import compile_all
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.control.costs import AgentCallSummary, agent_calls
@@ -25,7 +24,7 @@ from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.sync import call_blocking
 from flujo_dagster.validation.schedules import partition_input
 
-__all__ = ["PipelineRun", "arun_pipeline", "inputs_run_config", "load_final_context", "run_pipeline"]
+__all__ = ["PipelineRun", "arun_pipeline", "load_final_context", "run_pipeline"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,14 +48,6 @@ class PipelineRun(Generic[Ctx]):
         if not self.success or self.final_context is None:
             raise FlujoDagsterError(f"run {self.run_id} failed: {self.error}")
         return self.final_context
-
-
-def inputs_run_config(compiled: CompiledPipeline, inputs: Mapping[str, object]) -> dict[str, object]:
-    """The run config that hands `inputs` (JSON values) to the pipeline's first op."""
-    config: dict[str, object] = {"config": {"inputs": dict(inputs)}}
-    for part in reversed(compiled.inputs_step_key.split(".")):
-        config = {"ops": {part: config}}
-    return config
 
 
 def load_final_context(
@@ -134,7 +125,7 @@ def run_pipeline(
         resources=chosen,
     )
     job = defs.resolve_job_def(compiled.job_name)
-    run_config = inputs_run_config(compiled, raw)
+    run_config = compiled.inputs_run_config(raw)
     if log_level is not None:
         run_config["loggers"] = {"console": {"config": {"log_level": log_level}}}
     with ExitStack() as stack:

@@ -33,7 +33,7 @@ from pydantic_core import PydanticSerializationError
 from flujo_dagster.config import DECISION_SECRET_ENV
 from flujo_dagster.dsl.approval import Approval, OnTimeout
 from flujo_dagster.errors import ApprovalError
-from flujo_dagster.names import DECISION_PREFIX
+from flujo_dagster.names import decision_gate
 
 __all__ = [
     "TIMEOUT_BY",
@@ -376,8 +376,7 @@ def check_decision(
 
 def decision_tags(tags: Mapping[str, str], gate: str) -> dict[str, str]:
     """The decision tags of `gate` among `tags`: `flujo/decision/<gate>` and `flujo/decision/<gate>/<reviewer>`."""
-    own = DECISION_PREFIX + gate
-    return {k: v for k, v in tags.items() if k == own or k.startswith(own + "/")}
+    return {k: v for k, v in tags.items() if decision_gate(k) == gate}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,7 @@ from flujo_dagster.adapter.compile.partitions import partitions_def
 from flujo_dagster.adapter.compile.reviews import ReviewPlan, plan_reviews
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.names import CONTEXT_OP, CONTEXT_OUTPUT, INPUTS_OP, graph_name, io_name, step_key
+from flujo_dagster.names import CONTEXT_OP, CONTEXT_OUTPUT, INPUTS_OP, graph_name, io_name, step_key, step_key_parts
 
 if TYPE_CHECKING:  # not exported by dagster; only needed for the annotation
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -46,6 +46,13 @@ class CompiledPipeline:
     """Step key of the `flujo_context` op, whose output `context` is the run's final typed context."""
     inputs_step_key: str
     """Step key of the `flujo_inputs` op, whose config takes the run's inputs."""
+
+    def inputs_run_config(self, inputs: Mapping[str, object]) -> dict[str, object]:
+        """The run config that hands `inputs` (JSON values) to the pipeline's `flujo_inputs` op."""
+        config: dict[str, object] = {"config": {"inputs": dict(inputs)}}
+        for node in reversed(step_key_parts(self.pipeline.name, self.assets is not None, INPUTS_OP)):
+            config = {"ops": {node: config}}
+        return config
 
 
 def _asset_lineage(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from dagster import (
@@ -40,13 +39,6 @@ def schedule_name(compiled: CompiledPipeline) -> str:
     name = schedule_name_for(compiled.pipeline, compiled.job_name)
     assert name is not None
     return name
-
-
-def _run_config(compiled: CompiledPipeline, inputs: Mapping[str, object]) -> dict[str, Any]:
-    config: dict[str, Any] = {"config": {"inputs": dict(inputs)}}
-    for part in reversed(compiled.inputs_step_key.split(".")):
-        config = {"ops": {part: config}}
-    return config
 
 
 def _errors(exc: ValidationError) -> str:
@@ -145,7 +137,7 @@ def schedule_for(compiled: CompiledPipeline, ledger_resource: object) -> Schedul
             # the day the tick checked is the day the run charges (the scheduled-time tag Dagster writes is UTC)
             tags = {BUDGET_DAY_TAG: (day or when.date()).isoformat()}
             requests.append(
-                RunRequest(run_key=key, run_config=_run_config(compiled, raw), partition_key=key, tags=tags)
+                RunRequest(run_key=key, run_config=compiled.inputs_run_config(raw), partition_key=key, tags=tags)
             )
         if not requests:
             yield SkipReason("; ".join(dict.fromkeys(skipped)))

@@ -25,6 +25,8 @@ from flujo_dagster.names import (
     REQUEST_PREFIX,
     RESUME_KEY_TAG,
     RETRY_BEFORE_PARK_TAG,
+    decision_gate,
+    decision_tag,
 )
 from flujo_dagster.runtime.approvals import (
     Decision,
@@ -157,7 +159,7 @@ def decide(
         at=at,
         signature=signature,
     )
-    key = f"{DECISION_PREFIX}{gate}/{decision.by}"  # one tag per reviewer: a rejection is never overwritten
+    key = decision_tag(gate, decision.by)  # one tag per reviewer: a rejection is never overwritten
     instance.add_run_tags(run_id, {key: decision.to_tag()})
     message = f"{verdict} by {decision.by} recorded in tag {key}"
     signed = bool(decision.signature)
@@ -340,10 +342,8 @@ def _unknown_gates(instance: DagsterInstance, run: DagsterRun, requests: dict[st
     """Report, once, decision tags for a gate the run never waited at (a typo in a tag written by hand)."""
     known = {k.removeprefix(AWAITING_PREFIX) for k in run.tags if k.startswith(AWAITING_PREFIX)}
     for key in run.tags:
-        if not key.startswith(DECISION_PREFIX):
-            continue
-        gate = key.removeprefix(DECISION_PREFIX).split("/", 1)[0]
-        if gate not in known:
+        gate = decision_gate(key)
+        if gate is not None and gate not in known:
             waiting = ", ".join(sorted(requests)) or "none"
             reason = f"no gate {gate!r} waits in this run (gates waiting: {waiting})"
             record_ignored(instance, run, gate, ((key, reason),))
