@@ -28,12 +28,13 @@ from typing import Any
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord
 
+from flujo_dagster import names
 from flujo_dagster.adapter.control.approvals import decide
 from tests.dagster_dev import DagsterDev, DagsterDevError, dagster_dev
 
 TARGET = ("-m", "benchmarks.approval_defs", "-a", "defs")
 SENSOR = "flujo_approvals"
-DECISION = "flujo/decision/review/ana"  # decide() writes one tag per reviewer
+DECISION = names.decision_tag("review", "ana")  # decide() writes one tag per reviewer
 REQUESTER = {"dagster/user": "requester"}
 MIN_INTERVAL_S = 1
 """Dagster's sensor daemon evaluates sensors in a loop that runs at most every 5 s (MIN_INTERVAL_LOOP_TIME in
@@ -56,7 +57,7 @@ def requests(instance: DagsterInstance, run_id: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT):
         data = entry.dagster_event.step_output_data if entry.dagster_event else None
-        value = data.metadata.get("flujo/requests") if data else None
+        value = data.metadata.get(names.REQUESTS) if data else None
         if value is not None and entry.step_key:
             counts[entry.step_key] = counts.get(entry.step_key, 0) + int(value.value)  # type: ignore[call-overload]
     return counts
@@ -82,7 +83,7 @@ def latencies(dev: DagsterDev, reps: int) -> list[dict[str, Any]]:
     rows = []
     for run_id in parked:
         run = finished(dev, run_id, DagsterRunStatus.FAILURE)
-        assert run.tags.get("flujo/parked") == "true", run.tags
+        assert run.tags.get(names.PARKED_TAG) == "true", run.tags
         decided_at = time.time()
         decide(run_id, verdict="approve", by="ana", instance=dev.instance)
         resumed = dev.wait_child(run_id, timeout_s=120)
@@ -131,7 +132,7 @@ def pause_events(dev: DagsterDev, parked: str, resumed: str) -> dict[str, tuple[
     finished(dev, wait_base, DagsterRunStatus.SUCCESS)
     for base in (park_base, wait_base):  # the baselines went through an approved gate: no park, no retry
         assert not instance.all_logs(base, of_type=DagsterEventType.STEP_UP_FOR_RETRY), base
-        assert instance.get_run_by_id(base).tags.get("flujo/parked") is None, base  # type: ignore[union-attr]
+        assert instance.get_run_by_id(base).tags.get(names.PARKED_TAG) is None, base  # type: ignore[union-attr]
 
     launchpad = dev.launch("bench_park", inputs("bench-d"), tags=REQUESTER)
     finished(dev, launchpad, DagsterRunStatus.FAILURE)

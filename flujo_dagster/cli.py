@@ -161,7 +161,7 @@ def run_command(target: str, inputs: tuple[str, ...], log_level: str) -> None:
     click.echo(f"run id: {result.run_id}")
     for call in result.agent_calls:
         click.echo(f"agent step {call.render()}")
-    if not result.success or result.context is None:
+    if not result.success:
         click.echo(f"run failed: {result.error}", err=True)
         sys.exit(EXIT_RUN_FAILED)
     click.echo(f"final context ({type(result.context).__name__}):")

@@ -306,6 +306,7 @@ def test_policies_that_could_never_work_are_refused_when_the_definitions_load() 
         Approval("c", show=["topic"], on_timeout="approve"),
         Approval("d", show=["topic"], approvers=["ana"], timeout=timedelta(hours=1), on_timeout="escalate"),
         Approval("e", show=["topic"], timeout=timedelta(hours=1), escalate_to=["lead"]),
+        Approval("f", show=["topic"], timeout=timedelta(days=3_000_000)),
     ]
     with pytest.raises(ConfigurationError) as raised:
         build_definitions(pipelines=[Pipeline("p", context=Post, steps=gates)])
@@ -325,6 +326,7 @@ def test_policies_that_could_never_work_are_refused_when_the_definitions_load() 
             "p > approval:e",
             "escalate_to widens the approvers, but anyone may already decide (approvers=None).",
         ),
+        ("HITL-POLICY-001", "p > approval:f", "timeout=3000000 days, 0:00:00 is longer than 36500 days."),
     ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from datetime import UTC, datetime
 from functools import partial
 
 import pytest
@@ -151,3 +152,33 @@ def test_records_are_frozen_and_bad_fields_are_approval_errors() -> None:
         decision_record(verdict="approve", by="ana", payload_hash=HASH, values={"draft": object()})
     made = decision_record(verdict="approve", by=" ana ", payload_hash=HASH, values={"draft": "x"})
     assert made.by == "ana" and made.at and parse_decision(made.to_tag()) == made
+
+
+def test_tags_are_written_byte_for_byte_as_parked_runs_hold_them() -> None:
+    assert REQUEST.sealed(SECRET, root=ROOT, gate=GATE).to_tag() == LEGACY_REQUEST
+    assert Decision.model_validate_json(LEGACY_DECISION).to_tag() == LEGACY_DECISION
+
+
+@pytest.mark.parametrize(
+    "field",
+    ['"timeout_s":1e300', '"timeout_s":NaN', '"timeout_s":Infinity', '"timeout_s":-5'],
+)
+def test_a_request_tag_with_an_impossible_timeout_has_no_deadline_and_never_raises(field: str) -> None:
+    raw = LEGACY_REQUEST.replace('"timeout_s":60.0', field)
+    request = Request.from_tag(raw, gate=GATE)
+    assert request.deadlines() is None  # treated as just made: its policy has no timeout
+    assert request.stage(datetime.now(UTC)) == "open"
+
+
+def test_a_deadline_past_year_9999_never_comes_and_never_raises() -> None:
+    day = POLICY.model_copy(update={"timeout_s": 86_400.0})
+    far = REQUEST.model_copy(update={"requested_at": "9999-12-31T23:00:00.000+00:00", "policy": day})
+    assert far.deadlines() is None
+    assert far.stage(datetime.now(UTC)) == "open"
+
+
+def test_a_decision_record_holds_its_values_as_the_json_the_gate_verifies() -> None:
+    decision = decision_record(verdict="approve", by="ana", payload_hash=HASH, values={"tags": {"b"}, "n": 2})
+    assert decision.values == {"tags": ["b"], "n": 2}
+    signed = sign(decision, secret=SECRET, root=ROOT, gate=GATE)  # json.dumps of a set would raise TypeError here
+    assert signed.signature and Decision.model_validate_json(signed.to_tag()) == signed

@@ -510,7 +510,7 @@ def test_agent_without_agent_or_model_fails() -> None:
     pipeline = Pipeline("notes", context=Notes, steps=outline >> no_agent >> no_model)
     assert rendered(pipeline) == [
         "[V-A1] error at notes > agent:summary: agent step has no agent. "
-        "Hint: pass a pydantic-ai Agent: agent_step(name, Agent(...), prompt=...)",
+        "Hint: pass a pydantic-ai Agent: agent_step(name, agent=Agent(...), prompt=...)",
         "[V-A1] error at notes > agent:summary_again: agent step has no model: neither the agent nor the step "
         "names one. Hint: build the agent with a model ('provider:model', defer_model_check=True) or pass model=",
     ]
@@ -545,7 +545,7 @@ def test_report_counts_and_renders_every_finding_across_pipelines() -> None:
         "[V-CTX1] error at first > step:summary: reads key 'outline' before any step writes it, and it has no "
         "default. Hint: write 'outline' in an earlier step, or give the field a default",
         "[V-A1] error at second > agent:summary: agent step has no agent. "
-        "Hint: pass a pydantic-ai Agent: agent_step(name, Agent(...), prompt=...)",
+        "Hint: pass a pydantic-ai Agent: agent_step(name, agent=Agent(...), prompt=...)",
         "2 error(s), 0 warning(s)",
     ]
     assert validate(Pipeline("ok", context=Notes, steps=outline >> summary)).ok
@@ -569,7 +569,7 @@ def test_build_definitions_lists_every_error_finding() -> None:
     )
     a1 = (
         "[V-A1] error at second > agent:summary: agent step has no agent. "
-        "Hint: pass a pydantic-ai Agent: agent_step(name, Agent(...), prompt=...)"
+        "Hint: pass a pydantic-ai Agent: agent_step(name, agent=Agent(...), prompt=...)"
     )
     assert str(caught.value) == (f"flujo_dagster found 2 error(s) in the pipeline definitions:\n  {ctx2}\n  {a1}")
     assert [f.render() for f in caught.value.findings] == [ctx2, a1]

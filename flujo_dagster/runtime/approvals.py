@@ -110,7 +110,7 @@ class Policy(BaseModel):
     approvers: tuple[str, ...] | None = None
     quorum: int = 1
     requester_may_approve: bool = False
-    timeout_s: float | None = None
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     on_timeout: OnTimeout = "reject"
     escalate_to: tuple[str, ...] = ()
     signed: bool = False
@@ -176,8 +176,8 @@ class Request(BaseModel):
         return {**data, **(policy if isinstance(policy, dict) else {})}
 
     def to_tag(self) -> str:
-        """The request as the JSON stored in the request tag."""
-        return self.model_dump_json()
+        """The request as the JSON stored in the request tag (sorted keys, ASCII: the form tags have always had)."""
+        return _tag_json(self.model_dump(mode="json"))
 
     @classmethod
     def from_tag(cls, raw: str, *, gate: str) -> Request:
@@ -205,8 +205,11 @@ class Request(BaseModel):
         start = _time(self.requested_at)
         if self.policy.timeout_s is None or start is None:
             return None
-        timeout = timedelta(seconds=self.policy.timeout_s)
-        return start + timeout, start + 2 * timeout
+        try:
+            timeout = timedelta(seconds=self.policy.timeout_s)
+            return start + timeout, start + 2 * timeout
+        except OverflowError:  # a deadline past year 9999: it never comes
+            return None
 
     def stage(self, now: datetime) -> Stage:
         """Where the gate's deadline stands at `now`."""
@@ -244,7 +247,12 @@ class Decision(BaseModel):
 
     def to_tag(self) -> str:
         """The record as the JSON stored in the decision tag."""
-        return self.model_dump_json(exclude={"signature"} if not self.signature else None)
+        return _tag_json(self.model_dump(mode="json", exclude={"signature"} if not self.signature else None))
+
+
+def _tag_json(data: dict[str, object]) -> str:
+    """A record as tag text: compact JSON with sorted keys."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def _same(given: str, expected: str) -> bool:
@@ -279,11 +287,11 @@ def decision_record(
     fields: dict[str, object] = {"verdict": verdict, "by": by, "payload_hash": payload_hash, "comment": comment}
     fields |= {"values": dict(values or {}), "at": at or _now(), "signature": signature}
     try:
-        decision = Decision.model_validate(fields)
-        decision.to_tag()
+        # read back from its own tag: the values are then exactly the JSON the gate verifies and signs
+        decision = Decision.model_validate_json(Decision.model_validate(fields).to_tag(), context=_FROM_TAG)
     except ValidationError as exc:
         raise ApprovalError(f"malformed decision: {_problems(exc)}") from None
-    except PydanticSerializationError as exc:
+    except (PydanticSerializationError, TypeError, ValueError) as exc:
         raise ApprovalError(f"its edited values cannot be written as JSON: {exc}") from None
     return decision
 

@@ -5,6 +5,7 @@ the gate does not show) and HITL-POLICY-001 (approvers, quorum and deadline that
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.control import Map, Parallel, runs_in_one_op
@@ -13,6 +14,9 @@ from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
 from flujo_dagster.names import step_path
 from flujo_dagster.validation.findings import Finding
+
+MAX_TIMEOUT = timedelta(days=36_500)
+"""The longest gate deadline HITL-POLICY-001 accepts (100 years): past it, deadlines would leave datetime's range."""
 
 __all__ = ["rule_approvals"]
 
@@ -106,6 +110,10 @@ def _policy_problems(gate: Approval) -> list[tuple[str, str]]:
         )
     if gate.timeout is not None and gate.timeout.total_seconds() <= 0:
         problems.append((f"timeout={gate.timeout} is not a positive duration", "use e.g. timeout=timedelta(hours=24)"))
+    if gate.timeout is not None and gate.timeout > MAX_TIMEOUT:
+        problems.append(
+            (f"timeout={gate.timeout} is longer than {MAX_TIMEOUT.days} days", "leave timeout=None for no deadline")
+        )
     if gate.timeout is None and (gate.on_timeout != "reject" or gate.escalate_to):
         problems.append(
             (

@@ -236,7 +236,7 @@ def rule_agents(pipeline: Pipeline) -> Iterator[Finding]:
                 pipeline=pipeline.name,
                 path=path,
                 message="agent step has no agent.",
-                hint="pass a pydantic-ai Agent: agent_step(name, Agent(...), prompt=...)",
+                hint="pass a pydantic-ai Agent: agent_step(name, agent=Agent(...), prompt=...)",
             )
         elif s.model_id() is None:
             yield Finding(
