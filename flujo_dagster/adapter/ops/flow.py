@@ -294,8 +294,8 @@ def _table(records: Sequence[StepRecord]) -> str:
     return "\n".join(lines)
 
 
-def _record_json(record: StepRecord) -> dict[str, Any]:
-    row: dict[str, Any] = dict(record.__dict__)
+def _record_json(record: StepRecord) -> dict[str, object]:
+    row: dict[str, object] = dict(record.__dict__)
     row["cost_usd"] = None if record.cost_usd is None else float(record.cost_usd)
     return row
 

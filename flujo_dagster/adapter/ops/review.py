@@ -144,7 +144,7 @@ def _base(step_key: str) -> str:
     return step_key.split("[", 1)[0]
 
 
-def plain(metadata: Mapping[str, Any]) -> dict[str, Any]:
+def plain(metadata: Mapping[str, object]) -> dict[str, object]:
     """Metadata values as plain Python values."""
     return {k: v.value if isinstance(v, MetadataValue) else v for k, v in metadata.items()}
 
@@ -158,9 +158,9 @@ def region_calls(events: RegionEvents, step_keys: frozenset[str]) -> list[AgentC
     return calls
 
 
-def approval_record(events: RegionEvents, gate_keys: frozenset[str]) -> dict[str, Any]:
+def approval_record(events: RegionEvents, gate_keys: frozenset[str]) -> dict[str, object]:
     """The approval record of the latest of the gates `gate_keys` that approved (empty when none did)."""
-    record: dict[str, Any] = {}
+    record: dict[str, object] = {}
     for _, event in events.of(gate_keys):
         data = event.step_output_data
         if data is None:
