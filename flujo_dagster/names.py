@@ -29,6 +29,8 @@ __all__ = [
     "CHECK_ASSET",
     "CHECK_FAILED",
     "CHECK_RESULT",
+    "CHECKPOINTS_DIR",
+    "CHECKPOINT_MANIFEST",
     "CONTEXT_KEY",
     "CONTEXT_OP",
     "CONTEXT_OUTPUT",
@@ -303,6 +305,11 @@ ITEM_OUTPUT = "item"
 RESULTS_INPUT = "results"
 APPROVED_OUTPUT = "flujo_approved"
 REJECTED_OUTPUT = "flujo_rejected"
+CHECKPOINTS_DIR = "flujo.checkpoints"
+"""The folder, beside an inline op's stored outputs, that holds its branches' and items' checkpoints (the dot
+keeps it apart from every output name, which is an identifier)."""
+CHECKPOINT_MANIFEST = "manifest"
+"""The file name (before `.json`) of a checkpoint's manifest; its values are `value-<n>`."""
 
 #: Dagster's `DISALLOWED_NAMES` (dagster/_core/definitions/utils.py, 1.13), kept in step by a test.
 DAGSTER_RESERVED_NAMES = frozenset(

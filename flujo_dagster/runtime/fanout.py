@@ -1,7 +1,8 @@
 """The interpreter's concurrent nodes: a Parallel's branches and a Map's items, each run on its own copy of
 the state and awaited together. A branch's or item's own error is decided on once all have finished (a nested
 Parallel's or Map's `ParallelBranchError` is one: it only wraps steps' own errors); our other errors
-(`FlujoDagsterError`: control flow, configuration, budgets) are never ignored."""
+(`FlujoDagsterError`: control flow, configuration, budgets) are never ignored. Each branch or item runs through
+the `Checkpointer`: one that finished in an earlier run on the same inputs is reused, not run again."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from flujo_dagster.dsl.flow import flow_of_steps
 from flujo_dagster.dsl.steps import Step
 from flujo_dagster.errors import FlujoDagsterError, ParallelBranchError
 from flujo_dagster.names import child_path, item_path
+from flujo_dagster.runtime.checkpoints import Checkpointer
 from flujo_dagster.runtime.records import Reporter, StepRecord
 from flujo_dagster.runtime.values import step_outputs
 
@@ -59,17 +61,34 @@ def _summary(errors: Mapping[str, Exception]) -> str:
 
 
 async def run_parallel(
-    node: Parallel, state: State, path: str, *, run: RunSteps, fields: Mapping[str, object], reporter: Reporter | None
+    node: Parallel,
+    state: State,
+    path: str,
+    *,
+    run: RunSteps,
+    fields: Mapping[str, object],
+    reporter: Reporter | None,
+    checkpoints: Checkpointer,
 ) -> None:
     """Run every branch on a copy of `state`; merge what each wrote, in declaration order."""
     results: dict[str, dict[str, object]] = {}
     outcomes = _Outcomes[str]()
+    inputs = checkpoints.inputs(state)
 
     async def one(label: str, steps: tuple[Step, ...]) -> None:
-        local = dict(state)
-        if await outcomes.run(label, lambda: run(steps, local, child_path(path, label))):
-            written = flow_of_steps(steps, fields).may
-            results[label] = {k: local[k] for k in written if k in local}
+        local, branch = dict(state), child_path(path, label)
+        written = flow_of_steps(steps, fields).may
+
+        async def work() -> None:
+            results[label] = await checkpoints.run(
+                branch,
+                inputs,
+                written,
+                lambda: run(steps, local, branch),
+                lambda: {k: local[k] for k in written if k in local},
+            )
+
+        await outcomes.run(label, work)
 
     async with anyio.create_task_group() as group:
         for label, steps in node.branches.items():
@@ -94,19 +113,33 @@ async def run_parallel(
             )
 
 
-async def run_map(node: Map, state: State, path: str, *, run: RunSteps, fields: Mapping[str, object]) -> None:
+async def run_map(
+    node: Map, state: State, path: str, *, run: RunSteps, fields: Mapping[str, object], checkpoints: Checkpointer
+) -> None:
     """Run the body once per element of `over` (at most `max_concurrency` at once), each on a copy of `state`
     with `item` bound; `into` gets each copy's `result`, in input order."""
     items = list(state[node.over])  # type: ignore[call-overload]
     limiter = anyio.CapacityLimiter(node.max_concurrency or max(len(items), 1))
     results: list[object] = [None] * len(items)
     outcomes = _Outcomes[int]()
+    keys = (node.result,)
+    inputs = checkpoints.inputs({k: v for k, v in state.items() if k != node.item})
 
     async def one(index: int, item: object) -> None:
         async with limiter:
-            local = {**state, node.item: item}
-            if await outcomes.run(index, lambda: run(node.body, local, item_path(path, index))):
-                results[index] = local[node.result]
+            local, at = {**state, node.item: item}, item_path(path, index)
+
+            async def work() -> None:
+                values = await checkpoints.run(
+                    at,
+                    checkpoints.with_item(inputs, node.item, item),
+                    keys,
+                    lambda: run(node.body, local, at),
+                    lambda: {node.result: local[node.result]},
+                )
+                results[index] = values[node.result]
+
+            await outcomes.run(index, work)
 
     async with anyio.create_task_group() as group:
         for index, item in enumerate(items):

@@ -1,7 +1,8 @@
 """The in-process interpreter: runs any DSL subtree in one process, async, with the semantics of the expanded
 ops. Leaves run on the leaf executor (`runtime.leaf`, as the expanded ops' do), branches and loops decide as
 the routers and loop gates do (`runtime.control`), parallel branches and map items are awaited together
-(`runtime.fanout`). It knows nothing of Dagster: it reports each inner step through the `Reporter` protocol."""
+(`runtime.fanout`), each reused from a checkpoint when the store has one of the same inputs
+(`runtime.checkpoints`). It knows nothing of Dagster: it reports each inner step through the `Reporter` protocol."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
 from flujo_dagster.errors import ConfigurationError, ControlFlowError
 from flujo_dagster.names import iteration_path, step_path
+from flujo_dagster.runtime.checkpoints import Checkpointer, CheckpointStore
 from flujo_dagster.runtime.control import branch_arm, loop_should_exit
 from flujo_dagster.runtime.fanout import State, run_map, run_parallel
 from flujo_dagster.runtime.leaf import AgentRunner, LeafExecutor
@@ -31,10 +33,12 @@ class Interpreter:
         fields: Mapping[str, object],
         agents: AgentRunner | None,
         reporter: Reporter | None = None,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
         self.fields = fields
-        self.reporter = reporter
-        self.leaves = LeafExecutor(fields=fields, agents=agents, reporter=reporter)
+        self.checkpoints = Checkpointer(checkpoints, fields, reporter)
+        self.reporter = self.checkpoints.reporter
+        self.leaves = LeafExecutor(fields=fields, agents=agents, reporter=self.reporter)
         self._rules: dict[type[Step], Rule] = {
             FunctionStep: self._leaf,
             AgentStep: self._leaf,
@@ -77,11 +81,13 @@ class Interpreter:
 
     async def _parallel(self, step: Step, state: State, path: str) -> None:
         assert isinstance(step, Parallel)
-        await run_parallel(step, state, path, run=self.run, fields=self.fields, reporter=self.reporter)
+        await run_parallel(
+            step, state, path, run=self.run, fields=self.fields, reporter=self.reporter, checkpoints=self.checkpoints
+        )
 
     async def _map(self, step: Step, state: State, path: str) -> None:
         assert isinstance(step, Map)
-        await run_map(step, state, path, run=self.run, fields=self.fields)
+        await run_map(step, state, path, run=self.run, fields=self.fields, checkpoints=self.checkpoints)
 
     async def _group(self, step: Step, state: State, path: str) -> None:
         assert isinstance(step, Group)

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from flujo_dagster import names
 from flujo_dagster.adapter.ops.leaf import OpReporter, StepWiring, ins_for, not_retried, outs_for, priced_agents
+from flujo_dagster.adapter.storage.checkpoints import OpCheckpoints
 from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager, StoredKey
 from flujo_dagster.adapter.storage.types import key_type
 from flujo_dagster.dsl.control import Branch, Loop
@@ -314,7 +315,8 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
         if needs_agents:
             limits = {p.name: p.limit for p in context.instance.event_log_storage.get_pool_limits() if p.name in pools}
             agents = priced_agents(context, pipeline, limits)
-        interpreter = Interpreter(fields=pipeline.fields, agents=agents, reporter=records)
+        checkpoints = OpCheckpoints(context, pipeline.fields)  # a re-execution reuses finished branches and items
+        interpreter = Interpreter(fields=pipeline.fields, agents=agents, reporter=records, checkpoints=checkpoints)
         try:
             await interpreter.run([node], state, parent_path)
         except NEVER_RETRIED as exc:
@@ -344,7 +346,9 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
         name=wiring.definition,
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs=_outs_or_done(pipeline, wiring, wiring.optional),
-        required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY} if needs_agents else set(),
+        required_resource_keys={IO_MANAGER_KEY, AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY}
+        if needs_agents
+        else {IO_MANAGER_KEY},
         description=f"{node.kind} {wiring.path}, run in one op by the flujo interpreter",
         retry_policy=None,
         tags=names.op_tags(names.OpKind.inline(node.kind), wiring.path),

@@ -1,0 +1,168 @@
+"""An inline Parallel or Map that fails part-way keeps what its finished branches and items wrote: a
+re-execution from failure reuses them, so no paid model request is made twice, and only when they ran on the
+same inputs. Requests are counted by the model itself (`tests/checkpoint_defs.py`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, ReexecutionOptions, execute_job, reconstructable
+from upath import UPath
+
+from flujo_dagster import PydanticJsonIOManager, load_final_context, names
+from flujo_dagster.adapter.storage.checkpoints import checkpoint_path
+from tests.checkpoint_defs import FAIL_MARKER, REQUEST_LOG, Pair, Topics, both, each, map_job, parallel_job
+
+
+@pytest.fixture
+def model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The marker (present: requests about `bad` fail) and the request log of the counting model."""
+    marker, log = tmp_path / "fail", tmp_path / "requests.log"
+    marker.touch()
+    log.touch()
+    monkeypatch.setenv(FAIL_MARKER, str(marker))
+    monkeypatch.setenv(REQUEST_LOG, str(log))
+    return marker, log
+
+
+def requests(log: Path) -> Counter[str]:
+    return Counter(log.read_text().splitlines())
+
+
+def inputs_config(**inputs: object) -> dict[str, Any]:
+    return {"ops": {"flujo_inputs": {"config": {"inputs": inputs}}}}
+
+
+def step_rows(instance: DagsterInstance, run_id: str, op: str) -> dict[str, dict[str, Any]]:
+    """The inline op's per-step records (`flujo/steps_json`) in run `run_id`, by step path."""
+    for record in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT):
+        event = record.dagster_event
+        if event is not None and event.step_key == op and event.step_output_data is not None:
+            metadata = event.step_output_data.metadata
+            if names.STEPS_JSON in metadata:
+                return {row["path"]: row for row in metadata[names.STEPS_JSON].value}  # type: ignore[attr-defined, union-attr]
+    raise AssertionError(f"op {op} wrote no step records in run {run_id}")
+
+
+def messages(instance: DagsterInstance, run_id: str) -> list[str]:
+    return [r.user_message for r in instance.all_logs(run_id)]
+
+
+def fail_then_reexecute(instance: DagsterInstance, job: Any, config: dict[str, Any], marker: Path) -> tuple[str, str]:
+    """Run (it fails on `bad`), remove the marker, re-execute from failure (it succeeds): the two run ids."""
+    with execute_job(job, instance=instance, run_config=config) as first:
+        assert not first.success
+        parent = first.run_id
+    marker.unlink()
+    options = ReexecutionOptions.from_failure(parent, instance)
+    with execute_job(job, instance=instance, reexecution_options=options) as second:
+        assert second.success
+        rerun = {e.step_key for e in second.all_events if e.event_type == DagsterEventType.STEP_START}
+        child = second.run_id
+    assert "flujo_inputs" not in rerun  # the op's inputs come from the parent's storage
+    return parent, child
+
+
+EACH = names.step_path("ckpt_map", "map", "each")
+
+
+BOTH = names.step_path("ckpt_parallel", "parallel", "both")
+
+
+def item(index: int) -> str:
+    """The path of the Map's agent step for element `index`."""
+    return names.step_path(names.item_path(EACH, index), "agent", "summarize")
+
+
+def test_a_reexecuted_inline_map_reuses_every_item_that_finished(
+    instance: DagsterInstance, model: tuple[Path, Path]
+) -> None:
+    marker, log = model
+    topics = ["ants", "bees", "bad", "cats"]
+    job = reconstructable(map_job)
+    parent, child = fail_then_reexecute(instance, job, inputs_config(topics=topics), marker)
+    first = Counter({f"about {t}": 1 for t in topics})
+    assert requests(log) == first + Counter({"about bad": 1})  # exactly the failed item's request was added
+
+    context = load_final_context(each, child, instance=instance)
+    assert isinstance(context, Topics)
+    assert context.notes == [f"notes on {t}" for t in topics]
+    rows = step_rows(instance, child, "each")
+    assert {path: (row["status"], row["requests"]) for path, row in rows.items()} == {
+        item(0): ("reused", 0),
+        item(1): ("reused", 0),
+        item(2): ("ok", 1),
+        item(3): ("reused", 0),
+    }
+    assert all(rows[item(i)]["cost_usd"] == 0 for i in (0, 1, 3))  # nothing spent on them in this run
+    assert rows[item(2)]["cost_usd"] > 0
+    assert any(f"reused what it wrote in run {parent}" in m for m in messages(instance, child))
+
+
+def test_a_reexecuted_inline_parallel_reuses_the_branch_that_finished(
+    instance: DagsterInstance, model: tuple[Path, Path]
+) -> None:
+    marker, log = model
+    job = reconstructable(parallel_job)
+    _, child = fail_then_reexecute(instance, job, inputs_config(subject="owls"), marker)
+    assert requests(log) == Counter({"about owls": 1, "about bad owls": 2})
+
+    context = load_final_context(both, child, instance=instance)
+    assert isinstance(context, Pair)
+    assert (context.left, context.right) == ("notes on owls", "notes on bad owls")
+    rows = step_rows(instance, child, "both")
+    assert {path: row["status"] for path, row in rows.items()} == {
+        names.step_path(names.child_path(BOTH, "left"), "agent", "ask_left"): "reused",
+        names.step_path(names.child_path(BOTH, "right"), "agent", "ask_right"): "ok",
+    }
+
+
+def test_a_checkpoint_made_on_other_inputs_is_never_reused(instance: DagsterInstance, model: tuple[Path, Path]) -> None:
+    """A client may name any parent run: re-executing every step with other inputs finds the parent's
+    checkpoint of item [0], made on `ants`, and must run item [0] again on `apes`."""
+    marker, log = model
+    job = reconstructable(map_job)
+    with execute_job(job, instance=instance, run_config=inputs_config(topics=["ants", "bad"])) as first:
+        assert not first.success
+        parent = first.run_id
+    marker.unlink()
+    options = ReexecutionOptions(parent_run_id=parent, step_selection=["flujo_inputs*"])
+    config = inputs_config(topics=["apes", "bad"])
+    with execute_job(job, instance=instance, run_config=config, reexecution_options=options) as second:
+        assert second.success
+        child = second.run_id
+    assert requests(log) == Counter({"about ants": 1, "about apes": 1, "about bad": 2})
+    context = load_final_context(each, child, instance=instance)
+    assert isinstance(context, Topics)
+    assert context.notes == ["notes on apes", "notes on bad"]
+    assert step_rows(instance, child, "each")[item(0)]["status"] == "ok"
+    assert any(f"its checkpoint in run {parent} ran on other inputs" in m for m in messages(instance, child))
+
+
+def test_an_unreadable_checkpoint_is_a_logged_miss_not_an_error(
+    instance: DagsterInstance, model: tuple[Path, Path]
+) -> None:
+    """A hand-edited checkpoint file: the item runs again (one more request), the run succeeds, a warning names
+    the file."""
+    marker, log = model
+    job = reconstructable(map_job)
+    with execute_job(job, instance=instance, run_config=inputs_config(topics=["ants", "bad"])) as first:
+        assert not first.success
+        parent = first.run_id
+    root = PydanticJsonIOManager().root(instance.storage_directory())
+    manifest = checkpoint_path(root, parent, "each", names.item_path(EACH, 0), names.CHECKPOINT_MANIFEST)
+    assert manifest.exists()
+    UPath(manifest).write_text('{"flujo": 1, "key": "not this"')
+    marker.unlink()
+    with execute_job(
+        job, instance=instance, reexecution_options=ReexecutionOptions.from_failure(parent, instance)
+    ) as second:
+        assert second.success
+        child = second.run_id
+    assert requests(log) == Counter({"about ants": 2, "about bad": 2})
+    context = load_final_context(each, child, instance=instance)
+    assert isinstance(context, Topics) and context.notes == ["notes on ants", "notes on bad"]
+    assert any(f"its checkpoint in run {parent} ({manifest}) could not be read" in m for m in messages(instance, child))
