@@ -5,15 +5,22 @@ same inputs. Requests are counted by the model itself (`tests/checkpoint_defs.py
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from dagster import DagsterEventType, DagsterInstance, ReexecutionOptions, execute_job, reconstructable
+from pydantic import BaseModel, Field
 from upath import UPath
 
-from flujo_dagster import PydanticJsonIOManager, load_final_context, names
+from flujo_dagster import Map, Parallel, Pipeline, PydanticJsonIOManager, load_final_context, names, step
 from flujo_dagster.adapter.storage.checkpoints import checkpoint_path
+from flujo_dagster.errors import ParallelBranchError, UsageLimitExceededError
+from flujo_dagster.runtime.checkpoints import Checkpoint
+from flujo_dagster.runtime.interpreter import Interpreter
+from flujo_dagster.runtime.records import StepRecord
 from tests.checkpoint_defs import FAIL_MARKER, REQUEST_LOG, Pair, Topics, both, each, map_job, parallel_job
 
 
@@ -166,3 +173,121 @@ def test_an_unreadable_checkpoint_is_a_logged_miss_not_an_error(
     context = load_final_context(each, child, instance=instance)
     assert isinstance(context, Topics) and context.notes == ["notes on ants", "notes on bad"]
     assert any(f"its checkpoint in run {parent} ({manifest}) could not be read" in m for m in messages(instance, child))
+
+
+# --- the runtime alone (no Dagster): nested fan-outs and our own errors, on an in-memory store ---------------------
+
+
+class MemoryStore:
+    """A `CheckpointStore` in a dict, keyed by step path and inputs digest."""
+
+    def __init__(self) -> None:
+        self.saved: dict[tuple[str, str], Checkpoint] = {}
+
+    def load(self, path: str, inputs: str, keys: Collection[str]) -> Checkpoint | None:
+        found = self.saved.get((path, inputs))
+        return found if found is not None and set(found.values) <= set(keys) else None
+
+    def save(self, path: str, inputs: str, checkpoint: Checkpoint) -> None:
+        self.saved[(path, inputs)] = checkpoint
+
+
+class Records:
+    def __init__(self) -> None:
+        self.records: list[StepRecord] = []
+
+    def step_finished(self, record: StepRecord) -> None:
+        self.records.append(record)
+
+    def attempt_failed(self, path: str, attempt: int, attempts: int, error: Exception, delay_s: float) -> None:
+        pass
+
+
+class Nested(BaseModel):
+    xs: list[int]
+    x: int = 0
+    y: int = 0
+    ys: list[int] = Field(default_factory=list)
+    z: int = 0
+
+
+CALLS: list[object] = []
+FAILING: dict[int, Exception] = {}
+
+
+@step(name="double", output_keys=["y"])
+def double(x: int) -> int:
+    CALLS.append(x)
+    if x in FAILING:
+        raise FAILING[x]
+    return 2 * x
+
+
+@step(name="other", output_keys=["z"])
+def other() -> int:
+    CALLS.append("z")
+    return 7
+
+
+nested = Pipeline(
+    "nested",
+    context=Nested,
+    steps=[
+        Parallel(
+            "fan",
+            branches={
+                "maps": [Map("each", over="xs", item="x", body=[double], result="y", into="ys")],
+                "other": [other],
+            },
+        )
+    ],
+)
+
+
+def interpret(store: MemoryStore, state: dict[str, object]) -> Records:
+    records = Records()
+    interpreter = Interpreter(fields=nested.fields, agents=None, reporter=records, checkpoints=store)
+    anyio.run(interpreter.run, nested.steps, state, nested.name)
+    return records
+
+
+def test_nested_fanouts_reuse_what_finished_at_every_level() -> None:
+    """A Map in a Parallel's branch: the branch that finished is reused whole, and inside the branch that failed,
+    the items that finished are reused; only the failed item runs again."""
+    store, start = MemoryStore(), {"xs": [1, 2, 3], "x": 0, "y": 0, "ys": [], "z": 0}
+    CALLS.clear()
+    FAILING.clear()
+    FAILING[3] = RuntimeError("item 3 fails once")
+    with pytest.raises(ParallelBranchError):
+        interpret(store, dict(start))
+    assert Counter(CALLS) == Counter([1, 2, 3, "z"])
+
+    FAILING.clear()
+    state = dict(start)
+    records = interpret(store, state)
+    assert Counter(CALLS) == Counter([1, 2, 3, "z", 3])  # only the failed item ran again
+    assert (state["ys"], state["z"]) == ([2, 4, 6], 7)
+    fan = names.step_path("nested", "parallel", "fan")
+    each = names.step_path(names.child_path(fan, "maps"), "map", "each")
+    statuses = {r.path: r.status for r in records.records}
+    assert statuses == {
+        names.step_path(names.item_path(each, 0), "step", "double"): "reused",
+        names.step_path(names.item_path(each, 1), "step", "double"): "reused",
+        names.step_path(names.item_path(each, 2), "step", "double"): "ok",
+        names.step_path(names.child_path(fan, "other"), "step", "other"): "reused",
+    }
+
+
+def test_items_that_finished_beside_a_budget_refusal_are_kept() -> None:
+    """Our own errors (a budget refusal) fail the op after the other items finish: those are kept and reused."""
+    store, start = MemoryStore(), {"xs": [1, 2, 3], "x": 0, "y": 0, "ys": [], "z": 0}
+    CALLS.clear()
+    FAILING.clear()
+    FAILING[2] = UsageLimitExceededError("budget refused the request")
+    with pytest.raises(UsageLimitExceededError):
+        interpret(store, dict(start))
+    FAILING.clear()
+    state = dict(start)
+    interpret(store, state)
+    assert Counter(CALLS) == Counter([1, 2, 3, "z", 2])
+    assert state["ys"] == [2, 4, 6]
