@@ -132,7 +132,7 @@ class OpCheckpoints:
             write_file(
                 checkpoint_path(self.root, self.context.run_id, self.step_key, path, names.CHECKPOINT_MANIFEST), data
             )
-        except (OSError, ValueError) as exc:  # a full disk, a value that does not dump
+        except (OSError, ValueError, StorageError) as exc:  # a full disk, a value that does not dump, a refused path
             self.context.log.warning(
                 f"{path}: its checkpoint could not be recorded ({type(exc).__name__}: {exc}); a re-execution "
                 "will run it again"
