@@ -21,17 +21,21 @@ __all__ = [
     "DEFAULT_APPROVALS_INTERVAL",
     "DEFAULT_WEBSERVER_URL",
     "PRICING_TABLE",
+    "STORAGE_SECRET_ENV",
     "WEBSERVER_URL_ENV",
     "approvals_interval",
     "dagster_home",
     "decision_secret",
     "find_pyproject",
     "pyproject_prices",
+    "storage_secret",
     "webserver_url",
 ]
 
 DECISION_SECRET_ENV = "FLUJO_DAGSTER_DECISION_SECRET"
 """The secret that signs approval decisions (`ApprovalSettings(require_signed_decisions=True)`)."""
+STORAGE_SECRET_ENV = "FLUJO_DAGSTER_STORAGE_SECRET"
+"""The secret that keys the content hash (HMAC-SHA256) of every file the flujo IO manager stores."""
 WEBSERVER_URL_ENV = "FLUJO_DAGSTER_WEBSERVER_URL"
 """The Dagster webserver the approvals sensor resumes parked runs through."""
 APPROVALS_INTERVAL_ENV = "FLUJO_DAGSTER_APPROVALS_INTERVAL_S"
@@ -54,6 +58,12 @@ def decision_secret(env: str = DECISION_SECRET_ENV) -> str | None:
     """The decision-signing secret in environment variable `env` (default `FLUJO_DAGSTER_DECISION_SECRET`), or
     None when it is unset or empty. Read where it is used; never stored."""
     return _env(env)
+
+
+def storage_secret() -> str | None:
+    """The secret in `FLUJO_DAGSTER_STORAGE_SECRET` that keys the stored files' content hashes (HMAC-SHA256), or
+    None when it is unset or empty (plain SHA-256). Read at every write and read; never stored."""
+    return _env(STORAGE_SECRET_ENV)
 
 
 def dagster_home() -> str | None:

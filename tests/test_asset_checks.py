@@ -4,7 +4,7 @@ downstream of it runs in the run."""
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
 import pytest
 from dagster import AssetCheckSeverity, AssetKey, DagsterEventType, DagsterInstance, execute_job, reconstructable
@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from upath import UPath
 
 from flujo_dagster import Check, ConfigurationError, Pipeline, PydanticJsonIOManager, build_definitions, step
+from flujo_dagster.adapter.storage.io_manager import StoredKey, dump_envelope
 from tests.review_defs import checked_job, defs
 from tests.test_asset_review import inputs, materialized
 
@@ -98,10 +99,10 @@ def test_a_stored_value_that_does_not_load_fails_the_type_check(
 ) -> None:
     write = PydanticJsonIOManager.write
 
-    def corrupt(path: UPath, data: bytes) -> None:
+    def corrupt(path: UPath, data: bytes, **options: Any) -> None:
         if path.name == "summary.json" and path.parent.name == "checked_graph.summarise":
-            data = json.dumps({"flujo": 1, "key": "summary", "type": "str", "value": 5}).encode()
-        write(path, data)
+            data = dump_envelope(StoredKey("summary", int), 5)  # an intact envelope, of another type
+        write(path, data, **options)
 
     monkeypatch.setattr(PydanticJsonIOManager, "write", staticmethod(corrupt))
     config = inputs("checked", "otters")

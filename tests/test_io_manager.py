@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import enum
+import hashlib
+import hmac
 import io
 import json
 import math
@@ -25,7 +27,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, NewType, NotRequired, cast
 
-import pydantic.version
 import pytest
 from annotated_types import Ge, Le, MaxLen
 from dagster import Any as DagsterAny
@@ -60,7 +61,15 @@ from typing_extensions import TypedDict
 from upath import UPath
 
 import flujo_dagster
-from flujo_dagster import Pipeline, PydanticJsonIOManager, StorageError, build_definitions, run_pipeline, step
+from flujo_dagster import (
+    Pipeline,
+    PydanticJsonIOManager,
+    StorageError,
+    build_definitions,
+    load_final_context,
+    run_pipeline,
+    step,
+)
 from flujo_dagster.adapter.storage.io_manager import StoredKey
 from flujo_dagster.adapter.storage.types import key_type
 
@@ -268,10 +277,12 @@ def test_each_field_type_round_trips_as_a_key(name: str, data: st.DataObject, tm
 def test_stored_file_is_a_readable_json_envelope_that_keeps_nan_and_infinities(tmp_path: Path) -> None:
     path = UPath(tmp_path) / "ratios.json"
     PydanticJsonIOManager.write(path, PydanticJsonIOManager.dump(StoredKey("ratios", list[float]), SPECIAL.ratios))
-    assert path.read_text() == (
-        '{"flujo":1,"key":"ratios","type":"list[float]",'
-        '"value":[Infinity,-Infinity,NaN,-0.0,5e-324,1.7976931348623157e+308]}'
+    body = (
+        b'{"flujo":2,"key":"ratios","type":"list[float]",'
+        b'"value":[Infinity,-Infinity,NaN,-0.0,5e-324,1.7976931348623157e+308]}'
     )
+    assert path.read_bytes() == seal(body)
+    assert path.read_bytes().endswith(f',"hash":"sha256:{hashlib.sha256(body).hexdigest()}"}}'.encode())
     loaded = PydanticJsonIOManager.read(path, StoredKey("ratios", list[float]), where="run r1, step s1")
     assert_same(SPECIAL.ratios, loaded)
 
@@ -321,36 +332,61 @@ def test_values_survive_real_dagster_runs(value: Everything, instance: DagsterIn
 # --- corrupt, hand-edited and stale files ------------------------------------------------------------------
 
 CORRUPT = "is corrupt (not a flujo_dagster JSON envelope)"
-CORRUPT_HINT = "Delete the file and re-execute the step that wrote it."
-STALE_HINT = "Fix or delete the file and re-execute the step, or change the context field back."
-GOOD_LEAF = b'{"flujo":1,"key":"leaf","type":"Leaf","value":{"name":"a","weight":1.5,"when":"2024-01-02T00:00:00"}}'
+REDO = "Re-execute the step that writes it."
+LEAF_BODY = b'{"flujo":2,"key":"leaf","type":"Leaf","value":{"name":"a","weight":1.5,"when":"2024-01-02T00:00:00"}}'
 
 
-def pydantic_url(error_type: str) -> str:
-    return f"https://errors.pydantic.dev/{pydantic.version.version_short()}/v/{error_type}"
+def seal(body: bytes, secret: str | None = None) -> bytes:
+    """An envelope body (without its hash) with its content hash appended, as docs/concepts.md#storage says."""
+    if secret is None:
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    else:
+        digest = "hmac-sha256:" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return body[:-1] + f',"hash":"{digest}"}}'.encode()
 
 
-def stale_message(path: object, where: str, loc: str, error: str, error_type: str) -> str:
-    return (
-        f"stored value of key 'leaf' ({where}) at {path} no longer matches its declared type Leaf: "
-        f"1 validation error for _Envelope[Leaf]\n{loc}\n  {error}\n"
-        f"    For further information visit {pydantic_url(error_type)}. {STALE_HINT}"
-    )
+GOOD_LEAF = seal(LEAF_BODY)
 
 
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        (b"not json", "Invalid JSON: expected ident at line 1 column 2"),
-        (b"", "Invalid JSON: EOF while parsing a value at line 1 column 0"),
-        (GOOD_LEAF[:-5], "Invalid JSON: EOF while parsing a string at line 1 column 96"),
-        (b"\xff\xfe", "Invalid JSON: expected value at line 1 column 1"),
-        (b"[1, 2]", "Input should be an object"),
-        (GOOD_LEAF.replace(b'"flujo":1', b'"flujo":2'), "Input should be 1"),
-        (GOOD_LEAF.replace(b'"key":"leaf",', b""), "Field required"),
-        (GOOD_LEAF.split(b',"value"')[0] + b"}", "Field required"),
+        (b"not json", f"{CORRUPT}: not JSON (expected ident at line 1 column 2)"),
+        (b"", f"{CORRUPT}: not JSON (EOF while parsing a value at line 1 column 0)"),
+        (GOOD_LEAF[:-5], f"{CORRUPT}: not JSON (EOF while parsing a string at line 1 column 177)"),
+        (GOOD_LEAF[:-1] + b" }", f"{CORRUPT}: it does not end with a content hash"),
+        (b"\xff\xfe", f"{CORRUPT}: not JSON (expected value at line 1 column 1)"),
+        (b"[1, 2]", f"{CORRUPT}: it does not end with a content hash"),
+        (
+            LEAF_BODY.replace(b'"flujo":2', b'"flujo":1'),
+            "is written in envelope version 1, and this flujo_dagster reads version 2 only (files of older versions "
+            "are not converted)",
+        ),
+        (
+            seal(LEAF_BODY.replace(b'"flujo":2', b'"flujo":3')),
+            "is not in envelope version 2, the only one this flujo_dagster reads",
+        ),
+        (seal(LEAF_BODY.replace(b'"key":"leaf",', b"")), f"{CORRUPT}: key: missing"),
+        (seal(LEAF_BODY.split(b',"value"')[0] + b"}"), f"{CORRUPT}: value: missing"),
+        (
+            GOOD_LEAF.replace(b'"name":"a"', b'"name":"b"'),
+            "was changed after it was written (edited by hand, corrupted, or written with another "
+            "FLUJO_DAGSTER_STORAGE_SECRET): its content does not match its sha256 hash",
+        ),
     ],
-    ids=["garbage", "empty", "truncated", "not-utf8", "array", "future-version", "no-key", "no-value"],
+    ids=[
+        "garbage",
+        "empty",
+        "truncated",
+        "hash-not-last",
+        "not-utf8",
+        "array",
+        "old-version",
+        "future-version",
+        "no-key",
+        "no-value",
+        "edited",
+    ],
 )
 def test_corrupt_file_raises_storage_error_naming_key_run_step_and_path(
     tmp_path: Path, content: bytes, reason: str
@@ -363,60 +399,46 @@ def test_corrupt_file_raises_storage_error_naming_key_run_step_and_path(
     path.write_bytes(content)
     with pytest.raises(StorageError) as caught:
         PydanticJsonIOManager.read(path, StoredKey("leaf", Leaf), where="run run-1, step grow")
-    assert str(caught.value) == f"stored value of key 'leaf' (run run-1, step grow) at {path} {CORRUPT}: {reason}. " + (
-        CORRUPT_HINT
-    )
+    assert str(caught.value) == f"stored value of key 'leaf' (run run-1, step grow) at {path} {reason}. {REDO}"
+    assert caught.value.__cause__ is None  # pydantic's errors hold the file's bytes: never chained
+    assert caught.value.__context__ is None or caught.value.__suppress_context__
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "loc", "error", "error_type"),
+    ("old", "new", "errors"),
     [
-        (
-            b"1.5",
-            b'"heavy"',
-            "value.weight",
-            "Input should be a valid number, unable to parse string as a number [type=float_parsing, "
-            "input_value='heavy', input_type=str]",
-            "float_parsing",
-        ),
-        (
-            b'"name":"a",',
-            b"",
-            "value.name",
-            "Field required [type=missing, input_value={'weight': 1.5, 'when': '2024-01-02T00:00:00'}, "
-            "input_type=dict]",
-            "missing",
-        ),
-        (
-            b'"2024-01-02T00:00:00"',
-            b'"yesterday"',
-            "value.when",
-            "Input should be a valid datetime or date, input is too short [type=datetime_from_date_parsing, "
-            "input_value='yesterday', input_type=str]",
-            "datetime_from_date_parsing",
-        ),
+        (b"1.5", b'"heavy"', "value.weight: float_parsing"),
+        (b'"name":"a",', b"", "value.name: missing"),
+        (b'"2024-01-02T00:00:00"', b'"yesterday"', "value.when: datetime_from_date_parsing"),
     ],
     ids=["wrong-type", "missing-field", "bad-datetime"],
 )
-def test_value_no_longer_matching_its_type_raises_storage_error_with_the_pydantic_error(
-    tmp_path: Path, old: bytes, new: bytes, loc: str, error: str, error_type: str
+def test_value_no_longer_matching_its_type_raises_storage_error_without_its_content(
+    tmp_path: Path, old: bytes, new: bytes, errors: str
 ) -> None:
+    """An intact envelope (its hash matches) whose value no longer fits the key's type, as when the context field
+    changed since the file was written: the error names where and which error, never the stored value."""
     path = UPath(tmp_path) / "run-1" / "grow" / "leaf.json"
     path.parent.mkdir(parents=True)
-    path.write_bytes(GOOD_LEAF.replace(old, new))
+    path.write_bytes(seal(LEAF_BODY.replace(old, new)))
     with pytest.raises(StorageError) as caught:
         PydanticJsonIOManager.read(path, StoredKey("leaf", Leaf), where="run run-1, step grow")
-    assert str(caught.value) == stale_message(path, "run run-1, step grow", loc, error, error_type)
+    assert str(caught.value) == (
+        f"stored value of key 'leaf' (run run-1, step grow) at {path} no longer matches its declared type Leaf: "
+        f"{errors}. Change the context field back, or: {REDO}"
+    )
+    assert "heavy" not in str(caught.value) and "yesterday" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # never pydantic's error
 
 
 def test_a_file_holding_another_key_is_refused(tmp_path: Path) -> None:
     path = UPath(tmp_path) / "run-1" / "grow" / "leaf.json"
-    PydanticJsonIOManager.write(path, GOOD_LEAF.replace(b'"key":"leaf"', b'"key":"twig"'))
+    PydanticJsonIOManager.write(path, seal(LEAF_BODY.replace(b'"key":"leaf"', b'"key":"twig"')))
     with pytest.raises(StorageError) as caught:
         PydanticJsonIOManager.read(path, StoredKey("leaf", Leaf), where="run run-1, step grow")
     assert str(caught.value) == (
         f"stored file {path} (run run-1, step grow) holds key 'twig', not 'leaf': it was copied or moved by hand. "
-        "Put the right file back, or delete it and re-execute the step that writes it."
+        f"Put the right file back, or delete it. {REDO}"
     )
 
 
@@ -425,8 +447,7 @@ def test_missing_file_raises_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError) as caught:
         PydanticJsonIOManager.read(path, StoredKey("leaf", Leaf), where="run run-1, step grow")
     assert str(caught.value) == (
-        f"no stored value for key 'leaf' (run run-1, step grow) at {path}: the file is missing. "
-        "Re-run the step that writes it (re-execute the run from failure)."
+        f"no stored value for key 'leaf' (run run-1, step grow) at {path}: the file is missing. {REDO}"
     )
 
 
@@ -457,6 +478,7 @@ def shelf_job() -> JobDefinition:
 
 
 SHELF_CONFIG: dict[str, Any] = {"ops": {"flujo_inputs": {"config": {"inputs": {"name": "broken"}}}}}
+OAK_CONFIG: dict[str, Any] = {"ops": {"flujo_inputs": {"config": {"inputs": {"name": "oak"}}}}}
 
 
 def failure_of(events: Sequence[DagsterEvent], step_key: str) -> SerializableErrorInfo:
@@ -468,13 +490,39 @@ def failure_of(events: Sequence[DagsterEvent], step_key: str) -> SerializableErr
     return error
 
 
-def reexecute_from_failure(parent_run_id: str, instance: DagsterInstance) -> tuple[bool, str, list[DagsterEvent]]:
-    options = ReexecutionOptions.from_failure(parent_run_id, instance)
+def reexecute(
+    parent_run_id: str, instance: DagsterInstance, steps: list[str] | None = None
+) -> tuple[bool, str, list[DagsterEvent]]:
+    """Re-execute from failure, or the given step selection (`['leaf*']`: `leaf` and what follows it)."""
+    if steps is None:
+        options = ReexecutionOptions.from_failure(parent_run_id, instance)
+    else:
+        options = ReexecutionOptions(parent_run_id=parent_run_id, step_selection=steps)
     with execute_job(reconstructable(shelf_job), instance, reexecution_options=options, raise_on_error=False) as res:
         return res.success, res.run_id, list(res.all_events)
 
 
-def test_reexecution_loading_a_corrupt_or_stale_file_fails_with_storage_error(instance: DagsterInstance) -> None:
+def leaf_origin(run_id: str) -> tuple[str, str]:
+    """How errors name the run-scoped file of key `leaf`, and the remedy they give: re-execute from step `leaf`."""
+    where = f"run {run_id}, step leaf, step path 'shelf > step:leaf'"
+    remedy = (
+        f"Re-execute run {run_id} from step leaf, the step that writes it: in the Dagster UI select leaf in the run "
+        "and choose Re-execute > From selected, or in Python ReexecutionOptions(parent_run_id=..., "
+        "step_selection=['leaf*'])."
+    )
+    return where, remedy
+
+
+def load_error(events: list[DagsterEvent]) -> str:
+    """The StorageError that failed step `label` while loading its input."""
+    error = failure_of(events, "label")
+    assert error.cls_name == "DagsterExecutionLoadInputError"
+    assert error.cause is not None and error.cause.cls_name == "StorageError"
+    assert error.cause.cause is None  # nothing chained: pydantic's errors would show the file's bytes
+    return error.cause.message.removeprefix("flujo_dagster.errors.StorageError: ").removesuffix("\n")
+
+
+def test_reexecution_loading_a_corrupt_or_edited_file_fails_with_storage_error(instance: DagsterInstance) -> None:
     job = reconstructable(shelf_job)
     with execute_job(job, instance, run_config=SHELF_CONFIG, raise_on_error=False) as first:
         assert not first.success
@@ -483,57 +531,64 @@ def test_reexecution_loading_a_corrupt_or_stale_file_fails_with_storage_error(in
         assert cause is not None and cause.message == "ValueError: cannot label a broken leaf\n"
     path = PydanticJsonIOManager().root(instance.storage_directory()) / first_id / "leaf" / "leaf.json"
     good = path.read_bytes()
-    assert good == (
-        b'{"flujo":1,"key":"leaf","type":"Leaf","value":{"name":"broken","weight":NaN,"when":"2024-01-02T00:00:00Z"}}'
+    assert good == seal(
+        b'{"flujo":2,"key":"leaf","type":"Leaf","value":{"name":"broken","weight":NaN,"when":"2024-01-02T00:00:00Z"}}'
     )
-    where = f"run {first_id}, step leaf"  # the run that produced the file, not the re-execution
+    where, remedy = leaf_origin(first_id)  # the run that produced the file, not the re-execution
 
-    # corrupt: the re-execution fails while loading `label`'s input, naming run, step, key and file
+    # corrupt: the re-execution fails while loading `label`'s input, naming run, step, key, file and remedy
     path.write_bytes(b"not json")
-    ok, second_id, events = reexecute_from_failure(first_id, instance)
+    ok, second_id, events = reexecute(first_id, instance)
     assert not ok
-    error = failure_of(events, "label")
-    assert error.cls_name == "DagsterExecutionLoadInputError"
-    assert error.cause is not None and error.cause.cls_name == "StorageError"
-    assert error.cause.message == (
-        f"flujo_dagster.errors.StorageError: stored value of key 'leaf' ({where}) at {path} {CORRUPT}: "
-        f"Invalid JSON: expected ident at line 1 column 2. {CORRUPT_HINT}\n"
+    assert load_error(events) == (
+        f"stored value of key 'leaf' ({where}) at {path} {CORRUPT}: not JSON (expected ident at line 1 column 2). "
+        f"{remedy}"
     )
 
-    # hand-edited into a valid envelope whose value no longer matches Leaf: the pydantic error is shown
-    path.write_bytes(good.replace(b"NaN", b'"heavy"'))
-    ok, third_id, events = reexecute_from_failure(second_id, instance)
-    assert not ok
-    error = failure_of(events, "label")
-    assert error.cause is not None and error.cause.cls_name == "StorageError"
-    assert (
-        error.cause.message
-        == "flujo_dagster.errors.StorageError: "
-        + stale_message(
-            path,
-            where,
-            "value.weight",
-            "Input should be a valid number, unable to parse string as a number [type=float_parsing, "
-            "input_value='heavy', input_type=str]",
-            "float_parsing",
-        )
-        + "\n"
-    )
-
-    # hand-edited into a valid value: the resumed run loads it with its type and finishes
+    # hand-edited into a value of the right type: the content hash no longer matches, and nothing of it is shown
     path.write_bytes(good.replace(b'"broken"', b'"mended"').replace(b"NaN", b"Infinity"))
-    ok, fourth_id, events = reexecute_from_failure(third_id, instance)
-    assert ok
-    started = {e.step_key for e in events if e.event_type == DagsterEventType.STEP_START}
-    assert started == {"label", "flujo_context"}
-    root = PydanticJsonIOManager().root(instance.storage_directory())
-    final = PydanticJsonIOManager.read(
-        PydanticJsonIOManager.output_path(root, fourth_id, "flujo_context", "final_context"),
-        StoredKey("__context__", Shelf),
-        where="test",
+    ok, third_id, events = reexecute(second_id, instance)
+    assert not ok
+    assert load_error(events) == (
+        f"stored value of key 'leaf' ({where}) at {path} was changed after it was written (edited by hand, "
+        f"corrupted, or written with another FLUJO_DAGSTER_STORAGE_SECRET): its content does not match its sha256 "
+        f"hash. {remedy}"
     )
-    expected_leaf = Leaf(name="mended", weight=math.inf, when=datetime(2024, 1, 2, tzinfo=UTC))
-    assert_same(Shelf(name="broken", leaf=expected_leaf, label="mended (inf)"), final)
+
+    # a directory in its place: a StorageError too, not a raw IsADirectoryError
+    path.unlink()
+    path.mkdir()
+    ok, _, events = reexecute(third_id, instance)
+    assert not ok
+    assert load_error(events) == (
+        f"no stored value for key 'leaf' ({where}) at {path}: a directory is in the file's place. {remedy}"
+    )
+
+
+def test_a_missing_file_names_the_step_to_re_execute_from_and_that_re_execution_recovers(
+    instance: DagsterInstance,
+) -> None:
+    """Re-executing the reader (what 'from failure' does) cannot bring back a lost file; re-executing from the step
+    the message names (the writer) does."""
+    with execute_job(reconstructable(shelf_job), instance, run_config=OAK_CONFIG) as first:
+        assert first.success
+        first_id = first.run_id
+    root = PydanticJsonIOManager().root(instance.storage_directory())
+    path = PydanticJsonIOManager.output_path(root, first_id, "leaf", "leaf")
+    path.unlink()
+    where, remedy = leaf_origin(first_id)
+    ok, _, events = reexecute(first_id, instance, ["label*"])
+    assert not ok
+    assert load_error(events) == f"no stored value for key 'leaf' ({where}) at {path}: the file is missing. {remedy}"
+    ok, fourth_id, events = reexecute(first_id, instance, ["leaf*"])
+    assert ok
+    assert {e.step_key for e in events if e.event_type == DagsterEventType.STEP_START} == {
+        "leaf",
+        "label",
+        "flujo_context",
+    }
+    final = load_final_context(shelf, fourth_id, instance=instance)
+    assert final.label == "oak (nan)"
 
 
 # --- fan-in: each element loads with its producer's type ---------------------------------------------------
@@ -595,7 +650,8 @@ def test_fan_in_loads_each_element_with_its_producers_type(instance: DagsterInst
         assert_same(expected, LOADED[name], name)
     root = PydanticJsonIOManager().root(instance.storage_directory())
     stored = json.loads((root / result.run_id / "make_money" / "result.json").read_text())
-    assert stored == {"flujo": 1, "key": "money", "type": "Decimal", "value": "1.50"}
+    assert stored.pop("hash").startswith("sha256:")
+    assert stored == {"flujo": 2, "key": "money", "type": "Decimal", "value": "1.50"}
 
 
 def test_fan_in_keeps_plain_dagster_types_of_producers(instance: DagsterInstance) -> None:
@@ -707,7 +763,7 @@ def test_no_output_falls_back_to_dagsters_pickling_io_manager(instance: DagsterI
     for path in written:
         assert not path.read_bytes().startswith(b"\x80"), f"{path} looks like a pickle"
     for path in stored:
-        assert json.loads(path.read_bytes())["flujo"] == 1
+        assert json.loads(path.read_bytes())["flujo"] == 2
 
 
 # --- assets read by other jobs ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from flujo_dagster import config
 from flujo_dagster.adapter.compile.definitions import compile_all
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.control.costs import AgentCallSummary, agent_calls
-from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager, StoredKey
+from flujo_dagster.adapter.storage.io_manager import Origin, PydanticJsonIOManager, StoredKey
 from flujo_dagster.dsl.pipeline import Ctx, Pipeline
 from flujo_dagster.errors import ConfigurationError, FlujoDagsterError
 from flujo_dagster.names import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, IO_MANAGER_KEY, step_key
@@ -63,8 +63,9 @@ def load_final_context(
     """
     io = io_manager or PydanticJsonIOManager()
     root = io.root(instance.storage_directory())
-    path = io.output_path(root, run_id, step_key(pipeline.name, bool(pipeline.assets), CONTEXT_OP), CONTEXT_OUTPUT)
-    value = io.read(path, StoredKey(CONTEXT_KEY, pipeline.context), where=f"run {run_id}")
+    context_step = step_key(pipeline.name, bool(pipeline.assets), CONTEXT_OP)
+    path = io.output_path(root, run_id, context_step, CONTEXT_OUTPUT)
+    value = io.read(path, StoredKey(CONTEXT_KEY, pipeline.context), where=Origin(run_id, context_step), root=root)
     assert isinstance(value, pipeline.context)  # `read` validated it as the context model
     return value
 

@@ -18,12 +18,14 @@ __all__ = [
     "DAGSTER_NAME_PATTERN",
     "DAGSTER_RESERVED_NAMES",
     "INVALID_PARTITION_SUBSTRINGS",
+    "MAX_STORED_NAME",
     "asset_identifier",
     "check_identifier",
     "io_name",
     "is_dagster_name",
     "is_identifier_name",
     "is_timezone",
+    "storage_name_problem",
 ]
 
 DAGSTER_NAME_PATTERN = r"^[A-Za-z0-9_]+$"
@@ -32,6 +34,28 @@ _NAME = re.compile(DAGSTER_NAME_PATTERN)
 
 INVALID_PARTITION_SUBSTRINGS = ("...", "\a", "\b", "\f", "\n", "\r", "\t", "\v", "\0")
 """Dagster's `INVALID_PARTITION_SUBSTRINGS`: a static partition key holding one of them is refused."""
+
+
+MAX_STORED_NAME = 100
+"""The longest partition key or asset key part (in characters) flujo accepts: each names a stored file or folder."""
+
+
+def storage_name_problem(name: str) -> str | None:
+    """Why `name` (a partition key, or one part of an asset key) cannot name a stored file or folder as given, or
+    None: empty, `.` or `..`, a `/` or `\\`, a control character, or longer than `MAX_STORED_NAME` characters. The
+    IO manager stores any name safely (encoded); this refuses, when the definitions load, those that could only be
+    a mistake or an attempt to leave the storage root."""
+    if name in ("", ".", ".."):
+        return "it is empty" if not name else f"it is {name!r}, which names a folder, not a file"
+    separators = [c for c in ("/", "\\") if c in name]
+    if separators:
+        return f"it holds {', '.join(map(repr, separators))}, a path separator"
+    controls = sorted({c for c in name if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0})
+    if controls:
+        return f"it holds the control character(s) {', '.join(map(repr, controls))}"
+    if len(name) > MAX_STORED_NAME:
+        return f"it is {len(name)} characters long (at most {MAX_STORED_NAME})"
+    return None
 
 
 def is_dagster_name(name: str) -> bool:

@@ -11,7 +11,7 @@ from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.interfaces import PipelineNaming
 from flujo_dagster.names import CONTEXT_OUTPUT, TYPE_CHECK, child_path, graph_name, io_name, key_path
 from flujo_dagster.validation.findings import Finding
-from flujo_dagster.validation.names import check_identifier, is_dagster_name, is_identifier_name
+from flujo_dagster.validation.names import check_identifier, is_dagster_name, is_identifier_name, storage_name_problem
 
 __all__ = ["DEFAULT_NAMING", "DefaultNaming", "rule_asset_names", "rule_location", "schedule_name_for"]
 
@@ -50,9 +50,25 @@ def schedule_name_for(pipeline: Pipeline, job_name: str) -> str | None:
     return pipeline.schedule.name or f"{job_name}_schedule"
 
 
+_UNSAFE_HINT = (
+    "return asset key parts of at most 100 characters without '/', '\\' or control characters, other than '.' "
+    "and '..', from the translator (each asset's latest value is stored in a file named after its key)"
+)
+
+
+def _unsafe_part(asset_key: Sequence[str]) -> str | None:
+    """Why a part of `asset_key` cannot name a stored file or folder, naming the part; None when every part can."""
+    for part in asset_key:
+        problem = storage_name_problem(part)
+        if problem is not None:
+            return f"part {part!r}: {problem}"
+    return None
+
+
 def rule_asset_names(pipeline: Pipeline, naming: PipelineNaming) -> Iterator[Finding]:
     """V-NAME: every asset gets the `flujo_type` check, whose output Dagster names after the asset key, so each
-    asset key must make a legal Dagster name; and no key may take the final context's output name."""
+    asset key must make a legal Dagster name; no key may take the final context's output name; and every part of
+    an asset key must name a stored file (no `..`, `/`, control characters; see `storage_name_problem`)."""
     if not is_dagster_name(pipeline.name):
         return  # V-NAME refuses the pipeline's name itself
     keys = [k for k in dict.fromkeys(pipeline.assets) if k in pipeline.fields]
@@ -60,7 +76,17 @@ def rule_asset_names(pipeline: Pipeline, naming: PipelineNaming) -> Iterator[Fin
         path = key_path(pipeline.name, key)
         asset_key = list(naming.get_asset_key(pipeline, key).path)
         output = check_identifier(asset_key, TYPE_CHECK)
-        if io_name(key) == CONTEXT_OUTPUT:
+        unsafe = _unsafe_part(asset_key)
+        if unsafe is not None:
+            yield Finding(
+                code="V-NAME",
+                severity="error",
+                pipeline=pipeline.name,
+                path=path,
+                message=f"the asset key {asset_key} of key {key!r} cannot name a stored file: {unsafe}.",
+                hint=_UNSAFE_HINT,
+            )
+        elif io_name(key) == CONTEXT_OUTPUT:
             yield Finding(
                 code="V-NAME",
                 severity="error",
@@ -80,7 +106,17 @@ def rule_asset_names(pipeline: Pipeline, naming: PipelineNaming) -> Iterator[Fin
                 hint="rename the context field (letters, digits and underscores), or leave it out of assets=",
             )
     context_key = list(naming.get_context_asset_key(pipeline).path)
-    if (pipeline.assets or pipeline.checks) and not is_identifier_name(check_identifier(context_key, TYPE_CHECK)):
+    unsafe = _unsafe_part(context_key)
+    if unsafe is not None:
+        yield Finding(
+            code="V-NAME",
+            severity="error",
+            pipeline=pipeline.name,
+            path=pipeline.name,
+            message=f"the final context's asset key {context_key} cannot name a stored file: {unsafe}.",
+            hint=_UNSAFE_HINT,
+        )
+    elif (pipeline.assets or pipeline.checks) and not is_identifier_name(check_identifier(context_key, TYPE_CHECK)):
         yield Finding(
             code="V-NAME",
             severity="error",

@@ -11,7 +11,12 @@ from flujo_dagster.dsl.schedules import DailyPartitions
 from flujo_dagster.names import child_path
 from flujo_dagster.validation.cron import cron_problem, cron_step_too_large
 from flujo_dagster.validation.findings import Finding
-from flujo_dagster.validation.names import INVALID_PARTITION_SUBSTRINGS, is_timezone
+from flujo_dagster.validation.names import (
+    INVALID_PARTITION_SUBSTRINGS,
+    MAX_STORED_NAME,
+    is_timezone,
+    storage_name_problem,
+)
 from flujo_dagster.validation.typecompat import type_adapter
 
 __all__ = ["partition_input", "rule_partitions", "rule_schedule"]
@@ -105,7 +110,8 @@ def rule_schedule(pipeline: Pipeline) -> Iterator[Finding]:
 
 
 def _partitions_dagster_refuses(pipeline: Pipeline) -> Iterator[Finding]:
-    """PART-002: a daily partitions' timezone is known; PART-003: static keys hold nothing Dagster refuses."""
+    """PART-002: a daily partitions' timezone is known; PART-003: static keys hold nothing Dagster refuses;
+    PART-004: nor anything that cannot name a stored file (`..`, `/`, more than 100 characters, ...)."""
     partitions, path = pipeline.partitions, child_path(pipeline.name, "partitions")
     if isinstance(partitions, DailyPartitions):
         if not is_timezone(partitions.timezone):
@@ -130,11 +136,23 @@ def _partitions_dagster_refuses(pipeline: Pipeline) -> Iterator[Finding]:
                 message=f"Dagster refuses partition key {key!r}: it holds {', '.join(map(repr, refused))}.",
                 hint="partition keys may not hold '...' or control characters (tab, newline, ...)",
             )
+            continue
+        problem = storage_name_problem(key)
+        if problem is not None:
+            yield Finding(
+                code="PART-004",
+                severity="error",
+                pipeline=pipeline.name,
+                path=path,
+                message=f"partition key {key!r} cannot name a stored file: {problem}.",
+                hint=f"use keys of at most {MAX_STORED_NAME} characters without '/', '\\' or control characters, "
+                "other than '.' and '..' (each partition's asset values are stored in a file named after its key)",
+            )
 
 
 def rule_partitions(pipeline: Pipeline) -> Iterator[Finding]:
     """PART-001: the partition key fills a context field that no step writes and whose type accepts the keys.
-    PART-002 and PART-003: what Dagster refuses of the partitions themselves."""
+    PART-002, PART-003 and PART-004: what Dagster, or the storage, refuses of the partitions themselves."""
     partitions = pipeline.partitions
     if partitions is None:
         return

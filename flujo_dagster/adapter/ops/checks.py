@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from flujo_dagster import names
 from flujo_dagster.adapter.control.costs import AgentCallSummary, metadata_calls
 from flujo_dagster.adapter.ops.review import RegionEvents, approval_record, plain, region_calls, review_metadata
-from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager, StoredKey
+from flujo_dagster.adapter.storage.io_manager import Origin, PydanticJsonIOManager, StoredKey
 from flujo_dagster.dsl.checks import Check
 from flujo_dagster.errors import ConfigurationError, StorageError
 from flujo_dagster.names import (
@@ -87,8 +87,9 @@ def _load(context: OpExecutionContext, definition: OpDefinition, plan: AssetPlan
     if not isinstance(io, PydanticJsonIOManager):
         return coerce_value(stored.adapter, value)
     step = context.get_step_execution_context().step.key
-    path = io.output_path(io.root(context.instance.storage_directory()), context.run_id, step, plan.output)
-    return io.read(path, stored, where=f"run {context.run_id}, step {step}")
+    root = io.root(context.instance.storage_directory())
+    path = io.output_path(root, context.run_id, step, plan.output)
+    return io.read(path, stored, where=Origin(context.run_id, step), root=root)
 
 
 def _evaluate(

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from flujo_dagster import names
 from flujo_dagster.adapter.ops.leaf import OpReporter, StepWiring, ins_for, not_retried, outs_for, priced_agents
 from flujo_dagster.adapter.storage.checkpoints import OpCheckpoints
-from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager, StoredKey
+from flujo_dagster.adapter.storage.io_manager import Origin, PydanticJsonIOManager, StoredKey
 from flujo_dagster.adapter.storage.types import key_type
 from flujo_dagster.dsl.control import Branch, Loop
 from flujo_dagster.dsl.flow import walk
@@ -102,7 +102,7 @@ class _Reader:
 
     def read(self, producer: Producer, stored: StoredKey) -> object:
         run_id, path = self.locate(producer)
-        return self.io.read(path, stored, where=f"run {run_id}, step {producer[0]}")
+        return self.io.read(path, stored, where=Origin(run_id, self.step_key(producer[0])), root=self.root)
 
 
 def _forward(pipeline: Pipeline, reader: _Reader, producers: Mapping[str, Producer | None]) -> Iterator[Output[Any]]:

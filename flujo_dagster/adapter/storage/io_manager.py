@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from functools import cache
 from typing import Any, Generic, Literal, TypeVar
 
@@ -14,27 +17,54 @@ from dagster import (
     OutputContext,
 )
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import from_json as from_json_value
 from upath import UPath
 
 from flujo_dagster import names
+from flujo_dagster.adapter.storage.files import (
+    FILE_SUFFIX,
+    PARTITION_MARK,
+    Origin,
+    encode_name,
+    origin_remedy,
+    read_file,
+    stored_path,
+    write_file,
+)
 from flujo_dagster.adapter.storage.types import KeyType
+from flujo_dagster.config import STORAGE_SECRET_ENV, storage_secret
 from flujo_dagster.errors import StorageError
 from flujo_dagster.runtime.values import adapter_for, from_json, jsonable, to_json_bytes
 from flujo_dagster.validation.typecompat import type_name
 
-__all__ = ["ENVELOPE_VERSION", "PydanticJsonIOManager", "StoredKey", "dump_envelope", "read_envelope", "write_file"]
+__all__ = [
+    "ENVELOPE_VERSION",
+    "Origin",
+    "PydanticJsonIOManager",
+    "StoredKey",
+    "dump_envelope",
+    "read_envelope",
+    "read_file",
+    "stored_path",
+    "write_file",
+]
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
 _NO_RUN = "__EPHEMERAL_RUN_ID"
 """The run id Dagster gives an upstream output it did not produce in this run (its RUN_ID_PLACEHOLDER)."""
+_ASSETS = "assets"
+_PLAIN, _KEYED = "sha256", "hmac-sha256"
+_TRAILER = re.compile(rb',"hash":"(sha256|hmac-sha256):([0-9a-f]{64})"\}\Z')
+"""The end of every envelope: its content hash, over the envelope's bytes without it."""
 T = TypeVar("T")
 
 
 class _Envelope(BaseModel, Generic[T]):
-    flujo: Literal[1]
+    flujo: Literal[2]
     key: str
     type: str
     value: T
+    hash: str
 
 
 @cache
@@ -79,71 +109,127 @@ def _declared_type(context: InputContext, upstream: OutputContext) -> DagsterTyp
     return context.dagster_type
 
 
+# --- the envelope and its content hash ---------------------------------------------------------------------------
+
+
+def _digest(body: bytes, algorithm: str, secret: str | None) -> str:
+    if algorithm == _KEYED:
+        assert secret is not None
+        return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hashlib.sha256(body).hexdigest()
+
+
 def dump_envelope(stored: StoredKey, value: object) -> bytes:
-    """The envelope bytes for `value`."""
-    py = jsonable(stored.adapter, value)
-    envelope = {
-        "flujo": ENVELOPE_VERSION,
-        "key": stored.key,
-        "type": type_name(stored.annotation),
-        "value": py,
-    }
-    return to_json_bytes(envelope)
+    """The envelope bytes for `value`: `{"flujo": 2, "key", "type", "value", "hash"}`, the hash (HMAC-SHA256 keyed
+    with `FLUJO_DAGSTER_STORAGE_SECRET` when it is set, else SHA-256) over the envelope without it."""
+    body = to_json_bytes(
+        {
+            "flujo": ENVELOPE_VERSION,
+            "key": stored.key,
+            "type": type_name(stored.annotation),
+            "value": jsonable(stored.adapter, value),
+        }
+    )
+    secret = storage_secret()
+    algorithm = _KEYED if secret is not None else _PLAIN
+    trailer = f',"hash":"{algorithm}:{_digest(body, algorithm, secret)}"}}'
+    return body[:-1] + trailer.encode()
 
 
-def write_file(path: UPath, data: bytes) -> None:
-    """Write bytes, creating parent folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def read_envelope(path: UPath, stored: StoredKey, *, where: str) -> object:
-    """Load and validate the value at `path`. `where` names the run and step for error messages."""
+def _header(raw: bytes) -> str:
+    """Why bytes without a content hash are no envelope of this version, without echoing them."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
+        parsed = from_json_value(raw)
+    except ValueError as exc:
+        return f"corrupt (not a flujo_dagster JSON envelope): not JSON ({str(exc).split(chr(10))[0]})"
+    version = parsed.get("flujo") if isinstance(parsed, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version != ENVELOPE_VERSION:
+        return (
+            f"written in envelope version {version}, and this flujo_dagster reads version {ENVELOPE_VERSION} only "
+            "(files of older versions are not converted)"
+        )
+    return "corrupt (not a flujo_dagster JSON envelope): it does not end with a content hash"
+
+
+def _verify(raw: bytes, path: UPath, stored: StoredKey, where: str | Origin) -> None:
+    """Refuse bytes whose content hash is missing, of the wrong kind, or does not match."""
+    named = f"stored value of key {stored.key!r} ({where}) at {path}"
+    remedy = origin_remedy(where)
+    found = _TRAILER.search(raw)
+    if found is None:
+        raise StorageError(f"{named} is {_header(raw)}. {remedy}")
+    algorithm, digest = found.group(1).decode(), found.group(2).decode()
+    secret = storage_secret()
+    if algorithm == _KEYED and secret is None:
         raise StorageError(
-            f"no stored value for key {stored.key!r} ({where}) at {path}: the file is missing. "
-            "Re-run the step that writes it (re-execute the run from failure)."
-        ) from exc
+            f"{named} carries a keyed hash ({_KEYED}), and {STORAGE_SECRET_ENV} is not set: set it to the secret "
+            f"the file was written with. Or: {remedy}"
+        )
+    if algorithm == _PLAIN and secret is not None:
+        raise StorageError(
+            f"{named} carries a plain {_PLAIN} hash, but {STORAGE_SECRET_ENV} is set: the file was written without "
+            f"the secret (before it was set, or by someone who does not know it). {remedy}"
+        )
+    body = raw[: found.start()] + b"}"
+    if not hmac.compare_digest(_digest(body, algorithm, secret), digest):
+        raise StorageError(
+            f"{named} was changed after it was written (edited by hand, corrupted, or written with another "
+            f"{STORAGE_SECRET_ENV}): its content does not match its {algorithm} hash. {remedy}"
+        )
+
+
+def read_envelope(path: UPath, stored: StoredKey, *, where: str | Origin, root: UPath | None = None) -> object:
+    """Load and validate the value at `path` (under `root`, default its folder: see `read_file`). `where` names the
+    run and step (an `Origin`, or words) for error messages. Checks the content hash, the envelope version and
+    the key; every failure is a `StorageError` that never shows the file's content."""
+    raw = read_file(path, root=root, key=stored.key, where=where)
+    _verify(raw, path, stored, where)
     try:
         envelope = from_json(_envelope_adapter(stored.annotation), raw)
     except ValidationError as exc:
-        raise _unreadable(exc, path, stored, where) from exc
+        raise _unreadable(exc, path, stored, where) from None  # pydantic's error holds the content: never chained
     if stored.check_key and envelope.key != stored.key:
         raise StorageError(
             f"stored file {path} ({where}) holds key {envelope.key!r}, not {stored.key!r}: it was copied or "
-            "moved by hand. Put the right file back, or delete it and re-execute the step that writes it."
+            f"moved by hand. Put the right file back, or delete it. {origin_remedy(where)}"
         )
     return envelope.value
 
 
-def _unreadable(exc: ValidationError, path: UPath, stored: StoredKey, where: str) -> StorageError:
-    """Why a stored file did not validate: its value no longer matches the declared type, or it is no envelope."""
-    errors = exc.errors()
+def _unreadable(exc: ValidationError, path: UPath, stored: StoredKey, where: str | Origin) -> StorageError:
+    """Why an intact envelope did not validate: its value no longer matches the declared type (the context field
+    changed since it was written), or it is no envelope. Locations and error types only: never input values."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    listed = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['type']}" for e in errors[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    named = f"stored value of key {stored.key!r} ({where}) at {path}"
+    if any(e["loc"][:1] == ("flujo",) for e in errors):
+        return StorageError(
+            f"{named} is not in envelope version {ENVELOPE_VERSION}, the only one this flujo_dagster reads. "
+            f"{origin_remedy(where)}"
+        )
     if all(e["loc"][:1] == ("value",) for e in errors) and not any(
         e["loc"] == ("value",) and e["type"] == "missing" for e in errors
     ):
         return StorageError(
-            f"stored value of key {stored.key!r} ({where}) at {path} no longer matches its declared "
-            f"type {type_name(stored.annotation)}: {exc}. Fix or delete the file and re-execute the "
-            "step, or change the context field back."
+            f"{named} no longer matches its declared type {type_name(stored.annotation)}: {listed}{more}. Change "
+            f"the context field back, or: {origin_remedy(where)}"
         )
     return StorageError(
-        f"stored value of key {stored.key!r} ({where}) at {path} is corrupt (not a flujo_dagster "
-        f"JSON envelope): {exc.errors()[0]['msg']}. Delete the file and re-execute the step that "
-        "wrote it."
+        f"{named} is corrupt (not a flujo_dagster JSON envelope): {listed}{more}. {origin_remedy(where)}"
     )
 
 
 class PydanticJsonIOManager(ConfigurableIOManager):
     """Stores each op output as JSON at `<base_dir>/<run_id>/<step_key>/<output>[/<mapping_key>].json`.
 
-    Values are written with pydantic (NaN and infinities kept) inside an envelope naming the key, the
-    type and the format version, and loaded back as exactly the declared type. Outputs that are assets are
-    also copied to `<base_dir>/assets/<asset key>.json` for loads outside a run; loads inside a run (and
-    its re-executions) always read the run-scoped copy. It writes no log event of its own. No pickle.
-    `base_dir` defaults to `<instance storage directory>/flujo`; any UPath URL works (s3://, memory://...).
+    Values are written with pydantic (NaN and infinities kept) inside an envelope naming the key, the type, the
+    format version and a content hash, and loaded back as exactly the declared type. Outputs that are assets are
+    also copied to `<base_dir>/assets/<asset key>.json` (`.../<asset key>/partition=<key>.json` per partition) for
+    loads outside a run; loads inside a run (and its re-executions) always read the run-scoped copy. Every name
+    in a path is encoded (`encode_name`), no symlink is followed and writes are atomic (`files`). It writes no
+    log event of its own. No pickle. `base_dir` defaults to `<instance storage directory>/flujo`; any UPath URL
+    works (s3://, memory://...).
     """
 
     base_dir: str | None = None
@@ -155,17 +241,17 @@ class PydanticJsonIOManager(ConfigurableIOManager):
 
     @staticmethod
     def output_path(root: UPath, run_id: str, step_key: str, output_name: str, mapping_key: str | None = None) -> UPath:
-        """Where one op output lives."""
-        path = root / run_id / step_key / output_name
-        return (path / f"{mapping_key}.json") if mapping_key else path.with_name(f"{output_name}.json")
+        """Where one op output lives (each name encoded: see `stored_path`)."""
+        names = (run_id, step_key, output_name, mapping_key) if mapping_key else (run_id, step_key, output_name)
+        return stored_path(root, *names)
 
     @staticmethod
     def asset_path(root: UPath, asset_path: list[str], partition: str | None = None) -> UPath:
-        """Where the latest value of an asset (of one partition) lives (for loads outside a run)."""
-        *parents, last = asset_path
-        if partition is not None:
-            return root.joinpath("assets", *parents, last, f"{partition}.json")
-        return root.joinpath("assets", *parents, f"{last}.json")
+        """Where the latest value of an asset (of one partition) lives, for loads outside a run."""
+        if partition is None:
+            return stored_path(root, _ASSETS, *asset_path)
+        folder = root.joinpath(encode_name(_ASSETS), *map(encode_name, asset_path))
+        return folder / f"{PARTITION_MARK}{encode_name(partition)}{FILE_SUFFIX}"
 
     # -- values ------------------------------------------------------------------------------------------
     @staticmethod
@@ -174,14 +260,14 @@ class PydanticJsonIOManager(ConfigurableIOManager):
         return dump_envelope(stored, value)
 
     @staticmethod
-    def write(path: UPath, data: bytes) -> None:
-        """Write bytes, creating parent folders (`write_file`)."""
-        write_file(path, data)
+    def write(path: UPath, data: bytes, *, root: UPath | None = None, key: str = "", where: str | Origin = "") -> None:
+        """Write bytes atomically under `root`, creating folders (`write_file`)."""
+        write_file(path, data, root=root, key=key, where=where)
 
     @staticmethod
-    def read(path: UPath, stored: StoredKey, *, where: str) -> object:
+    def read(path: UPath, stored: StoredKey, *, where: str | Origin, root: UPath | None = None) -> object:
         """Load and validate the value at `path`; `where` names the run and step for errors (`read_envelope`)."""
-        return read_envelope(path, stored, where=where)
+        return read_envelope(path, stored, where=where, root=root)
 
     # -- Dagster's IO manager interface ---------------------------------------------------------------
     def handle_output(self, context: OutputContext, obj: object) -> None:
@@ -189,13 +275,14 @@ class PydanticJsonIOManager(ConfigurableIOManager):
         stored = StoredKey.of(context.dagster_type, context.name)
         root = self.root(context.step_context.instance.storage_directory())
         data = self.dump(stored, obj)
+        origin = Origin(context.run_id, context.step_key, _step_path(context))
         path = self.output_path(root, context.run_id, context.step_key, context.name, context.mapping_key)
-        self.write(path, data)
+        self.write(path, data, root=root, key=stored.key, where=origin)
         metadata = {names.PATH: MetadataValue.path(str(path))}
         if context.has_asset_key:
             partition = context.asset_partition_key if context.has_asset_partitions else None
             asset_file = self.asset_path(root, list(context.asset_key.path), partition)
-            self.write(asset_file, data)
+            self.write(asset_file, data, root=root, key=stored.key, where=origin)
         context.add_output_metadata(metadata)
 
     def load_input(self, context: InputContext) -> object:
@@ -207,20 +294,29 @@ class PydanticJsonIOManager(ConfigurableIOManager):
                 "the flujo IO manager only loads values that ops produced."
             )
         stored = StoredKey.of(_declared_type(context, upstream), upstream.name)
-        path, where = _source(context, upstream, self.root(context.instance.storage_directory()))
-        return self.read(path, stored, where=where)
+        root = self.root(context.instance.storage_directory())
+        path, origin = _source(context, upstream, root)
+        return self.read(path, stored, where=origin, root=root)
 
 
-def _source(context: InputContext, upstream: OutputContext, root: UPath) -> tuple[UPath, str]:
-    """Where the value of `context`'s input is stored, and how error messages name it: the producer's run-scoped
-    output, or, outside a run or for an asset another job materialized, the asset's latest copy."""
+def _step_path(context: OutputContext) -> str | None:
+    """The flujo step path of the op that writes an output (its `flujo/step_path` tag), when known."""
+    try:
+        return context.op_def.tags.get(names.STEP_PATH)
+    except DagsterInvariantViolationError:  # no op definition outside a run
+        return None
+
+
+def _source(context: InputContext, upstream: OutputContext, root: UPath) -> tuple[UPath, Origin]:
+    """Where the value of `context`'s input is stored, and who writes it: the producer's run-scoped output, or,
+    outside a run or for an asset another job materialized, the asset's latest copy."""
     try:
         run_id, step_key = upstream.run_id, upstream.step_key
     except DagsterInvariantViolationError:  # loading an asset outside a run (load_asset_value)
         run_id, step_key = _NO_RUN, ""
     if run_id != _NO_RUN:
         path = PydanticJsonIOManager.output_path(root, run_id, step_key, upstream.name, upstream.mapping_key)
-        return path, f"run {run_id}, step {step_key}"
+        return path, Origin(run_id, step_key, _step_path(upstream))
     if not upstream.has_asset_key:
         raise StorageError(
             f"cannot load input {context.name!r}: its producer ran in no known run and is not an asset. "
@@ -228,4 +324,4 @@ def _source(context: InputContext, upstream: OutputContext, root: UPath) -> tupl
         )
     partition = context.asset_partition_key if context.has_asset_partitions else None
     path = PydanticJsonIOManager.asset_path(root, list(upstream.asset_key.path), partition)
-    return path, f"asset {upstream.asset_key.to_user_string()}"
+    return path, Origin(asset=upstream.asset_key.to_user_string(), partition=partition)
