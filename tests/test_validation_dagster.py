@@ -289,6 +289,63 @@ def test_a_static_partition_key_dagster_refuses() -> None:
     ]
 
 
+PART4_HINT = (
+    "Hint: use keys of at most 100 characters without '/', '\\' or control characters, other than '.' and '..' (each "
+    "partition's asset values are stored in a file named after its key)"
+)
+
+
+def test_a_static_partition_key_that_cannot_name_a_stored_file() -> None:
+    """`../x` would climb out of the storage root, `sub/../x` would alias `x`, 300 characters fail at run time:
+    refused when the definitions load (the IO manager stores them safely anyway: tests/test_storage_safety.py)."""
+    keys = ["x", "../x", "sub/../x", "/abs", "back\\slash", ".", "..", "soh\x01", "del\x7f", "a" * 101, "a" * 100]
+    parts = StaticPartitions(keys=keys, input_key="text")
+    bad = "cannot name a stored file"
+    assert lines(Pipeline("notes", context=Note, steps=[summary], partitions=parts)) == [
+        f"[PART-004] error at notes > partitions: partition key '../x' {bad}: it holds '/', a path separator. "
+        f"{PART4_HINT}",
+        f"[PART-004] error at notes > partitions: partition key 'sub/../x' {bad}: it holds '/', a path separator. "
+        f"{PART4_HINT}",
+        f"[PART-004] error at notes > partitions: partition key '/abs' {bad}: it holds '/', a path separator. "
+        f"{PART4_HINT}",
+        f"[PART-004] error at notes > partitions: partition key 'back\\\\slash' {bad}: it holds '\\\\', a path "
+        f"separator. {PART4_HINT}",
+        f"[PART-004] error at notes > partitions: partition key '.' {bad}: it is '.', which names a folder, not a "
+        f"file. {PART4_HINT}",
+        f"[PART-004] error at notes > partitions: partition key '..' {bad}: it is '..', which names a folder, not a "
+        f"file. {PART4_HINT}",
+        f"[PART-004] error at notes > partitions: partition key 'soh\\x01' {bad}: it holds the control character(s) "
+        f"'\\x01'. {PART4_HINT}",
+        f"[PART-004] error at notes > partitions: partition key 'del\\x7f' {bad}: it holds the control character(s) "
+        f"'\\x7f'. {PART4_HINT}",
+        f"[PART-004] error at notes > partitions: partition key {'a' * 101!r} {bad}: it is 101 characters long (at "
+        f"most 100). {PART4_HINT}",
+    ]
+
+
+class Climbing(FlujoDagsterTranslator):
+    def get_asset_key(self, pipeline: Pipeline, key: str) -> AssetKey:
+        return AssetKey(["..", "..", "climbed"]) if key == "summary" else super().get_asset_key(pipeline, key)
+
+    def get_context_asset_key(self, pipeline: Pipeline) -> AssetKey:
+        return AssetKey(["reports", "a/b"])
+
+
+def test_a_translators_asset_keys_that_cannot_name_a_stored_file() -> None:
+    pipeline = Pipeline("notes", context=Note, steps=[summary], assets=["summary"])
+    hint = (
+        "Hint: return asset key parts of at most 100 characters without '/', '\\' or control characters, other "
+        "than '.' and '..', from the translator (each asset's latest value is stored in a file named after its key)"
+    )
+    assert lines(pipeline, translator=Climbing()) == [
+        "[V-NAME] error at notes > key:summary: the asset key ['..', '..', 'climbed'] of key 'summary' cannot name a "
+        f"stored file: part '..': it is '..', which names a folder, not a file. {hint}",
+        "[V-NAME] error at notes: the final context's asset key ['reports', 'a/b'] cannot name a stored file: part "
+        f"'a/b': it holds '/', a path separator. {hint}",
+    ]
+    assert lines(pipeline) == []
+
+
 def _checked(*checks: Check, assets: tuple[str, ...] = ("summary",)) -> Pipeline:
     return Pipeline("notes", context=Note, steps=[summary], assets=list(assets), checks=list(checks))
 

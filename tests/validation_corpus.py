@@ -208,6 +208,9 @@ CASES: dict[str, Case] = {
     "PART-003": Case(
         (_doc("part3", partitions=StaticPartitions(keys=["en", "e...s"], input_key="day")),), (("PART-003", "error"),)
     ),
+    "PART-004": Case(
+        (_doc("part4", partitions=StaticPartitions(keys=["en", "../x"], input_key="day")),), (("PART-004", "error"),)
+    ),
     "PRICE-001": Case(
         (_doc("price1", agent_step("draft", agent=unpriced, prompt="{topic}")),), (("PRICE-001", "error"),)
     ),

@@ -166,7 +166,7 @@ def _problem(exc: BaseException) -> str:
         return "a file is in the place of one of its folders"
     if isinstance(exc, OSError):
         return f"the file cannot be used ({exc.strerror or type(exc).__name__})"
-    return f"the path is not under the storage root ({exc})"
+    return str(exc)  # a ValueError of `_parts` or `_check_remote`
 
 
 def _parts(root: UPath, path: UPath) -> tuple[str, list[str]] | None:
@@ -175,18 +175,20 @@ def _parts(root: UPath, path: UPath) -> tuple[str, list[str]] | None:
     if path.protocol not in _LOCAL or root.protocol not in _LOCAL:
         return None
     base, full = PurePosixPath(root.path), PurePosixPath(path.path)
-    relative = full.relative_to(base).parts  # ValueError when outside
+    if not full.is_relative_to(base):
+        raise ValueError(f"it is not a file under the storage root {root}")
+    relative = full.relative_to(base).parts
     if not relative or any(p in (".", "..", "") for p in relative):
-        raise ValueError(f"{path} is not a file under {root}")
+        raise ValueError(f"it is not a file under the storage root {root} (it holds '.' or '..')")
     return str(base), list(relative)
 
 
 def _check_remote(root: UPath, path: UPath) -> None:
     """A remote path is still under its root, lexically: the same protocol, and the root's components first."""
     if path.protocol != root.protocol or not str(path).startswith(str(root).rstrip("/") + "/"):
-        raise ValueError(f"{path} is not a file under {root}")
+        raise ValueError(f"it is not a file under the storage root {root}")
     if any(p in (".", "..") for p in PurePosixPath(path.path).parts):
-        raise ValueError(f"{path} holds '.' or '..'")
+        raise ValueError(f"it is not a file under the storage root {root} (it holds '.' or '..')")
 
 
 def _open_folders(base: str, folders: Sequence[str], *, create: bool) -> int:
@@ -311,9 +313,8 @@ def write_file(path: UPath, data: bytes, *, root: UPath | None = None, key: str 
             return
         _write_local(*local, data)
     except (OSError, ValueError, _Refused) as exc:
-        named = f" {key!r}" if key else ""
-        at = f" ({where})" if str(where) else ""
+        what = f"the value of key {key!r} ({where}) at {path}" if key else str(path)
         raise StorageError(
-            f"cannot store the value of key{named}{at} at {path}: {_problem(exc)}. Remove what is in the way (the "
-            f"storage never follows symlinks nor replaces directories), then: {origin_remedy(where)}"
+            f"cannot store {what}: {_problem(exc)}. Remove what is in the way (the storage never follows symlinks "
+            f"nor replaces directories), then: {origin_remedy(where)}"
         ) from None
