@@ -507,7 +507,7 @@ def leaf_origin(run_id: str) -> tuple[str, str]:
     where = f"run {run_id}, step leaf, step path 'shelf > step:leaf'"
     remedy = (
         f"Re-execute run {run_id} from step leaf, the step that writes it: in the Dagster UI select leaf in the run "
-        "and choose Re-execute > From selected, or in Python ReexecutionOptions(parent_run_id=..., "
+        "and re-execute From selected, or in Python ReexecutionOptions(parent_run_id=..., "
         "step_selection=['leaf*'])."
     )
     return where, remedy

@@ -69,7 +69,7 @@ def encode_name(name: str) -> str:
     (too long, or empty) a shortened form with its SHA-256. Injective; never empty, `.`, `..`, nor holding `/`."""
     if _kept(name):
         return name
-    encoded = quote(name, safe=_KEPT_CHARS + ".", encoding="utf-8", errors="strict").replace("~", "%7E")
+    encoded = quote(name, safe=_KEPT_CHARS + ".", encoding="utf-8", errors="surrogatepass").replace("~", "%7E")
     if encoded.startswith("."):
         encoded = "%2E" + encoded[1:]
     if encoded.lower().endswith(FILE_SUFFIX):
@@ -126,7 +126,7 @@ class Origin:
             return "Re-execute the step that writes it."
         return (
             f"Re-execute run {self.run_id} from step {self.step_key}, the step that writes it: in the Dagster UI "
-            f"select {self.step_key} in the run and choose Re-execute > From selected, or in Python "
+            f"select {self.step_key} in the run and re-execute From selected, or in Python "
             f"ReexecutionOptions(parent_run_id=..., step_selection=['{self.step_key}*'])."
         )
 
