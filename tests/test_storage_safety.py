@@ -143,6 +143,15 @@ def test_keys_that_reach_the_io_manager_at_run_time_stay_under_the_root_in_their
         )
     assert defs.load_asset_value(AssetKey(["..", "..", "climbed"]), instance=instance) == 7
     assert len(list((root / "assets" / "by_partition").iterdir())) == len(ASSET_KEYS)
+    lost = root / "assets" / "by_partition" / "partition=sub%2F..%2Fx.json"
+    lost.unlink()
+    with pytest.raises(StorageError) as caught:
+        defs.load_asset_value(AssetKey("by_partition"), partition_key="sub/../x", instance=instance)
+    assert str(caught.value) == (
+        f"no stored value for key 'result' (asset by_partition, partition 'sub/../x') at {lost}: the file is missing. "
+        "Materialize asset by_partition (partition 'sub/../x') again to rewrite it."
+    )
+    assert defs.load_asset_value(AssetKey("by_partition"), partition_key="x", instance=instance) == "value of x"
 
 
 # --- symlinks, directories, atomic writes ------------------------------------------------------------------------
@@ -246,6 +255,17 @@ def test_a_directory_or_a_file_in_the_wrong_place_is_a_storage_error(tmp_path: P
     os.mkfifo(fifo.path)  # would block a plain open() for ever
     with pytest.raises(StorageError, match="something other than a regular file is in the file's place"):
         PydanticJsonIOManager.read(fifo, StoredKey("leaf", Leaf), where="test", root=root)
+
+
+def test_a_name_too_long_for_the_file_system_is_a_storage_error(tmp_path: Path) -> None:
+    """The IO manager's own names are bounded (`encode_name`); a path built by hand is not, and still gets a
+    StorageError rather than `OSError: File name too long`."""
+    root = UPath(tmp_path) / "flujo"
+    path = root / "run-1" / ("a" * 300 + ".json")
+    with pytest.raises(StorageError, match="the path is too long for the file system"):
+        write_file(path, GOOD, root=root)
+    with pytest.raises(StorageError, match="the path is too long for the file system"):
+        read_file(path, root=root, key="leaf", where="test")
 
 
 def test_a_path_outside_the_root_is_refused(tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ def _header(raw: bytes) -> str:
     except ValueError as exc:
         return f"corrupt (not a flujo_dagster JSON envelope): not JSON ({str(exc).split(chr(10))[0]})"
     version = parsed.get("flujo") if isinstance(parsed, dict) else None
-    if isinstance(version, int) and not isinstance(version, bool) and version != ENVELOPE_VERSION:
+    if type(version) is int and 0 < version < ENVELOPE_VERSION:  # only a known version is named, nothing else
         return (
             f"written in envelope version {version}, and this flujo_dagster reads version {ENVELOPE_VERSION} only "
             "(files of older versions are not converted)"
