@@ -90,7 +90,7 @@ class OpCheckpoints:
         try:
             if not file.exists():
                 return None
-            manifest = read_envelope(file, StoredKey(path, _Manifest), where=where)
+            manifest = read_envelope(file, StoredKey(path, _Manifest), where=where, root=self.root)
             assert isinstance(manifest, _Manifest)
             if manifest.inputs != inputs:
                 self.context.log.info(f"{path}: its checkpoint in run {run_id} ran on other inputs; not reused")
@@ -107,6 +107,7 @@ class OpCheckpoints:
                     checkpoint_path(self.root, run_id, self.step_key, path, _value_file(index)),
                     StoredKey(key, self.fields[key]),
                     where=where,
+                    root=self.root,
                 )
                 for index, key in enumerate(manifest.keys)
             }
@@ -125,12 +126,16 @@ class OpCheckpoints:
             for index, key in enumerate(keys):
                 data = dump_envelope(StoredKey(key, self.fields[key]), checkpoint.values[key])
                 write_file(
-                    checkpoint_path(self.root, self.context.run_id, self.step_key, path, _value_file(index)), data
+                    checkpoint_path(self.root, self.context.run_id, self.step_key, path, _value_file(index)),
+                    data,
+                    root=self.root,
                 )
             manifest = _Manifest(inputs=inputs, keys=keys, records=list(checkpoint.records))
             data = dump_envelope(StoredKey(path, _Manifest), manifest)
             write_file(
-                checkpoint_path(self.root, self.context.run_id, self.step_key, path, names.CHECKPOINT_MANIFEST), data
+                checkpoint_path(self.root, self.context.run_id, self.step_key, path, names.CHECKPOINT_MANIFEST),
+                data,
+                root=self.root,
             )
         except (OSError, ValueError, StorageError) as exc:  # a full disk, a value that does not dump, a refused path
             self.context.log.warning(
