@@ -182,13 +182,21 @@ def costs_command(run_id: str) -> None:
     click.echo(f"{'run':<8}  {'step':<40}  {'model':<28}  {'tokens in/out':>14}  {'cost USD':>12}  price source")
     for call in calls:
         tokens = f"{call.input_tokens}/{call.output_tokens}"
+        flags = ("  [usage unknown]" if call.usage_unknown else "") + ("  [step failed]" if call.status != "ok" else "")
         click.echo(
             f"{call.run_id[:8]:<8}  {call.step_path:<40}  {call.model:<28}  {tokens:>14}  {call.cost_usd:>12.6f}  "
-            f"{call.price_source or 'none'}"
+            f"{call.price_source or 'none'}{flags}"
         )
     total = sum((c.cost_usd for c in calls), Decimal(0))
     tokens_in, tokens_out = sum(c.input_tokens for c in calls), sum(c.output_tokens for c in calls)
     click.echo(f"total: ${total:.6f}, {tokens_in} input / {tokens_out} output tokens, {len(calls)} agent step(s)")
+    unknown = [c.step_path for c in calls if c.usage_unknown]
+    if unknown:
+        click.echo(
+            f"warning: {len(unknown)} step(s) got answers without usage ({', '.join(unknown)}): a budgeted one is "
+            "charged at its reservation (the worst case), an unbudgeted one's cost is a lower bound",
+            err=True,
+        )
 
 
 @main.command("pending")

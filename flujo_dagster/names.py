@@ -84,6 +84,7 @@ __all__ = [
     "TOTAL_OUTPUT_TOKENS",
     "TYPE",
     "TYPE_CHECK",
+    "USAGE_UNKNOWN",
     "USER_TAG",
     "VALIDATION_SENSOR",
     "approval",
@@ -118,6 +119,8 @@ CACHE_READ_TOKENS = "flujo/cache_read_tokens"
 REQUESTS = "flujo/requests"
 COST_USD = "flujo/cost_usd"
 PRICE_SOURCE = "flujo/price_source"
+USAGE_UNKNOWN = "flujo/usage_unknown"
+"""True on a step whose model reported no usage for a response: charged at its reservation (the worst case)."""
 PATH = "flujo/path"
 STEPS = "flujo/steps"
 STEPS_JSON = "flujo/steps_json"

@@ -158,7 +158,7 @@ def run_pipeline(
             success=result.success,
             final_context=context,
             error=_failure(result),
-            agent_calls=agent_calls(result.all_events),
+            agent_calls=agent_calls(result.all_events, result.run_id),
         )
 
 

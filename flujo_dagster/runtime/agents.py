@@ -34,6 +34,8 @@ class AgentCall:
     """The cost of the call's requests, priced for the model that answered (None until priced)."""
     price_source: str = ""
     """Where the price came from: `genai-prices <version>`, `override` or `offline`."""
+    unmeasured_requests: int = 0
+    """Responses that reported no usage (their tokens are unknown, so the call's are a lower bound)."""
 
     def usage(self) -> TokenUsage:
         """The call's tokens, for pricing."""
@@ -80,6 +82,7 @@ async def run_agent(
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
         requests=usage.requests,
+        unmeasured_requests=usage.unmeasured_requests,
     )
 
 

@@ -5,8 +5,10 @@ reserves the request's worst case in every budget that applies (the serialized r
 upper bound of its input tokens, plus its `max_tokens`, priced for the configured model); a reservation that
 would exceed a budget raises `UsageLimitExceededError` and the request never starts. After the response it
 replaces the reservations by the actual cost (priced for the model that answered); a failed request releases
-them. A response above its reservation (a provider ignoring `max_tokens`) is recorded as an overshoot, halts
-the budget's scope and fails the step.
+them. A response that reported no usage, or whose answering model has no price, keeps its worst case as spent.
+A response above its reservation (a provider ignoring `max_tokens`) is recorded as an overshoot, halts the
+budget's scope and fails the step. What each request was charged is added to the step's `Meter`, so that what
+is reported matches the ledger.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.errors import ConfigurationError, UsageLimitExceededError
 from flujo_dagster.pricing.ledger import USD_NANOS, BudgetLedger, Limits, Reservation, Usage
 from flujo_dagster.pricing.prices import PriceBook, TokenUsage
+from flujo_dagster.runtime.records import Charge, Meter
 
 __all__ = ["BudgetContext", "BudgetedModel", "Guard", "day_scope", "guard_for", "nanos"]
 
@@ -113,12 +116,22 @@ def _overshoot_error(
 class BudgetedModel(WrapperModel):
     """`wrapped`, with every request reserved before it starts and reconciled after it ends."""
 
-    def __init__(self, wrapped: Model, *, budget: BudgetContext, path: str, configured: str, max_tokens: int) -> None:
+    def __init__(
+        self,
+        wrapped: Model,
+        *,
+        budget: BudgetContext,
+        path: str,
+        configured: str,
+        max_tokens: int,
+        meter: Meter | None = None,
+    ) -> None:
         super().__init__(wrapped)
         self.budget = budget
         self.path = path
         self.configured = configured
         self.max_tokens = max_tokens
+        self.meter = meter if meter is not None else Meter()  # what each settled request was charged
 
     def worst_case(self, messages: list[ModelMessage], parameters: ModelRequestParameters) -> Usage:
         """The most one request may cost: its serialized size in bytes as input tokens plus `max_tokens`."""
@@ -127,11 +140,19 @@ class BudgetedModel(WrapperModel):
         cost = pricing.cost(TokenUsage(input_tokens=size, output_tokens=self.max_tokens))
         return Usage(usd_nanos=nanos(cost), tokens=size + self.max_tokens)
 
-    def actual(self, response: ModelResponse) -> Usage:
-        """What `response` cost, priced for the model that answered it."""
+    def answered(self, response: ModelResponse) -> str:
+        """`provider:model` of the model that answered `response`."""
         provider = response.provider_name or self.configured.partition(":")[0]
-        pricing = self.budget.prices.require(f"{provider}:{response.model_name}", where=self.path)
+        return f"{provider}:{response.model_name}"
+
+    def actual(self, response: ModelResponse) -> Usage | None:
+        """What `response` cost, priced for the model that answered it; None when it reported no usage
+        (pydantic-ai's `unmeasured_requests`, or no token counted at all): then only its worst case is known.
+        `PricingNotConfiguredError` when the answering model has no price."""
+        pricing = self.budget.prices.require(self.answered(response), where=self.path)
         usage = response.usage
+        if usage.unmeasured_requests or not (usage.input_tokens or usage.output_tokens):
+            return None
         tokens = TokenUsage(
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
@@ -139,6 +160,18 @@ class BudgetedModel(WrapperModel):
             cache_write_tokens=usage.cache_write_tokens,
         )
         return Usage(usd_nanos=nanos(pricing.cost(tokens)), tokens=usage.input_tokens + usage.output_tokens)
+
+    def _worst_charged(self, worst: Usage, model: str, why: str, *, unknown: bool = False) -> None:
+        self.meter.add(
+            Charge(
+                model=model,
+                input_tokens=worst.tokens - self.max_tokens,
+                output_tokens=self.max_tokens,
+                cost_usd=Decimal(worst.usd_nanos) / USD_NANOS,
+                price_source=f"reservation ({why})",
+                usage_unknown=unknown,
+            )
+        )
 
     async def request(
         self,
@@ -149,12 +182,14 @@ class BudgetedModel(WrapperModel):
         settings = ModelSettings(**(model_settings or {}))
         settings["max_tokens"] = min(settings.get("max_tokens", self.max_tokens), self.max_tokens)
         budget = self.budget
-        held = budget.reserve(self.worst_case(messages, model_request_parameters), step=self.path)
+        worst = self.worst_case(messages, model_request_parameters)
+        held = budget.reserve(worst, step=self.path)
         try:
             response = await super().request(messages, settings, model_request_parameters)
         except anyio.get_cancelled_exc_class():
             # a timeout or a terminated run: the request may have been sent and billed, so its worst case counts
             budget.settle(held, None)
+            self._worst_charged(worst, self.configured, "request cut off")
             raise
         except BaseException:
             budget.settle(held, Usage(0, 0), release=True)
@@ -164,8 +199,24 @@ class BudgetedModel(WrapperModel):
         except BaseException:
             # the request was answered (and billed) but cannot be priced: keep the worst case as spent
             budget.settle(held, None)
+            self._worst_charged(worst, self.answered(response), f"no price for {self.answered(response)}")
             raise
+        if actual is None:  # no usage reported: the worst case is all that is known, so it is what counts
+            budget.settle(held, None)
+            self._worst_charged(worst, self.answered(response), "usage unknown", unknown=True)
+            return response
         overshoots = budget.settle(held, actual)
+        usage = response.usage
+        self.meter.add(
+            Charge(
+                model=self.answered(response),
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cost_usd=Decimal(actual.usd_nanos) / USD_NANOS,
+                price_source=self.budget.prices.require(self.answered(response), where=self.path).source,
+            )
+        )
         if overshoots:
             raise _overshoot_error(self.path, response.model_name, actual, overshoots, self.max_tokens)
         return response

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import anyio
@@ -18,7 +18,7 @@ from flujo_dagster.errors import ControlFlowError
 from flujo_dagster.runtime.agents import AgentCall
 from flujo_dagster.runtime.calls import call_function_step, with_timeout
 from flujo_dagster.runtime.prompts import render_prompt
-from flujo_dagster.runtime.records import Reporter, StepRecord
+from flujo_dagster.runtime.records import Meter, Reporter, StepRecord
 from flujo_dagster.runtime.retries import NEVER_RETRIED, is_retried, retry_delay
 from flujo_dagster.runtime.values import step_outputs
 
@@ -28,7 +28,9 @@ __all__ = ["AgentRunner", "LeafExecutor", "LeafResult"]
 class AgentRunner(Protocol):
     """Runs one agent step (the adapter's `PricedAgents` is one)."""
 
-    async def run(self, step: AgentStep, prompt: str, *, path: str) -> tuple[AgentCall, str]: ...
+    async def run(
+        self, step: AgentStep, prompt: str, *, path: str, meter: Meter | None = None
+    ) -> tuple[AgentCall, str]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,32 +62,36 @@ class LeafExecutor:
 
     async def run(self, step: Step, values: Mapping[str, object], path: str) -> LeafResult:
         """Run `step` on `values` (holding at least the keys it reads) with the retry policy of
-        `flujo_dagster.runtime.retries`; the last attempt's error is raised unchanged."""
-        attempt = self._attempt(step, values, path)
+        `flujo_dagster.runtime.retries`; the last attempt's error is raised unchanged. Its record carries what
+        its agent calls were charged over every attempt, a failed step's too."""
+        meter = Meter()
+        attempt = self._attempt(step, values, path, meter)
         attempts = max(step.retry.max_retries, 0) + 1
         start = time.perf_counter()
         for number in range(1, attempts + 1):
             try:
                 done = await attempt()
             except NEVER_RETRIED as exc:
-                self._failed(step, path, start, number, exc)
+                self._failed(step, path, start, number, exc, meter)
                 raise
             except Exception as exc:
                 if number == attempts or not is_retried(exc):
-                    self._failed(step, path, start, number, exc)
+                    self._failed(step, path, start, number, exc, meter)
                     raise
                 delay = retry_delay(step.retry, number)
                 if self.reporter is not None:
                     self.reporter.attempt_failed(path, number, attempts, exc, delay)
                 await anyio.sleep(delay)
                 continue
-            record = _ok(step, path, time.perf_counter() - start, number, done)
+            record = _ok(step, path, time.perf_counter() - start, number, done, meter)
             if self.reporter is not None:
                 self.reporter.step_finished(record)
             return LeafResult(values=done.values, record=record, call=done.call)
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
-    def _attempt(self, step: Step, values: Mapping[str, object], path: str) -> Callable[[], Awaitable[_Done]]:
+    def _attempt(
+        self, step: Step, values: Mapping[str, object], path: str, meter: Meter
+    ) -> Callable[[], Awaitable[_Done]]:
         keys = resolve_keys(step, self.fields)
         writes = keys.writes or ()
         reads = {k: values[k] for k in keys.reads}
@@ -104,35 +110,35 @@ class LeafExecutor:
 
         async def agent() -> _Done:
             prompt = render_prompt(step, reads)
-            call, source = await with_timeout(step.timeout, lambda: agents.run(step, prompt, path=path), path=path)
+            call, source = await with_timeout(
+                step.timeout, lambda: agents.run(step, prompt, path=path, meter=meter), path=path
+            )
             return _Done(step_outputs(path, writes, False, call.output, self.fields), call, source)
 
         return agent
 
-    def _failed(self, step: Step, path: str, start: float, attempts: int, error: Exception) -> None:
+    def _failed(self, step: Step, path: str, start: float, attempts: int, error: Exception, meter: Meter) -> None:
         if self.reporter is not None:
-            self.reporter.step_finished(
-                StepRecord(
-                    path=path,
-                    kind=step.kind,
-                    status="failed",
-                    duration_s=time.perf_counter() - start,
-                    attempts=attempts,
-                    error=f"{type(error).__name__}: {error}",
-                )
+            failed = StepRecord(
+                path=path,
+                kind=step.kind,
+                status="failed",
+                duration_s=time.perf_counter() - start,
+                attempts=attempts,
+                error=f"{type(error).__name__}: {error}",
             )
+            self.reporter.step_finished(meter.record(failed))
 
 
-def _ok(step: Step, path: str, duration_s: float, attempts: int, done: _Done) -> StepRecord:
+def _ok(step: Step, path: str, duration_s: float, attempts: int, done: _Done, meter: Meter) -> StepRecord:
     call = done.call
+    record = StepRecord(path=path, kind=step.kind, status="ok", duration_s=duration_s, attempts=attempts)
     if call is None:
-        return StepRecord(path=path, kind=step.kind, status="ok", duration_s=duration_s, attempts=attempts)
-    return StepRecord(
-        path=path,
-        kind=step.kind,
-        status="ok",
-        duration_s=duration_s,
-        attempts=attempts,
+        return record
+    if meter.charges:  # the charges of every attempt, as the ledger recorded them (a budgeted call's per request)
+        return meter.record(replace(record, model=call.model, model_source=done.source), done.source)
+    return replace(  # an agent runner that reports no charges: the call as it was priced
+        record,
         model=call.model,
         model_source=done.source,
         input_tokens=call.input_tokens,
@@ -141,4 +147,5 @@ def _ok(step: Step, path: str, duration_s: float, attempts: int, done: _Done) ->
         requests=call.requests,
         cost_usd=call.cost_usd,
         price_source=call.price_source,
+        usage_unknown=call.unmeasured_requests > 0,
     )

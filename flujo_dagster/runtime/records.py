@@ -1,13 +1,14 @@
 """What the leaf executor and the interpreter report about the steps they run: one record per finished step,
-and each failed attempt that will be tried again."""
+and each failed attempt that will be tried again; and what each model request of a step was charged (`Meter`),
+failed attempts included, so that what is reported adds up to what the budget ledger recorded."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Protocol
 
-__all__ = ["Reporter", "StepRecord"]
+__all__ = ["Charge", "Meter", "Reporter", "StepRecord"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +29,53 @@ class StepRecord:
     cost_usd: Decimal | None = None
     price_source: str | None = None
     error: str | None = None
+    usage_unknown: bool = False
+    """A response reported no usage: its cost is the reservation (budgeted) or a lower bound (not budgeted)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Charge:
+    """What one model request (budgeted) or one agent run (not budgeted) was charged. `cost_usd` is None when
+    nothing could be priced (no budget and no price for the answering model)."""
+
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    requests: int = 1
+    cost_usd: Decimal | None
+    price_source: str
+    usage_unknown: bool = False
+
+
+class Meter:
+    """The charges of one step, across all its attempts, in the order they were made."""
+
+    def __init__(self) -> None:
+        self.charges: list[Charge] = []
+
+    def add(self, charge: Charge) -> None:
+        """Record one charge."""
+        self.charges.append(charge)
+
+    def record(self, base: StepRecord, model_source: str | None = None) -> StepRecord:
+        """`base` with the model, tokens, requests, cost and price source of every charge (unchanged without)."""
+        charges = self.charges
+        if not charges:
+            return base
+        costs = [c.cost_usd for c in charges if c.cost_usd is not None]
+        return replace(
+            base,
+            model=charges[-1].model,
+            model_source=model_source or base.model_source,
+            input_tokens=sum(c.input_tokens for c in charges),
+            output_tokens=sum(c.output_tokens for c in charges),
+            cache_read_tokens=sum(c.cache_read_tokens for c in charges),
+            requests=sum(c.requests for c in charges),
+            cost_usd=sum(costs, Decimal(0)) if costs else None,
+            price_source="; ".join(dict.fromkeys(c.price_source for c in charges if c.price_source)),
+            usage_unknown=any(c.usage_unknown for c in charges),
+        )
 
 
 class Reporter(Protocol):

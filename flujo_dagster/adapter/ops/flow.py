@@ -9,7 +9,15 @@ from dagster import DagsterRun, In, MetadataValue, Nothing, OpDefinition, OpExec
 from pydantic import ValidationError
 
 from flujo_dagster import names
-from flujo_dagster.adapter.ops.leaf import OpReporter, StepWiring, ins_for, not_retried, outs_for, priced_agents
+from flujo_dagster.adapter.ops.leaf import (
+    OpReporter,
+    StepWiring,
+    failed_with_costs,
+    ins_for,
+    not_retried,
+    outs_for,
+    priced_agents,
+)
 from flujo_dagster.adapter.storage.checkpoints import OpCheckpoints
 from flujo_dagster.adapter.storage.io_manager import Origin, PydanticJsonIOManager, StoredKey
 from flujo_dagster.adapter.storage.types import key_type
@@ -44,6 +52,7 @@ __all__ = [
     "barrier_op",
     "branch_join_op",
     "context_op",
+    "inline_metadata",
     "inline_op",
     "loop_join_op",
     "router_op",
@@ -301,6 +310,22 @@ def _record_json(record: StepRecord) -> dict[str, object]:
     return row
 
 
+def inline_metadata(wiring: StepWiring, records: Sequence[StepRecord]) -> dict[str, Any]:
+    """An inline op's metadata: its per-step table (failed steps' charged calls included) and totals."""
+    metadata: dict[str, Any] = {
+        names.STEP_PATH: wiring.path,
+        names.STEPS: MetadataValue.md(_table(records)),
+        names.STEPS_JSON: MetadataValue.json([_record_json(r) for r in records]),
+        names.INPUT_TOKENS: sum(r.input_tokens for r in records),
+        names.OUTPUT_TOKENS: sum(r.output_tokens for r in records),
+        names.REQUESTS: sum(r.requests for r in records),
+        names.COST_USD: float(sum(r.cost_usd or 0 for r in records)),
+    }
+    if any(r.usage_unknown for r in records):
+        metadata[names.USAGE_UNKNOWN] = True
+    return metadata
+
+
 def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: str) -> OpDefinition:
     """A subtree run in one op by the interpreter. Its output metadata carries a per-step table; each
     ignored failure of a parallel branch is logged once."""
@@ -320,19 +345,17 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
         try:
             await interpreter.run([node], state, parent_path)
         except NEVER_RETRIED as exc:
-            raise not_retried(exc, wiring) from exc
+            raise not_retried(exc, wiring, inline_metadata(wiring, records.records)) from exc
+        except Exception as exc:  # the failure event carries what the inner agent calls were charged
+            charged = any(r.model is not None for r in records.records)
+            raised = failed_with_costs(exc, wiring, inline_metadata(wiring, records.records) if charged else {})
+            if raised is exc:
+                raise
+            raise raised from exc
         for record in records.records:
             if record.status == "ignored":
                 context.log.warning(f"{record.path} failed and was ignored: {record.error}")
-        metadata: dict[str, Any] = {
-            names.STEP_PATH: wiring.path,
-            names.STEPS: MetadataValue.md(_table(records.records)),
-            names.STEPS_JSON: MetadataValue.json([_record_json(r) for r in records.records]),
-            names.INPUT_TOKENS: sum(r.input_tokens for r in records.records),
-            names.OUTPUT_TOKENS: sum(r.output_tokens for r in records.records),
-            names.REQUESTS: sum(r.requests for r in records.records),
-            names.COST_USD: float(sum(r.cost_usd or 0 for r in records.records)),
-        }
+        metadata = inline_metadata(wiring, records.records)
         first = True
         for key in wiring.writes:
             if key in state:

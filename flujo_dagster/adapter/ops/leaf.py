@@ -16,6 +16,7 @@ from dagster import (
     Out,
     Output,
     Permissive,
+    RetryRequested,
 )
 
 from flujo_dagster import names
@@ -46,6 +47,8 @@ __all__ = [
     "OP_RULES",
     "OpReporter",
     "StepWiring",
+    "call_metadata",
+    "failed_with_costs",
     "inputs_op",
     "ins_for",
     "not_retried",
@@ -94,15 +97,52 @@ def outs_for(pipeline: Pipeline, writes: tuple[str, ...], optional: frozenset[st
     }
 
 
-def not_retried(exc: BaseException, wiring: StepWiring) -> Failure:
+def not_retried(exc: BaseException, wiring: StepWiring, metadata: Mapping[str, Any] | None = None) -> Failure:
     """One of our errors that fails a step on its first attempt (`runtime.retries.NEVER_RETRIED`), as a
-    `Failure(allow_retries=False)` naming its class and the step path, chained from the original."""
+    `Failure(allow_retries=False)` naming its class and the step path, chained from the original; `metadata`
+    (what the step's agent calls were charged) is added to the failure's."""
     where = "" if str(exc).startswith(f"{wiring.path}: ") else f" at {wiring.path}"  # said once
     return Failure(
         description=f"{type(exc).__name__}{where}: {exc}",
-        metadata={names.STEP_PATH: wiring.path, names.ERROR_CLASS: type(exc).__name__},
+        metadata={**(metadata or {}), names.STEP_PATH: wiring.path, names.ERROR_CLASS: type(exc).__name__},
         allow_retries=False,
     )
+
+
+def failed_with_costs(exc: Exception, wiring: StepWiring, metadata: Mapping[str, Any]) -> Exception:
+    """A step's own error, when its agent calls were charged before it failed: a `Failure` with the same class
+    name and message, chained from it, that carries `metadata` (what was charged) on the step's failure event
+    and keeps its retry semantics (`allow_retries` as the error's own). A `RetryRequested` or an error that
+    charged nothing is returned unchanged (raise the result `from exc`)."""
+    if not metadata or isinstance(exc, RetryRequested):
+        return exc
+    if isinstance(exc, Failure):
+        return Failure(exc.description, {**exc.metadata, **metadata}, allow_retries=exc.allow_retries)
+    where = "" if str(exc).startswith(f"{wiring.path}: ") else f" at {wiring.path}"
+    return Failure(
+        description=f"{type(exc).__name__}{where}: {exc}",
+        metadata={**metadata, names.STEP_PATH: wiring.path, names.ERROR_CLASS: type(exc).__name__},
+        allow_retries=getattr(exc, "allow_retries", True) is not False,
+    )
+
+
+def call_metadata(record: StepRecord) -> dict[str, Any]:
+    """An agent step's metadata: the model that answered, tokens, requests, cost (every attempt's charges, as
+    the budget ledger recorded them) and price source; `flujo/usage_unknown` when a response reported no usage."""
+    metadata: dict[str, Any] = {
+        names.STEP_PATH: record.path,
+        names.MODEL: record.model or "unknown",
+        names.MODEL_SOURCE: record.model_source or "",
+        names.INPUT_TOKENS: record.input_tokens,
+        names.OUTPUT_TOKENS: record.output_tokens,
+        names.CACHE_READ_TOKENS: record.cache_read_tokens,
+        names.REQUESTS: record.requests,
+        names.COST_USD: float(record.cost_usd or 0),
+        names.PRICE_SOURCE: record.price_source or "",
+    }
+    if record.usage_unknown:
+        metadata[names.USAGE_UNKNOWN] = True
+    return metadata
 
 
 class OpReporter:
@@ -114,8 +154,14 @@ class OpReporter:
         self.records: list[StepRecord] = []
 
     def step_finished(self, record: StepRecord) -> None:
-        """Keep the record."""
+        """Keep the record; warn when a model reported no usage (its reservation was charged)."""
         self.records.append(record)
+        if record.usage_unknown:
+            self.log.warning(
+                f"{record.path}: model {record.model} answered without reporting its usage; the call is charged "
+                f"at ${record.cost_usd or 0:.6f} ({record.price_source}) and marked {names.USAGE_UNKNOWN}. Check "
+                "that the provider reports token usage."
+            )
 
     def attempt_failed(self, path: str, attempt: int, attempts: int, error: Exception, delay_s: float) -> None:
         """Log the failed attempt."""
@@ -146,12 +192,25 @@ async def _run_leaf(
     inputs: Mapping[str, Any],
     agents: AgentRunner | None,
 ) -> LeafResult:
-    """Run the op's step on the leaf executor (retries in this process, as inside an inline op)."""
-    executor = LeafExecutor(fields=pipeline.fields, agents=agents, reporter=OpReporter(context.log))
+    """Run the op's step on the leaf executor (retries in this process, as inside an inline op). When it fails
+    after its agent calls were charged, the failure event carries what they cost."""
+    reporter = OpReporter(context.log)
+    executor = LeafExecutor(fields=pipeline.fields, agents=agents, reporter=reporter)
     try:
         return await executor.run(step, {k: inputs[io_name(k)] for k in wiring.reads}, wiring.path)
     except NEVER_RETRIED as exc:
-        raise not_retried(exc, wiring) from exc
+        raise not_retried(exc, wiring, _charged(reporter)) from exc
+    except Exception as exc:
+        raised = failed_with_costs(exc, wiring, _charged(reporter))
+        if raised is exc:
+            raise
+        raise raised from exc
+
+
+def _charged(reporter: OpReporter) -> dict[str, Any]:
+    """The metadata of the failed step's agent calls, if any were charged."""
+    charged = [r for r in reporter.records if r.model is not None]
+    return call_metadata(charged[-1]) if charged else {}
 
 
 def _function_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinition:
@@ -178,23 +237,8 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
 
     async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> AsyncIterator[Output[Any]]:
         result = await _run_leaf(context, pipeline, step, wiring, inputs, priced_agents(context, pipeline))
-        call, record = result.call, result.record
-        assert call is not None
-        yield Output(
-            result.values[key],
-            io_name(key),
-            metadata={
-                names.STEP_PATH: wiring.path,
-                names.MODEL: call.model,
-                names.MODEL_SOURCE: record.model_source or "",
-                names.INPUT_TOKENS: call.input_tokens,
-                names.OUTPUT_TOKENS: call.output_tokens,
-                names.CACHE_READ_TOKENS: call.cache_read_tokens,
-                names.REQUESTS: call.requests,
-                names.COST_USD: float(call.cost_usd or 0),
-                names.PRICE_SOURCE: call.price_source,
-            },
-        )
+        assert result.call is not None
+        yield Output(result.values[key], io_name(key), metadata=call_metadata(result.record))
 
     prompt_text = step.prompt if isinstance(step.prompt, str) else f"callable {step.prompt.__name__}"
     return OpDefinition(

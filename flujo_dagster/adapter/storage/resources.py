@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Literal
 
 import anyio
@@ -12,10 +13,11 @@ from pydantic_ai.models.function import FunctionModel
 from pydantic_ai.models.test import TestModel
 
 from flujo_dagster.dsl.steps import AgentStep, model_id_of
-from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.errors import ConfigurationError, PricingNotConfiguredError
 from flujo_dagster.pricing.prices import Price, PriceBook
 from flujo_dagster.runtime.agents import AgentCall, run_agent
 from flujo_dagster.runtime.budget import BudgetContext, BudgetedModel
+from flujo_dagster.runtime.records import Charge, Meter
 
 __all__ = ["AgentRuntime", "ModelSource", "PricedAgents"]
 
@@ -72,18 +74,29 @@ class AgentRuntime:
         prices: PriceBook,
         path: str,
         budget: BudgetContext | None = None,
+        meter: Meter | None = None,
     ) -> tuple[AgentCall, ModelSource]:
         """Run `step`'s agent on `prompt` in the current event loop; the call is priced for the model that
         answered, and `PricingNotConfiguredError` (naming `path`) is raised when that model has no price.
-        With a `budget`, every model request is reserved first and reconciled after (`BudgetedModel`)."""
+        With a `budget`, every model request is reserved first and reconciled after (`BudgetedModel`).
+        What was charged is added to `meter`: each budgeted request as the ledger recorded it, else the call."""
         agent = step.agent
         if not isinstance(agent, Agent):
             raise TypeError(f"agent step {step.name!r} holds {type(agent).__name__}, not a pydantic-ai Agent")
         model, source = self.model_for(step)
-        if budget is not None and budget.guards:
-            model = _budgeted(step, model if model is not None else agent.model, budget, path)
+        budgeted = budget is not None and bool(budget.guards)
+        if budget is not None and budgeted:
+            model = _budgeted(step, model if model is not None else agent.model, budget, path, meter)
         call = await run_agent(agent, prompt, model=model, model_settings=step.model_settings)
-        return call.priced(prices.require(call.model, where=path)), source
+        try:
+            priced = call.priced(prices.require(call.model, where=path))
+        except PricingNotConfiguredError:
+            if meter is not None and not budgeted:
+                meter.add(_charge(call, None, f"no price for {call.model}"))
+            raise
+        if meter is not None and not budgeted:
+            meter.add(_charge(priced, priced.cost_usd, priced.price_source))
+        return priced, source
 
     def price_book(self, overrides: Mapping[str, Price], *, strict: bool) -> PriceBook:
         """A price book with `overrides` and this runtime's declared prices (`offline` for offline models)."""
@@ -96,7 +109,22 @@ class AgentRuntime:
         )
 
 
-def _budgeted(step: AgentStep, chosen: object, budget: BudgetContext, path: str) -> BudgetedModel:
+def _charge(call: AgentCall, cost: Decimal | None, source: str) -> Charge:
+    """The charge of an unbudgeted call: its measured tokens (a lower bound when a response reported none)."""
+    unknown = call.unmeasured_requests > 0
+    return Charge(
+        model=call.model,
+        input_tokens=call.input_tokens,
+        output_tokens=call.output_tokens,
+        cache_read_tokens=call.cache_read_tokens,
+        requests=call.requests,
+        cost_usd=cost,
+        price_source=f"{source}; usage unknown, a lower bound" if unknown else source,
+        usage_unknown=unknown,
+    )
+
+
+def _budgeted(step: AgentStep, chosen: object, budget: BudgetContext, path: str, meter: Meter | None) -> BudgetedModel:
     """`chosen` wrapped so that every request is reserved against `budget` first and reconciled after."""
     max_tokens = step.max_tokens()
     configured = model_id_of(chosen)
@@ -105,7 +133,9 @@ def _budgeted(step: AgentStep, chosen: object, budget: BudgetContext, path: str)
             f"{path}: a budgeted agent step needs a model and max_tokens in its model settings "
             f"(model {configured!r}, max_tokens {max_tokens!r}); validate the pipeline first"
         )
-    return BudgetedModel(infer_model(chosen), budget=budget, path=path, configured=configured, max_tokens=max_tokens)
+    return BudgetedModel(
+        infer_model(chosen), budget=budget, path=path, configured=configured, max_tokens=max_tokens, meter=meter
+    )
 
 
 class PricedAgents:
@@ -130,12 +160,14 @@ class PricedAgents:
             )
         self.limiters = {pool: anyio.CapacityLimiter(limit) for pool, limit in limits.items()}
 
-    async def run(self, step: AgentStep, prompt: str, *, path: str) -> tuple[AgentCall, ModelSource]:
+    async def run(
+        self, step: AgentStep, prompt: str, *, path: str, meter: Meter | None = None
+    ) -> tuple[AgentCall, ModelSource]:
         """Run and price one agent step (see `AgentRuntime.run`), at most as many at once per pool as the
         Dagster instance's limit for the step's pool allows."""
         budget = self.budget_for(step, path) if self.budget_for is not None else None
         limiter = self.limiters.get(step.pool_name() or "")
         if limiter is None:
-            return await self.runtime.run(step, prompt, prices=self.prices, path=path, budget=budget)
+            return await self.runtime.run(step, prompt, prices=self.prices, path=path, budget=budget, meter=meter)
         async with limiter:
-            return await self.runtime.run(step, prompt, prices=self.prices, path=path, budget=budget)
+            return await self.runtime.run(step, prompt, prices=self.prices, path=path, budget=budget, meter=meter)
