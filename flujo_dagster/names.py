@@ -84,6 +84,7 @@ __all__ = [
     "TOTAL_OUTPUT_TOKENS",
     "TYPE",
     "TYPE_CHECK",
+    "UPSTREAM_COST_USD",
     "USAGE_UNKNOWN",
     "USER_TAG",
     "VALIDATION_SENSOR",
@@ -127,6 +128,8 @@ STEPS_JSON = "flujo/steps_json"
 ERROR_CLASS = "flujo/error_class"
 PREVIEW = "flujo/preview"
 TOTAL_COST_USD = "flujo/total_cost_usd"
+UPSTREAM_COST_USD = "flujo/upstream_cost_usd"
+"""On an asset: the cost of every agent step its value depends on in the run, upstream assets' steps included."""
 TOTAL_INPUT_TOKENS = "flujo/total_input_tokens"
 TOTAL_OUTPUT_TOKENS = "flujo/total_output_tokens"
 MODELS = "flujo/models"

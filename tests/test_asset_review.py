@@ -78,6 +78,7 @@ def test_materializations_carry_preview_type_cost_models_and_the_approval(instan
         "flujo/path": None,
         "flujo/type": "list[Source]",
         "flujo/total_cost_usd": 0.0,
+        "flujo/upstream_cost_usd": 0.0,
         "flujo/total_input_tokens": 0,
         "flujo/total_output_tokens": 0,
         "flujo/models": "(none)",
@@ -100,6 +101,7 @@ def test_materializations_carry_preview_type_cost_models_and_the_approval(instan
         "flujo/preview": ANSWER,
         "flujo/type": "str",
         "flujo/total_cost_usd": write["flujo/cost_usd"],
+        "flujo/upstream_cost_usd": write["flujo/cost_usd"],
         "flujo/total_input_tokens": write["flujo/input_tokens"],
         "flujo/total_output_tokens": write["flujo/output_tokens"],
         "flujo/models": "function:reviewer",
@@ -113,7 +115,8 @@ def test_materializations_carry_preview_type_cost_models_and_the_approval(instan
     stats = after["reviewed/stats"]
     assert stats["flujo/preview"] == JsonMetadataValue({"sources": 3, "words": 8})
     assert stats["flujo/type"].value == "dict[str, int]"
-    assert stats["flujo/total_cost_usd"].value == 0.0
+    assert stats["flujo/total_cost_usd"].value == 0.0  # its own steps made no agent call
+    assert stats["flujo/upstream_cost_usd"].value == write["flujo/cost_usd"]  # the draft it reads did
     assert not any(k.startswith("flujo/approval/") for k in stats)
     report = after["reviewed/report"]
     assert report["flujo/preview"] == MarkdownMetadataValue(f"# Report\n\nsummary: {ANSWER}")
@@ -138,6 +141,7 @@ def test_an_asset_forwarded_by_a_loop_join_carries_the_approval_of_the_gate_insi
         "flujo/preview": ANSWER,
         "flujo/type": "str",
         "flujo/total_cost_usd": write["flujo/cost_usd"],
+        "flujo/upstream_cost_usd": write["flujo/cost_usd"],
         "flujo/total_input_tokens": write["flujo/input_tokens"],
         "flujo/total_output_tokens": write["flujo/output_tokens"],
         "flujo/models": "function:reviewer",

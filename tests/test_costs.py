@@ -177,3 +177,27 @@ def test_an_unpriced_answering_model_shows_its_reservation(instance: DagsterInst
     lines, _ = cli_costs(dagster_home, result.run_id)
     assert lines[1].endswith("reservation (no price for elsewhere:metered)  [step failed]")
     assert lines[-1].startswith(f"total: ${spent:.6f}, ")
+
+
+def test_without_a_budget_unknown_usage_and_unpriced_answers_are_flagged(instance: DagsterInstance) -> None:
+    """No budget, so no reservation: an answer without usage is reported as measured (a lower bound) and
+    flagged; a call whose answering model has no price is still listed, with its step's failure."""
+    ask0 = agent_step("ask0", agent=AGENT, prompt="question 0", output_key="a0")
+    ask1 = agent_step("ask1", agent=AGENT, prompt="question 1", output_key="a1")
+    context = context_of("Unbudgeted", a0=(str, ""), a1=(str, ""))
+    pipeline = Pipeline("unbudgeted", context=context, steps=[ask0, ask1])
+    calls: list[str] = []
+    runtime = AgentRuntime(
+        step_models={
+            "ask0": model(calls, usage=RequestUsage(unmeasured_requests=1)),
+            "ask1": model(calls, provider="elsewhere"),
+        },
+        prices={"function:metered": PRICE},
+    )
+    result = run_pipeline(pipeline, {}, instance=instance, resources={"agent_runtime": runtime}, log_level="CRITICAL")
+    assert not result.success and result.error is not None and "PricingNotConfiguredError" in result.error
+    unknown, unpriced = result.agent_calls
+    assert (unknown.usage_unknown, unknown.status, unknown.cost_usd) == (True, "ok", Decimal(0))
+    assert unknown.price_source == "offline; usage unknown, a lower bound"
+    assert (unpriced.model, unpriced.status, unpriced.cost_usd) == ("elsewhere:metered", "failed", Decimal(0))
+    assert unpriced.price_source == "no price for elsewhere:metered" and unpriced.output_tokens == 107

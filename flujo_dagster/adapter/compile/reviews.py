@@ -81,6 +81,7 @@ def plan_reviews(pipeline: Pipeline, built: BuiltGraph, translator: FlujoDagster
     for key, (op, out) in producers.items():
         # the final context is made by the whole run; any other asset by the steps since the nearest assets
         region = every_node if key == CONTEXT_KEY else _region(op, upstream, asset_ops - {op})
+        depends = every_node if key == CONTEXT_KEY else _region(op, upstream, set())
         gates = frozenset(n for n in region if n != op and _shows(built.defs[n], key))
         plans.setdefault(op, []).append(
             AssetPlan(
@@ -88,6 +89,7 @@ def plan_reviews(pipeline: Pipeline, built: BuiltGraph, translator: FlujoDagster
                 key=key,
                 asset_key=keys[key],
                 region=keys_of(region),
+                upstream=keys_of(depends),
                 gates=keys_of(gates),
                 checks=_specs(pipeline, key, keys[key]),
             )

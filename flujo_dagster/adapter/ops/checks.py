@@ -6,6 +6,7 @@ op, so nothing downstream of it runs in the run."""
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, cast
 
 from dagster import (
@@ -48,6 +49,9 @@ class AssetPlan:
     asset_key: AssetKey
     region: frozenset[str]
     """Step keys of the steps that produced the value: upstream of the producer, up to the nearest assets."""
+    upstream: frozenset[str]
+    """Step keys of every step the value depends on: `region` and everything upstream of it, other assets'
+    producers and their regions included."""
     gates: frozenset[str]
     """Step keys of the approval gates in `region` that show the key."""
     checks: tuple[tuple[AssetCheckSpec, Check | None], ...]
@@ -68,12 +72,14 @@ def _reviewed(
     """`out` with the review metadata: preview, type, cost, tokens, models, approval record."""
     own = plain(out.metadata)
     step = context.get_step_execution_context().step.key
-    if state.events is None and (plan.region - {step} or plan.gates):  # no query when only this step made it
+    if state.events is None and (plan.upstream - {step} or plan.gates):  # no query when only this step made it
         state.events = RegionEvents.load(context.instance, context.run_id, exclude_step=step)
     events = state.events or RegionEvents(())
     stored = StoredKey.of(definition.output_def_named(plan.output).dagster_type, plan.key)
     calls = [*region_calls(events, plan.region), *state.calls]
     metadata = review_metadata(out.value, stored.annotation, type_name(stored.annotation), calls)
+    upstream = [*region_calls(events, plan.upstream), *state.calls]
+    metadata[names.UPSTREAM_COST_USD] = float(sum((c.cost_usd for c in upstream), Decimal(0)))
     if not any(k.startswith(APPROVAL_PREFIX) for k in own):
         metadata.update(approval_record(events, plan.gates))
     return out.with_metadata({**out.metadata, **metadata})
