@@ -4,6 +4,7 @@ when a response reports no usage, and when the model that answered has no price.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, UserProm
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
-from flujo_dagster import AgentRuntime, Budget, Map, Parallel, Pipeline, Price, agent_step, run_pipeline
+from flujo_dagster import AgentRuntime, Budget, Map, Parallel, Pipeline, Price, Retry, agent_step, run_pipeline
 from flujo_dagster.adapter.control.costs import AgentCallSummary, run_costs
 from flujo_dagster.adapter.storage.budgets import InstanceLedger
 from flujo_dagster.cli import main
@@ -201,3 +202,38 @@ def test_without_a_budget_unknown_usage_and_unpriced_answers_are_flagged(instanc
     assert unknown.price_source == "offline; usage unknown, a lower bound"
     assert (unpriced.model, unpriced.status, unpriced.cost_usd) == ("elsewhere:metered", "failed", Decimal(0))
     assert unpriced.price_source == "no price for elsewhere:metered" and unpriced.output_tokens == 107
+
+
+def test_every_attempt_of_a_timed_out_step_counts_and_its_error_stays_its_own(instance: DagsterInstance) -> None:
+    """Two attempts, each cut off by the step's timeout: both worst cases stay spent and are reported on the
+    step's failure, which still names the timeout (class and message) as the step's error."""
+
+    async def slow(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        await anyio.sleep(5)
+        return ModelResponse(parts=[TextPart("late")])
+
+    ask = agent_step(
+        "ask",
+        agent=AGENT,
+        prompt="question 1",
+        output_key="a0",
+        model_settings=SETTINGS,
+        timeout=timedelta(seconds=0.2),
+        retry=Retry(max_retries=1, delay=timedelta(0)),
+    )
+    context = context_of("Late", a0=(str, ""))
+    pipeline = Pipeline("late", context=context, steps=[ask], budget=Budget(max_cost_usd=Decimal(5)))
+    runtime = AgentRuntime(model=FunctionModel(slow, model_name="metered"), prices={"function:metered": PRICE})
+    result = run_pipeline(pipeline, {}, instance=instance, resources={"agent_runtime": runtime}, log_level="CRITICAL")
+    assert not result.success and result.error is not None
+    assert result.error.startswith("step ask: flujo_dagster.errors.StepTimeoutError: step late > agent:ask did not")
+    spent = ledger_spent(instance, result.run_id)
+    assert spent == 2 * WORST
+    (call,) = result.agent_calls
+    assert (call.requests, call.cost_usd, call.status) == (2, spent, "failed")
+    assert call.price_source == "reservation (request cut off)"
+    (failure,) = instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_FAILURE)
+    data = failure.dagster_event.step_failure_data  # type: ignore[union-attr]
+    assert data is not None and data.user_failure_data is not None and data.error is not None
+    assert (data.user_failure_data.description or "").startswith("StepTimeoutError")
+    assert data.error.cause is not None and data.error.cause.cls_name == "StepTimeoutError"
