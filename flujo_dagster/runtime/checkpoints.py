@@ -63,6 +63,7 @@ def reused_record(record: StepRecord) -> StepRecord:
         requests=0,
         cost_usd=Decimal(0),
         price_source=None,
+        usage_unknown=False,
     )
 
 
