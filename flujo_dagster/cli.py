@@ -20,11 +20,12 @@ from flujo_dagster.adapter.control.approvals import decide, pending, prepare_dec
 from flujo_dagster.adapter.control.audit import audit_trail
 from flujo_dagster.adapter.control.costs import run_costs
 from flujo_dagster.adapter.run import run_pipeline
+from flujo_dagster.adapter.storage.budgets import adopt_ledger
 from flujo_dagster.adapter.storage.resources import AgentRuntime
 from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ApprovalError, ConfigurationError, FlujoDagsterError
-from flujo_dagster.names import AGENT_RUNTIME_KEY, PRICE_BOOK_KEY
+from flujo_dagster.names import AGENT_RUNTIME_KEY, BUDGET_LEDGER_KEY, PRICE_BOOK_KEY
 from flujo_dagster.pricing.prices import PriceBook
 from flujo_dagster.runtime.approvals import Verdict
 from flujo_dagster.runtime.values import adapter_for, from_json
@@ -320,3 +321,27 @@ def sign_command(
 def reject_command(run_id: str, gate: str | None, by: str, comment: str) -> None:
     """Reject the gate RUN_ID is parked at."""
     _decide(run_id, "reject", gate, by, comment, {})
+
+
+@main.group("ledger")
+def ledger_group() -> None:
+    """The budget ledger the instance (DAGSTER_HOME) charges."""
+
+
+@ledger_group.command("adopt")
+@click.argument("module", required=False)
+def ledger_adopt_command(module: str | None) -> None:
+    """Start counting budgets in the ledger as it is now: record its id in DAGSTER_HOME's instance.
+
+    Runs refuse a ledger whose file or tables were deleted, replaced or restored (budgets would silently start
+    again from $0). After restoring it is not possible, adopt the new ledger on purpose with this command. MODULE:
+    the code location whose Definitions' budget_ledger resource is used (default: the instance's own ledger)."""
+    resource = _resources(_import(module)).get(BUDGET_LEDGER_KEY) if module is not None else None
+    with DagsterInstance.get() as instance:
+        try:
+            location, found, before = adopt_ledger(instance, resource)
+        except FlujoDagsterError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_USAGE)
+    was = "nothing recorded before" if before is None else f"was {before}"
+    click.echo(f"adopted the budget ledger at {location}: id {found} ({was})")

@@ -23,7 +23,6 @@ __all__ = [
     "AUDIT_KEY",
     "AUDIT_KIND",
     "AWAITING_PREFIX",
-    "BUDGET_DAY_TAG",
     "BUDGET_LEDGER_KEY",
     "CACHE_READ_TOKENS",
     "CHECK_ASSET",
@@ -49,6 +48,7 @@ __all__ = [
     "INPUTS_OP",
     "INPUT_TOKENS",
     "IO_MANAGER_KEY",
+    "LEDGER_ID_PREFIX",
     "ITEM_OUTPUT",
     "KEY",
     "KIND",
@@ -269,7 +269,6 @@ IGNORED_PREFIX = "flujo/ignored/"
 PARKED_TAG = "flujo/parked"
 RETRY_BEFORE_PARK_TAG = "flujo/retry_before_park"
 RESUME_KEY_TAG = "flujo/resume_key"
-BUDGET_DAY_TAG = "flujo/budget_day"
 USER_TAG = "dagster/user"
 NO_RUN_RETRY_TAG = "dagster/retry_on_asset_or_op_failure"
 PARTITION_TAG = "dagster/partition"
@@ -284,6 +283,9 @@ IO_MANAGER_KEY = "flujo_io_manager"
 AGENT_RUNTIME_KEY = "agent_runtime"
 PRICE_BOOK_KEY = "price_book"
 BUDGET_LEDGER_KEY = "budget_ledger"
+LEDGER_ID_PREFIX = "flujo/budget_ledger_id/"
+"""Instance key-value entry `flujo/budget_ledger_id/<ledger location>`: the id of the budget ledger this instance
+charges there (a ledger deleted or replaced since shows another id and is refused)."""
 APPROVAL_SETTINGS_KEY = "approval_settings"
 
 # --- jobs, sensors, checks ------------------------------------------------------------------------------------------

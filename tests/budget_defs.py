@@ -80,3 +80,30 @@ def postgres_job() -> JobDefinition:
     """The fan-out charging the PostgreSQL ledger of FLUJO_TEST_POSTGRES_URL (built on first use in each
     process: the ledger connects when it is made)."""
     return _postgres_job()
+
+
+# one budgeted agent step, in process: a reconstructable job whose runs the tests create with any tags and parents
+DAY_ZONE = "Pacific/Kiritimati"  # UTC+14: its day differs from the UTC day for ten hours out of 24
+DAY_CALLS: list[str] = []
+
+
+def _counted(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    DAY_CALLS.append("called")
+    return ModelResponse(parts=[TextPart("ok")], usage=RequestUsage(input_tokens=10, output_tokens=100))
+
+
+One: type[BaseModel] = create_model("One", a0=(str, ""))
+ask = agent_step("ask", agent=agent, prompt="hi", output_key="a0", model_settings={"max_tokens": 200})
+capped = Pipeline(
+    "capped", context=One, steps=[ask], budget=Budget(max_cost_usd=Decimal("1"), scope="day", timezone=DAY_ZONE)
+)
+day_runtime = AgentRuntime(
+    model=FunctionModel(_counted, model_name="metered"),
+    prices={"function:metered": Price(input_per_mtok=0, output_per_mtok=1_000)},
+)
+day_defs = build_definitions(pipelines=[capped], resources={"agent_runtime": day_runtime})
+
+
+def day_job() -> JobDefinition:
+    """`capped`: a $1 per-day budget (days in Pacific/Kiritimati); a request's worst case is $0.20."""
+    return day_defs.resolve_job_def("capped")

@@ -64,7 +64,7 @@ class Backend:
             return  # unreachable: the test has failed on it already, and created no table
         try:
             with conn.cursor() as cur:
-                cur.execute(f"DROP TABLE IF EXISTS {self.prefix}scopes, {self.prefix}entries")
+                cur.execute(f"DROP TABLE IF EXISTS {self.prefix}scopes, {self.prefix}entries, {self.prefix}meta")
             conn.commit()
         finally:
             conn.close()

@@ -8,10 +8,21 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
-from dagster import DagsterEventType, DagsterInstance, ReexecutionOptions, execute_job, reconstructable
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    JobDefinition,
+    ReexecutionOptions,
+    execute_job,
+    reconstructable,
+)
+from dagster._core.execution.api import execute_run
+from dagster._core.storage.runs.schema import RunsTable
 from pydantic import BaseModel, create_model
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, UserPromptPart
@@ -29,7 +40,7 @@ from flujo_dagster import (
     build_definitions,
     run_pipeline,
 )
-from flujo_dagster.adapter.storage.budgets import InstanceLedger, budget_day
+from flujo_dagster.adapter.storage.budgets import InstanceLedger, chain_of
 from flujo_dagster.pricing import USD_NANOS, BudgetLedger, Limits, PostgresBudgetLedger, SqliteBudgetLedger, Usage
 from tests import budget_defs
 
@@ -210,19 +221,68 @@ def test_a_reexecution_recovers_what_a_killed_process_left_reserved(instance: Da
     assert ledger.recover(parent) == 0  # never counted twice
 
 
-def test_the_day_of_a_per_day_budget(instance: DagsterInstance) -> None:
-    """A date partition's own day, else the scheduled time's date in the schedule's timezone, else the UTC day
-    the run was created."""
-    job = build_definitions(pipelines=[fan(Budget(max_tokens=10**9))]).resolve_job_def("fan")
-    created = instance.create_run_for_job(job)
-    today = datetime.now(UTC).date().isoformat()
-    assert budget_day(created, instance) == today
-    late = created.with_tags({**created.tags, ".dagster/scheduled_execution_time": "2026-03-01T23:30:00-08:00"})
-    assert budget_day(late, instance) == "2026-03-01"  # 07:30 UTC on March 2nd, but the schedule's day
-    backfill = late.with_tags({**late.tags, "dagster/partition": "2025-12-31"})
-    assert budget_day(backfill, instance) == "2025-12-31"
-    static = created.with_tags({**created.tags, "dagster/partition": "eu-west"})
-    assert budget_day(static, instance) == today
+def backdated(instance: DagsterInstance, job: JobDefinition, day: datetime) -> str:
+    """A finished run of `job` recorded as created on `day` (what a run of that day looks like)."""
+    run = instance.create_run_for_job(job, status=DagsterRunStatus.SUCCESS)
+    with instance.run_storage.connect() as conn:  # type: ignore[attr-defined]
+        conn.execute(RunsTable.update().where(RunsTable.c.run_id == run.run_id).values(create_timestamp=day))
+    return run.run_id
+
+
+def launch(instance: DagsterInstance, tags: dict[str, str], parent: str | None = None) -> str:
+    """Create and execute a run of `budget_defs.day_job` with `tags` and, like any GraphQL client may, a named
+    parent and root run; its run id."""
+    job = budget_defs.day_job()
+    run = instance.create_run_for_job(job, tags=tags, parent_run_id=parent, root_run_id=parent)
+    execute_run(reconstructable(budget_defs.day_job), run, instance)
+    return run.run_id
+
+
+def test_a_per_day_budget_holds_against_every_tag(instance: DagsterInstance) -> None:
+    """With today's budget spent, no tag, partition, schedule time or named root run moves a run to another day:
+    every request charges the day on which it is reserved, in the budget's timezone."""
+    zone = ZoneInfo(budget_defs.DAY_ZONE)
+    ledger = InstanceLedger().for_instance(instance)
+    first = launch(instance, {})
+    today = datetime.now(zone).date().isoformat()
+    (entry,) = ledger.entries(run_id=first)
+    assert entry.scope == f"pipeline:capped:day:{today}" and entry.state == "reconciled"
+    assert instance.get_run_by_id(first).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
+    spent = ledger.totals(entry.scope).spent_usd_nanos
+    rest = ledger.reserve(entry.scope, Limits(), Usage(USD_NANOS - spent, 0), run_id="elsewhere", step="s")
+    ledger.reconcile(rest, Usage(USD_NANOS - spent, 0))  # today's $1 is spent
+    old = backdated(instance, budget_defs.day_job(), datetime(2001, 1, 1, 12, tzinfo=UTC))
+    escapes = [
+        ({"flujo/budget_day": "2001-01-01"}, None),
+        ({"dagster/partition": "2001-01-01"}, None),  # the job is not partitioned
+        ({".dagster/scheduled_execution_time": "2001-01-01T06:00:00+00:00"}, None),
+        ({}, old),  # a parent and root run created on another day
+    ]
+    for tags, parent in escapes:
+        budget_defs.DAY_CALLS.clear()
+        run_id = launch(instance, tags, parent)
+        assert budget_defs.DAY_CALLS == [], (tags, parent)
+        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE  # type: ignore[union-attr]
+        (failure,) = instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)
+        assert "UsageLimitExceededError" in str(failure.dagster_event.step_failure_data), tags  # type: ignore[union-attr]
+        assert ledger.entries(run_id=run_id) == []
+    assert {e.scope for e in ledger.entries()} == {f"pipeline:capped:day:{today}"}
+
+
+def test_a_run_budget_is_shared_only_along_the_parent_chain_the_instance_proves(instance: DagsterInstance) -> None:
+    """A client may name any parent and root run: the named root is ignored, and a parent that is not a run of
+    the same job in the instance ends the chain."""
+    job = budget_defs.day_job()
+    other = build_definitions(pipelines=[fan(Budget(max_tokens=10**9))]).resolve_job_def("fan")
+    first = instance.create_run_for_job(job)
+    second = instance.create_run_for_job(job, parent_run_id=first.run_id, root_run_id=first.run_id)
+    third = instance.create_run_for_job(job, parent_run_id=second.run_id, root_run_id="made-up")
+    assert [r.run_id for r in chain_of(third, instance)] == [third.run_id, second.run_id, first.run_id]
+    unknown = instance.create_run_for_job(job, parent_run_id="no-such-run", root_run_id=first.run_id)
+    assert [r.run_id for r in chain_of(unknown, instance)] == [unknown.run_id]
+    foreign = instance.create_run_for_job(other)
+    stranger = instance.create_run_for_job(job, parent_run_id=foreign.run_id, root_run_id=foreign.run_id)
+    assert [r.run_id for r in chain_of(stranger, instance)] == [stranger.run_id]
 
 
 def test_a_request_cut_off_by_a_timeout_counts_at_its_worst_case(instance: DagsterInstance) -> None:

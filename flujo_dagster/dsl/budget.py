@@ -8,38 +8,69 @@ from typing import Literal
 
 from flujo_dagster.errors import ConfigurationError
 
-__all__ = ["Budget", "BudgetScope"]
+__all__ = ["MAX_COUNT", "MAX_USD", "Budget", "BudgetScope", "is_token_count"]
 
 BudgetScope = Literal["run", "day"]
+
+MAX_COUNT = 2**62
+"""Amounts the ledger counts (tokens, nano-dollars) stay below this, so that sums of many never overflow."""
+
+MAX_USD = Decimal(MAX_COUNT - 1) / 1_000_000_000
+"""The largest `max_cost_usd` the ledger can hold (nano-dollars below `MAX_COUNT`)."""
+
+
+def is_token_count(value: object) -> bool:
+    """Whether `value` is a whole number of tokens the ledger can count: an int (not a bool) in [0, 2**62)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT
+
+
+def _cost(value: object) -> Decimal:
+    """`max_cost_usd` as a Decimal: a finite number of dollars in [0, MAX_USD] (a bool or another type refused)."""
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
+        raise ConfigurationError(
+            f"Budget max_cost_usd must be a number of US dollars (Decimal, int, float or a numeric str), got "
+            f"{type(value).__name__} {value!r}"
+        )
+    try:
+        cost = Decimal(str(value).strip())
+    except InvalidOperation as exc:
+        raise ConfigurationError(f"Budget max_cost_usd must be a number, got {value!r}") from exc
+    if not cost.is_finite() or not 0 <= cost <= MAX_USD:
+        raise ConfigurationError(f"Budget max_cost_usd must be a finite number from 0 to {MAX_USD}, got {value!r}")
+    return cost
 
 
 @dataclass(frozen=True, kw_only=True)
 class Budget:
     """At most `max_cost_usd` US dollars and/or `max_tokens` tokens (input + output) of model requests.
 
-    `scope="run"`: one run and its re-executions share the budget. `scope="day"`: every run of the pipeline on
-    one calendar day shares it (the scheduled time's date in the schedule's timezone; otherwise the run's
-    start in UTC). On a pipeline it covers every agent step; on an agent step, that step alone (both apply).
-    Every model request reserves its worst case first (the request's size in bytes as input tokens plus its
-    `max_tokens`, which a budgeted agent step must set), so parallel steps cannot overspend it together.
+    `scope="run"`: one run and its re-executions share the budget. `scope="day"`: every run of the pipeline
+    shares it per calendar day in `timezone` (an IANA name, default UTC): each request charges the day on which
+    it is reserved; no tag, partition or schedule chooses the day. On a pipeline it covers every agent step; on
+    an agent step, that step alone (both apply). Every model request reserves its worst case first (the
+    request's size in bytes as input tokens plus its `max_tokens`, which a budgeted agent step must set), so
+    parallel steps cannot overspend it together. Whether `timezone` names a zone is checked with the pipeline
+    (BUDGET-003).
     """
 
     max_cost_usd: Decimal | None = None
     max_tokens: int | None = None
     scope: BudgetScope = "run"
+    timezone: str = "UTC"
 
     def __post_init__(self) -> None:
         if self.max_cost_usd is None and self.max_tokens is None:
             raise ConfigurationError("Budget needs max_cost_usd, max_tokens or both")
         if self.max_cost_usd is not None:
-            try:
-                cost = Decimal(str(self.max_cost_usd))
-            except InvalidOperation as exc:
-                raise ConfigurationError(f"Budget max_cost_usd must be a number, got {self.max_cost_usd!r}") from exc
-            if not cost.is_finite() or cost < 0:
-                raise ConfigurationError(f"Budget max_cost_usd must be a finite number >= 0, got {cost}")
-            object.__setattr__(self, "max_cost_usd", cost)
-        if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or self.max_tokens < 0):
-            raise ConfigurationError(f"Budget max_tokens must be an int >= 0, got {self.max_tokens!r}")
+            object.__setattr__(self, "max_cost_usd", _cost(self.max_cost_usd))
+        if self.max_tokens is not None and not is_token_count(self.max_tokens):
+            raise ConfigurationError(
+                f"Budget max_tokens must be a whole number (int) from 0 to 2**62 - 1, got "
+                f"{type(self.max_tokens).__name__} {self.max_tokens!r}"
+            )
         if self.scope not in ("run", "day"):
             raise ConfigurationError(f"Budget scope must be 'run' or 'day', got {self.scope!r}")
+        if not isinstance(self.timezone, str):
+            raise ConfigurationError(
+                f"Budget timezone must be an IANA timezone name such as 'UTC', got {self.timezone!r}"
+            )

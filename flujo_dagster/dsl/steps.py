@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal, TypeAlias, TypeVar
 
-from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.dsl.budget import Budget, is_token_count
 from flujo_dagster.dsl.durations import duration, optional_duration
 from flujo_dagster.interfaces import AgentLike, ModelLike
 from flujo_dagster.names import POOL_PREFIX
@@ -106,13 +106,19 @@ class AgentStep(Step):
         model = self.model_id()
         return f"{POOL_PREFIX}{model.partition(':')[0]}" if model and ":" in model else None
 
-    def max_tokens(self) -> int | None:
-        """`max_tokens` from the step's model settings, else from the agent's own."""
+    def max_tokens_setting(self) -> object:
+        """`max_tokens` as given: in the step's model settings, else in the agent's own (None when neither sets it)."""
         for settings in (self.model_settings, getattr(self.agent, "model_settings", None)):
             value = settings.get("max_tokens") if isinstance(settings, Mapping) else None
-            if isinstance(value, int) and not isinstance(value, bool):
+            if value is not None:
                 return value
         return None
+
+    def max_tokens(self) -> int | None:
+        """`max_tokens` from the step's model settings, else from the agent's own, when it is a usable limit (an
+        int from 1 to 2**62 - 1; validation reports any other value as BUDGET-004)."""
+        value = self.max_tokens_setting()
+        return value if isinstance(value, int) and is_token_count(value) and value >= 1 else None
 
     def model_id(self) -> str | None:
         """The `provider:model` this step runs on when nothing overrides it, or None if unknown."""

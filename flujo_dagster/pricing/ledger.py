@@ -33,6 +33,7 @@ __all__ = [
     "USD_NANOS",
     "BudgetLedger",
     "EntryState",
+    "IdentifiedLedger",
     "LedgerEntry",
     "Limits",
     "Reservation",
@@ -162,6 +163,28 @@ class BudgetLedger(Protocol):
     def close(self) -> None:
         """Close this object's connections (it reconnects if used again)."""
         ...
+
+
+@runtime_checkable
+class IdentifiedLedger(Protocol):
+    """A ledger that knows its identity: a random id written with its tables when they are created. A ledger whose
+    file or tables were deleted, replaced or restored shows another id, so a record of the id kept elsewhere (the
+    Dagster instance keeps one) tells that the spend it held is lost."""
+
+    @property
+    def location(self) -> str:
+        """Where the ledger is, for messages and as the key of its recorded id (a path, or a redacted URL and
+        table names)."""
+        ...
+
+    def ledger_id(self) -> str:
+        """The ledger's id; a ledger whose storage is gone is created again (with a new id) first."""
+        ...
+
+
+def new_ledger_id() -> str:
+    """A fresh ledger id."""
+    return uuid.uuid4().hex
 
 
 def format_usd(usd_nanos: int) -> str:

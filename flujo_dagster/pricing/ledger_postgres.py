@@ -6,7 +6,8 @@ the limit check and the write that follows it see no other writer in between. `r
 entry row, then update the scope row; `recover` locks the run's open entries, then updates them and their scopes in
 name order, so two transactions never wait on each other in a cycle. A transaction that still meets a deadlock or a
 serialization failure is rolled back and retried. Each thread of each process gets its own connection, opened on
-first use. Tables are created when missing, named `<table_prefix>scopes` and `<table_prefix>entries`.
+first use. Tables are created when missing, named `<table_prefix>scopes`, `<table_prefix>entries` and
+`<table_prefix>meta` (the ledger's id).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import psycopg2.extensions
 
 from flujo_dagster.dsl.durations import duration
 from flujo_dagster.errors import StorageError
-from flujo_dagster.pricing.ledger import PerThreadConnections
+from flujo_dagster.pricing.ledger import PerThreadConnections, new_ledger_id
 from flujo_dagster.pricing.ledger_sql import (
     ENTRY_COLUMNS,
     LOCKED_ENTRY_COLUMNS,
@@ -66,8 +67,8 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
-def _schema(scopes: str, entries: str) -> str:
-    """The tables and indexes, created when missing."""
+def _schema(scopes: str, entries: str, meta: str) -> str:
+    """The tables and indexes, created when missing; the meta table holds the ledger's id."""
     return f"""CREATE TABLE IF NOT EXISTS {scopes} (
             scope TEXT PRIMARY KEY,
             spent_usd_nanos BIGINT NOT NULL DEFAULT 0,
@@ -94,7 +95,9 @@ def _schema(scopes: str, entries: str) -> str:
             closed_at DOUBLE PRECISION
         );
         CREATE INDEX IF NOT EXISTS {entries}_run_id ON {entries} (run_id, state);
-        CREATE INDEX IF NOT EXISTS {entries}_scope ON {entries} (scope);"""
+        CREATE INDEX IF NOT EXISTS {entries}_scope ON {entries} (scope);
+        CREATE TABLE IF NOT EXISTS {meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO {meta} (key, value) VALUES ('ledger_id', %(ledger_id)s) ON CONFLICT (key) DO NOTHING;"""
 
 
 def _statements(scopes: str, entries: str) -> Statements:
@@ -161,13 +164,26 @@ def _create_tables(cur: _Cursor, prefix: str) -> None:
     """Create the tables and indexes named `<prefix>...`, only when one is missing: CREATE INDEX IF NOT EXISTS locks
     the table against writers even when the index exists. Concurrent creations can collide in the catalog: they
     are serialized on an advisory lock."""
-    names = [f"{prefix}{name}" for name in ("scopes", "entries", "entries_run_id", "entries_scope")]
-    cur.execute("SELECT to_regclass(%s), to_regclass(%s), to_regclass(%s), to_regclass(%s)", names)
+    names = [f"{prefix}{name}" for name in ("scopes", "entries", "entries_run_id", "entries_scope", "meta")]
+    cur.execute("SELECT to_regclass(%s), to_regclass(%s), to_regclass(%s), to_regclass(%s), to_regclass(%s)", names)
     row = cur.fetchone()
     if row is not None and all(oid is not None for oid in row):
         return
     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"flujo_dagster.ledger.{prefix}",))
-    cur.execute(_schema(f"{prefix}scopes", f"{prefix}entries"))
+    cur.execute(_schema(f"{prefix}scopes", f"{prefix}entries", f"{prefix}meta"), {"ledger_id": new_ledger_id()})
+
+
+def _ledger_id(cur: _Cursor, prefix: str, where: str) -> str:
+    """The id in the meta table (its tables created first when missing, with a new id)."""
+    _create_tables(cur, prefix)
+    cur.execute(f"SELECT value FROM {prefix}meta WHERE key = 'ledger_id'")
+    row = cur.fetchone()
+    if row is None:
+        raise StorageError(
+            f"The budget ledger in {where} has no ledger id in its table {prefix}meta. Restore the tables, or drop "
+            "them to start a new ledger (then run `flujo-dagster ledger adopt`)."
+        )
+    return str(row[0])
 
 
 def _storage_error(exc: psycopg2.Error, where: str, lock_timeout_s: float) -> StorageError:
@@ -224,6 +240,10 @@ class PostgresBudgetLedger(SqlBudgetLedger[_Connection]):
         except BaseException:
             self.close()
             raise
+
+    def ledger_id(self) -> str:
+        """The id in the meta table; tables dropped since are created again first, with a new id."""
+        return self._write(lambda cur: _ledger_id(cur, self.table_prefix, self._where))
 
     def _open(self) -> _Connection:
         return _connect(self.url, self._where, self.connect_timeout_s, self.lock_timeout_s)

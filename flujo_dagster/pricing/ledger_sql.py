@@ -274,6 +274,15 @@ class SqlBudgetLedger(ABC, Generic[_C]):
     def _connection(self) -> _C:
         return self._connections.get()
 
+    @property
+    def location(self) -> str:
+        """Where the ledger is: its file, or its database (password redacted) and tables."""
+        return self._where
+
+    @abstractmethod
+    def ledger_id(self) -> str:
+        """The ledger's id, written with its tables; a ledger whose storage is gone is created again first."""
+
     def close(self) -> None:
         """Close every connection this object opened in this process; it reconnects if used again."""
         self._connections.close_all()

@@ -20,7 +20,7 @@ from typing import Literal, TypeVar
 
 from flujo_dagster.dsl.durations import duration
 from flujo_dagster.errors import StorageError
-from flujo_dagster.pricing.ledger import PerThreadConnections
+from flujo_dagster.pricing.ledger import PerThreadConnections, new_ledger_id
 from flujo_dagster.pricing.ledger_sql import (
     ENTRY_COLUMNS,
     LOCKED_ENTRY_COLUMNS,
@@ -33,7 +33,8 @@ __all__ = ["SqliteBudgetLedger"]
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: scopes and entries; 2: and the meta table holding the ledger's id."""
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS flujo_budget_scopes (
@@ -62,6 +63,8 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS flujo_budget_entries_run_id ON flujo_budget_entries (run_id, state)",
     "CREATE INDEX IF NOT EXISTS flujo_budget_entries_scope ON flujo_budget_entries (scope)",
+    "CREATE TABLE IF NOT EXISTS flujo_budget_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "INSERT OR IGNORE INTO flujo_budget_meta (key, value) VALUES ('ledger_id', :ledger_id)",
 )
 
 _SCOPES = "flujo_budget_scopes"
@@ -145,9 +148,18 @@ def _create_schema(cur: sqlite3.Cursor, path: Path) -> None:
             f"flujo_dagster understands ({SCHEMA_VERSION}). Upgrade flujo_dagster or use another file."
         )
     for statement in _SCHEMA:
-        cur.execute(statement)
+        cur.execute(statement, {"ledger_id": new_ledger_id()} if ":ledger_id" in statement else {})
     if version < SCHEMA_VERSION:
         cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _file_key(path: Path) -> tuple[int, int] | None:
+    """Which file is at `path` (device and inode), None when there is none."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino)
 
 
 class SqliteBudgetLedger(SqlBudgetLedger[sqlite3.Connection]):
@@ -169,6 +181,11 @@ class SqliteBudgetLedger(SqlBudgetLedger[sqlite3.Connection]):
         self.synchronous = synchronous
         connections = PerThreadConnections(self._open, sqlite3.Connection.close, lambda _: True)
         super().__init__(_STATEMENTS, repr(str(self.path)), connections)
+        self._file: tuple[int, int] | None = None
+        self._set_up()
+
+    def _set_up(self) -> None:
+        """Create the folder, the file and its tables when missing; remember which file this is."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -179,9 +196,33 @@ class SqliteBudgetLedger(SqlBudgetLedger[sqlite3.Connection]):
         try:
             if _wal_and_version(self._connection(), self.path, self.busy_timeout_s) != SCHEMA_VERSION:
                 self._write(lambda cur: _create_schema(cur, self.path))
+            self._file = _file_key(self.path)
         except BaseException:
             self.close()
             raise
+
+    @property
+    def location(self) -> str:
+        """The ledger file's absolute path."""
+        return os.path.abspath(self.path)
+
+    def ledger_id(self) -> str:
+        """The id in the file's meta table. When the file was deleted or replaced since this object opened it (its
+        connections still see the old one), the connections are closed and the file opened (or created) again."""
+        if _file_key(self.path) != self._file:
+            self.close()
+            self._set_up()
+
+        def body(cur: sqlite3.Cursor) -> str:
+            row = cur.execute("SELECT value FROM flujo_budget_meta WHERE key = 'ledger_id'").fetchone()
+            if row is None:
+                raise StorageError(
+                    f"The budget ledger {str(self.path)!r} has no ledger id in its table flujo_budget_meta. Restore "
+                    "the file, or move it away to start a new ledger (then run `flujo-dagster ledger adopt`)."
+                )
+            return str(row[0])
+
+        return self._read(body)
 
     def _open(self) -> sqlite3.Connection:
         try:

@@ -17,7 +17,9 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelResponse
@@ -26,13 +28,23 @@ from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_core import to_json
 
-from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.dsl.budget import MAX_COUNT, Budget, is_token_count
 from flujo_dagster.errors import ConfigurationError, UsageLimitExceededError
 from flujo_dagster.pricing.ledger import USD_NANOS, BudgetLedger, Limits, Reservation, Usage
 from flujo_dagster.pricing.prices import PriceBook, TokenUsage
 from flujo_dagster.runtime.records import Charge, Meter
 
-__all__ = ["BudgetContext", "BudgetedModel", "Guard", "day_scope", "guard_for", "nanos"]
+__all__ = [
+    "BudgetContext",
+    "BudgetedModel",
+    "DayOf",
+    "Guard",
+    "budget_zone",
+    "day_scope",
+    "guard_for",
+    "limits_of",
+    "nanos",
+]
 
 
 def nanos(usd: Decimal) -> int:
@@ -42,16 +54,52 @@ def nanos(usd: Decimal) -> int:
 
 @dataclass(frozen=True)
 class Guard:
-    """One budget applied to a request: the ledger scope it charges and its limits."""
+    """One budget applied to a request: the ledger scope it charges and its limits. A per-day budget's scope is
+    the pipeline's day at the moment each request is reserved, in the budget's timezone (`day`), followed by
+    `scope` (`""`, or a step budget's `:step:<path>`)."""
 
     scope: str
     limits: Limits
+    day: DayOf | None = None
+
+    def scope_at(self, when: datetime) -> str:
+        """The ledger scope a request reserved at `when` charges."""
+        if self.day is None:
+            return self.scope
+        return day_scope(self.day.pipeline, when.astimezone(self.day.zone).date().isoformat()) + self.scope
 
 
-def guard_for(budget: Budget, scope: str) -> Guard:
-    """The guard of `budget` charged to ledger scope `scope`."""
+@dataclass(frozen=True)
+class DayOf:
+    """Whose day a per-day budget counts (a pipeline's) and in which time zone."""
+
+    pipeline: str
+    zone: tzinfo
+
+
+def limits_of(budget: Budget) -> Limits:
+    """The ledger limits of `budget`."""
     cost = None if budget.max_cost_usd is None else nanos(Decimal(budget.max_cost_usd))
-    return Guard(scope, Limits(max_usd_nanos=cost, max_tokens=budget.max_tokens))
+    return Limits(max_usd_nanos=cost, max_tokens=budget.max_tokens)
+
+
+def budget_zone(budget: Budget) -> ZoneInfo:
+    """The time zone a per-day budget counts days in (`ConfigurationError` for a name that is not one: BUDGET-003)."""
+    try:
+        return ZoneInfo(budget.timezone)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ConfigurationError(
+            f"Budget timezone {budget.timezone!r} is not an IANA timezone name (BUDGET-003); use one such as "
+            "'UTC' or 'Europe/Madrid'"
+        ) from exc
+
+
+def guard_for(budget: Budget, scope: str, *, pipeline: str | None = None) -> Guard:
+    """The guard of `budget`: charged to ledger scope `scope`, or, for a per-day budget of `pipeline`, to that
+    pipeline's day of each request followed by `scope`."""
+    if budget.scope == "day" and pipeline is not None:
+        return Guard(scope, limits_of(budget), DayOf(pipeline, budget_zone(budget)))
+    return Guard(scope, limits_of(budget))
 
 
 def day_scope(pipeline: str, day: str) -> str:
@@ -70,11 +118,14 @@ class BudgetContext:
     prices: PriceBook
 
     def reserve(self, amount: Usage, *, step: str) -> list[Reservation]:
-        """Reserve `amount` for `step` in every guard's scope, or none of them (`UsageLimitExceededError`)."""
+        """Reserve `amount` for `step` in every guard's scope (per-day ones: today's, in the budget's timezone),
+        or none of them (`UsageLimitExceededError`)."""
         held: list[Reservation] = []
+        now = datetime.now(UTC)
         try:
             for guard in self.guards:
-                held.append(self.ledger.reserve(guard.scope, guard.limits, amount, run_id=self.run_id, step=step))
+                scope = guard.scope_at(now)
+                held.append(self.ledger.reserve(scope, guard.limits, amount, run_id=self.run_id, step=step))
         except BaseException:
             self.settle(held, None, release=True)
             raise
@@ -113,6 +164,38 @@ def _overshoot_error(
     )
 
 
+_REPORTED = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+def _bad_usage(path: str, model_name: str | None, what: str) -> UsageLimitExceededError:
+    """The error of a response whose usage the ledger cannot count (its reservation stays charged)."""
+    return UsageLimitExceededError(
+        f"{path}: model {model_name!r} reported {what}; the ledger cannot count that, so the request's reservation "
+        "stays charged at its worst case and the step fails. Check the model (or its provider's usage report)."
+    )
+
+
+def counted(model: BudgetedModel, response: ModelResponse) -> Usage:
+    """`model.actual(response)`, after checking that the usage the model reported is countable: every token count
+    an int from 0 to 2**62 - 1, their cost below 2**62 nano-dollars (else `UsageLimitExceededError` naming the
+    step path, the model and the value; the ledger's own `ValueError` never reaches the user)."""
+    for name in _REPORTED:
+        value = getattr(response.usage, name, 0)
+        if not is_token_count(value):
+            raise _bad_usage(
+                model.path, response.model_name, f"{name}={value!r}, not a token count from 0 to 2**62 - 1"
+            )
+    try:
+        return model.actual(response)
+    except ValueError as exc:  # Usage refuses an amount the ledger cannot sum
+        usage = response.usage
+        raise _bad_usage(
+            model.path,
+            response.model_name,
+            f"usage too large to count (input_tokens={usage.input_tokens}, output_tokens={usage.output_tokens}: {exc})",
+        ) from None
+
+
 class BudgetedModel(WrapperModel):
     """`wrapped`, with every request reserved before it starts and reconciled after it ends."""
 
@@ -137,8 +220,13 @@ class BudgetedModel(WrapperModel):
         """The most one request may cost: its serialized size in bytes as input tokens plus `max_tokens`."""
         size = len(ModelMessagesTypeAdapter.dump_json(messages)) + len(to_json(parameters))
         pricing = self.budget.prices.require(self.configured, where=self.path)
-        cost = pricing.cost(TokenUsage(input_tokens=size, output_tokens=self.max_tokens))
-        return Usage(usd_nanos=nanos(cost), tokens=size + self.max_tokens)
+        cost = nanos(pricing.cost(TokenUsage(input_tokens=size, output_tokens=self.max_tokens)))
+        if cost >= MAX_COUNT or size + self.max_tokens >= MAX_COUNT:
+            raise UsageLimitExceededError(
+                f"{self.path}: one request's worst case ({size} bytes + max_tokens={self.max_tokens} on "
+                f"{self.configured!r}) is more than the budget ledger can count; lower max_tokens"
+            )
+        return Usage(usd_nanos=cost, tokens=size + self.max_tokens)
 
     def answered(self, response: ModelResponse) -> str:
         """`provider:model` of the model that answered `response`."""
@@ -195,7 +283,7 @@ class BudgetedModel(WrapperModel):
             budget.settle(held, Usage(0, 0), release=True)
             raise
         try:
-            actual = self.actual(response)
+            actual = counted(self, response)
         except BaseException:
             # the request was answered (and billed) but cannot be priced: keep the worst case as spent
             budget.settle(held, None)

@@ -1,6 +1,7 @@
 """Pricing and budget rules: PRICE-001 (an agent step's model has no price), PRICE-002 (pricing is not strict),
-BUDGET-001 (a budgeted agent step without `max_tokens`) and BUDGET-002 (a budget that one request's worst case
-alone would exceed); and the price book they are checked against."""
+BUDGET-001 (a budgeted agent step without `max_tokens`), BUDGET-002 (a budget that one request's worst case
+alone would exceed), BUDGET-003 (a budget's timezone is not an IANA name) and BUDGET-004 (a budgeted step's
+`max_tokens` is not a usable limit); and the price book they are checked against."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from flujo_dagster.dsl.steps import AgentStep
 from flujo_dagster.interfaces import PricingRuntime
 from flujo_dagster.pricing.prices import ModelPricing, Price, PriceBook, TokenUsage, unpriced_message
 from flujo_dagster.validation.findings import Finding
+from flujo_dagster.validation.names import is_timezone
 
 __all__ = ["ModelOf", "price_book", "rule_prices"]
 
@@ -60,9 +62,13 @@ def rule_prices(pipeline: Pipeline, book: PriceBook, model_for: ModelOf) -> Iter
             "at a neighbouring model's price.",
             hint="leave strict pricing on and add overrides for the models genai-prices does not know exactly",
         )
+    if pipeline.budget is not None:
+        yield from _budget_zone(pipeline, pipeline.name, pipeline.budget)
     for path, step in walk(pipeline.steps, pipeline.name):
         if not isinstance(step, AgentStep):
             continue
+        if step.budget is not None:
+            yield from _budget_zone(pipeline, path, step.budget)
         model = model_for(step)  # None: no model at all, which V-A1 reports
         pricing = None if model is None else book.resolve(model)
         if model is not None and pricing is None:
@@ -83,6 +89,19 @@ def _budget_findings(
     pipeline: Pipeline, path: str, step: AgentStep, budgets: list[Budget], pricing: ModelPricing | None
 ) -> Iterator[Finding]:
     max_tokens = step.max_tokens()
+    setting = step.max_tokens_setting()
+    if max_tokens is None and setting is not None:
+        yield Finding(
+            code="BUDGET-004",
+            severity="error",
+            pipeline=pipeline.name,
+            path=path,
+            message=f"a budget applies to this agent step, but its max_tokens is {type(setting).__name__} "
+            f"{setting!r}, not a whole number of tokens from 1 to 2**62 - 1, so no request has a worst case to "
+            "reserve.",
+            hint="pass model_settings={'max_tokens': N} with N a positive int",
+        )
+        return
     if max_tokens is None:
         yield Finding(
             code="BUDGET-001",
@@ -112,4 +131,17 @@ def _budget_findings(
             path=path,
             message=f"no request of this step can ever fit the {budget.scope} budget: {reason}.",
             hint="raise the budget or lower max_tokens",
+        )
+
+
+def _budget_zone(pipeline: Pipeline, path: str, budget: Budget) -> Iterator[Finding]:
+    """BUDGET-003 when the budget's timezone (the zone its per-day scope counts days in) is not an IANA name."""
+    if not is_timezone(budget.timezone):
+        yield Finding(
+            code="BUDGET-003",
+            severity="error",
+            pipeline=pipeline.name,
+            path=path,
+            message=f"the budget's timezone {budget.timezone!r} is not an IANA timezone name.",
+            hint="use an IANA timezone name such as 'UTC' or 'Europe/Madrid'",
         )

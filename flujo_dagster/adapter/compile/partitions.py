@@ -1,15 +1,13 @@
-"""Partitions in Dagster terms: the partitions definition of a pipeline's job and assets, and a daily key's day."""
+"""Partitions in Dagster terms: the partitions definition of a pipeline's job and assets."""
 
 from __future__ import annotations
-
-from datetime import date
 
 from dagster import DailyPartitionsDefinition, PartitionsDefinition, StaticPartitionsDefinition
 
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.schedules import DailyPartitions
 
-__all__ = ["partition_day", "partitions_def"]
+__all__ = ["partitions_def"]
 
 
 def partitions_def(pipeline: Pipeline) -> PartitionsDefinition | None:
@@ -24,10 +22,3 @@ def partitions_def(pipeline: Pipeline) -> PartitionsDefinition | None:
             timezone=parts.timezone,
         )
     return StaticPartitionsDefinition(list(parts.keys))
-
-
-def partition_day(pipeline: Pipeline, partition_key: str) -> date | None:
-    """The day of a daily partition's key, None for other partitions."""
-    if isinstance(pipeline.partitions, DailyPartitions):
-        return date.fromisoformat(partition_key)
-    return None

@@ -19,14 +19,14 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from flujo_dagster.adapter.compile.compiler import CompiledPipeline
-from flujo_dagster.adapter.compile.partitions import partition_day, partitions_def
+from flujo_dagster.adapter.compile.partitions import partitions_def
 from flujo_dagster.adapter.storage.budgets import ledger_of
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.schedules import Schedule
 from flujo_dagster.errors import ConfigurationError
-from flujo_dagster.names import BUDGET_DAY_TAG, BUDGET_LEDGER_KEY
+from flujo_dagster.names import BUDGET_LEDGER_KEY
 from flujo_dagster.pricing.ledger import format_usd
-from flujo_dagster.runtime.budget import day_scope, guard_for
+from flujo_dagster.runtime.budget import budget_zone, day_scope, limits_of
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.validation.naming import schedule_name_for
 from flujo_dagster.validation.schedules import partition_input
@@ -70,15 +70,15 @@ def _check_inputs(pipeline: Pipeline, name: str, raw: Mapping[str, object], part
         ) from exc
 
 
-def spent_reason(
-    pipeline: Pipeline, ledger_resource: object, context: ScheduleEvaluationContext, day: str
-) -> str | None:
-    """Why a tick charging `day` must not run (its per-day budget is spent), or None."""
+def spent_reason(pipeline: Pipeline, ledger_resource: object, context: ScheduleEvaluationContext) -> str | None:
+    """Why a tick must not run: the pipeline's per-day budget for today (in the budget's timezone, the day the
+    run's requests will charge) is spent or halted; else None."""
     budget = pipeline.budget
     if budget is None or budget.scope != "day":
         return None
+    day = datetime.now(budget_zone(budget)).date().isoformat()
     scope = day_scope(pipeline.name, day)
-    limits = guard_for(budget, scope).limits
+    limits = limits_of(budget)
     totals = ledger_of(ledger_resource, context.instance).totals(scope)
     usd = totals.spent_usd_nanos + totals.reserved_usd_nanos
     tokens = totals.spent_tokens + totals.reserved_tokens
@@ -102,7 +102,8 @@ def schedule_for(compiled: CompiledPipeline, ledger_resource: object) -> Schedul
 
     Each tick computes the run inputs (fixed, or the inputs function of the scheduled time), validates them
     with the context model (a bad input fails the tick with `ConfigurationError` naming the pipeline and the
-    field) and skips (`SkipReason`) when the pipeline's per-day budget for the run's day is already spent. A
+    field) and skips (`SkipReason`) when the pipeline's per-day budget for today (in the budget's timezone: the
+    day the run's requests will charge) is already spent. A
     daily-partitioned pipeline runs the last complete day as of the tick (as Dagster's partitioned schedules
     do); a statically partitioned one runs every partition."""
     pipeline, schedule = compiled.pipeline, compiled.pipeline.schedule
@@ -125,23 +126,14 @@ def schedule_for(compiled: CompiledPipeline, ledger_resource: object) -> Schedul
             keys = [complete[-1]]
         else:
             keys = list(parts.get_partition_keys())
-        requests: list[RunRequest] = []
-        skipped: list[str] = []
         for key in keys:
             _check_inputs(pipeline, name, raw, key)
-            day = partition_day(pipeline, key) if key is not None else None
-            reason = spent_reason(pipeline, ledger_resource, context, (day or when.date()).isoformat())
-            if reason is not None:
-                skipped.append(reason)
-                continue
-            # the day the tick checked is the day the run charges (the scheduled-time tag Dagster writes is UTC)
-            tags = {BUDGET_DAY_TAG: (day or when.date()).isoformat()}
-            requests.append(
-                RunRequest(run_key=key, run_config=compiled.inputs_run_config(raw), partition_key=key, tags=tags)
-            )
-        if not requests:
-            yield SkipReason("; ".join(dict.fromkeys(skipped)))
-        yield from requests
+        reason = spent_reason(pipeline, ledger_resource, context)
+        if reason is not None:
+            yield SkipReason(reason)
+            return
+        for key in keys:
+            yield RunRequest(run_key=key, run_config=compiled.inputs_run_config(raw), partition_key=key)
 
     return ScheduleDefinition(
         name=name,

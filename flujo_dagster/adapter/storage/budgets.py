@@ -1,30 +1,39 @@
-"""Budgets in Dagster terms: which ledger a run charges (resource `budget_ledger`), which scopes a step's
-requests are charged to, and recovery of reservations left open by a killed step process."""
+"""Budgets in Dagster terms: which ledger a run charges (resource `budget_ledger`) and whether it is still the one
+the instance recorded, which scopes a step's requests are charged to, and recovery of reservations left open by a
+killed step process.
+
+No run tag chooses a scope: a per-day budget charges the day of each request (in the budget's timezone), and a
+run-scoped one the root of the run's re-execution chain as the instance's own run records prove it."""
 
 from __future__ import annotations
 
-import calendar
 import importlib
-import re
 import threading
-from datetime import UTC, date, datetime
 from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRun, OpExecutionContext
 
-from flujo_dagster.dsl.budget import Budget
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep
-from flujo_dagster.errors import ConfigurationError
-from flujo_dagster.names import BUDGET_DAY_TAG, BUDGET_LEDGER_KEY, PARTITION_TAG, SCHEDULED_TIME_TAG
-from flujo_dagster.pricing.ledger import BudgetLedger
+from flujo_dagster.errors import ConfigurationError, StorageError
+from flujo_dagster.names import BUDGET_LEDGER_KEY, LEDGER_ID_PREFIX
+from flujo_dagster.pricing.ledger import BudgetLedger, IdentifiedLedger
 from flujo_dagster.pricing.ledger_sqlite import SqliteBudgetLedger
 from flujo_dagster.pricing.prices import PriceBook
-from flujo_dagster.runtime.budget import BudgetContext, Guard, day_scope, guard_for
+from flujo_dagster.runtime.budget import BudgetContext, Guard, guard_for
 
-__all__ = ["BUDGET_DAY_TAG", "BUDGET_LEDGER_KEY", "InstanceLedger", "budget_context", "budget_day", "run_scope"]
+__all__ = [
+    "BUDGET_LEDGER_KEY",
+    "InstanceLedger",
+    "adopt_ledger",
+    "budget_context",
+    "chain_of",
+    "checked_ledger",
+    "ledger_of",
+]
 
-_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:$|[T -])")
+_MAX_CHAIN = 10_000
+"""A re-execution chain longer than this is cut there (a guard against a cycle of client-named parents)."""
 
 
 class InstanceLedger:
@@ -63,53 +72,72 @@ def _postgres(url: str) -> BudgetLedger:
     return ledger
 
 
-def ledger_of(resource: object, instance: DagsterInstance) -> BudgetLedger:
-    """The ledger a run charges, from the `budget_ledger` resource (an `InstanceLedger` or any ledger)."""
+def ledger_of(resource: object, instance: DagsterInstance, *, check: bool = True) -> BudgetLedger:
+    """The ledger a run charges, from the `budget_ledger` resource (an `InstanceLedger` or any ledger), checked
+    to be the one the instance recorded (`checked_ledger`) unless `check=False`."""
     if isinstance(resource, InstanceLedger):
-        return resource.for_instance(instance)
+        ledger = resource.for_instance(instance)
+        return checked_ledger(ledger, instance) if check else ledger
     if isinstance(resource, BudgetLedger):
-        return resource
+        return checked_ledger(resource, instance) if check else resource
     raise ConfigurationError(
         f"resource {BUDGET_LEDGER_KEY!r} must be an InstanceLedger or a BudgetLedger (SqliteBudgetLedger, "
         f"PostgresBudgetLedger), got {type(resource).__name__}"
     )
 
 
-def _partition_day(key: str) -> date | None:
-    """The date a partition key starts with (`2026-11-26`, `2026-11-26-06:00`), or None for other keys."""
-    found = _DATE.match(key)
-    if found is None:
-        return None
-    year, month, day = (int(g) for g in found.groups())
-    if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
-        return None
-    return date(year, month, day)
+def checked_ledger(ledger: BudgetLedger, instance: DagsterInstance) -> BudgetLedger:
+    """`ledger`, after checking that it is the ledger `instance` recorded at its location (the first use records
+    it). A ledger whose file or tables were deleted, replaced or restored has another id: `StorageError`, so that
+    budgets never silently start again from $0. A ledger without an identity (a custom `BudgetLedger`) is used as
+    it is."""
+    if not isinstance(ledger, IdentifiedLedger):
+        return ledger
+    key = LEDGER_ID_PREFIX + ledger.location
+    found = ledger.ledger_id()
+    recorded = instance.run_storage.get_cursor_values({key}).get(key)
+    if recorded is None:
+        instance.run_storage.set_cursor_values({key: found})
+    elif recorded != found:
+        raise StorageError(
+            f"The budget ledger at {ledger.location} is not the one this Dagster instance recorded there (ledger id "
+            f"{found}, recorded {recorded}): it was deleted, replaced or restored from an older copy, so the spend "
+            "and reservations it held are lost and budgets would start again from $0. No model request was made. "
+            "Restore the ledger; or, to start counting in this ledger on purpose, run `flujo-dagster ledger adopt` "
+            "(with the code location's module when its budget_ledger resource is not the default)."
+        )
+    return ledger
 
 
-def budget_day(run: DagsterRun, instance: DagsterInstance) -> str:
-    """The calendar day a run charges to a per-day budget: the day its schedule's tick checked (tag
-    `flujo/budget_day`), else a date partition's own day (a backfill charges each partition's day), else the
-    scheduled time's date, else the date (UTC) its first
-    run (before any re-execution) was created."""
-    chosen = run.tags.get(BUDGET_DAY_TAG)  # set by a flujo schedule's tick: the day it checked
-    if chosen is not None and _partition_day(chosen) is not None:
-        return chosen
-    day = _partition_day(run.tags.get(PARTITION_TAG, ""))
-    if day is not None:
-        return day.isoformat()
-    scheduled = run.tags.get(SCHEDULED_TIME_TAG)
-    if scheduled:
-        return datetime.fromisoformat(scheduled).date().isoformat()
-    record = instance.get_run_record_by_id(run.root_run_id or run.run_id)
-    created = record.create_timestamp if record is not None else datetime.now(UTC)
-    return created.astimezone(UTC).date().isoformat()
+def adopt_ledger(instance: DagsterInstance, resource: object = None) -> tuple[str, str, str | None]:
+    """Record the ledger of `resource` (default: the instance's own) as the one `instance` charges, whatever was
+    recorded before: (its location, its id, the id recorded before or None)."""
+    ledger = ledger_of(InstanceLedger() if resource is None else resource, instance, check=False)
+    if not isinstance(ledger, IdentifiedLedger):
+        raise ConfigurationError(
+            f"the budget ledger {type(ledger).__name__} keeps no identity: there is nothing to adopt"
+        )
+    key = LEDGER_ID_PREFIX + ledger.location
+    found = ledger.ledger_id()
+    before = instance.run_storage.get_cursor_values({key}).get(key)
+    instance.run_storage.set_cursor_values({key: found})
+    return ledger.location, found, before
 
 
-def run_scope(budget: Budget, pipeline: Pipeline, run: DagsterRun, instance: DagsterInstance) -> str:
-    """The ledger scope of a pipeline's budget: the run (re-executions share their root run's) or the day."""
-    if budget.scope == "day":
-        return day_scope(pipeline.name, budget_day(run, instance))
-    return f"run:{run.root_run_id or run.run_id}"
+def chain_of(run: DagsterRun, instance: DagsterInstance) -> list[DagsterRun]:
+    """The run and its ancestors as the instance records them, the run first and the root last: each parent must
+    be a run of the instance, of the same job, not already in the chain. A client can name any parent or root
+    run id when it launches a run; the named root is ignored, and the chain stops at a parent the instance does
+    not prove."""
+    chain = [run]
+    seen = {run.run_id}
+    while chain[-1].parent_run_id is not None and len(chain) < _MAX_CHAIN:
+        parent = instance.get_run_by_id(chain[-1].parent_run_id)
+        if parent is None or parent.job_name != run.job_name or parent.run_id in seen:
+            break
+        chain.append(parent)
+        seen.add(parent.run_id)
+    return chain
 
 
 def budget_context(
@@ -123,12 +151,12 @@ def budget_context(
         return None
     run, instance = context.run, context.instance
     ledger = ledger_of(getattr(context.resources, BUDGET_LEDGER_KEY), instance)
+    chain = chain_of(run, instance)
+    root = f"run:{chain[-1].run_id}"
     guards: tuple[Guard, ...] = tuple(
-        guard_for(b, run_scope(b, pipeline, run, instance) + suffix) for b, suffix in budgets
+        guard_for(b, suffix, pipeline=pipeline.name) if b.scope == "day" else guard_for(b, root + suffix)
+        for b, suffix in budgets
     )
-    parent = run.parent_run_id
-    while parent is not None:  # a re-execution: what its ancestors left reserved is settled first
-        ledger.recover(parent)
-        ancestor = instance.get_run_by_id(parent)
-        parent = ancestor.parent_run_id if ancestor is not None else None
+    for ancestor in chain[1:]:  # a re-execution: what its ancestors left reserved is settled first
+        ledger.recover(ancestor.run_id)
     return BudgetContext(ledger=ledger, guards=guards, run_id=run.run_id, prices=prices)
