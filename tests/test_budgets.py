@@ -8,10 +8,12 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
+from click.testing import CliRunner
 from dagster import (
     DagsterEventType,
     DagsterInstance,
@@ -40,9 +42,12 @@ from flujo_dagster import (
     build_definitions,
     run_pipeline,
 )
-from flujo_dagster.adapter.storage.budgets import InstanceLedger, chain_of
+from flujo_dagster.adapter.storage.budgets import InstanceLedger, adopt_ledger, chain_of
+from flujo_dagster.cli import main
 from flujo_dagster.pricing import USD_NANOS, BudgetLedger, Limits, PostgresBudgetLedger, SqliteBudgetLedger, Usage
+from flujo_dagster.validation import validate
 from tests import budget_defs
+from tests.ledger_workers import Backend
 
 BRANCHES, MAX_TOKENS = 16, 2_000
 PRICE = Price(input_per_mtok=0, output_per_mtok=1_000)
@@ -310,3 +315,127 @@ def test_a_request_cut_off_by_a_timeout_counts_at_its_worst_case(instance: Dagst
     (entry,) = InstanceLedger().for_instance(instance).entries(run_id=result.run_id)
     assert entry.state == "reconciled" and entry.actual == entry.reserved
     assert entry.reserved.usd_nanos == 100 * USD_NANOS // 1000  # max_tokens x $0.001 (input is free)
+
+
+def single(budget: Budget, name: str = "single") -> Pipeline:
+    """One budgeted agent step answering `branch 0` (2,000 output tokens: $2)."""
+    fields: dict[str, object] = {"a0": (str, "")}
+    context: type[BaseModel] = create_model("Single", **fields)  # type: ignore[call-overload]
+    agent = Agent("openai:gpt-5-mini", defer_model_check=True)
+    ask = agent_step("ask", agent=agent, prompt="branch 0", output_key="a0", model_settings={"max_tokens": MAX_TOKENS})
+    return Pipeline(name, context=context, steps=[ask], budget=budget)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_lost_ledger_is_refused_until_adopted(instance: DagsterInstance, dagster_home: Path, kind: str) -> None:
+    """Deleting the ledger's file (or dropping its tables) must not reset the spend to $0 silently: runs refuse
+    it, naming the ledger and what to do, until `flujo-dagster ledger adopt` starts the new ledger on purpose."""
+    url = os.environ.get("FLUJO_TEST_POSTGRES_URL", "")
+    if kind == "postgres" and not url:
+        pytest.skip("FLUJO_TEST_POSTGRES_URL is not set")
+    prefix = f"flujo_budget_t{uuid.uuid4().hex[:12]}_"
+    backend = Backend("postgres", url, prefix=prefix) if kind == "postgres" else None
+    ledger = InstanceLedger().for_instance(instance) if backend is None else backend.open()
+    calls: list[int] = []
+    resources = {"agent_runtime": runtime(calls), "budget_ledger": ledger}
+    pipeline = single(Budget(max_cost_usd=Decimal("20"), scope="day"))
+    try:
+        assert run_pipeline(pipeline, {}, instance=instance, resources=resources, log_level="CRITICAL").success
+        assert calls == [0]
+        if backend is None:
+            ledger.close()
+            path = Path(ledger.location)  # type: ignore[attr-defined]
+            for leftover in path.parent.glob(f"{path.name}*"):
+                leftover.unlink()
+        else:
+            backend.drop_tables()
+        refused = run_pipeline(pipeline, {}, instance=instance, resources=resources, log_level="CRITICAL")
+        assert not refused.success and calls == [0]
+        assert refused.error is not None and "StorageError" in refused.error
+        assert "is not the one this Dagster instance recorded there" in refused.error
+        assert "run `flujo-dagster ledger adopt`" in refused.error
+        if backend is None:
+            env = {"DAGSTER_HOME": str(dagster_home)}
+            adopted = CliRunner().invoke(main, ["ledger", "adopt"], env=env, catch_exceptions=False)
+            assert adopted.exit_code == 0 and adopted.output.startswith("adopted the budget ledger at ")
+        else:
+            location, found, before = adopt_ledger(instance, ledger)
+            assert location.startswith("PostgreSQL ") and before is not None and found != before
+        assert run_pipeline(pipeline, {}, instance=instance, resources=resources, log_level="CRITICAL").success
+        assert calls == [0, 0]
+    finally:
+        if backend is not None:
+            ledger.close()
+            backend.drop_tables()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_tokens": 1.5}, "Budget max_tokens must be a whole number (int) from 0 to 2**62 - 1, got float 1.5"),
+        ({"max_tokens": "100"}, "Budget max_tokens must be a whole number (int) from 0 to 2**62 - 1, got str '100'"),
+        ({"max_tokens": True}, "Budget max_tokens must be a whole number (int) from 0 to 2**62 - 1, got bool True"),
+        ({"max_tokens": -1}, "Budget max_tokens must be a whole number (int) from 0 to 2**62 - 1, got int -1"),
+        ({"max_tokens": 2**62}, "Budget max_tokens must be a whole number (int) from 0 to 2**62 - 1, got int"),
+        ({"max_cost_usd": "abc"}, "Budget max_cost_usd must be a number, got 'abc'"),
+        ({"max_cost_usd": float("nan")}, "Budget max_cost_usd must be a finite number from 0 to 4611686018.4"),
+        ({"max_cost_usd": Decimal("-0.01")}, "Budget max_cost_usd must be a finite number from 0 to"),
+        ({"max_cost_usd": Decimal("1e30")}, "Budget max_cost_usd must be a finite number from 0 to"),
+        ({"max_cost_usd": True}, "Budget max_cost_usd must be a number of US dollars (Decimal, int, float or a"),
+        ({"max_cost_usd": 1, "timezone": 5}, "Budget timezone must be an IANA timezone name such as 'UTC', got 5"),
+    ],
+)
+def test_budget_values_are_checked_with_clear_errors(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Budget(**options)  # type: ignore[arg-type]
+    assert str(raised.value).startswith(message)
+
+
+def test_a_budget_timezone_and_a_budgeted_steps_max_tokens_are_validated() -> None:
+    """A bad timezone is BUDGET-003; a max_tokens that is negative, zero, fractional or a string is BUDGET-004
+    (a negative one used to pass BUDGET-001 and BUDGET-002)."""
+    fields: dict[str, object] = {"a": (str, "")}
+    context: type[BaseModel] = create_model("One", **fields)  # type: ignore[call-overload]
+    agent = Agent("openai:gpt-5-mini", defer_model_check=True)
+    zoned = Pipeline(
+        "zoned",
+        context=context,
+        steps=[agent_step("a", agent=agent, prompt="hi", model_settings={"max_tokens": 10})],
+        budget=Budget(max_tokens=100, scope="day", timezone="Mars/Olympus_Mons"),
+    )
+    (finding,) = validate(zoned).errors
+    assert str(finding) == (
+        "[BUDGET-003] error at zoned: the budget's timezone 'Mars/Olympus_Mons' is not an IANA timezone name. "
+        "Hint: use an IANA timezone name such as 'UTC' or 'Europe/Madrid'"
+    )
+    for bad in (-5, 0, 1.5, "100"):
+        step = agent_step("a", agent=agent, prompt="hi", model_settings={"max_tokens": bad})
+        pipeline = Pipeline("one", context=context, steps=[step], budget=Budget(max_cost_usd=Decimal("1")))
+        (finding,) = validate(pipeline).errors
+        assert (finding.code, finding.path) == ("BUDGET-004", "one > agent:a"), bad
+        assert f"its max_tokens is {type(bad).__name__} {bad!r}, not a whole number of tokens" in finding.message
+    with pytest.raises(ConfigurationError, match="BUDGET-004"):
+        build_definitions(pipelines=[pipeline])
+
+
+@pytest.mark.parametrize(("field", "value"), [("output_tokens", -1), ("input_tokens", 2**63)])
+def test_impossible_usage_reported_by_a_model_fails_clearly_and_stays_charged(
+    instance: DagsterInstance, field: str, value: int
+) -> None:
+    """Usage no ledger can count gives an error naming the step path, the model and the value (not the ledger's
+    ValueError), and the request's reservation stays charged at its worst case."""
+
+    def lying(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        usage = RequestUsage(**{"input_tokens": 10, "output_tokens": 10, field: value})
+        return ModelResponse(parts=[TextPart("answer")], usage=usage)
+
+    model = FunctionModel(lying, model_name="metered")
+    resources = {"agent_runtime": AgentRuntime(model=model, prices={"function:metered": PRICE})}
+    result = run_pipeline(
+        single(Budget(max_cost_usd=Decimal("20"))), {}, instance=instance, resources=resources, log_level="CRITICAL"
+    )
+    assert not result.success and result.error is not None
+    assert f"single > agent:ask: model 'metered' reported {field}={value}" in result.error, result.error
+    assert "ValueError" not in result.error and "UsageLimitExceededError" in result.error
+    (entry,) = InstanceLedger().for_instance(instance).entries(run_id=result.run_id)
+    assert entry.state == "reconciled" and entry.actual == entry.reserved

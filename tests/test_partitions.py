@@ -1,9 +1,9 @@
 """Partitioned pipelines: the partition key is a typed context input, the job and the assets are partitioned
-the same way, a backfill stores each partition's values apart, and each day's costs charge that day's budget."""
+the same way, a backfill stores each partition's values apart, and each run charges the day it spends on."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -117,21 +117,24 @@ def test_a_backfill_stores_each_partition_apart_and_charges_each_day(instance: D
         stored = defs.load_asset_value(AssetKey(["daily_digest", "headline"]), partition_key=day, instance=instance)
         assert stored == f"agents on {day}"
     ledger = InstanceLedger().for_instance(instance)
-    for day in DAYS:  # 100 output tokens at $0.001: $0.10 on each partition's own day
-        totals = ledger.totals(f"pipeline:daily_digest:day:{day}")
-        assert (totals.spent_usd_nanos, totals.spent_tokens) == (USD_NANOS // 10, 110)
-    assert {e.scope for e in ledger.entries()} == {f"pipeline:daily_digest:day:{d}" for d in DAYS}
+    # a partition's day is a dimension, not the scope: every run charges the day it spends on (UTC here)
+    today = datetime.now(UTC).date().isoformat()
+    totals = ledger.totals(f"pipeline:daily_digest:day:{today}")
+    assert (totals.spent_usd_nanos, totals.spent_tokens) == (len(DAYS) * USD_NANOS // 10, len(DAYS) * 110)
+    assert {e.scope for e in ledger.entries()} == {f"pipeline:daily_digest:day:{today}"}
 
 
-def test_a_spent_day_fails_only_its_own_partition(instance: DagsterInstance) -> None:
+def test_a_spent_day_fails_every_partition_run_that_day(instance: DagsterInstance) -> None:
+    """A backfill cannot spend a day's budget again per partition: each partition's run charges today."""
     pipeline = daily(budget=Budget(max_cost_usd="0.25", scope="day"))
     defs = build_definitions(pipelines=[pipeline], resources={"agent_runtime": RUNTIME})
     job = defs.resolve_job_def("daily_digest")
     assert job.execute_in_process(partition_key=DAYS[0], instance=instance, run_config=QUIET).success
-    again = job.execute_in_process(partition_key=DAYS[0], instance=instance, run_config=QUIET, raise_on_error=False)
-    assert not again.success  # $0.10 spent + $0.20 worst case > $0.25
-    assert "pipeline:daily_digest:day:2026-11-01" in failure_message(instance, again.run_id)
-    assert job.execute_in_process(partition_key=DAYS[1], instance=instance, run_config=QUIET).success
+    today = datetime.now(UTC).date().isoformat()
+    for day in DAYS[:2]:
+        again = job.execute_in_process(partition_key=day, instance=instance, run_config=QUIET, raise_on_error=False)
+        assert not again.success  # $0.10 spent + $0.20 worst case > $0.25
+        assert f"pipeline:daily_digest:day:{today}" in failure_message(instance, again.run_id)
 
 
 class Localised(BaseModel):
@@ -231,8 +234,8 @@ def test_run_pipeline_runs_one_partition(instance: DagsterInstance) -> None:
         run_pipeline(plain, {"lang": "es"}, partition_key="es", instance=instance)
 
 
-def test_a_scheduled_partitioned_asset_pipeline_skips_a_spent_partition_day(instance: DagsterInstance) -> None:
-    """The tick runs the last complete day, whose per-day budget (not the tick's day) it checks."""
+def test_a_scheduled_partitioned_asset_pipeline_skips_a_spent_day(instance: DagsterInstance) -> None:
+    """The tick runs the last complete day, and checks today's budget (the day its run will charge)."""
     pipeline = daily(schedule=Schedule(cron="0 6 * * *", timezone="Europe/Madrid"))
     defs = build_definitions(pipelines=[pipeline], resources={"agent_runtime": RUNTIME})
     schedule = defs.resolve_schedule_def("daily_digest_schedule")
@@ -243,6 +246,10 @@ def test_a_scheduled_partitioned_asset_pipeline_skips_a_spent_partition_day(inst
     ledger = InstanceLedger().for_instance(instance)
     held = ledger.reserve("pipeline:daily_digest:day:2026-11-02", Limits(), Usage(USD_NANOS, 0), run_id="r", step="s")
     ledger.reconcile(held, Usage(USD_NANOS, 0))
+    assert schedule.evaluate_tick(context).run_requests  # the partition's day is not the scope
+    today = datetime.now(UTC).date().isoformat()
+    held = ledger.reserve(f"pipeline:daily_digest:day:{today}", Limits(), Usage(USD_NANOS, 0), run_id="r", step="s")
+    ledger.reconcile(held, Usage(USD_NANOS, 0))
     assert schedule.evaluate_tick(context).skip_message == (
-        "the per-day budget of pipeline 'daily_digest' for 2026-11-02 is spent ($1.00 of $1.00); no run launched"
+        f"the per-day budget of pipeline 'daily_digest' for {today} is spent ($1.00 of $1.00); no run launched"
     )
