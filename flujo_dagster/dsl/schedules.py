@@ -75,7 +75,7 @@ def _as_date(owner: str, name: str, value: str | date) -> date:
 class DailyPartitions:
     """One partition per calendar day (keys `YYYY-MM-DD`) from `start` (inclusive) to `end` (exclusive; None:
     up to the last complete day), days counted in `timezone`. The key fills context field `input_key` (typed
-    `str` or `date`) and each partition's agent costs charge a per-day budget on the partition's own day."""
+    `str` or `date`). A partition's day is not a budget scope: a per-day budget charges the day of each request."""
 
     start: str | date
     end: str | date | None = None
