@@ -248,10 +248,12 @@ def test_a_per_day_budget_holds_against_every_tag(instance: DagsterInstance) -> 
     every request charges the day on which it is reserved, in the budget's timezone."""
     zone = ZoneInfo(budget_defs.DAY_ZONE)
     ledger = InstanceLedger().for_instance(instance)
-    first = launch(instance, {})
+    unreadable = {"dagster/partition": "eu", ".dagster/scheduled_execution_time": "not a time"}
+    first = launch(instance, unreadable)
     today = datetime.now(zone).date().isoformat()
     (entry,) = ledger.entries(run_id=first)
     assert entry.scope == f"pipeline:capped:day:{today}" and entry.state == "reconciled"
+    assert entry.dimensions == {}  # no partitions, and a scheduled time that does not parse: no dimension
     assert instance.get_run_by_id(first).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
     spent = ledger.totals(entry.scope).spent_usd_nanos
     rest = ledger.reserve(entry.scope, Limits(), Usage(USD_NANOS - spent, 0), run_id="elsewhere", step="s")

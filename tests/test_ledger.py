@@ -19,6 +19,7 @@ from datetime import timedelta
 from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -26,6 +27,7 @@ from flujo_dagster.errors import StorageError, UsageLimitExceededError
 from flujo_dagster.pricing import (
     USD_NANOS,
     BudgetLedger,
+    IdentifiedLedger,
     Limits,
     PostgresBudgetLedger,
     Reservation,
@@ -308,6 +310,60 @@ def test_every_backend_records_one_mixed_scenario_identically(ledger: BudgetLedg
         ledger.reserve("mix-a", limits, Usage(0, 1), run_id="run-3", step="s6")
     assert_consistent(ledger, "mix-a")
     assert_consistent(ledger, "mix-b")
+
+
+def test_dimensions_are_recorded_with_each_entry(ledger: BudgetLedger) -> None:
+    """What a spend is reported by (a partition, a scheduled day) rides on its entry; it is never part of the scope."""
+    dims = {"partition": "2026-11-01", "scheduled_day": "2026-11-02"}
+    tagged = ledger.reserve("team", Limits(), Usage(CENT, 1), run_id="run-1", step="draft", dimensions=dims)
+    ledger.reconcile(tagged, Usage(CENT, 1))
+    ledger.reserve("team", Limits(), Usage(CENT, 1), run_id="run-1", step="plain")
+    assert [(e.step, e.dimensions) for e in ledger.entries(scope="team")] == [("draft", dims), ("plain", {})]
+    with pytest.raises(TypeError, match="reserve: dimensions must map str to str"):
+        ledger.reserve("team", Limits(), Usage(CENT, 1), run_id="run-1", step="x", dimensions={"day": 1})  # type: ignore[dict-item]
+
+
+def test_a_ledger_knows_its_id_and_a_deleted_file_gets_a_new_one(backend: Backend, ledger: BudgetLedger) -> None:
+    identified = cast(IdentifiedLedger, ledger)
+    first = identified.ledger_id()
+    assert len(first) == 32 and identified.ledger_id() == first
+    assert backend.open().ledger_id() == first  # type: ignore[attr-defined]
+    if backend.kind == "sqlite":  # deleted while this object holds it open: noticed, and created again
+        for leftover in Path(backend.location).parent.glob(f"{Path(backend.location).name}*"):
+            leftover.unlink()
+    else:
+        backend.drop_tables()
+    second = identified.ledger_id()
+    assert second != first and ledger.entries() == []
+
+
+def test_a_version_1_sqlite_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "budget.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            """CREATE TABLE flujo_budget_scopes (scope TEXT PRIMARY KEY, spent_usd_nanos INTEGER NOT NULL DEFAULT 0,
+                spent_tokens INTEGER NOT NULL DEFAULT 0, reserved_usd_nanos INTEGER NOT NULL DEFAULT 0,
+                reserved_tokens INTEGER NOT NULL DEFAULT 0, overshoots INTEGER NOT NULL DEFAULT 0,
+                halted INTEGER NOT NULL DEFAULT 0, halted_reason TEXT);
+            CREATE TABLE flujo_budget_entries (id TEXT PRIMARY KEY, scope TEXT NOT NULL, run_id TEXT NOT NULL,
+                step TEXT NOT NULL, reserved_usd_nanos INTEGER NOT NULL, reserved_tokens INTEGER NOT NULL,
+                actual_usd_nanos INTEGER, actual_tokens INTEGER, state TEXT NOT NULL, overshoot INTEGER NOT NULL
+                DEFAULT 0, created_at REAL NOT NULL, closed_at REAL);
+            INSERT INTO flujo_budget_scopes (scope, spent_usd_nanos, spent_tokens) VALUES ('team', 5, 1);
+            INSERT INTO flujo_budget_entries VALUES ('e1', 'team', 'run-0', 'old', 5, 1, 5, 1, 'reconciled', 0, 1, 2);
+            PRAGMA user_version = 1;"""
+        )
+    ledger = SqliteBudgetLedger(path)
+    try:
+        (old,) = ledger.entries()
+        assert (old.id, old.actual, old.dimensions) == ("e1", Usage(5, 1), {})
+        assert ledger.totals("team").spent_usd_nanos == 5 and len(ledger.ledger_id()) == 32
+        ledger.reserve("team", Limits(), Usage(1, 1), run_id="run-1", step="new", dimensions={"partition": "en"})
+        assert ledger.entries(run_id="run-1")[0].dimensions == {"partition": "en"}
+    finally:
+        ledger.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
 
 
 def test_an_unknown_reservation_is_an_error(backend: Backend, ledger: BudgetLedger) -> None:

@@ -122,6 +122,8 @@ def test_a_backfill_stores_each_partition_apart_and_charges_each_day(instance: D
     totals = ledger.totals(f"pipeline:daily_digest:day:{today}")
     assert (totals.spent_usd_nanos, totals.spent_tokens) == (len(DAYS) * USD_NANOS // 10, len(DAYS) * 110)
     assert {e.scope for e in ledger.entries()} == {f"pipeline:daily_digest:day:{today}"}
+    for day, run_id in runs.items():  # each entry records its partition, to report the spend by
+        assert [e.dimensions for e in ledger.entries(run_id=run_id)] == [{"partition": day}]
 
 
 def test_a_spent_day_fails_every_partition_run_that_day(instance: DagsterInstance) -> None:

@@ -177,6 +177,7 @@ def test_a_tick_whose_day_budget_is_spent_is_skipped(instance: DagsterInstance) 
     ledger = InstanceLedger().for_instance(instance)
     assert ledger.totals(scope).spent_usd_nanos == USD_NANOS // 5
     assert ledger.totals("pipeline:briefs:day:2026-11-26").spent_usd_nanos == 0  # not the scheduled time's day
+    assert [e.dimensions for e in ledger.entries(scope=scope)] == [{"scheduled_day": "2026-11-26"}] * 2
     assert isinstance(tick(defs, "briefs_schedule", instance)[0], RunRequest)  # $0.25 left: not spent yet
     held = ledger.reserve(scope, Limits(), Usage(usd_nanos=USD_NANOS // 4, tokens=0), run_id="r", step="s")
     ledger.reconcile(held, Usage(usd_nanos=USD_NANOS // 4, tokens=0))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from flujo_dagster.pricing.ledger import (
     USD_NANOS,
     BudgetLedger,
+    IdentifiedLedger,
     LedgerEntry,
     Limits,
     Reservation,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "USD_NANOS",
     "BudgetLedger",
+    "IdentifiedLedger",
     "LedgerEntry",
     "Limits",
     "PostgresBudgetLedger",

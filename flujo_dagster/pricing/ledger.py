@@ -23,8 +23,8 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from flujo_dagster.errors import UsageLimitExceededError
@@ -125,15 +125,28 @@ class LedgerEntry:
     overshoot: bool
     created_at: float
     closed_at: float | None
+    dimensions: Mapping[str, str] = field(default_factory=dict)
+    """What the spend is reported by, never charged by: the run's `partition` key, the `scheduled_day` of a
+    scheduled run (empty when neither)."""
 
 
 @runtime_checkable
 class BudgetLedger(Protocol):
     """Reserves, reconciles and releases model-request costs atomically across threads and processes."""
 
-    def reserve(self, scope: str, limits: Limits, amount: Usage, *, run_id: str, step: str) -> Reservation:
+    def reserve(
+        self,
+        scope: str,
+        limits: Limits,
+        amount: Usage,
+        *,
+        run_id: str,
+        step: str,
+        dimensions: Mapping[str, str] | None = None,
+    ) -> Reservation:
         """Reserve `amount` in `scope`; raises `UsageLimitExceededError` (writing nothing) when the scope is
-        halted or `spent + reserved + amount` would exceed a limit."""
+        halted or `spent + reserved + amount` would exceed a limit. `dimensions` are recorded with the entry
+        (flujo passes them only when there are any, so a ledger of your own may leave the argument out)."""
         ...
 
     def reconcile(self, reservation: Reservation, actual: Usage) -> bool:
@@ -200,8 +213,15 @@ def new_reservation_id() -> str:
     return uuid.uuid4().hex
 
 
-def check_reservation_args(scope: str, limits: Limits, amount: Usage, run_id: str, step: str) -> None:
+def check_reservation_args(
+    scope: str, limits: Limits, amount: Usage, run_id: str, step: str, dimensions: Mapping[str, str] | None = None
+) -> None:
     """Reject arguments of the wrong type before any transaction starts."""
+    if dimensions is not None and not (
+        isinstance(dimensions, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in dimensions.items())
+    ):
+        raise TypeError(f"reserve: dimensions must map str to str, got {dimensions!r}")
     for name, value in (("scope", scope), ("run_id", run_id), ("step", step)):
         if not isinstance(value, str) or not value:
             raise ValueError(f"reserve: {name} must be a non-empty string, got {value!r}")

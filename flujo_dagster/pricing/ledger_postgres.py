@@ -92,8 +92,10 @@ def _schema(scopes: str, entries: str, meta: str) -> str:
             overshoot BOOLEAN NOT NULL DEFAULT FALSE,
             seq BIGSERIAL,
             created_at DOUBLE PRECISION NOT NULL,
-            closed_at DOUBLE PRECISION
+            closed_at DOUBLE PRECISION,
+            dimensions TEXT
         );
+        ALTER TABLE {entries} ADD COLUMN IF NOT EXISTS dimensions TEXT;
         CREATE INDEX IF NOT EXISTS {entries}_run_id ON {entries} (run_id, state);
         CREATE INDEX IF NOT EXISTS {entries}_scope ON {entries} (scope);
         CREATE TABLE IF NOT EXISTS {meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -112,8 +114,9 @@ def _statements(scopes: str, entries: str) -> Statements:
         reserve=(
             f"UPDATE {scopes} SET reserved_usd_nanos = reserved_usd_nanos + %(usd)s, "
             f"reserved_tokens = reserved_tokens + %(tokens)s WHERE scope = %(scope)s; "
-            f"INSERT INTO {entries} (id, scope, run_id, step, reserved_usd_nanos, reserved_tokens, state, created_at) "
-            f"VALUES (%(id)s, %(scope)s, %(run_id)s, %(step)s, %(usd)s, %(tokens)s, 'reserved', %(now)s)",
+            f"INSERT INTO {entries} (id, scope, run_id, step, reserved_usd_nanos, reserved_tokens, state, created_at, "
+            f"dimensions) VALUES (%(id)s, %(scope)s, %(run_id)s, %(step)s, %(usd)s, %(tokens)s, 'reserved', %(now)s, "
+            f"%(dimensions)s)",
         ),
         lock_entry=f"SELECT {LOCKED_ENTRY_COLUMNS} FROM {entries} WHERE id = %(id)s FOR UPDATE",
         lock_open_entries=(
@@ -167,7 +170,12 @@ def _create_tables(cur: _Cursor, prefix: str) -> None:
     names = [f"{prefix}{name}" for name in ("scopes", "entries", "entries_run_id", "entries_scope", "meta")]
     cur.execute("SELECT to_regclass(%s), to_regclass(%s), to_regclass(%s), to_regclass(%s), to_regclass(%s)", names)
     row = cur.fetchone()
-    if row is not None and all(oid is not None for oid in row):
+    cur.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s "
+        "AND column_name = 'dimensions'",
+        (f"{prefix}entries",),
+    )
+    if row is not None and all(oid is not None for oid in row) and cur.fetchone() is not None:
         return
     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"flujo_dagster.ledger.{prefix}",))
     cur.execute(_schema(f"{prefix}scopes", f"{prefix}entries", f"{prefix}meta"), {"ledger_id": new_ledger_id()})

@@ -13,6 +13,7 @@ then their scope rows in name order.
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -47,7 +48,7 @@ SCOPE_COLUMNS = "spent_usd_nanos, spent_tokens, reserved_usd_nanos, reserved_tok
 
 ENTRY_COLUMNS = (
     "id, scope, run_id, step, reserved_usd_nanos, reserved_tokens, actual_usd_nanos, actual_tokens, state, "
-    "overshoot, created_at, closed_at"
+    "overshoot, created_at, closed_at, dimensions"
 )
 """The columns of an entry row, in the order every statement returning one selects them."""
 
@@ -57,7 +58,9 @@ LOCKED_ENTRY_COLUMNS = "id, scope, run_id, step, reserved_usd_nanos, reserved_to
 _NOTHING = Usage(0, 0)
 
 _ScopeRow = tuple[int, int, int, int, int, int | bool, str | None]
-_EntryRow = tuple[str, str, str, str, int, int, int | None, int | None, EntryState, int | bool, float, float | None]
+_EntryRow = tuple[
+    str, str, str, str, int, int, int | None, int | None, EntryState, int | bool, float, float | None, str | None
+]
 _LockedRow = tuple[str, str, str, str, int, int, EntryState, int | bool]
 
 
@@ -85,7 +88,8 @@ class Statements:
     """`scope` -> the scope's row (`SCOPE_COLUMNS`), or no row, held against other writers until the transaction
     ends."""
     reserve: tuple[str, ...]
-    """`scope`, `id`, `run_id`, `step`, `usd`, `tokens`, `now`: add `usd`/`tokens` to the scope's reserved amounts
+    """`scope`, `id`, `run_id`, `step`, `usd`, `tokens`, `now`, `dimensions` (JSON text or NULL): add `usd`/`tokens` to
+    the scope's reserved amounts
     (creating its row when missing) and insert the open entry; run in order."""
     lock_entry: str
     """`id` -> the entry's row (`LOCKED_ENTRY_COLUMNS`), or no row, held against other writers until the
@@ -134,8 +138,8 @@ def totals_from_row(scope: str, row: object) -> ScopeTotals:
 
 def entry_from_row(row: object) -> LedgerEntry:
     """A `LedgerEntry` from an entry row (`ENTRY_COLUMNS`)."""
-    entry_id, scope, run_id, step, res_usd, res_tokens, act_usd, act_tokens, state, overshoot, created, closed = cast(
-        _EntryRow, row
+    entry_id, scope, run_id, step, res_usd, res_tokens, act_usd, act_tokens, state, overshoot, created, closed, dims = (
+        cast(_EntryRow, row)
     )
     actual = None if act_usd is None or act_tokens is None else Usage(int(act_usd), int(act_tokens))
     return LedgerEntry(
@@ -149,10 +153,31 @@ def entry_from_row(row: object) -> LedgerEntry:
         overshoot=bool(overshoot),
         created_at=float(created),
         closed_at=None if closed is None else float(closed),
+        dimensions=_dimensions(dims),
     )
 
 
-def _reserve(sql: Statements, cur: Cursor, reservation: Reservation, limits: Limits, amount: Usage) -> None:
+def _dimensions(text: str | None) -> dict[str, str]:
+    """An entry's dimensions from their stored JSON text (none when NULL or not a JSON object of strings)."""
+    if text is None:
+        return {}
+    try:
+        loaded = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    return {str(k): v for k, v in loaded.items() if isinstance(v, str)}
+
+
+def _reserve(
+    sql: Statements,
+    cur: Cursor,
+    reservation: Reservation,
+    limits: Limits,
+    amount: Usage,
+    dimensions: Mapping[str, str] | None,
+) -> None:
     """Check the scope's halt and limits, then record the reservation (or raise, writing nothing)."""
     scope, run_id, step = reservation.scope, reservation.run_id, reservation.step
     cur.execute(sql.lock_scope, {"scope": scope})
@@ -174,6 +199,7 @@ def _reserve(sql: Statements, cur: Cursor, reservation: Reservation, limits: Lim
         "usd": amount.usd_nanos,
         "tokens": amount.tokens,
         "now": time.time(),
+        "dimensions": json.dumps(dict(sorted(dimensions.items()))) if dimensions else None,
     }
     for statement in sql.reserve:
         cur.execute(statement, values)
@@ -287,11 +313,20 @@ class SqlBudgetLedger(ABC, Generic[_C]):
         """Close every connection this object opened in this process; it reconnects if used again."""
         self._connections.close_all()
 
-    def reserve(self, scope: str, limits: Limits, amount: Usage, *, run_id: str, step: str) -> Reservation:
-        """Reserve `amount` in `scope` (see `BudgetLedger.reserve`)."""
-        check_reservation_args(scope, limits, amount, run_id, step)
+    def reserve(
+        self,
+        scope: str,
+        limits: Limits,
+        amount: Usage,
+        *,
+        run_id: str,
+        step: str,
+        dimensions: Mapping[str, str] | None = None,
+    ) -> Reservation:
+        """Reserve `amount` in `scope` (see `BudgetLedger.reserve`), recording `dimensions` with the entry."""
+        check_reservation_args(scope, limits, amount, run_id, step, dimensions)
         reservation = Reservation(new_reservation_id(), scope, run_id, step, amount.usd_nanos, amount.tokens)
-        self._write(lambda cur: _reserve(self._sql, cur, reservation, limits, amount))
+        self._write(lambda cur: _reserve(self._sql, cur, reservation, limits, amount, dimensions))
         return reservation
 
     def reconcile(self, reservation: Reservation, actual: Usage) -> bool:

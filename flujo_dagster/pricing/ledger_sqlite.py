@@ -34,7 +34,7 @@ __all__ = ["SqliteBudgetLedger"]
 _T = TypeVar("_T")
 
 SCHEMA_VERSION = 2
-"""1: scopes and entries; 2: and the meta table holding the ledger's id."""
+"""1: scopes and entries; 2: the meta table holding the ledger's id, and each entry's dimensions."""
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS flujo_budget_scopes (
@@ -59,7 +59,8 @@ _SCHEMA = (
         state TEXT NOT NULL CHECK (state IN ('reserved', 'reconciled', 'released', 'recovered')),
         overshoot INTEGER NOT NULL DEFAULT 0,
         created_at REAL NOT NULL,
-        closed_at REAL
+        closed_at REAL,
+        dimensions TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS flujo_budget_entries_run_id ON flujo_budget_entries (run_id, state)",
     "CREATE INDEX IF NOT EXISTS flujo_budget_entries_scope ON flujo_budget_entries (scope)",
@@ -78,8 +79,8 @@ _STATEMENTS = Statements(
         f"INSERT INTO {_SCOPES} (scope, reserved_usd_nanos, reserved_tokens) VALUES (:scope, :usd, :tokens) "
         "ON CONFLICT (scope) DO UPDATE SET reserved_usd_nanos = reserved_usd_nanos + excluded.reserved_usd_nanos, "
         "reserved_tokens = reserved_tokens + excluded.reserved_tokens",
-        f"INSERT INTO {_ENTRIES} (id, scope, run_id, step, reserved_usd_nanos, reserved_tokens, state, created_at) "
-        "VALUES (:id, :scope, :run_id, :step, :usd, :tokens, 'reserved', :now)",
+        f"INSERT INTO {_ENTRIES} (id, scope, run_id, step, reserved_usd_nanos, reserved_tokens, state, created_at, "
+        "dimensions) VALUES (:id, :scope, :run_id, :step, :usd, :tokens, 'reserved', :now, :dimensions)",
     ),
     lock_entry=f"SELECT {LOCKED_ENTRY_COLUMNS} FROM {_ENTRIES} WHERE id = :id",
     lock_open_entries=f"SELECT {LOCKED_ENTRY_COLUMNS} FROM {_ENTRIES} WHERE run_id = :run_id AND state = 'reserved'",
@@ -149,6 +150,9 @@ def _create_schema(cur: sqlite3.Cursor, path: Path) -> None:
         )
     for statement in _SCHEMA:
         cur.execute(statement, {"ledger_id": new_ledger_id()} if ":ledger_id" in statement else {})
+    columns = {row[1] for row in cur.execute("PRAGMA table_info(flujo_budget_entries)").fetchall()}
+    if "dimensions" not in columns:  # a version 1 file
+        cur.execute("ALTER TABLE flujo_budget_entries ADD COLUMN dimensions TEXT")
     if version < SCHEMA_VERSION:
         cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 

@@ -14,9 +14,9 @@ is reported matches the ledger.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -116,6 +116,8 @@ class BudgetContext:
     guards: tuple[Guard, ...]
     run_id: str
     prices: PriceBook
+    dimensions: Mapping[str, str] = field(default_factory=dict)
+    """Recorded with each entry to report the spend by (a partition key, a scheduled day); never a scope."""
 
     def reserve(self, amount: Usage, *, step: str) -> list[Reservation]:
         """Reserve `amount` for `step` in every guard's scope (per-day ones: today's, in the budget's timezone),
@@ -124,8 +126,14 @@ class BudgetContext:
         now = datetime.now(UTC)
         try:
             for guard in self.guards:
-                scope = guard.scope_at(now)
-                held.append(self.ledger.reserve(scope, guard.limits, amount, run_id=self.run_id, step=step))
+                scope, run_id = guard.scope_at(now), self.run_id
+                if self.dimensions:  # only then: a ledger of your own may not take them
+                    dims = dict(self.dimensions)
+                    held.append(
+                        self.ledger.reserve(scope, guard.limits, amount, run_id=run_id, step=step, dimensions=dims)
+                    )
+                else:
+                    held.append(self.ledger.reserve(scope, guard.limits, amount, run_id=run_id, step=step))
         except BaseException:
             self.settle(held, None, release=True)
             raise

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import importlib
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dagster import DagsterInstance, DagsterRun, OpExecutionContext
 
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep
 from flujo_dagster.errors import ConfigurationError, StorageError
-from flujo_dagster.names import BUDGET_LEDGER_KEY, LEDGER_ID_PREFIX
+from flujo_dagster.names import BUDGET_LEDGER_KEY, LEDGER_ID_PREFIX, PARTITION_TAG, SCHEDULED_TIME_TAG
 from flujo_dagster.pricing.ledger import BudgetLedger, IdentifiedLedger
 from flujo_dagster.pricing.ledger_sqlite import SqliteBudgetLedger
 from flujo_dagster.pricing.prices import PriceBook
@@ -29,6 +31,7 @@ __all__ = [
     "budget_context",
     "chain_of",
     "checked_ledger",
+    "dimensions_of",
     "ledger_of",
 ]
 
@@ -159,4 +162,25 @@ def budget_context(
     )
     for ancestor in chain[1:]:  # a re-execution: what its ancestors left reserved is settled first
         ledger.recover(ancestor.run_id)
-    return BudgetContext(ledger=ledger, guards=guards, run_id=run.run_id, prices=prices)
+    dimensions = dimensions_of(run, pipeline)
+    return BudgetContext(ledger=ledger, guards=guards, run_id=run.run_id, prices=prices, dimensions=dimensions)
+
+
+def dimensions_of(run: DagsterRun, pipeline: Pipeline) -> dict[str, str]:
+    """What a run's spend is reported by, recorded with each ledger entry (never a budget scope): `partition`,
+    the partition key of a partitioned pipeline's run; `scheduled_day`, the date of a scheduled run's time in the
+    schedule's timezone (UTC without one). A tag that does not parse is left out."""
+    dimensions: dict[str, str] = {}
+    partition = run.tags.get(PARTITION_TAG)
+    if partition and pipeline.partitions is not None:
+        dimensions["partition"] = partition
+    scheduled = run.tags.get(SCHEDULED_TIME_TAG)
+    zone = pipeline.schedule.timezone if pipeline.schedule is not None else "UTC"
+    try:
+        when = datetime.fromisoformat(scheduled) if scheduled else None
+        if when is not None:
+            aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+            dimensions["scheduled_day"] = aware.astimezone(ZoneInfo(zone)).date().isoformat()
+    except (ValueError, OverflowError, OSError, ZoneInfoNotFoundError):
+        pass  # a tag anyone can set: an unreadable one is no dimension
+    return dimensions
