@@ -395,7 +395,7 @@ def test_budget_values_are_checked_with_clear_errors(options: dict[str, object],
 
 def test_a_budget_timezone_and_a_budgeted_steps_max_tokens_are_validated() -> None:
     """A bad timezone is BUDGET-003; a max_tokens that is negative, zero, fractional or a string is BUDGET-004
-    (a negative one used to pass BUDGET-001 and BUDGET-002)."""
+    (a negative one used to pass BUDGET-001 and BUDGET-002); a budget changed after it was made is BUDGET-005."""
     fields: dict[str, object] = {"a": (str, "")}
     context: type[BaseModel] = create_model("One", **fields)  # type: ignore[call-overload]
     agent = Agent("openai:gpt-5-mini", defer_model_check=True)
@@ -418,6 +418,13 @@ def test_a_budget_timezone_and_a_budgeted_steps_max_tokens_are_validated() -> No
         assert f"its max_tokens is {type(bad).__name__} {bad!r}, not a whole number of tokens" in finding.message
     with pytest.raises(ConfigurationError, match="BUDGET-004"):
         build_definitions(pipelines=[pipeline])
+    for field, value in (("max_tokens", -1), ("max_tokens", "100"), ("max_cost_usd", Decimal("NaN"))):
+        changed = Budget(max_tokens=100, max_cost_usd=Decimal("1"))
+        object.__setattr__(changed, field, value)  # what no constructor lets through
+        step = agent_step("a", agent=agent, prompt="hi", model_settings={"max_tokens": 10}, budget=changed)
+        (finding,) = validate(Pipeline("one", context=context, steps=[step])).errors
+        assert (finding.code, finding.path) == ("BUDGET-005", "one > agent:a"), (field, value)
+        assert f"the budget cannot be enforced: its {field} {value!r} is not" in finding.message
 
 
 @pytest.mark.parametrize(("field", "value"), [("output_tokens", -1), ("input_tokens", 2**63)])

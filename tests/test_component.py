@@ -203,7 +203,11 @@ def test_the_yaml_models_are_derived_from_the_dsl_value_objects() -> None:
 
     assert list(PriceModel.model_fields) == [f.name for f in dataclasses.fields(Price)]
     assert list(BudgetModel.model_fields) == [f.name for f in dataclasses.fields(Budget)]
-    assert model_defaults(BudgetModel) == defaults(Budget) == {"max_cost_usd": None, "max_tokens": None, "scope": "run"}
+    assert (
+        model_defaults(BudgetModel)
+        == defaults(Budget)
+        == {"max_cost_usd": None, "max_tokens": None, "scope": "run", "timezone": "UTC"}
+    )
     assert set(ScheduleModel.model_fields) == {f.name for f in dataclasses.fields(Schedule)} | {"inputs_fn"}
     daily, static = ({f.name for f in dataclasses.fields(p)} for p in (DailyPartitions, StaticPartitions))
     assert set(PartitionsModel.model_fields) == daily | static | {"type"}
@@ -234,7 +238,10 @@ def test_a_value_object_field_gets_its_yaml_form() -> None:
     ("yaml", "message"),
     [
         ("budget: {scope: day}\n", "budget: Budget needs max_cost_usd, max_tokens or both"),
-        ("budget: {max_cost_usd: '-1'}\n", "budget: Budget max_cost_usd must be a finite number >= 0, got -1"),
+        (
+            "budget: {max_cost_usd: '-1'}\n",
+            "budget: Budget max_cost_usd must be a finite number from 0 to 4611686018.427387903, got '-1'",
+        ),
         ("partitions: {type: daily, start: '2026-13-01'}\n", "partitions: DailyPartitions start must be a date"),
         ("partitions: {type: static, keys: [a, a]}\n", "partitions: StaticPartitions keys must be unique"),
         ("partitions: {type: static}\n", "partitions: static partitions need `keys`"),

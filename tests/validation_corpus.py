@@ -55,6 +55,13 @@ def ok(value: object) -> bool:
     return bool(value)
 
 
+def _changed_budget() -> Budget:
+    """A budget whose limit was changed after it was made (no constructor accepts a negative one)."""
+    budget = Budget(max_tokens=100)
+    object.__setattr__(budget, "max_tokens", -1)
+    return budget
+
+
 def _doc(name: str, *steps: Any, **options: Any) -> Pipeline:
     return Pipeline(name, context=Doc, steps=list(steps) or [draft], **options)
 
@@ -232,6 +239,30 @@ CASES: dict[str, Case] = {
             ),
         ),
         (("BUDGET-002", "error"),),
+    ),
+    "BUDGET-003": Case(
+        (_doc("budget3", draft, budget=Budget(max_cost_usd=Decimal(1), scope="day", timezone="Mars/Base")),),
+        (("BUDGET-003", "error"),),
+    ),
+    "BUDGET-004": Case(
+        (
+            _doc(
+                "budget4",
+                agent_step("draft", agent=writer, prompt="{topic}", model_settings={"max_tokens": -5}),
+                budget=Budget(max_cost_usd=Decimal(1)),
+            ),
+        ),
+        (("BUDGET-004", "error"),),
+    ),
+    "BUDGET-005": Case(
+        (
+            _doc(
+                "budget5",
+                agent_step("draft", agent=writer, prompt="{topic}", model_settings={"max_tokens": 5}),
+                budget=_changed_budget(),
+            ),
+        ),
+        (("BUDGET-005", "error"),),
     ),
     "CHECK-001": Case((_doc("check1", draft, checks=[Check("draft", fn=ok)]),), (("CHECK-001", "error"),)),
     "CHECK-002": Case(

@@ -8,7 +8,7 @@ from typing import Literal
 
 from flujo_dagster.errors import ConfigurationError
 
-__all__ = ["MAX_COUNT", "MAX_USD", "Budget", "BudgetScope", "is_token_count"]
+__all__ = ["MAX_COUNT", "MAX_USD", "Budget", "BudgetScope", "budget_problem", "is_token_count"]
 
 BudgetScope = Literal["run", "day"]
 
@@ -74,3 +74,18 @@ class Budget:
             raise ConfigurationError(
                 f"Budget timezone must be an IANA timezone name such as 'UTC', got {self.timezone!r}"
             )
+
+
+def budget_problem(budget: Budget) -> str | None:
+    """What is wrong with the values `budget` holds now, or None. The constructor refuses these already; this
+    catches a budget changed after it was made (`object.__setattr__`) or made without its `__post_init__`."""
+    cost, tokens = budget.max_cost_usd, budget.max_tokens
+    if cost is None and tokens is None:
+        return "it sets neither max_cost_usd nor max_tokens"
+    if cost is not None and not (isinstance(cost, Decimal) and cost.is_finite() and 0 <= cost <= MAX_USD):
+        return f"its max_cost_usd {cost!r} is not a finite number of dollars from 0 to {MAX_USD}"
+    if tokens is not None and not is_token_count(tokens):
+        return f"its max_tokens {tokens!r} is not a whole number from 0 to 2**62 - 1"
+    if budget.scope not in ("run", "day") or not isinstance(budget.timezone, str):
+        return f"its scope {budget.scope!r} is not 'run' or 'day', or its timezone {budget.timezone!r} is not a str"
+    return None

@@ -1,7 +1,8 @@
 """Pricing and budget rules: PRICE-001 (an agent step's model has no price), PRICE-002 (pricing is not strict),
 BUDGET-001 (a budgeted agent step without `max_tokens`), BUDGET-002 (a budget that one request's worst case
-alone would exceed), BUDGET-003 (a budget's timezone is not an IANA name) and BUDGET-004 (a budgeted step's
-`max_tokens` is not a usable limit); and the price book they are checked against."""
+alone would exceed), BUDGET-003 (a budget's timezone is not an IANA name), BUDGET-004 (a budgeted step's
+`max_tokens` is not a usable limit) and BUDGET-005 (a budget holding values its constructor refuses); and the price
+book they are checked against."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from flujo_dagster.config import find_pyproject, pyproject_prices
-from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.dsl.budget import Budget, budget_problem
 from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep
@@ -80,7 +81,7 @@ def rule_prices(pipeline: Pipeline, book: PriceBook, model_for: ModelOf) -> Iter
                 message=unpriced_message(model, path, book.why_unpriced(model)) + ".",
                 hint="offline models (FunctionModel, TestModel) declare theirs with AgentRuntime(prices={...})",
             )
-        budgets = [b for b in (pipeline.budget, step.budget) if b is not None]
+        budgets = [b for b in (pipeline.budget, step.budget) if b is not None and budget_problem(b) is None]
         if budgets:
             yield from _budget_findings(pipeline, path, step, budgets, pricing)
 
@@ -135,8 +136,19 @@ def _budget_findings(
 
 
 def _budget_zone(pipeline: Pipeline, path: str, budget: Budget) -> Iterator[Finding]:
-    """BUDGET-003 when the budget's timezone (the zone its per-day scope counts days in) is not an IANA name."""
-    if not is_timezone(budget.timezone):
+    """BUDGET-005 when the budget holds values its constructor refuses (it was changed after it was made);
+    else BUDGET-003 when its timezone (the zone its per-day scope counts days in) is not an IANA name."""
+    problem = budget_problem(budget)
+    if problem is not None:
+        yield Finding(
+            code="BUDGET-005",
+            severity="error",
+            pipeline=pipeline.name,
+            path=path,
+            message=f"the budget cannot be enforced: {problem}.",
+            hint="build the Budget with valid values; do not change it after it is made",
+        )
+    elif not is_timezone(budget.timezone):
         yield Finding(
             code="BUDGET-003",
             severity="error",
