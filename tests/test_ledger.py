@@ -327,7 +327,11 @@ def test_a_ledger_knows_its_id_and_a_deleted_file_gets_a_new_one(backend: Backen
     identified = cast(IdentifiedLedger, ledger)
     first = identified.ledger_id()
     assert len(first) == 32 and identified.ledger_id() == first
-    assert backend.open().ledger_id() == first  # type: ignore[attr-defined]
+    other = backend.open()
+    try:
+        assert other.ledger_id() == first  # type: ignore[attr-defined]
+    finally:
+        other.close()
     if backend.kind == "sqlite":  # deleted while this object holds it open: noticed, and created again
         for leftover in Path(backend.location).parent.glob(f"{Path(backend.location).name}*"):
             leftover.unlink()
