@@ -183,7 +183,7 @@ def _bad_usage(path: str, model_name: str | None, what: str) -> UsageLimitExceed
     )
 
 
-def counted(model: BudgetedModel, response: ModelResponse) -> Usage:
+def _counted(model: BudgetedModel, response: ModelResponse) -> Usage:
     """`model.actual(response)`, after checking that the usage the model reported is countable: every token count
     an int from 0 to 2**62 - 1, their cost below 2**62 nano-dollars (else `UsageLimitExceededError` naming the
     step path, the model and the value; the ledger's own `ValueError` never reaches the user)."""
@@ -291,7 +291,7 @@ class BudgetedModel(WrapperModel):
             budget.settle(held, Usage(0, 0), release=True)
             raise
         try:
-            actual = counted(self, response)
+            actual = _counted(self, response)
         except BaseException:
             # the request was answered (and billed) but cannot be priced: keep the worst case as spent
             budget.settle(held, None)
