@@ -183,7 +183,7 @@ def _bad_usage(path: str, model_name: str | None, what: str) -> UsageLimitExceed
     )
 
 
-def _counted(model: BudgetedModel, response: ModelResponse) -> Usage:
+def _counted(model: BudgetedModel, response: ModelResponse) -> Usage | None:
     """`model.actual(response)`, after checking that the usage the model reported is countable: every token count
     an int from 0 to 2**62 - 1, their cost below 2**62 nano-dollars (else `UsageLimitExceededError` naming the
     step path, the model and the value; the ledger's own `ValueError` never reaches the user)."""
@@ -292,10 +292,12 @@ class BudgetedModel(WrapperModel):
             raise
         try:
             actual = _counted(self, response)
-        except BaseException:
-            # the request was answered (and billed) but cannot be priced: keep the worst case as spent
+        except BaseException as exc:
+            # the request was answered (and billed) but cannot be priced or counted: keep the worst case as spent
             budget.settle(held, None)
-            self._worst_charged(worst, self.answered(response), f"no price for {self.answered(response)}")
+            uncountable = isinstance(exc, UsageLimitExceededError)
+            why = "usage not countable" if uncountable else f"no price for {self.answered(response)}"
+            self._worst_charged(worst, self.answered(response), why)
             raise
         if actual is None:  # no usage reported: the worst case is all that is known, so it is what counts
             budget.settle(held, None)
