@@ -204,6 +204,17 @@ def _counted(model: BudgetedModel, response: ModelResponse) -> Usage | None:
         ) from None
 
 
+def _countable_worst(model: BudgetedModel, cost: int, size: int) -> Usage:
+    """A request's worst case (`cost` nano-dollars, `size` bytes plus `max_tokens` tokens), or
+    `UsageLimitExceededError` when it is more than the ledger can count."""
+    if cost >= MAX_COUNT or size + model.max_tokens >= MAX_COUNT:
+        raise UsageLimitExceededError(
+            f"{model.path}: one request's worst case ({size} bytes + max_tokens={model.max_tokens} on "
+            f"{model.configured!r}) is more than the budget ledger can count; lower max_tokens"
+        )
+    return Usage(usd_nanos=cost, tokens=size + model.max_tokens)
+
+
 class BudgetedModel(WrapperModel):
     """`wrapped`, with every request reserved before it starts and reconciled after it ends."""
 
@@ -229,12 +240,7 @@ class BudgetedModel(WrapperModel):
         size = len(ModelMessagesTypeAdapter.dump_json(messages)) + len(to_json(parameters))
         pricing = self.budget.prices.require(self.configured, where=self.path)
         cost = nanos(pricing.cost(TokenUsage(input_tokens=size, output_tokens=self.max_tokens)))
-        if cost >= MAX_COUNT or size + self.max_tokens >= MAX_COUNT:
-            raise UsageLimitExceededError(
-                f"{self.path}: one request's worst case ({size} bytes + max_tokens={self.max_tokens} on "
-                f"{self.configured!r}) is more than the budget ledger can count; lower max_tokens"
-            )
-        return Usage(usd_nanos=cost, tokens=size + self.max_tokens)
+        return _countable_worst(self, cost, size)
 
     def answered(self, response: ModelResponse) -> str:
         """`provider:model` of the model that answered `response`."""
