@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import functools
 import os
+from datetime import timedelta
 from decimal import Decimal
 
 import anyio
-from dagster import JobDefinition, multiprocess_executor
+from dagster import DagsterInstance, JobDefinition, multiprocess_executor
 from pydantic import BaseModel, create_model
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 
-from flujo_dagster import AgentRuntime, Budget, Parallel, Pipeline, Price, agent_step, build_definitions
-from flujo_dagster.pricing import PostgresBudgetLedger
+from flujo_dagster import AgentRuntime, Budget, Parallel, Pipeline, Price, Retry, agent_step, build_definitions
+from flujo_dagster.adapter.storage.budgets import InstanceLedger
+from flujo_dagster.pricing import BudgetLedger, PostgresBudgetLedger
 
 BRANCHES, MAX_TOKENS = 16, 2_000
 BUDGET_USD = Decimal("20")
@@ -107,3 +109,55 @@ day_defs = build_definitions(pipelines=[capped], resources={"agent_runtime": day
 def day_job() -> JobDefinition:
     """`capped`: a $1 per-day budget (days in Pacific/Kiritimati); a request's worst case is $0.20."""
     return day_defs.resolve_job_def("capped")
+
+
+run_capped = Pipeline("run_capped", context=One, steps=[ask], budget=Budget(max_cost_usd=Decimal("1")))
+run_defs = build_definitions(pipelines=[run_capped], resources={"agent_runtime": day_runtime})
+
+
+def run_job() -> JobDefinition:
+    """`run_capped`: a $1 budget per re-execution chain; a request's worst case is $0.20."""
+    return run_defs.resolve_job_def("run_capped")
+
+
+# one budgeted agent step whose first two attempts fail, charging a ledger that counts how often it is looked up
+FLAKY_CALLS: list[str] = []
+LEDGER_LOOKUPS: list[str] = []
+
+
+class CountedLedger(InstanceLedger):
+    """The instance's ledger, counting its look-ups (each one checks the ledger, walks the chain, recovers)."""
+
+    def for_instance(self, instance: DagsterInstance) -> BudgetLedger:
+        LEDGER_LOOKUPS.append("looked up")
+        return super().for_instance(instance)
+
+
+def _flaky(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    FLAKY_CALLS.append("called")
+    if len(FLAKY_CALLS) < 3:
+        raise RuntimeError("flaky model")
+    return ModelResponse(parts=[TextPart("ok")], usage=RequestUsage(input_tokens=10, output_tokens=100))
+
+
+retried = agent_step(
+    "ask",
+    agent=agent,
+    prompt="hi",
+    output_key="a0",
+    model_settings={"max_tokens": 200},
+    retry=Retry(max_retries=2, delay=timedelta(0)),
+)
+flaky_runtime = AgentRuntime(
+    model=FunctionModel(_flaky, model_name="metered"),
+    prices={"function:metered": Price(input_per_mtok=0, output_per_mtok=1_000)},
+)
+flaky = Pipeline("flaky", context=One, steps=[retried], budget=Budget(max_cost_usd=Decimal("1")))
+flaky_defs = build_definitions(
+    pipelines=[flaky], resources={"agent_runtime": flaky_runtime, "budget_ledger": CountedLedger()}
+)
+
+
+def flaky_job() -> JobDefinition:
+    """`flaky`: a $1 run budget; the agent step succeeds on its third attempt."""
+    return flaky_defs.resolve_job_def("flaky")

@@ -42,7 +42,7 @@ from flujo_dagster import (
     build_definitions,
     run_pipeline,
 )
-from flujo_dagster.adapter.storage.budgets import InstanceLedger, adopt_ledger, chain_of
+from flujo_dagster.adapter.storage.budgets import MAX_CHAIN, InstanceLedger, adopt_ledger, chain_of
 from flujo_dagster.cli import main
 from flujo_dagster.pricing import USD_NANOS, BudgetLedger, Limits, PostgresBudgetLedger, SqliteBudgetLedger, Usage
 from flujo_dagster.validation import validate
@@ -281,8 +281,9 @@ def test_a_run_budget_is_shared_only_along_the_parent_chain_the_instance_proves(
     the same job in the instance ends the chain."""
     job = budget_defs.day_job()
     other = build_definitions(pipelines=[fan(Budget(max_tokens=10**9))]).resolve_job_def("fan")
-    first = instance.create_run_for_job(job)
-    second = instance.create_run_for_job(job, parent_run_id=first.run_id, root_run_id=first.run_id)
+    done = DagsterRunStatus.FAILURE
+    first = instance.create_run_for_job(job, status=done)
+    second = instance.create_run_for_job(job, parent_run_id=first.run_id, root_run_id=first.run_id, status=done)
     third = instance.create_run_for_job(job, parent_run_id=second.run_id, root_run_id="made-up")
     assert [r.run_id for r in chain_of(third, instance)] == [third.run_id, second.run_id, first.run_id]
     unknown = instance.create_run_for_job(job, parent_run_id="no-such-run", root_run_id=first.run_id)
@@ -290,6 +291,59 @@ def test_a_run_budget_is_shared_only_along_the_parent_chain_the_instance_proves(
     foreign = instance.create_run_for_job(other)
     stranger = instance.create_run_for_job(job, parent_run_id=foreign.run_id, root_run_id=foreign.run_id)
     assert [r.run_id for r in chain_of(stranger, instance)] == [stranger.run_id]
+
+
+def test_a_run_naming_a_running_parent_neither_recovers_nor_shares_its_budget(instance: DagsterInstance) -> None:
+    """A parent still running has reservations in flight, not left behind: a run naming it (any client may) does
+    not close them, and charges its own run budget; once the parent has finished, a re-execution joins its chain."""
+    ledger = InstanceLedger().for_instance(instance)
+    parent = instance.create_run_for_job(budget_defs.run_job(), status=DagsterRunStatus.STARTED)
+    scope = f"run:{parent.run_id}"
+    in_flight = ledger.reserve(scope, Limits(), Usage(95 * USD_NANOS // 100, 0), run_id=parent.run_id, step="ask")
+    job = reconstructable(budget_defs.run_job)
+    child = instance.create_run_for_job(budget_defs.run_job(), parent_run_id=parent.run_id, root_run_id=parent.run_id)
+    execute_run(job, child, instance)
+    assert instance.get_run_by_id(child.run_id).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
+    (mine,) = ledger.entries(run_id=child.run_id)
+    assert mine.scope == f"run:{child.run_id}" and mine.state == "reconciled"
+    (theirs,) = ledger.entries(run_id=parent.run_id)
+    assert theirs.id == in_flight.id and theirs.state == "reserved"
+    assert ledger.totals(scope).reserved_usd_nanos == 95 * USD_NANOS // 100
+    instance.report_run_failed(parent)  # now finished: a re-execution settles it and shares its $1 (0.95 spent)
+    later = instance.create_run_for_job(budget_defs.run_job(), parent_run_id=parent.run_id, root_run_id=parent.run_id)
+    execute_run(job, later, instance)
+    (theirs,) = ledger.entries(run_id=parent.run_id)
+    assert theirs.state == "recovered"
+    assert instance.get_run_by_id(later.run_id).status == DagsterRunStatus.FAILURE  # type: ignore[union-attr]
+    assert ledger.entries(run_id=later.run_id) == []  # refused before any request: $0.95 + $0.20 > $1
+
+
+def test_the_chain_is_walked_and_recovered_once_per_op_not_per_attempt(instance: DagsterInstance) -> None:
+    """Three attempts of one agent step in a re-execution: the ledger is looked up (checked, the chain walked,
+    the parent's open reservations recovered) once, by the first attempt."""
+    budget_defs.FLAKY_CALLS.clear()
+    budget_defs.LEDGER_LOOKUPS.clear()
+    ledger = InstanceLedger().for_instance(instance)
+    parent = instance.create_run_for_job(budget_defs.flaky_job(), status=DagsterRunStatus.FAILURE)
+    left = ledger.reserve(f"run:{parent.run_id}", Limits(), Usage(7, 0), run_id=parent.run_id, step="killed")
+    run = instance.create_run_for_job(budget_defs.flaky_job(), parent_run_id=parent.run_id, root_run_id=parent.run_id)
+    execute_run(reconstructable(budget_defs.flaky_job), run, instance)
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
+    assert len(budget_defs.FLAKY_CALLS) == 3 and budget_defs.LEDGER_LOOKUPS == ["looked up"]
+    (entry,) = ledger.entries(run_id=parent.run_id)
+    assert entry.id == left.id and entry.state == "recovered"
+    assert {e.scope for e in ledger.entries(run_id=run.run_id)} == {f"run:{parent.run_id}"}
+
+
+def test_a_chain_is_cut_after_max_chain_runs(instance: DagsterInstance) -> None:
+    """A chain of re-executions longer than MAX_CHAIN is cut there (its walk and recovery stay bounded)."""
+    job = budget_defs.day_job()
+    run = instance.create_run_for_job(job, status=DagsterRunStatus.FAILURE)
+    for _ in range(MAX_CHAIN + 5):
+        run = instance.create_run_for_job(
+            job, parent_run_id=run.run_id, root_run_id=run.run_id, status=DagsterRunStatus.FAILURE
+        )
+    assert len(chain_of(run, instance)) == MAX_CHAIN
 
 
 def test_a_request_cut_off_by_a_timeout_counts_at_its_worst_case(instance: DagsterInstance) -> None:

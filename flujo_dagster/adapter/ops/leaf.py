@@ -20,7 +20,7 @@ from dagster import (
 )
 
 from flujo_dagster import names
-from flujo_dagster.adapter.storage.budgets import budget_context
+from flujo_dagster.adapter.storage.budgets import OpBudgets
 from flujo_dagster.adapter.storage.resources import PricedAgents
 from flujo_dagster.adapter.storage.types import KeyType, key_type
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -36,7 +36,6 @@ from flujo_dagster.names import (
     io_name,
 )
 from flujo_dagster.pricing.prices import PriceBook
-from flujo_dagster.runtime.budget import BudgetContext
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.leaf import AgentRunner, LeafExecutor, LeafResult
 from flujo_dagster.runtime.records import StepRecord
@@ -177,11 +176,8 @@ def priced_agents(
     """The agent runner of an op: the run's `AgentRuntime` with its price book and budgets (and, inside an
     inline op, the limits of the Dagster concurrency pools its agent steps use)."""
     book: PriceBook = getattr(context.resources, PRICE_BOOK_KEY)
-
-    def budget_for(step: AgentStep, path: str) -> BudgetContext | None:
-        return budget_context(context, pipeline, step, path, book)
-
-    return PricedAgents(getattr(context.resources, AGENT_RUNTIME_KEY), book, budget_for, pools)
+    budgets = OpBudgets(context, pipeline, book)
+    return PricedAgents(getattr(context.resources, AGENT_RUNTIME_KEY), book, budgets.for_step, pools)
 
 
 async def _run_leaf(

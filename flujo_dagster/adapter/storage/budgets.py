@@ -3,7 +3,8 @@ the instance recorded, which scopes a step's requests are charged to, and recove
 killed step process.
 
 No run tag chooses a scope: a per-day budget charges the day of each request (in the budget's timezone), and a
-run-scoped one the root of the run's re-execution chain as the instance's own run records prove it."""
+run-scoped one the root of the run's re-execution chain as the instance's own run records prove it (finished
+runs only: a run whose named parent is still running starts its own chain)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dagster import DagsterInstance, DagsterRun, OpExecutionContext
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, OpExecutionContext
 
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep
@@ -26,17 +27,22 @@ from flujo_dagster.runtime.budget import BudgetContext, Guard, guard_for
 
 __all__ = [
     "BUDGET_LEDGER_KEY",
+    "MAX_CHAIN",
     "InstanceLedger",
+    "OpBudgets",
     "adopt_ledger",
-    "budget_context",
     "chain_of",
     "checked_ledger",
     "dimensions_of",
     "ledger_of",
 ]
 
-_MAX_CHAIN = 10_000
-"""A re-execution chain longer than this is cut there (a guard against a cycle of client-named parents)."""
+MAX_CHAIN = 100
+"""A re-execution chain (the run and its ancestors) longer than this is cut there: the run budget of a run more
+than 99 re-executions away from its root is the one of its 99th ancestor (docs/costs.md)."""
+
+_FINISHED = frozenset({DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED})
+"""The run statuses after which no process of the run is running: only such an ancestor joins a chain."""
 
 
 class InstanceLedger:
@@ -129,41 +135,59 @@ def adopt_ledger(instance: DagsterInstance, resource: object = None) -> tuple[st
 
 def chain_of(run: DagsterRun, instance: DagsterInstance) -> list[DagsterRun]:
     """The run and its ancestors as the instance records them, the run first and the root last: each parent must
-    be a run of the instance, of the same job, not already in the chain. A client can name any parent or root
-    run id when it launches a run; the named root is ignored, and the chain stops at a parent the instance does
-    not prove."""
+    be a finished run (success, failure, canceled) of the instance, of the same job, not already in the chain. A
+    client can name any parent or root run id when it launches a run; the named root is ignored, and the chain
+    stops at a parent the instance does not prove, at a parent still running (its open reservations are in flight,
+    not left behind, and its budget is not shared) and after `MAX_CHAIN` runs."""
     chain = [run]
     seen = {run.run_id}
-    while chain[-1].parent_run_id is not None and len(chain) < _MAX_CHAIN:
+    while chain[-1].parent_run_id is not None and len(chain) < MAX_CHAIN:
         parent = instance.get_run_by_id(chain[-1].parent_run_id)
         if parent is None or parent.job_name != run.job_name or parent.run_id in seen:
+            break
+        if parent.status not in _FINISHED:
             break
         chain.append(parent)
         seen.add(parent.run_id)
     return chain
 
 
-def budget_context(
-    context: OpExecutionContext, pipeline: Pipeline, step: AgentStep, path: str, prices: PriceBook
-) -> BudgetContext | None:
-    """What `step`'s requests are charged to in this run, or None when no budget applies. The first call in
-    an op also recovers the reservations that a killed process of an earlier run of the chain left open."""
-    budgets = [(b, "") for b in (pipeline.budget,) if b is not None]
-    budgets += [(b, f":step:{path}") for b in (step.budget,) if b is not None]
-    if not budgets:
-        return None
-    run, instance = context.run, context.instance
-    ledger = ledger_of(getattr(context.resources, BUDGET_LEDGER_KEY), instance)
-    chain = chain_of(run, instance)
-    root = f"run:{chain[-1].run_id}"
-    guards: tuple[Guard, ...] = tuple(
-        guard_for(b, suffix, pipeline=pipeline.name) if b.scope == "day" else guard_for(b, root + suffix)
-        for b, suffix in budgets
-    )
-    for ancestor in chain[1:]:  # a re-execution: what its ancestors left reserved is settled first
-        ledger.recover(ancestor.run_id)
-    dimensions = dimensions_of(run, pipeline)
-    return BudgetContext(ledger=ledger, guards=guards, run_id=run.run_id, prices=prices, dimensions=dimensions)
+class OpBudgets:
+    """What the agent steps of one op are charged to: made once per op; its first budgeted request checks the
+    ledger, walks the run's re-execution chain and recovers the reservations that a killed process of an earlier
+    (finished) run of the chain left open, once for the op."""
+
+    def __init__(self, context: OpExecutionContext, pipeline: Pipeline, prices: PriceBook) -> None:
+        self._context, self._pipeline, self._prices = context, pipeline, prices
+        self._lock = threading.Lock()
+        self._run: tuple[BudgetLedger, str, dict[str, str]] | None = None
+
+    def _of_run(self) -> tuple[BudgetLedger, str, dict[str, str]]:
+        """(the ledger, the run scope `run:<root run id>`, the run's dimensions), computed on the first call."""
+        with self._lock:
+            if self._run is None:
+                run, instance = self._context.run, self._context.instance
+                ledger = ledger_of(getattr(self._context.resources, BUDGET_LEDGER_KEY), instance)
+                chain = chain_of(run, instance)
+                for ancestor in chain[1:]:  # a re-execution: what its ancestors left reserved is settled first
+                    ledger.recover(ancestor.run_id)
+                self._run = (ledger, f"run:{chain[-1].run_id}", dimensions_of(run, self._pipeline))
+            return self._run
+
+    def for_step(self, step: AgentStep, path: str) -> BudgetContext | None:
+        """What `step`'s requests are charged to in this run, or None when no budget applies."""
+        pipeline = self._pipeline
+        budgets = [(b, "") for b in (pipeline.budget,) if b is not None]
+        budgets += [(b, f":step:{path}") for b in (step.budget,) if b is not None]
+        if not budgets:
+            return None
+        ledger, root, dimensions = self._of_run()
+        guards: tuple[Guard, ...] = tuple(
+            guard_for(b, suffix, pipeline=pipeline.name) if b.scope == "day" else guard_for(b, root + suffix)
+            for b, suffix in budgets
+        )
+        run_id = self._context.run.run_id
+        return BudgetContext(ledger=ledger, guards=guards, run_id=run_id, prices=self._prices, dimensions=dimensions)
 
 
 def dimensions_of(run: DagsterRun, pipeline: Pipeline) -> dict[str, str]:
