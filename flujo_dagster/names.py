@@ -49,6 +49,7 @@ __all__ = [
     "INPUT_TOKENS",
     "IO_MANAGER_KEY",
     "LEDGER_ID_PREFIX",
+    "INSTANCE_LEDGER_ID_KEY",
     "ITEM_OUTPUT",
     "KEY",
     "KIND",
@@ -286,6 +287,9 @@ BUDGET_LEDGER_KEY = "budget_ledger"
 LEDGER_ID_PREFIX = "flujo/budget_ledger_id/"
 """Instance key-value entry `flujo/budget_ledger_id/<ledger location>`: the id of the budget ledger this instance
 charges there (a ledger deleted or replaced since shows another id and is refused)."""
+INSTANCE_LEDGER_ID_KEY = "flujo/budget_ledger_id"
+"""Instance key-value entry: the id of the instance's own ledger (`InstanceLedger`), wherever it is (a moved
+`DAGSTER_HOME`, another PostgreSQL host name for the same database)."""
 APPROVAL_SETTINGS_KEY = "approval_settings"
 
 # --- jobs, sensors, checks ------------------------------------------------------------------------------------------

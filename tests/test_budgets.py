@@ -4,6 +4,7 @@ task and process before it starts, and is reconciled to its actual cost after it
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from dagster import (
     JobDefinition,
     ReexecutionOptions,
     execute_job,
+    instance_for_test,
     reconstructable,
 )
 from dagster._core.execution.api import execute_run
@@ -408,7 +410,7 @@ def test_a_lost_ledger_is_refused_until_adopted(instance: DagsterInstance, dagst
         refused = run_pipeline(pipeline, {}, instance=instance, resources=resources, log_level="CRITICAL")
         assert not refused.success and calls == [0]
         assert refused.error is not None and "StorageError" in refused.error
-        assert "is not the one this Dagster instance recorded there" in refused.error
+        assert "is not the one this Dagster instance recorded (" in refused.error
         assert "run `flujo-dagster ledger adopt`" in refused.error
         if backend is None:
             env = {"DAGSTER_HOME": str(dagster_home)}
@@ -423,6 +425,25 @@ def test_a_lost_ledger_is_refused_until_adopted(instance: DagsterInstance, dagst
         if backend is not None:
             ledger.close()
             backend.drop_tables()
+
+
+def test_a_moved_dagster_home_still_refuses_a_lost_ledger(dagster_home: Path, tmp_path: Path) -> None:
+    """The instance records its own ledger's id under one key, not under the ledger's path: after DAGSTER_HOME
+    moves, a ledger lost on the way is refused, not recorded as a first use."""
+    calls: list[int] = []
+    pipeline = single(Budget(max_cost_usd=Decimal("20"), scope="day"))
+    resources = {"agent_runtime": runtime(calls)}
+    with instance_for_test(temp_dir=str(dagster_home)) as instance:
+        assert run_pipeline(pipeline, {}, instance=instance, resources=resources, log_level="CRITICAL").success
+        InstanceLedger().for_instance(instance).close()
+    moved = tmp_path / "moved_home"
+    shutil.copytree(dagster_home, moved)
+    for leftover in (moved / "storage" / "flujo").glob("budgets.sqlite*"):
+        leftover.unlink()  # the ledger did not make the move
+    with instance_for_test(temp_dir=str(moved)) as instance:
+        refused = run_pipeline(pipeline, {}, instance=instance, resources=resources, log_level="CRITICAL")
+        assert not refused.success and calls == [0]
+        assert refused.error is not None and "StorageError" in refused.error and str(moved) in refused.error
 
 
 @pytest.mark.parametrize(

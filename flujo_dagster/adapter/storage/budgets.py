@@ -19,7 +19,13 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, OpExecutionCo
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep
 from flujo_dagster.errors import ConfigurationError, StorageError
-from flujo_dagster.names import BUDGET_LEDGER_KEY, LEDGER_ID_PREFIX, PARTITION_TAG, SCHEDULED_TIME_TAG
+from flujo_dagster.names import (
+    BUDGET_LEDGER_KEY,
+    INSTANCE_LEDGER_ID_KEY,
+    LEDGER_ID_PREFIX,
+    PARTITION_TAG,
+    SCHEDULED_TIME_TAG,
+)
 from flujo_dagster.pricing.ledger import BudgetLedger, IdentifiedLedger
 from flujo_dagster.pricing.ledger_sqlite import SqliteBudgetLedger
 from flujo_dagster.pricing.prices import PriceBook
@@ -59,13 +65,25 @@ class InstanceLedger:
     def for_instance(self, instance: DagsterInstance) -> BudgetLedger:
         """The ledger for `instance`."""
         url = getattr(instance.run_storage, "postgres_url", None)
-        where = url if isinstance(url, str) else str(Path(instance.storage_directory()) / "flujo" / "budgets.sqlite")
+        where = _where(instance)
         with self._lock:
             ledger = self._open.get(where)
             if ledger is None:
                 ledger = _postgres(where) if isinstance(url, str) else SqliteBudgetLedger(where)
                 self._open[where] = ledger
         return ledger
+
+    @classmethod
+    def owns(cls, ledger: BudgetLedger, instance: DagsterInstance) -> bool:
+        """Whether `ledger` is the object `for_instance(instance)` returned in this process."""
+        with cls._lock:
+            return cls._open.get(_where(instance)) is ledger
+
+
+def _where(instance: DagsterInstance) -> str:
+    """Where the instance's own ledger is: the instance's PostgreSQL URL, or its SQLite file."""
+    url = getattr(instance.run_storage, "postgres_url", None)
+    return url if isinstance(url, str) else str(Path(instance.storage_directory()) / "flujo" / "budgets.sqlite")
 
 
 def _postgres(url: str) -> BudgetLedger:
@@ -96,26 +114,34 @@ def ledger_of(resource: object, instance: DagsterInstance, *, check: bool = True
 
 
 def checked_ledger(ledger: BudgetLedger, instance: DagsterInstance) -> BudgetLedger:
-    """`ledger`, after checking that it is the ledger `instance` recorded at its location (the first use records
-    it). A ledger whose file or tables were deleted, replaced or restored has another id: `StorageError`, so that
-    budgets never silently start again from $0. A ledger without an identity (a custom `BudgetLedger`) is used as
-    it is."""
+    """`ledger`, after checking that it is the ledger `instance` recorded (the first use records it): the
+    instance's own ledger under one key wherever it is, any other under its location. A ledger whose file or
+    tables were deleted, replaced or restored has another id: `StorageError`, so that budgets never silently start
+    again from $0. A ledger without an identity (a custom `BudgetLedger`) is used as it is."""
     if not isinstance(ledger, IdentifiedLedger):
         return ledger
-    key = LEDGER_ID_PREFIX + ledger.location
+    key = _id_key(ledger, instance)
     found = ledger.ledger_id()
     recorded = instance.run_storage.get_cursor_values({key}).get(key)
-    if recorded is None:
+    if recorded is None:  # first use; read back, so that of two processes recording two ledgers one is refused
         instance.run_storage.set_cursor_values({key: found})
-    elif recorded != found:
+        recorded = instance.run_storage.get_cursor_values({key}).get(key)
+    if recorded != found:
         raise StorageError(
-            f"The budget ledger at {ledger.location} is not the one this Dagster instance recorded there (ledger id "
+            f"The budget ledger at {ledger.location} is not the one this Dagster instance recorded (ledger id "
             f"{found}, recorded {recorded}): it was deleted, replaced or restored from an older copy, so the spend "
             "and reservations it held are lost and budgets would start again from $0. No model request was made. "
             "Restore the ledger; or, to start counting in this ledger on purpose, run `flujo-dagster ledger adopt` "
             "(with the code location's module when its budget_ledger resource is not the default)."
         )
     return ledger
+
+
+def _id_key(ledger: IdentifiedLedger, instance: DagsterInstance) -> str:
+    """The instance key-value entry that records `ledger`'s id."""
+    if isinstance(ledger, BudgetLedger) and InstanceLedger.owns(ledger, instance):
+        return INSTANCE_LEDGER_ID_KEY
+    return LEDGER_ID_PREFIX + ledger.location
 
 
 def adopt_ledger(instance: DagsterInstance, resource: object = None) -> tuple[str, str, str | None]:
@@ -126,7 +152,7 @@ def adopt_ledger(instance: DagsterInstance, resource: object = None) -> tuple[st
         raise ConfigurationError(
             f"the budget ledger {type(ledger).__name__} keeps no identity: there is nothing to adopt"
         )
-    key = LEDGER_ID_PREFIX + ledger.location
+    key = _id_key(ledger, instance)
     found = ledger.ledger_id()
     before = instance.run_storage.get_cursor_values({key}).get(key)
     instance.run_storage.set_cursor_values({key: found})
