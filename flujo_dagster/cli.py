@@ -24,7 +24,7 @@ from flujo_dagster.adapter.storage.budgets import adopt_ledger
 from flujo_dagster.adapter.storage.resources import AgentRuntime
 from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.errors import ApprovalError, ConfigurationError, FlujoDagsterError
+from flujo_dagster.errors import ApprovalError, ConfigurationError, FlujoDagsterError, RunInputsError
 from flujo_dagster.names import AGENT_RUNTIME_KEY, BUDGET_LEDGER_KEY, PRICE_BOOK_KEY
 from flujo_dagster.pricing.prices import PriceBook
 from flujo_dagster.runtime.approvals import Verdict
@@ -156,8 +156,8 @@ def run_command(target: str, inputs: tuple[str, ...], log_level: str) -> None:
         result = run_pipeline(pipelines[0], values, resources=_resources(module), log_level=log_level)
     except ConfigurationError as exc:
         _exit_invalid(exc)
-    except ValidationError as exc:
-        click.echo(f"invalid run inputs for pipeline {pipelines[0].name!r}:\n{exc}", err=True)
+    except RunInputsError as exc:
+        click.echo(str(exc), err=True)
         sys.exit(EXIT_USAGE)
     click.echo(f"run id: {result.run_id}")
     for call in result.agent_calls:

@@ -16,6 +16,7 @@ __all__ = [
     "FlujoDagsterError",
     "ParallelBranchError",
     "PricingNotConfiguredError",
+    "RunInputsError",
     "StepOutputError",
     "StepTimeoutError",
     "StorageError",
@@ -36,6 +37,18 @@ class ConfigurationError(FlujoDagsterError):
     def __init__(self, message: str, findings: Sequence[Finding] = ()) -> None:
         super().__init__(message)
         self.findings: tuple[Finding, ...] = tuple(findings)
+
+
+class RunInputsError(FlujoDagsterError, ValueError):
+    """A run's inputs do not validate as the pipeline's context model; raised before any step runs.
+
+    `problems` holds one `field: what is wrong` line per bad, missing or unknown input; the pydantic
+    `ValidationError` is its `__cause__`.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[str, ...] = tuple(problems)
 
 
 class PricingNotConfiguredError(ConfigurationError):

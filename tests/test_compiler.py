@@ -27,6 +27,7 @@ from flujo_dagster import (
     Pipeline,
     Price,
     Retry,
+    RunInputsError,
     agent_step,
     build_definitions,
     load_final_context,
@@ -125,13 +126,15 @@ def test_ops_carry_key_types_built_from_the_context_annotations() -> None:
 
 
 def test_bad_inputs_are_refused_before_any_run(instance: DagsterInstance) -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(RunInputsError) as info:
         run_pipeline(rich, {"seed": "not a number", "mode": "medium", "nope": 1}, instance=instance)
-    text = str(info.value)
-    assert "3 validation errors for Rich (run inputs)" in text
-    assert "seed\n  Input should be a valid integer" in text
-    assert "mode\n  Input should be 'fast' or 'slow'" in text
-    assert "nope\n  Extra inputs are not permitted" in text
+    assert info.value.problems == (
+        "seed: Input should be a valid integer, unable to parse string as an integer (int_parsing; got 'not a number')",
+        "mode: Input should be 'fast' or 'slow' (literal_error; got 'medium')",
+        "nope: not an input of this pipeline (got 1)",
+    )
+    assert str(info.value).startswith("invalid run inputs for pipeline 'rich' (3 problem(s), checked with Rich;")
+    assert isinstance(info.value.__cause__, ValidationError)
     assert instance.get_runs() == []
 
 
@@ -146,9 +149,8 @@ def test_launchpad_inputs_are_validated_by_the_first_op_before_any_step(instance
     (failure,) = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
     assert failure.step_failure_data is not None and failure.step_failure_data.error is not None
     cause = failure.step_failure_data.error.cause  # under Dagster's DagsterExecutionStepExecutionError
-    assert cause is not None and cause.cls_name == "ValidationError"
-    message = cause.message
-    assert "1 validation error for Rich (run inputs)\npositive\n  Input should be greater than 0" in message
+    assert cause is not None and cause.cls_name == "RunInputsError"
+    assert "  - positive: Input should be greater than 0 (greater_than; got -3)\n" in cause.message
 
 
 class Counter(BaseModel):
@@ -333,9 +335,9 @@ def test_field_validators_check_inputs_and_model_validators_check_the_final_cont
     instance: DagsterInstance,
 ) -> None:
     pipeline = Pipeline("guarded", context=Guarded, steps=[verdict])
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(RunInputsError) as info:
         run_pipeline(pipeline, {"topic": "  "}, instance=instance)
-    assert "topic\n  Value error, topic must not be blank" in str(info.value)
+    assert info.value.problems == ("topic: Value error, topic must not be blank (value_error; got '  ')",)
     assert run_pipeline(pipeline, {"topic": "good"}, instance=instance).context == Guarded(
         topic="good", verdict="publish"
     )

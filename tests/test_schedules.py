@@ -122,7 +122,7 @@ def test_bad_inputs_fail_the_tick_naming_the_pipeline_and_the_field(instance: Da
         tick(defs, "digest_schedule", instance)
     assert str(raised.value) == (
         "schedule 'digest_schedule' of pipeline 'digest': invalid run inputs, no run launched: "
-        "issue: Input should be greater than 0"
+        "issue: Input should be greater than 0 (greater_than; got 0)"
     )
     missing = Schedule(cron="0 6 * * *", inputs=lambda when: {"topc": "typo"})
     defs = build_definitions(pipelines=[digest(missing)])
@@ -130,7 +130,7 @@ def test_bad_inputs_fail_the_tick_naming_the_pipeline_and_the_field(instance: Da
         tick(defs, "digest_schedule", instance)
     assert str(raised.value) == (
         "schedule 'digest_schedule' of pipeline 'digest': invalid run inputs, no run launched: "
-        "topic: Field required; topc: Extra inputs are not permitted"
+        "topic: missing (a required input); topc: not an input of this pipeline (got 'typo')"
     )
     odd = Schedule(cron="0 6 * * *", inputs=lambda when: ["topic"])  # type: ignore[arg-type,return-value]
     defs = build_definitions(pipelines=[digest(odd)])

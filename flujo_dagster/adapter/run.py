@@ -102,7 +102,8 @@ def run_pipeline(
 ) -> PipelineRun[Ctx]:
     """Validate the pipeline and its inputs, run it in process on `instance`, and return the typed result.
 
-    Bad inputs raise pydantic's `ValidationError` before anything runs. Without `instance`, uses the
+    Bad inputs raise `RunInputsError` (every bad input, checked with the whole context model) before anything
+    runs. Without `instance`, uses the
     instance of `DAGSTER_HOME` when it is set, else a temporary one. Safe to call from inside a running
     event loop (a notebook, an async test): the run then happens in anyio's worker thread.
     `log_level` sets Dagster's console logger (e.g. "WARNING" to hide the per-event DEBUG lines).

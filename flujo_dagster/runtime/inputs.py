@@ -1,18 +1,31 @@
-"""Validating a run's inputs with the pipeline's context model: its field types, constraints and field
-validators, for the fields a run starts with. Model validators see the whole context, so they run on the final
-context (the `flujo_context` op), not on the inputs."""
+"""Validating a run's inputs with the pipeline's context model, before any step runs: the model's config (such
+as `str_max_length`), its field types and constraints, and its field validators, for the fields a run starts
+with. `run_pipeline`, `flujo-dagster run`, schedule ticks and the `flujo_inputs` op (Launchpad runs) all call
+`validate_inputs`.
+
+Model validators are not run on the inputs: they see the whole context, including the keys steps write later,
+so they run on the final context (the `flujo_context` op). A check of the inputs alone belongs in a field
+validator (which sees the fields before it in `info.data`)."""
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
+from pydantic_core import ErrorDetails
 
 from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.errors import RunInputsError
 
 __all__ = ["inputs_model", "validate_inputs"]
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 40
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 4
+_SHOWN.maxlevel = 2
 
 
 @cache
@@ -24,25 +37,64 @@ def _inputs_model(context: type[BaseModel], keys: tuple[str, ...]) -> type[BaseM
         if names:
             func = getattr(decorator.func, "__func__", decorator.func)
             validators[name] = field_validator(*names, mode=decorator.info.mode, check_fields=False)(classmethod(func))
-    return create_model(
-        f"{context.__name__} (run inputs)",
-        __config__=ConfigDict(extra="forbid", validate_by_name=True, arbitrary_types_allowed=True),
-        __validators__=validators,
-        __module__=context.__module__,
-        **fields,
-    )
+    title = f"{context.__name__} (run inputs)"
+    # the context's own config (str_max_length, strict, str_strip_whitespace, ...), except that an unknown
+    # input is refused whatever the context allows
+    config: ConfigDict = {
+        **context.model_config,
+        "extra": "forbid",
+        "title": title,
+        "validate_by_name": True,
+        "arbitrary_types_allowed": True,
+    }
+    return create_model(title, __config__=config, __validators__=validators, __module__=context.__module__, **fields)
 
 
 def inputs_model(pipeline: Pipeline) -> type[BaseModel]:
-    """The model of a pipeline's run inputs: its initial keys (required inputs and defaulted fields)."""
+    """The model of a pipeline's run inputs: its initial keys (required inputs and defaulted fields), with the
+    context model's config, field constraints and field validators."""
     return _inputs_model(pipeline.context, pipeline.initial_keys())
+
+
+def _shown(value: object) -> str:
+    """A bad value as an error message shows it: never more than about 40 characters of it."""
+    if isinstance(value, str | bytes) and len(value) > 40:
+        return f"a {type(value).__name__} of {len(value)} characters"
+    return _SHOWN.repr(value)
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One bad, missing or unknown input: `field: what is wrong (error type; the value given)`."""
+    where = ".".join(map(str, error["loc"])) or "(inputs)"
+    if error["type"] == "missing":
+        return f"{where}: missing (a required input)"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: not an input of this pipeline (got {_shown(error['input'])})"
+    return f"{where}: {error['msg']} ({error['type']}; got {_shown(error['input'])})"
+
+
+def _refused(pipeline: Pipeline, exc: ValidationError) -> RunInputsError:
+    problems = [_problem(e) for e in exc.errors(include_url=False)]
+    required = pipeline.input_keys()
+    defaulted = [k for k in pipeline.initial_keys() if k not in required]
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return RunInputsError(
+        f"invalid run inputs for pipeline {pipeline.name!r} ({len(problems)} problem(s), checked with "
+        f"{pipeline.context.__name__}; no step ran):\n{lines}\n"
+        f"Fix the inputs named above and run again. Pipeline {pipeline.name!r} requires: "
+        f"{', '.join(required) or 'nothing'}; its other inputs have defaults: {', '.join(defaulted) or 'none'}.",
+        problems,
+    )
 
 
 def validate_inputs(pipeline: Pipeline, raw: Mapping[str, object]) -> dict[str, object]:
     """The value of every key the run starts with: given inputs validated, defaults filled in.
 
-    Raises pydantic's `ValidationError` (titled `<Context> (run inputs)`) naming every bad, missing or
-    unknown field at once.
+    Raises `RunInputsError` naming the pipeline and every bad, missing or unknown input at once (field, the
+    constraint it breaks, the value cut short), chained from pydantic's `ValidationError`.
     """
-    validated = inputs_model(pipeline).model_validate(dict(raw))
+    try:
+        validated = inputs_model(pipeline).model_validate(dict(raw))
+    except ValidationError as exc:
+        raise _refused(pipeline, exc) from exc
     return {k: getattr(validated, k) for k in pipeline.initial_keys()}

@@ -15,7 +15,6 @@ from dagster import (
     SkipReason,
     TimeWindowPartitionsDefinition,
 )
-from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from flujo_dagster.adapter.compile.compiler import CompiledPipeline
@@ -23,7 +22,7 @@ from flujo_dagster.adapter.compile.partitions import partitions_def
 from flujo_dagster.adapter.storage.budgets import ledger_of
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.schedules import Schedule
-from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.errors import ConfigurationError, RunInputsError
 from flujo_dagster.names import BUDGET_LEDGER_KEY
 from flujo_dagster.pricing.ledger import format_usd
 from flujo_dagster.runtime.budget import budget_zone, day_scope, limits_of
@@ -39,10 +38,6 @@ def schedule_name(compiled: CompiledPipeline) -> str:
     name = schedule_name_for(compiled.pipeline, compiled.job_name)
     assert name is not None
     return name
-
-
-def _errors(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(inputs)'}: {e['msg']}" for e in exc.errors())
 
 
 def _tick_inputs(pipeline: Pipeline, schedule: Schedule, name: str, when: datetime) -> dict[str, object]:
@@ -64,9 +59,10 @@ def _check_inputs(pipeline: Pipeline, name: str, raw: Mapping[str, object], part
     full = {**raw, key: partition} if key is not None and partition is not None else dict(raw)
     try:
         validate_inputs(pipeline, full)
-    except ValidationError as exc:
+    except RunInputsError as exc:
         raise ConfigurationError(
-            f"schedule {name!r} of pipeline {pipeline.name!r}: invalid run inputs, no run launched: {_errors(exc)}"
+            f"schedule {name!r} of pipeline {pipeline.name!r}: invalid run inputs, no run launched: "
+            f"{'; '.join(exc.problems)}"
         ) from exc
 
 

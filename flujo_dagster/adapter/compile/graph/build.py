@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dagster import DependencyDefinition, In, MultiDependencyDefinition, Nothing, OpDefinition
+
 from flujo_dagster.adapter.compile.graph.built import INPUT, BuiltGraph, Live, outputs
 from flujo_dagster.adapter.compile.graph.sequence import expand_steps
 from flujo_dagster.adapter.compile.graph.state import GraphState
 from flujo_dagster.adapter.ops.flow import context_op
 from flujo_dagster.adapter.ops.leaf import inputs_op
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.names import CONTEXT_OP, INPUTS_OP, READY_OUTPUT, io_name, op_name
+from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.names import AFTER_INPUT, CONTEXT_OP, INPUTS_OP, READY_OUTPUT, io_name, op_name
 
 __all__ = ["build_graph"]
 
@@ -23,6 +26,7 @@ def build_graph(pipeline: Pipeline, step_key: Callable[[str], str]) -> BuiltGrap
     final = {k: b.must(k, live, pipeline.name) for k in live}
     emitted = tuple(k for k in pipeline.initial_keys() if k in b.emitted)
     ready = (INPUTS_OP, io_name(emitted[0]) if emitted else READY_OUTPUT)
+    _after_inputs(b.g, ready)
     b.g.defs = {INPUTS_OP: inputs_op(pipeline, op_name(pipeline.name, INPUTS_OP), emitted), **b.g.defs}
     b.g.deps[INPUTS_OP] = {}
     op = context_op(pipeline, op_name(pipeline.name, CONTEXT_OP), final, step_key=step_key)
@@ -35,3 +39,18 @@ def build_graph(pipeline: Pipeline, step_key: Callable[[str], str]) -> BuiltGrap
     b.gates.wire(b.g, b.fan_in)
     b.g.live = final
     return b.g
+
+
+def _after_inputs(g: BuiltGraph, ready: tuple[str, str]) -> None:
+    """Make every op that reads nothing wait for `flujo_inputs`, so bad run inputs fail the run before any
+    step runs (an op that reads no initial key would otherwise start beside it, or before it)."""
+    for node, deps in g.deps.items():
+        if deps:
+            continue
+        definition = g.defs[node]
+        if not isinstance(definition, OpDefinition):
+            raise ConfigurationError(f"node {node!r} reads nothing and is not an op; it cannot wait for the inputs")
+        g.defs[node] = definition.with_replaced_properties(
+            name=definition.name, ins={**definition.ins, AFTER_INPUT: In(Nothing)}
+        )
+        g.deps[node] = {AFTER_INPUT: MultiDependencyDefinition([DependencyDefinition(*ready)])}
