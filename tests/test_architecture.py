@@ -266,3 +266,46 @@ def test_decision_tags_and_step_key_parts_have_one_owner() -> None:
     assert names.step_key_parts("digest", True, names.INPUTS_OP) == ("digest_graph", "flujo_inputs")
     assert names.step_key("digest", True, names.INPUTS_OP) == "digest_graph.flujo_inputs"
     assert names.step_key_parts("digest", False, names.INPUTS_OP) == ("flujo_inputs",)
+
+
+# --- docs/reliability.md cites only tests that exist ------------------------------------------------------------
+
+RELIABILITY = ROOT / "docs" / "reliability.md"
+CITATION = re.compile(r"\btests/([\w/]+\.py)(?:::(\w+))?")
+"""`tests/<file>.py`, or `tests/<file>.py::<test>` (a parametrized test's `[id]` is not part of the name)."""
+
+
+def _test_names(path: Path) -> set[str]:
+    """The test functions pytest would collect by name: module-level ones and methods of classes."""
+    tree = ast.parse(path.read_text())
+    tops = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    methods = [m for c in tree.body if isinstance(c, ast.ClassDef) for m in c.body if isinstance(m, ast.FunctionDef)]
+    return {f.name for f in [*tops, *methods] if f.name.startswith("test_")}
+
+
+def _missing_citations(text: str) -> list[str]:
+    """The citations in `text` whose file does not exist, or whose file defines no test of that name."""
+    missing = []
+    for cited in CITATION.finditer(text):
+        path = ROOT / "tests" / cited.group(1)
+        if not path.is_file() or (cited.group(2) is not None and cited.group(2) not in _test_names(path)):
+            missing.append(cited.group(0))
+    return missing
+
+
+def test_every_test_the_reliability_table_cites_exists() -> None:
+    text = RELIABILITY.read_text()
+    assert len(CITATION.findall(text)) > 50  # the table was read
+    assert _missing_citations(text) == []
+
+
+def test_the_citation_check_sees_a_missing_file_or_test() -> None:
+    text = (
+        "| a | b | c | `tests/test_config.py`, `tests/test_config.py::test_dagster_home_is_read_when_asked` |\n"
+        "| a | b | c | `tests/test_nope.py`, `tests/test_config.py::test_nope`, `tests/test_config.py::_reads` |\n"
+    )
+    assert _missing_citations(text) == [
+        "tests/test_nope.py",
+        "tests/test_config.py::test_nope",
+        "tests/test_config.py::_reads",
+    ]
