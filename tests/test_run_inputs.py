@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from dagster import DagsterEventType, DagsterInstance
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from flujo_dagster import RunInputsError, arun_pipeline, run_pipeline
+from flujo_dagster import Pipeline, RunInputsError, arun_pipeline, run_pipeline, step
 from flujo_dagster.adapter.compile.compiler import compile_pipeline
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.names import CONTEXT_OUTPUT
@@ -141,3 +143,49 @@ def test_the_cli_runs_inputs_the_context_model_accepts(
     context = json.loads(result.stdout.split("final context (Brief):\n", 1)[1])
     assert context["note"] == "agentsx2+7" and context["answer"] == "ok"
     assert sorted(calls.read_text().splitlines()) == EVERY_CALL
+
+
+class Dated(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    on: date
+    n: int = 1
+    label: str = ""
+
+
+@step
+def label(on: date, n: int) -> str:
+    return f"{on:%d %b} x{n}"
+
+
+def test_a_strict_context_takes_its_inputs_as_json_as_they_arrive(instance: DagsterInstance) -> None:
+    """Strict, as the context says: no "3" for an int. But an ISO date is how a date arrives from the CLI, the
+    Launchpad and a schedule tick (JSON), and strict JSON takes it, as the final context's validation does."""
+    dated = Pipeline("dated", context=Dated, steps=[label])
+    result = run_pipeline(dated, {"on": "2026-11-05", "n": 2}, instance=instance, log_level="CRITICAL")
+    assert result.context == Dated(on=date(2026, 11, 5), n=2, label="05 Nov x2")
+    # a Python value is handed to the run's config as JSON (Dagster stores run config as JSON)
+    assert run_pipeline(dated, {"on": date(2026, 11, 5)}, instance=instance).context.label == "05 Nov x1"
+    with pytest.raises(RunInputsError) as refused:
+        run_pipeline(dated, {"on": "2026-11-05", "n": "2"}, instance=instance)
+    assert refused.value.problems == ("n: Input should be a valid integer (int_type; got '2')",)
+
+
+class Loose(BaseModel):
+    topic: str
+    extra: Any = None
+    out: str = ""
+
+
+@step
+def out(topic: str) -> str:
+    CALLS.append("out")
+    return topic
+
+
+def test_an_input_a_runs_config_cannot_hold_is_refused_before_any_step(instance: DagsterInstance) -> None:
+    loose = Pipeline("loose", context=Loose, steps=[out])
+    with pytest.raises(RunInputsError) as refused:
+        run_pipeline(loose, {"topic": "agents", "extra": object()}, instance=instance)
+    assert refused.value.problems == ("extra: a object, which a run's config cannot hold (JSON values only)",)
+    assert CALLS == [] and instance.get_runs() == []

@@ -20,7 +20,7 @@ from flujo_dagster.dsl.pipeline import Ctx, Pipeline
 from flujo_dagster.errors import ConfigurationError, FlujoDagsterError
 from flujo_dagster.names import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, IO_MANAGER_KEY, step_key
 from flujo_dagster.pricing.prices import Price
-from flujo_dagster.runtime.inputs import validate_inputs
+from flujo_dagster.runtime.inputs import json_inputs, validate_inputs
 from flujo_dagster.runtime.sync import call_blocking
 from flujo_dagster.validation.schedules import partition_input
 
@@ -118,6 +118,7 @@ def run_pipeline(
             else f"pipeline {pipeline.name!r} is not partitioned: partition_key={partition_key!r} has no meaning"
         )
     validate_inputs(pipeline, {**raw, key_field: partition_key} if key_field is not None else raw)
+    given = json_inputs(pipeline, raw)  # what the run's config can hold
     (compiled,), chosen, _ = compile_all(
         [pipeline], resources=resources, prices=prices, strict_pricing=strict_pricing, translator=translator
     )
@@ -127,7 +128,7 @@ def run_pipeline(
         resources=chosen,
     )
     job = defs.resolve_job_def(compiled.job_name)
-    run_config = compiled.inputs_run_config(raw)
+    run_config = compiled.inputs_run_config(given)
     if log_level is not None:
         run_config["loggers"] = {"console": {"config": {"log_level": log_level}}}
     with ExitStack() as stack:

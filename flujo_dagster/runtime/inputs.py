@@ -15,12 +15,12 @@ from functools import cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticSerializationError, to_json, to_jsonable_python
 
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import RunInputsError
 
-__all__ = ["inputs_model", "validate_inputs"]
+__all__ = ["inputs_model", "json_inputs", "validate_inputs"]
 
 _SHOWN = reprlib.Repr()
 _SHOWN.maxstring = _SHOWN.maxother = 40
@@ -94,7 +94,41 @@ def validate_inputs(pipeline: Pipeline, raw: Mapping[str, object]) -> dict[str, 
     constraint it breaks, the value cut short), chained from pydantic's `ValidationError`.
     """
     try:
-        validated = inputs_model(pipeline).model_validate(dict(raw))
+        validated = _validated(inputs_model(pipeline), dict(raw))
     except ValidationError as exc:
         raise _refused(pipeline, exc) from exc
     return {k: getattr(validated, k) for k in pipeline.initial_keys()}
+
+
+def _validated(model: type[BaseModel], raw: dict[str, object]) -> BaseModel:
+    """`raw` validated by `model`. A strict model takes the inputs as JSON, as they arrive from the CLI, the
+    Launchpad and schedule ticks (and as the final context is validated): in strict Python mode an ISO string
+    would not be a date. Values JSON cannot hold are validated as they are."""
+    if not model.model_config.get("strict"):
+        return model.model_validate(raw)
+    try:
+        payload = to_json(raw, inf_nan_mode="constants")
+    except PydanticSerializationError:
+        return model.model_validate(raw)
+    return model.model_validate_json(payload)
+
+
+def json_inputs(pipeline: Pipeline, raw: Mapping[str, object]) -> dict[str, object]:
+    """Validated inputs as the JSON values a Dagster run's config can hold (a `date` as its ISO string).
+
+    Raises `RunInputsError` naming each input JSON cannot hold (an object of an arbitrary class)."""
+    values: dict[str, object] = {}
+    problems = []
+    for key, value in raw.items():
+        try:
+            values[key] = to_jsonable_python(value)
+        except PydanticSerializationError:
+            problems.append(f"{key}: a {type(value).__name__}, which a run's config cannot hold (JSON values only)")
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise RunInputsError(
+            f"invalid run inputs for pipeline {pipeline.name!r} ({len(problems)} problem(s); no step ran):\n{lines}\n"
+            "Give these inputs as JSON values (str, numbers, lists, mappings), or as types pydantic writes as JSON.",
+            problems,
+        )
+    return values
