@@ -101,7 +101,8 @@ def test_a_stored_value_that_does_not_load_fails_the_type_check(
 
     def corrupt(path: UPath, data: bytes, **options: Any) -> None:
         if path.name == "summary.json" and path.parent.name == "checked_graph.summarise":
-            data = dump_envelope(StoredKey("summary", int), 5)  # an intact envelope, of another type
+            # an intact envelope, of another type
+            data = dump_envelope(StoredKey("summary", int), 5, path, options.get("root"))
         write(path, data, **options)
 
     monkeypatch.setattr(PydanticJsonIOManager, "write", staticmethod(corrupt))

@@ -184,9 +184,10 @@ class MemoryStore:
     def __init__(self) -> None:
         self.saved: dict[tuple[str, str], Checkpoint] = {}
 
-    def load(self, path: str, inputs: str, keys: Collection[str]) -> Checkpoint | None:
+    def load(self, path: str, inputs: str, keys: Collection[str], required: Collection[str] = ()) -> Checkpoint | None:
         found = self.saved.get((path, inputs))
-        return found if found is not None and set(found.values) <= set(keys) else None
+        fits = found is not None and set(required) <= set(found.values) <= set(keys)
+        return found if fits else None
 
     def save(self, path: str, inputs: str, checkpoint: Checkpoint) -> None:
         self.saved[(path, inputs)] = checkpoint

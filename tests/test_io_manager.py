@@ -244,7 +244,7 @@ HYPOTHESIS = settings(deadline=None, suppress_health_check=[HealthCheck.function
 
 
 def round_trip(path: UPath, stored: StoredKey, value: object) -> object:
-    PydanticJsonIOManager.write(path, PydanticJsonIOManager.dump(stored, value))
+    PydanticJsonIOManager.write(path, PydanticJsonIOManager.dump(stored, value, path))
     return PydanticJsonIOManager.read(path, stored, where="run r1, step s1")
 
 
@@ -276,13 +276,15 @@ def test_each_field_type_round_trips_as_a_key(name: str, data: st.DataObject, tm
 
 def test_stored_file_is_a_readable_json_envelope_that_keeps_nan_and_infinities(tmp_path: Path) -> None:
     path = UPath(tmp_path) / "ratios.json"
-    PydanticJsonIOManager.write(path, PydanticJsonIOManager.dump(StoredKey("ratios", list[float]), SPECIAL.ratios))
+    data = PydanticJsonIOManager.dump(StoredKey("ratios", list[float]), SPECIAL.ratios, path)
+    PydanticJsonIOManager.write(path, data)
     body = (
         b'{"flujo":2,"key":"ratios","type":"list[float]",'
         b'"value":[Infinity,-Infinity,NaN,-0.0,5e-324,1.7976931348623157e+308]}'
     )
-    assert path.read_bytes() == seal(body)
-    assert path.read_bytes().endswith(f',"hash":"sha256:{hashlib.sha256(body).hexdigest()}"}}'.encode())
+    assert path.read_bytes() == seal(body, place="ratios.json")
+    digest = hashlib.sha256(b"ratios.json\n" + body).hexdigest()
+    assert path.read_bytes().endswith(f',"hash":"sha256:{digest}"}}'.encode())
     loaded = PydanticJsonIOManager.read(path, StoredKey("ratios", list[float]), where="run r1, step s1")
     assert_same(SPECIAL.ratios, loaded)
 
@@ -326,7 +328,8 @@ def test_values_survive_real_dagster_runs(value: Everything, instance: DagsterIn
     (run_file,) = (root / result.run_id).rglob("payload.json")
     asset_file = PydanticJsonIOManager.asset_path(root, ["echo", "payload"])
     for path in (run_file, asset_file):
-        assert_same(value, PydanticJsonIOManager.read(path, StoredKey("payload", Everything), where="test"))
+        loaded = PydanticJsonIOManager.read(path, StoredKey("payload", Everything), where="test", root=root)
+        assert_same(value, loaded)
 
 
 # --- corrupt, hand-edited and stale files ------------------------------------------------------------------
@@ -336,12 +339,14 @@ REDO = "Re-execute the step that writes it."
 LEAF_BODY = b'{"flujo":2,"key":"leaf","type":"Leaf","value":{"name":"a","weight":1.5,"when":"2024-01-02T00:00:00"}}'
 
 
-def seal(body: bytes, secret: str | None = None) -> bytes:
-    """An envelope body (without its hash) with its content hash appended, as docs/concepts.md#storage says."""
+def seal(body: bytes, secret: str | None = None, place: str = "leaf.json") -> bytes:
+    """An envelope body (without its hash) with its content hash appended, as docs/concepts.md#storage says: the
+    hash covers the file's place under the storage root (`place`), a newline, then the body."""
+    data = place.encode() + b"\n" + body
     if secret is None:
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
     else:
-        digest = "hmac-sha256:" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        digest = "hmac-sha256:" + hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
     return body[:-1] + f',"hash":"{digest}"}}'.encode()
 
 
@@ -370,8 +375,9 @@ GOOD_LEAF = seal(LEAF_BODY)
         (seal(LEAF_BODY.split(b',"value"')[0] + b"}"), f"{CORRUPT}: value: missing"),
         (
             GOOD_LEAF.replace(b'"name":"a"', b'"name":"b"'),
-            "was changed after it was written (edited by hand, corrupted, or written with another "
-            "FLUJO_DAGSTER_STORAGE_SECRET): its content does not match its sha256 hash",
+            "was changed after it was written (edited by hand, corrupted, written with another "
+            "FLUJO_DAGSTER_STORAGE_SECRET), or moved or copied here from another place (another run's, step's or "
+            "item's): its content and place do not match its sha256 hash",
         ),
     ],
     ids=[
@@ -532,7 +538,8 @@ def test_reexecution_loading_a_corrupt_or_edited_file_fails_with_storage_error(i
     path = PydanticJsonIOManager().root(instance.storage_directory()) / first_id / "leaf" / "leaf.json"
     good = path.read_bytes()
     assert good == seal(
-        b'{"flujo":2,"key":"leaf","type":"Leaf","value":{"name":"broken","weight":NaN,"when":"2024-01-02T00:00:00Z"}}'
+        b'{"flujo":2,"key":"leaf","type":"Leaf","value":{"name":"broken","weight":NaN,"when":"2024-01-02T00:00:00Z"}}',
+        place=f"{first_id}/leaf/leaf.json",
     )
     where, remedy = leaf_origin(first_id)  # the run that produced the file, not the re-execution
 
@@ -551,8 +558,8 @@ def test_reexecution_loading_a_corrupt_or_edited_file_fails_with_storage_error(i
     assert not ok
     assert load_error(events) == (
         f"stored value of key 'leaf' ({where}) at {path} was changed after it was written (edited by hand, "
-        f"corrupted, or written with another FLUJO_DAGSTER_STORAGE_SECRET): its content does not match its sha256 "
-        f"hash. {remedy}"
+        f"corrupted, written with another FLUJO_DAGSTER_STORAGE_SECRET), or moved or copied here from another place "
+        f"(another run's, step's or item's): its content and place do not match its sha256 hash. {remedy}"
     )
 
     # a directory in its place: a StorageError too, not a raw IsADirectoryError

@@ -100,7 +100,7 @@ def test_x_and_sub_dot_dot_x_never_share_a_file(tmp_path: Path) -> None:
     stored = StoredKey("v", str)
     for key in ["x", "sub/../x"]:
         path = PydanticJsonIOManager.asset_path(root, ["p", "v"], key)
-        PydanticJsonIOManager.write(path, dump_envelope(stored, f"value of {key}"), root=root)
+        PydanticJsonIOManager.write(path, dump_envelope(stored, f"value of {key}", path, root), root=root)
     for key in ["x", "sub/../x"]:
         path = PydanticJsonIOManager.asset_path(root, ["p", "v"], key)
         assert PydanticJsonIOManager.read(path, stored, where="test", root=root) == f"value of {key}"
@@ -230,7 +230,8 @@ def test_a_file_that_does_not_parse_is_reported_without_its_content(instance: Da
     path = PydanticJsonIOManager.output_path(root, first_id, "leaf", "leaf")
     path.write_bytes(b'{"flujo":2,"key":"leaf","value":"TOPSECRET-1"')
     _, second_id, _ = reexecute(first_id, instance)
-    path.write_bytes(seal(b'{"flujo":2,"key":"leaf","type":"Leaf","value":{"name":"TOPSECRET-2"}}'))
+    body = b'{"flujo":2,"key":"leaf","type":"Leaf","value":{"name":"TOPSECRET-2"}}'
+    path.write_bytes(seal(body, place=f"{first_id}/leaf/leaf.json"))
     _, third_id, events = reexecute(second_id, instance)
     error = failure_of(events, "label")
     assert error.cause is not None and "value.weight: missing; value.when: missing" in error.cause.message
@@ -300,7 +301,7 @@ def test_remote_paths_keep_working_and_stay_under_their_root() -> None:
     root = UPath("memory://flujo-safety/root")
     path = stored_path(root, "run-1", "../../escape", "leaf")
     assert str(path) == "memory://flujo-safety/root/run-1/%2E.%2F..%2Fescape/leaf.json"
-    write_file(path, GOOD, root=root)
+    write_file(path, seal(LEAF_BODY, place="run-1/%2E.%2F..%2Fescape/leaf.json"), root=root)
     assert read_envelope(path, StoredKey("leaf", Leaf), where="test", root=root) == Leaf(
         name="a", weight=1.5, when="2024-01-02T00:00:00"
     )
@@ -312,7 +313,7 @@ def test_remote_paths_keep_working_and_stay_under_their_root() -> None:
 
 # --- the content hash --------------------------------------------------------------------------------------------
 
-GOOD = seal(LEAF_BODY)
+GOOD = seal(LEAF_BODY, place="run-1/grow/leaf.json")  # at `stored(...)`'s path
 
 
 def test_an_edit_that_recomputes_a_plain_hash_passes_and_a_keyed_hash_stops_it(
@@ -322,7 +323,7 @@ def test_an_edit_that_recomputes_a_plain_hash_passes_and_a_keyed_hash_stops_it(
     who knows it can write a file that loads."""
     root, path = stored(tmp_path)
     leaf = StoredKey("leaf", Leaf)
-    forged = seal(LEAF_BODY.replace(b'"a"', b'"forged"'))
+    forged = seal(LEAF_BODY.replace(b'"a"', b'"forged"'), place="run-1/grow/leaf.json")
     PydanticJsonIOManager.write(path, forged, root=root)
     assert PydanticJsonIOManager.read(path, leaf, where="test", root=root).name == "forged"  # type: ignore[attr-defined]
 
@@ -334,13 +335,13 @@ def test_an_edit_that_recomputes_a_plain_hash_passes_and_a_keyed_hash_stops_it(
         "set: the file was written without the secret (before it was set, or by someone who does not know it). "
         "Re-execute the step that writes it."
     )
-    written = dump_envelope(leaf, Leaf(name="kept", weight=1, when="2024-01-02T00:00:00"))
+    written = dump_envelope(leaf, Leaf(name="kept", weight=1, when="2024-01-02T00:00:00"), path, root)
     assert re.search(rb',"hash":"hmac-sha256:[0-9a-f]{64}"\}$', written)
-    assert written == seal(written[: written.index(b',"hash"')] + b"}", "s3cret")
+    assert written == seal(written[: written.index(b',"hash"')] + b"}", "s3cret", "run-1/grow/leaf.json")
     PydanticJsonIOManager.write(path, written, root=root)
     assert PydanticJsonIOManager.read(path, leaf, where="test", root=root).name == "kept"  # type: ignore[attr-defined]
-    PydanticJsonIOManager.write(path, seal(LEAF_BODY, "guess"), root=root)
-    with pytest.raises(StorageError, match="its content does not match its hmac-sha256 hash"):
+    PydanticJsonIOManager.write(path, seal(LEAF_BODY, "guess", "run-1/grow/leaf.json"), root=root)
+    with pytest.raises(StorageError, match="its content and place do not match its hmac-sha256 hash"):
         PydanticJsonIOManager.read(path, leaf, where="test", root=root)
 
     PydanticJsonIOManager.write(path, written, root=root)

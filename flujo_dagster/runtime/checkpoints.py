@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -14,14 +15,17 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Protocol
 
+from pydantic import ValidationError
+
 from flujo_dagster.runtime.records import Reporter, StepRecord
-from flujo_dagster.runtime.values import adapter_for, jsonable, to_json_bytes
+from flujo_dagster.runtime.values import adapter_for, from_json, jsonable, to_json_bytes
 
 __all__ = ["REUSED", "Checkpoint", "CheckpointStore", "Checkpointer", "RecordTap", "reused_record"]
 
 REUSED = "reused"
 """The status of a step record taken over from a checkpoint: the step did not run in this op."""
 
+_log = logging.getLogger("flujo_dagster")
 _SINKS: ContextVar[tuple[list[StepRecord], ...]] = ContextVar("flujo_checkpoint_sinks", default=())
 
 
@@ -37,9 +41,9 @@ class CheckpointStore(Protocol):
     """Where checkpoints are kept (the adapter's `OpCheckpoints` is one). Both methods are total for stored
     data: an unreadable, mismatched or unwritable checkpoint is a miss, which the store reports itself."""
 
-    def load(self, path: str, inputs: str, keys: Collection[str]) -> Checkpoint | None:
-        """A checkpoint of the branch or item at `path` made on inputs digest `inputs`, writing only `keys`,
-        from an earlier run this op re-executes; None when there is none."""
+    def load(self, path: str, inputs: str, keys: Collection[str], required: Collection[str] = ()) -> Checkpoint | None:
+        """A checkpoint of the branch or item at `path` made on inputs digest `inputs`, writing only `keys` and
+        at least `required`, from an earlier run this op re-executes; None when there is none."""
         ...
 
     def save(self, path: str, inputs: str, checkpoint: Checkpoint) -> None:
@@ -97,9 +101,23 @@ class RecordTap:
             _SINKS.reset(token)
 
 
+class _Lossy(ValueError):
+    """A value whose JSON form does not load back as an equal value (a `SecretStr`, an excluded field, a lossy
+    serializer): two different states would share a digest, so no checkpoint is made on it."""
+
+
 def _canonical(annotation: object, value: object) -> object:
-    """The value's JSON form with object keys sorted on dumping (so equal values give equal digests)."""
-    return json.loads(to_json_bytes(jsonable(adapter_for(annotation), value)))
+    """The value's JSON form with object keys sorted on dumping (so equal values give equal digests). Raises
+    `_Lossy` when that form does not validate back to an equal value."""
+    adapter = adapter_for(annotation)
+    data = to_json_bytes(jsonable(adapter, value))
+    try:
+        exact = from_json(adapter, data) == value
+    except ValidationError:
+        exact = False
+    if not exact:
+        raise _Lossy
+    return json.loads(data)
 
 
 def _digest(canonical: object) -> str:
@@ -116,17 +134,32 @@ class Checkpointer:
         self.store = store
         self.fields = fields
         self.reporter = RecordTap(reporter)
+        self._lossy: set[str] = set()
+
+    def _lossy_key(self, key: str) -> None:
+        if key not in self._lossy:
+            self._lossy.add(key)
+            _log.warning(
+                f"key {key!r}: its value does not load back equal from its JSON form (a SecretStr, an excluded "
+                "field, a lossy serializer), so the branches and items that run on it are not checkpointed"
+            )
 
     def inputs(self, state: Mapping[str, object]) -> str | None:
         """The digest of every key of `state`, each dumped as its key's type (so any difference in what a branch
         or item could read is a miss); None without a store or when a value does not dump (then nothing is
-        checkpointed)."""
+        checkpointed; logged once per key when it does not load back equal)."""
         if self.store is None:
             return None
-        try:
-            return _digest([[k, _canonical(self.fields[k], state[k])] for k in sorted(state)])
-        except (KeyError, ValueError, TypeError):  # a key outside the context, a value that does not dump
-            return None
+        pairs = []
+        for k in sorted(state):
+            try:
+                pairs.append([k, _canonical(self.fields[k], state[k])])
+            except _Lossy:
+                self._lossy_key(k)
+                return None
+            except (KeyError, ValueError, TypeError):  # a key outside the context, a value that does not dump
+                return None
+        return _digest(pairs)
 
     def with_item(self, inputs: str | None, key: str, item: object) -> str | None:
         """`inputs` (the digest of the state before a Map, without its item key) extended by one item bound to
@@ -135,6 +168,9 @@ class Checkpointer:
             return None
         try:
             return _digest([inputs, key, _canonical(self.fields[key], item)])
+        except _Lossy:
+            self._lossy_key(key)
+            return None
         except (KeyError, ValueError, TypeError):
             return None
 
@@ -145,14 +181,15 @@ class Checkpointer:
         keys: Collection[str],
         work: Callable[[], Awaitable[None]],
         written: Callable[[], dict[str, object]],
+        required: Collection[str] = (),
     ) -> dict[str, object]:
         """The values the branch or item at `path` writes (only `keys`): from a checkpoint of the same path and
         inputs (its records reported as reused), else by awaiting `work()` and reading `written()`, then
-        recording them."""
+        recording them. A checkpoint lacking one of `required` is a miss."""
         if self.store is None or inputs is None:
             await work()
             return written()
-        found = self.store.load(path, inputs, keys)
+        found = self.store.load(path, inputs, keys, required)
         if found is not None:
             for record in found.records:
                 self.reporter.step_finished(reused_record(record))

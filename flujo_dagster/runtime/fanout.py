@@ -77,7 +77,8 @@ async def run_parallel(
 
     async def one(label: str, steps: tuple[Step, ...]) -> None:
         local, branch = dict(state), child_path(path, label)
-        written = flow_of_steps(steps, fields).may
+        flow = flow_of_steps(steps, fields)
+        written = flow.may
 
         async def work() -> None:
             results[label] = await checkpoints.run(
@@ -86,6 +87,7 @@ async def run_parallel(
                 written,
                 lambda: run(steps, local, branch),
                 lambda: {k: local[k] for k in written if k in local},
+                flow.must,
             )
 
         await outcomes.run(label, work)
@@ -136,6 +138,7 @@ async def run_map(
                     keys,
                     lambda: run(node.body, local, at),
                     lambda: {node.result: local[node.result]},
+                    keys,
                 )
                 results[index] = values[node.result]
 

@@ -28,10 +28,12 @@ __all__ = ["OpCheckpoints", "checkpoint_path"]
 
 class _Manifest(BaseModel):
     """A checkpoint's own file (its envelope's key is the step path): the inputs digest, the keys written (in
-    the order of the value files) and the step records. Written after the values, so it marks them complete."""
+    the order of the value files), each value file's SHA-256 and the step records. Written after the values, so
+    it marks them complete."""
 
     inputs: str
     keys: list[str]
+    files: list[str]
     records: list[StepRecord]
 
 
@@ -47,6 +49,12 @@ def _value_file(index: int) -> str:
     return f"value-{index}"
 
 
+def _location(run: DagsterRun) -> str | None:
+    """The code location a run's job came from; None for a run executed in process."""
+    origin = run.remote_job_origin
+    return origin.location_name if origin is not None else None
+
+
 class OpCheckpoints:
     """The `CheckpointStore` of one inline op in one run: records in this run, looks up in the runs it
     re-executes (parent first, the same job only). Every miss that is not a plain absence is logged."""
@@ -60,23 +68,25 @@ class OpCheckpoints:
         self._ancestors: list[str] | None = None
 
     def ancestors(self) -> list[str]:
-        """The ids of the runs this run re-executes, parent first; a parent of another job ends the chain."""
+        """The ids of the runs this run re-executes, parent first; a parent of another job (another name, or
+        another code location) ends the chain."""
         if self._ancestors is None:
             run: DagsterRun = self.context.run
+            job, location = run.job_name, _location(run)
             ids: list[str] = []
             while run.parent_run_id is not None and run.parent_run_id not in ids:
                 parent = self.context.instance.get_run_by_id(run.parent_run_id)
-                if parent is None or parent.job_name != self.context.run.job_name:
+                if parent is None or parent.job_name != job or _location(parent) != location:
                     break
                 ids.append(parent.run_id)
                 run = parent
             self._ancestors = ids
         return self._ancestors
 
-    def load(self, path: str, inputs: str, keys: Collection[str]) -> Checkpoint | None:
+    def load(self, path: str, inputs: str, keys: Collection[str], required: Collection[str] = ()) -> Checkpoint | None:
         """The nearest ancestor run's checkpoint of `path` made on `inputs`; None when there is none."""
         for run_id in self.ancestors():
-            found = self._load_from(run_id, path, inputs, keys)
+            found = self._load_from(run_id, path, inputs, keys, required)
             if found is not None:
                 self.context.log.info(
                     f"{path}: reused what it wrote in run {run_id} (same inputs); it was not run again"
@@ -84,7 +94,9 @@ class OpCheckpoints:
                 return found
         return None
 
-    def _load_from(self, run_id: str, path: str, inputs: str, keys: Collection[str]) -> Checkpoint | None:
+    def _load_from(
+        self, run_id: str, path: str, inputs: str, keys: Collection[str], required: Collection[str]
+    ) -> Checkpoint | None:
         where = f"run {run_id}, step {self.step_key}, checkpoint of {path}"
         file = checkpoint_path(self.root, run_id, self.step_key, path, names.CHECKPOINT_MANIFEST)
         try:
@@ -102,14 +114,22 @@ class OpCheckpoints:
                     "writes; not reused"
                 )
                 return None
+            missing = sorted(set(required) - set(manifest.keys))
+            if missing or len(manifest.files) != len(manifest.keys):
+                self.context.log.warning(
+                    f"{path}: its checkpoint in run {run_id} ({file}) lacks keys {missing} (or value files) that it "
+                    "must write; not reused"
+                )
+                return None
             values = {
                 key: read_envelope(
                     checkpoint_path(self.root, run_id, self.step_key, path, _value_file(index)),
                     StoredKey(key, self.fields[key]),
                     where=where,
                     root=self.root,
+                    sha256=sha256,
                 )
-                for index, key in enumerate(manifest.keys)
+                for index, (key, sha256) in enumerate(zip(manifest.keys, manifest.files, strict=True))
             }
         except (StorageError, OSError) as exc:  # unreadable, corrupt, of another type: a miss, never an error
             self.context.log.warning(
@@ -121,22 +141,16 @@ class OpCheckpoints:
 
     def save(self, path: str, inputs: str, checkpoint: Checkpoint) -> None:
         """Write the values, then the manifest. A failed write is logged: a re-execution then runs it again."""
-        keys = list(checkpoint.values)
+        keys, files = list(checkpoint.values), []
         try:
             for index, key in enumerate(keys):
-                data = dump_envelope(StoredKey(key, self.fields[key]), checkpoint.values[key])
-                write_file(
-                    checkpoint_path(self.root, self.context.run_id, self.step_key, path, _value_file(index)),
-                    data,
-                    root=self.root,
-                )
-            manifest = _Manifest(inputs=inputs, keys=keys, records=list(checkpoint.records))
-            data = dump_envelope(StoredKey(path, _Manifest), manifest)
-            write_file(
-                checkpoint_path(self.root, self.context.run_id, self.step_key, path, names.CHECKPOINT_MANIFEST),
-                data,
-                root=self.root,
-            )
+                file = checkpoint_path(self.root, self.context.run_id, self.step_key, path, _value_file(index))
+                data = dump_envelope(StoredKey(key, self.fields[key]), checkpoint.values[key], file, self.root)
+                write_file(file, data, root=self.root)
+                files.append(hashlib.sha256(data).hexdigest())
+            manifest = _Manifest(inputs=inputs, keys=keys, files=files, records=list(checkpoint.records))
+            file = checkpoint_path(self.root, self.context.run_id, self.step_key, path, names.CHECKPOINT_MANIFEST)
+            write_file(file, dump_envelope(StoredKey(path, _Manifest), manifest, file, self.root), root=self.root)
         except (OSError, ValueError, StorageError) as exc:  # a full disk, a value that does not dump, a refused path
             self.context.log.warning(
                 f"{path}: its checkpoint could not be recorded ({type(exc).__name__}: {exc}); a re-execution "

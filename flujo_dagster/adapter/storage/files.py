@@ -13,6 +13,7 @@ the `%XX` escapes gives the name back, so two names never share a component (sho
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -270,15 +271,16 @@ def _write_local(base: str, parts: list[str], data: bytes) -> None:
             raise _Refused(kind)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=folder)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
             os.replace(temporary, leaf, src_dir_fd=folder, dst_dir_fd=folder)
-        except OSError:
-            os.unlink(temporary, dir_fd=folder)
+        except BaseException:  # a full disk, an interrupt: no temporary file is left behind
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=folder)
             raise
     finally:
         os.close(folder)

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import re
 from functools import cache
+from pathlib import PurePosixPath
 from typing import Any, Generic, Literal, TypeVar
 
 from dagster import (
@@ -43,6 +44,7 @@ __all__ = [
     "PydanticJsonIOManager",
     "StoredKey",
     "dump_envelope",
+    "place_of",
     "read_envelope",
     "read_file",
     "stored_path",
@@ -112,16 +114,25 @@ def _declared_type(context: InputContext, upstream: OutputContext) -> DagsterTyp
 # --- the envelope and its content hash ---------------------------------------------------------------------------
 
 
-def _digest(body: bytes, algorithm: str, secret: str | None) -> str:
+def place_of(path: UPath, root: UPath | None = None) -> str:
+    """Where a stored file is, as its hash binds it: its path under `root` (default: its folder), the encoded
+    names joined by `/`. Not stored in the file: a file moved or copied to another place fails its hash."""
+    base, full = PurePosixPath((root if root is not None else path.parent).path), PurePosixPath(path.path)
+    return full.relative_to(base).as_posix() if full.is_relative_to(base) else full.as_posix()
+
+
+def _digest(body: bytes, algorithm: str, secret: str | None, place: str) -> str:
+    data = place.encode("utf-8", "surrogatepass") + b"\n" + body  # the place, as associated data
     if algorithm == _KEYED:
         assert secret is not None
-        return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hashlib.sha256(body).hexdigest()
+        return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
-def dump_envelope(stored: StoredKey, value: object) -> bytes:
-    """The envelope bytes for `value`: `{"flujo": 2, "key", "type", "value", "hash"}`, the hash (HMAC-SHA256 keyed
-    with `FLUJO_DAGSTER_STORAGE_SECRET` when it is set, else SHA-256) over the envelope without it."""
+def dump_envelope(stored: StoredKey, value: object, path: UPath, root: UPath | None = None) -> bytes:
+    """The envelope bytes for `value` stored at `path` under `root`: `{"flujo": 2, "key", "type", "value",
+    "hash"}`, the hash (HMAC-SHA256 keyed with `FLUJO_DAGSTER_STORAGE_SECRET` when it is set, else SHA-256) over
+    the file's place (`place_of`, a newline) and the envelope without the hash."""
     body = to_json_bytes(
         {
             "flujo": ENVELOPE_VERSION,
@@ -132,7 +143,7 @@ def dump_envelope(stored: StoredKey, value: object) -> bytes:
     )
     secret = storage_secret()
     algorithm = _KEYED if secret is not None else _PLAIN
-    trailer = f',"hash":"{algorithm}:{_digest(body, algorithm, secret)}"}}'
+    trailer = f',"hash":"{algorithm}:{_digest(body, algorithm, secret, place_of(path, root))}"}}'
     return body[:-1] + trailer.encode()
 
 
@@ -151,7 +162,7 @@ def _header(raw: bytes) -> str:
     return "corrupt (not a flujo_dagster JSON envelope): it does not end with a content hash"
 
 
-def _verify(raw: bytes, path: UPath, stored: StoredKey, where: str | Origin) -> None:
+def _verify(raw: bytes, path: UPath, root: UPath | None, stored: StoredKey, where: str | Origin) -> None:
     """Refuse bytes whose content hash is missing, of the wrong kind, or does not match."""
     named = f"stored value of key {stored.key!r} ({where}) at {path}"
     remedy = origin_remedy(where)
@@ -171,19 +182,28 @@ def _verify(raw: bytes, path: UPath, stored: StoredKey, where: str | Origin) -> 
             f"the secret (before it was set, or by someone who does not know it). {remedy}"
         )
     body = raw[: found.start()] + b"}"
-    if not hmac.compare_digest(_digest(body, algorithm, secret), digest):
+    if not hmac.compare_digest(_digest(body, algorithm, secret, place_of(path, root)), digest):
         raise StorageError(
-            f"{named} was changed after it was written (edited by hand, corrupted, or written with another "
-            f"{STORAGE_SECRET_ENV}): its content does not match its {algorithm} hash. {remedy}"
+            f"{named} was changed after it was written (edited by hand, corrupted, written with another "
+            f"{STORAGE_SECRET_ENV}), or moved or copied here from another place (another run's, step's or "
+            f"item's): its content and place do not match its {algorithm} hash. {remedy}"
         )
 
 
-def read_envelope(path: UPath, stored: StoredKey, *, where: str | Origin, root: UPath | None = None) -> object:
+def read_envelope(
+    path: UPath, stored: StoredKey, *, where: str | Origin, root: UPath | None = None, sha256: str | None = None
+) -> object:
     """Load and validate the value at `path` (under `root`, default its folder: see `read_file`). `where` names the
-    run and step (an `Origin`, or words) for error messages. Checks the content hash, the envelope version and
-    the key; every failure is a `StorageError` that never shows the file's content."""
+    run and step (an `Origin`, or words) for error messages. Checks the file's SHA-256 when `sha256` is given, the
+    content hash (and place), the envelope version and the key; every failure is a `StorageError` that never
+    shows the file's content."""
     raw = read_file(path, root=root, key=stored.key, where=where)
-    _verify(raw, path, stored, where)
+    if sha256 is not None and not hmac.compare_digest(hashlib.sha256(raw).hexdigest(), sha256):
+        raise StorageError(
+            f"stored value of key {stored.key!r} ({where}) at {path} is not the file its manifest lists: it was "
+            f"replaced, moved or copied here. {origin_remedy(where)}"
+        )
+    _verify(raw, path, root, stored, where)
     try:
         envelope = from_json(_envelope_adapter(stored.annotation), raw)
     except ValidationError as exc:
@@ -255,9 +275,9 @@ class PydanticJsonIOManager(ConfigurableIOManager):
 
     # -- values ------------------------------------------------------------------------------------------
     @staticmethod
-    def dump(stored: StoredKey, value: object) -> bytes:
-        """The envelope bytes for `value` (`dump_envelope`)."""
-        return dump_envelope(stored, value)
+    def dump(stored: StoredKey, value: object, path: UPath, root: UPath | None = None) -> bytes:
+        """The envelope bytes for `value` stored at `path` under `root` (`dump_envelope`)."""
+        return dump_envelope(stored, value, path, root)
 
     @staticmethod
     def write(path: UPath, data: bytes, *, root: UPath | None = None, key: str = "", where: str | Origin = "") -> None:
@@ -274,15 +294,14 @@ class PydanticJsonIOManager(ConfigurableIOManager):
         """Store `obj`; adds the path as output metadata (no extra event)."""
         stored = StoredKey.of(context.dagster_type, context.name)
         root = self.root(context.step_context.instance.storage_directory())
-        data = self.dump(stored, obj)
         origin = Origin(context.run_id, context.step_key, _step_path(context))
         path = self.output_path(root, context.run_id, context.step_key, context.name, context.mapping_key)
-        self.write(path, data, root=root, key=stored.key, where=origin)
+        self.write(path, self.dump(stored, obj, path, root), root=root, key=stored.key, where=origin)
         metadata = {names.PATH: MetadataValue.path(str(path))}
         if context.has_asset_key:
             partition = context.asset_partition_key if context.has_asset_partitions else None
             asset_file = self.asset_path(root, list(context.asset_key.path), partition)
-            self.write(asset_file, data, root=root, key=stored.key, where=origin)
+            self.write(asset_file, self.dump(stored, obj, asset_file, root), root=root, key=stored.key, where=origin)
         context.add_output_metadata(metadata)
 
     def load_input(self, context: InputContext) -> object:
