@@ -12,13 +12,15 @@ from typing import Any
 import anyio
 import pytest
 from dagster import DagsterEventType, DagsterInstance, ReexecutionOptions, execute_job, reconstructable
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from upath import UPath
 
 from flujo_dagster import Map, Parallel, Pipeline, PydanticJsonIOManager, load_final_context, names, step
-from flujo_dagster.adapter.storage.checkpoints import checkpoint_path
+from flujo_dagster.adapter.storage.checkpoints import _Manifest, checkpoint_path
+from flujo_dagster.adapter.storage.files import write_file
+from flujo_dagster.adapter.storage.io_manager import StoredKey, dump_envelope, read_envelope
 from flujo_dagster.errors import ParallelBranchError, UsageLimitExceededError
-from flujo_dagster.runtime.checkpoints import Checkpoint
+from flujo_dagster.runtime.checkpoints import Checkpoint, Checkpointer
 from flujo_dagster.runtime.interpreter import Interpreter
 from flujo_dagster.runtime.records import StepRecord
 from tests.checkpoint_defs import FAIL_MARKER, REQUEST_LOG, Pair, Topics, both, each, map_job, parallel_job
@@ -292,3 +294,77 @@ def test_items_that_finished_beside_a_budget_refusal_are_kept() -> None:
     interpret(store, state)
     assert Counter(CALLS) == Counter([1, 2, 3, "z", 2])
     assert state["ys"] == [2, 4, 6]
+
+
+def rerun_item_zero(instance: DagsterInstance, log: Path, marker: Path, parent: str) -> str:
+    """Re-execute `parent` from failure: item [0] runs again (a second request about ants); the child's run id."""
+    marker.unlink()
+    options = ReexecutionOptions.from_failure(parent, instance)
+    with execute_job(reconstructable(map_job), instance=instance, reexecution_options=options) as second:
+        assert second.success
+        child = second.run_id
+    assert requests(log) == Counter({"about ants": 2, "about bees": 1, "about bad": 2})
+    context = load_final_context(each, child, instance=instance)
+    assert isinstance(context, Topics) and context.notes == ["notes on ants", "notes on bees", "notes on bad"]
+    return child
+
+
+def first_map_run(instance: DagsterInstance) -> tuple[str, UPath]:
+    """A run of `map_job` on ants, bees, bad (it fails on bad): its id and the storage root."""
+    config = inputs_config(topics=["ants", "bees", "bad"])
+    with execute_job(reconstructable(map_job), instance=instance, run_config=config) as first:
+        assert not first.success
+        parent = first.run_id
+    return parent, PydanticJsonIOManager().root(instance.storage_directory())
+
+
+@pytest.mark.parametrize("secret", [None, "s3cret"], ids=["plain", "keyed"])
+def test_a_value_file_swapped_between_items_is_a_miss(
+    instance: DagsterInstance, model: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, secret: str | None
+) -> None:
+    """Item [1]'s value file copied over item [0]'s (both intact files of the same key): never reused as [0]."""
+    if secret is not None:
+        monkeypatch.setenv("FLUJO_DAGSTER_STORAGE_SECRET", secret)
+    marker, log = model
+    parent, root = first_map_run(instance)
+    zero, one = (checkpoint_path(root, parent, "each", names.item_path(EACH, i), "value-0") for i in (0, 1))
+    zero.write_bytes(one.read_bytes())
+    child = rerun_item_zero(instance, log, marker, parent)
+    assert step_rows(instance, child, "each")[item(0)]["status"] == "ok"
+    assert step_rows(instance, child, "each")[item(1)]["status"] == "reused"
+
+
+def test_a_manifest_lacking_the_items_result_is_a_miss_not_a_crash(
+    instance: DagsterInstance, model: tuple[Path, Path]
+) -> None:
+    """An intact manifest listing no keys: the item must provide `note`, so it runs again (no KeyError)."""
+    marker, log = model
+    parent, root = first_map_run(instance)
+    path = names.item_path(EACH, 0)
+    file = checkpoint_path(root, parent, "each", path, names.CHECKPOINT_MANIFEST)
+    manifest = read_envelope(file, StoredKey(path, _Manifest), where="test", root=root)
+    assert isinstance(manifest, _Manifest)
+    emptied = manifest.model_copy(update={"keys": [], "files": []})
+    write_file(file, dump_envelope(StoredKey(path, _Manifest), emptied, file, root), root=root)
+    child = rerun_item_zero(instance, log, marker, parent)
+    assert step_rows(instance, child, "each")[item(0)]["status"] == "ok"
+    assert any("lacks keys ['note']" in m for m in messages(instance, child))
+
+
+class Vault(BaseModel):
+    token: SecretStr = SecretStr("")
+    kept: int = 0
+    hidden: int = Field(default=0, exclude=True)
+
+
+def test_inputs_that_do_not_dump_back_equal_make_no_checkpoint() -> None:
+    """A SecretStr dumps as '**********' and an excluded field not at all: two different states would share a
+    digest, so no branch or item is checkpointed on them (None: never saved, never loaded)."""
+    fields = {"token": SecretStr, "vault": Vault, "kept": int}
+    checkpoints = Checkpointer(MemoryStore(), fields, None)
+    assert checkpoints.inputs({"kept": 1, "vault": Vault(kept=1)}) is not None
+    assert checkpoints.inputs({"kept": 1, "token": SecretStr("a")}) is None
+    assert checkpoints.inputs({"vault": Vault(hidden=1)}) is None
+    assert checkpoints.inputs({"vault": Vault(token=SecretStr("b"))}) is None
+    plain = checkpoints.inputs({"kept": 1})
+    assert plain is not None and checkpoints.with_item(plain, "token", SecretStr("a")) is None

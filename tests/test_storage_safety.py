@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import resource
+import signal
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -362,3 +364,39 @@ def test_a_hand_edited_file_fails_the_run_that_loads_it(instance: DagsterInstanc
     assert [e.step_key for e in events if e.event_type == DagsterEventType.STEP_SUCCESS] == []
     error = failure_of(events, "label")
     assert error.cause is not None and "was changed after it was written" in error.cause.message
+
+
+@pytest.mark.parametrize("secret", [None, "s3cret"], ids=["plain", "keyed"])
+def test_a_file_copied_into_another_runs_place_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str | None
+) -> None:
+    """The hash binds a file to its place under the root: run A's intact file copied into run B's place (same
+    key, same step) fails B's read, naming the path."""
+    if secret is not None:
+        monkeypatch.setenv(SECRET_ENV, secret)
+    root, leaf = UPath(tmp_path) / "flujo", StoredKey("leaf", Leaf)
+    mine, theirs = (PydanticJsonIOManager.output_path(root, run, "grow", "leaf") for run in ("run-a", "run-b"))
+    value = Leaf(name="a", weight=1.5, when="2024-01-02T00:00:00")
+    PydanticJsonIOManager.write(mine, PydanticJsonIOManager.dump(leaf, value, mine, root), root=root)
+    assert PydanticJsonIOManager.read(mine, leaf, where="test", root=root) == value
+    PydanticJsonIOManager.write(theirs, mine.read_bytes(), root=root)
+    with pytest.raises(StorageError, match="moved or copied here from another place") as caught:
+        PydanticJsonIOManager.read(theirs, leaf, where="run run-b, step grow", root=root)
+    assert str(theirs) in str(caught.value)
+
+
+def test_a_write_that_fails_part_way_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """A real failed `write` (the file-size limit, as a full disk would): a StorageError, and the folder holds no
+    temporary file nor the file."""
+    root, path = stored(tmp_path)
+    path.parent.mkdir(parents=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(StorageError, match="cannot store"):
+            write_file(path, b"x" * 100_000, root=root)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert list(Path(path.parent.path).iterdir()) == []
