@@ -626,6 +626,19 @@ def retried_in(instance: DagsterInstance, run_id: str) -> Counter[str]:
     return Counter(m.group(1) for m in found if m is not None)
 
 
+def step_story(instance: DagsterInstance, run_id: str) -> str:
+    """The run's step events in order (`step: EVENT [output]`), printed with an unexpected failure so a rare
+    one can be diagnosed from the log alone."""
+    lines = []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        output = event.step_output_data.output_name if event.is_successful_output else ""
+        lines.append(f"  {event.step_key}: {event.event_type_value} {output}".rstrip())
+    return "\n".join(lines)
+
+
 def check_run(
     form: Pipeline,
     inputs: dict[str, object],
@@ -638,7 +651,7 @@ def check_run(
         result = run_pipeline(form, inputs, instance=instance, log_level="CRITICAL")
     retried = retried_in(instance, result.run_id)
     if not isinstance(expected, RunFails):
-        assert result.success, result.error
+        assert result.success, f"{result.error}\nstep events:\n{step_story(instance, result.run_id)}"
         assert result.context == expected
         assert (CALLS, retried) == (attempts.calls, attempts.retried)
         return
