@@ -9,6 +9,7 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from types import ModuleType
 from typing import NoReturn
 
@@ -204,8 +205,11 @@ def costs_command(run_id: str) -> None:
 def pending_command() -> None:
     """List the gates runs are parked at (DAGSTER_HOME's instance), with the commands to decide."""
     with DagsterInstance.get() as instance:
-        waiting = pending(instance=instance, secret=decision_secret())
+        waiting = pending(instance=instance, secret=decision_secret(), report=partial(click.echo, err=True))
     for gate in waiting:
+        if gate.problem:
+            click.echo(f"{gate.run_id}  {gate.gate}  NOT READABLE: {gate.problem}")
+            continue
         due = f"  deadline {gate.deadline}" if gate.deadline else ""
         click.echo(
             f"{gate.run_id}  {gate.gate}  {gate.path}  payload {gate.payload_hash[:12]}  waiting for "

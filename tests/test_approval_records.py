@@ -135,10 +135,27 @@ def test_a_decision_record_without_time_or_with_nulls_reads_as_before() -> None:
     assert (parsed.by, parsed.at, parsed.values, parsed.comment, parsed.signature) == ("ana", "", {}, "", "")
 
 
-def test_an_unreadable_request_tag_is_treated_as_just_made() -> None:
-    for raw in ("garbage", "[]", '{"path": 5}', "[" * 5000):
-        request = Request.from_tag(raw, gate=GATE)
-        assert (request.path, request.payload_hash, request.show, request.policy) == (GATE, "", (), Policy())
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("garbage", "not JSON (expected value at line 1 column 1)"),
+        ("[]", "not a JSON object"),
+        ('{"path": 5}', "path: input should be a valid string, got 5"),
+        ("[" * 5000, "not JSON (recursion limit exceeded at line 1 column 202)"),
+        ('{"show": 5}', "path: missing; payload_hash: missing; show: input should be a valid array, got 5"),
+        (LEGACY_REQUEST.replace('"quorum":2', '"quorum":0'), "policy.quorum: input should be greater than or equal to 1"),
+        (LEGACY_REQUEST.replace('"quorum":2', '"quorum":' + "9" * 5000), "not JSON (number out of range"),
+        (LEGACY_REQUEST.replace('"approvers":["ana","b\\u00e9"]', '"approvers":"ana"'), "policy.approvers: input"),
+        (LEGACY_REQUEST.replace("review", "\\udc80"), "not JSON (lone leading surrogate in hex escape"),
+        (LEGACY_REQUEST.replace("review", "\udc80"), "not UTF-8 text (it holds a lone surrogate)"),
+        ('{"preview":"' + "x" * 70_000 + '"}', "70014 characters, over the 65536 a record tag may hold"),
+    ],
+)
+def test_an_unreadable_request_tag_is_a_reason_never_a_request(raw: str, reason: str) -> None:
+    """A request that cannot be read is never mistaken for one (with no approvers, no payload hash): its gate is
+    reported as not readable, and no decision counts for it."""
+    request = Request.from_tag(raw, gate=GATE)
+    assert isinstance(request, str) and request.startswith(reason), request
 
 
 def test_records_are_frozen_and_bad_fields_are_approval_errors() -> None:
@@ -166,8 +183,11 @@ def test_tags_are_written_byte_for_byte_as_parked_runs_hold_them() -> None:
 def test_a_request_tag_with_an_impossible_timeout_has_no_deadline_and_never_raises(field: str) -> None:
     raw = LEGACY_REQUEST.replace('"timeout_s":60.0', field)
     request = Request.from_tag(raw, gate=GATE)
-    assert request.deadlines() is None  # treated as just made: its policy has no timeout
-    assert request.stage(datetime.now(UTC)) == "open"
+    if isinstance(request, str):  # refused by the record's model: the gate is not readable
+        assert request.startswith("policy.timeout_s: input should be")
+    else:  # a finite timeout too long for the calendar: no deadline ever comes
+        assert field == '"timeout_s":1e300' and request.deadlines() is None
+        assert request.stage(datetime.now(UTC)) == "open"
 
 
 def test_a_deadline_past_year_9999_never_comes_and_never_raises() -> None:

@@ -34,6 +34,7 @@ from flujo_dagster.config import DECISION_SECRET_ENV
 from flujo_dagster.dsl.approval import Approval, OnTimeout
 from flujo_dagster.errors import ApprovalError
 from flujo_dagster.names import decision_gate
+from flujo_dagster.runtime.tags import cut, problems, read_record, tag_key_problem
 
 __all__ = [
     "TIMEOUT_BY",
@@ -84,23 +85,6 @@ def _time(text: str) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _problems(exc: ValidationError) -> str:
-    """What is wrong with a record, one clause per problem (a bad input shown cut short)."""
-    problems = []
-    for error in exc.errors(include_url=False):
-        if error["type"] == "json_invalid":
-            problems.append(f"not JSON ({error['ctx']['error']})")
-        elif error["type"] == "model_type":
-            problems.append("not a JSON object")
-        elif error["type"] == "missing":
-            problems.append(f"{'.'.join(map(str, error['loc']))}: missing")
-        else:
-            shown = repr(error["input"])
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            problems.append(f"{'.'.join(map(str, error['loc']))}: {error['msg'].lower()}, got {shown}")
-    return "; ".join(problems)
-
-
 class Policy(BaseModel):
     """Who may decide on a gate, how many approvals it needs, its deadline and whether decisions must be signed:
     recorded with the request, so the gate, the sensor and the CLI apply the same rules."""
@@ -108,7 +92,7 @@ class Policy(BaseModel):
     model_config = _RECORD
 
     approvers: tuple[str, ...] | None = None
-    quorum: int = 1
+    quorum: Annotated[int, Field(ge=1)] = 1
     requester_may_approve: bool = False
     timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     on_timeout: OnTimeout = "reject"
@@ -180,12 +164,10 @@ class Request(BaseModel):
         return _tag_json(self.model_dump(mode="json"))
 
     @classmethod
-    def from_tag(cls, raw: str, *, gate: str) -> Request:
-        """The request recorded in tag value `raw` for `gate` (an unreadable one is treated as just made)."""
-        try:
-            return cls.model_validate_json(raw)
-        except ValidationError:
-            return cls(path=gate, payload_hash="", show=(), policy=Policy())
+    def from_tag(cls, raw: object, *, gate: str) -> Request | str:
+        """The request recorded in tag value `raw` for `gate`, or what is wrong with it (never raises: the tag is
+        size-capped and checked before it is parsed)."""
+        return read_record(cls, raw)
 
     def _digest(self, secret: str, *, root: str, gate: str) -> str:
         text = _canonical([root, gate, self.model_dump(exclude={"mac"})])
@@ -290,18 +272,16 @@ def decision_record(
         # read back from its own tag: the values are then exactly the JSON the gate verifies and signs
         decision = Decision.model_validate_json(Decision.model_validate(fields).to_tag(), context=_FROM_TAG)
     except ValidationError as exc:
-        raise ApprovalError(f"malformed decision: {_problems(exc)}") from None
+        raise ApprovalError(f"malformed decision: {problems(exc)}") from None
     except (PydanticSerializationError, TypeError, ValueError) as exc:
         raise ApprovalError(f"its edited values cannot be written as JSON: {exc}") from None
     return decision
 
 
-def parse_decision(raw: str) -> Decision | str:
-    """The decision record in tag value `raw`, or what is wrong with it."""
-    try:
-        return Decision.model_validate_json(raw, context=_FROM_TAG)
-    except ValidationError as exc:
-        return _problems(exc)
+def parse_decision(raw: object) -> Decision | str:
+    """The decision record in tag value `raw`, or what is wrong with it (never raises: the tag is size-capped and
+    checked before it is parsed)."""
+    return read_record(Decision, raw, context=_FROM_TAG)
 
 
 Edit = Callable[[Decision], "Decision | str"]
@@ -407,11 +387,12 @@ def _sorted_out(
     counted: list[Decision] = []
     ignored: list[tuple[str, str]] = []
     for key, raw in sorted(decision_tags(tags, gate).items()):
-        checked = check(raw)
+        unreadable = tag_key_problem(key)
+        checked = check(raw) if unreadable is None else unreadable
         if not isinstance(checked, str) and edit is not None and checked.verdict == "approve":
             checked = edit(checked)
         if isinstance(checked, str):
-            ignored.append((key, checked))
+            ignored.append((key, cut(checked)))
         else:
             counted.append(checked)
     counted.sort(key=lambda d: d.at)

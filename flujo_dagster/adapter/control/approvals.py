@@ -5,17 +5,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunNotFoundError,
+    DagsterRunStatus,
+    ReexecutionOptions,
+    RunsFilter,
+    execute_job,
+)
 
 from flujo_dagster.adapter.control.audit import audit, record_ignored
 from flujo_dagster.adapter.control.chain import chain_runs, requester_of
 from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
-from flujo_dagster.errors import ApprovalError
+from flujo_dagster.errors import ApprovalError, StorageError
 from flujo_dagster.names import (
     AWAITING_PREFIX,
     DECISION_PREFIX,
@@ -37,12 +46,15 @@ from flujo_dagster.runtime.approvals import (
     sign,
     tally,
 )
+from flujo_dagster.runtime.tags import cut, tag_key_problem
 
 if TYPE_CHECKING:  # what `dagster.reconstructable(...)` returns; not exported by name
     from dagster._core.definitions.reconstruct import ReconstructableJob
 
 __all__ = [
+    "PER_RUN_ERRORS",
     "PendingApproval",
+    "Report",
     "Resumable",
     "decide",
     "escalate_due",
@@ -56,6 +68,7 @@ __all__ = [
 ]
 
 PARENT_TAG, ROOT_TAG = "dagster/parent_run_id", "dagster/root_run_id"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,17 +84,56 @@ class PendingApproval:
     waiting_for: str = ""
     deadline: str = ""
     preview: str = ""
+    problem: str = ""
+    """Why the gate's request cannot be read (then nothing else is known, and no decision counts for it)."""
 
 
-def _requests(tags: dict[str, str]) -> dict[str, Request]:
-    """The parked gates of a run (tags `flujo/awaiting/<gate>=pending`) and their recorded requests."""
-    return {
-        key.removeprefix(AWAITING_PREFIX): Request.from_tag(
-            tags.get(REQUEST_PREFIX + key.removeprefix(AWAITING_PREFIX), "{}"), gate=key.removeprefix(AWAITING_PREFIX)
-        )
-        for key, value in tags.items()
-        if key.startswith(AWAITING_PREFIX) and value == "pending"
-    }
+Report = Callable[[str], None]
+"""Where a problem with one run is reported (a sensor's log, a list): the others are handled regardless."""
+PER_RUN_ERRORS = (ApprovalError, StorageError, DagsterRunNotFoundError)
+"""What handling one parked run may still raise (a run deleted meanwhile, a chain that cannot be read): reported
+for that run, never stopping the others. Every tag is read by a total function, so a malformed one is not here."""
+
+
+def _request(tags: Mapping[str, str], gate: str) -> Request | str:
+    """The request of parked gate `gate`, or why it cannot be read (never raises)."""
+    problem = tag_key_problem(AWAITING_PREFIX + gate)
+    if problem is not None:
+        return problem
+    if REQUEST_PREFIX + gate not in tags:
+        return f"the run has no tag {REQUEST_PREFIX + gate}"
+    request = Request.from_tag(tags[REQUEST_PREFIX + gate], gate=gate)
+    return request if isinstance(request, Request) else f"tag {REQUEST_PREFIX + gate}: {request}"
+
+
+def _requests(tags: Mapping[str, str]) -> dict[str, Request | str]:
+    """The parked gates of a run (tags `flujo/awaiting/<gate>=pending`) and their recorded requests, or why one
+    cannot be read (a gate whose request cannot be read is never decided)."""
+    gates = [
+        k.removeprefix(AWAITING_PREFIX) for k, v in tags.items() if k.startswith(AWAITING_PREFIX) and v == "pending"
+    ]
+    return {gate: _request(tags, gate) for gate in gates}
+
+
+def _unreadable(run: DagsterRun, gate: str, problem: str) -> str:
+    """What to tell about a parked gate whose request cannot be read."""
+    return (
+        f"gate {cut(gate, 80)} of run {run.run_id} cannot be decided: its request cannot be read ({problem}); "
+        "no decision counts for it until the gate runs again and records its request anew (re-execute the run "
+        "from failure)"
+    )
+
+
+def _each_run(runs: Collection[DagsterRun], handle: Callable[[DagsterRun], list[T]], report: Report | None) -> list[T]:
+    """`handle` of every run, in order; a run it cannot handle (`PER_RUN_ERRORS`) is reported and skipped."""
+    found: list[T] = []
+    for run in runs:
+        try:
+            found.extend(handle(run))
+        except PER_RUN_ERRORS as exc:
+            if report is not None:
+                report(f"run {run.run_id} was skipped: {exc}")
+    return found
 
 
 def parked_runs(instance: DagsterInstance, *, jobs: Collection[str] | None = None) -> list[DagsterRun]:
@@ -92,39 +144,53 @@ def parked_runs(instance: DagsterInstance, *, jobs: Collection[str] | None = Non
 
 
 def pending(
-    *, instance: DagsterInstance, now: datetime | None = None, secret: str | None = None
+    *,
+    instance: DagsterInstance,
+    now: datetime | None = None,
+    secret: str | None = None,
+    report: Report | None = None,
 ) -> list[PendingApproval]:
     """Every gate a run of `instance` is parked at, newest run first (signed decisions are counted when the
-    `secret` is given)."""
-    found = []
+    `secret` is given). A gate whose request cannot be read is listed with its `problem`; a run that cannot be
+    read at all is told to `report` and left out. One run never keeps the others from being listed."""
     moment = now or datetime.now(UTC)
-    for run in parked_runs(instance):
-        tags = dict(run.tags)
-        for gate, request in _requests(tags).items():
-            outcome = tally(
-                tags,
-                gate,
-                request,
-                requester=requester_of(instance, run),
-                now=moment,
-                secret=secret,
-                root=run.root_run_id or run.run_id,
-                validate_edits=False,
-                verify_signature=secret is not None,
-            )
-            deadlines = request.deadlines()
+    return _each_run(parked_runs(instance), partial(_pending_of, instance, moment, secret), report)
+
+
+def _pending_of(instance: DagsterInstance, now: datetime, secret: str | None, run: DagsterRun) -> list[PendingApproval]:
+    """The gates `run` is parked at (see `pending`)."""
+    found = []
+    tags = dict(run.tags)
+    for gate, request in _requests(tags).items():
+        if isinstance(request, str):
             found.append(
-                PendingApproval(
-                    run_id=run.run_id,
-                    gate=gate,
-                    path=request.path,
-                    payload_hash=request.payload_hash,
-                    approvers=request.policy.allowed(escalated=outcome.stage != "open"),
-                    waiting_for=outcome.waiting_for,
-                    deadline=deadlines[0].isoformat(timespec="seconds") if deadlines else "",
-                    preview=request.preview,
-                )
+                PendingApproval(run.run_id, gate, "", "", approvers=(), problem=_unreadable(run, gate, request))
             )
+            continue
+        outcome = tally(
+            tags,
+            gate,
+            request,
+            requester=requester_of(instance, run),
+            now=now,
+            secret=secret,
+            root=run.root_run_id or run.run_id,
+            validate_edits=False,
+            verify_signature=secret is not None,
+        )
+        deadlines = request.deadlines()
+        found.append(
+            PendingApproval(
+                run_id=run.run_id,
+                gate=gate,
+                path=request.path,
+                payload_hash=request.payload_hash,
+                approvers=request.policy.allowed(escalated=outcome.stage != "open"),
+                waiting_for=outcome.waiting_for,
+                deadline=deadlines[0].isoformat(timespec="seconds") if deadlines else "",
+                preview=request.preview,
+            )
+        )
     return found
 
 
@@ -201,6 +267,8 @@ def prepare_decision(
     if verdict == "reject" and values:
         raise ApprovalError("a rejection edits nothing: drop the edited values (--set) or approve")
     request = requests[gate]
+    if isinstance(request, str):
+        raise ApprovalError(_unreadable(run, gate, request))
     root = run.root_run_id or run.run_id
     decision = decision_record(
         verdict=verdict,
@@ -234,7 +302,9 @@ def prepare_decision(
     return run, gate, decision
 
 
-def _parked_gate(instance: DagsterInstance, run: DagsterRun, gate: str | None, requests: dict[str, Request]) -> str:
+def _parked_gate(
+    instance: DagsterInstance, run: DagsterRun, gate: str | None, requests: Mapping[str, Request | str]
+) -> str:
     """`gate`, or the only gate `run` is parked at; `ApprovalError` when the run does not wait there."""
     if gate is None:
         if len(requests) != 1:
@@ -273,18 +343,30 @@ def _resume_key(run: DagsterRun, marks: list[str]) -> str:
 
 
 def resume_plan(
-    run: DagsterRun, instance: DagsterInstance, *, secret: str | None = None, now: datetime | None = None
+    run: DagsterRun,
+    instance: DagsterInstance,
+    *,
+    secret: str | None = None,
+    now: datetime | None = None,
+    report: Report | None = None,
 ) -> Resumable | None:
     """How to resume `run`, or None when no gate it is parked at is decided (a rejection, enough approvals for
     the content it showed, or a deadline that decides), or when a resume with the same decisions was already
     launched in its chain (exactly once: a decision written twice, a sensor ticking twice, or a decision the
-    gate then ignores, resume at most once)."""
+    gate then ignores, resume at most once). A gate whose request cannot be read is never decided: it is
+    audited once as ignored, and told to `report` then."""
     tags = dict(run.tags)
     moment = now or datetime.now(UTC)
     decided, marks = [], []
     requests = _requests(tags)
     root = run.root_run_id or run.run_id
     for gate, request in requests.items():
+        if isinstance(request, str):
+            problem = _unreadable(run, gate, request)
+            for _key, reason in record_ignored(instance, run, gate, ((REQUEST_PREFIX + gate, problem),)):
+                if report is not None:
+                    report(reason)
+            continue
         outcome = tally(
             tags,
             gate,
@@ -338,15 +420,16 @@ def resume_plan(
     )
 
 
-def _unknown_gates(instance: DagsterInstance, run: DagsterRun, requests: dict[str, Request]) -> None:
-    """Report, once, decision tags for a gate the run never waited at (a typo in a tag written by hand)."""
+def _unknown_gates(instance: DagsterInstance, run: DagsterRun, requests: Mapping[str, Request | str]) -> None:
+    """Report, once, decision tags for a gate the run never waited at (a typo in a tag written by hand; a gate
+    named by an overlong key is reported under its name cut short)."""
     known = {k.removeprefix(AWAITING_PREFIX) for k in run.tags if k.startswith(AWAITING_PREFIX)}
     for key in run.tags:
         gate = decision_gate(key)
         if gate is not None and gate not in known:
-            waiting = ", ".join(sorted(requests)) or "none"
-            reason = f"no gate {gate!r} waits in this run (gates waiting: {waiting})"
-            record_ignored(instance, run, gate, ((key, reason),))
+            waiting = cut(", ".join(sorted(requests)) or "none", 200)
+            reason = f"no gate {cut(gate, 80)!r} waits in this run (gates waiting: {waiting})"
+            record_ignored(instance, run, cut(gate, 80), ((key, reason),))
 
 
 def resumable(
@@ -355,34 +438,48 @@ def resumable(
     secret: str | None = None,
     now: datetime | None = None,
     jobs: Collection[str] | None = None,
+    report: Report | None = None,
 ) -> list[Resumable]:
     """Every parked run of `instance` (of `jobs`, when given) that a recorded decision (or a deadline) lets
-    resume (see `resume_plan`)."""
-    plans = [resume_plan(run, instance, secret=secret, now=now) for run in parked_runs(instance, jobs=jobs)]
-    return [p for p in plans if p is not None]
+    resume (see `resume_plan`). Each run on its own: a run that cannot be handled is told to `report`."""
+
+    def plan_of(run: DagsterRun) -> list[Resumable]:
+        plan = resume_plan(run, instance, secret=secret, now=now, report=report)
+        return [plan] if plan is not None else []
+
+    return _each_run(parked_runs(instance, jobs=jobs), plan_of, report)
 
 
 def escalate_due(
-    instance: DagsterInstance, *, now: datetime | None = None, jobs: Collection[str] | None = None
+    instance: DagsterInstance,
+    *,
+    now: datetime | None = None,
+    jobs: Collection[str] | None = None,
+    report: Report | None = None,
 ) -> list[tuple[str, str]]:
     """Escalate every parked gate whose deadline passed with `on_timeout="escalate"`: tag the run
     `flujo/escalated/<gate>` and record an escalation event (its approvers widen to `escalate_to` until a second
-    deadline, then it rejects). Returns the (run id, gate) pairs escalated now."""
+    deadline, then it rejects). Returns the (run id, gate) pairs escalated now. A gate whose request cannot be
+    read is not escalated; a run that cannot be handled is told to `report`, the others are escalated."""
     moment = now or datetime.now(UTC)
+    return _each_run(parked_runs(instance, jobs=jobs), partial(_escalate, instance, moment), report)
+
+
+def _escalate(instance: DagsterInstance, now: datetime, run: DagsterRun) -> list[tuple[str, str]]:
+    """Escalate the gates of `run` that are due (see `escalate_due`)."""
     escalated = []
-    for run in parked_runs(instance, jobs=jobs):
-        tags = dict(run.tags)
-        for gate, request in _requests(tags).items():
-            if request.stage(moment) != "escalated" or ESCALATED_PREFIX + gate in tags:
-                continue
-            deadlines = request.deadlines()
-            assert deadlines is not None
-            until = deadlines[1].isoformat(timespec="seconds")
-            instance.add_run_tags(run.run_id, {ESCALATED_PREFIX + gate: moment.isoformat(timespec="seconds")})
-            who = ", ".join(request.policy.escalate_to)
-            message = f"no decision by {deadlines[0].isoformat(timespec='seconds')}; escalated to {who} until {until}"
-            audit(instance, run, "escalation", gate, message, escalate_to=list(request.policy.escalate_to), until=until)
-            escalated.append((run.run_id, gate))
+    tags = dict(run.tags)
+    for gate, request in _requests(tags).items():
+        if isinstance(request, str) or request.stage(now) != "escalated" or ESCALATED_PREFIX + gate in tags:
+            continue
+        deadlines = request.deadlines()
+        assert deadlines is not None
+        until = deadlines[1].isoformat(timespec="seconds")
+        instance.add_run_tags(run.run_id, {ESCALATED_PREFIX + gate: now.isoformat(timespec="seconds")})
+        who = ", ".join(request.policy.escalate_to)
+        message = f"no decision by {deadlines[0].isoformat(timespec='seconds')}; escalated to {who} until {until}"
+        audit(instance, run, "escalation", gate, message, escalate_to=list(request.policy.escalate_to), until=until)
+        escalated.append((run.run_id, gate))
     return escalated
 
 

@@ -15,6 +15,7 @@ from dagster._core.events import EngineEventData
 
 from flujo_dagster.adapter.control.chain import chain_runs
 from flujo_dagster.names import AUDIT_GATE, AUDIT_KEY, AUDIT_KIND, IGNORED_PREFIX
+from flujo_dagster.runtime.tags import cut
 
 __all__ = ["AUDIT_KEY", "IGNORED_PREFIX", "AuditEvent", "AuditKind", "audit", "audit_trail", "record_ignored"]
 
@@ -59,6 +60,23 @@ def audit(
     )
 
 
+MAX_IGNORED_REMEMBERED = 256
+"""How many ignored records of one gate are remembered as audited (`flujo/ignored/<gate>`, 17 characters each);
+past that, the further ones are summed up in one audit event instead of one each."""
+_FULL = "full"
+
+
+def _record_digest(key: str, raw: str) -> str:
+    """What an ignored record is remembered by: its tag key and content (not the other records of the gate)."""
+    return hashlib.sha256(json.dumps([key, raw]).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _remembered(value: str) -> list[str]:
+    """The digests in a `flujo/ignored/<gate>` tag (anything else in it, written by hand, is dropped)."""
+    parts = value[: (MAX_IGNORED_REMEMBERED + 1) * 17].split(",")
+    return [p for p in parts if p == _FULL or (len(p) == 16 and all(c in "0123456789abcdef" for c in p))]
+
+
 def record_ignored(
     instance: DagsterInstance,
     run: DagsterRun,
@@ -66,18 +84,29 @@ def record_ignored(
     ignored: tuple[tuple[str, str], ...],
     *,
     step_key: str | None = None,
-) -> None:
-    """Record the decisions a gate ignores, with their reasons, once per content of the decision tags (a
-    wait-mode gate polling, or a sensor ticking, reports a decision once)."""
+) -> list[tuple[str, str]]:
+    """Record the records a gate ignores, with their reasons, once per record (its tag key and content in `run`'s
+    tags): a wait-mode gate polling, a sensor ticking, or another tag added reports no record twice. Returns
+    the (tag, reason) pairs audited now."""
     if not ignored:
-        return
+        return []
     current = instance.get_run_by_id(run.run_id) or run
-    seen = hashlib.sha256(json.dumps(sorted(ignored)).encode()).hexdigest()[:16]
-    if current.tags.get(IGNORED_PREFIX + gate) == seen:
-        return
-    instance.add_run_tags(run.run_id, {IGNORED_PREFIX + gate: seen})
-    for key, reason in ignored:
-        audit(instance, run, "ignored", gate, f"tag {key}: {reason}", step_key=step_key, tag=key, reason=reason)
+    seen = _remembered(current.tags.get(IGNORED_PREFIX + gate, ""))
+    new = [(key, reason, _record_digest(key, run.tags.get(key, ""))) for key, reason in ignored]
+    new = [(key, reason, digest) for key, reason, digest in dict.fromkeys(new) if digest not in seen]
+    if not new or _FULL in seen:
+        return []
+    room = MAX_IGNORED_REMEMBERED - len(seen)
+    audited, rest = new[:room], new[room:]
+    memory = [*seen, *(digest for _, _, digest in audited), *([_FULL] if rest else [])]
+    instance.add_run_tags(run.run_id, {IGNORED_PREFIX + gate: ",".join(memory)})
+    for key, reason, _ in audited:
+        shown = cut(key, 200)
+        audit(instance, run, "ignored", gate, f"tag {shown}: {reason}", step_key=step_key, tag=shown, reason=reason)
+    if rest:
+        message = f"{len(rest)} more ignored record(s), past the {MAX_IGNORED_REMEMBERED} audited one by one"
+        audit(instance, run, "ignored", gate, message, step_key=step_key, tag="", reason=message)
+    return [(key, reason) for key, reason, _ in audited]
 
 
 def audit_trail(run_id: str, *, instance: DagsterInstance) -> list[AuditEvent]:

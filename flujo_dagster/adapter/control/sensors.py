@@ -111,10 +111,11 @@ def approvals_sensor(
                 f"require_signed_decisions=True, but {chosen.secret_env} is not set where this code location "
                 "runs, so the sensor cannot check signed decisions: set it to the approvers' secret"
             )
-        for run_id, gate in escalate_due(context.instance, jobs=jobs):
+        # each run on its own: a malformed tag or a run that cannot be read is logged, the others go on
+        for run_id, gate in escalate_due(context.instance, jobs=jobs, report=context.log.warning):
             context.log.info(f"escalated gate {gate} of parked run {run_id}")
         resumed, failed = [], []
-        for parked in resumable(context.instance, secret=secret, jobs=jobs):
+        for parked in resumable(context.instance, secret=secret, jobs=jobs, report=context.log.warning):
             try:
                 run_id = launch_reexecution(webserver_url, parked.run_id, parked.tags)
             except ApprovalError as exc:  # one run's failure must not keep the others parked

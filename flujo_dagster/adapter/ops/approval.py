@@ -58,6 +58,7 @@ VERDICT_LABELS = ("approve", "reject")
 """The labels of a routing gate's two paths, as its `decision` output says which was taken."""
 PREVIEW_CHARS = 2_000
 SHORT_PREVIEW_CHARS = 160
+SHORT_PREVIEW_TOTAL_CHARS = 4_000
 WAIT_DELAYS_S = (5, 10, 20, 40, 60)
 
 
@@ -73,14 +74,16 @@ def preview(shown: Mapping[str, object]) -> str:
 
 
 def short_preview(dumped: Mapping[str, object]) -> str:
-    """One line per shown key, each value cut to `SHORT_PREVIEW_CHARS` (the request tag, `flujo-dagster pending`)."""
+    """One line per shown key, each value cut to `SHORT_PREVIEW_CHARS`, the whole to `SHORT_PREVIEW_TOTAL_CHARS`
+    (the request tag, `flujo-dagster pending`: the request tag must stay within the size a reader takes)."""
     lines = []
     for key, value in dumped.items():
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         text = " ".join(text.split())
         cut = text[:SHORT_PREVIEW_CHARS] + ("..." if len(text) > SHORT_PREVIEW_CHARS else "")
         lines.append(f"{key}: {cut}")
-    return "\n".join(lines)
+    whole = "\n".join(lines)
+    return whole if len(whole) <= SHORT_PREVIEW_TOTAL_CHARS else whole[: SHORT_PREVIEW_TOTAL_CHARS - 3] + "..."
 
 
 def _commands(run_id: str, gate_id: str) -> str:
@@ -245,12 +248,15 @@ def _decided(
 
 def _request_for(tags: Mapping[str, str], gate_id: str, fresh: Request, secret: str | None, root: str) -> Request:
     """The gate's request: an earlier one for the same content keeps its time (the deadline runs from the
-    first request); with a secret, only an earlier request sealed with it for this run chain and gate does."""
+    first request); with a secret, only an earlier request sealed with it for this run chain and gate does. An
+    earlier request that cannot be read counts as none (the deadline runs from now)."""
     raw = tags.get(REQUEST_PREFIX + gate_id)
     if raw is not None:
         earlier = Request.from_tag(raw, gate=gate_id)
-        if earlier.payload_hash == fresh.payload_hash and (
-            secret is None or earlier.intact(secret, root=root, gate=gate_id)
+        if (
+            isinstance(earlier, Request)
+            and earlier.payload_hash == fresh.payload_hash
+            and (secret is None or earlier.intact(secret, root=root, gate=gate_id))
         ):
             fresh = fresh.model_copy(update={"requested_at": earlier.requested_at})
     return fresh.sealed(secret, root=root, gate=gate_id) if secret is not None else fresh
