@@ -363,7 +363,7 @@ def resume_plan(
     for gate, request in requests.items():
         if isinstance(request, str):
             problem = _unreadable(run, gate, request)
-            for _key, reason in record_ignored(instance, run, gate, ((REQUEST_PREFIX + gate, problem),)):
+            for _key, reason in record_ignored(instance, run, cut(gate, 80), ((REQUEST_PREFIX + gate, problem),)):
                 if report is not None:
                     report(reason)
             continue
