@@ -8,24 +8,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flujo_dagster import audit_trail
 from flujo_dagster.adapter.control.approvals import _each_run, decide, escalate_due, pending, resumable, resume_plan
 from flujo_dagster.adapter.control.audit import _remembered
+from flujo_dagster.adapter.control.sensors import approvals_sensor
 from flujo_dagster.names import AWAITING_PREFIX, DECISION_PREFIX, REQUEST_PREFIX
 from flujo_dagster.runtime.approvals import Decision, Policy, Request, check_decision, parse_decision, tally
 from flujo_dagster.runtime.tags import MAX_REASON_CHARS, MAX_RECORD_TAG_CHARS, cut, read_record
-from tests.approval_defs import REQUEST_LOG, gated_job
-from tests.test_approvals import park
+from tests.approval_defs import REQUEST_LOG, defs, gated_job
+from tests.test_approvals import INPUTS, park
+from tests.test_approvals_webserver import LAUNCH, LOCATIONS, served, wait_done  # noqa: F401  (served: a fixture)
 from tests.test_cli import run as run_cli
+from tests.test_webserver import Webserver
 
 NESTED = "[" * 100_000
 BIG_INT = "9" * 5000
@@ -289,3 +292,34 @@ def test_the_cheap_checks_come_before_any_parse() -> None:
     )
     assert read_record(Decision, 5) == "not text (a int)"
     assert read_record(Decision, "\udc80") == "not UTF-8 text (it holds a lone surrogate)"
+
+
+def test_the_next_tick_resumes_a_healthy_run_beside_runs_with_malformed_tags(
+    served: tuple[Webserver, DagsterInstance, Path],  # noqa: F811  (the fixture imported above)
+) -> None:
+    """End to end, through a real webserver: three runs launched through GraphQL park; one gets an unreadable
+    request, one a malformed decision and resume key; the healthy one is approved. One tick resumes it, and only
+    it; the others stay parked, listed, with what is wrong."""
+    server, instance, _ = served
+    (location,) = server.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"]
+    selector = {"repositoryLocationName": location["name"], "repositoryName": "__repository__", "jobName": "gated"}
+    params = {"selector": selector, "runConfigData": INPUTS}
+    healthy, bad_request, bad_decision = (
+        server.graphql(LAUNCH, {"params": params})["launchRun"]["run"]["runId"] for _ in range(3)
+    )
+    for run_id in (healthy, bad_request, bad_decision):
+        wait_done(instance, run_id)
+    assert {p.run_id for p in pending(instance=instance)} == {healthy, bad_request, bad_decision}
+    instance.add_run_tags(bad_request, {REQUEST_PREFIX + "review": NESTED})
+    instance.add_run_tags(bad_decision, {DECISION_PREFIX + "review/eve": '{"show": 5}', "flujo/resume_key": NESTED})
+    decide(healthy, verdict="approve", by="ana", instance=instance)
+
+    sensor = approvals_sensor(server.url, interval=timedelta(seconds=5))
+    sensor(build_sensor_context(instance=instance, definitions=defs))
+    children = {r.parent_run_id: r.run_id for r in instance.get_runs() if r.parent_run_id}
+    assert set(children) == {healthy}
+    assert wait_done(instance, children[healthy]) == DagsterRunStatus.SUCCESS, server.log.read_text()[-3000:]
+    listed = {p.run_id: p.problem for p in pending(instance=instance)}
+    assert listed[bad_decision] == "" and "its request cannot be read" in listed[bad_request]
+    ignored = {r: [e.record["tag"] for e in audit_trail(r, instance=instance) if e.kind == "ignored"] for r in listed}
+    assert ignored == {bad_request: ["flujo/request/review"], bad_decision: ["flujo/decision/review/eve"]}
