@@ -323,3 +323,12 @@ def test_the_next_tick_resumes_a_healthy_run_beside_runs_with_malformed_tags(
     assert listed[bad_decision] == "" and "its request cannot be read" in listed[bad_request]
     ignored = {r: [e.record["tag"] for e in audit_trail(r, instance=instance) if e.kind == "ignored"] for r in listed}
     assert ignored == {bad_request: ["flujo/request/review"], bad_decision: ["flujo/decision/review/eve"]}
+
+
+def test_a_tag_of_thousands_of_bad_names_is_one_problem() -> None:
+    """Names lists are read up to the first bad name (pydantic's fail-fast): 16000 bad names cost one error, not
+    16000 (which took 12 ms to validate and report, per tag, per tick)."""
+    raw = '{"path":"p","payload_hash":"x","show":[' + ",".join(["1"] * 16_000) + '],"approvers":[2,3]}'
+    assert Request.from_tag(raw, gate="g") == (
+        "show.0: input should be a valid string, got 1; policy.approvers.0: input should be a valid string, got 2"
+    )

@@ -91,12 +91,12 @@ class Policy(BaseModel):
 
     model_config = _RECORD
 
-    approvers: tuple[str, ...] | None = None
+    approvers: tuple[str, ...] | None = Field(None, fail_fast=True)  # one error for a tag of bad names
     quorum: Annotated[int, Field(ge=1)] = 1
     requester_may_approve: bool = False
     timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     on_timeout: OnTimeout = "reject"
-    escalate_to: tuple[str, ...] = ()
+    escalate_to: tuple[str, ...] = Field((), fail_fast=True)
     signed: bool = False
 
     @classmethod
@@ -134,11 +134,11 @@ class Request(BaseModel):
 
     path: str
     payload_hash: str
-    show: tuple[str, ...]
+    show: tuple[str, ...] = Field(fail_fast=True)
     policy: Policy
     requested_at: str = Field(default_factory=_now)
     preview: str = ""
-    editable: tuple[str, ...] = ()
+    editable: tuple[str, ...] = Field((), fail_fast=True)
     mac: str = ""
 
     @model_validator(mode="before")
