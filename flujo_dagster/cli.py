@@ -14,25 +14,35 @@ from types import ModuleType
 from typing import NoReturn
 
 import click
-from dagster import DagsterInstance, Definitions
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    JobDefinition,
+    build_reconstructable_job,
+    in_process_executor,
+)
 from pydantic import ValidationError
 
-from flujo_dagster.adapter.control.approvals import decide, pending, prepare_decision
+from flujo_dagster.adapter.compile.definitions import compile_all
+from flujo_dagster.adapter.control.approvals import decide, pending, prepare_decision, resume
 from flujo_dagster.adapter.control.audit import audit_trail
 from flujo_dagster.adapter.control.costs import run_costs
-from flujo_dagster.adapter.run import run_pipeline
+from flujo_dagster.adapter.control.routes import how_to_resume
+from flujo_dagster.adapter.run import load_final_context, run_pipeline
 from flujo_dagster.adapter.storage.budgets import adopt_ledger
+from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager
 from flujo_dagster.adapter.storage.resources import AgentRuntime
 from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ApprovalError, ConfigurationError, FlujoDagsterError, RunInputsError
-from flujo_dagster.names import AGENT_RUNTIME_KEY, BUDGET_LEDGER_KEY, PRICE_BOOK_KEY
+from flujo_dagster.names import AGENT_RUNTIME_KEY, BUDGET_LEDGER_KEY, IO_MANAGER_KEY, PARKED_TAG, PRICE_BOOK_KEY
 from flujo_dagster.pricing.prices import PriceBook
 from flujo_dagster.runtime.approvals import Verdict
 from flujo_dagster.runtime.values import adapter_for, from_json
 from flujo_dagster.validation import ValidationReport, validate
 
-__all__ = ["main"]
+__all__ = ["main", "target_job"]
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
@@ -239,6 +249,7 @@ def audit_command(run_id: str) -> None:
 
 def _decide(run_id: str, verdict: Verdict, gate: str | None, by: str, comment: str, values: dict[str, object]) -> None:
     with DagsterInstance.get() as instance:
+        how = ""
         try:
             decision = decide(
                 run_id,
@@ -253,9 +264,10 @@ def _decide(run_id: str, verdict: Verdict, gate: str | None, by: str, comment: s
         except ApprovalError as exc:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_USAGE)
+        run = instance.get_run_by_id(run_id)
+        how = how_to_resume(run) if run is not None else ""
     click.echo(
-        f"recorded: {decision.verdict} by {decision.by} on run {run_id} (payload {decision.payload_hash[:12]}); "
-        "the flujo_approvals sensor resumes the run"
+        f"recorded: {decision.verdict} by {decision.by} on run {run_id} (payload {decision.payload_hash[:12]}); {how}"
     )
 
 
@@ -325,6 +337,80 @@ def sign_command(
 def reject_command(run_id: str, gate: str | None, by: str, comment: str) -> None:
     """Reject the gate RUN_ID is parked at."""
     _decide(run_id, "reject", gate, by, comment, {})
+
+
+def _one_pipeline(target: str) -> tuple[ModuleType, Pipeline]:
+    module_name, attr = _split_target(target)
+    module = _import(module_name)
+    pipelines = _pipelines(module, attr, target)
+    if len(pipelines) != 1:
+        raise click.UsageError(f"{target} holds {len(pipelines)} pipelines; name one as MODULE:ATTR")
+    return module, pipelines[0]
+
+
+def target_job(target: str) -> JobDefinition:
+    """The job `flujo-dagster run TARGET` runs (the pipeline MODULE:ATTR compiled with the module's resources), in
+    process: what `flujo-dagster resume` hands to Dagster to re-execute (`build_reconstructable_job`)."""
+    module, pipeline = _one_pipeline(target)
+    (compiled,), chosen, _ = compile_all([pipeline], resources=_resources(module), executor=in_process_executor)
+    defs = Definitions(
+        assets=[compiled.assets] if compiled.assets is not None else [], jobs=[compiled.job], resources=chosen
+    )
+    return defs.resolve_job_def(compiled.job_name)
+
+
+@main.command("resume")
+@click.argument("run_id")
+@click.argument("target")
+def resume_command(run_id: str, target: str) -> None:
+    """Resume decided parked run RUN_ID in process (DAGSTER_HOME's instance) and print the final context.
+
+    TARGET is the MODULE:ATTR the run was made with (`flujo-dagster run TARGET`): Dagster records no code origin
+    for a run executed in process, and tags anyone can edit never decide which code is imported. For runs parked
+    outside a code location, which the flujo_approvals sensor cannot re-execute; usable for any. The resume runs
+    with the parked run's config (its log level included)."""
+    try:
+        module, pipeline = _one_pipeline(target)
+        job = target_job(target)
+    except ConfigurationError as exc:
+        _exit_invalid(exc)
+    with DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(run_id)
+        if run is None:
+            click.echo(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})", err=True)
+            sys.exit(EXIT_USAGE)
+        if run.job_name != job.name:
+            click.echo(f"run {run_id} is a run of job {run.job_name!r}, but {target} is job {job.name!r}", err=True)
+            sys.exit(EXIT_USAGE)
+        recon = build_reconstructable_job("flujo_dagster.cli", "target_job", reconstructable_args=(target,))
+        try:
+            resumed = resume(run_id, job=recon, instance=instance, by="flujo-dagster resume")
+        except ApprovalError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_USAGE)
+        _report_resumed(instance, module, pipeline, run_id, resumed)
+
+
+def _report_resumed(
+    instance: DagsterInstance, module: ModuleType, pipeline: Pipeline, run_id: str, resumed: str
+) -> None:
+    """Print what became of the resume `resumed` of `run_id`: parked again, failed, or its final context."""
+    click.echo(f"resumed run {run_id} as {resumed}")
+    run = instance.get_run_by_id(resumed)
+    assert run is not None  # execute_job made it in this instance
+    if run.tags.get(PARKED_TAG) == "true":
+        gates = [p for p in pending(instance=instance, secret=decision_secret()) if p.run_id == resumed]
+        click.echo(f"run {resumed} parked again at {', '.join(g.gate for g in gates)}; {how_to_resume(run)}")
+        return
+    if run.status != DagsterRunStatus.SUCCESS:
+        click.echo(f"run {resumed} ended {run.status.value}; see flujo-dagster audit {resumed}", err=True)
+        sys.exit(EXIT_RUN_FAILED)
+    io = _resources(module).get(IO_MANAGER_KEY)
+    context = load_final_context(
+        pipeline, resumed, instance=instance, io_manager=io if isinstance(io, PydanticJsonIOManager) else None
+    )
+    click.echo(f"final context ({type(context).__name__}):")
+    click.echo(context.model_dump_json(indent=2))
 
 
 @main.group("ledger")

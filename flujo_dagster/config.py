@@ -4,7 +4,9 @@ its errors, and lets an explicit argument win over the environment."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
@@ -22,13 +24,17 @@ __all__ = [
     "DEFAULT_WEBSERVER_URL",
     "PRICING_TABLE",
     "STORAGE_SECRET_ENV",
+    "WEBSERVER_HEADERS_ENV",
+    "WEBSERVER_TOKEN_ENV",
     "WEBSERVER_URL_ENV",
     "approvals_interval",
     "dagster_home",
     "decision_secret",
     "find_pyproject",
     "pyproject_prices",
+    "shown_url",
     "storage_secret",
+    "webserver_headers",
     "webserver_url",
 ]
 
@@ -38,6 +44,10 @@ STORAGE_SECRET_ENV = "FLUJO_DAGSTER_STORAGE_SECRET"
 """The secret that keys the content hash (HMAC-SHA256) of every file the flujo IO manager stores."""
 WEBSERVER_URL_ENV = "FLUJO_DAGSTER_WEBSERVER_URL"
 """The Dagster webserver the approvals sensor resumes parked runs through."""
+WEBSERVER_TOKEN_ENV = "FLUJO_DAGSTER_WEBSERVER_TOKEN"
+"""A token the approvals sensor sends to the webserver as `Authorization: Bearer <token>` (an auth proxy)."""
+WEBSERVER_HEADERS_ENV = "FLUJO_DAGSTER_WEBSERVER_HEADERS"
+"""HTTP headers (a JSON object of names to values) the approvals sensor sends to the webserver."""
 APPROVALS_INTERVAL_ENV = "FLUJO_DAGSTER_APPROVALS_INTERVAL_S"
 """How often the approvals sensor runs, in whole seconds."""
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
@@ -77,8 +87,55 @@ def webserver_url(given: str | None = None) -> str:
     source = "webserver_url" if given is not None else WEBSERVER_URL_ENV
     url = given if given is not None else _env(WEBSERVER_URL_ENV) or DEFAULT_WEBSERVER_URL
     if not url.startswith(("http://", "https://")):
-        raise ConfigurationError(f"{source}={url!r} is not an http(s) URL of the Dagster webserver")
+        raise ConfigurationError(f"{source}={shown_url(url)!r} is not an http(s) URL of the Dagster webserver")
     return url.rstrip("/")
+
+
+def shown_url(url: str) -> str:
+    """`url` as it may be shown (descriptions, errors, logs): any `user:password@` replaced by `***@`."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", url)
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")  # visible ASCII, inner spaces
+
+
+def webserver_headers() -> dict[str, str]:
+    """The HTTP headers the approvals sensor sends to the webserver: `FLUJO_DAGSTER_WEBSERVER_HEADERS` (a JSON
+    object of header names to values) and, with `FLUJO_DAGSTER_WEBSERVER_TOKEN`, `Authorization: Bearer <token>`.
+    Read at every sensor tick; never stored. `ConfigurationError` names the variable and the header, never a
+    value (they are credentials)."""
+    headers: dict[str, str] = {}
+    raw = _env(WEBSERVER_HEADERS_ENV)
+    if raw is not None:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"{WEBSERVER_HEADERS_ENV} is not JSON: set it to an object of header names to values, e.g. "
+                '{"X-Auth": "..."}'
+            ) from None
+        if not isinstance(parsed, dict):
+            raise ConfigurationError(f"{WEBSERVER_HEADERS_ENV} must be a JSON object of header names to values")
+        for name, value in parsed.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ConfigurationError(f"{WEBSERVER_HEADERS_ENV}: {name[:40]!r} is not an HTTP header name")
+            if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+                raise ConfigurationError(
+                    f"{WEBSERVER_HEADERS_ENV}: the value of header {name} must be a non-empty string of visible "
+                    "ASCII characters (value not shown)"
+                )
+            headers[name] = value
+    token = _env(WEBSERVER_TOKEN_ENV)
+    if token is not None:
+        if any(n.lower() == "authorization" for n in headers):
+            raise ConfigurationError(
+                f"both {WEBSERVER_TOKEN_ENV} and an Authorization header in {WEBSERVER_HEADERS_ENV} are set: keep one"
+            )
+        if not _HEADER_VALUE.fullmatch(token) or " " in token:
+            raise ConfigurationError(f"{WEBSERVER_TOKEN_ENV} must be visible ASCII without spaces (value not shown)")
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
 
 
 def approvals_interval(given: timedelta | None = None) -> timedelta:

@@ -74,9 +74,13 @@ __all__ = [
     "REQUESTS",
     "REQUEST_PREFIX",
     "RESULTS_INPUT",
+    "RESUMED_BECAUSE_TAG",
+    "RESUMED_BY_TAG",
     "RESUME_KEY_TAG",
+    "RESUME_NEEDED_TAG",
     "RETRY_BEFORE_PARK_TAG",
     "SCHEDULED_TIME_TAG",
+    "SENSOR_NAME_TAG",
     "STEPS",
     "STEPS_JSON",
     "STEP_PATH",
@@ -270,10 +274,19 @@ IGNORED_PREFIX = "flujo/ignored/"
 PARKED_TAG = "flujo/parked"
 RETRY_BEFORE_PARK_TAG = "flujo/retry_before_park"
 RESUME_KEY_TAG = "flujo/resume_key"
+RESUMED_BY_TAG = "flujo/resumed_by"
+"""Run tag of a resume: what launched it (`sensor flujo_approvals`, `flujo-dagster resume`, `resume()`)."""
+RESUMED_BECAUSE_TAG = "flujo/resumed_because"
+"""Run tag of a resume: the decisions that caused it (`<gate>: <verdict> by <who>`, `; `-separated)."""
+RESUME_NEEDED_TAG = "flujo/resume_needed"
+"""Run tag of a decided run no sensor can resume (parked outside a code location): the resume key it was reported
+for, so that it is reported once per set of decisions."""
 USER_TAG = "dagster/user"
 NO_RUN_RETRY_TAG = "dagster/retry_on_asset_or_op_failure"
 PARTITION_TAG = "dagster/partition"
 SCHEDULED_TIME_TAG = ".dagster/scheduled_execution_time"
+SENSOR_NAME_TAG = "dagster/sensor_name"
+"""Dagster's own: the sensor that launched a run (the UI shows it as "Launched by")."""
 
 # --- concurrency pools ----------------------------------------------------------------------------------------------
 POOL_PREFIX = "flujo/"

@@ -283,8 +283,9 @@ def test_signed_gates_fail_clearly_when_the_secret_is_missing(
 
 
 def test_the_sensor_escalates_and_resumes_by_deadline(instance: DagsterInstance, requests: Path) -> None:
-    """The sensor's tick escalates a gate whose deadline passed; a resume it could not launch (no webserver here)
-    fails the tick naming the run, and leaves it parked to try again."""
+    """The sensor's tick escalates a gate whose deadline passed; once the deadline decides, a run parked outside a
+    code location (execute_job), which the webserver cannot re-execute, is reported once on the run with the
+    command that resumes it, the tick does not fail, and the run stays parked."""
     parked = park(escalating_job, instance)
     time.sleep(2.2)
     sensor = approvals_sensor("http://127.0.0.1:9", interval=timedelta(seconds=5))
@@ -292,10 +293,9 @@ def test_the_sensor_escalates_and_resumes_by_deadline(instance: DagsterInstance,
     assert result.skip_message == "nothing to resume"
     assert kinds(instance, parked)[-1] == "escalation"
     time.sleep(2.0)
-    with pytest.raises(
-        Exception, match=f"cannot reach the Dagster webserver at http://127.0.0.1:9 to resume run {parked}"
-    ):
-        sensor.evaluate_tick(build_sensor_context(instance=instance))
+    for _ in range(2):
+        assert sensor.evaluate_tick(build_sensor_context(instance=instance)).skip_message == "nothing to resume"
+    assert kinds(instance, parked)[-1] == "resume_needed" and kinds(instance, parked).count("resume_needed") == 1
     assert [p.run_id for p in resumable(instance)] == [parked]
 
 

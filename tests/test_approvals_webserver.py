@@ -105,20 +105,27 @@ def test_the_sensor_resumes_a_decided_run_through_the_webserver(
     sensor = approvals_sensor(
         server.url, interval=timedelta(seconds=5)
     )  # the same sensor, aimed at this test's webserver
-    idle = sensor(build_sensor_context(instance=instance, definitions=defs))
-    assert "nothing to resume" in str(idle)  # no decision yet
+    idle = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
+    assert idle.skip_message == "nothing to resume"  # no decision yet
     decide(parked, verdict="approve", by="ana", instance=instance)
     started = time.monotonic()
-    sensor(build_sensor_context(instance=instance, definitions=defs))
+    tick = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
     (resumed,) = [r for r in instance.get_runs() if r.parent_run_id == parked]
+    # the daemon records a tick with run reactions as SUCCESS, naming the run (a skip message would read "skipped")
+    assert [r.dagster_run.run_id for r in tick.dagster_run_reactions or []] == [resumed.run_id]
+    assert tick.skip_message is None
     assert wait_done(instance, resumed.run_id) == DagsterRunStatus.SUCCESS, server.log.read_text()[-3000:]
     print(f"decision to resumed run finished: {time.monotonic() - started:.2f} s")
     assert "flujo/decision/review/ana" in resumed.tags and resumed.tags["dagster/parent_run_id"] == parked
     assert (resumed.tags["flujo/awaiting/review"], resumed.tags["flujo/parked"]) == ("resumed", "false")
+    # the UI shows "Launched by: flujo_approvals" (the dagster/sensor_name tag) and the flujo tags say why
+    assert resumed.tags["dagster/sensor_name"] == "flujo_approvals"
+    assert resumed.tags["flujo/resumed_by"] == "sensor flujo_approvals"
+    assert resumed.tags["flujo/resumed_because"] == "review: approve by ana"
     assert requests.read_text().splitlines() == ["Write about otters"]  # the model was not asked again
     context = load_final_context(gated, resumed.run_id, instance=instance)
     assert context == Post(topic="otters", draft="draft about otters", published="published: draft about otters")
     # a second tick resumes nothing: the resume key of these decisions exists
-    again = sensor(build_sensor_context(instance=instance, definitions=defs))
-    assert "nothing to resume" in str(again)
+    again = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
+    assert again.skip_message == "nothing to resume"
     assert len([r for r in instance.get_runs() if r.parent_run_id == parked]) == 1

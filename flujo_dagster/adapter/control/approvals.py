@@ -33,6 +33,8 @@ from flujo_dagster.names import (
     PARKED_TAG,
     REQUEST_PREFIX,
     RESUME_KEY_TAG,
+    RESUMED_BECAUSE_TAG,
+    RESUMED_BY_TAG,
     RETRY_BEFORE_PARK_TAG,
     decision_gate,
     decision_tag,
@@ -69,6 +71,7 @@ __all__ = [
 
 PARENT_TAG, ROOT_TAG = "dagster/parent_run_id", "dagster/root_run_id"
 T = TypeVar("T")
+_BECAUSE_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -328,13 +331,15 @@ def _parked_gate(
 
 @dataclass(frozen=True)
 class Resumable:
-    """A parked run with a decision for at least one of its gates: the tags its resume carries, and the tags
-    that mark the parked run's decided gates as resumed."""
+    """A parked run with a decision for at least one of its gates: the tags its resume carries, the tags that
+    mark the parked run's decided gates as resumed, and the decisions that caused it (`<gate>: <verdict> by
+    <who>`)."""
 
     run_id: str
     gates: tuple[str, ...]
     tags: dict[str, str]
     superseded: dict[str, str]
+    because: tuple[str, ...] = ()
 
 
 def _resume_key(run: DagsterRun, marks: list[str]) -> str:
@@ -357,7 +362,7 @@ def resume_plan(
     audited once as ignored, and told to `report` then."""
     tags = dict(run.tags)
     moment = now or datetime.now(UTC)
-    decided, marks = [], []
+    decided, marks, because = [], [], []
     requests = _requests(tags)
     root = run.root_run_id or run.run_id
     for gate, request in requests.items():
@@ -383,6 +388,7 @@ def resume_plan(
             decided.append(gate)
             d = outcome.decision
             marks.append(json.dumps([gate, d.verdict, d.by, d.at, sorted(d.values.items(), key=str)], default=str))
+            because.append(f"{gate}: {d.verdict} by {d.by}")
     _unknown_gates(instance, run, requests)
     if not decided:
         return None
@@ -413,10 +419,12 @@ def resume_plan(
             # Dagster's automatic run retries were turned off only while parked
             NO_RUN_RETRY_TAG: run.tags.get(RETRY_BEFORE_PARK_TAG, "true"),
             RESUME_KEY_TAG: key,
+            RESUMED_BECAUSE_TAG: "; ".join(because)[:_BECAUSE_CHARS],
             PARENT_TAG: run.run_id,
             ROOT_TAG: root,
         },
         superseded=superseded,
+        because=tuple(because),
     )
 
 
@@ -483,11 +491,20 @@ def _escalate(instance: DagsterInstance, now: datetime, run: DagsterRun) -> list
     return escalated
 
 
-def resume(run_id: str, *, job: ReconstructableJob, instance: DagsterInstance, secret: str | None = None) -> str:
+def resume(
+    run_id: str,
+    *,
+    job: ReconstructableJob,
+    instance: DagsterInstance,
+    secret: str | None = None,
+    by: str = "resume()",
+) -> str:
     """Re-execute parked run `run_id` from failure with every decision so far (where no webserver runs to
     launch it through GraphQL; `execute_job` inherits no tags, so they are passed). Exactly once per set of
     decisions: a second call returns the first resume's run id. Returns the resumed run's id. Signed decisions
-    are checked with `secret`, by default `FLUJO_DAGSTER_DECISION_SECRET` from the environment."""
+    are checked with `secret`, by default `FLUJO_DAGSTER_DECISION_SECRET` from the environment. `by` names the
+    launcher in the resume's `flujo/resumed_by` tag. `ApprovalError` for an unknown run, a run that is not
+    parked, or one whose gates are not decided yet."""
     secret = secret if secret is not None else decision_secret()
     run = instance.get_run_by_id(run_id)
     if run is None:
@@ -497,11 +514,19 @@ def resume(run_id: str, *, job: ReconstructableJob, instance: DagsterInstance, s
         earlier = [r for r in chain_runs(instance, run_id) if r.parent_run_id == run_id]
         if earlier:
             return earlier[0].run_id  # oldest first: the first resume
-        raise ApprovalError(f"run {run_id} has no decision for the gates it is parked at; decide first")
+        if not _requests(dict(run.tags)):
+            raise ApprovalError(
+                f"run {run_id} is not parked at an approval gate (status {run.status.value}): nothing to resume"
+            )
+        waiting = ", ".join(sorted(_requests(dict(run.tags))))
+        raise ApprovalError(
+            f"run {run_id} has no decision for the gates it is parked at ({waiting}) yet; decide first "
+            "(flujo-dagster pending lists what each waits for)"
+        )
     options = ReexecutionOptions.from_failure(run_id, instance)
     # execute_job inherits no tag: carry the parent's (who launched it, its partition or scheduled time...) as a
     # re-execution from the UI would, with the resume's own on top
-    tags = {**run.tags, **plan.tags}
+    tags = {**run.tags, **plan.tags, RESUMED_BY_TAG: by}
     with execute_job(job, instance=instance, reexecution_options=options, tags=tags, raise_on_error=False) as result:
         resumed = result.run_id
     record_resume(instance, run, plan, resumed)

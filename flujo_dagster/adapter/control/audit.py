@@ -19,7 +19,9 @@ from flujo_dagster.runtime.tags import cut
 
 __all__ = ["AUDIT_KEY", "IGNORED_PREFIX", "AuditEvent", "AuditKind", "audit", "audit_trail", "record_ignored"]
 
-AuditKind = Literal["request", "decision", "ignored", "approved", "rejected", "timeout", "escalation", "resume"]
+AuditKind = Literal[
+    "request", "decision", "ignored", "approved", "rejected", "timeout", "escalation", "resume", "resume_needed"
+]
 
 
 @dataclass(frozen=True)
