@@ -43,7 +43,7 @@ SENSOR = """
 query Sensor($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
     __typename
-    ... on Sensor { minIntervalSeconds sensorState { status ticks(limit: 100) { timestamp status } } }
+    ... on Sensor { minIntervalSeconds sensorState { status ticks(limit: 100) { timestamp status originRunIds } } }
   }
 }
 """
@@ -82,7 +82,7 @@ class DagsterDev:
 
     def sensor(self, name: str) -> dict[str, Any]:
         """The sensor `name` as the UI shows it: `minIntervalSeconds`, `sensorState.status` and its last 100
-        `sensorState.ticks` (`timestamp`, `status`), newest first."""
+        `sensorState.ticks` (`timestamp`, `status`, `originRunIds`), newest first."""
         selector = {"repositoryLocationName": self.location, "repositoryName": "__repository__", "sensorName": name}
         found: dict[str, Any] = self.server.graphql(SENSOR, {"selector": selector})["sensorOrError"]
         if found["__typename"] != "Sensor":

@@ -72,6 +72,13 @@ def test_a_gate_in_a_loop_parks_and_resumes_under_dagster_dev(tmp_path: Path) ->
             chain.append(resumed)
             run = dev.wait_finished(resumed)
         assert run.status == DagsterRunStatus.SUCCESS, dev.log_tail()
+        # the daemon recorded each tick that resumed a run as SUCCESS naming it (the UI's "Targeted Runs" of the
+        # tick), not as "skipped", and no tick failed
+        ticks = dev.sensor("flujo_approvals")["sensorState"]["ticks"]
+        assert sorted(i for t in ticks if t["status"] == "SUCCESS" for i in t["originRunIds"]) == sorted(chain[1:])
+        assert {t["status"] for t in ticks} <= {"SUCCESS", "SKIPPED"}, ticks
+        for child in chain[1:]:  # the UI shows "Launched by: flujo_approvals"
+            assert dev.instance.get_run_by_id(child).tags["dagster/sensor_name"] == "flujo_approvals"  # type: ignore[union-attr]
         assert gates == ["revise__i1__sign_off", "revise__i2__sign_off"]  # the gate parked in each iteration
         for parent, child in pairwise(chain):
             tags = dev.instance.get_run_by_id(child).tags  # type: ignore[union-attr]
