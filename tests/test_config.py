@@ -118,3 +118,39 @@ def test_pyproject_prices_are_read_from_the_nearest_pyproject(tmp_path: Path) ->
     (project / "pyproject.toml").write_text("[tool.flujo_dagster.pricing\n")
     with pytest.raises(ConfigurationError, match=r"pyproject\.toml: cannot read \[tool\.flujo_dagster\.pricing\]"):
         cfg.pyproject_prices(found)
+
+
+def test_the_webserver_headers_and_token_are_read_when_called_and_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    token, value = "tok-Secret-1", "hdr-Secret-2"
+    monkeypatch.delenv(cfg.WEBSERVER_HEADERS_ENV, raising=False)
+    monkeypatch.delenv(cfg.WEBSERVER_TOKEN_ENV, raising=False)
+    assert cfg.webserver_headers() == {}
+    monkeypatch.setenv(cfg.WEBSERVER_TOKEN_ENV, token)
+    monkeypatch.setenv(cfg.WEBSERVER_HEADERS_ENV, f'{{"X-Proxy-Token": "{value}"}}')
+    assert cfg.webserver_headers() == {"X-Proxy-Token": value, "Authorization": f"Bearer {token}"}
+    bad = {
+        "not json": f"{cfg.WEBSERVER_HEADERS_ENV} is not JSON",
+        '["a"]': f"{cfg.WEBSERVER_HEADERS_ENV} must be a JSON object",
+        '{"X Bad": "v"}': f"{cfg.WEBSERVER_HEADERS_ENV}: 'X Bad' is not an HTTP header name",
+        f'{{"X-Ok": "{value}\\r\\nX-Injected: 1"}}': "the value of header X-Ok must be a non-empty string",
+        f'{{"Authorization": "{value}"}}': f"both {cfg.WEBSERVER_TOKEN_ENV} and an Authorization header",
+    }
+    for raw, message in bad.items():
+        monkeypatch.setenv(cfg.WEBSERVER_HEADERS_ENV, raw)
+        with pytest.raises(ConfigurationError) as raised:
+            cfg.webserver_headers()
+        assert message in str(raised.value) and value not in str(raised.value) and token not in str(raised.value)
+    monkeypatch.delenv(cfg.WEBSERVER_HEADERS_ENV)
+    monkeypatch.setenv(cfg.WEBSERVER_TOKEN_ENV, f"{token} x")
+    with pytest.raises(ConfigurationError, match="must be visible ASCII without spaces") as raised:
+        cfg.webserver_headers()
+    assert token not in str(raised.value)
+
+
+def test_credentials_in_the_webserver_url_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cfg.shown_url("https://ana:pa%40ss@dagster.example:8443/x") == "https://***@dagster.example:8443/x"
+    assert cfg.shown_url("http://127.0.0.1:3000") == "http://127.0.0.1:3000"
+    monkeypatch.setenv(WEBSERVER_URL_ENV, "ftp://ana:s3cret@host")
+    with pytest.raises(ConfigurationError) as raised:
+        cfg.webserver_url()
+    assert str(raised.value) == f"{WEBSERVER_URL_ENV}='ftp://***@host' is not an http(s) URL of the Dagster webserver"
