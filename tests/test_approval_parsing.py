@@ -315,7 +315,7 @@ def test_the_next_tick_resumes_a_healthy_run_beside_runs_with_malformed_tags(
     decide(healthy, verdict="approve", by="ana", instance=instance)
 
     sensor = approvals_sensor(server.url, interval=timedelta(seconds=5))
-    sensor(build_sensor_context(instance=instance, definitions=defs))
+    sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))  # the sensor yields its result
     children = {r.parent_run_id: r.run_id for r in instance.get_runs() if r.parent_run_id}
     assert set(children) == {healthy}
     assert wait_done(instance, children[healthy]) == DagsterRunStatus.SUCCESS, server.log.read_text()[-3000:]
