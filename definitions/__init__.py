@@ -14,12 +14,18 @@ from definitions.digest import digest
 from definitions.gated import gated
 from definitions.offline import offline_runtime
 from definitions.review import review
-from flujo_dagster import AgentRuntime, build_definitions
+from flujo_dagster import AgentRuntime, ApprovalSettings, build_definitions
 
 LIVE = os.environ.get("FLUJO_DAGSTER_LIVE") == "1"
 agent_runtime = AgentRuntime() if LIVE else offline_runtime()
 
-defs = build_definitions(pipelines=[digest, review, gated], resources={"agent_runtime": agent_runtime})
+# Dagster OSS sets no `dagster/user` tag, so the requester of a run is unknown, and a gate with
+# requester_may_approve=False (the default) would count no decision: this example location accepts that.
+# Where the deployment sets dagster/user (Dagster+, an authenticating proxy), leave the setting out.
+approvals = ApprovalSettings(allow_unknown_requester=True)
+defs = build_definitions(
+    pipelines=[digest, review, gated], resources={"agent_runtime": agent_runtime, "approval_settings": approvals}
+)
 
 
 def digest_job() -> JobDefinition:

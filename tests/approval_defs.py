@@ -14,9 +14,30 @@ from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from flujo_dagster import AgentRuntime, Approval, Branch, Loop, Pipeline, Price, agent_step, build_definitions, step
+from flujo_dagster import (
+    AgentRuntime,
+    Approval,
+    ApprovalSettings,
+    Branch,
+    Loop,
+    Pipeline,
+    Price,
+    agent_step,
+    build_definitions,
+    step,
+)
+from flujo_dagster.adapter.control.approvals import PendingApproval
+from flujo_dagster.runtime.approvals import Decision
 
 REQUEST_LOG = "FLUJO_TEST_REQUEST_LOG"
+
+
+def bound(waiting: PendingApproval, **fields: object) -> Decision:
+    """A decision record written by hand, bound to the run state of parked gate `waiting` (as `decide` binds
+    it): `fields` give the verdict, the reviewer and anything else."""
+    binding = {"run_id": waiting.run_id, "gate": waiting.gate, "path": waiting.path}
+    hashes = {"payload_hash": waiting.payload_hash, "state_hash": waiting.state_hash}
+    return Decision.model_validate({**binding, **hashes, **fields})
 
 
 def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -80,12 +101,35 @@ runtime = AgentRuntime(
     model=FunctionModel(answer, model_name="scripted"),
     prices={"function:scripted": Price(input_per_mtok=0, output_per_mtok=0)},
 )
-defs = build_definitions(pipelines=[gated, looped], resources={"agent_runtime": runtime})
+# Dagster OSS sets no dagster/user: tests that name a requester tag their runs with one
+UNKNOWN_OK = ApprovalSettings(allow_unknown_requester=True)
+defs = build_definitions(
+    pipelines=[gated, looped], resources={"agent_runtime": runtime, "approval_settings": UNKNOWN_OK}
+)
 
 
 def gated_job() -> JobDefinition:
     """write -> review (approval) -> publish."""
     return defs.resolve_job_def("gated")
+
+
+class Tiny(BaseModel):
+    a: int = 0
+
+
+class Loose(BaseModel):
+    """A decision model looser than the key it edits (`a` is an int key)."""
+
+    a: str
+
+
+loose = Pipeline("loose", context=Tiny, steps=[Approval("g", show=["a"], decision=Loose)])
+loose_defs = build_definitions(pipelines=[loose], resources={"approval_settings": UNKNOWN_OK})
+
+
+def loose_job() -> JobDefinition:
+    """A gate whose decision model takes any text for the int key it shows."""
+    return loose_defs.resolve_job_def("loose")
 
 
 def looped_job() -> JobDefinition:

@@ -25,6 +25,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from flujo_dagster import (
     AgentRuntime,
     Approval,
+    ApprovalSettings,
     Branch,
     Group,
     Loop,
@@ -37,6 +38,9 @@ from flujo_dagster import (
     step,
 )
 from flujo_dagster.dsl.steps import Step
+
+UNKNOWN_OK = ApprovalSettings(allow_unknown_requester=True)
+"""Dagster OSS sets no dagster/user: these runs have no known requester."""
 
 REQUEST_LOG = "FLUJO_TEST_REQUEST_LOG"
 KINDS = (
@@ -157,5 +161,6 @@ def placement_pipeline(pid: str) -> Pipeline:
 def placement_job(pid: str) -> JobDefinition:
     """The job of placement `pid` (built once per process: every resume reconstructs it)."""
     pipeline = placement_pipeline(pid)
-    defs = build_definitions(pipelines=[pipeline], resources={"agent_runtime": runtime})
+    resources = {"agent_runtime": runtime, "approval_settings": UNKNOWN_OK}
+    defs = build_definitions(pipelines=[pipeline], resources=resources)
     return defs.resolve_job_def(pipeline.name)

@@ -9,7 +9,7 @@ from datetime import timedelta
 from dagster import JobDefinition
 
 from flujo_dagster import Approval, ApprovalSettings, Loop, Pipeline, build_definitions, step
-from tests.approval_defs import Edit, Post, publish, runtime, tick, write
+from tests.approval_defs import UNKNOWN_OK, Edit, Post, publish, runtime, tick, write
 
 TIMEOUT = timedelta(seconds=2)
 
@@ -50,12 +50,15 @@ retried = Pipeline(
 
 defs = build_definitions(
     pipelines=[quorum, late_reject, late_approve, escalating, waiting, fallback, retried],
-    resources={"agent_runtime": runtime},
+    resources={"agent_runtime": runtime, "approval_settings": UNKNOWN_OK},
 )
 signed_late = _gated("signed_late", Approval("review", show=["draft"], timeout=TIMEOUT, on_timeout="approve"))
 signed_defs = build_definitions(
     pipelines=[signed, signed_late],
-    resources={"agent_runtime": runtime, "approval_settings": ApprovalSettings(require_signed_decisions=True)},
+    resources={
+        "agent_runtime": runtime,
+        "approval_settings": ApprovalSettings(require_signed_decisions=True, allow_unknown_requester=True),
+    },
 )
 
 

@@ -4,6 +4,7 @@ log."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -28,8 +29,8 @@ from flujo_dagster.config import DECISION_SECRET_ENV
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.errors import ApprovalError
 from flujo_dagster.names import DECISION_PREFIX, REQUEST_PREFIX
-from flujo_dagster.runtime.approvals import Decision, sign
-from tests.approval_defs import REQUEST_LOG, Post
+from flujo_dagster.runtime.approvals import sign
+from tests.approval_defs import REQUEST_LOG, Post, bound
 from tests.policy_defs import defs as policy_defs
 from tests.policy_defs import (
     escalating_job,
@@ -184,7 +185,7 @@ def test_a_decision_by_someone_not_yet_allowed_is_refused_or_ignored(instance: D
     )
     # the same decision written as a tag by hand is ignored: reported once in the audit trail, and not resumed
     (waiting,) = pending(instance=instance)
-    by_hand = Decision(verdict="approve", by="lead", payload_hash=waiting.payload_hash)
+    by_hand = bound(waiting, verdict="approve", by="lead")
     instance.add_run_tags(parked, {DECISION_PREFIX + "review": by_hand.to_tag()})
     assert resumable(instance) == [] and resumable(instance) == []
     ignored = [e for e in audit_trail(parked, instance=instance) if e.kind == "ignored"]
@@ -216,9 +217,11 @@ def test_signed_decisions_count_only_with_the_right_signature(
     with pytest.raises(ApprovalError, match=f"requires signed decisions: set {DECISION_SECRET_ENV}"):
         decide(parked, verdict="approve", by="ana", instance=instance)
     (waiting,) = pending(instance=instance)
-    unsigned = Decision(verdict="approve", by="ana", payload_hash=waiting.payload_hash)
-    forged = sign(unsigned, secret="guess", root=parked, gate="review")
-    other_run = sign(unsigned, secret=SECRET, root="another-run", gate="review")
+    unsigned = bound(waiting, verdict="approve", by="ana")
+    forged = sign(unsigned, secret="guess")
+    # signed for another run, then re-bound to this one
+    other_run = sign(unsigned.model_copy(update={"run_id": "another-run"}), secret=SECRET)
+    other_run = other_run.model_copy(update={"run_id": parked})
     for record, reason in [
         (unsigned, "it is not signed, and this deployment requires signed decisions"),
         (forged, "its signature does not match (wrong secret, or a record changed or made for another run or gate)"),
@@ -246,12 +249,7 @@ def test_the_gate_itself_ignores_a_badly_signed_decision(
     monkeypatch.setenv(DECISION_SECRET_ENV, SECRET)
     parked = park(signed_job, instance)
     (waiting,) = pending(instance=instance)
-    forged = sign(
-        Decision(verdict="approve", by="ana", payload_hash=waiting.payload_hash),
-        secret="guess",
-        root=parked,
-        gate="review",
-    )
+    forged = sign(bound(waiting, verdict="approve", by="ana"), secret="guess")
     tags = {DECISION_PREFIX + "review": forged.to_tag()}
     options = ReexecutionOptions.from_failure(parked, instance)
     with execute_job(reconstructable(signed_job), instance=instance, reexecution_options=options, tags=tags) as again:
@@ -349,6 +347,7 @@ def test_every_step_of_an_approval_is_an_audit_event_readable_after_the_run(
         "comment": "good",
         "tag": "flujo/decision/review/ana",
         "signed": False,
+        "record": json.loads(instance.get_run_by_id(parked).tags["flujo/decision/review/ana"]),  # type: ignore[union-attr]
     }
     assert resume_event.record["resumed_run_id"] == resumed
     # the CLI reads the same trail from the instance, from any run of the chain
@@ -458,7 +457,7 @@ def test_a_rejection_carrying_edits_still_rejects(instance: DagsterInstance, req
     with pytest.raises(ApprovalError, match="a rejection edits nothing"):
         decide(parked, verdict="reject", by="ana", values={"draft": "x"}, instance=instance)
     (waiting,) = pending(instance=instance)
-    by_hand = Decision(verdict="reject", by="cy", payload_hash=waiting.payload_hash, values={"nope": 1})
+    by_hand = bound(waiting, verdict="reject", by="cy", values={"nope": 1})
     instance.add_run_tags(parked, {DECISION_PREFIX + "review/cy": by_hand.to_tag()})
     resumed = resume(parked, job=reconstructable(quorum_job), instance=instance)
     assert "rejected by cy" in failure_message(instance, resumed, "review")
@@ -467,7 +466,7 @@ def test_a_rejection_carrying_edits_still_rejects(instance: DagsterInstance, req
 def test_a_decision_for_a_gate_the_run_does_not_wait_at_is_reported(instance: DagsterInstance, requests: Path) -> None:
     parked = park(quorum_job, instance)
     (waiting,) = pending(instance=instance)
-    typo = Decision(verdict="approve", by="ana", payload_hash=waiting.payload_hash)
+    typo = bound(waiting, verdict="approve", by="ana")
     instance.add_run_tags(parked, {DECISION_PREFIX + "revew": typo.to_tag()})
     assert resumable(instance) == []
     ignored = [e for e in audit_trail(parked, instance=instance) if e.kind == "ignored"]

@@ -15,7 +15,9 @@ from pydantic import ValidationError
 
 from flujo_dagster import ApprovalError
 from flujo_dagster.runtime.approvals import (
+    Binding,
     Decision,
+    Requester,
     Policy,
     Request,
     check_decision,
@@ -25,7 +27,7 @@ from flujo_dagster.runtime.approvals import (
 )
 
 SECRET, ROOT, GATE = "s3cret", "run-1", "check"
-HASH = "ab" * 32
+HASH, STATE = "ab" * 32, "ef" * 32
 # Written by the hand-written JSON code these models replace (keys sorted, non-ASCII escaped), as parked runs and
 # recorded decisions hold them; the MAC and the signature were made by that code with SECRET, ROOT and GATE.
 LEGACY_REQUEST = (
@@ -52,6 +54,8 @@ REQUEST = Request(
     preview="draft: Otters é",
     editable=("draft",),
 )
+BINDING = Binding(gate=GATE, runs=frozenset({ROOT}))
+KNOWN = Requester(run_id=ROOT, user="requester")
 
 
 def _hmac(value: object) -> str:
@@ -79,7 +83,9 @@ def test_the_request_tag_is_flat_and_its_mac_covers_every_field_but_itself() -> 
     assert Request.from_tag(sealed.to_tag(), gate=GATE) == sealed
 
 
-def test_a_legacy_decision_tag_reads_back_with_its_signature() -> None:
+def test_a_legacy_decision_tag_reads_back_but_counts_nowhere() -> None:
+    """A record signed before decisions were bound to the run state reads back as it was written, and is
+    ignored: it names no run, and its signature is not over the fields signatures now cover."""
     decision = parse_decision(LEGACY_DECISION)
     assert isinstance(decision, Decision)
     assert (decision.by, decision.comment, decision.values) == (
@@ -88,18 +94,45 @@ def test_a_legacy_decision_tag_reads_back_with_its_signature() -> None:
         {"draft": "Better otters", "n": [1, 2.5]},
     )
     assert json.loads(decision.to_tag()) == json.loads(LEGACY_DECISION)
-    unsigned = decision.model_copy(update={"signature": ""})
-    assert sign(unsigned, secret=SECRET, root=ROOT, gate=GATE) == decision
-    fields = [ROOT, GATE, HASH, "approve", decision.values, "ana", decision.at, "fine ü"]
-    assert decision.signature == _hmac(fields)
-    assert "signature" not in json.loads(unsigned.to_tag())
     editable = REQUEST.model_copy(update={"editable": ("draft", "n")})
-    check = partial(check_decision, request=editable, requester=None, secret=SECRET, root=ROOT, gate=GATE)
-    assert check(LEGACY_DECISION, validate_edits=False) == decision
-    forged = LEGACY_DECISION.replace("Better otters", "Worse otters")
-    assert check(forged, validate_edits=False) == (
+    check = partial(check_decision, request=editable, binding=BINDING, requester=KNOWN, secret=SECRET)
+    assert check(LEGACY_DECISION, validate_edits=False) == (
+        "it is bound to no run (a record made before decisions were bound to the run state); decide again"
+    )
+    rebound = decision.model_copy(update={"run_id": ROOT, "gate": GATE, "path": REQUEST.path})
+    assert check(rebound.to_tag(), validate_edits=False) == (
         "its signature does not match (wrong secret, or a record changed or made for another run or gate)"
     )
+
+
+def test_a_signature_covers_the_run_state_and_every_field_of_the_decision() -> None:
+    unsigned = decision_record(
+        verdict="approve",
+        by="ana",
+        payload_hash=HASH,
+        comment="fine ü",
+        values={"draft": "Better otters"},
+        at="2026-03-01T09:05:00.000+00:00",
+        bound={"run_id": ROOT, "gate": GATE, "path": REQUEST.path, "state_hash": STATE},
+    )
+    signed = sign(unsigned, secret=SECRET)
+    fields = ["flujo-decision/2", ROOT, GATE, REQUEST.path, HASH, STATE, "approve", {"draft": "Better otters"}]
+    assert signed.signature == _hmac([*fields, "ana", "2026-03-01T09:05:00.000+00:00", "fine ü"])
+    stated = REQUEST.model_copy(update={"state_hash": STATE})
+    check = partial(check_decision, request=stated, binding=BINDING, requester=KNOWN, secret=SECRET)
+    assert check(signed.to_tag(), validate_edits=False) == signed
+    # the audit event keeps the signature's SHA-256 only, and the record still verifies from it
+    event = signed.to_event()
+    assert (
+        "signature" not in event and event["signature_sha256"] == hashlib.sha256(signed.signature.encode()).hexdigest()
+    )
+    assert check(json.dumps(event), validate_edits=False) == Decision.model_validate(event)
+    for field, value in [("run_id", "other-run"), ("gate", "other"), ("state_hash", "cd" * 32), ("by", "bo")]:
+        changed = signed.model_copy(update={field: value})
+        if field in ("run_id", "gate"):  # the gate sees it as made elsewhere, whatever its signature
+            assert check(changed.to_tag(), validate_edits=False) != signed
+        else:
+            assert isinstance(check(changed.to_tag(), validate_edits=False), str)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +158,9 @@ def test_a_legacy_decision_tag_reads_back_with_its_signature() -> None:
 def test_a_malformed_decision_is_ignored_with_what_is_wrong(raw: str, reason: str) -> None:
     parsed = parse_decision(raw)
     assert isinstance(parsed, str) and parsed.startswith(reason)
-    checked = check_decision(raw, REQUEST, requester=None, validate_edits=False, verify_signature=False)
+    checked = check_decision(
+        raw, REQUEST, binding=BINDING, requester=KNOWN, validate_edits=False, verify_signature=False
+    )
     assert checked == f"malformed decision record: {parsed}"
 
 
@@ -200,5 +235,5 @@ def test_a_deadline_past_year_9999_never_comes_and_never_raises() -> None:
 def test_a_decision_record_holds_its_values_as_the_json_the_gate_verifies() -> None:
     decision = decision_record(verdict="approve", by="ana", payload_hash=HASH, values={"tags": {"b"}, "n": 2})
     assert decision.values == {"tags": ["b"], "n": 2}
-    signed = sign(decision, secret=SECRET, root=ROOT, gate=GATE)  # json.dumps of a set would raise TypeError here
+    signed = sign(decision, secret=SECRET)  # json.dumps of a set would raise TypeError here
     assert signed.signature and Decision.model_validate_json(signed.to_tag()) == signed

@@ -29,13 +29,22 @@ from flujo_dagster import (
     Pipeline,
     build_definitions,
     load_final_context,
-    run_pipeline,
     step,
 )
 from flujo_dagster.adapter.control.approvals import decide, pending, resume
 from flujo_dagster.names import DECISION_PREFIX
-from flujo_dagster.runtime.approvals import Decision, payload_hash
-from tests.approval_defs import REQUEST_LOG, Post, gated, gated_job, looped, looped_job
+from tests.approval_defs import (
+    REQUEST_LOG,
+    Post,
+    Tiny,
+    bound,
+    gated,
+    gated_job,
+    looped,
+    looped_job,
+    loose,
+    loose_job,
+)
 from tests.fixtures.invalid_pipeline import broken, valid
 from tests.test_cli import run as run_cli
 
@@ -281,7 +290,7 @@ def test_the_requester_may_not_approve_their_own_run(instance: DagsterInstance, 
     )
     # written by hand and re-executed from the UI, the gate ignores it and parks again
     (waiting,) = pending(instance=instance)
-    own = Decision(verdict="approve", by="requester", payload_hash=waiting.payload_hash)
+    own = bound(waiting, verdict="approve", by="requester")
     options = ReexecutionOptions.from_failure(parked, instance)
     tags = {DECISION_PREFIX + "review": own.to_tag(), "dagster/user": "requester"}
     with execute_job(reconstructable(gated_job), instance=instance, reexecution_options=options, tags=tags) as again:
@@ -292,19 +301,14 @@ def test_the_requester_may_not_approve_their_own_run(instance: DagsterInstance, 
     assert warnings and "'requester' launched the run and may not decide on it" in warnings[0]
 
 
-class Loose(BaseModel):
-    """A decision model looser than the key it edits (`a` is an int key)."""
-
-    a: str
-
-
 def test_an_edit_that_does_not_fit_its_keys_type_is_ignored(instance: DagsterInstance) -> None:
-    pipeline = Pipeline("loose", context=Small, steps=[Approval("g", show=["a"], decision=Loose)])
-    record = Decision(verdict="approve", by="ana", payload_hash=payload_hash({"a": 0}), values={"a": "many"})
-    fits = Decision(verdict="approve", by="ana", payload_hash=payload_hash({"a": 0}), values={"a": "7"})
-    result = run_pipeline(pipeline, {}, instance=instance, tags={DECISION_PREFIX + "g": record.to_tag()})
-    assert not result.success  # parked: the decision was ignored
-    warnings = [e.user_message for e in instance.all_logs(result.run_id) if "ignored the decision" in e.user_message]
+    with execute_job(reconstructable(loose_job), instance=instance, raise_on_error=False) as first:
+        assert not first.success  # parked
+    decide(first.run_id, verdict="approve", by="ana", values={"a": "many"}, instance=instance)
+    again = resume(first.run_id, job=reconstructable(loose_job), instance=instance)
+    assert instance.get_run_by_id(again).tags["flujo/parked"] == "true"  # type: ignore[union-attr]
+    warnings = [e.user_message for e in instance.all_logs(again) if "ignored the decision" in e.user_message]
     assert warnings and "its edited value of 'a' is not a valid 'a'" in warnings[0]
-    result = run_pipeline(pipeline, {}, instance=instance, tags={DECISION_PREFIX + "g": fits.to_tag()})
-    assert result.success and result.context == Small(a=7)  # "7" becomes the int key's 7
+    decide(again, verdict="approve", by="ana", values={"a": "7"}, instance=instance)
+    done = resume(again, job=reconstructable(loose_job), instance=instance)
+    assert load_final_context(loose, done, instance=instance) == Tiny(a=7)  # "7" becomes the int key's 7

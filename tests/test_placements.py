@@ -39,6 +39,7 @@ from tests.placement_defs import (
     GATE,
     KINDS,
     REQUEST_LOG,
+    UNKNOWN_OK,
     Doc,
     container_name,
     kinds_of,
@@ -240,7 +241,9 @@ per_element = Pipeline(
         step(name="announce", output_keys=["published"])(lambda topic: f"announced {topic}"),
     ],
 )
-defs = build_definitions(pipelines=[reviews, per_element], resources={"agent_runtime": runtime})
+defs = build_definitions(
+    pipelines=[reviews, per_element], resources={"agent_runtime": runtime, "approval_settings": UNKNOWN_OK}
+)
 
 
 def reviews_job() -> JobDefinition:
@@ -342,5 +345,6 @@ def test_gates_in_sequence_in_a_mapped_body_compile() -> None:
         context=Post,
         steps=[Map("each", over="xs", item="x", body=body, result="published", into="posts", inline=False)],
     )
-    job = build_definitions(pipelines=[twice], resources={"agent_runtime": runtime}).resolve_job_def("twice")
+    resources = {"agent_runtime": runtime, "approval_settings": UNKNOWN_OK}
+    job = build_definitions(pipelines=[twice], resources=resources).resolve_job_def("twice")
     assert {"each__review", "each__sign_off", "each__publish", "each__flujo_collect"} <= set(job.graph.node_names())

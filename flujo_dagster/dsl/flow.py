@@ -11,7 +11,7 @@ from flujo_dagster.dsl.keys import parameter_names, resolve_keys
 from flujo_dagster.dsl.steps import Step, remembered
 from flujo_dagster.names import step_path
 
-__all__ = ["Flow", "callable_reads", "children", "flow_of", "flow_of_steps", "walk"]
+__all__ = ["Flow", "callable_reads", "children", "flow_of", "flow_of_steps", "keys_before_gates", "walk"]
 
 
 @dataclass(frozen=True)
@@ -110,3 +110,39 @@ def walk(steps: Sequence[Step], path: str) -> Iterator[tuple[str, Step]]:
         yield here, step
         for _, inner in children(step):
             yield from walk(inner, here)
+
+
+def keys_before_gates(
+    steps: Sequence[Step], fields: Mapping[str, object], initial: Sequence[str]
+) -> dict[int, frozenset[str]]:
+    """For each approval gate (by `id`), the keys written on every path before it, the `initial` keys included:
+    the run state a decision is bound to. Never a key written on some path only (reading it, the gate would be
+    skipped with its producer). A gate met more than once (a loop body's iterations) keeps the keys it has every
+    time."""
+    found: dict[int, frozenset[str]] = {}
+    _definite(steps, fields, set(initial), found)
+    return found
+
+
+def _definite(
+    steps: Sequence[Step], fields: Mapping[str, object], live: set[str], found: dict[int, frozenset[str]]
+) -> None:
+    """Walk `steps` as the key-flow validation does; `live` (keys with a value on every path) grows as they write."""
+    for index, step in enumerate(steps):
+        if isinstance(step, Approval):
+            here = frozenset(live)
+            found[id(step)] = found[id(step)] & here if id(step) in found else here
+            if step.on_reject:
+                approved, rejected = set(live), set(live)
+                _definite(steps[index + 1 :], fields, approved, found)
+                _definite(step.on_reject, fields, rejected, found)
+                live.update(approved & rejected)
+                return
+        elif isinstance(step, Group):
+            _definite(step.steps, fields, live, found)
+        elif isinstance(step, Map):
+            _definite(step.body, fields, live | {step.item}, found)
+        elif isinstance(step, Loop | Branch | Parallel):
+            for _, inner in children(step):
+                _definite(inner, fields, set(live), found)
+        live.update(flow_of(step, fields).must)

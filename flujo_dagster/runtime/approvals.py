@@ -4,6 +4,10 @@ rejected, timed out or still waiting (and why each record that does not count is
 
 The policy, request and decision are frozen pydantic models: read from their tags with `model_validate_json` and
 written with `model_dump_json`. Signatures (HMAC) are computed from their own canonical JSON, not from the tags.
+
+A decision is bound to the exact run state it was made for: the parked run, the gate, its step path, the hash of
+the shown values and the hash of every value definitely written before the gate (the run's inputs included). It
+counts only where all of them hold (`check_decision`), and names compare after `normal_name`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Mapping
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -38,17 +43,22 @@ from flujo_dagster.runtime.tags import cut, problems, read_record, tag_key_probl
 
 __all__ = [
     "TIMEOUT_BY",
+    "Binding",
     "Decision",
     "Outcome",
     "Policy",
     "Request",
+    "Requester",
     "check_decision",
     "decision_record",
     "decision_tags",
+    "normal_name",
     "parse_decision",
     "payload_hash",
     "sign",
+    "state_hash",
     "tally",
+    "unknown_requester",
 ]
 
 TIMEOUT_BY = "flujo (timeout)"
@@ -59,6 +69,10 @@ Stage = Literal["open", "escalated", "timed_out"]
 _RECORD = ConfigDict(frozen=True, extra="ignore", ser_json_inf_nan="constants")
 """Records in tags: fields they do not know are ignored; NaN and infinities are kept (as in `payload_hash`)."""
 _FROM_TAG = {"from_tag": True}
+_UNSET_OMITTED = frozenset({"mac", "state_hash", "allow_unknown_requester", "run_id", "gate", "path"})
+"""Record fields written only when set: records without them keep the bytes they always had."""
+_SIGNED_V2 = "flujo-decision/2"
+"""Leads the text a decision's signature covers: a record signed in the earlier form never verifies."""
 """Validation context of a decision read from a tag: a record without a time has none (not the time it is read)."""
 
 
@@ -71,6 +85,22 @@ def payload_hash(shown: Mapping[str, object]) -> str:
     """SHA-256 of the shown keys' JSON values (keys sorted): a decision counts only for exactly this content."""
     text = json.dumps(shown, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def state_hash(state: Mapping[str, object]) -> str:
+    """SHA-256 of the JSON values of every key definitely written before a gate (the run's inputs included),
+    computed as `payload_hash`: a decision counts only for the run state it was made in."""
+    return payload_hash(state)
+
+
+def normal_name(name: str) -> str:
+    """A reviewer's or requester's name as compared: NFKC-normalised, case-folded, stripped (`Mallory` is
+    `mallory`)."""
+    return unicodedata.normalize("NFKC", name).casefold().strip()
+
+
+def _is_in(name: str, names: tuple[str, ...]) -> bool:
+    return normal_name(name) in {normal_name(n) for n in names}
 
 
 def _now() -> str:
@@ -98,10 +128,11 @@ class Policy(BaseModel):
     on_timeout: OnTimeout = "reject"
     escalate_to: tuple[str, ...] = Field((), fail_fast=True)
     signed: bool = False
+    allow_unknown_requester: bool = False
 
     @classmethod
-    def of(cls, gate: Approval, *, signed: bool) -> Policy:
-        """The policy of `gate`."""
+    def of(cls, gate: Approval, *, signed: bool, allow_unknown_requester: bool = False) -> Policy:
+        """The policy of `gate` (`allow_unknown_requester`: the deployment's `ApprovalSettings`)."""
         return cls(
             approvers=gate.approvers,
             quorum=gate.quorum,
@@ -110,6 +141,7 @@ class Policy(BaseModel):
             on_timeout=gate.on_timeout,
             escalate_to=gate.escalate_to,
             signed=signed,
+            allow_unknown_requester=allow_unknown_requester,
         )
 
     def who(self, *, escalated: bool) -> str:
@@ -126,14 +158,16 @@ class Policy(BaseModel):
 
 
 class Request(BaseModel):
-    """What a parked gate waits for: its step path, the payload hash of what it shows, its policy, and when it
-    first asked (for this content; the deadline runs from then). In its tag the policy's fields sit beside the
-    request's own, and `mac` only when sealed."""
+    """What a parked gate waits for: its step path, the payload hash of what it shows, the state hash of every
+    value definitely written before it, its policy, and when it first asked (for this content; the deadline runs
+    from then). In its tag the policy's fields sit beside the request's own; `mac`, `state_hash` and
+    `allow_unknown_requester` only when set."""
 
     model_config = _RECORD
 
     path: str
     payload_hash: str
+    state_hash: str = ""
     show: tuple[str, ...] = Field(fail_fast=True)
     policy: Policy
     requested_at: str = Field(default_factory=_now)
@@ -155,9 +189,8 @@ class Request(BaseModel):
         """The tag's flat record: the policy's fields beside the request's own, `mac` only when sealed."""
         data: dict[str, object] = handler(self)
         policy = data.pop("policy", None)
-        if "mac" in data and not data["mac"]:
-            del data["mac"]
-        return {**data, **(policy if isinstance(policy, dict) else {})}
+        flat = {**data, **(policy if isinstance(policy, dict) else {})}
+        return {k: v for k, v in flat.items() if k not in _UNSET_OMITTED or v}
 
     def to_tag(self) -> str:
         """The request as the JSON stored in the request tag (sorted keys, ASCII: the form tags have always had)."""
@@ -204,9 +237,12 @@ class Request(BaseModel):
 
 
 class Decision(BaseModel):
-    """A reviewer's decision on one gate, bound to the payload hash they saw (and, signed, to the run chain).
+    """A reviewer's decision on one gate, bound to the run state it was made for: the parked run (`run_id`),
+    the gate, its step path, the payload hash they saw and the state hash of the values before the gate.
 
     `values` holds the edited values: JSON values in a record, the keys' own types once the gate checked them.
+    A record read back from an audit event carries `signature_sha256` (the SHA-256 of its signature) instead
+    of the signature, so that the event log never shows a signature.
     """
 
     model_config = _RECORD
@@ -217,7 +253,12 @@ class Decision(BaseModel):
     comment: str = ""
     values: dict[str, object] = Field(default_factory=dict)
     at: str = Field(default_factory=_now)
+    run_id: str = ""
+    gate: str = ""
+    path: str = ""
+    state_hash: str = ""
     signature: str = ""
+    signature_sha256: str = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -227,9 +268,24 @@ class Decision(BaseModel):
             return data
         return {"at": "", **{k: v for k, v in data.items() if v is not None}}
 
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """The record without the binding fields it does not have (a record made before they existed)."""
+        data: dict[str, object] = handler(self)
+        return {k: v for k, v in data.items() if k not in _UNSET_OMITTED or v}
+
     def to_tag(self) -> str:
         """The record as the JSON stored in the decision tag."""
-        return _tag_json(self.model_dump(mode="json", exclude={"signature"} if not self.signature else None))
+        unset = {k for k in ("signature", "signature_sha256") if not getattr(self, k)}
+        return _tag_json(self.model_dump(mode="json", exclude=unset or None))
+
+    def to_event(self) -> dict[str, object]:
+        """The record as an audit event keeps it: the SHA-256 of its signature instead of the signature."""
+        data: dict[str, object] = json.loads(self.to_tag())
+        signature = data.pop("signature", None)
+        if isinstance(signature, str):
+            data["signature_sha256"] = hashlib.sha256(signature.encode()).hexdigest()
+        return data
 
 
 def _tag_json(data: dict[str, object]) -> str:
@@ -242,16 +298,20 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _signed_text(decision: Decision, *, root: str, gate: str) -> bytes:
-    fields = [root, gate, decision.payload_hash, decision.verdict, decision.values, decision.by, decision.at]
-    return _canonical([*fields, decision.comment])
+def _signed_text(decision: Decision) -> bytes:
+    d = decision
+    bound = [_SIGNED_V2, d.run_id, d.gate, d.path, d.payload_hash, d.state_hash]
+    return _canonical([*bound, d.verdict, d.values, d.by, d.at, d.comment])
 
 
-def sign(decision: Decision, *, secret: str, root: str, gate: str) -> Decision:
-    """`decision` with its HMAC-SHA256 over (run chain, gate, payload hash, verdict and edits, reviewer, time,
-    comment) made with `secret`."""
-    text = _signed_text(decision, root=root, gate=gate)
-    return decision.model_copy(update={"signature": hmac.new(secret.encode(), text, hashlib.sha256).hexdigest()})
+def _digest(decision: Decision, secret: str) -> str:
+    return hmac.new(secret.encode(), _signed_text(decision), hashlib.sha256).hexdigest()
+
+
+def sign(decision: Decision, *, secret: str) -> Decision:
+    """`decision` with its HMAC-SHA256 over (parked run, gate, step path, payload hash, state hash, verdict and
+    edits, reviewer, time, comment) made with `secret`."""
+    return decision.model_copy(update={"signature": _digest(decision, secret), "signature_sha256": ""})
 
 
 def decision_record(
@@ -263,11 +323,12 @@ def decision_record(
     values: Mapping[str, object] | None = None,
     at: str | None = None,
     signature: str = "",
+    bound: Mapping[str, str] | None = None,
 ) -> Decision:
-    """A new decision record (made now unless `at` is given) that its tag can hold; `ApprovalError` says what is
-    wrong with the fields."""
+    """A new decision record (made now unless `at` is given) that its tag can hold, `bound` to the run state
+    it is made for (`run_id`, `gate`, `path`, `state_hash`); `ApprovalError` says what is wrong with the fields."""
     fields: dict[str, object] = {"verdict": verdict, "by": by, "payload_hash": payload_hash, "comment": comment}
-    fields |= {"values": dict(values or {}), "at": at or _now(), "signature": signature}
+    fields |= {"values": dict(values or {}), "at": at or _now(), "signature": signature, **(bound or {})}
     try:
         # read back from its own tag: the values are then exactly the JSON the gate verifies and signs
         decision = Decision.model_validate_json(Decision.model_validate(fields).to_tag(), context=_FROM_TAG)
@@ -288,13 +349,74 @@ Edit = Callable[[Decision], "Decision | str"]
 """Validates a decision's edited values (the gate's decision model and key types): the typed decision or why not."""
 
 
-def _signature_problem(decision: Decision, secret: str | None, *, root: str, gate: str) -> str | None:
+@dataclass(frozen=True)
+class Requester:
+    """Who launched the run state a gate shows: `user`, the `dagster/user` tag (None: unknown) of run `run_id`,
+    the oldest run of the proven chain with the same inputs."""
+
+    run_id: str
+    user: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Binding:
+    """What a decision must be bound to, to count: the gate, and the runs it may have been made on (the proven
+    chain's runs with the current run's inputs that were parked at the gate). The step path, payload and state
+    hashes are the request's."""
+
+    gate: str
+    runs: frozenset[str]
+
+
+def unknown_requester(request: Request, requester: Requester) -> str | None:
+    """Why no decision counts (the requester is unknown while `requester_may_approve=False`), or None."""
+    policy = request.policy
+    if requester.user is not None or policy.requester_may_approve or policy.allow_unknown_requester:
+        return None
+    return (
+        f"the requester of run {requester.run_id} is unknown (no dagster/user tag), so no decision counts while "
+        "requester_may_approve=False: set ApprovalSettings(allow_unknown_requester=True) where the deployment does "
+        "not set dagster/user, or requester_may_approve=True on the gate"
+    )
+
+
+def _binding_problem(decision: Decision, request: Request, binding: Binding) -> str | None:
+    """Why `decision` is not bound to the run state the gate is in, or None."""
+    d = decision
+    if not d.run_id:
+        return "it is bound to no run (a record made before decisions were bound to the run state); decide again"
+    if d.run_id not in binding.runs:
+        return (
+            f"it was made on run {d.run_id}, which is not this run or an earlier run of its re-execution chain "
+            "with the same inputs parked at this gate"
+        )
+    if d.gate != binding.gate or d.path != request.path:
+        return f"it was made for gate {d.gate!r} at {d.path!r}, not {binding.gate!r} at {request.path!r}"
+    if d.payload_hash != request.payload_hash:
+        return (
+            f"it was made for payload {d.payload_hash[:12]}..., but the gate shows "
+            f"{request.payload_hash[:12]}... (the shown values changed since)"
+        )
+    if d.state_hash != request.state_hash:
+        return (
+            f"it was made for run state {d.state_hash[:12]}..., but the values before the gate are now "
+            f"{request.state_hash[:12]}... (an input or an earlier step's value changed since)"
+        )
+    return None
+
+
+def _signature_problem(decision: Decision, secret: str | None) -> str | None:
     """Why the signature of `decision` does not count where signed decisions are required, or None."""
     if secret is None:
         return f"signed decisions are required, but {DECISION_SECRET_ENV} is not set where the gate runs"
-    if not decision.signature:
+    if not decision.signature and not decision.signature_sha256:
         return "it is not signed, and this deployment requires signed decisions"
-    if not _same(decision.signature, sign(decision, secret=secret, root=root, gate=gate).signature):
+    expected = _digest(decision, secret)
+    if decision.signature:
+        matches = _same(decision.signature, expected)
+    else:
+        matches = _same(decision.signature_sha256, hashlib.sha256(expected.encode()).hexdigest())
+    if not matches:
         return "its signature does not match (wrong secret, or a record changed or made for another run or gate)"
     return None
 
@@ -319,44 +441,51 @@ def _edits_checked(
     return decision.model_copy(update={"values": edited.model_dump(mode="python", exclude_unset=True)})
 
 
+def _identity_problem(decision: Decision, request: Request, requester: Requester, *, escalated: bool) -> str | None:
+    """Why the reviewer of `decision` may not decide here, or None."""
+    unknown = unknown_requester(request, requester)
+    if unknown is not None:
+        return unknown
+    allowed = request.policy.allowed(escalated=escalated)
+    if allowed is not None and not _is_in(decision.by, allowed):
+        return f"{decision.by!r} may not decide here (approvers: {', '.join(allowed)})"
+    user = requester.user
+    if not request.policy.requester_may_approve and user is not None and _is_in(decision.by, (user,)):
+        return f"{decision.by!r} launched the run and may not decide on it (requester_may_approve=False)"
+    return None
+
+
 def check_decision(
     raw: str,
     request: Request,
     *,
-    requester: str | None,
+    binding: Binding,
+    requester: Requester,
     escalated: bool = False,
     secret: str | None = None,
-    root: str = "",
-    gate: str = "",
     decision_model: type[BaseModel] | None = None,
     validate_edits: bool = True,
     verify_signature: bool = True,
 ) -> Decision | str:
-    """The decision in tag value `raw` if it counts for the gate that made `request`, else the reason it is
-    ignored (the run stays parked): malformed, another payload, unsigned or badly signed where signatures are
-    required, a reviewer not allowed, the requester approving their own run, or edited values the decision
-    model refuses (a counted decision's `values` hold them validated; `validate_edits=False` checks only that
-    they are among the request's editable keys, for those without the decision model: the sensor and the CLI;
+    """The decision in record `raw` if it counts for the gate that made `request`, else the reason it is
+    ignored (the run stays parked): malformed, bound to another run, gate, step, payload or run state, unsigned
+    or badly signed where signatures are required, a reviewer not allowed, the requester approving their own
+    run (or an unknown requester while `requester_may_approve=False`), or edited values the decision model
+    refuses (a counted decision's `values` hold them validated; `validate_edits=False` checks only that they are
+    among the request's editable keys, for those without the decision model: the sensor and the CLI;
     `verify_signature=False` leaves the signature to the gate, for those without the secret)."""
     parsed = parse_decision(raw)
     if isinstance(parsed, str):
         return f"malformed decision record: {parsed}"
-    if parsed.by == TIMEOUT_BY:
+    if normal_name(parsed.by) == normal_name(TIMEOUT_BY):
         return f"{TIMEOUT_BY!r} is reserved for decisions made by a deadline"
-    if parsed.payload_hash != request.payload_hash:
-        return (
-            f"it was made for payload {parsed.payload_hash[:12]}..., but the gate shows "
-            f"{request.payload_hash[:12]}... (the shown values changed since)"
-        )
-    if request.policy.signed and verify_signature:
-        problem = _signature_problem(parsed, secret, root=root, gate=gate)
-        if problem is not None:
-            return problem
-    allowed = request.policy.allowed(escalated=escalated)
-    if allowed is not None and parsed.by not in allowed:
-        return f"{parsed.by!r} may not decide here (approvers: {', '.join(allowed)})"
-    if not request.policy.requester_may_approve and requester is not None and parsed.by == requester:
-        return f"{parsed.by!r} launched the run and may not decide on it (requester_may_approve=False)"
+    problem = _binding_problem(parsed, request, binding)
+    if problem is None and request.policy.signed and verify_signature:
+        problem = _signature_problem(parsed, secret)
+    if problem is None:
+        problem = _identity_problem(parsed, request, requester, escalated=escalated)
+    if problem is not None:
+        return problem
     if parsed.verdict == "reject":
         return parsed.model_copy(update={"values": {}})  # a rejection edits nothing
     return _edits_checked(parsed, request, decision_model, validate_edits=validate_edits)
@@ -380,29 +509,45 @@ class Outcome:
     waiting_for: str = ""
 
 
+def _identity(d: Decision) -> str:
+    """What makes two copies of a record the same decision (a tag copied to a resume, its audit event)."""
+    return _tag_json({"r": [d.run_id, normal_name(d.by), d.at, d.verdict, d.comment, d.state_hash], "v": d.values})
+
+
 def _sorted_out(
-    tags: Mapping[str, str], gate: str, check: Callable[[str], Decision | str], edit: Edit | None
+    records: Sequence[tuple[str, str]], check: Callable[[str], Decision | str], edit: Edit | None
 ) -> tuple[list[Decision], list[tuple[str, str]]]:
-    """The decisions of `gate` that count (oldest first), and the tags ignored with the reason."""
-    counted: list[Decision] = []
+    """The decisions that count (oldest first, each once however many copies), and the records ignored with
+    the reason: those that do not count, and approvals older than a record already counted from the same
+    reviewer (a decision is never rolled back; a rejection always counts)."""
+    counted: dict[str, Decision] = {}
     ignored: list[tuple[str, str]] = []
-    for key, raw in sorted(decision_tags(tags, gate).items()):
-        unreadable = tag_key_problem(key)
+    for where, raw in records:
+        unreadable = tag_key_problem(where)
         checked = check(raw) if unreadable is None else unreadable
         if not isinstance(checked, str) and edit is not None and checked.verdict == "approve":
             checked = edit(checked)
         if isinstance(checked, str):
-            ignored.append((key, cut(checked)))
+            if (where, cut(checked)) not in ignored:  # a record copied from run to run is reported once
+                ignored.append((where, cut(checked)))
         else:
-            counted.append(checked)
-    counted.sort(key=lambda d: d.at)
-    return counted, ignored
+            counted.setdefault(_identity(checked), checked)
+    ordered = sorted(counted.values(), key=lambda d: d.at)
+    latest = {normal_name(d.by): d.at for d in ordered}
+    kept = []
+    for d in ordered:
+        if d.verdict == "approve" and d.at < latest[normal_name(d.by)]:
+            newer = latest[normal_name(d.by)]
+            ignored.append((f"the record of {d.by} at {d.at}", f"{d.by!r} recorded a later decision at {newer}"))
+        else:
+            kept.append(d)
+    return kept, ignored
 
 
 def _approvals(counted: list[Decision]) -> tuple[list[Decision], int]:
     """The largest group of approvals that made the same edits (or none), one vote per reviewer (their
     latest), and how many such groups there are: a quorum approves one content."""
-    latest = list({d.by: d for d in counted}.values())
+    latest = list({normal_name(d.by): d for d in counted if d.verdict == "approve"}.values())
     groups: dict[str, list[Decision]] = {}
     for d in latest:
         groups.setdefault(json.dumps(d.values, sort_keys=True, default=str), []).append(d)
@@ -449,36 +594,36 @@ def _waiting_for(request: Request, stage: Stage, approvals: int, groups: int) ->
 
 
 def tally(
-    tags: Mapping[str, str],
-    gate: str,
+    records: Sequence[tuple[str, str]],
     request: Request,
     *,
-    requester: str | None,
+    binding: Binding,
+    requester: Requester,
     now: datetime,
     secret: str | None = None,
-    root: str = "",
     decision_model: type[BaseModel] | None = None,
     validate_edits: bool = True,
     verify_signature: bool = True,
     edit: Edit | None = None,
 ) -> Outcome:
-    """Whether `gate` is decided, from the decision tags among `tags`: any counted rejection rejects; `quorum`
-    distinct approvers approve; past the deadline with neither, `on_timeout` decides (an escalating gate first
-    widens its approvers to `escalate_to` for one more timeout, then rejects)."""
+    """Whether the gate of `binding` is decided, from the decision `records` ((where, raw JSON) pairs: the
+    tags and audit events of the runs it may count from): any counted rejection rejects; `quorum` distinct
+    approvers approve; past the deadline with neither, `on_timeout` decides (an escalating gate first widens
+    its approvers to `escalate_to` for one more timeout, then rejects). With an unknown requester while
+    `requester_may_approve=False`, no decision counts and the gate waits for that to be settled."""
     stage = request.stage(now)
     check = partial(
         check_decision,
         request=request,
+        binding=binding,
         requester=requester,
         escalated=stage != "open",
         secret=secret,
-        root=root,
-        gate=gate,
         decision_model=decision_model,
         validate_edits=validate_edits,
         verify_signature=verify_signature,
     )
-    counted, ignored = _sorted_out(tags, gate, check, edit)
+    counted, ignored = _sorted_out(records, check, edit)
     outcome = partial(Outcome, counted=tuple(counted), ignored=tuple(ignored), stage=stage)
     rejections = [d for d in counted if d.verdict == "reject"]
     if rejections:
@@ -489,5 +634,6 @@ def tally(
     if stage == "timed_out":
         by_timeout = _by_timeout(request, now)
         return outcome(verdict=by_timeout.verdict, decision=by_timeout)
-    waiting_for = _waiting_for(request, stage, len(approvals), groups)
+    unknown = unknown_requester(request, requester)
+    waiting_for = unknown if unknown is not None else _waiting_for(request, stage, len(approvals), groups)
     return outcome(verdict=None, decision=None, waiting_for=waiting_for)

@@ -22,7 +22,8 @@ from dagster import (
 )
 
 from flujo_dagster.adapter.control.audit import audit, record_ignored
-from flujo_dagster.adapter.control.chain import chain_runs, requester_of
+from flujo_dagster.adapter.control.chain import chain_runs, proven_root
+from flujo_dagster.adapter.control.evidence import evidence
 from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
 from flujo_dagster.errors import ApprovalError, StorageError
 from flujo_dagster.names import (
@@ -40,6 +41,7 @@ from flujo_dagster.names import (
     decision_tag,
 )
 from flujo_dagster.runtime.approvals import (
+    TIMEOUT_BY,
     Decision,
     Request,
     Verdict,
@@ -77,7 +79,8 @@ _BECAUSE_CHARS = 1000
 @dataclass(frozen=True)
 class PendingApproval:
     """A gate a run is parked at: the run, the gate (its op, plus `[<mapping key>]` in a Map), the step path,
-    the payload hash, who may decide now, how many approvals it still needs, and its deadline (if any)."""
+    the payload hash, who may decide now, how many approvals it still needs, its deadline (if any), a preview
+    and the state hash a decision is bound to with the rest."""
 
     run_id: str
     gate: str
@@ -89,6 +92,7 @@ class PendingApproval:
     preview: str = ""
     problem: str = ""
     """Why the gate's request cannot be read (then nothing else is known, and no decision counts for it)."""
+    state_hash: str = ""
 
 
 Report = Callable[[str], None]
@@ -163,21 +167,21 @@ def pending(
 def _pending_of(instance: DagsterInstance, now: datetime, secret: str | None, run: DagsterRun) -> list[PendingApproval]:
     """The gates `run` is parked at (see `pending`)."""
     found = []
-    tags = dict(run.tags)
-    for gate, request in _requests(tags).items():
+    requests = _requests(dict(run.tags))
+    gathered = evidence(instance, run, [g for g, r in requests.items() if isinstance(r, Request)])
+    for gate, request in requests.items():
         if isinstance(request, str):
             found.append(
                 PendingApproval(run.run_id, gate, "", "", approvers=(), problem=_unreadable(run, gate, request))
             )
             continue
         outcome = tally(
-            tags,
-            gate,
+            gathered[gate].records,
             request,
-            requester=requester_of(instance, run),
+            binding=gathered[gate].binding,
+            requester=gathered[gate].requester,
             now=now,
             secret=secret,
-            root=run.root_run_id or run.run_id,
             validate_edits=False,
             verify_signature=secret is not None,
         )
@@ -192,6 +196,7 @@ def _pending_of(instance: DagsterInstance, now: datetime, secret: str | None, ru
                 waiting_for=outcome.waiting_for,
                 deadline=deadlines[0].isoformat(timespec="seconds") if deadlines else "",
                 preview=request.preview,
+                state_hash=request.state_hash,
             )
         )
     return found
@@ -211,9 +216,10 @@ def decide(
     signature: str | None = None,
 ) -> Decision:
     """Record a decision on the gate `gate` (the only parked one when None) of parked run `run_id`, as the run
-    tag `flujo/decision/<gate>/<by>` (one per reviewer), bound to the payload hash the gate recorded, and as an
-    audit event. With `secret` the record is signed (HMAC) for this run chain and gate; `signature` (with its
-    `at`) passes one made elsewhere (`flujo-dagster sign`). Raises `ApprovalError` when the run is not parked
+    tag `flujo/decision/<gate>/<by>` (one per reviewer) and as an audit event holding the full record, bound to
+    the run state the gate recorded (this run, the gate, its step path, the payload and state hashes). With
+    `secret` the record is signed (HMAC) over all of them; `signature` (with its `at`) passes one made
+    elsewhere (`flujo-dagster sign`). Raises `ApprovalError` when the run is not parked
     there, or when the decision would not count (the reason). Does not resume the run (the `flujo_approvals`
     sensor or `resume` does)."""
     run, gate, decision = prepare_decision(
@@ -232,6 +238,8 @@ def decide(
     instance.add_run_tags(run_id, {key: decision.to_tag()})
     message = f"{verdict} by {decision.by} recorded in tag {key}"
     signed = bool(decision.signature)
+    # the full record, appended to the event log (which no re-execution's tags can rewrite); the signature only
+    # as its SHA-256, enough for the gate to verify it and useless to a reader
     audit(
         instance,
         run,
@@ -243,6 +251,7 @@ def decide(
         comment=comment,
         tag=key,
         signed=signed,
+        record=decision.to_event(),
     )
     return decision
 
@@ -260,8 +269,8 @@ def prepare_decision(
     at: str | None = None,
     signature: str | None = None,
 ) -> tuple[DagsterRun, str, Decision]:
-    """The parked run, the gate and the (signed) decision record `decide` would write, checked as the gate would
-    check it; `ApprovalError` says why it would not count."""
+    """The parked run, the gate and the (signed) decision record `decide` would write, bound to the run state
+    the gate recorded and checked as the gate would check it; `ApprovalError` says why it would not count."""
     run = instance.get_run_by_id(run_id)
     if run is None:
         raise ApprovalError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
@@ -272,7 +281,6 @@ def prepare_decision(
     request = requests[gate]
     if isinstance(request, str):
         raise ApprovalError(_unreadable(run, gate, request))
-    root = run.root_run_id or run.run_id
     decision = decision_record(
         verdict=verdict,
         by=by,
@@ -281,28 +289,45 @@ def prepare_decision(
         values=values,
         at=at,
         signature=signature or "",
+        bound={"run_id": run.run_id, "gate": gate, "path": request.path, "state_hash": request.state_hash},
     )
     if not signature and secret is not None:
-        decision = sign(decision, secret=secret, root=root, gate=gate)
+        decision = sign(decision, secret=secret)
     elif not signature and request.policy.signed:
         raise ApprovalError(
             f"gate {gate} of run {run_id} requires signed decisions: set {DECISION_SECRET_ENV} to the approvers' "
             "secret (the CLI reads it from there) or pass secret=..."
         )
-    refused = check_decision(
-        decision.to_tag(),
-        request,
-        requester=requester_of(instance, run),
+    _refuse_unless_counted(instance, run, gate, request, decision, secret)
+    return run, gate, decision
+
+
+def _refuse_unless_counted(
+    instance: DagsterInstance, run: DagsterRun, gate: str, request: Request, decision: Decision, secret: str | None
+) -> None:
+    """`ApprovalError` when `decision` would not count at the gate, or could change nothing (a reviewer's
+    rejection already counted is final)."""
+    found = evidence(instance, run, [gate])[gate]
+    check = partial(
+        check_decision,
+        request=request,
+        binding=found.binding,
+        requester=found.requester,
         escalated=request.stage(datetime.now(UTC)) != "open",
         secret=secret,
-        root=root,
-        gate=gate,
         validate_edits=False,  # the gate validates edits against its decision model
         verify_signature=secret is not None,  # a signature made elsewhere: the gate checks it
     )
+    refused = check(decision.to_tag())
     if isinstance(refused, str):
-        raise ApprovalError(f"this decision on gate {gate} of run {run_id} would not count: {refused}")
-    return run, gate, decision
+        raise ApprovalError(f"this decision on gate {gate} of run {run.run_id} would not count: {refused}")
+    earlier = [check(raw) for _, raw in found.records]
+    final = [d for d in earlier if isinstance(d, Decision) and d.verdict == "reject" and d.by != TIMEOUT_BY]
+    if final and decision.verdict == "approve":
+        raise ApprovalError(
+            f"this decision on gate {gate} of run {run.run_id} would not count: {final[0].by} rejected it at "
+            f"{final[0].at}, and a rejection is final"
+        )
 
 
 def _parked_gate(
@@ -318,7 +343,7 @@ def _parked_gate(
         (gate,) = requests
     if gate not in requests:
         if run.tags.get(AWAITING_PREFIX + gate) == "resumed":
-            children = [r.run_id for r in chain_runs(instance, run.run_id) if r.parent_run_id == run.run_id]
+            children = [r.run_id for r in _children(instance, run.run_id)]
             raise ApprovalError(
                 f"run {run.run_id} was resumed as {', '.join(children) or 'a new run'}; decide on that run once it "
                 "parks at the gate (flujo-dagster pending)"
@@ -342,9 +367,14 @@ class Resumable:
     because: tuple[str, ...] = ()
 
 
-def _resume_key(run: DagsterRun, marks: list[str]) -> str:
+def _children(instance: DagsterInstance, run_id: str) -> list[DagsterRun]:
+    """The runs re-executing run `run_id` (naming it as their parent, which the instance proves), oldest first."""
+    return [r for r in chain_runs(instance, run_id) if r.parent_run_id == run_id]
+
+
+def _resume_key(root: str, run: DagsterRun, marks: list[str]) -> str:
     decisions = sorted((k, v) for k, v in run.tags.items() if k.startswith(DECISION_PREFIX))
-    return hashlib.sha256(json.dumps([run.root_run_id or run.run_id, decisions, *marks]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([root, decisions, *marks]).encode()).hexdigest()
 
 
 def resume_plan(
@@ -364,7 +394,8 @@ def resume_plan(
     moment = now or datetime.now(UTC)
     decided, marks, because = [], [], []
     requests = _requests(tags)
-    root = run.root_run_id or run.run_id
+    root = proven_root(instance, run)  # never the root a client named
+    found = evidence(instance, run, requests)
     for gate, request in requests.items():
         if isinstance(request, str):
             problem = _unreadable(run, gate, request)
@@ -373,13 +404,12 @@ def resume_plan(
                     report(reason)
             continue
         outcome = tally(
-            tags,
-            gate,
+            found[gate].records,
             request,
-            requester=requester_of(instance, run),
+            binding=found[gate].binding,
+            requester=found[gate].requester,
             now=moment,
             secret=secret,
-            root=root,
             validate_edits=False,
             verify_signature=secret is not None,  # without the secret, the gate checks signatures itself
         )
@@ -392,7 +422,7 @@ def resume_plan(
     _unknown_gates(instance, run, requests)
     if not decided:
         return None
-    key = _resume_key(run, marks)
+    key = _resume_key(root, run, marks)
     # every gate the run is parked at: the resume runs the undecided ones again, and they park there anew
     superseded = {AWAITING_PREFIX + g: "resumed" for g in _requests(tags)}
     if run.tags.get(RESUME_KEY_TAG) == key:
@@ -511,7 +541,7 @@ def resume(
         raise ApprovalError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
     plan = resume_plan(run, instance, secret=secret)
     if plan is None:
-        earlier = [r for r in chain_runs(instance, run_id) if r.parent_run_id == run_id]
+        earlier = _children(instance, run_id)
         if earlier:
             return earlier[0].run_id  # oldest first: the first resume
         if not _requests(dict(run.tags)):

@@ -17,7 +17,16 @@ from flujo_dagster.adapter.control.chain import chain_runs
 from flujo_dagster.names import AUDIT_GATE, AUDIT_KEY, AUDIT_KIND, IGNORED_PREFIX
 from flujo_dagster.runtime.tags import cut
 
-__all__ = ["AUDIT_KEY", "IGNORED_PREFIX", "AuditEvent", "AuditKind", "audit", "audit_trail", "record_ignored"]
+__all__ = [
+    "AUDIT_KEY",
+    "IGNORED_PREFIX",
+    "AuditEvent",
+    "AuditKind",
+    "audit",
+    "audit_trail",
+    "record_ignored",
+    "run_audit",
+]
 
 AuditKind = Literal[
     "request", "decision", "ignored", "approved", "rejected", "timeout", "escalation", "resume", "resume_needed"
@@ -111,28 +120,33 @@ def record_ignored(
     return [(key, reason) for key, reason, _ in audited]
 
 
-def audit_trail(run_id: str, *, instance: DagsterInstance) -> list[AuditEvent]:
-    """The audit events of every run in `run_id`'s chain (its root and all re-executions): run by run, oldest
-    run first, each run's events in the order they were recorded (a resume is recorded on the run it resumes)."""
+def run_audit(instance: DagsterInstance, run_id: str) -> list[AuditEvent]:
+    """The audit events of run `run_id` alone, in the order they were recorded."""
     events: list[AuditEvent] = []
-    for member in chain_runs(instance, run_id):
-        for entry in instance.all_logs(member.run_id, of_type=DagsterEventType.ENGINE_EVENT):
-            dagster_event = entry.dagster_event
-            data = dagster_event.event_specific_data if dagster_event is not None else None
-            metadata = getattr(data, "metadata", None) or {}
-            value = metadata.get(AUDIT_KEY)
-            if value is None:
-                continue
-            text = (dagster_event.message if dagster_event is not None else None) or entry.user_message
-            record = value.value if isinstance(value.value, dict) else json.loads(str(value.value))
-            events.append(
-                AuditEvent(
-                    run_id=member.run_id,
-                    kind=record["kind"],
-                    gate=record["gate"],
-                    message=text.removeprefix(_prefix(record["kind"], record["gate"])),
-                    timestamp=entry.timestamp,
-                    record=record,
-                )
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        dagster_event = entry.dagster_event
+        data = dagster_event.event_specific_data if dagster_event is not None else None
+        metadata = getattr(data, "metadata", None) or {}
+        value = metadata.get(AUDIT_KEY)
+        if value is None:
+            continue
+        text = (dagster_event.message if dagster_event is not None else None) or entry.user_message
+        record = value.value if isinstance(value.value, dict) else json.loads(str(value.value))
+        events.append(
+            AuditEvent(
+                run_id=run_id,
+                kind=record["kind"],
+                gate=record["gate"],
+                message=text.removeprefix(_prefix(record["kind"], record["gate"])),
+                timestamp=entry.timestamp,
+                record=record,
             )
+        )
     return events
+
+
+def audit_trail(run_id: str, *, instance: DagsterInstance) -> list[AuditEvent]:
+    """The audit events of every run in `run_id`'s proven chain (its root and all re-executions): run by run,
+    oldest run first, each run's events in the order they were recorded (a resume is recorded on the run it
+    resumes)."""
+    return [event for member in chain_runs(instance, run_id) for event in run_audit(instance, member.run_id)]

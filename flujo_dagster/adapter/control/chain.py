@@ -1,33 +1,65 @@
-"""A run's re-execution chain: its root run and every re-execution of it (resumes included), and who launched it."""
+"""A run's re-execution chain as the instance proves it (never as a client named it), the runs of it that share
+the run's inputs, and who launched them.
+
+A client can name any `parentRunId`/`rootRunId` when it launches a run, so `dagster/root_run_id` proves nothing:
+a chain is walked from the run through each parent the instance records (`storage.budgets.chain_of`: same job,
+finished, no cycle, at most `MAX_CHAIN` runs), and its root is the last run of that walk."""
 
 from __future__ import annotations
 
 from dagster import DagsterInstance, DagsterRun, RunsFilter
 
+from flujo_dagster.adapter.storage.budgets import chain_of
 from flujo_dagster.errors import FlujoDagsterError
-from flujo_dagster.names import USER_TAG
+from flujo_dagster.names import PARTITION_TAG, USER_TAG
+from flujo_dagster.runtime.approvals import Requester
 
-__all__ = ["chain_runs", "requester_of"]
+__all__ = ["chain_runs", "proven_root", "requester_of", "same_inputs"]
+
+
+def proven_root(instance: DagsterInstance, run: DagsterRun) -> str:
+    """The id of `run`'s root as the instance proves it (the last run of `chain_of`)."""
+    return chain_of(run, instance)[-1].run_id
 
 
 def chain_runs(instance: DagsterInstance, run_id: str) -> list[DagsterRun]:
-    """Run `run_id`'s root and every run re-executing it, oldest first. `FlujoDagsterError` when the run is not
-    in `instance`."""
+    """Run `run_id`'s proven root and every run whose proven chain leads to it, oldest first (a run that names
+    the root without descending from it is left out). `FlujoDagsterError` when the run is not in `instance`."""
     run = instance.get_run_by_id(run_id)
     if run is None:
         raise FlujoDagsterError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
-    root = run.root_run_id or run.run_id
+    root = proven_root(instance, run)
     # not instance.get_run_group: it finds re-executions by a tag that execute_job's re-executions do not carry
     records = [
         r
         for r in instance.get_run_records(filters=RunsFilter(job_name=run.job_name))
-        if r.dagster_run.run_id == root or r.dagster_run.root_run_id == root
+        if r.dagster_run.run_id == root
+        or (r.dagster_run.parent_run_id is not None and proven_root(instance, r.dagster_run) == root)
     ]
     return [r.dagster_run for r in sorted(records, key=lambda r: r.create_timestamp)]
 
 
-def requester_of(instance: DagsterInstance, run: DagsterRun) -> str | None:
-    """Who launched the run chain: the `dagster/user` of its root run (a re-execution by someone else does not
-    make them the requester)."""
-    root = instance.get_run_by_id(run.root_run_id) if run.root_run_id else run
-    return (root or run).tags.get(USER_TAG)
+def _inputs(run: DagsterRun) -> tuple[object, str | None]:
+    """What a run's inputs are made of: its run config and its partition."""
+    return run.run_config, run.tags.get(PARTITION_TAG)
+
+
+def same_inputs(instance: DagsterInstance, run: DagsterRun) -> list[DagsterRun]:
+    """`run` and its proven ancestors back to the first one with other inputs (run config, partition), `run`
+    first: the runs whose run state a decision made on one of them may be about."""
+    chain = chain_of(run, instance)
+    inputs = _inputs(run)
+    same = [run]
+    for ancestor in chain[1:]:
+        if _inputs(ancestor) != inputs:
+            break
+        same.append(ancestor)
+    return same
+
+
+def requester_of(instance: DagsterInstance, run: DagsterRun) -> Requester:
+    """Who launched the run state `run` is in: the `dagster/user` of the oldest run of its proven chain with the
+    same inputs (a re-execution by someone else does not make them the requester; a re-execution with other
+    inputs does)."""
+    first = same_inputs(instance, run)[-1]
+    return Requester(run_id=first.run_id, user=first.tags.get(USER_TAG))

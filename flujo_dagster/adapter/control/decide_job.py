@@ -17,6 +17,7 @@ from dagster import (
 from flujo_dagster.adapter.control.approvals import decide
 from flujo_dagster.errors import ApprovalError
 from flujo_dagster.names import DECIDE_JOB, USER_TAG
+from flujo_dagster.runtime.approvals import normal_name
 
 __all__ = ["DECIDE_JOB", "decide_job"]
 
@@ -44,7 +45,7 @@ _CONFIG = {
 def _compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> None:
     config = context.op_config
     user = context.run.tags.get(USER_TAG)  # set by deployments that authenticate their users
-    if user is not None and config["by"] != user:
+    if user is not None and normal_name(config["by"]) != normal_name(user):
         raise Failure(
             description=f"ApprovalError: this run was launched by {user!r}, who may decide only as themselves "
             f"(by={config['by']!r})",
@@ -64,7 +65,11 @@ def _compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> None:
         )
     except ApprovalError as exc:
         raise Failure(description=f"ApprovalError: {exc}", allow_retries=False) from exc
-    context.log.info(f"recorded {recorded.verdict} by {recorded.by} on run {config['run_id']}: {recorded.to_tag()}")
+    signed = " (signed)" if recorded.signature else ""  # the signature itself is never logged
+    context.log.info(
+        f"recorded {recorded.verdict}{signed} by {recorded.by} on gate {recorded.gate} of run {recorded.run_id} "
+        f"({recorded.path}), payload {recorded.payload_hash[:12]}..., state {recorded.state_hash[:12]}..."
+    )
 
 
 def decide_job() -> JobDefinition:

@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from flujo_dagster import names
 from flujo_dagster.adapter.control.audit import AuditKind, audit, record_ignored
-from flujo_dagster.adapter.control.chain import requester_of
+from flujo_dagster.adapter.control.chain import proven_root
+from flujo_dagster.adapter.control.evidence import evidence
 from flujo_dagster.adapter.ops.leaf import StepWiring, ins_for, not_retried, outs_for
 from flujo_dagster.adapter.ops.map import mapped_gate_id
 from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
@@ -45,7 +46,16 @@ from flujo_dagster.names import (
     RETRY_BEFORE_PARK_TAG,
     io_name,
 )
-from flujo_dagster.runtime.approvals import TIMEOUT_BY, Decision, Outcome, Policy, Request, payload_hash, tally
+from flujo_dagster.runtime.approvals import (
+    TIMEOUT_BY,
+    Decision,
+    Outcome,
+    Policy,
+    Request,
+    payload_hash,
+    state_hash,
+    tally,
+)
 from flujo_dagster.runtime.values import jsonable
 
 __all__ = [
@@ -105,8 +115,10 @@ class _Attempt:
 
 
 def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDefinition:
-    """The gate op of `gate`: re-reads the run's tags (the run's own snapshot is stale) for decisions bound to
-    the shown values; goes on with them (edits applied), fails on a rejection, or parks the run."""
+    """The gate op of `gate`: reads the shown keys and every other key definitely written before it
+    (`wiring.reads`: the run state), gathers the decisions bound to exactly that state from the run's proven
+    chain (tags re-read from the instance: the run's own snapshot is stale; audit events); goes on with them
+    (edits applied), fails on a rejection, or parks the run."""
     node = wiring.op
 
     def compute(context: OpExecutionContext, inputs: dict[str, object]) -> Iterator[Output[object]]:
@@ -116,9 +128,13 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
             gate_id=mapped_gate_id(context, node),
             step_key=context.get_step_execution_context().step.key,
         )
+        state = {
+            k: jsonable(key_type(pipeline.name, k, pipeline.fields[k]).adapter, inputs[io_name(k)])
+            for k in wiring.reads
+        }
         shown = {k: inputs[io_name(k)] for k in gate.show}
-        dumped = {k: jsonable(key_type(pipeline.name, k, pipeline.fields[k]).adapter, v) for k, v in shown.items()}
-        decision = _decision(attempt, pipeline, gate, wiring, dumped)
+        dumped = {k: state[k] for k in gate.show}
+        decision = _decision(attempt, pipeline, gate, wiring, dumped, state_hash(state))
         yield from _decided(attempt, gate, wiring, decision, shown, payload_hash(dumped))
 
     routes = bool(gate.on_reject)
@@ -154,10 +170,10 @@ def _secret(attempt: _Attempt, wiring: StepWiring, settings: ApprovalSettings) -
 
 
 def _decision(
-    attempt: _Attempt, pipeline: Pipeline, gate: Approval, wiring: StepWiring, dumped: dict[str, object]
+    attempt: _Attempt, pipeline: Pipeline, gate: Approval, wiring: StepWiring, dumped: dict[str, object], state: str
 ) -> Decision:
-    """The decision that counts for the gate (edits typed); without one, the gate waits (`mode="wait"`) or parks
-    the run."""
+    """The decision that counts for the gate in run state `state` (edits typed); without one, the gate waits
+    (`mode="wait"`) or parks the run."""
     context, run = attempt.context, attempt.run
     settings: ApprovalSettings = getattr(context.resources, APPROVAL_SETTINGS_KEY)
     secret = _secret(attempt, wiring, settings)
@@ -165,21 +181,24 @@ def _decision(
     fresh = Request(
         path=names.element_path(wiring.path, element) if element else wiring.path,
         payload_hash=payload_hash(dumped),
+        state_hash=state,
         show=gate.show,
-        policy=Policy.of(gate, signed=settings.require_signed_decisions),
+        policy=Policy.of(
+            gate, signed=settings.require_signed_decisions, allow_unknown_requester=settings.allow_unknown_requester
+        ),
         preview=short_preview(dumped),
         editable=tuple(gate.decision.model_fields) if gate.decision is not None else (),
     )
-    root = run.root_run_id or run.run_id
+    root = proven_root(context.instance, run)  # never the root a client named
     request = _request_for(run.tags, attempt.gate_id, fresh, secret, root)
+    found = evidence(context.instance, run, [attempt.gate_id])[attempt.gate_id]
     outcome = tally(
-        run.tags,
-        attempt.gate_id,
+        found.records,
         request,
-        requester=requester_of(context.instance, run),
+        binding=found.binding,
+        requester=found.requester,
         now=datetime.now(UTC),
         secret=secret,
-        root=root,
         decision_model=gate.decision,
         edit=partial(_typed_edits, pipeline),
     )
@@ -248,14 +267,14 @@ def _decided(
 
 def _request_for(tags: Mapping[str, str], gate_id: str, fresh: Request, secret: str | None, root: str) -> Request:
     """The gate's request: an earlier one for the same content keeps its time (the deadline runs from the
-    first request); with a secret, only an earlier request sealed with it for this run chain and gate does. An
-    earlier request that cannot be read counts as none (the deadline runs from now)."""
+    first request); with a secret, only an earlier request sealed with it for this proven run chain and gate
+    does. An earlier request that cannot be read counts as none (the deadline runs from now)."""
     raw = tags.get(REQUEST_PREFIX + gate_id)
     if raw is not None:
         earlier = Request.from_tag(raw, gate=gate_id)
         if (
             isinstance(earlier, Request)
-            and earlier.payload_hash == fresh.payload_hash
+            and (earlier.payload_hash, earlier.state_hash) == (fresh.payload_hash, fresh.state_hash)
             and (secret is None or earlier.intact(secret, root=root, gate=gate_id))
         ):
             fresh = fresh.model_copy(update={"requested_at": earlier.requested_at})

@@ -20,10 +20,12 @@ __all__ = ["expand_approval", "expand_rejectable"]
 def expand_approval(
     b: GraphState, step: Approval, live: Live, prefix: tuple[str, ...], path: str, gate: Producer | None
 ) -> str:
-    """The gate op `<prefix>__<gate>`, re-writing the keys it shows; returns its node name."""
+    """The gate op `<prefix>__<gate>`, reading the keys it shows and its run state, re-writing the shown keys;
+    returns its node name."""
     node = op_name(*prefix, step.name)
-    wiring = b.wiring(node, path, step.show, step.show, split=True, gated=gate is not None)
-    data = {io_name(k): b.must(k, live, path) for k in step.show}
+    reads = b.gate_reads(step)
+    wiring = b.wiring(node, path, reads, step.show, split=True, gated=gate is not None)
+    data = {io_name(k): b.must(k, live, path) for k in reads}
     b.add(node, approval_op(b.p, step, wiring), data, gate)
     live.update({k: (node, io_name(k)) for k in step.show})
     return node
@@ -44,8 +46,9 @@ def expand_rejectable(
     keys' values from before the gate). A join after both forwards every key either writes. Returns the
     join's `flujo_done`, the gate in force at the end of the sequence."""
     node = op_name(*prefix, step.name)
-    wiring = b.wiring(node, here, step.show, step.show, split=True, gated=gate is not None)
-    b.add(node, approval_op(b.p, step, wiring), {io_name(k): b.must(k, live, here) for k in step.show}, gate)
+    reads = b.gate_reads(step)
+    wiring = b.wiring(node, here, reads, step.show, split=True, gated=gate is not None)
+    b.add(node, approval_op(b.p, step, wiring), {io_name(k): b.must(k, live, here) for k in reads}, gate)
     may = flow_of_steps(rest, b.fields).may | flow_of_steps(step.on_reject, b.fields).may
     written = b.ordered(may | frozenset(step.show))
     approved = {**live, **{k: (node, io_name(k)) for k in step.show}}

@@ -14,6 +14,8 @@ from flujo_dagster.adapter.compile.graph.built import INPUT, BuiltGraph, Dep, Li
 from flujo_dagster.adapter.compile.graph.gates import GateOrder
 from flujo_dagster.adapter.ops.flow import Producer
 from flujo_dagster.adapter.ops.leaf import StepWiring
+from flujo_dagster.dsl.approval import Approval
+from flujo_dagster.dsl.flow import keys_before_gates
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
 from flujo_dagster.errors import ConfigurationError
@@ -51,6 +53,8 @@ class GraphState:
         self.gates = GateOrder()
         self.fan_in: dict[str, list[Producer]] = {}
         self.in_fanout = False  # inside the body of a Map expanded with inline=False
+        # per approval gate (by id), the keys definitely written before it: the run state it reads and hashes
+        self.before_gates = keys_before_gates(pipeline.steps, pipeline.fields, pipeline.initial_keys())
         self._expand = expand
 
     def steps(
@@ -118,6 +122,12 @@ class GraphState:
     def ordered(self, keys: frozenset[str]) -> tuple[str, ...]:
         """`keys` in the context model's field order."""
         return tuple(k for k in self.fields if k in keys)
+
+    def gate_reads(self, gate: Approval) -> tuple[str, ...]:
+        """What approval gate `gate` reads: the keys it shows, then every other key definitely written before it
+        (its run state, which a decision is bound to)."""
+        state = self.before_gates.get(id(gate), frozenset()) - frozenset(gate.show)
+        return (*gate.show, *self.ordered(state))
 
 
 def _dependencies(

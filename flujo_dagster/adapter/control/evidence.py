@@ -1,0 +1,51 @@
+"""What a gate's decision rests on, gathered from the instance: the decision records of every run of the proven
+chain with the current run's inputs (their tags and the full records `decide` appended to their event logs, which
+nobody can rewrite), the runs a decision may have been made on (those parked at the gate), and the requester."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from dagster import DagsterInstance, DagsterRun
+
+from flujo_dagster.adapter.control.audit import run_audit
+from flujo_dagster.adapter.control.chain import same_inputs
+from flujo_dagster.names import REQUEST_PREFIX, USER_TAG
+from flujo_dagster.runtime.approvals import Binding, Requester, decision_tags
+
+__all__ = ["Evidence", "evidence"]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The decision records a gate may count ((where, JSON) pairs, own tags first), what they must be bound
+    to, and who the requester is."""
+
+    records: tuple[tuple[str, str], ...]
+    binding: Binding
+    requester: Requester
+
+
+def evidence(instance: DagsterInstance, run: DagsterRun, gates: Collection[str]) -> dict[str, Evidence]:
+    """The evidence for each of `gates` in `run` (as stored now: pass the run re-read from the instance). A
+    re-execution's own tags add records but never hide one of its chain: every copy is read."""
+    same = same_inputs(instance, run)
+    requester = Requester(run_id=same[-1].run_id, user=same[-1].tags.get(USER_TAG))
+    records: dict[str, list[tuple[str, str]]] = {gate: [] for gate in gates}
+    for member in same:  # a tag copied from run to run keeps its key: what is ignored is reported once
+        for gate, found in records.items():
+            found.extend(sorted(decision_tags(member.tags, gate).items()))
+        for event in run_audit(instance, member.run_id):
+            record = event.record.get("record")
+            if event.kind == "decision" and event.gate in records and isinstance(record, dict):
+                records[event.gate].append((f"the decision event of run {member.run_id}", json.dumps(record)))
+    return {
+        gate: Evidence(
+            records=tuple(found),
+            binding=Binding(gate=gate, runs=frozenset(r.run_id for r in same if REQUEST_PREFIX + gate in r.tags)),
+            requester=requester,
+        )
+        for gate, found in records.items()
+    }
