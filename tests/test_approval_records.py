@@ -17,9 +17,9 @@ from flujo_dagster import ApprovalError
 from flujo_dagster.runtime.approvals import (
     Binding,
     Decision,
-    Requester,
     Policy,
     Request,
+    Requester,
     check_decision,
     decision_record,
     parse_decision,

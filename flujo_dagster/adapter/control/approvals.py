@@ -22,7 +22,7 @@ from dagster import (
 )
 
 from flujo_dagster.adapter.control.audit import audit, record_ignored
-from flujo_dagster.adapter.control.chain import chain_runs, proven_root
+from flujo_dagster.adapter.control.chain import chain_runs, proven_root, same_run
 from flujo_dagster.adapter.control.evidence import evidence
 from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
 from flujo_dagster.errors import ApprovalError, StorageError
@@ -343,7 +343,7 @@ def _parked_gate(
         (gate,) = requests
     if gate not in requests:
         if run.tags.get(AWAITING_PREFIX + gate) == "resumed":
-            children = [r.run_id for r in _children(instance, run.run_id)]
+            children = [r.run_id for r in _children(instance, run)]
             raise ApprovalError(
                 f"run {run.run_id} was resumed as {', '.join(children) or 'a new run'}; decide on that run once it "
                 "parks at the gate (flujo-dagster pending)"
@@ -367,9 +367,10 @@ class Resumable:
     because: tuple[str, ...] = ()
 
 
-def _children(instance: DagsterInstance, run_id: str) -> list[DagsterRun]:
-    """The runs re-executing run `run_id` (naming it as their parent, which the instance proves), oldest first."""
-    return [r for r in chain_runs(instance, run_id) if r.parent_run_id == run_id]
+def _children(instance: DagsterInstance, run: DagsterRun) -> list[DagsterRun]:
+    """The runs re-executing `run` with its inputs (naming it as their parent, which the instance proves), oldest
+    first."""
+    return [r for r in chain_runs(instance, run.run_id) if r.parent_run_id == run.run_id and same_run(r, run)]
 
 
 def _resume_key(root: str, run: DagsterRun, marks: list[str]) -> str:
@@ -428,7 +429,8 @@ def resume_plan(
     if run.tags.get(RESUME_KEY_TAG) == key:
         return None  # this run was the resume for these decisions and parked again: it needs a new decision
     same_key = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1)
-    children = instance.get_runs(filters=RunsFilter(tags={PARENT_TAG: run.run_id}), limit=1)
+    # a run naming this one as its parent with other inputs is not its resume (anyone can launch one)
+    children = [c for c in instance.get_runs(filters=RunsFilter(tags={PARENT_TAG: run.run_id})) if same_run(c, run)]
     if same_key or children:
         # already resumed: by us, or re-executed from the UI (with the decision tag added by hand)
         instance.add_run_tags(run.run_id, superseded)
@@ -541,7 +543,7 @@ def resume(
         raise ApprovalError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
     plan = resume_plan(run, instance, secret=secret)
     if plan is None:
-        earlier = _children(instance, run_id)
+        earlier = _children(instance, run)
         if earlier:
             return earlier[0].run_id  # oldest first: the first resume
         if not _requests(dict(run.tags)):

@@ -14,7 +14,7 @@ from flujo_dagster.errors import FlujoDagsterError
 from flujo_dagster.names import PARTITION_TAG, USER_TAG
 from flujo_dagster.runtime.approvals import Requester
 
-__all__ = ["chain_runs", "proven_root", "requester_of", "same_inputs"]
+__all__ = ["chain_runs", "proven_root", "requester_of", "same_inputs", "same_run"]
 
 
 def proven_root(instance: DagsterInstance, run: DagsterRun) -> str:
@@ -42,6 +42,11 @@ def chain_runs(instance: DagsterInstance, run_id: str) -> list[DagsterRun]:
 def _inputs(run: DagsterRun) -> tuple[object, str | None]:
     """What a run's inputs are made of: its run config and its partition."""
     return run.run_config, run.tags.get(PARTITION_TAG)
+
+
+def same_run(one: DagsterRun, other: DagsterRun) -> bool:
+    """Whether two runs have the same inputs (run config, partition): one can stand for the other's resume."""
+    return _inputs(one) == _inputs(other)
 
 
 def same_inputs(instance: DagsterInstance, run: DagsterRun) -> list[DagsterRun]:
