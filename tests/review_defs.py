@@ -12,6 +12,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from flujo_dagster import (
     AgentRuntime,
     Approval,
+    ApprovalSettings,
     Branch,
     Check,
     Loop,
@@ -100,7 +101,12 @@ looped_review = Pipeline(
     assets=["draft"],
 )
 runtime = AgentRuntime(model=FunctionModel(answer, model_name="reviewer"), prices={"function:reviewer": PRICE})
-defs = build_definitions(pipelines=[reviewed, checked, looped_review], resources={"agent_runtime": runtime})
+# Dagster OSS sets no dagster/user: these runs have no known requester
+UNKNOWN_OK = ApprovalSettings(allow_unknown_requester=True)
+defs = build_definitions(
+    pipelines=[reviewed, checked, looped_review],
+    resources={"agent_runtime": runtime, "approval_settings": UNKNOWN_OK},
+)
 
 
 def reviewed_job() -> JobDefinition:
@@ -179,7 +185,7 @@ lineage = Pipeline(
     ],
     assets=["items", "doubled", "draft", "verdict", "report"],
 )
-lineage_defs = build_definitions(pipelines=[lineage])
+lineage_defs = build_definitions(pipelines=[lineage], resources={"approval_settings": UNKNOWN_OK})
 
 
 def lineage_job() -> JobDefinition:

@@ -27,6 +27,7 @@ def expand_approval(
     wiring = b.wiring(node, path, reads, step.show, split=True, gated=gate is not None)
     data = {io_name(k): b.must(k, live, path) for k in reads}
     b.add(node, approval_op(b.p, step, wiring), data, gate)
+    b.state_only(node, list(data.values()), [data[io_name(k)] for k in step.show])
     live.update({k: (node, io_name(k)) for k in step.show})
     return node
 
@@ -48,7 +49,9 @@ def expand_rejectable(
     node = op_name(*prefix, step.name)
     reads = b.gate_reads(step)
     wiring = b.wiring(node, here, reads, step.show, split=True, gated=gate is not None)
-    b.add(node, approval_op(b.p, step, wiring), {io_name(k): b.must(k, live, here) for k in reads}, gate)
+    data = {io_name(k): b.must(k, live, here) for k in reads}
+    b.add(node, approval_op(b.p, step, wiring), data, gate)
+    b.state_only(node, list(data.values()), [data[io_name(k)] for k in step.show])
     may = flow_of_steps(rest, b.fields).may | flow_of_steps(step.on_reject, b.fields).may
     written = b.ordered(may | frozenset(step.show))
     approved = {**live, **{k: (node, io_name(k)) for k in step.show}}

@@ -123,6 +123,12 @@ class GraphState:
         """`keys` in the context model's field order."""
         return tuple(k for k in self.fields if k in keys)
 
+    def state_only(self, node: str, state: Sequence[Producer], shown: Sequence[Producer]) -> None:
+        """Leave out of `node`'s data lineage the producers it reads only to hash the run state (`state`, not
+        `shown`): the values it writes derive from the shown keys alone. Its ordering was made with them."""
+        hidden = set(state) - set(shown)
+        self.g.upstream[node] = [p for p in self.g.upstream[node] if p not in hidden]
+
     def gate_reads(self, gate: Approval) -> tuple[str, ...]:
         """What approval gate `gate` reads: the keys it shows, then every other key definitely written before it
         (its run state, which a decision is bound to)."""
