@@ -5,6 +5,7 @@ decisions are append-only; a requester nobody knows makes no decision count unle
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, JobDefinition, ReexecutionOptions, execute_job, reconstructable
 
 from flujo_dagster import ApprovalError, load_final_context
-from flujo_dagster.adapter.control.approvals import decide, pending, resumable, resume
+from flujo_dagster.adapter.control.approvals import decide, pending, prepare_decision, resumable, resume
 from flujo_dagster.adapter.control.audit import run_audit
 from flujo_dagster.config import DECISION_SECRET_ENV
 from flujo_dagster.names import decision_tag
@@ -27,6 +28,7 @@ from tests.forgery_defs import (
     open_mail,
     open_mail_job,
 )
+from tests.forgery_defs import defs as forgery_defs
 
 SECRET = "approvers-only-secret-1234"
 ATTACKER = "attacker@example.com"
@@ -209,3 +211,21 @@ def test_a_re_execution_with_other_inputs_makes_its_launcher_the_requester(
     own = attack(mail_job, instance, victim, {"dagster/user": "ana"}, recipient=ATTACKER)
     with pytest.raises(ApprovalError, match="'ana' launched the run and may not decide on it"):
         decide(own, verdict="approve", by="ana", instance=instance, secret=SECRET)
+
+
+def test_a_signature_shows_in_no_log_and_no_audit_event(instance: DagsterInstance, requests: Path) -> None:
+    """Signed where the secret is (`flujo-dagster sign`), recorded from the Launchpad's `flujo_decide` job: the
+    job's log and the audit trail never show the signature (the event keeps its SHA-256, which the gate
+    verifies), and the decision counts."""
+    parked = park(mail_job, instance)
+    _, _, made = prepare_decision(parked, verdict="approve", by="ana", instance=instance, secret=SECRET)
+    config = {"run_id": parked, "decision": "approve", "by": "ana", "at": made.at, "signature": made.signature}
+    job = forgery_defs.resolve_job_def("flujo_decide")
+    result = job.execute_in_process(run_config={"ops": {"flujo_decide": {"config": config}}}, instance=instance)
+    assert result.success
+    assert all(made.signature not in str(entry) for entry in instance.all_logs(result.run_id))
+    assert all(made.signature not in str(entry) for entry in instance.all_logs(parked))
+    (event,) = [e for e in run_audit(instance, parked) if e.kind == "decision"]
+    assert event.record["record"]["signature_sha256"] == hashlib.sha256(made.signature.encode()).hexdigest()
+    done = resume(parked, job=reconstructable(mail_job), instance=instance, secret=SECRET)
+    assert sent(instance, done)
