@@ -22,7 +22,16 @@ from flujo_dagster.adapter.control.approvals import _each_run, decide, escalate_
 from flujo_dagster.adapter.control.audit import _remembered
 from flujo_dagster.adapter.control.sensors import approvals_sensor
 from flujo_dagster.names import AWAITING_PREFIX, DECISION_PREFIX, REQUEST_PREFIX
-from flujo_dagster.runtime.approvals import Decision, Policy, Request, check_decision, parse_decision, tally
+from flujo_dagster.runtime.approvals import (
+    Binding,
+    Decision,
+    Policy,
+    Request,
+    Requester,
+    check_decision,
+    parse_decision,
+    tally,
+)
 from flujo_dagster.runtime.tags import MAX_REASON_CHARS, MAX_RECORD_TAG_CHARS, cut, read_record
 from tests.approval_defs import REQUEST_LOG, defs, gated_job
 from tests.test_approvals import INPUTS, park
@@ -275,10 +284,14 @@ def test_tag_readers_never_raise_on_any_text(raw: str, key: str) -> None:
         request.stage(datetime.now(UTC))
     decision = parse_decision(raw)
     assert isinstance(decision, (Decision, str))
-    check = partial(check_decision, requester="ana", validate_edits=False, verify_signature=False)
+    binding = Binding(gate="g", runs=frozenset({"run-1"}))
+    known = Requester(run_id="run-1", user="ana")
+    check = partial(check_decision, binding=binding, requester=known, validate_edits=False, verify_signature=False)
     assert isinstance(check(raw, REQUEST), (Decision, str))
     tags = {DECISION_PREFIX + "g/" + key: raw, DECISION_PREFIX + "g/ana": raw, DECISION_PREFIX + key: raw}
-    outcome = tally(tags, "g", REQUEST, requester=None, now=datetime.now(UTC), validate_edits=False)
+    records = [*tags.items(), ("the decision event of run run-1", raw)]
+    unknown = Requester(run_id="run-1", user=None)
+    outcome = tally(records, REQUEST, binding=binding, requester=unknown, now=datetime.now(UTC), validate_edits=False)
     assert all(len(reason) <= MAX_REASON_CHARS for _, reason in outcome.ignored)
     assert isinstance(_remembered(raw), list)
 
