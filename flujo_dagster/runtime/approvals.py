@@ -88,8 +88,8 @@ def payload_hash(shown: Mapping[str, object]) -> str:
 
 
 def state_hash(state: Mapping[str, object]) -> str:
-    """SHA-256 of the JSON values of every key definitely written before a gate (the run's inputs included),
-    computed as `payload_hash`: a decision counts only for the run state it was made in."""
+    """SHA-256 of every key definitely written before a gate (the run's inputs included), each given as the JSON
+    text it is stored as, computed as `payload_hash`: a decision counts only for the run state it was made in."""
     return payload_hash(state)
 
 

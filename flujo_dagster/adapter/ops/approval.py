@@ -56,7 +56,7 @@ from flujo_dagster.runtime.approvals import (
     state_hash,
     tally,
 )
-from flujo_dagster.runtime.values import jsonable
+from flujo_dagster.runtime.values import jsonable, to_json_bytes
 
 __all__ = [
     "VERDICT_LABELS",
@@ -128,13 +128,15 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
             gate_id=mapped_gate_id(context, node),
             step_key=context.get_step_execution_context().step.key,
         )
-        state = {
+        values = {
             k: jsonable(key_type(pipeline.name, k, pipeline.fields[k]).adapter, inputs[io_name(k)])
             for k in wiring.reads
         }
         shown = {k: inputs[io_name(k)] for k in gate.show}
-        dumped = {k: state[k] for k in gate.show}
-        decision = _decision(attempt, pipeline, gate, wiring, dumped, state_hash(state))
+        dumped = {k: values[k] for k in gate.show}
+        # each value as the JSON the IO manager stores (dates, bytes, decimals...), hashed with its key
+        state = state_hash({k: to_json_bytes(v).decode() for k, v in values.items()})
+        decision = _decision(attempt, pipeline, gate, wiring, dumped, state)
         yield from _decided(attempt, gate, wiring, decision, shown, payload_hash(dumped))
 
     routes = bool(gate.on_reject)
