@@ -59,6 +59,8 @@ __all__ = [
     "NO_RUN_RETRY_TAG",
     "OpKind",
     "OUTPUT_TOKENS",
+    "HELD_KEY",
+    "PARKED_RUN_TAG",
     "PARKED_TAG",
     "PARTITION_TAG",
     "PATH",
@@ -272,6 +274,12 @@ ESCALATED_PREFIX = "flujo/escalated/"
 """Run tag `flujo/escalated/<gate>`: when the gate's deadline passed and it was escalated to `escalate_to`."""
 IGNORED_PREFIX = "flujo/ignored/"
 PARKED_TAG = "flujo/parked"
+"""Run tag `flujo/parked`: `true` while the run waits at a gate, `false` once it was resumed (or never parked)."""
+PARKED_RUN_TAG = "flujo/parked_run"
+"""Run tag `flujo/parked_run`: the id of the run a gate parked in (a re-execution inherits its parent's tags, so
+a join holds only for a park of its own run)."""
+HELD_KEY = "flujo/held"
+"""Metadata of the engine event a join records when it holds for a gate parked upstream of it (the gate id)."""
 RETRY_BEFORE_PARK_TAG = "flujo/retry_before_park"
 RESUME_KEY_TAG = "flujo/resume_key"
 RESUMED_BY_TAG = "flujo/resumed_by"

@@ -24,6 +24,7 @@ from dagster import (
 from flujo_dagster.adapter.control.audit import audit, record_ignored
 from flujo_dagster.adapter.control.chain import chain_runs, proven_root, same_run
 from flujo_dagster.adapter.control.evidence import evidence
+from flujo_dagster.adapter.control.resume_steps import resume_step_keys
 from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
 from flujo_dagster.errors import ApprovalError, StorageError
 from flujo_dagster.names import (
@@ -62,6 +63,7 @@ __all__ = [
     "Resumable",
     "decide",
     "escalate_due",
+    "gates_waiting",
     "parked_runs",
     "pending",
     "prepare_decision",
@@ -127,7 +129,7 @@ def _unreadable(run: DagsterRun, gate: str, problem: str) -> str:
     return (
         f"gate {cut(gate, 80)} of run {run.run_id} cannot be decided: its request cannot be read ({problem}); "
         "no decision counts for it until the gate runs again and records its request anew (re-execute the run "
-        "from failure)"
+        "from the gate's step)"
     )
 
 
@@ -144,9 +146,12 @@ def _each_run(runs: Collection[DagsterRun], handle: Callable[[DagsterRun], list[
 
 
 def parked_runs(instance: DagsterInstance, *, jobs: Collection[str] | None = None) -> list[DagsterRun]:
-    """The runs of `instance` (of `jobs`, when given) parked at a gate, newest first. A run someone cancelled is
-    not parked: it is never resumed."""
-    runs = instance.get_runs(filters=RunsFilter(tags={PARKED_TAG: "true"}, statuses=[DagsterRunStatus.FAILURE]))
+    """The runs of `instance` (of `jobs`, when given) parked at a gate, newest first: finished SUCCESS (a park
+    is not a failure), or FAILURE (parked before parks stopped failing the run, or another step failed), and
+    tagged `flujo/parked=true` (a resume sets it back to false). A run someone cancelled, or one still running,
+    is not parked: it is never resumed."""
+    statuses = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE]
+    runs = instance.get_runs(filters=RunsFilter(tags={PARKED_TAG: "true"}, statuses=statuses))
     return [r for r in runs if jobs is None or r.job_name in jobs]
 
 
@@ -162,6 +167,13 @@ def pending(
     read at all is told to `report` and left out. One run never keeps the others from being listed."""
     moment = now or datetime.now(UTC)
     return _each_run(parked_runs(instance), partial(_pending_of, instance, moment, secret), report)
+
+
+def gates_waiting(
+    instance: DagsterInstance, run: DagsterRun, *, now: datetime | None = None, secret: str | None = None
+) -> list[PendingApproval]:
+    """Every gate `run` waits at (its tags `flujo/awaiting/<gate>=pending`), as `pending` lists them."""
+    return _pending_of(instance, now or datetime.now(UTC), secret, run)
 
 
 def _pending_of(instance: DagsterInstance, now: datetime, secret: str | None, run: DagsterRun) -> list[PendingApproval]:
@@ -433,7 +445,7 @@ def resume_plan(
     children = [c for c in instance.get_runs(filters=RunsFilter(tags={PARENT_TAG: run.run_id})) if same_run(c, run)]
     if same_key or children:
         # already resumed: by us, or re-executed from the UI (with the decision tag added by hand)
-        instance.add_run_tags(run.run_id, superseded)
+        instance.add_run_tags(run.run_id, {**superseded, PARKED_TAG: "false"})
         if children and not same_key:
             by_hand = children[0].run_id
             for gate in decided:
@@ -448,8 +460,8 @@ def resume_plan(
             **decisions,
             **superseded,
             PARKED_TAG: "false",
-            # Dagster's automatic run retries were turned off only while parked
-            NO_RUN_RETRY_TAG: run.tags.get(RETRY_BEFORE_PARK_TAG, "true"),
+            # a park of the old kind (it failed the run) turned Dagster's automatic run retries off while parked
+            **({NO_RUN_RETRY_TAG: run.tags[RETRY_BEFORE_PARK_TAG]} if RETRY_BEFORE_PARK_TAG in run.tags else {}),
             RESUME_KEY_TAG: key,
             RESUMED_BECAUSE_TAG: "; ".join(because)[:_BECAUSE_CHARS],
             PARENT_TAG: run.run_id,
@@ -531,8 +543,9 @@ def resume(
     secret: str | None = None,
     by: str = "resume()",
 ) -> str:
-    """Re-execute parked run `run_id` from failure with every decision so far (where no webserver runs to
-    launch it through GraphQL; `execute_job` inherits no tags, so they are passed). Exactly once per set of
+    """Re-execute parked run `run_id` with every decision so far (where no webserver runs to launch it through
+    GraphQL; `execute_job` inherits no tags, so they are passed): its parked gates and what they held
+    (`resume_step_keys`), or, for a run parked the old way (FAILURE), from failure. Exactly once per set of
     decisions: a second call returns the first resume's run id. Returns the resumed run's id. Signed decisions
     are checked with `secret`, by default `FLUJO_DAGSTER_DECISION_SECRET` from the environment. `by` names the
     launcher in the resume's `flujo/resumed_by` tag. `ApprovalError` for an unknown run, a run that is not
@@ -555,7 +568,12 @@ def resume(
             f"run {run_id} has no decision for the gates it is parked at ({waiting}) yet; decide first "
             "(flujo-dagster pending lists what each waits for)"
         )
-    options = ReexecutionOptions.from_failure(run_id, instance)
+    keys = resume_step_keys(instance, run)
+    options = (
+        ReexecutionOptions.from_failure(run_id, instance)
+        if keys is None
+        else ReexecutionOptions(parent_run_id=run_id, step_selection=keys)
+    )
     # execute_job inherits no tag: carry the parent's (who launched it, its partition or scheduled time...) as a
     # re-execution from the UI would, with the resume's own on top
     tags = {**run.tags, **plan.tags, RESUMED_BY_TAG: by}
@@ -566,7 +584,8 @@ def resume(
 
 
 def record_resume(instance: DagsterInstance, run: DagsterRun, plan: Resumable, resumed: str) -> None:
-    """Mark `run`'s decided gates as resumed and record the resume as an audit event on it."""
-    instance.add_run_tags(run.run_id, plan.superseded)
+    """Mark `run`'s gates as resumed and the run as no longer parked (the Runs filter `flujo/parked=true` lists
+    only runs that wait), and record the resume as an audit event on it."""
+    instance.add_run_tags(run.run_id, {**plan.superseded, PARKED_TAG: "false"})
     for gate in plan.gates:
         audit(instance, run, "resume", gate, f"resumed as run {resumed}", resumed_run_id=resumed)

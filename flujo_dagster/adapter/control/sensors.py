@@ -12,6 +12,7 @@ from dagster._core.definitions.run_request import DagsterRunReaction
 
 from flujo_dagster.adapter.control.approvals import Resumable, escalate_due, record_resume, resumable
 from flujo_dagster.adapter.control.graphql import Webserver, launch_reexecution
+from flujo_dagster.adapter.control.resume_steps import resume_step_keys
 from flujo_dagster.adapter.control.routes import report_unresumable, route
 from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
 from flujo_dagster.config import DEFAULT_APPROVALS_INTERVAL, shown_url, webserver_headers
@@ -64,7 +65,8 @@ def _resume(
             )
         return None
     tags = {**parked.tags, SENSOR_NAME_TAG: APPROVALS_SENSOR, RESUMED_BY_TAG: f"sensor {APPROVALS_SENSOR}"}
-    launched = launch_reexecution(server, parent, tags, instance=context.instance)
+    steps = resume_step_keys(context.instance, parent)  # None: parked the old way (FAILURE), from failure
+    launched = launch_reexecution(server, parent, tags, instance=context.instance, step_keys=steps)
     record_resume(context.instance, parent, parked, launched.run_id)
     context.log.info(f"resumed run {parked.run_id} as {launched.run_id} ({'; '.join(parked.because)})")
     return launched

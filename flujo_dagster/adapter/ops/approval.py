@@ -9,7 +9,6 @@ from typing import NoReturn
 
 from dagster import (
     DagsterRun,
-    Failure,
     In,
     MetadataValue,
     OpDefinition,
@@ -19,6 +18,9 @@ from dagster import (
     RetryRequested,
 )
 from dagster import Nothing as DagsterNothing
+
+# not exported by name in Dagster 1.13; the only way to attach metadata to an event outside a step's own output
+from dagster._core.events import EngineEventData
 from pydantic import ValidationError
 
 from flujo_dagster import names
@@ -40,6 +42,7 @@ from flujo_dagster.names import (
     DECISION_OUTPUT,
     IO_MANAGER_KEY,
     NO_RUN_RETRY_TAG,
+    PARKED_RUN_TAG,
     PARKED_TAG,
     REJECTED_OUTPUT,
     REQUEST_PREFIX,
@@ -103,6 +106,10 @@ def _commands(run_id: str, gate_id: str) -> str:
     )
 
 
+class _Parked(Exception):
+    """The gate parked the run: its compute yields no output."""
+
+
 @dataclass(frozen=True)
 class _Attempt:
     """One attempt of one gate: the op's context, the run as stored now (the run's own snapshot is stale), the
@@ -136,17 +143,20 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
         dumped = {k: values[k] for k in gate.show}
         # each value as the JSON the IO manager stores (dates, bytes, decimals...), hashed with its key
         state = state_hash({k: to_json_bytes(v).decode() for k, v in values.items()})
-        decision = _decision(attempt, pipeline, gate, wiring, dumped, state)
+        try:
+            decision = _decision(attempt, pipeline, gate, wiring, dumped, state)
+        except _Parked:
+            return  # no output: the steps after the gate are skipped, and the run ends SUCCESS (ops/park.py)
         yield from _decided(attempt, gate, wiring, decision, shown, payload_hash(dumped))
 
     routes = bool(gate.on_reject)
-    outs: dict[str, Out] = {
-        **outs_for(pipeline, gate.show, frozenset(gate.show) if routes else frozenset()),
-        APPROVED_OUTPUT: Out(DagsterNothing, is_required=not routes),
+    outs: dict[str, Out] = {  # all optional: a park yields none of them
+        **outs_for(pipeline, gate.show, frozenset(gate.show)),
+        APPROVED_OUTPUT: Out(DagsterNothing, is_required=False),
     }
     if routes:
         outs[REJECTED_OUTPUT] = Out(DagsterNothing, is_required=False)
-        outs[DECISION_OUTPUT] = Out(str, io_manager_key=IO_MANAGER_KEY)
+        outs[DECISION_OUTPUT] = Out(str, io_manager_key=IO_MANAGER_KEY, is_required=False)
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
@@ -285,14 +295,16 @@ def _request_for(tags: Mapping[str, str], gate_id: str, fresh: Request, secret: 
 
 def _mark_decided(context: OpExecutionContext, gate_id: str, *, failing: bool) -> None:
     """Mark the gate decided in this run (a run re-executed by hand inherits its parent's `pending`), and, once
-    no gate of the run waits any more, the run as not parked, with Dagster's automatic run retries as before the
-    first park (off for a rejection that fails the run: it would only be rejected again)."""
+    no gate of the run waits any more, the run as not parked (with Dagster's automatic run retries as before a
+    park of the old kind, which failed the run); off for a rejection that fails the run: it would only be
+    rejected again."""
     run = context.instance.get_run_by_id(context.run_id) or context.run
     updates = {AWAITING_PREFIX + gate_id: "decided"}
     others = [k for k, v in run.tags.items() if k.startswith(AWAITING_PREFIX) and v == "pending"]
     if set(others) <= {AWAITING_PREFIX + gate_id} and run.tags.get(PARKED_TAG) == "true":
         updates[PARKED_TAG] = "false"
-        updates[NO_RUN_RETRY_TAG] = run.tags.get(RETRY_BEFORE_PARK_TAG, "true")
+        if RETRY_BEFORE_PARK_TAG in run.tags:
+            updates[NO_RUN_RETRY_TAG] = run.tags[RETRY_BEFORE_PARK_TAG]
     if failing:
         updates[NO_RUN_RETRY_TAG] = "false"
     context.instance.add_run_tags(context.run_id, updates)
@@ -327,34 +339,44 @@ def _typed_edits(pipeline: Pipeline, decision: Decision) -> Decision | str:
 def _park(
     attempt: _Attempt, wiring: StepWiring, request: Request, dumped: dict[str, object], outcome: Outcome
 ) -> NoReturn:
-    """Stop the run here (no worker held): Dagster's run retries must not relaunch it, and alerting tells it
-    from a failure by the `flujo/parked` tag."""
+    """Park the run here (no worker held, not a failure): tag it parked (`flujo/parked`, `flujo/parked_run`),
+    record the request, readable, as an engine event on the gate's step, and leave the compute without output,
+    so the steps after the gate are skipped and the run ends SUCCESS."""
     context, gate_id = attempt.context, attempt.gate_id
-    run = context.instance.get_run_by_id(context.run_id)
-    tags = run.tags if run is not None else context.run.tags
-    before = {RETRY_BEFORE_PARK_TAG: tags.get(NO_RUN_RETRY_TAG, "true")} if RETRY_BEFORE_PARK_TAG not in tags else {}
-    context.instance.add_run_tags(context.run_id, {**before, PARKED_TAG: "true", NO_RUN_RETRY_TAG: "false"})
+    context.instance.add_run_tags(context.run_id, {PARKED_TAG: "true", PARKED_RUN_TAG: context.run_id})
     deadlines = request.deadlines()
-    due = (
-        f" (deadline {deadlines[0].isoformat(timespec='seconds')}, then on_timeout={request.policy.on_timeout!r})"
+    deadline = (
+        f"{deadlines[0].isoformat(timespec='seconds')}, then on_timeout={request.policy.on_timeout!r}"
         if deadlines
-        else ""
+        else "none"
     )
-    raise Failure(
-        description=f"parked at {wiring.path}: waiting for {outcome.waiting_for}{due}; decide with\n"
-        + _commands(context.run_id, gate_id),
-        metadata={
-            names.STEP_PATH: wiring.path,
-            PARKED_TAG: True,
-            names.approval("gate"): gate_id,
-            names.approval("payload"): MetadataValue.md(preview(dumped)),
-            names.approval("payload_hash"): request.payload_hash,
-            names.approval("approvers"): request.policy.who(escalated=outcome.stage != "open"),
-            names.approval("waiting_for"): outcome.waiting_for,
-            names.approval("commands"): MetadataValue.text(_commands(context.run_id, gate_id)),
-        },
-        allow_retries=False,
+    who = request.policy.who(escalated=outcome.stage != "open")
+    commands = _commands(context.run_id, gate_id)
+    message = (
+        f"parked at {wiring.path}: waiting for {outcome.waiting_for}\n"
+        f"who may decide: {who}\ndeadline: {deadline}\n"
+        f"payload (sha256 {request.payload_hash}):\n{preview(dumped)}\n"
+        f"decide with:\n{commands}"
     )
+    context.instance.report_engine_event(
+        message,
+        dagster_run=attempt.run,
+        engine_event_data=EngineEventData(
+            metadata={
+                names.STEP_PATH: wiring.path,
+                PARKED_TAG: True,
+                names.approval("gate"): gate_id,
+                names.approval("payload"): MetadataValue.md(preview(dumped)),
+                names.approval("payload_hash"): request.payload_hash,
+                names.approval("approvers"): who,
+                names.approval("waiting_for"): outcome.waiting_for,
+                names.approval("deadline"): deadline,
+                names.approval("commands"): MetadataValue.text(commands),
+            }
+        ),
+        step_key=attempt.step_key,
+    )
+    raise _Parked
 
 
 def _record_request(attempt: _Attempt, request: Request, *, first: bool) -> None:

@@ -18,6 +18,7 @@ from flujo_dagster.adapter.ops.leaf import (
     outs_for,
     priced_agents,
 )
+from flujo_dagster.adapter.ops.park import ParkWatch
 from flujo_dagster.adapter.storage.checkpoints import OpCheckpoints
 from flujo_dagster.adapter.storage.io_manager import Origin, PydanticJsonIOManager, StoredKey
 from flujo_dagster.adapter.storage.types import key_type
@@ -31,6 +32,7 @@ from flujo_dagster.names import (
     AGENT_RUNTIME_KEY,
     BUDGET_LEDGER_KEY,
     CONTEXT_KEY,
+    CONTEXT_OP,
     CONTEXT_OUTPUT,
     CONTINUE_OUTPUT,
     DECISION_OUTPUT,
@@ -63,13 +65,14 @@ Producer = tuple[str, str]  # (node name, output name)
 
 
 def _outs_or_done(
-    pipeline: Pipeline, wiring: StepWiring, optional: frozenset[str], *, done: bool = False
+    pipeline: Pipeline, wiring: StepWiring, optional: frozenset[str], *, done: bool = False, holds: bool = False
 ) -> dict[str, Out]:
     """The outputs of the keys written; `flujo_done` too when the op writes no key or `done` (a join after a
-    construct holding an approval gate: the steps after it wait for this output)."""
-    outs = outs_for(pipeline, wiring.writes, optional)
+    construct holding an approval gate: the steps after it wait for this output). Every output is optional when
+    the op `holds` while a gate before it is parked (see `ops/park.py`)."""
+    outs = outs_for(pipeline, wiring.writes, frozenset(wiring.writes) if holds else optional)
     if done or not wiring.writes:
-        outs[DONE_OUTPUT] = Out(Nothing)
+        outs[DONE_OUTPUT] = Out(Nothing, is_required=not holds)
     return outs
 
 
@@ -122,14 +125,22 @@ def _forward(pipeline: Pipeline, reader: _Reader, producers: Mapping[str, Produc
 
 
 def context_op(
-    pipeline: Pipeline, name: str, producers: Mapping[str, Producer], *, step_key: Callable[[str], str]
+    pipeline: Pipeline,
+    name: str,
+    producers: Mapping[str, Producer],
+    *,
+    step_key: Callable[[str], str],
+    watch: ParkWatch | None = None,
 ) -> OpDefinition:
     """The last op: reads every key's live value and returns the validated context. It depends on every
     producer through one fan-in `Nothing` input that includes `flujo_inputs`, so it runs even when producers
-    were skipped, and then fails naming any key that was never produced."""
+    were skipped, and then fails naming any key that was never produced; with a `watch` (the pipeline has
+    approval gates), it holds while a gate is parked in the run."""
     context_type = key_type(pipeline.name, CONTEXT_KEY, pipeline.context)
 
     def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        if watch is not None and watch.holds(context, CONTEXT_OP, pipeline.name):
+            return
         reader = _Reader(context, step_key)
         values: dict[str, object] = {}
         for key, producer in producers.items():
@@ -155,7 +166,7 @@ def context_op(
         compute_fn=compute,
         name=name,
         ins={AFTER_INPUT: In(Nothing)},
-        outs={CONTEXT_OUTPUT: Out(context_type, io_manager_key=IO_MANAGER_KEY)},
+        outs={CONTEXT_OUTPUT: Out(context_type, io_manager_key=IO_MANAGER_KEY, is_required=watch is None)},
         required_resource_keys={IO_MANAGER_KEY},
         description=f"Assembles and validates the final {pipeline.context.__name__} of pipeline {pipeline.name!r}.",
         tags=names.op_tags(names.OpKind.CONTEXT),
@@ -196,10 +207,14 @@ def branch_join_op(
     *,
     step_key: Callable[[str], str],
     done: bool = False,
+    watch: ParkWatch | None = None,
 ) -> OpDefinition:
-    """After a branch: forwards each key the arms write from the producer on the taken arm."""
+    """After a branch: forwards each key the arms write from the producer on the taken arm (holds while a gate
+    before it is parked, with a `watch`)."""
 
     def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        if watch is not None and watch.holds(context, wiring.op, wiring.path):
+            return
         taken = arms[labels.index(inputs[DECISION_OUTPUT])]
         yield from _forward(pipeline, _Reader(context, step_key), taken)
         if done or not wiring.writes:
@@ -209,7 +224,7 @@ def branch_join_op(
         compute_fn=compute,
         name=wiring.definition,
         ins={DECISION_OUTPUT: In(str), AFTER_INPUT: In(Nothing)},
-        outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes), done=done),
+        outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes), done=done, holds=watch is not None),
         required_resource_keys={IO_MANAGER_KEY},
         description=f"joins branch {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
         tags=names.op_tags(names.OpKind.JOIN, wiring.path),
@@ -242,18 +257,20 @@ def until_op(pipeline: Pipeline, loop: Loop, wiring: StepWiring, iteration: int,
     )
 
 
-def barrier_op(pipeline: Pipeline, wiring: StepWiring) -> OpDefinition:
+def barrier_op(pipeline: Pipeline, wiring: StepWiring, watch: ParkWatch) -> OpDefinition:
     """After a Parallel whose branches hold approval gates: waits (fan-in `after`) for every branch's gate in
-    force, so that the steps after the Parallel wait for all of them. Gated like a loop's join."""
+    force, so that the steps after the Parallel wait for all of them, and holds while one of them is parked.
+    Gated like a loop's join."""
 
     def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
-        yield Output(None, DONE_OUTPUT)
+        if not watch.holds(context, wiring.op, wiring.path):
+            yield Output(None, DONE_OUTPUT)
 
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,
         ins={**ins_for(pipeline, (), gated=wiring.gated), AFTER_INPUT: In(Nothing)},
-        outs={DONE_OUTPUT: Out(Nothing)},
+        outs={DONE_OUTPUT: Out(Nothing, is_required=False)},
         description=f"joins parallel {wiring.path}: waits for the approval gates in its branches",
         tags=names.op_tags(names.OpKind.JOIN, wiring.path),
     )
@@ -267,12 +284,15 @@ def loop_join_op(
     *,
     step_key: Callable[[str], str],
     done: bool = False,
+    watch: ParkWatch | None = None,
 ) -> OpDefinition:
     """After a loop: forwards the keys the body writes from the iteration that exited. Gated (`wiring.gated`)
     by the gate in force before the loop, so that it is skipped with the region holding the loop even when its
-    `after` fan-in includes producers from outside it."""
+    `after` fan-in includes producers from outside it; holds while a gate before it is parked (`watch`)."""
 
     def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        if watch is not None and watch.holds(context, wiring.op, wiring.path):
+            return
         reader = _Reader(context, step_key)
         exited = next(i for i, gate in enumerate(exits) if reader.exists(gate))
         yield from _forward(pipeline, reader, iterations[exited])
@@ -283,7 +303,7 @@ def loop_join_op(
         compute_fn=compute,
         name=wiring.definition,
         ins={**ins_for(pipeline, (), gated=wiring.gated), AFTER_INPUT: In(Nothing)},
-        outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes), done=done),
+        outs=_outs_or_done(pipeline, wiring, frozenset(wiring.writes), done=done, holds=watch is not None),
         required_resource_keys={IO_MANAGER_KEY},
         description=f"joins loop {wiring.path}: forwards {', '.join(wiring.writes) or 'no key'}",
         tags=names.op_tags(names.OpKind.JOIN, wiring.path),

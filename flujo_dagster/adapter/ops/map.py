@@ -9,6 +9,7 @@ from dagster import DynamicOut, DynamicOutput, In, Nothing, OpDefinition, OpExec
 
 from flujo_dagster import names
 from flujo_dagster.adapter.ops.leaf import StepWiring, ins_for
+from flujo_dagster.adapter.ops.park import ParkWatch
 from flujo_dagster.adapter.storage.types import key_type
 from flujo_dagster.dsl.control import Map
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -56,14 +57,26 @@ def fanout_op(pipeline: Pipeline, node: Map, wiring: StepWiring) -> OpDefinition
     )
 
 
-def collect_op(pipeline: Pipeline, node: Map, wiring: StepWiring, after: int, *, done: bool = False) -> OpDefinition:
+def collect_op(
+    pipeline: Pipeline,
+    node: Map,
+    wiring: StepWiring,
+    after: int,
+    *,
+    done: bool = False,
+    watch: ParkWatch | None = None,
+) -> OpDefinition:
     """Gathers each element's `result` into `into` (input order); `after` Nothing inputs collect the body's
     other leaf outputs, so that every mapped op leads to the Map's output. With `done` (the body holds an
     approval gate) it also yields `flujo_done`, which the steps after the Map wait for, and takes the `after`
-    fan-in that orders what they read from before it (see `adapter/compile/graph/gates.py`)."""
+    fan-in that orders what they read from before it (see `adapter/compile/graph/gates.py`). With a `watch`, it
+    holds while a gate before it is parked: Dagster would collect only the elements that produced."""
     into_type = key_type(pipeline.name, node.into, pipeline.fields[node.into])
+    holds = watch is not None
 
     def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
+        if watch is not None and watch.holds(context, wiring.op, wiring.path):
+            return
         yield Output(list(inputs[RESULTS_INPUT]), io_name(node.into))
         if done:
             yield Output(None, DONE_OUTPUT)
@@ -73,10 +86,10 @@ def collect_op(pipeline: Pipeline, node: Map, wiring: StepWiring, after: int, *,
     ins.update({f"after_{i}": In(Nothing) for i in range(after)})
     if wiring.gated:
         ins[GATE_INPUT] = In(Nothing)
-    outs = {io_name(node.into): Out(into_type, io_manager_key=IO_MANAGER_KEY)}
+    outs = {io_name(node.into): Out(into_type, io_manager_key=IO_MANAGER_KEY, is_required=not holds)}
     if done:
         ins[AFTER_INPUT] = In(Nothing)
-        outs[DONE_OUTPUT] = Out(Nothing)
+        outs[DONE_OUTPUT] = Out(Nothing, is_required=not holds)
     return OpDefinition(
         compute_fn=compute,
         name=wiring.definition,

@@ -28,6 +28,7 @@ def expand_approval(
     data = {io_name(k): b.must(k, live, path) for k in reads}
     b.add(node, approval_op(b.p, step, wiring), data, gate)
     b.state_only(node, list(data.values()), [data[io_name(k)] for k in step.show])
+    b.approvals.add(node)
     live.update({k: (node, io_name(k)) for k in step.show})
     return node
 
@@ -52,6 +53,7 @@ def expand_rejectable(
     data = {io_name(k): b.must(k, live, here) for k in reads}
     b.add(node, approval_op(b.p, step, wiring), data, gate)
     b.state_only(node, list(data.values()), [data[io_name(k)] for k in step.show])
+    b.approvals.add(node)
     may = flow_of_steps(rest, b.fields).may | flow_of_steps(step.on_reject, b.fields).may
     written = b.ordered(may | frozenset(step.show))
     approved = {**live, **{k: (node, io_name(k)) for k in step.show}}
@@ -72,9 +74,8 @@ def expand_rejectable(
     sources = b.g.frontier(
         [(node, DECISION_OUTPUT), *tails], [p for arm in producers for p in arm.values() if p is not None]
     )
-    op = branch_join_op(
-        b.p, b.wiring(join, here, (), written), list(VERDICT_LABELS), producers, step_key=b.step_key, done=True
-    )
+    wiring = b.wiring(join, here, (), written)
+    op = branch_join_op(b.p, wiring, list(VERDICT_LABELS), producers, step_key=b.step_key, done=True, watch=b.watch)
     b.add(join, op, {DECISION_OUTPUT: (node, DECISION_OUTPUT)}, None, sources)
     live.update({k: (join, io_name(k)) for k in written})
     return (join, DONE_OUTPUT)

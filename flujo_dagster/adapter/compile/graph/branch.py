@@ -41,7 +41,7 @@ def expand_branch(
     )
     labels = [label for label, _ in arms]
     wiring = b.wiring(join, path, (), written)
-    op = branch_join_op(b.p, wiring, labels, arm_producers, step_key=b.step_key, done=bool(tails))
+    op = branch_join_op(b.p, wiring, labels, arm_producers, step_key=b.step_key, done=bool(tails), watch=b.watch)
     b.add(join, op, {DECISION_OUTPUT: (router, DECISION_OUTPUT)}, None, sources)
     live.update({k: (join, io_name(k)) for k in written})
     return (join, DONE_OUTPUT) if tails else None

@@ -29,7 +29,7 @@ def build_graph(pipeline: Pipeline, step_key: Callable[[str], str]) -> BuiltGrap
     _after_inputs(b.g, ready)
     b.g.defs = {INPUTS_OP: inputs_op(pipeline, op_name(pipeline.name, INPUTS_OP), emitted), **b.g.defs}
     b.g.deps[INPUTS_OP] = {}
-    op = context_op(pipeline, op_name(pipeline.name, CONTEXT_OP), final, step_key=step_key)
+    op = context_op(pipeline, op_name(pipeline.name, CONTEXT_OP), final, step_key=step_key, watch=b.watch)
     # Ordering needs only the outputs nobody reads; depending on each of them also ties every output to
     # the final_context asset (Dagster refuses asset-graph outputs that lead to no asset).
     consumed = {u for sources in b.g.upstream.values() for u in sources}
@@ -38,6 +38,8 @@ def build_graph(pipeline: Pipeline, step_key: Callable[[str], str]) -> BuiltGrap
     b.g.upstream[CONTEXT_OP] = [ready, *final.values()]  # lineage: the context holds every key
     b.gates.wire(b.g, b.fan_in)
     b.g.live = final
+    if b.watch is not None:
+        b.watch.gates_before.update(b.g.gates_before(b.approvals))
     return b.g
 
 

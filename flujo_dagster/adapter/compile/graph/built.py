@@ -3,7 +3,7 @@ data lineage between nodes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from dagster import DependencyDefinition, GraphDefinition, MultiDependencyDefinition, NodeInvocation, OpDefinition
 
@@ -34,6 +34,23 @@ class BuiltGraph:
     def dependencies(self) -> dict[NodeInvocation, dict[str, Dep]]:
         """Dependencies keyed by invocation: node names alias the pipeline-prefixed op definitions."""
         return {NodeInvocation(d.name, alias=node): self.deps.get(node, {}) for node, d in self.defs.items()}
+
+    def gates_before(self, gates: Collection[str]) -> dict[str, frozenset[str]]:
+        """For each node, the nodes of `gates` it depends on, directly or not (through any input)."""
+        sources = {
+            node: {d.node for dep in deps.values() for d in dep.get_node_dependencies()}
+            for node, deps in self.deps.items()
+        }
+        found: dict[str, frozenset[str]] = {}
+
+        def before(node: str) -> frozenset[str]:
+            if node not in found:
+                found[node] = frozenset()  # the graph is acyclic; this only guards the recursion
+                direct = sources.get(node, set())
+                found[node] = frozenset({s for s in direct if s in gates}.union(*(before(s) for s in direct)))
+            return found[node]
+
+        return {node: before(node) for node in self.defs}
 
     def frontier(self, keep: Sequence[Producer], candidates: Sequence[Producer]) -> list[Producer]:
         """The fan-in sources an op needs for ordering: `keep` (always), and the candidates that no other

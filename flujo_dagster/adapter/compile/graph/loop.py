@@ -42,7 +42,7 @@ def expand_loop(
     b.gates.leave_to(depth)
     join = op_name(*prefix, loop.name, "flujo_join")
     wiring = b.wiring(join, path, (), written, gated=outer is not None)
-    op = loop_join_op(b.p, wiring, exits, snapshots, step_key=b.step_key, done=held)
+    op = loop_join_op(b.p, wiring, exits, snapshots, step_key=b.step_key, done=held, watch=b.watch)
     sources = b.g.frontier(exits, [p for snap in snapshots for p in snap.values() if p is not None])
     b.add(join, op, {}, outer, sources)
     live.update({k: (join, io_name(k)) for k in written})

@@ -41,7 +41,7 @@ def expand_map(
     leaves = [(n, out) for n in body for out in outputs(b.g.defs[n]) if (n, out) not in consumed]
     collect = op_name(*prefix, node.name, "flujo_collect")
     wiring = b.wiring(collect, path, (), (node.into,), gated=gate is not None)
-    op = collect_op(b.p, node, wiring, len(leaves), done=held)
+    op = collect_op(b.p, node, wiring, len(leaves), done=held, watch=b.watch)
     collected = {RESULTS_INPUT: result, **{f"after_{i}": p for i, p in enumerate(leaves)}}
     b.add(collect, op, {}, gate, collected=collected)
     live[node.into] = (collect, io_name(node.into))

@@ -32,5 +32,6 @@ def expand_parallel(
         return None
     join = op_name(*prefix, par.name, "flujo_join")
     wiring = b.wiring(join, path, (), (), gated=gate is not None)
-    b.add(join, barrier_op(b.p, wiring), {}, gate, tails)
+    assert b.watch is not None  # a barrier stands only after branches holding approval gates
+    b.add(join, barrier_op(b.p, wiring, b.watch), {}, gate, tails)
     return (join, DONE_OUTPUT)

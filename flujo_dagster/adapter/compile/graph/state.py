@@ -14,8 +14,9 @@ from flujo_dagster.adapter.compile.graph.built import INPUT, BuiltGraph, Dep, Li
 from flujo_dagster.adapter.compile.graph.gates import GateOrder
 from flujo_dagster.adapter.ops.flow import Producer
 from flujo_dagster.adapter.ops.leaf import StepWiring
+from flujo_dagster.adapter.ops.park import ParkWatch
 from flujo_dagster.dsl.approval import Approval
-from flujo_dagster.dsl.flow import keys_before_gates
+from flujo_dagster.dsl.flow import keys_before_gates, walk
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import Step
 from flujo_dagster.errors import ConfigurationError
@@ -55,6 +56,10 @@ class GraphState:
         self.in_fanout = False  # inside the body of a Map expanded with inline=False
         # per approval gate (by id), the keys definitely written before it: the run state it reads and hashes
         self.before_gates = keys_before_gates(pipeline.steps, pipeline.fields, pipeline.initial_keys())
+        # with approval gates, the joining ops hold while a gate before them is parked (ops/park.py)
+        gated = any(isinstance(s, Approval) for _, s in walk(pipeline.steps, pipeline.name))
+        self.watch = ParkWatch() if gated else None
+        self.approvals: set[str] = set()  # the approval gates' node names
         self._expand = expand
 
     def steps(
