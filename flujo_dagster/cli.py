@@ -25,7 +25,7 @@ from dagster import (
 from pydantic import ValidationError
 
 from flujo_dagster.adapter.compile.definitions import compile_all
-from flujo_dagster.adapter.control.approvals import decide, pending, prepare_decision, resume
+from flujo_dagster.adapter.control.approvals import PendingApproval, decide, pending, prepare_decision, resume
 from flujo_dagster.adapter.control.audit import audit_trail
 from flujo_dagster.adapter.control.costs import run_costs
 from flujo_dagster.adapter.control.routes import how_to_resume
@@ -33,7 +33,7 @@ from flujo_dagster.adapter.run import load_final_context, run_pipeline
 from flujo_dagster.adapter.storage.budgets import adopt_ledger
 from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager
 from flujo_dagster.adapter.storage.resources import AgentRuntime
-from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
+from flujo_dagster.config import DECISION_SECRET_ENV, dagster_home, decision_secret
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ApprovalError, ConfigurationError, FlujoDagsterError, RunInputsError
 from flujo_dagster.names import AGENT_RUNTIME_KEY, BUDGET_LEDGER_KEY, IO_MANAGER_KEY, PARKED_TAG, PRICE_BOOK_KEY
@@ -47,6 +47,7 @@ __all__ = ["main", "target_job"]
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PARKED = 3
 EXIT_INVALID = 4
 
 
@@ -153,6 +154,8 @@ def run_command(target: str, inputs: tuple[str, ...], log_level: str) -> None:
     """Run the pipeline MODULE:ATTR in process on DAGSTER_HOME's instance and print the final context.
 
     Resources (the agent runtime, the IO manager) come from the module's Definitions when it has one.
+    Exit 0 done, 1 the run failed, 2 usage error or bad inputs, 3 parked at an approval gate (the request
+    and the commands to decide are printed), 4 invalid pipeline.
     """
     module_name, attr = _split_target(target)
     try:
@@ -173,11 +176,39 @@ def run_command(target: str, inputs: tuple[str, ...], log_level: str) -> None:
     click.echo(f"run id: {result.run_id}")
     for call in result.agent_calls:
         click.echo(f"agent step {call.render()}")
+    if result.parked:
+        _print_parked(result.run_id, result.parked, target)
+        sys.exit(EXIT_PARKED)
     if not result.success:
         click.echo(f"run failed: {result.error}", err=True)
         sys.exit(EXIT_RUN_FAILED)
     click.echo(f"final context ({type(result.context).__name__}):")
     click.echo(result.context.model_dump_json(indent=2))
+
+
+def _print_parked(run_id: str, parked: tuple[PendingApproval, ...], target: str) -> None:
+    """What a run parked at approval gates waits for, readable: each gate's path, who may decide, the deadline,
+    the payload's preview, the commands to decide, and how it resumes."""
+    click.echo(f"parked: run {run_id} waits at {len(parked)} approval gate(s); nothing failed")
+    for gate in parked:
+        who = ", ".join(gate.approvers) if gate.approvers is not None else "anyone"
+        click.echo(f"\n{gate.path} (gate {gate.gate})")
+        click.echo(f"  waiting for: {gate.waiting_for}")
+        click.echo(f"  who may decide: {who}")
+        click.echo(f"  deadline: {gate.deadline or 'none'}")
+        click.echo(f"  payload (sha256 {gate.payload_hash}):")
+        for line in gate.preview.splitlines():
+            click.echo(f"    {line}")
+        click.echo("  decide with:")
+        click.echo(f"    flujo-dagster approve {run_id} --gate '{gate.gate}' --by NAME [--comment TEXT]")
+        click.echo(f"    flujo-dagster reject {run_id} --gate '{gate.gate}' --by NAME --comment TEXT")
+    if dagster_home() is None:  # a temporary instance, gone with the run: it cannot be resumed
+        click.echo("\nthe run was made in a temporary instance (DAGSTER_HOME is not set), so it cannot be resumed")
+        return
+    with DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(run_id)
+    if run is not None:
+        click.echo(f"\n{how_to_resume(run, target)}")
 
 
 @main.command("costs")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import JobDefinition
+from dagster import DagsterInstance, JobDefinition, ReexecutionOptions
 from pydantic import BaseModel
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, UserPromptPart
@@ -27,6 +27,7 @@ from flujo_dagster import (
     step,
 )
 from flujo_dagster.adapter.control.approvals import PendingApproval
+from flujo_dagster.adapter.control.resume_steps import resume_step_keys
 from flujo_dagster.runtime.approvals import Decision
 
 REQUEST_LOG = "FLUJO_TEST_REQUEST_LOG"
@@ -106,6 +107,14 @@ UNKNOWN_OK = ApprovalSettings(allow_unknown_requester=True)
 defs = build_definitions(
     pipelines=[gated, looped], resources={"agent_runtime": runtime, "approval_settings": UNKNOWN_OK}
 )
+
+
+def by_hand(instance: DagsterInstance, run_id: str) -> ReexecutionOptions:
+    """A re-execution of parked run `run_id` as a user launches it from the UI ("re-execute selected": its parked
+    gates and what they held; a parked run ended SUCCESS, which Dagster does not re-execute from failure)."""
+    run = instance.get_run_by_id(run_id)
+    assert run is not None
+    return ReexecutionOptions(parent_run_id=run_id, step_selection=resume_step_keys(instance, run))
 
 
 def gated_job() -> JobDefinition:

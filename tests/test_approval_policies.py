@@ -16,7 +16,6 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     JobDefinition,
-    ReexecutionOptions,
     build_sensor_context,
     execute_job,
     reconstructable,
@@ -30,7 +29,7 @@ from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.errors import ApprovalError
 from flujo_dagster.names import DECISION_PREFIX, REQUEST_PREFIX
 from flujo_dagster.runtime.approvals import sign
-from tests.approval_defs import REQUEST_LOG, Post, bound
+from tests.approval_defs import REQUEST_LOG, Post, bound, by_hand
 from tests.policy_defs import defs as policy_defs
 from tests.policy_defs import (
     escalating_job,
@@ -64,7 +63,7 @@ def requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def park(job_fn: Callable[[], JobDefinition], instance: DagsterInstance) -> str:
     tags = {"dagster/user": "requester"}
     with execute_job(reconstructable(job_fn), instance=instance, run_config=INPUTS, tags=tags) as first:
-        assert not first.success
+        assert first.success  # a park is not a failure
         run_id = first.run_id
     assert instance.get_run_by_id(run_id).tags["flujo/parked"] == "true"  # type: ignore[union-attr]
     return run_id
@@ -251,9 +250,9 @@ def test_the_gate_itself_ignores_a_badly_signed_decision(
     (waiting,) = pending(instance=instance)
     forged = sign(bound(waiting, verdict="approve", by="ana"), secret="guess")
     tags = {DECISION_PREFIX + "review": forged.to_tag()}
-    options = ReexecutionOptions.from_failure(parked, instance)
+    options = by_hand(instance, parked)
     with execute_job(reconstructable(signed_job), instance=instance, reexecution_options=options, tags=tags) as again:
-        assert not again.success
+        assert again.success
         run = instance.get_run_by_id(again.run_id)
     assert run is not None and run.tags["flujo/parked"] == "true"
     reasons = [
@@ -428,7 +427,7 @@ def test_a_sealed_request_copied_from_another_run_does_not_move_the_deadline(
     copied = instance.get_run_by_id(first).tags[REQUEST_PREFIX + "review"]  # type: ignore[union-attr]
     tags = {"dagster/user": "requester", REQUEST_PREFIX + "review": copied}
     with execute_job(reconstructable(signed_late_job), instance=instance, run_config=INPUTS, tags=tags) as second:
-        assert not second.success  # parked: its own deadline runs from its own request
+        assert second.success  # parked: its own deadline runs from its own request
     run = instance.get_run_by_id(second.run_id)
     assert run is not None and run.tags["flujo/parked"] == "true"
     assert kinds(instance, second.run_id, of=second.run_id) == ["request"]

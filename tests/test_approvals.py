@@ -12,7 +12,6 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
-    ReexecutionOptions,
     build_sensor_context,
     execute_job,
     reconstructable,
@@ -38,6 +37,7 @@ from tests.approval_defs import (
     Post,
     Tiny,
     bound,
+    by_hand,
     gated,
     gated_job,
     looped,
@@ -67,7 +67,8 @@ def park(job_fn: object, instance: DagsterInstance) -> str:
     job = reconstructable(job_fn)
     tags = {"dagster/user": "requester"}
     with execute_job(job, instance=instance, run_config=INPUTS, tags=tags, raise_on_error=False) as first:
-        assert not first.success
+        assert first.success  # a park is not a failure
+        assert instance.get_run_by_id(first.run_id).tags["flujo/parked"] == "true"  # type: ignore[union-attr]
         return first.run_id
 
 
@@ -76,9 +77,9 @@ def test_a_run_parks_at_the_gate_and_resumes_after_approval_without_repeating_wo
 ) -> None:
     parked = park(gated_job, instance)
     run = instance.get_run_by_id(parked)
-    assert run is not None and run.status == DagsterRunStatus.FAILURE
+    assert run is not None and run.status == DagsterRunStatus.SUCCESS  # a park is not a failure
     assert run.tags["flujo/awaiting/review"] == "pending" and run.tags["flujo/parked"] == "true"
-    assert run.tags["dagster/retry_on_asset_or_op_failure"] == "false"
+    assert "dagster/retry_on_asset_or_op_failure" not in run.tags  # nothing failed: nothing to keep from retrying
     assert "publish" not in started(instance, parked)
     (waiting,) = pending(instance=instance)
     assert (waiting.run_id, waiting.gate, waiting.path) == (parked, "review", "gated > approval:review")
@@ -90,11 +91,8 @@ def test_a_run_parks_at_the_gate_and_resumes_after_approval_without_repeating_wo
     assert instance.get_run_by_id(resumed).status == DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
     resumed_tags = instance.get_run_by_id(resumed).tags  # type: ignore[union-attr]
     assert resumed_tags["dagster/user"] == "requester"
-    # automatic run retries were off only while parked
-    assert (run.tags["flujo/retry_before_park"], resumed_tags["dagster/retry_on_asset_or_op_failure"]) == (
-        "true",
-        "true",
-    )
+    assert "flujo/retry_before_park" not in resumed_tags
+    assert instance.get_run_by_id(parked).tags["flujo/parked"] == "false"  # type: ignore[union-attr]  # resolved
     assert set(started(instance, resumed)) == {"review", "publish", "flujo_context"}
     assert requests.read_text().splitlines() == ["Write about otters"]  # the model was not asked again
     context = load_final_context(gated, resumed, instance=instance)
@@ -125,8 +123,8 @@ def test_decisions_that_do_not_count_leave_the_run_parked(instance: DagsterInsta
     decide(parked, verdict="approve", by="ana", values={"draft": 123}, instance=instance)
     resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
     run = instance.get_run_by_id(resumed)
-    assert run is not None and run.status == DagsterRunStatus.FAILURE
-    assert run.tags.get("flujo/awaiting/review") == "pending"
+    assert run is not None and run.status == DagsterRunStatus.SUCCESS
+    assert run.tags.get("flujo/awaiting/review") == "pending" and run.tags["flujo/parked"] == "true"
     warnings = [e.user_message for e in instance.all_logs(resumed) if "ignored the decision" in e.user_message]
     assert any("flujo/decision/review/ana: its edited values do not validate" in w for w in warnings)
     assert resume(parked, job=reconstructable(gated_job), instance=instance) == resumed  # no second resume
@@ -271,12 +269,13 @@ def test_a_run_re_executed_by_hand_is_not_resumed_again(instance: DagsterInstanc
     parked = park(gated_job, instance)
     decide(parked, verdict="approve", by="ana", instance=instance)
     decision = instance.get_run_by_id(parked).tags[DECISION_PREFIX + "review/ana"]  # type: ignore[union-attr]
-    options = ReexecutionOptions.from_failure(parked, instance)
+    options = by_hand(instance, parked)
     tags = {DECISION_PREFIX + "review": decision, "dagster/parent_run_id": parked}  # as the UI's re-execution
-    with execute_job(reconstructable(gated_job), instance=instance, reexecution_options=options, tags=tags) as by_hand:
-        assert by_hand.success
-    assert resume(parked, job=reconstructable(gated_job), instance=instance) == by_hand.run_id
-    assert [r.run_id for r in instance.get_runs() if r.parent_run_id == parked] == [by_hand.run_id]
+    with execute_job(reconstructable(gated_job), instance=instance, reexecution_options=options, tags=tags) as again:
+        assert again.success
+    assert resume(parked, job=reconstructable(gated_job), instance=instance) == again.run_id
+    assert [r.run_id for r in instance.get_runs() if r.parent_run_id == parked] == [again.run_id]
+    assert instance.get_run_by_id(parked).tags["flujo/parked"] == "false"  # type: ignore[union-attr]
     assert pending(instance=instance) == []
 
 
@@ -291,10 +290,10 @@ def test_the_requester_may_not_approve_their_own_run(instance: DagsterInstance, 
     # written by hand and re-executed from the UI, the gate ignores it and parks again
     (waiting,) = pending(instance=instance)
     own = bound(waiting, verdict="approve", by="requester")
-    options = ReexecutionOptions.from_failure(parked, instance)
+    options = by_hand(instance, parked)
     tags = {DECISION_PREFIX + "review": own.to_tag(), "dagster/user": "requester"}
     with execute_job(reconstructable(gated_job), instance=instance, reexecution_options=options, tags=tags) as again:
-        assert not again.success
+        assert again.success  # parked again
     run = instance.get_run_by_id(again.run_id)
     assert run is not None and run.tags["flujo/awaiting/review"] == "pending"
     warnings = [e.user_message for e in instance.all_logs(again.run_id) if "ignored the decision" in e.user_message]
@@ -303,7 +302,7 @@ def test_the_requester_may_not_approve_their_own_run(instance: DagsterInstance, 
 
 def test_an_edit_that_does_not_fit_its_keys_type_is_ignored(instance: DagsterInstance) -> None:
     with execute_job(reconstructable(loose_job), instance=instance, raise_on_error=False) as first:
-        assert not first.success  # parked
+        assert first.success  # parked: a park is not a failure
     decide(first.run_id, verdict="approve", by="ana", values={"a": "many"}, instance=instance)
     again = resume(first.run_id, job=reconstructable(loose_job), instance=instance)
     assert instance.get_run_by_id(again).tags["flujo/parked"] == "true"  # type: ignore[union-attr]

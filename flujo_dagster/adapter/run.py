@@ -14,7 +14,9 @@ from dagster import DagsterEventType, DagsterInstance, Definitions, ExecuteInPro
 from flujo_dagster import config
 from flujo_dagster.adapter.compile.definitions import compile_all
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.control.approvals import PendingApproval, gates_waiting
 from flujo_dagster.adapter.control.costs import AgentCallSummary, agent_calls
+from flujo_dagster.adapter.ops.park import parked_gates
 from flujo_dagster.adapter.storage.io_manager import Origin, PydanticJsonIOManager, StoredKey
 from flujo_dagster.dsl.pipeline import Ctx, Pipeline
 from flujo_dagster.errors import ConfigurationError, FlujoDagsterError
@@ -30,13 +32,16 @@ __all__ = ["PipelineRun", "arun_pipeline", "load_final_context", "run_pipeline"]
 @dataclass(frozen=True, kw_only=True)
 class PipelineRun(Generic[Ctx]):
     """The outcome of one run: its id, whether it succeeded, the final context (typed as the pipeline's context
-    model), and the failure. `final_context` is None when the run failed; `context` raises then."""
+    model), and the failure; or, when it parked at approval gates (not a failure in Dagster, but no final
+    context yet), the gates it waits at (`parked`). `final_context` is None when the run failed or parked;
+    `context` raises then."""
 
     run_id: str
     success: bool
     final_context: Ctx | None
     error: str | None = None
     agent_calls: tuple[AgentCallSummary, ...] = ()
+    parked: tuple[PendingApproval, ...] = ()
 
     @property
     def context(self) -> Ctx:
@@ -44,7 +49,9 @@ class PipelineRun(Generic[Ctx]):
         return self.raise_for_failure()
 
     def raise_for_failure(self) -> Ctx:
-        """The final context, or `FlujoDagsterError` naming the run and what failed."""
+        """The final context, or `FlujoDagsterError` naming the run and what failed (or where it parked)."""
+        if self.parked:
+            raise FlujoDagsterError(f"run {self.run_id} is parked, waiting for a decision: {self.error}")
         if not self.success or self.final_context is None:
             raise FlujoDagsterError(f"run {self.run_id} failed: {self.error}")
         return self.final_context
@@ -146,7 +153,9 @@ def run_pipeline(
             )
         )
         context: Ctx | None = None
-        if result.success:
+        stored = instance.get_run_by_id(result.run_id)
+        parked = tuple(gates_waiting(instance, stored)) if stored and parked_gates(stored.tags, stored.run_id) else ()
+        if result.success and not parked:
             io = chosen[IO_MANAGER_KEY]
             if not isinstance(io, PydanticJsonIOManager):
                 raise ConfigurationError(
@@ -155,12 +164,14 @@ def run_pipeline(
                     "PydanticJsonIOManager(base_dir=...) or use load_final_context(...) with one."
                 )
             context = load_final_context(pipeline, result.run_id, instance=instance, io_manager=io)
+        waiting = "; ".join(f"parked at {p.path}: waiting for {p.waiting_for}" for p in parked)
         return PipelineRun(
             run_id=result.run_id,
-            success=result.success,
+            success=result.success and not parked,
             final_context=context,
-            error=_failure(result),
+            error=_failure(result) or waiting or None,
             agent_calls=agent_calls(result.all_events, result.run_id),
+            parked=parked,
         )
 
 
