@@ -98,6 +98,27 @@ looped = Pipeline(
         publish,
     ],
 )
+
+
+class Brief(BaseModel):
+    topic: str
+    outline: str = ""
+    draft: str = ""
+    published: str = ""
+
+
+@step(name="plan", output_keys=["outline"])
+def plan(topic: str) -> str:
+    return f"outline of {topic}"
+
+
+# assets before the gate (`outline`) and after it (`published`, and the final context)
+briefed = Pipeline(
+    "briefed",
+    context=Brief,
+    steps=[plan, write, Approval("review", show=["draft"]), publish],
+    assets=["outline", "published"],
+)
 runtime = AgentRuntime(
     model=FunctionModel(answer, model_name="scripted"),
     prices={"function:scripted": Price(input_per_mtok=0, output_per_mtok=0)},
@@ -105,7 +126,7 @@ runtime = AgentRuntime(
 # Dagster OSS sets no dagster/user: tests that name a requester tag their runs with one
 UNKNOWN_OK = ApprovalSettings(allow_unknown_requester=True)
 defs = build_definitions(
-    pipelines=[gated, looped], resources={"agent_runtime": runtime, "approval_settings": UNKNOWN_OK}
+    pipelines=[gated, looped, briefed], resources={"agent_runtime": runtime, "approval_settings": UNKNOWN_OK}
 )
 
 

@@ -18,7 +18,7 @@ from dagster import DagsterInstance, DagsterRunStatus, build_sensor_context, ins
 from flujo_dagster import load_final_context
 from flujo_dagster.adapter.control.approvals import decide, pending
 from flujo_dagster.adapter.control.sensors import approvals_sensor
-from tests.approval_defs import REQUEST_LOG, Post, defs, gated
+from tests.approval_defs import REQUEST_LOG, Brief, Post, briefed, defs, gated
 from tests.test_webserver import BOOT_TIMEOUT_S, ROOT, WEBSERVER, Webserver, _free_port, _server_info, _stop
 
 LAUNCH = """
@@ -94,11 +94,12 @@ def test_the_sensor_resumes_a_decided_run_through_the_webserver(
             "jobName": "gated",
         },
         "runConfigData": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "otters"}}}}},
+        "executionMetadata": {"tags": [{"key": "dagster/user", "value": "requester"}]},
     }
     launched = server.graphql(LAUNCH, {"params": params})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     parked = launched["run"]["runId"]
-    assert wait_done(instance, parked) == DagsterRunStatus.FAILURE
+    assert wait_done(instance, parked) == DagsterRunStatus.SUCCESS  # a park is not a failure
     assert [p.gate for p in pending(instance=instance)] == ["review"]
 
     assert defs.resolve_sensor_def("flujo_approvals").minimum_interval_seconds == 30  # the location's own
@@ -122,6 +123,8 @@ def test_the_sensor_resumes_a_decided_run_through_the_webserver(
     assert resumed.tags["dagster/sensor_name"] == "flujo_approvals"
     assert resumed.tags["flujo/resumed_by"] == "sensor flujo_approvals"
     assert resumed.tags["flujo/resumed_because"] == "review: approve by ana"
+    assert resumed.tags["dagster/root_run_id"] == parked and resumed.tags["dagster/user"] == "requester"
+    assert instance.get_run_by_id(parked).tags["flujo/parked"] == "false"  # type: ignore[union-attr]  # resolved
     assert requests.read_text().splitlines() == ["Write about otters"]  # the model was not asked again
     context = load_final_context(gated, resumed.run_id, instance=instance)
     assert context == Post(topic="otters", draft="draft about otters", published="published: draft about otters")
@@ -129,3 +132,69 @@ def test_the_sensor_resumes_a_decided_run_through_the_webserver(
     again = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
     assert again.skip_message == "nothing to resume"
     assert len([r for r in instance.get_runs() if r.parent_run_id == parked]) == 1
+
+
+SEEN = """
+query Seen($runId: ID!, $outline: AssetKeyInput!, $published: AssetKeyInput!, $context: AssetKeyInput!) {
+  runOrError(runId: $runId) { ... on Run { status assetMaterializations { assetKey { path } } } }
+  outline: assetOrError(assetKey: $outline) { ... on Asset { latestFailedToMaterializeTimestamp } }
+  published: assetOrError(assetKey: $published) { ... on Asset { latestFailedToMaterializeTimestamp } }
+  context: assetOrError(assetKey: $context) { ... on Asset { latestFailedToMaterializeTimestamp } }
+  outlineCheck: assetCheckExecutions(assetKey: $outline, checkName: "flujo_type", limit: 1) { runId status }
+  publishedCheck: assetCheckExecutions(assetKey: $published, checkName: "flujo_type", limit: 1) { runId status }
+  contextCheck: assetCheckExecutions(assetKey: $context, checkName: "flujo_type", limit: 1) { runId status }
+}
+"""
+
+
+def test_a_parked_run_looks_parked_not_failed_through_graphql(
+    served: tuple[Webserver, DagsterInstance, Path],
+) -> None:
+    """Seen through the webserver's GraphQL API, as the UI reads it: the parked run is SUCCESS, the asset before
+    the gate is materialized with its check passed, the assets after it did not fail to materialize and their
+    checks are skipped, not failed; the sensor resumes it with the UI's "re-execute selected"."""
+    server, instance, requests = served
+    (location,) = server.graphql(LOCATIONS)["workspaceOrError"]["locationEntries"]
+    selector = {"repositoryLocationName": location["name"], "repositoryName": "__repository__", "jobName": "briefed"}
+    inputs = {"ops": {"briefed_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "otters"}}}}}}}
+    launched = server.graphql(LAUNCH, {"params": {"selector": selector, "runConfigData": inputs}})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    parked = launched["run"]["runId"]
+    assert wait_done(instance, parked) == DagsterRunStatus.SUCCESS, server.log.read_text()[-3000:]
+    keys = {name: {"path": ["briefed", name]} for name in ("outline", "published", "final_context")}
+    variables = {"runId": parked, "outline": keys["outline"], "published": keys["published"]}
+    seen = server.graphql(SEEN, {**variables, "context": keys["final_context"]})
+    assert seen["runOrError"] == {
+        "status": "SUCCESS",
+        "assetMaterializations": [{"assetKey": {"path": ["briefed", "outline"]}}],
+    }
+    assert seen["outlineCheck"] == [{"runId": parked, "status": "SUCCEEDED"}]
+    for name in ("published", "context"):
+        assert seen[name] == {"latestFailedToMaterializeTimestamp": None}, (name, seen)
+        assert seen[f"{name}Check"] == [{"runId": parked, "status": "SKIPPED"}], (name, seen)
+    assert seen["outline"] == {"latestFailedToMaterializeTimestamp": None}
+
+    decide(parked, verdict="approve", by="ana", instance=instance)
+    sensor = approvals_sensor(server.url, interval=timedelta(seconds=5))
+    sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
+    (resumed,) = [r for r in instance.get_runs() if r.parent_run_id == parked]
+    assert wait_done(instance, resumed.run_id) == DagsterRunStatus.SUCCESS, server.log.read_text()[-3000:]
+    assert sorted(resumed.step_keys_to_execute or []) == [
+        "briefed_graph.flujo_context",
+        "briefed_graph.publish",
+        "briefed_graph.review",
+    ]
+    assert requests.read_text().splitlines() == ["Write about otters"]  # the model was not asked again
+    context = load_final_context(briefed, resumed.run_id, instance=instance)
+    assert context == Brief(
+        topic="otters",
+        outline="outline of otters",
+        draft="draft about otters",
+        published="published: draft about otters",
+    )
+    after = server.graphql(SEEN, {**variables, "runId": resumed.run_id, "context": keys["final_context"]})
+    assert sorted(m["assetKey"]["path"][1] for m in after["runOrError"]["assetMaterializations"]) == [
+        "final_context",
+        "published",
+    ]
+    assert after["publishedCheck"] == [{"runId": resumed.run_id, "status": "SUCCEEDED"}]
