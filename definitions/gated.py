@@ -56,7 +56,7 @@ gated = Pipeline(
         ),
         report,
     ],
-    assets=["report"],
+    assets=["sources", "report"],
     description="Draft, have a reviewer sign the draft off (and edit it), critique; repeat until the critic says "
     "publish, then write the report.",
 )

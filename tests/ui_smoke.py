@@ -9,11 +9,15 @@ page's text once rendered), and saves a screenshot of it under docs/screenshots/
 
 1. `asset-graph.png`: the `digest` asset group's lineage graph, every asset materialized;
 2. `asset-materialization.png`: the `digest/report` asset, its latest materialization linking to the run above;
-3. `parked-runs.png`: the Runs page filtered by the tag `flujo/parked=true`: the gated run, not the digest's;
-4. `parked-run.png`: the parked `gated_digest` run, its log filtered to the gate step's failure;
-5. `approval-request.png`: that failure opened in full: the gate's path, the payload hash the run's request tag
-   names, who may approve, what it waits for and the commands to decide;
-6. `approval-payload.png`: the payload shown to the reviewer (the round's draft), as Markdown.
+3. `parked-runs.png`: the Runs page filtered by the tag `flujo/parked=true`: the gated run (Success: a park is
+   not a failure), not the digest's;
+4. `parked-run.png`: the parked `gated_digest` run, its log filtered to the gate step: the request, readable, with
+   no failure and no traceback;
+5. `approval-request.png`: that request opened in full: the gate's path, what it waits for, who may decide, the
+   deadline, the payload (the round's draft) and its hash, and the commands to decide;
+6. `approval-payload.png`: the payload shown to the reviewer, rendered as Markdown;
+7. `parked-assets.png`: the `gated_digest` asset group: `sources`, made before the gate, materialized; `report`
+   and the final context, after it, not failed.
 
 A page that does not show what it should fails the smoke with the page, its URL, the missing text and what the page
 showed instead (and a screenshot of it in the temporary directory). Not collected by pytest; run it as
@@ -59,6 +63,7 @@ GATED_INPUTS = {"ops": {"gated_digest_graph": {"ops": {"flujo_inputs": {"config"
 DIGEST_ASSETS = ["sources", "draft", "report", "final_context"]
 GATE = "revise__i1__sign_off"
 GATE_PATH = "gated_digest > loop:revise > i1 > approval:sign_off"
+GATE_STEP = f"gated_digest_graph.{GATE}"
 
 
 class UiSmokeError(RuntimeError):
@@ -107,6 +112,14 @@ def _shoot(page: Page, out: Path, filename: str) -> Path:
     return path
 
 
+def _no_failure(page: Page, name: str, words: Sequence[str] = ("Failure", "STEP_FAILURE", "Traceback")) -> None:
+    """Fail when `page` shows one of `words` (a failure): a parked run is not one."""
+    shown = _text(page, "body")
+    for word in words:
+        if word in shown:
+            raise UiSmokeError(f"page {name!r} ({page.url}) shows {word!r} for a parked run:\n{shown[:2000]}")
+
+
 def _runs(dev: DagsterDev) -> tuple[str, str, str]:
     """Materialize the digest's assets and park a gated digest; their run ids and the gate's payload hash."""
     digest_run = dev.launch("digest", DIGEST_INPUTS)
@@ -115,7 +128,7 @@ def _runs(dev: DagsterDev) -> tuple[str, str, str]:
     if digest.status != DagsterRunStatus.SUCCESS:
         raise UiSmokeError(f"the digest run {digest_run} ended {digest.status}:\n{dev.log_tail()}")
     gated = dev.wait_finished(gated_run, RUN_TIMEOUT_S)
-    if gated.status != DagsterRunStatus.FAILURE or gated.tags.get("flujo/parked") != "true":
+    if gated.status != DagsterRunStatus.SUCCESS or gated.tags.get("flujo/parked") != "true":
         raise UiSmokeError(f"the gated_digest run {gated_run} did not park ({gated.status}, {gated.tags})")
     request = json.loads(gated.tags[f"flujo/request/{GATE}"])
     if request["path"] != GATE_PATH:
@@ -147,19 +160,16 @@ def _pages(
     _shoot(page, out, "asset-materialization.png")
 
     page.goto(f"{url}/runs?q%5B%5D=tag%3Aflujo%2Fparked%3Dtrue")  # the Runs page filtered by the parked tag
-    expect_texts(
-        page, "parked runs", [gated_run[:8], "gated_digest", "flujo/parked=true", "flujo/parked: true", "Failure"]
-    )
+    expect_texts(page, "parked runs", [gated_run[:8], "gated_digest", "flujo/parked=true", "Success"])
     if digest_run[:8] in _text(page, "body"):
         raise UiSmokeError(f"page 'parked runs' ({page.url}) lists the digest run {digest_run}, which did not park")
+    _no_failure(page, "parked runs")
     _shoot(page, out, "parked-runs.png")
 
-    page.goto(f"{url}/runs/{gated_run}?logs=type:STEP_FAILURE")
-    expect_texts(
-        page,
-        "parked run",
-        [gated_run[:8], "Failure", "gated_digest", "STEP_FAILURE", f"parked at {GATE_PATH}", "flujo/parked"],
-    )
+    page.goto(f"{url}/runs/{gated_run}?logs=step%3A{GATE_STEP}")  # the run's log, filtered to the gate's step
+    request = [f"parked at {GATE_PATH}: waiting for a decision by anyone", "who may decide: anyone", "deadline: none"]
+    expect_texts(page, "parked run", [gated_run[:8], "Success", "gated_digest", *request])
+    _no_failure(page, "parked run")
     _shoot(page, out, "parked-run.png")
 
     page.get_by_text("View full message").first.click()
@@ -169,20 +179,24 @@ def _pages(
         page,
         "approval request",
         [
-            f"parked at {GATE_PATH}: waiting for a decision by anyone",
-            "flujo/approval/payload_hash",
-            payload_hash,
-            "flujo/approval/approvers",
-            "flujo/approval/waiting_for",
+            *request,
+            f"payload (sha256 {payload_hash})",
+            "This week in python",
             f"flujo-dagster approve {gated_run} --gate '{GATE}'",
+            f"flujo-dagster reject {gated_run} --gate '{GATE}'",
         ],
         within='[role="dialog"]',
     )
     _shoot(page, out, "approval-request.png")
 
-    page.get_by_role("dialog").get_by_text("Show Markdown").first.click()  # the payload the reviewer signs off
+    page.get_by_role("dialog").get_by_text("Show Markdown").first.click()  # the payload, rendered
     expect_texts(page, "approval payload", ["draft", "This week in python"], within='[role="dialog"]')
     _shoot(page, out, "approval-payload.png")
+
+    page.goto(f"{url}/locations/{dev.location}/asset-groups/gated_digest/lineage")
+    expect_texts(page, "parked assets", ["gated_digest", "sources", "report", "final_context", "Materialized"])
+    _no_failure(page, "parked assets")
+    _shoot(page, out, "parked-assets.png")
     page.close()
 
 
@@ -260,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if leftovers(home) or group_members(pgid):
             print(f"ui-smoke FAILED: processes outlived dagster dev: {leftovers(home) + group_members(pgid)}")
             return 1
-    print(f"ui-smoke: 6 views of 4 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
+    print(f"ui-smoke: 7 views of 5 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
     return 0
 
 

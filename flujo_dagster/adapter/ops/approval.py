@@ -86,6 +86,17 @@ def preview(shown: Mapping[str, object]) -> str:
     return "\n\n".join(parts)
 
 
+def plain_preview(shown: Mapping[str, object]) -> str:
+    """The shown keys as indented plain text (the readable request in a run's log), each value size-bounded."""
+    parts = []
+    for key, value in shown.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=2)
+        if len(text) > PREVIEW_CHARS:
+            text = text[:PREVIEW_CHARS] + f"... ({len(text)} characters)"
+        parts.append(f"  {key}:\n" + "\n".join(f"    {line}" for line in text.splitlines()))
+    return "\n".join(parts)
+
+
 def short_preview(dumped: Mapping[str, object]) -> str:
     """One line per shown key, each value cut to `SHORT_PREVIEW_CHARS`, the whole to `SHORT_PREVIEW_TOTAL_CHARS`
     (the request tag, `flujo-dagster pending`: the request tag must stay within the size a reader takes)."""
@@ -355,7 +366,7 @@ def _park(
     message = (
         f"parked at {wiring.path}: waiting for {outcome.waiting_for}\n"
         f"who may decide: {who}\ndeadline: {deadline}\n"
-        f"payload (sha256 {request.payload_hash}):\n{preview(dumped)}\n"
+        f"payload (sha256 {request.payload_hash}):\n{plain_preview(dumped)}\n"
         f"decide with:\n{commands}"
     )
     context.instance.report_engine_event(
