@@ -314,6 +314,9 @@ def test_each_element_of_an_expanded_map_has_its_own_gate(instance: DagsterInsta
     assert parked_at(instance, second) == [gates[0], gates[2]]
     # only the elements that parked; the collect and the final context hold again
     assert started(instance, second) == {*gates, "each__publish[i1]", "each__flujo_collect", "flujo_context"}
+    # Dagster would collect the one element that produced; the collect holds instead, and nothing after it runs
+    collected = instance.all_logs(second, of_type=DagsterEventType.STEP_OUTPUT)
+    assert not {e.step_key for e in collected} & {"each__flujo_collect", "announce", "flujo_context"}
 
     for gate in (gates[0], gates[2]):
         decide(second, gate=gate, verdict="approve", by="ana", instance=instance)
