@@ -270,7 +270,10 @@ def test_gates_in_parallel_branches_park_together_and_are_decided_separately(
         assert first.success  # parked: a park is not a failure
     gates = ["review__legal__legal_ok", "review__style__style_ok"]
     assert parked_at(instance, first.run_id) == gates
-    assert not started(instance, first.run_id) & {"review__flujo_join", "publish"}
+    assert "publish" not in started(instance, first.run_id)
+    # the barrier runs (a fan-in runs when any source produced), holds while a gate is parked, and produces nothing
+    produced = {e.step_key for e in instance.all_logs(first.run_id, of_type=DagsterEventType.STEP_OUTPUT)}
+    assert not produced & {"review__flujo_join", "publish", "flujo_context"}
 
     decide(first.run_id, gate=gates[0], verdict="approve", by="ana", instance=instance)
     second = resume(first.run_id, job=job, instance=instance)
