@@ -150,7 +150,8 @@ def test_flujo_dagster_run_on_a_pipeline_that_parks_exits_3_with_the_request(tmp
         f"    flujo-dagster approve {run_id} --gate 'review' --by NAME [--comment TEXT]",
         f"    flujo-dagster reject {run_id} --gate 'review' --by NAME --comment TEXT",
         "",
-        f"then resume it: flujo-dagster resume {run_id}",
+        "it was parked outside a code location, so no sensor resumes it: once decided, run "
+        f"`flujo-dagster resume {run_id} tests.approval_defs:gated`",
     ]
     assert lines[1].startswith("agent step ")
     for stream in (result.stdout, result.stderr):
@@ -158,3 +159,8 @@ def test_flujo_dagster_run_on_a_pipeline_that_parks_exits_3_with_the_request(tmp
     with DagsterInstance.from_config(str(home)) as instance:
         run = instance.get_run_by_id(run_id)
         assert run is not None and run.status == DagsterRunStatus.SUCCESS and run.tags["flujo/parked"] == "true"
+    # the printed commands work: decide, then resume as the CLI said
+    assert run_cli("approve", run_id, "--gate", "review", "--by", "ana", home=home).returncode == 0
+    resumed = run_cli("resume", run_id, "tests.approval_defs:gated", home=home)
+    assert resumed.returncode == 0, (resumed.stdout, resumed.stderr)
+    assert '"published": "published: draft about otters"' in resumed.stdout
