@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from flujo_dagster.dsl.durations import duration
 from flujo_dagster.errors import ConfigurationError
@@ -92,8 +93,13 @@ def webserver_url(given: str | None = None) -> str:
 
 
 def shown_url(url: str) -> str:
-    """`url` as it may be shown (descriptions, errors, logs): any `user:password@` replaced by `***@`."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", url)
+    """`url` as it may be shown (descriptions, errors, logs): its user info (`user:password@`, up to the last `@`
+    of the host part) replaced by `***@`, and its query and fragment (they may carry a token) by `?***`."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = f"***@{host}" if at else host
+    hidden = "?***" if parts.query or parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + hidden
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token

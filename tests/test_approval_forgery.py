@@ -229,3 +229,30 @@ def test_a_signature_shows_in_no_log_and_no_audit_event(instance: DagsterInstanc
     assert event.record["record"]["signature_sha256"] == hashlib.sha256(made.signature.encode()).hexdigest()
     done = resume(parked, job=reconstructable(mail_job), instance=instance, secret=SECRET)
     assert sent(instance, done)
+
+
+def test_a_re_execution_that_never_ran_the_gate_neither_jams_the_resume_nor_parks(
+    instance: DagsterInstance, requests: Path
+) -> None:
+    """Jamming: a re-execution of the parked run, same inputs, of a step before the gate only, inherits the
+    parked run's tags (parked, awaiting, the decision) but never runs the gate. It is not listed as parked, it
+    cannot be resumed, and it does not count as the parked run's resume: the approved run still resumes once."""
+    victim = park(mail_job, instance)
+    decide(victim, verdict="approve", by="ana", instance=instance, secret=SECRET)
+    parked_tags = instance.get_run_by_id(victim).tags  # type: ignore[union-attr]
+    options = ReexecutionOptions(parent_run_id=victim, step_selection=["write"])
+    with execute_job(
+        reconstructable(mail_job), instance=instance, reexecution_options=options, tags=dict(parked_tags)
+    ) as r:
+        ghost = r.run_id
+    assert instance.get_run_by_id(ghost).tags["flujo/parked"] == "true"  # type: ignore[union-attr]
+    assert [p.run_id for p in pending(instance=instance, secret=SECRET)] == [victim]
+    assert [p.run_id for p in resumable(instance, secret=SECRET)] == [victim]
+    with pytest.raises(
+        ApprovalError,
+        match=f"no gate parked in run {ghost} \\(status SUCCESS; its parked tags were inherited from run {victim}\\)",
+    ):
+        resume(ghost, job=reconstructable(mail_job), instance=instance, secret=SECRET)
+    resumed = resume(victim, job=reconstructable(mail_job), instance=instance, secret=SECRET)
+    assert resumed != ghost and sent(instance, resumed)
+    assert resume(victim, job=reconstructable(mail_job), instance=instance, secret=SECRET) == resumed

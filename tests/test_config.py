@@ -11,6 +11,7 @@ import pytest
 
 from flujo_dagster import ApprovalSettings, ConfigurationError, Price
 from flujo_dagster import config as cfg
+from flujo_dagster.adapter.control.graphql import Webserver
 from flujo_dagster.config import (
     APPROVALS_INTERVAL_ENV,
     DAGSTER_HOME_ENV,
@@ -154,3 +155,18 @@ def test_credentials_in_the_webserver_url_are_never_shown(monkeypatch: pytest.Mo
     with pytest.raises(ConfigurationError) as raised:
         cfg.webserver_url()
     assert str(raised.value) == f"{WEBSERVER_URL_ENV}='ftp://***@host' is not an http(s) URL of the Dagster webserver"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://u:p@ss@127.0.0.1:1/", "http://***@127.0.0.1:1/"),  # an unencoded `@` in the password
+        ("http://127.0.0.1:1/graphql?token=S3CRETQ", "http://127.0.0.1:1/graphql?***"),  # a token in the query
+        ("http://127.0.0.1:1/#S3CRETQ", "http://127.0.0.1:1/?***"),
+    ],
+)
+def test_a_password_with_an_at_sign_or_a_token_in_the_query_is_never_shown(url: str, shown: str) -> None:
+    assert cfg.shown_url(url) == shown
+    server = Webserver(url)
+    redacted = server.redact(f"cannot reach {url}: refused")
+    assert "S3CRETQ" not in redacted and "p@ss" not in redacted and "ss@" not in redacted, redacted

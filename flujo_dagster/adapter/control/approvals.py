@@ -32,6 +32,7 @@ from flujo_dagster.names import (
     DECISION_PREFIX,
     ESCALATED_PREFIX,
     NO_RUN_RETRY_TAG,
+    PARKED_RUN_TAG,
     PARKED_TAG,
     REQUEST_PREFIX,
     RESUME_KEY_TAG,
@@ -152,7 +153,15 @@ def parked_runs(instance: DagsterInstance, *, jobs: Collection[str] | None = Non
     is not parked: it is never resumed."""
     statuses = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE]
     runs = instance.get_runs(filters=RunsFilter(tags={PARKED_TAG: "true"}, statuses=statuses))
-    return [r for r in runs if jobs is None or r.job_name in jobs]
+    return [r for r in runs if (jobs is None or r.job_name in jobs) and _parked_here(r)]
+
+
+def _parked_here(run: DagsterRun) -> bool:
+    """Whether a gate parked in `run` itself (`flujo/parked_run` names it), not in a run whose tags it inherited
+    (a re-execution of a parked run that never ran the gate); a run parked the old way (FAILURE, before the tag
+    existed) counts by its status."""
+    recorded = run.tags.get(PARKED_RUN_TAG)
+    return recorded == run.run_id or (recorded is None and run.status == DagsterRunStatus.FAILURE)
 
 
 def pending(
@@ -385,6 +394,24 @@ def _children(instance: DagsterInstance, run: DagsterRun) -> list[DagsterRun]:
     return [r for r in chain_runs(instance, run.run_id) if r.parent_run_id == run.run_id and same_run(r, run)]
 
 
+def _resumed_by_hand(instance: DagsterInstance, run: DagsterRun, gates: list[str]) -> list[DagsterRun] | None:
+    """The re-executions of `run` (parent proven by the instance, same inputs) that ran one of its decided `gates`
+    again (the gate marked it decided, or parked in that run itself): a resume by hand. A re-execution that never
+    ran the gate is not a resume (anyone can launch one naming any parent); None while one is still running."""
+    found = []
+    for child in _children(instance, run):
+        ran = any(
+            child.tags.get(AWAITING_PREFIX + g) == "decided"
+            or (child.tags.get(AWAITING_PREFIX + g) == "pending" and child.tags.get(PARKED_RUN_TAG) == child.run_id)
+            for g in gates
+        )
+        if ran:
+            found.append(child)
+        elif not child.is_finished:
+            return None
+    return found
+
+
 def _resume_key(root: str, run: DagsterRun, marks: list[str]) -> str:
     decisions = sorted((k, v) for k, v in run.tags.items() if k.startswith(DECISION_PREFIX))
     return hashlib.sha256(json.dumps([root, decisions, *marks]).encode()).hexdigest()
@@ -441,8 +468,9 @@ def resume_plan(
     if run.tags.get(RESUME_KEY_TAG) == key:
         return None  # this run was the resume for these decisions and parked again: it needs a new decision
     same_key = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1)
-    # a run naming this one as its parent with other inputs is not its resume (anyone can launch one)
-    children = [c for c in instance.get_runs(filters=RunsFilter(tags={PARENT_TAG: run.run_id})) if same_run(c, run)]
+    children = _resumed_by_hand(instance, run, decided)
+    if not same_key and children is None:
+        return None  # a re-execution of it is still running: it may be its resume
     if same_key or children:
         # already resumed: by us, or re-executed from the UI (with the decision tag added by hand)
         instance.add_run_tags(run.run_id, {**superseded, PARKED_TAG: "false"})
@@ -556,7 +584,8 @@ def resume(
         raise ApprovalError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
     plan = resume_plan(run, instance, secret=secret)
     if plan is None:
-        earlier = _children(instance, run)
+        gates = [k.removeprefix(AWAITING_PREFIX) for k in run.tags if k.startswith(AWAITING_PREFIX)]
+        earlier = _resumed_by_hand(instance, run, gates) or []  # re-executions that ran a gate: its resumes
         if earlier:
             return earlier[0].run_id  # oldest first: the first resume
         if not _requests(dict(run.tags)):

@@ -81,15 +81,16 @@ class Webserver:
         found |= {unquote(s) for s in found}
         found |= {v.split(" ", 1)[1] for v in self.headers.values() if " " in v}  # "Bearer <token>"
         userinfo = parts.netloc.rpartition("@")[0]
-        found.add(userinfo)
+        found |= {userinfo, *userinfo.split(":", 1), parts.query, parts.fragment}
+        pairs = (pair.partition("=") for pair in parts.query.split("&"))
+        found |= {value for _, _, value in pairs if len(value) >= 4}  # a token in the query
         return sorted((s for s in found if s), key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         """`text` with every credential of this channel replaced by `***`."""
-        text = _USERINFO.sub(r"\1***@", text)
-        for secret in self.secrets():
+        for secret in self.secrets():  # before the pattern: a password may hold an `@` the pattern stops at
             text = text.replace(secret, "***")
-        return text
+        return _USERINFO.sub(r"\1***@", text)
 
 
 def _params(parent: DagsterRun, tags: Mapping[str, str], step_keys: Sequence[str] | None) -> tuple[str, object]:

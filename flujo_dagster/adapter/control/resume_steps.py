@@ -7,7 +7,7 @@ import re
 from collections import deque
 from collections.abc import Mapping
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRun
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
 
 from flujo_dagster.errors import ApprovalError
 from flujo_dagster.names import HELD_KEY, PARKED_TAG
@@ -58,10 +58,16 @@ def resume_step_keys(instance: DagsterInstance, run: DagsterRun) -> list[str] | 
     in it, every step that failed, and everything downstream of them that did not succeed in it (a Map's mapped
     steps as the element's resolved key, `each__publish[i2]`, or all elements, `each__publish[?]`, after a
     step that was not mapped). None for a run parked the old way (its gate failed the run): it resumes from
-    failure."""
+    failure. `ApprovalError` for a run that did not fail and where no gate parked (a re-execution that inherited
+    a parked run's tags without running its gate)."""
     marked, succeeded, failed = _marked(instance, run.run_id)
     if not marked:
-        return None
+        if run.status == DagsterRunStatus.FAILURE:
+            return None
+        raise ApprovalError(
+            f"no gate parked in run {run.run_id} (status {run.status.value}; its parked tags were inherited from "
+            f"run {run.parent_run_id or 'another run'}): it cannot be resumed; resume the run that parked"
+        )
     readers = _downstream(instance, run)
     chosen: dict[str, None] = dict.fromkeys(sorted(marked | failed))
     todo = deque(chosen)
