@@ -256,3 +256,23 @@ def test_a_re_execution_that_never_ran_the_gate_neither_jams_the_resume_nor_park
     resumed = resume(victim, job=reconstructable(mail_job), instance=instance, secret=SECRET)
     assert resumed != ghost and sent(instance, resumed)
     assert resume(victim, job=reconstructable(mail_job), instance=instance, secret=SECRET) == resumed
+
+
+def test_a_rejection_on_a_later_re_execution_is_final_for_the_run_it_re_executed(
+    instance: DagsterInstance, requests: Path
+) -> None:
+    """A rejection anywhere in the chain is final: bo rejects on a re-execution of the parked run (which parked
+    again at the gate); past the deadline of `on_timeout="approve"`, neither the parked run nor a later
+    re-execution of it sends, and nothing is offered for resumption."""
+    parked = park(late_mail_job, instance)
+    again = attack(late_mail_job, instance, parked, {})  # runs the gate again: parks there
+    assert sorted(p.run_id for p in pending(instance=instance, secret=SECRET)) == sorted([parked, again])
+    decide(again, verdict="reject", by="bo", comment="no", instance=instance, secret=SECRET)
+    rejected = resume(again, job=reconstructable(late_mail_job), instance=instance, secret=SECRET)
+    assert not sent(instance, rejected) and "rejected by bo" in gate_failed(instance, rejected)
+    time.sleep(2.2)  # past the deadline that would approve
+    offered = resumable(instance, secret=SECRET)
+    assert parked not in [p.run_id for p in offered]
+    assert all("approve" not in p.tags.get("flujo/resumed_because", "") for p in offered)
+    sibling = attack(late_mail_job, instance, parked, {})  # a fresh re-execution of the parked run
+    assert not sent(instance, sibling) and "rejected by bo" in gate_failed(instance, sibling)

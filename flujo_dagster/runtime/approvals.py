@@ -366,6 +366,9 @@ class Binding:
 
     gate: str
     runs: frozenset[str]
+    rejecting: frozenset[str] = frozenset()
+    """Runs of the proven chain with the same inputs but not before this one (a sibling or a later re-execution)
+    parked at the gate: a rejection made on one of them counts here too (a rejection anywhere is final)."""
 
 
 def unknown_requester(request: Request, requester: Requester) -> str | None:
@@ -385,7 +388,7 @@ def _binding_problem(decision: Decision, request: Request, binding: Binding) -> 
     d = decision
     if not d.run_id:
         return "it is bound to no run (a record made before decisions were bound to the run state); decide again"
-    if d.run_id not in binding.runs:
+    if d.run_id not in binding.runs and not (d.verdict == "reject" and d.run_id in binding.rejecting):
         return (
             f"it was made on run {d.run_id}, which is not this run or an earlier run of its re-execution chain "
             "with the same inputs parked at this gate"

@@ -395,15 +395,14 @@ def _children(instance: DagsterInstance, run: DagsterRun) -> list[DagsterRun]:
 
 
 def _resumed_by_hand(instance: DagsterInstance, run: DagsterRun, gates: list[str]) -> list[DagsterRun] | None:
-    """The re-executions of `run` (parent proven by the instance, same inputs) that ran one of its decided `gates`
-    again (the gate marked it decided, or parked in that run itself): a resume by hand. A re-execution that never
-    ran the gate is not a resume (anyone can launch one naming any parent); None while one is still running."""
+    """The re-executions of `run` (parent proven by the instance, same inputs) that ran its `gates` again (one
+    marked itself decided there, or a gate parked in that run itself, resumed since or not): its resumes. A
+    re-execution that never ran a gate is not one (anyone can launch one naming any parent); None while such a
+    re-execution is still running."""
     found = []
     for child in _children(instance, run):
-        ran = any(
-            child.tags.get(AWAITING_PREFIX + g) == "decided"
-            or (child.tags.get(AWAITING_PREFIX + g) == "pending" and child.tags.get(PARKED_RUN_TAG) == child.run_id)
-            for g in gates
+        ran = child.tags.get(PARKED_RUN_TAG) == child.run_id or any(
+            child.tags.get(AWAITING_PREFIX + g) == "decided" for g in gates
         )
         if ran:
             found.append(child)
