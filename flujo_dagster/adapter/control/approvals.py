@@ -411,6 +411,25 @@ def _resumed_by_hand(instance: DagsterInstance, run: DagsterRun, gates: list[str
     return found
 
 
+def _already_resumed(
+    instance: DagsterInstance, run: DagsterRun, key: str, decided: list[str], superseded: dict[str, str]
+) -> bool:
+    """Whether `run` was resumed for these decisions already (by us: a run with resume key `key`; or by hand: a
+    re-execution that ran its gates), or may be by a re-execution still running; a resumed run is marked so."""
+    same_key = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1)
+    children = _resumed_by_hand(instance, run, decided)
+    if not same_key and children is None:
+        return True  # a re-execution of it is still running: it may be its resume
+    if not same_key and not children:
+        return False
+    instance.add_run_tags(run.run_id, {**superseded, PARKED_TAG: "false"})
+    if children and not same_key:
+        by_hand = children[0].run_id
+        for gate in decided:
+            audit(instance, run, "resume", gate, f"re-executed by hand as run {by_hand}", resumed_run_id=by_hand)
+    return True
+
+
 def _resume_key(root: str, run: DagsterRun, marks: list[str]) -> str:
     decisions = sorted((k, v) for k, v in run.tags.items() if k.startswith(DECISION_PREFIX))
     return hashlib.sha256(json.dumps([root, decisions, *marks]).encode()).hexdigest()
@@ -466,17 +485,7 @@ def resume_plan(
     superseded = {AWAITING_PREFIX + g: "resumed" for g in _requests(tags)}
     if run.tags.get(RESUME_KEY_TAG) == key:
         return None  # this run was the resume for these decisions and parked again: it needs a new decision
-    same_key = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1)
-    children = _resumed_by_hand(instance, run, decided)
-    if not same_key and children is None:
-        return None  # a re-execution of it is still running: it may be its resume
-    if same_key or children:
-        # already resumed: by us, or re-executed from the UI (with the decision tag added by hand)
-        instance.add_run_tags(run.run_id, {**superseded, PARKED_TAG: "false"})
-        if children and not same_key:
-            by_hand = children[0].run_id
-            for gate in decided:
-                audit(instance, run, "resume", gate, f"re-executed by hand as run {by_hand}", resumed_run_id=by_hand)
+    if _already_resumed(instance, run, key, decided, superseded):
         return None
     decisions = {k: v for k, v in tags.items() if k.startswith(DECISION_PREFIX)}
     return Resumable(

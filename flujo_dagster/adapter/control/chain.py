@@ -14,7 +14,7 @@ from flujo_dagster.errors import FlujoDagsterError
 from flujo_dagster.names import PARTITION_TAG, USER_TAG
 from flujo_dagster.runtime.approvals import Requester
 
-__all__ = ["chain_runs", "proven_root", "requester_of", "same_inputs", "same_run"]
+__all__ = ["chain_of_run", "chain_runs", "proven_root", "requester_of", "same_inputs", "same_run"]
 
 
 def proven_root(instance: DagsterInstance, run: DagsterRun) -> str:
@@ -28,6 +28,11 @@ def chain_runs(instance: DagsterInstance, run_id: str) -> list[DagsterRun]:
     run = instance.get_run_by_id(run_id)
     if run is None:
         raise FlujoDagsterError(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})")
+    return chain_of_run(instance, run)
+
+
+def chain_of_run(instance: DagsterInstance, run: DagsterRun) -> list[DagsterRun]:
+    """`chain_runs` of `run` as given (a run deleted meanwhile still has its chain read)."""
     root = proven_root(instance, run)
     # not instance.get_run_group: it finds re-executions by a tag that execute_job's re-executions do not carry
     records = [

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from dagster import DagsterInstance, DagsterRun
 
 from flujo_dagster.adapter.control.audit import run_audit
-from flujo_dagster.adapter.control.chain import chain_runs, same_inputs, same_run
+from flujo_dagster.adapter.control.chain import chain_of_run, same_inputs, same_run
 from flujo_dagster.names import REQUEST_PREFIX, USER_TAG
 from flujo_dagster.runtime.approvals import Binding, Decision, Requester, decision_tags, parse_decision
 
@@ -34,7 +34,7 @@ def evidence(instance: DagsterInstance, run: DagsterRun, gates: Collection[str])
     same = same_inputs(instance, run)
     ids = {r.run_id for r in same}
     # the rest of the chain with these inputs (siblings, later re-executions): only their rejections count here
-    others = [r for r in chain_runs(instance, run.run_id) if r.run_id not in ids and same_run(r, run)]
+    others = [r for r in chain_of_run(instance, run) if r.run_id not in ids and same_run(r, run)]
     requester = Requester(run_id=same[-1].run_id, user=same[-1].tags.get(USER_TAG))
     records: dict[str, list[tuple[str, str]]] = {gate: [] for gate in gates}
     for member in [*same, *others]:  # a tag copied from run to run keeps its key: what is ignored is reported once
