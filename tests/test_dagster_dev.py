@@ -74,9 +74,11 @@ def test_a_gate_in_a_loop_parks_and_resumes_under_dagster_dev(tmp_path: Path) ->
         assert run.status == DagsterRunStatus.SUCCESS, dev.log_tail()
         # the daemon recorded each tick that resumed a run as SUCCESS naming it (the UI's "Targeted Runs" of the
         # tick), not as "skipped", and no tick failed
+        # (the newest tick may still be in flight: the daemon records it STARTED until it ends)
         ticks = dev.sensor("flujo_approvals")["sensorState"]["ticks"]
+        ended = ticks[1:] if ticks and ticks[0]["status"] == "STARTED" else ticks
         assert sorted(i for t in ticks if t["status"] == "SUCCESS" for i in t["originRunIds"]) == sorted(chain[1:])
-        assert {t["status"] for t in ticks} <= {"SUCCESS", "SKIPPED"}, ticks
+        assert {t["status"] for t in ended} <= {"SUCCESS", "SKIPPED"}, ticks
         for child in chain[1:]:  # the UI shows "Launched by: flujo_approvals"
             assert dev.instance.get_run_by_id(child).tags["dagster/sensor_name"] == "flujo_approvals"  # type: ignore[union-attr]
         assert gates == ["revise__i1__sign_off", "revise__i2__sign_off"]  # the gate parked in each iteration
