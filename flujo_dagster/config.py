@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from flujo_dagster.dsl.durations import duration
 from flujo_dagster.errors import ConfigurationError
@@ -23,6 +23,7 @@ __all__ = [
     "DECISION_SECRET_ENV",
     "DEFAULT_APPROVALS_INTERVAL",
     "DEFAULT_WEBSERVER_URL",
+    "INBOX_URL_ENV",
     "PRICING_TABLE",
     "STORAGE_SECRET_ENV",
     "WEBSERVER_HEADERS_ENV",
@@ -32,6 +33,8 @@ __all__ = [
     "dagster_home",
     "decision_secret",
     "find_pyproject",
+    "inbox_gate_url",
+    "inbox_url",
     "pyproject_prices",
     "shown_url",
     "storage_secret",
@@ -49,6 +52,8 @@ WEBSERVER_TOKEN_ENV = "FLUJO_DAGSTER_WEBSERVER_TOKEN"
 """A token the approvals sensor sends to the webserver as `Authorization: Bearer <token>` (an auth proxy)."""
 WEBSERVER_HEADERS_ENV = "FLUJO_DAGSTER_WEBSERVER_HEADERS"
 """HTTP headers (a JSON object of names to values) the approvals sensor sends to the webserver."""
+INBOX_URL_ENV = "FLUJO_DAGSTER_INBOX_URL"
+"""The public URL of the reviewers' inbox (`flujo-dagster inbox`): parked runs link to their gates' pages there."""
 APPROVALS_INTERVAL_ENV = "FLUJO_DAGSTER_APPROVALS_INTERVAL_S"
 """How often the approvals sensor runs, in whole seconds."""
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
@@ -90,6 +95,26 @@ def webserver_url(given: str | None = None) -> str:
     if not url.startswith(("http://", "https://")):
         raise ConfigurationError(f"{source}={shown_url(url)!r} is not an http(s) URL of the Dagster webserver")
     return url.rstrip("/")
+
+
+def inbox_url() -> str | None:
+    """The reviewers' inbox public URL (no trailing slash) from `FLUJO_DAGSTER_INBOX_URL`, or None when unset.
+    `ConfigurationError` names a value that is not an http(s) URL."""
+    url = _env(INBOX_URL_ENV)
+    if url is None:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"{INBOX_URL_ENV}={shown_url(url)!r} is not an http(s) URL of the reviewers' inbox")
+    return url.rstrip("/")
+
+
+def inbox_gate_url(run_id: str, gate: str) -> str | None:
+    """The inbox page of gate `gate` of parked run `run_id` (`{inbox}/gates/{run_id}/{gate}`, each part
+    percent-encoded), or None when no inbox URL is configured."""
+    base = inbox_url()
+    if base is None:
+        return None
+    return f"{base}/gates/{quote(run_id, safe='')}/{quote(gate, safe='')}"
 
 
 def shown_url(url: str) -> str:

@@ -416,7 +416,10 @@ def _already_resumed(
 ) -> bool:
     """Whether `run` was resumed for these decisions already (by us: a run with resume key `key`; or by hand: a
     re-execution that ran its gates), or may be by a re-execution still running; a resumed run is marked so."""
-    same_key = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=1)
+    # a run with this resume key counts only as a re-execution of `run` with its inputs (anyone can launch a run
+    # that names `run` as its parent and carries any tag)
+    named = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=_MAX_SAME_KEY)
+    same_key = [r for r in named if r.parent_run_id == run.run_id and r.job_name == run.job_name and same_run(r, run)]
     children = _resumed_by_hand(instance, run, decided)
     if not same_key and children is None:
         return True  # a re-execution of it is still running: it may be its resume
@@ -428,6 +431,9 @@ def _already_resumed(
         for gate in decided:
             audit(instance, run, "resume", gate, f"re-executed by hand as run {by_hand}", resumed_run_id=by_hand)
     return True
+
+
+_MAX_SAME_KEY = 20  # runs read that carry one resume key
 
 
 def _resume_key(root: str, run: DagsterRun, marks: list[str]) -> str:

@@ -10,9 +10,9 @@ from dagster import DagsterRun, DefaultSensorStatus, SensorDefinition, SensorEva
 # SUCCESS tick naming the run it acted on (docs/architecture.md, "The approvals sensor's ticks")
 from dagster._core.definitions.run_request import DagsterRunReaction
 
-from flujo_dagster.adapter.control.approvals import Resumable, escalate_due, record_resume, resumable
+from flujo_dagster.adapter.control.approvals import Resumable, escalate_due, resumable
 from flujo_dagster.adapter.control.graphql import Webserver, launch_reexecution
-from flujo_dagster.adapter.control.resume_steps import resume_step_keys
+from flujo_dagster.adapter.control.launch import launch_resume
 from flujo_dagster.adapter.control.routes import report_unresumable, route
 from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
 from flujo_dagster.config import DEFAULT_APPROVALS_INTERVAL, shown_url, webserver_headers
@@ -64,10 +64,8 @@ def _resume(
                 f"re-execute it: run `flujo-dagster resume {parked.run_id}` (see its audit trail)"
             )
         return None
-    tags = {**parked.tags, SENSOR_NAME_TAG: APPROVALS_SENSOR, RESUMED_BY_TAG: f"sensor {APPROVALS_SENSOR}"}
-    steps = resume_step_keys(context.instance, parent)  # None: parked the old way (FAILURE), from failure
-    launched = launch_reexecution(server, parent, tags, instance=context.instance, step_keys=steps)
-    record_resume(context.instance, parent, parked, launched.run_id)
+    tags = {SENSOR_NAME_TAG: APPROVALS_SENSOR, RESUMED_BY_TAG: f"sensor {APPROVALS_SENSOR}"}
+    launched = launch_resume(context.instance, server, parent, parked, tags)
     context.log.info(f"resumed run {parked.run_id} as {launched.run_id} ({'; '.join(parked.because)})")
     return launched
 

@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from dagster import (
     DagsterRun,
+    Failure,
     In,
     MetadataValue,
     OpDefinition,
@@ -27,6 +28,7 @@ from flujo_dagster import names
 from flujo_dagster.adapter.control.audit import AuditKind, audit, record_ignored
 from flujo_dagster.adapter.control.chain import proven_root
 from flujo_dagster.adapter.control.evidence import evidence
+from flujo_dagster.adapter.control.launch import first_resume
 from flujo_dagster.adapter.ops.leaf import StepWiring, ins_for, not_retried, outs_for
 from flujo_dagster.adapter.ops.map import mapped_gate_id
 from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
@@ -146,6 +148,14 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
             gate_id=mapped_gate_id(context, node),
             step_key=context.get_step_execution_context().step.key,
         )
+        first = first_resume(context.instance, attempt.run)
+        if first is not None:  # a resume launched twice for the same decisions (a race): only the first goes on
+            raise Failure(
+                f"run {context.run_id} is a second resume of run {attempt.run.parent_run_id} for the same "
+                f"decisions; run {first.run_id} resumes it, so this run stops before gate {attempt.gate_id} "
+                "(nothing after it ran)",
+                allow_retries=False,
+            )
         values = {
             k: jsonable(key_type(pipeline.name, k, pipeline.fields[k]).adapter, inputs[io_name(k)])
             for k in wiring.reads
