@@ -22,7 +22,7 @@ from dagster import (
 )
 
 from flujo_dagster.adapter.control.audit import audit, record_ignored
-from flujo_dagster.adapter.control.chain import chain_runs, proven_root, same_run
+from flujo_dagster.adapter.control.chain import chain_of_run, chain_runs, proven_root, same_run
 from flujo_dagster.adapter.control.evidence import evidence
 from flujo_dagster.adapter.control.resume_steps import resume_step_keys
 from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
@@ -354,25 +354,66 @@ def _refuse_unless_counted(
 def _parked_gate(
     instance: DagsterInstance, run: DagsterRun, gate: str | None, requests: Mapping[str, Request | str]
 ) -> str:
-    """`gate`, or the only gate `run` is parked at; `ApprovalError` when the run does not wait there."""
+    """`gate`, or the only gate `run` is parked at; `ApprovalError` when the run does not wait there (naming the
+    run to decide on instead when it was resumed)."""
     if gate is None:
         if len(requests) != 1:
+            resumed = _resumed_instead(instance, run, None) if not requests else None
             raise ApprovalError(
-                f"run {run.run_id} is parked at {len(requests)} gates ({', '.join(sorted(requests)) or 'none'}); "
+                resumed
+                or f"run {run.run_id} is parked at {len(requests)} gates ({', '.join(sorted(requests)) or 'none'}); "
                 "name one with gate=..."
             )
         (gate,) = requests
     if gate not in requests:
-        if run.tags.get(AWAITING_PREFIX + gate) == "resumed":
-            children = [r.run_id for r in _children(instance, run)]
-            raise ApprovalError(
-                f"run {run.run_id} was resumed as {', '.join(children) or 'a new run'}; decide on that run once it "
-                "parks at the gate (flujo-dagster pending)"
-            )
+        resumed = _resumed_instead(instance, run, gate)
         raise ApprovalError(
-            f"run {run.run_id} is not parked at gate {gate!r}; parked at: {', '.join(sorted(requests)) or 'no gate'}"
+            resumed
+            or f"run {run.run_id} is not parked at gate {gate!r}; parked at: {', '.join(sorted(requests)) or 'no gate'}"
         )
     return gate
+
+
+def _resumed_instead(instance: DagsterInstance, run: DagsterRun, gate: str | None) -> str | None:
+    """When `run` was resumed at `gate` (None: at any gate), why not to decide on it and which run to decide on:
+    the newest run resuming it (its proven descendants with its inputs) still parked at that gate, else its
+    latest resume. None when the gate was not resumed in `run`."""
+    gates = [
+        k.removeprefix(AWAITING_PREFIX)
+        for k, v in run.tags.items()
+        if k.startswith(AWAITING_PREFIX) and v == "resumed" and (gate is None or k == AWAITING_PREFIX + gate)
+    ]
+    if not gates:
+        return None
+    later = _descendants(instance, run)
+    named = cut(", ".join(sorted(gates)), 200)
+    if not later:
+        return f"run {run.run_id} was already resumed at gate {named}, but no run resuming it is in this instance"
+    for child in reversed(later):  # newest first
+        parked = sorted(g for g in gates if child.tags.get(AWAITING_PREFIX + g) == "pending")
+        if parked and child.tags.get(PARKED_TAG) == "true" and _parked_here(child):
+            where = cut(", ".join(parked), 200)
+            return (
+                f"run {run.run_id} was already resumed as run {child.run_id}, which is parked at gate {where}: "
+                f"decide on {child.run_id}"
+            )
+    latest = later[-1]
+    return (
+        f"run {run.run_id} was already resumed (gate {named}) as run {latest.run_id}, which is not parked at it "
+        f"(status {latest.status.value}); see flujo-dagster audit {run.run_id}"
+    )
+
+
+def _descendants(instance: DagsterInstance, run: DagsterRun) -> list[DagsterRun]:
+    """The runs of `run`'s proven chain descending from it with its inputs (its resumes, their resumes...), oldest
+    first."""
+    found: list[DagsterRun] = []
+    ancestors = {run.run_id}
+    for other in chain_of_run(instance, run):  # oldest first: a parent comes before its children
+        if other.parent_run_id in ancestors and same_run(other, run):
+            found.append(other)
+            ancestors.add(other.run_id)
+    return found
 
 
 @dataclass(frozen=True)
