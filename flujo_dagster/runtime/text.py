@@ -1,0 +1,20 @@
+"""Text that came from users or models, made safe to print on a terminal: a pure, total function."""
+
+from __future__ import annotations
+
+__all__ = ["printable"]
+
+_KEPT = frozenset({"\n", "\t"})
+_CONTROLS = [c for c in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)) if chr(c) not in _KEPT]
+_SURROGATES = range(0xD800, 0xE000)
+_TABLE: dict[int, str | None] = {
+    **dict.fromkeys(_CONTROLS),
+    **dict.fromkeys(_SURROGATES, "\ufffd"),
+}
+
+
+def printable(text: str) -> str:
+    """`text` without terminal control characters (C0 controls but newline and tab, DEL, C1 controls: ESC
+    sequences, carriage returns, bells cannot rewrite or hide what a terminal shows) and with each lone surrogate
+    replaced by U+FFFD (so the result always encodes as UTF-8). Never raises."""
+    return text.translate(_TABLE)
