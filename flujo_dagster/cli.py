@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shlex
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -28,17 +29,29 @@ from flujo_dagster.adapter.compile.definitions import compile_all
 from flujo_dagster.adapter.control.approvals import PendingApproval, decide, pending, prepare_decision, resume
 from flujo_dagster.adapter.control.audit import audit_trail
 from flujo_dagster.adapter.control.costs import run_costs
-from flujo_dagster.adapter.control.routes import how_to_resume
+from flujo_dagster.adapter.control.graphql import Webserver
+from flujo_dagster.adapter.control.launch import resume_now
+from flujo_dagster.adapter.control.routes import how_to_resume, route
+from flujo_dagster.adapter.control.run_ids import resolve_run_id
 from flujo_dagster.adapter.run import load_final_context, run_pipeline
 from flujo_dagster.adapter.storage.budgets import adopt_ledger
 from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager
 from flujo_dagster.adapter.storage.resources import AgentRuntime
-from flujo_dagster.config import DECISION_SECRET_ENV, dagster_home, decision_secret
+from flujo_dagster.config import (
+    DECISION_SECRET_ENV,
+    dagster_home,
+    decision_secret,
+    inbox_gate_url,
+    webserver_headers,
+    webserver_url,
+)
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ApprovalError, ConfigurationError, FlujoDagsterError, RunInputsError
 from flujo_dagster.names import AGENT_RUNTIME_KEY, BUDGET_LEDGER_KEY, IO_MANAGER_KEY, PARKED_TAG, PRICE_BOOK_KEY
 from flujo_dagster.pricing.prices import PriceBook
 from flujo_dagster.runtime.approvals import Verdict
+from flujo_dagster.runtime.tags import cut
+from flujo_dagster.runtime.text import printable
 from flujo_dagster.runtime.values import adapter_for, from_json
 from flujo_dagster.validation import ValidationReport, validate
 
@@ -171,7 +184,7 @@ def run_command(target: str, inputs: tuple[str, ...], log_level: str) -> None:
     except ConfigurationError as exc:
         _exit_invalid(exc)
     except RunInputsError as exc:
-        click.echo(str(exc), err=True)
+        click.echo(printable(str(exc)), err=True)
         sys.exit(EXIT_USAGE)
     click.echo(f"run id: {result.run_id}")
     for call in result.agent_calls:
@@ -186,41 +199,76 @@ def run_command(target: str, inputs: tuple[str, ...], log_level: str) -> None:
     click.echo(result.context.model_dump_json(indent=2))
 
 
+def _line(text: str) -> str:
+    """`text` (from users, models or tags) as one line a terminal only displays: no control character."""
+    return " ".join(printable(text).splitlines())
+
+
+def _decide_commands(run_id: str, gate: str) -> list[str]:
+    """The commands that decide gate `gate` of run `run_id`, ready to paste (the gate quoted for the shell)."""
+    quoted = shlex.quote(gate) if "'" in gate else f"'{gate}'"
+    return [
+        f"flujo-dagster approve {run_id} --gate {quoted} --by NAME [--comment TEXT]",
+        f"flujo-dagster reject {run_id} --gate {quoted} --by NAME --comment TEXT",
+    ]
+
+
+def _print_gate_footer(gate: PendingApproval, indent: str) -> None:
+    """The state hash a decision is bound to, the reviewers' inbox page (when configured) and the commands."""
+    click.echo(f"{indent}state (sha256 {_line(gate.state_hash)})")
+    link = inbox_gate_url(gate.run_id, gate.gate)
+    if link is not None:
+        click.echo(f"{indent}inbox: {_line(link)}")
+    click.echo(f"{indent}decide with:")
+    for command in _decide_commands(_line(gate.run_id), _line(gate.gate)):
+        click.echo(f"{indent}  {command}")
+
+
 def _print_parked(run_id: str, parked: tuple[PendingApproval, ...], target: str) -> None:
     """What a run parked at approval gates waits for, readable: each gate's path, who may decide, the deadline,
-    the payload's preview, the commands to decide, and how it resumes."""
+    the payload's preview, the commands to decide, and how it resumes. What users or models wrote is printed
+    without control characters."""
     click.echo(f"parked: run {run_id} waits at {len(parked)} approval gate(s); nothing failed")
     for gate in parked:
         who = ", ".join(gate.approvers) if gate.approvers is not None else "anyone"
-        click.echo(f"\n{gate.path} (gate {gate.gate})")
-        click.echo(f"  waiting for: {gate.waiting_for}")
-        click.echo(f"  who may decide: {who}")
+        click.echo(f"\n{_line(gate.path)} (gate {_line(gate.gate)})")
+        click.echo(f"  waiting for: {_line(gate.waiting_for)}")
+        click.echo(f"  who may decide: {_line(who)}")
         click.echo(f"  deadline: {gate.deadline or 'none'}")
-        click.echo(f"  payload (sha256 {gate.payload_hash}):")
-        for line in gate.preview.splitlines():
+        click.echo(f"  payload (sha256 {_line(gate.payload_hash)}):")
+        for line in printable(gate.preview).splitlines():
             click.echo(f"    {line}")
-        click.echo("  decide with:")
-        click.echo(f"    flujo-dagster approve {run_id} --gate '{gate.gate}' --by NAME [--comment TEXT]")
-        click.echo(f"    flujo-dagster reject {run_id} --gate '{gate.gate}' --by NAME --comment TEXT")
+        _print_gate_footer(gate, "  ")
     if dagster_home() is None:  # a temporary instance, gone with the run: it cannot be resumed
         click.echo("\nthe run was made in a temporary instance (DAGSTER_HOME is not set), so it cannot be resumed")
         return
     with DagsterInstance.get() as instance:
         run = instance.get_run_by_id(run_id)
     if run is not None:
-        click.echo(f"\n{how_to_resume(run, target)}")
+        click.echo(f"\n{printable(how_to_resume(run, target))}")
+
+
+def _full_run_id(instance: DagsterInstance, text: str) -> str:
+    """The run id RUN_ID names: a full id or a unique prefix of one (the 8 characters the Dagster UI shows).
+    Exits 2 saying why when none or several runs match."""
+    try:
+        return resolve_run_id(instance, text)
+    except ApprovalError as exc:
+        click.echo(printable(str(exc)), err=True)
+        sys.exit(EXIT_USAGE)
 
 
 @main.command("costs")
 @click.argument("run_id")
 def costs_command(run_id: str) -> None:
-    """Print the cost and tokens of every agent step of RUN_ID and its re-executions (DAGSTER_HOME's
-    instance), then the total."""
+    """Print the cost and tokens of every agent step of RUN_ID (a full run id or a unique prefix) and its
+    re-executions (DAGSTER_HOME's instance), then the total."""
     with DagsterInstance.get() as instance:
+        run_id = _full_run_id(instance, run_id)
         try:
             calls = run_costs(run_id, instance=instance)
         except FlujoDagsterError as exc:
-            click.echo(str(exc), err=True)
+            click.echo(printable(str(exc)), err=True)
             sys.exit(EXIT_USAGE)
     click.echo(f"{'run':<8}  {'step':<40}  {'model':<28}  {'tokens in/out':>14}  {'cost USD':>12}  price source")
     for call in calls:
@@ -244,43 +292,54 @@ def costs_command(run_id: str) -> None:
 
 @main.command("pending")
 def pending_command() -> None:
-    """List the gates runs are parked at (DAGSTER_HOME's instance), with the commands to decide."""
+    """List the gates runs are parked at (DAGSTER_HOME's instance): what each waits for, the payload's preview,
+    the state hash a decision is bound to, the reviewers' inbox page (FLUJO_DAGSTER_INBOX_URL) and the commands to
+    decide. What users or models wrote is printed without control characters."""
     with DagsterInstance.get() as instance:
-        waiting = pending(instance=instance, secret=decision_secret(), report=partial(click.echo, err=True))
+        waiting = pending(instance=instance, secret=decision_secret(), report=partial(_report_line))
     for gate in waiting:
         if gate.problem:
-            click.echo(f"{gate.run_id}  {gate.gate}  NOT READABLE: {gate.problem}")
+            click.echo(_line(f"{gate.run_id}  {gate.gate}  NOT READABLE: {gate.problem}"))
             continue
         due = f"  deadline {gate.deadline}" if gate.deadline else ""
         click.echo(
-            f"{gate.run_id}  {gate.gate}  {gate.path}  payload {gate.payload_hash[:12]}  waiting for "
-            f"{gate.waiting_for}{due}"
+            _line(
+                f"{gate.run_id}  {gate.gate}  {gate.path}  payload {gate.payload_hash[:12]}  waiting for "
+                f"{gate.waiting_for}{due}"
+            )
         )
-        for line in gate.preview.splitlines():
+        for line in printable(gate.preview).splitlines():
             click.echo(f"    {line}")
+        _print_gate_footer(gate, "    ")
     click.echo(f"{len(waiting)} pending approval(s)")
+
+
+def _report_line(text: str) -> None:
+    """A problem with one run, on stderr, without control characters."""
+    click.echo(_line(text), err=True)
 
 
 @main.command("audit")
 @click.argument("run_id")
 def audit_command(run_id: str) -> None:
-    """The approval audit trail of RUN_ID's chain (the run, its resumes): requests, decisions, ignored decisions,
-    timeouts, escalations and resumes."""
+    """The approval audit trail of RUN_ID's chain (the run, its resumes; a full run id or a unique prefix):
+    requests, decisions, ignored decisions, timeouts, escalations and resumes."""
     with DagsterInstance.get() as instance:
+        run_id = _full_run_id(instance, run_id)
         try:
             events = audit_trail(run_id, instance=instance)
         except FlujoDagsterError as exc:
-            click.echo(str(exc), err=True)
+            click.echo(printable(str(exc)), err=True)
             sys.exit(EXIT_USAGE)
     for event in events:
         at = datetime.fromtimestamp(event.timestamp, UTC).isoformat(timespec="seconds")
-        click.echo(f"{at}  {event.run_id[:8]}  {event.kind:<10}  {event.gate}  {event.message}")
+        click.echo(_line(f"{at}  {event.run_id[:8]}  {event.kind:<10}  {event.gate}  {event.message}"))
     click.echo(f"{len(events)} audit event(s)")
 
 
 def _decide(run_id: str, verdict: Verdict, gate: str | None, by: str, comment: str, values: dict[str, object]) -> None:
     with DagsterInstance.get() as instance:
-        how = ""
+        run_id = _full_run_id(instance, run_id)
         try:
             decision = decide(
                 run_id,
@@ -293,13 +352,32 @@ def _decide(run_id: str, verdict: Verdict, gate: str | None, by: str, comment: s
                 secret=decision_secret(),  # signs the decision when set
             )
         except ApprovalError as exc:
-            click.echo(str(exc), err=True)
+            click.echo(printable(str(exc)), err=True)
             sys.exit(EXIT_USAGE)
-        run = instance.get_run_by_id(run_id)
-        how = how_to_resume(run) if run is not None else ""
-    click.echo(
-        f"recorded: {decision.verdict} by {decision.by} on run {run_id} (payload {decision.payload_hash[:12]}); {how}"
+        click.echo(
+            _line(
+                f"recorded: {decision.verdict} by {decision.by} on run {run_id} (payload {decision.payload_hash[:12]})"
+            )
+        )
+        click.echo(_line(_resume_at_once(instance, run_id, f"flujo-dagster {verdict} by {cut(by, 80)}")))
+
+
+def _resume_at_once(instance: DagsterInstance, run_id: str, resumed_by: str) -> str:
+    """Launch the resume of decided run `run_id` now, through the webserver (the flujo_approvals sensor stays the
+    fallback), and say what happened; a run parked outside a code location gets the command that resumes it."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        return ""
+    if route(run) == "in_process":
+        return how_to_resume(run)
+    try:
+        server = Webserver(webserver_url(), headers=webserver_headers())
+    except ConfigurationError as exc:
+        return f"the resume was not launched now ({exc}); {how_to_resume(run)}"
+    outcome = resume_now(
+        instance, run_id, server=server, secret=decision_secret(), resumed_by=resumed_by, report=_report_line
     )
+    return outcome.message
 
 
 def _values(pairs: tuple[str, ...]) -> dict[str, object]:
@@ -322,7 +400,8 @@ def _values(pairs: tuple[str, ...]) -> dict[str, object]:
 @click.option("--comment", default="")
 @click.option("--set", "edits", multiple=True, help="key=value: an edited value of a shown key")
 def approve_command(run_id: str, gate: str | None, by: str, comment: str, edits: tuple[str, ...]) -> None:
-    """Approve the gate RUN_ID is parked at."""
+    """Approve the gate RUN_ID (a full run id or a unique prefix) is parked at, then launch its resume at once
+    through the webserver (FLUJO_DAGSTER_WEBSERVER_URL; the flujo_approvals sensor is the fallback)."""
     _decide(run_id, "approve", gate, by, comment, _values(edits))
 
 
@@ -343,6 +422,7 @@ def sign_command(
         click.echo(f"set {DECISION_SECRET_ENV} to the approvers' secret to sign a decision", err=True)
         sys.exit(EXIT_USAGE)
     with DagsterInstance.get() as instance:
+        run_id = _full_run_id(instance, run_id)
         try:
             _, _, decision = prepare_decision(
                 run_id,
@@ -355,7 +435,7 @@ def sign_command(
                 secret=secret,
             )
         except ApprovalError as exc:
-            click.echo(str(exc), err=True)
+            click.echo(printable(str(exc)), err=True)
             sys.exit(EXIT_USAGE)
     click.echo(f"at: {decision.at}\nsignature: {decision.signature}")
 
@@ -366,7 +446,8 @@ def sign_command(
 @click.option("--by", required=True, help="who rejects")
 @click.option("--comment", required=True, help="why")
 def reject_command(run_id: str, gate: str | None, by: str, comment: str) -> None:
-    """Reject the gate RUN_ID is parked at."""
+    """Reject the gate RUN_ID (a full run id or a unique prefix) is parked at, then launch its resume at once
+    through the webserver (FLUJO_DAGSTER_WEBSERVER_URL; the flujo_approvals sensor is the fallback)."""
     _decide(run_id, "reject", gate, by, comment, {})
 
 
@@ -406,6 +487,7 @@ def resume_command(run_id: str, target: str) -> None:
     except ConfigurationError as exc:
         _exit_invalid(exc)
     with DagsterInstance.get() as instance:
+        run_id = _full_run_id(instance, run_id)
         run = instance.get_run_by_id(run_id)
         if run is None:
             click.echo(f"run {run_id!r} is not in this Dagster instance ({instance.root_directory})", err=True)
@@ -417,7 +499,7 @@ def resume_command(run_id: str, target: str) -> None:
         try:
             resumed = resume(run_id, job=recon, instance=instance, by="flujo-dagster resume")
         except ApprovalError as exc:
-            click.echo(str(exc), err=True)
+            click.echo(printable(str(exc)), err=True)
             sys.exit(EXIT_USAGE)
         _report_resumed(instance, module, pipeline, run_id, resumed)
 
@@ -431,7 +513,7 @@ def _report_resumed(
     assert run is not None  # execute_job made it in this instance
     if run.tags.get(PARKED_TAG) == "true":
         gates = [p for p in pending(instance=instance, secret=decision_secret()) if p.run_id == resumed]
-        click.echo(f"run {resumed} parked again at {', '.join(g.gate for g in gates)}; {how_to_resume(run)}")
+        click.echo(_line(f"run {resumed} parked again at {', '.join(g.gate for g in gates)}; {how_to_resume(run)}"))
         return
     if run.status != DagsterRunStatus.SUCCESS:
         click.echo(f"run {resumed} ended {run.status.value}; see flujo-dagster audit {resumed}", err=True)
@@ -462,7 +544,7 @@ def ledger_adopt_command(module: str | None) -> None:
         try:
             location, found, before = adopt_ledger(instance, resource)
         except FlujoDagsterError as exc:
-            click.echo(str(exc), err=True)
+            click.echo(printable(str(exc)), err=True)
             sys.exit(EXIT_USAGE)
     was = "nothing recorded before" if before is None else f"was {before}"
     click.echo(f"adopted the budget ledger at {location}: id {found} ({was})")

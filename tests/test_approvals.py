@@ -213,10 +213,15 @@ def test_the_cli_lists_pending_gates_and_records_decisions(
     parked = park(gated_job, instance)
     listed = run_cli("pending", home=dagster_home)
     assert listed.returncode == 0, listed.stderr
-    digest = pending(instance=instance)[0].payload_hash[:12]
+    (waiting,) = pending(instance=instance)
     assert listed.stdout.splitlines() == [
-        f"{parked}  review  gated > approval:review  payload {digest}  waiting for a decision by anyone",
+        f"{parked}  review  gated > approval:review  payload {waiting.payload_hash[:12]}  waiting for a decision by "
+        "anyone",
         "    draft: draft about otters",
+        f"    state (sha256 {waiting.state_hash})",
+        "    decide with:",
+        f"      flujo-dagster approve {parked} --gate 'review' --by NAME [--comment TEXT]",
+        f"      flujo-dagster reject {parked} --gate 'review' --by NAME --comment TEXT",
         "1 pending approval(s)",
     ]
     wrong = run_cli("approve", parked, "--gate", "nope", "--by", "ana", home=dagster_home)

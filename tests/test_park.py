@@ -21,7 +21,7 @@ from dagster import (
     run_failure_sensor,
 )
 
-from flujo_dagster.adapter.control.approvals import decide, parked_runs, resume
+from flujo_dagster.adapter.control.approvals import decide, parked_runs, pending, resume
 from flujo_dagster.adapter.control.resume_steps import resume_step_keys
 from flujo_dagster.runtime.approvals import payload_hash
 from tests.approval_defs import REQUEST_LOG, gated_job, looped_job
@@ -137,6 +137,9 @@ def test_flujo_dagster_run_on_a_pipeline_that_parks_exits_3_with_the_request(tmp
     assert result.returncode == 3, (result.stdout, result.stderr)
     lines = result.stdout.splitlines()
     run_id = lines[0].removeprefix("run id: ")
+    with DagsterInstance.from_config(str(home)) as instance:
+        (waiting,) = pending(instance=instance)
+    state_hash = waiting.state_hash
     assert lines[2:] == [
         f"parked: run {run_id} waits at 1 approval gate(s); nothing failed",
         "",
@@ -146,6 +149,7 @@ def test_flujo_dagster_run_on_a_pipeline_that_parks_exits_3_with_the_request(tmp
         "  deadline: none",
         f"  payload (sha256 {payload_hash({'draft': 'draft about otters'})}):",
         "    draft: draft about otters",
+        f"  state (sha256 {state_hash})",
         "  decide with:",
         f"    flujo-dagster approve {run_id} --gate 'review' --by NAME [--comment TEXT]",
         f"    flujo-dagster reject {run_id} --gate 'review' --by NAME --comment TEXT",
