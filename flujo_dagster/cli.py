@@ -10,7 +10,6 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import partial
 from types import ModuleType
 from typing import NoReturn
 
@@ -275,8 +274,10 @@ def costs_command(run_id: str) -> None:
         tokens = f"{call.input_tokens}/{call.output_tokens}"
         flags = ("  [usage unknown]" if call.usage_unknown else "") + ("  [step failed]" if call.status != "ok" else "")
         click.echo(
-            f"{call.run_id[:8]:<8}  {call.step_path:<40}  {call.model:<28}  {tokens:>14}  {call.cost_usd:>12.6f}  "
-            f"{call.price_source or 'none'}{flags}"
+            _line(
+                f"{call.run_id[:8]:<8}  {call.step_path:<40}  {call.model:<28}  {tokens:>14}  {call.cost_usd:>12.6f}  "
+                f"{call.price_source or 'none'}{flags}"
+            )
         )
     total = sum((c.cost_usd for c in calls), Decimal(0))
     tokens_in, tokens_out = sum(c.input_tokens for c in calls), sum(c.output_tokens for c in calls)
@@ -296,7 +297,7 @@ def pending_command() -> None:
     the state hash a decision is bound to, the reviewers' inbox page (FLUJO_DAGSTER_INBOX_URL) and the commands to
     decide. What users or models wrote is printed without control characters."""
     with DagsterInstance.get() as instance:
-        waiting = pending(instance=instance, secret=decision_secret(), report=partial(_report_line))
+        waiting = pending(instance=instance, secret=decision_secret(), report=_report_line)
     for gate in waiting:
         if gate.problem:
             click.echo(_line(f"{gate.run_id}  {gate.gate}  NOT READABLE: {gate.problem}"))
