@@ -177,4 +177,4 @@ def test_costs_prints_each_agent_step_and_the_total(dagster_home: Path) -> None:
     assert all(c > 0 for c in costs) and all(line.endswith("offline") for line in lines[1:-1])
     assert lines[-1].startswith(f"total: ${sum(costs):.6f}, ")
     unknown = run("costs", "no-such-run", home=dagster_home)
-    assert unknown.returncode == 2 and "run 'no-such-run' is not in this Dagster instance" in unknown.stderr
+    assert unknown.returncode == 2 and "'no-such-run' is not a run id" in unknown.stderr

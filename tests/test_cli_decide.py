@@ -104,7 +104,7 @@ def test_an_ambiguous_or_unknown_run_id_prefix_is_refused(instance: DagsterInsta
     ids = ["abcd1234-0000-4000-8000-000000000001", "abcd1234-0000-4000-8000-000000000002"]
     for run_id in ids:
         instance.add_run(DagsterRun(job_name="gated", run_id=run_id))
-    for command in (("approve", "abcd1234", "--by", "ana"), ("reject", "abcd", "--by", "ana", "--comment", "no")):
+    for command in (("approve", "abcd1234", "--by", "ana"), ("reject", "abcd12", "--by", "ana", "--comment", "no")):
         result = invoke(cli, *command)
         assert result.exit_code == 2 and result.stdout == ""
         assert all(run_id in result.stderr for run_id in ids), result.stderr
@@ -175,5 +175,5 @@ def test_approve_launches_the_resume_at_once_under_dagster_dev(tmp_path: Path, m
         assert len(children) == 1, (approved.stdout, approved.stderr)  # launched before the command returned
         (child,) = children
         assert child.tags["flujo/resumed_by"] == "flujo-dagster approve by ana"
-        assert f"resumed as run {child.run_id}" in approved.stdout, approved.stdout
+        assert f"resumed run {first} as run {child.run_id}" in approved.stdout, approved.stdout
         assert dev.wait_finished(child.run_id).tags.get("flujo/parked") == "true"  # the loop's second gate

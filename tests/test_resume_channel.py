@@ -235,7 +235,7 @@ def test_a_run_parked_by_the_cli_is_reported_once_and_resumed_by_flujo_dagster_r
         f"run {parked} is a run of job 'gated', but tests.approval_defs:looped is job 'looped'\n",
     )
     unknown = run_cli("resume", "nope", target, home=dagster_home)
-    assert unknown.returncode == 2 and "run 'nope' is not in this Dagster instance" in unknown.stderr
+    assert unknown.returncode == 2 and "'nope' is not a run id" in unknown.stderr
     resumed = run_cli("resume", parked, target, home=dagster_home)
     assert resumed.returncode == 0, resumed.stderr
     (child,) = children(instance, parked)

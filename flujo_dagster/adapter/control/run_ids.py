@@ -21,6 +21,7 @@ MIN_PREFIX = 6
 """The shortest prefix accepted (the UI shows 8 characters)."""
 _RUN_ID = re.compile(r"[0-9a-f][0-9a-f-]{0,35}")  # a Dagster run id (a UUID) or a prefix of one
 _SHOWN_MATCHES = 10
+_MAX_RUN_ID = 64
 
 
 def _matches(instance: DagsterInstance, prefix: str) -> list[str]:
@@ -42,8 +43,10 @@ def resolve_run_id(instance: DagsterInstance, text: str) -> str:
     """The id of the run `text` names in `instance`: its full id, or a unique prefix of at least `MIN_PREFIX`
     characters (the 8-character ids the Dagster UI shows). `ApprovalError` says what is wrong: not a run id, no
     run, or an ambiguous prefix (listing the runs it matches)."""
-    given = text.strip().lower()
     where = f"this Dagster instance ({instance.root_directory})"
+    if len(text) <= _MAX_RUN_ID and instance.has_run(text):  # any id a run was given, as it is
+        return text
+    given = text.strip().lower()
     if not _RUN_ID.fullmatch(given):
         raise ApprovalError(
             f"{text[:40]!r} is not a run id: give the run's id or its first {MIN_PREFIX}+ characters, as the "
