@@ -335,6 +335,8 @@ def audit_command(run_id: str) -> None:
     for event in events:
         at = datetime.fromtimestamp(event.timestamp, UTC).isoformat(timespec="seconds")
         click.echo(_line(f"{at}  {event.run_id[:8]}  {event.kind:<10}  {event.gate}  {event.message}"))
+        for key, before, after in event.edits():  # JSON text: one line each
+            click.echo(f"    {_line(key)}: {_line(before)} -> {_line(after)}")
     click.echo(f"{len(events)} audit event(s)")
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "APPROVALS_SENSOR",
     "APPROVAL_PREFIX",
     "APPROVAL_SETTINGS_KEY",
+    "APPROVALS",
     "APPROVED_OUTPUT",
     "AUDIT_GATE",
     "AUDIT_KEY",
@@ -143,6 +144,10 @@ MODELS = "flujo/models"
 PRODUCED_BY = "flujo/produced_by"
 APPROVAL_PREFIX = "flujo/approval/"
 """Metadata `flujo/approval/<field>`: the approval record of the gate that approved a value (see `approval`)."""
+APPROVALS = "flujo/approvals"
+"""Metadata on an asset materialization: the approval record of every gate that decided upstream of its value (JSON
+list, one entry per gate, or per element of a gate in a Map: gate, path, verdict, by, at, comment, payload_hash,
+edited, run_id)."""
 CHECK_RESULT = "flujo/check_result"
 CHECK_ASSET = "flujo/asset"
 CHECK_FAILED = "flujo/failed_checks"

@@ -96,7 +96,8 @@ def test_materializations_carry_preview_type_cost_models_and_the_approval(instan
     draft = after["reviewed/draft"]
     assert draft["flujo/preview"] == MarkdownMetadataValue(ANSWER)
     draft_values = values(draft)
-    assert {k: draft_values[k] for k in draft_values if k not in {"flujo/approval/at", "flujo/path"}} == {
+    unstable = {"flujo/approval/at", "flujo/path", "flujo/approvals"}
+    assert {k: draft_values[k] for k in draft_values if k not in unstable} == {
         "flujo/step_path": "reviewed > approval:review",
         "flujo/preview": ANSWER,
         "flujo/type": "str",
@@ -106,18 +107,33 @@ def test_materializations_carry_preview_type_cost_models_and_the_approval(instan
         "flujo/total_output_tokens": write["flujo/output_tokens"],
         "flujo/models": "function:reviewer",
         "flujo/produced_by": "reviewed > agent:write",
+        "flujo/approval/gate": "review",
         "flujo/approval/verdict": "approve",
         "flujo/approval/by": "alice",
         "flujo/approval/comment": "fine",
         "flujo/approval/payload_hash": payload_hash({"draft": ANSWER}),
         "flujo/approval/edited": "",
     }
+    record = {
+        "gate": "review",
+        "path": "reviewed > approval:review",
+        "verdict": "approve",
+        "by": "alice",
+        "at": draft_values["flujo/approval/at"],
+        "comment": "fine",
+        "payload_hash": payload_hash({"draft": ANSWER}),
+        "edited": [],
+        "run_id": resumed,
+    }
+    assert draft_values["flujo/approvals"] == [record]  # the gate's own record, in the same shape as downstream
     stats = after["reviewed/stats"]
     assert stats["flujo/preview"] == JsonMetadataValue({"sources": 3, "words": 8})
     assert stats["flujo/type"].value == "dict[str, int]"
     assert stats["flujo/total_cost_usd"].value == 0.0  # its own steps made no agent call
     assert stats["flujo/upstream_cost_usd"].value == write["flujo/cost_usd"]  # the draft it reads did
-    assert not any(k.startswith("flujo/approval/") for k in stats)
+    assert not any(k.startswith("flujo/approval/") for k in stats)  # not the value the gate approved,
+    assert stats["flujo/approvals"].value == [record]  # but made from it: it carries the gate's record
+    assert "flujo/approvals" not in before["reviewed/sources"]  # upstream of the gate
     report = after["reviewed/report"]
     assert report["flujo/preview"] == MarkdownMetadataValue(f"# Report\n\nsummary: {ANSWER}")
     final = values(after["reviewed/final_context"])
@@ -137,7 +153,12 @@ def test_an_asset_forwarded_by_a_loop_join_carries_the_approval_of_the_gate_insi
     write = step_output_metadata(instance, parked, "looped_review_graph.refine__i1__write")
     draft = values(materialized(instance, resumed)["looped_review/draft"])
     assert "flujo/step_path" not in draft  # produced by the loop's join, not by the gate
-    assert {k: v for k, v in draft.items() if k not in {"flujo/approval/at", "flujo/path"}} == {
+    (record,) = draft["flujo/approvals"]  # the gate in iteration 1 of the loop, upstream of the loop's join
+    assert (record["gate"], record["path"]) == (
+        "refine__i1__sign_off",
+        "looped_review > loop:refine > i1 > approval:sign_off",
+    )
+    assert {k: v for k, v in draft.items() if k not in {"flujo/approval/at", "flujo/path", "flujo/approvals"}} == {
         "flujo/preview": ANSWER,
         "flujo/type": "str",
         "flujo/total_cost_usd": write["flujo/cost_usd"],
@@ -146,6 +167,7 @@ def test_an_asset_forwarded_by_a_loop_join_carries_the_approval_of_the_gate_insi
         "flujo/total_output_tokens": write["flujo/output_tokens"],
         "flujo/models": "function:reviewer",
         "flujo/produced_by": "looped_review > loop:refine > i1 > agent:write",
+        "flujo/approval/gate": "refine__i1__sign_off",
         "flujo/approval/verdict": "approve",
         "flujo/approval/by": "alice",
         "flujo/approval/comment": "",

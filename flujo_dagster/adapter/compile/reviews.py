@@ -3,6 +3,7 @@ those ops (`ops.checks.checked_op`) and maps the check outputs out of the graph.
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from dagster import AssetCheckSpec, AssetKey, OpDefinition, OutputMapping
 
@@ -38,12 +39,12 @@ def _region(start: str, upstream: Mapping[str, Sequence[tuple[str, str]]], stops
     return frozenset(seen)
 
 
+def _is_gate(definition: object) -> TypeGuard[OpDefinition]:
+    return isinstance(definition, OpDefinition) and names.op_kind(definition.tags) is names.OpKind.APPROVAL
+
+
 def _shows(definition: object, key: str) -> bool:
-    return (
-        isinstance(definition, OpDefinition)
-        and names.op_kind(definition.tags) is names.OpKind.APPROVAL
-        and io_name(key) in definition.output_dict
-    )
+    return _is_gate(definition) and io_name(key) in definition.output_dict
 
 
 def _specs(pipeline: Pipeline, key: str, asset_key: AssetKey) -> tuple[tuple[AssetCheckSpec, Check | None], ...]:
@@ -83,6 +84,7 @@ def plan_reviews(pipeline: Pipeline, built: BuiltGraph, translator: FlujoDagster
         region = every_node if key == CONTEXT_KEY else _region(op, upstream, asset_ops - {op})
         depends = every_node if key == CONTEXT_KEY else _region(op, upstream, set())
         gates = frozenset(n for n in region if n != op and _shows(built.defs[n], key))
+        approvals = frozenset(n for n in depends if n != op and _is_gate(built.defs[n]))
         plans.setdefault(op, []).append(
             AssetPlan(
                 output=out,
@@ -91,6 +93,7 @@ def plan_reviews(pipeline: Pipeline, built: BuiltGraph, translator: FlujoDagster
                 region=keys_of(region),
                 upstream=keys_of(depends),
                 gates=keys_of(gates),
+                approvals=keys_of(approvals),
                 checks=_specs(pipeline, key, keys[key]),
             )
         )

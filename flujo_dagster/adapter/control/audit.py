@@ -33,6 +33,10 @@ AuditKind = Literal[
 ]
 
 
+MAX_EDITS_SHOWN = 100
+"""At most this many edited keys of one decision are read back from its audit event."""
+
+
 @dataclass(frozen=True)
 class AuditEvent:
     """One audit event of an approval gate, as read back from the event log."""
@@ -43,6 +47,21 @@ class AuditEvent:
     message: str
     timestamp: float
     record: dict[str, Any]
+
+    def edits(self) -> list[tuple[str, str, str]]:
+        """(key, before, after) of each key a decision edited, as the gate recorded them (JSON text, cut short);
+        anything else in the record's `edits` is skipped (the event log is read, never trusted to be well formed).
+        """
+        raw = self.record.get("edits")
+        if not isinstance(raw, dict):
+            return []
+        found = []
+        for key, change in list(raw.items())[:MAX_EDITS_SHOWN]:
+            if isinstance(key, str) and isinstance(change, dict):
+                before, after = change.get("before"), change.get("after")
+                if isinstance(before, str) and isinstance(after, str):
+                    found.append((cut(key, 200), cut(before, 600), cut(after, 600)))
+        return found
 
 
 def _prefix(kind: str, gate: str) -> str:

@@ -61,6 +61,7 @@ from flujo_dagster.runtime.approvals import (
     state_hash,
     tally,
 )
+from flujo_dagster.runtime.tags import cut
 from flujo_dagster.runtime.values import jsonable, to_json_bytes
 
 __all__ = [
@@ -75,6 +76,8 @@ PREVIEW_CHARS = 2_000
 SHORT_PREVIEW_CHARS = 160
 SHORT_PREVIEW_TOTAL_CHARS = 4_000
 WAIT_DELAYS_S = (5, 10, 20, 40, 60)
+EDIT_CHARS = 500
+"""At most this many characters of an edited key's value before and after, in the audit trail."""
 
 
 def preview(shown: Mapping[str, object]) -> str:
@@ -168,7 +171,8 @@ def approval_op(pipeline: Pipeline, gate: Approval, wiring: StepWiring) -> OpDef
             decision = _decision(attempt, pipeline, gate, wiring, dumped, state)
         except _Parked:
             return  # no output: the steps after the gate are skipped, and the run ends SUCCESS (ops/park.py)
-        yield from _decided(attempt, gate, wiring, decision, shown, payload_hash(dumped))
+        edits = _edits(pipeline, values, decision)
+        yield from _decided(attempt, gate, wiring, decision, shown, payload_hash(dumped), edits)
 
     routes = bool(gate.on_reject)
     outs: dict[str, Out] = {  # all optional: a park yields none of them
@@ -255,12 +259,15 @@ def _decided(
     decision: Decision,
     shown: dict[str, object],
     digest: str,
+    edits: dict[str, dict[str, str]],
 ) -> Iterator[Output[object]]:
-    """Record the decision (audit events, tags); then fail on a rejection, take the `on_reject` path, or go on
-    with the shown values (edits applied), the decision riding on each as metadata."""
+    """Record the decision (audit events, with each edit's value before and after, tags); then fail on a
+    rejection, take the `on_reject` path, or go on with the shown values (edits applied), the decision riding on
+    each as metadata (and, through the event log, on every asset downstream: `ops/review.py`)."""
     context, run, gate_id = attempt.context, attempt.run, attempt.gate_id
     record = {
         names.STEP_PATH: wiring.path,
+        names.approval("gate"): gate_id,
         names.approval("verdict"): decision.verdict,
         names.approval("by"): decision.by,
         names.approval("at"): decision.at,
@@ -279,7 +286,8 @@ def _decided(
             verdict=decision.verdict,
         )
     kind: AuditKind = "approved" if decision.verdict == "approve" else "rejected"
-    fields = {"by": decision.by, "at": decision.at, "comment": decision.comment, "payload_hash": digest}
+    fields: dict[str, object] = {"by": decision.by, "at": decision.at, "comment": decision.comment}
+    fields.update(payload_hash=digest, **({"edits": edits} if edits else {}))
     audit(context.instance, run, kind, gate_id, f"by {decision.by}", step_key=attempt.step_key, **fields)
     failing = decision.verdict == "reject" and not gate.on_reject
     _mark_decided(context, gate_id, failing=failing)
@@ -355,6 +363,19 @@ def _typed_edits(pipeline: Pipeline, decision: Decision) -> Decision | str:
         except ValidationError as exc:
             return f"its edited value of {key!r} is not a valid {key!r}: {exc.errors(include_url=False)}"
     return decision.model_copy(update={"values": typed})
+
+
+def _edits(pipeline: Pipeline, before: Mapping[str, object], decision: Decision) -> dict[str, dict[str, str]]:
+    """Each key the decision edits: its value before (the JSON the reviewer saw) and after the edit, each cut to
+    `EDIT_CHARS` characters (the audit trail's record of the edit)."""
+    edits: dict[str, dict[str, str]] = {}
+    for key, value in decision.values.items():
+        after = jsonable(key_type(pipeline.name, key, pipeline.fields[key]).adapter, value)
+        edits[key] = {
+            "before": cut(to_json_bytes(before.get(key)).decode(), EDIT_CHARS),
+            "after": cut(to_json_bytes(after).decode(), EDIT_CHARS),
+        }
+    return edits
 
 
 def _park(

@@ -16,6 +16,7 @@ from dagster import (
     AssetKey,
     Failure,
     In,
+    MetadataValue,
     Nothing,
     OpDefinition,
     OpExecutionContext,
@@ -26,7 +27,15 @@ from pydantic import ValidationError
 
 from flujo_dagster import names
 from flujo_dagster.adapter.control.costs import AgentCallSummary, metadata_calls
-from flujo_dagster.adapter.ops.review import RegionEvents, approval_record, plain, region_calls, review_metadata
+from flujo_dagster.adapter.ops.review import (
+    RegionEvents,
+    approval_record,
+    gate_entry,
+    gate_records,
+    plain,
+    region_calls,
+    review_metadata,
+)
 from flujo_dagster.adapter.storage.io_manager import Origin, PydanticJsonIOManager, StoredKey
 from flujo_dagster.dsl.checks import Check
 from flujo_dagster.errors import ConfigurationError, StorageError
@@ -54,6 +63,8 @@ class AssetPlan:
     producers and their regions included."""
     gates: frozenset[str]
     """Step keys of the approval gates in `region` that show the key."""
+    approvals: frozenset[str] = frozenset()
+    """Step keys of every approval gate in `upstream`: their decisions ride on the asset (`flujo/approvals`)."""
     checks: tuple[tuple[AssetCheckSpec, Check | None], ...]
     """Each check spec and the user's check (None for the type check)."""
 
@@ -82,6 +93,12 @@ def _reviewed(
     metadata[names.UPSTREAM_COST_USD] = float(sum((c.cost_usd for c in upstream), Decimal(0)))
     if not any(k.startswith(APPROVAL_PREFIX) for k in own):
         metadata.update(approval_record(events, plan.gates))
+    if plan.approvals or own.get(APPROVAL_PREFIX + "verdict"):
+        records = gate_records(context.instance, context.run, plan.approvals) if plan.approvals else []
+        if own.get(APPROVAL_PREFIX + "verdict"):  # written by a gate: its own record too, last
+            records.append(gate_entry(own, context.run_id))
+        if records:
+            metadata[names.APPROVALS] = MetadataValue.json(records)
     return out.with_metadata({**out.metadata, **metadata})
 
 

@@ -15,6 +15,7 @@ from dagster import (
     DagsterEvent,
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     MetadataValue,
     TableColumn,
     TableRecord,
@@ -24,16 +25,21 @@ from pydantic import BaseModel
 
 from flujo_dagster.adapter.control.chain import chain_runs
 from flujo_dagster.adapter.control.costs import AgentCallSummary, metadata_calls
+from flujo_dagster.adapter.storage.budgets import chain_of
 from flujo_dagster.names import (
     APPROVAL_PREFIX,
+    APPROVED_OUTPUT,
     MODELS,
     PREVIEW,
     PRODUCED_BY,
+    REJECTED_OUTPUT,
+    STEP_PATH,
     TOTAL_COST_USD,
     TOTAL_INPUT_TOKENS,
     TOTAL_OUTPUT_TOKENS,
     TYPE,
 )
+from flujo_dagster.runtime.tags import cut
 from flujo_dagster.runtime.values import adapter_for, jsonable
 
 __all__ = [
@@ -41,6 +47,8 @@ __all__ = [
     "TABLE_ROWS",
     "RegionEvents",
     "approval_record",
+    "gate_entry",
+    "gate_records",
     "plain",
     "preview",
     "readable_type",
@@ -169,6 +177,61 @@ def approval_record(events: RegionEvents, gate_keys: frozenset[str]) -> dict[str
         if found.get(APPROVAL_PREFIX + "verdict") == "approve":
             record = found
     return record
+
+
+MAX_APPROVALS_LISTED = 100
+"""At most this many gates' records in an asset's `flujo/approvals` (a Map of many gated elements: the first)."""
+COMMENT_CHARS = 500
+"""A reviewer's comment, as an asset downstream carries it, is cut to this many characters."""
+_DECIDED_OUTPUTS = frozenset({APPROVED_OUTPUT, REJECTED_OUTPUT})
+
+
+def gate_entry(metadata: Mapping[str, object], run_id: str) -> dict[str, object]:
+    """One gate's record, as the gate wrote it on its `flujo_approved`/`flujo_rejected` output."""
+
+    def text(field: str) -> str:
+        value = metadata.get(APPROVAL_PREFIX + field)
+        return value if isinstance(value, str) else ""
+
+    path = metadata.get(STEP_PATH)
+    return {
+        "gate": text("gate"),
+        "path": path if isinstance(path, str) else "",
+        "verdict": text("verdict"),
+        "by": text("by"),
+        "at": text("at"),
+        "comment": cut(text("comment"), COMMENT_CHARS),
+        "payload_hash": text("payload_hash"),
+        "edited": [k for k in text("edited").split(", ") if k],
+        "run_id": run_id,
+    }
+
+
+def gate_records(instance: DagsterInstance, run: DagsterRun, gate_keys: frozenset[str]) -> list[dict[str, object]]:
+    """The decision of each gate `gate_keys` (each element of a gate in a Map) that decided in `run` or, for a
+    gate `run` did not execute, in the nearest ancestor of its proven chain that did (where `run` reads the gate's
+    outputs from): read from the gates' step outputs in the event log, so it works in any executor and process.
+    A gate that parked or did not run (a branch not taken) has none. Oldest run first, at most
+    `MAX_APPROVALS_LISTED`."""
+    found: list[list[dict[str, object]]] = []
+    decided: set[str] = set()
+    for member in chain_of(run, instance):  # the run first, then its parent, ...
+        here: set[str] = set()
+        entries: list[dict[str, object]] = []
+        for record in instance.all_logs(member.run_id, of_type=DagsterEventType.STEP_OUTPUT):
+            event = record.dagster_event
+            data = event.step_output_data if event is not None else None
+            base = _base(event.step_key or "") if event is not None else ""
+            if data is None or base not in gate_keys or base in decided:
+                continue
+            if data.step_output_handle.output_name in _DECIDED_OUTPUTS:
+                here.add(base)
+                entries.append(gate_entry(plain(data.metadata), member.run_id))
+        decided |= here
+        found.append(entries)
+        if decided >= gate_keys:
+            break
+    return [entry for entries in reversed(found) for entry in entries][:MAX_APPROVALS_LISTED]
 
 
 def review_metadata(

@@ -1,0 +1,78 @@
+"""Provenance: a pipeline with two approval gates in a row and assets before, between and after them, under the
+multiprocess executor (a reconstructable target for execute_job and resume)."""
+
+from __future__ import annotations
+
+from dagster import JobDefinition, multiprocess_executor
+from pydantic import BaseModel
+
+from flujo_dagster import Approval, ApprovalSettings, Pipeline, build_definitions, step
+
+
+class Story(BaseModel):
+    topic: str
+    outline: str = ""
+    draft: str = ""
+    summary: str = ""
+    title: str = ""
+    report: str = ""
+
+
+class Edit(BaseModel):
+    """What the first reviewer may change: the draft."""
+
+    draft: str
+
+
+@step(name="plan", output_keys=["outline"])
+def plan(topic: str) -> str:
+    return f"outline of {topic}"
+
+
+@step(name="write", output_keys=["draft"])
+def write(outline: str) -> str:
+    return f"draft from {outline}"
+
+
+@step(name="summarise", output_keys=["summary"])
+def summarise(draft: str) -> str:
+    return f"summary: {draft}"
+
+
+@step(name="headline", output_keys=["title"])
+def headline(draft: str) -> str:
+    return draft.upper()
+
+
+@step(name="publish", output_keys=["report"])
+def publish(summary: str, outline: str) -> str:
+    return f"# {outline}\n\n{summary}"
+
+
+provenanced = Pipeline(
+    "provenanced",
+    context=Story,
+    steps=[
+        plan,
+        write,
+        Approval("review", show=["draft"], decision=Edit),
+        summarise,
+        headline,
+        Approval("final", show=["summary"]),
+        publish,
+    ],
+    # outline: before both gates; title: between them; summary: shown by the second; report: after both
+    assets=["outline", "title", "summary", "report"],
+)
+defs = build_definitions(
+    pipelines=[provenanced],
+    resources={"approval_settings": ApprovalSettings(allow_unknown_requester=True)},
+    executor=multiprocess_executor.configured(
+        {"start_method": {"forkserver": {"preload_modules": ["tests.provenance_defs"]}}}
+    ),
+)
+
+
+def provenanced_job() -> JobDefinition:
+    """plan -> write -> review (approval, edits the draft) -> summarise -> headline -> final (approval, shows summary) -> publish."""
+    return defs.resolve_job_def("provenanced")
