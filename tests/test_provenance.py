@@ -9,7 +9,8 @@ from typing import Any
 from dagster import DagsterInstance, JsonMetadataValue, execute_job, reconstructable
 
 from flujo_dagster.adapter.control.approvals import decide, resume
-from flujo_dagster.adapter.control.audit import audit_trail
+from flujo_dagster.adapter.control.audit import MAX_EDITS_SHOWN, AuditEvent, audit_trail
+from flujo_dagster.adapter.ops.review import COMMENT_CHARS, gate_entry
 from flujo_dagster.runtime.approvals import payload_hash
 from tests.provenance_defs import provenanced_job
 from tests.test_asset_review import inputs, materialized
@@ -79,3 +80,36 @@ def test_assets_downstream_of_decided_gates_carry_each_record_and_the_audit_show
     assert listed.returncode == 0, listed.stderr
     assert '    draft: "draft from outline of otters" -> "edited 2J draft"' in listed.stdout.splitlines()
     assert "\u009b" not in listed.stdout
+
+
+def test_an_audit_events_malformed_edits_are_skipped_never_raised() -> None:
+    def event(edits: object) -> AuditEvent:
+        return AuditEvent(
+            run_id="r", kind="approved", gate="g", message="by ana", timestamp=0.0, record={"edits": edits}
+        )
+
+    assert event(None).edits() == []
+    assert event(["draft"]).edits() == []
+    assert event({"draft": "x", "a": {"before": 1, "after": "2"}, "b": {"before": "1"}}).edits() == []
+    assert event({"draft": {"before": "1", "after": "2"}}).edits() == [("draft", "1", "2")]
+    long = event({"k": {"before": "x" * 10_000, "after": ""}}).edits()
+    assert len(long[0][1]) <= 600 and long[0][1].endswith("(10000 characters)")
+    assert len(event({f"k{i}": {"before": "", "after": ""} for i in range(1_000)}).edits()) == MAX_EDITS_SHOWN
+
+
+def test_a_gate_record_on_an_asset_is_size_capped_and_reads_any_metadata() -> None:
+    entry = gate_entry(
+        {"flujo/approval/comment": "c" * 10_000, "flujo/approval/edited": "a, b", "flujo/step_path": 5}, "r"
+    )
+    assert len(str(entry["comment"])) <= COMMENT_CHARS and entry["edited"] == ["a", "b"] and entry["path"] == ""
+    assert gate_entry({}, "r") == {
+        "gate": "",
+        "path": "",
+        "verdict": "",
+        "by": "",
+        "at": "",
+        "comment": "",
+        "payload_hash": "",
+        "edited": [],
+        "run_id": "r",
+    }
