@@ -74,5 +74,6 @@ defs = build_definitions(
 
 
 def provenanced_job() -> JobDefinition:
-    """plan -> write -> review (approval, edits the draft) -> summarise -> headline -> final (approval, shows summary) -> publish."""
+    """plan -> write -> review (approval, edits the draft) -> summarise -> headline -> final (approval, shows
+    summary) -> publish."""
     return defs.resolve_job_def("provenanced")
