@@ -46,6 +46,7 @@ __all__ = [
     "EXIT_OUTPUT",
     "GATE_INPUT",
     "IGNORED_PREFIX",
+    "INBOX_PREFIX",
     "INPUTS_OP",
     "INPUT_TOKENS",
     "IO_MANAGER_KEY",
@@ -100,6 +101,7 @@ __all__ = [
     "child_path",
     "element_path",
     "graph_name",
+    "inbox_tag",
     "io_name",
     "item_path",
     "iteration_path",
@@ -278,6 +280,16 @@ REQUEST_PREFIX = "flujo/request/"
 ESCALATED_PREFIX = "flujo/escalated/"
 """Run tag `flujo/escalated/<gate>`: when the gate's deadline passed and it was escalated to `escalate_to`."""
 IGNORED_PREFIX = "flujo/ignored/"
+INBOX_PREFIX = "flujo/inbox/"
+"""Run tag `flujo/inbox/<gate>` on a parked run, when `FLUJO_DAGSTER_INBOX_URL` is set: the URL of the gate's page in
+the reviewers' web inbox (the run page shows it)."""
+
+
+def inbox_tag(gate: str) -> str:
+    """The run tag linking gate `gate`'s inbox page: `flujo/inbox/<gate>`."""
+    return f"{INBOX_PREFIX}{gate}"
+
+
 PARKED_TAG = "flujo/parked"
 """Run tag `flujo/parked`: `true` while the run waits at a gate, `false` once it was resumed (or never parked)."""
 PARKED_RUN_TAG = "flujo/parked_run"

@@ -6,13 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, JsonMetadataValue, execute_job, reconstructable
+import pytest
+from dagster import DagsterEventType, DagsterInstance, JsonMetadataValue, MetadataValue, execute_job, reconstructable
 
 from flujo_dagster.adapter.control.approvals import decide, resume
 from flujo_dagster.adapter.control.audit import MAX_EDITS_SHOWN, AuditEvent, audit_trail
 from flujo_dagster.adapter.ops.review import COMMENT_CHARS, gate_entry
+from flujo_dagster.config import INBOX_URL_ENV, inbox_gate_url
 from flujo_dagster.runtime.approvals import payload_hash
+from tests.approval_defs import REQUEST_LOG, gated_job
 from tests.provenance_defs import provenanced_job
+from tests.test_approvals import INPUTS
 from tests.test_asset_review import inputs, materialized
 from tests.test_cli import run as run_cli
 
@@ -113,3 +117,52 @@ def test_a_gate_record_on_an_asset_is_size_capped_and_reads_any_metadata() -> No
         "edited": [],
         "run_id": "r",
     }
+
+
+# --- links to the reviewers' inbox -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The file the `gated` example's scripted agent logs its prompts to."""
+    log = tmp_path / "requests.log"
+    log.touch()
+    monkeypatch.setenv(REQUEST_LOG, str(log))
+    return log
+
+
+def park_gated(instance: DagsterInstance) -> tuple[str, dict[str, Any]]:
+    """Park the `gated` example; its tags and the metadata of its request (the park's engine event)."""
+    with execute_job(reconstructable(gated_job), instance=instance, run_config=INPUTS) as result:
+        assert result.success  # parked
+        run_id = result.run_id
+    run = instance.get_run_by_id(run_id)
+    assert run is not None and run.tags["flujo/parked"] == "true"
+    for record in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        data = record.dagster_event.event_specific_data if record.dagster_event is not None else None
+        metadata = dict(getattr(data, "metadata", None) or {})
+        if "flujo/parked" in metadata:
+            return run_id, {"tags": dict(run.tags), "metadata": metadata, "message": record.dagster_event.message}  # type: ignore[union-attr]
+    raise AssertionError("no park event")
+
+
+def test_a_parked_run_links_its_gates_inbox_page_when_an_inbox_is_configured(
+    instance: DagsterInstance, requests: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(INBOX_URL_ENV, "https://inbox.example.com")
+    run_id, parked = park_gated(instance)
+    page = f"https://inbox.example.com/gates/{run_id}/review"
+    assert page == inbox_gate_url(run_id, "review")
+    assert parked["tags"]["flujo/inbox/review"] == page  # the run page shows it
+    assert parked["metadata"]["flujo/approval/inbox"] == MetadataValue.url(page)  # the request links it
+    assert page in parked["message"]
+
+
+def test_a_parked_run_has_no_inbox_link_when_no_inbox_is_configured(
+    instance: DagsterInstance, requests: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(INBOX_URL_ENV, raising=False)
+    _, parked = park_gated(instance)
+    assert not [t for t in parked["tags"] if t.startswith("flujo/inbox")]
+    assert "flujo/approval/inbox" not in parked["metadata"] and "inbox" not in parked["message"]
+    assert "flujo/approval/commands" in parked["metadata"]  # the request itself is still there

@@ -33,6 +33,7 @@ from flujo_dagster.adapter.ops.leaf import StepWiring, ins_for, not_retried, out
 from flujo_dagster.adapter.ops.map import mapped_gate_id
 from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
 from flujo_dagster.adapter.storage.types import key_type
+from flujo_dagster.config import inbox_gate_url
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ApprovalRejectedError, ConfigurationError
@@ -386,6 +387,7 @@ def _park(
     so the steps after the gate are skipped and the run ends SUCCESS."""
     context, gate_id = attempt.context, attempt.gate_id
     context.instance.add_run_tags(context.run_id, {PARKED_TAG: "true", PARKED_RUN_TAG: context.run_id})
+    inbox = inbox_gate_url(context.run_id, gate_id)  # None when no inbox is configured
     deadlines = request.deadlines()
     deadline = (
         f"{deadlines[0].isoformat(timespec='seconds')}, then on_timeout={request.policy.on_timeout!r}"
@@ -398,7 +400,7 @@ def _park(
         f"parked at {wiring.path}: waiting for {outcome.waiting_for}\n"
         f"who may decide: {who}\ndeadline: {deadline}\n"
         f"payload (sha256 {request.payload_hash}):\n{plain_preview(dumped)}\n"
-        f"decide with:\n{commands}"
+        f"decide with:\n{commands}" + (f"\nor in the inbox: {inbox}" if inbox else "")
     )
     context.instance.report_engine_event(
         message,
@@ -414,6 +416,7 @@ def _park(
                 names.approval("waiting_for"): outcome.waiting_for,
                 names.approval("deadline"): deadline,
                 names.approval("commands"): MetadataValue.text(commands),
+                **({names.approval("inbox"): MetadataValue.url(inbox)} if inbox else {}),
             }
         ),
         step_key=attempt.step_key,
@@ -423,11 +426,12 @@ def _park(
 
 def _record_request(attempt: _Attempt, request: Request, *, first: bool) -> None:
     """Record on the run what the gate waits for: `flujo/awaiting/<gate>=pending` and the request (step path,
-    payload hash, policy, time); on a gate's first attempt in a run, also as an audit event."""
+    payload hash, policy, time), and, when an inbox is configured, the gate's inbox page (`flujo/inbox/<gate>`); on
+    a gate's first attempt in a run, also as an audit event."""
     context, run, gate_id = attempt.context, attempt.run, attempt.gate_id
-    context.instance.add_run_tags(
-        context.run_id, {AWAITING_PREFIX + gate_id: "pending", REQUEST_PREFIX + gate_id: request.to_tag()}
-    )
+    tags = {AWAITING_PREFIX + gate_id: "pending", REQUEST_PREFIX + gate_id: request.to_tag()}
+    inbox = inbox_gate_url(context.run_id, gate_id)
+    context.instance.add_run_tags(context.run_id, {**tags, **({names.inbox_tag(gate_id): inbox} if inbox else {})})
     if first:
         fields = {"path": request.path, "payload_hash": request.payload_hash, "requested_at": request.requested_at}
         who = request.policy.who(escalated=False)
