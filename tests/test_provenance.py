@@ -166,3 +166,12 @@ def test_a_parked_run_has_no_inbox_link_when_no_inbox_is_configured(
     assert not [t for t in parked["tags"] if t.startswith("flujo/inbox")]
     assert "flujo/approval/inbox" not in parked["metadata"] and "inbox" not in parked["message"]
     assert "flujo/approval/commands" in parked["metadata"]  # the request itself is still there
+
+
+def test_a_bad_inbox_url_adds_no_link_and_never_stops_the_gate(
+    instance: DagsterInstance, requests: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(INBOX_URL_ENV, "javascript:alert(1)")
+    _, parked = park_gated(instance)  # parked as usual
+    assert not [t for t in parked["tags"] if t.startswith("flujo/inbox")]
+    assert "flujo/approval/inbox" not in parked["metadata"]

@@ -387,7 +387,7 @@ def _park(
     so the steps after the gate are skipped and the run ends SUCCESS."""
     context, gate_id = attempt.context, attempt.gate_id
     context.instance.add_run_tags(context.run_id, {PARKED_TAG: "true", PARKED_RUN_TAG: context.run_id})
-    inbox = inbox_gate_url(context.run_id, gate_id)  # None when no inbox is configured
+    inbox = _inbox_link(context, gate_id)
     deadlines = request.deadlines()
     deadline = (
         f"{deadlines[0].isoformat(timespec='seconds')}, then on_timeout={request.policy.on_timeout!r}"
@@ -424,13 +424,23 @@ def _park(
     raise _Parked
 
 
+def _inbox_link(context: OpExecutionContext, gate_id: str) -> str | None:
+    """The gate's page in the reviewers' inbox; None when no inbox is configured, or (with a warning) when
+    `FLUJO_DAGSTER_INBOX_URL` is not an http(s) URL: a bad link never stops a gate."""
+    try:
+        return inbox_gate_url(context.run_id, gate_id)
+    except ConfigurationError as exc:
+        context.log.warning(f"no inbox link for gate {gate_id}: {exc}")
+        return None
+
+
 def _record_request(attempt: _Attempt, request: Request, *, first: bool) -> None:
     """Record on the run what the gate waits for: `flujo/awaiting/<gate>=pending` and the request (step path,
     payload hash, policy, time), and, when an inbox is configured, the gate's inbox page (`flujo/inbox/<gate>`); on
     a gate's first attempt in a run, also as an audit event."""
     context, run, gate_id = attempt.context, attempt.run, attempt.gate_id
     tags = {AWAITING_PREFIX + gate_id: "pending", REQUEST_PREFIX + gate_id: request.to_tag()}
-    inbox = inbox_gate_url(context.run_id, gate_id)
+    inbox = _inbox_link(context, gate_id)
     context.instance.add_run_tags(context.run_id, {**tags, **({names.inbox_tag(gate_id): inbox} if inbox else {})})
     if first:
         fields = {"path": request.path, "payload_hash": request.payload_hash, "requested_at": request.requested_at}
