@@ -69,7 +69,7 @@ Stage = Literal["open", "escalated", "timed_out"]
 _RECORD = ConfigDict(frozen=True, extra="ignore", ser_json_inf_nan="constants")
 """Records in tags: fields they do not know are ignored; NaN and infinities are kept (as in `payload_hash`)."""
 _FROM_TAG = {"from_tag": True}
-_UNSET_OMITTED = frozenset({"mac", "state_hash", "allow_unknown_requester", "run_id", "gate", "path"})
+_UNSET_OMITTED = frozenset({"mac", "state_hash", "allow_unknown_requester", "run_id", "gate", "path", "identity"})
 """Record fields written only when set: records without them keep the bytes they always had."""
 _SIGNED_V2 = "flujo-decision/2"
 """Leads the text a decision's signature covers: a record signed in the earlier form never verifies."""
@@ -259,6 +259,8 @@ class Decision(BaseModel):
     state_hash: str = ""
     signature: str = ""
     signature_sha256: str = ""
+    identity: str = ""
+    """How the reviewer's name was established (`header X-Forwarded-User`, `self-declared`); empty: not said."""
 
     @model_validator(mode="before")
     @classmethod
@@ -301,7 +303,8 @@ def _same(given: str, expected: str) -> bool:
 def _signed_text(decision: Decision) -> bytes:
     d = decision
     bound = [_SIGNED_V2, d.run_id, d.gate, d.path, d.payload_hash, d.state_hash]
-    return _canonical([*bound, d.verdict, d.values, d.by, d.at, d.comment])
+    identity = [d.identity] if d.identity else []  # signed only when set: earlier signatures stay valid
+    return _canonical([*bound, d.verdict, d.values, d.by, d.at, d.comment, *identity])
 
 
 def _digest(decision: Decision, secret: str) -> str:
@@ -310,7 +313,8 @@ def _digest(decision: Decision, secret: str) -> str:
 
 def sign(decision: Decision, *, secret: str) -> Decision:
     """`decision` with its HMAC-SHA256 over (parked run, gate, step path, payload hash, state hash, verdict and
-    edits, reviewer, time, comment) made with `secret`."""
+    edits, reviewer, time, comment, and how the reviewer's name was established when that is said) made with
+    `secret`."""
     return decision.model_copy(update={"signature": _digest(decision, secret), "signature_sha256": ""})
 
 
@@ -324,11 +328,14 @@ def decision_record(
     at: str | None = None,
     signature: str = "",
     bound: Mapping[str, str] | None = None,
+    identity: str = "",
 ) -> Decision:
     """A new decision record (made now unless `at` is given) that its tag can hold, `bound` to the run state
-    it is made for (`run_id`, `gate`, `path`, `state_hash`); `ApprovalError` says what is wrong with the fields."""
+    it is made for (`run_id`, `gate`, `path`, `state_hash`), saying how the reviewer's name was established
+    (`identity`, when given); `ApprovalError` says what is wrong with the fields."""
     fields: dict[str, object] = {"verdict": verdict, "by": by, "payload_hash": payload_hash, "comment": comment}
     fields |= {"values": dict(values or {}), "at": at or _now(), "signature": signature, **(bound or {})}
+    fields |= {"identity": identity}
     try:
         # read back from its own tag: the values are then exactly the JSON the gate verifies and signs
         decision = Decision.model_validate_json(Decision.model_validate(fields).to_tag(), context=_FROM_TAG)

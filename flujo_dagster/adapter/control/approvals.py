@@ -235,12 +235,14 @@ def decide(
     secret: str | None = None,
     at: str | None = None,
     signature: str | None = None,
+    identity: str = "",
 ) -> Decision:
     """Record a decision on the gate `gate` (the only parked one when None) of parked run `run_id`, as the run
     tag `flujo/decision/<gate>/<by>` (one per reviewer) and as an audit event holding the full record, bound to
     the run state the gate recorded (this run, the gate, its step path, the payload and state hashes). With
     `secret` the record is signed (HMAC) over all of them; `signature` (with its `at`) passes one made
-    elsewhere (`flujo-dagster sign`). Raises `ApprovalError` when the run is not parked
+    elsewhere (`flujo-dagster sign`); `identity` says how the reviewer's name was established (the inbox's
+    `header X-Forwarded-User` or `self-declared`). Raises `ApprovalError` when the run is not parked
     there, or when the decision would not count (the reason). Does not resume the run (the `flujo_approvals`
     sensor or `resume` does)."""
     run, gate, decision = prepare_decision(
@@ -254,10 +256,12 @@ def decide(
         secret=secret,
         at=at,
         signature=signature,
+        identity=identity,
     )
     key = decision_tag(gate, decision.by)  # one tag per reviewer: a rejection is never overwritten
     instance.add_run_tags(run_id, {key: decision.to_tag()})
-    message = f"{verdict} by {decision.by} recorded in tag {key}"
+    how = f" ({decision.identity})" if decision.identity else ""
+    message = f"{verdict} by {decision.by}{how} recorded in tag {key}"
     signed = bool(decision.signature)
     # the full record, appended to the event log (which no re-execution's tags can rewrite); the signature only
     # as its SHA-256, enough for the gate to verify it and useless to a reader
@@ -273,6 +277,7 @@ def decide(
         tag=key,
         signed=signed,
         record=decision.to_event(),
+        **({"identity": decision.identity} if decision.identity else {}),
     )
     return decision
 
@@ -289,6 +294,7 @@ def prepare_decision(
     secret: str | None = None,
     at: str | None = None,
     signature: str | None = None,
+    identity: str = "",
 ) -> tuple[DagsterRun, str, Decision]:
     """The parked run, the gate and the (signed) decision record `decide` would write, bound to the run state
     the gate recorded and checked as the gate would check it; `ApprovalError` says why it would not count."""
@@ -311,6 +317,7 @@ def prepare_decision(
         at=at,
         signature=signature or "",
         bound={"run_id": run.run_id, "gate": gate, "path": request.path, "state_hash": request.state_hash},
+        identity=identity,
     )
     if not signature and secret is not None:
         decision = sign(decision, secret=secret)
