@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_APPROVALS_INTERVAL",
     "DEFAULT_WEBSERVER_URL",
     "INBOX_URL_ENV",
+    "INBOX_USER_HEADER_ENV",
     "PRICING_TABLE",
     "STORAGE_SECRET_ENV",
     "WEBSERVER_HEADERS_ENV",
@@ -35,6 +36,7 @@ __all__ = [
     "find_pyproject",
     "inbox_gate_url",
     "inbox_url",
+    "inbox_user_header",
     "pyproject_prices",
     "shown_url",
     "storage_secret",
@@ -54,6 +56,8 @@ WEBSERVER_HEADERS_ENV = "FLUJO_DAGSTER_WEBSERVER_HEADERS"
 """HTTP headers (a JSON object of names to values) the approvals sensor sends to the webserver."""
 INBOX_URL_ENV = "FLUJO_DAGSTER_INBOX_URL"
 """The public URL of the reviewers' inbox (`flujo-dagster inbox`): parked runs link to their gates' pages there."""
+INBOX_USER_HEADER_ENV = "FLUJO_DAGSTER_INBOX_USER_HEADER"
+"""The HTTP header an auth proxy in front of the reviewers' inbox names the signed-in reviewer in."""
 APPROVALS_INTERVAL_ENV = "FLUJO_DAGSTER_APPROVALS_INTERVAL_S"
 """How often the approvals sensor runs, in whole seconds."""
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
@@ -167,6 +171,19 @@ def webserver_headers() -> dict[str, str]:
             raise ConfigurationError(f"{WEBSERVER_TOKEN_ENV} must be visible ASCII without spaces (value not shown)")
         headers["Authorization"] = f"Bearer {token}"
     return headers
+
+
+def inbox_user_header(given: str | None = None) -> str | None:
+    """The header naming the reviewer in the inbox (`X-Forwarded-User`, set by an auth proxy that strips it from
+    clients): `given`, else `FLUJO_DAGSTER_INBOX_USER_HEADER`, else None (local mode: reviewers type their name,
+    recorded as self-declared). `ConfigurationError` names a value that is not an HTTP header name."""
+    source = "--user-header" if given is not None else INBOX_USER_HEADER_ENV
+    header = given if given is not None else _env(INBOX_USER_HEADER_ENV)
+    if header is None:
+        return None
+    if len(header) > 100 or not _HEADER_NAME.fullmatch(header):
+        raise ConfigurationError(f"{source}={header[:100]!r} is not an HTTP header name (e.g. X-Forwarded-User)")
+    return header
 
 
 def approvals_interval(given: timedelta | None = None) -> timedelta:
