@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import NoReturn
 
 import click
+import uvicorn
 from dagster import (
     DagsterInstance,
     DagsterRunStatus,
@@ -32,6 +33,7 @@ from flujo_dagster.adapter.control.graphql import Webserver
 from flujo_dagster.adapter.control.launch import resume_now
 from flujo_dagster.adapter.control.routes import how_to_resume, route
 from flujo_dagster.adapter.control.run_ids import resolve_run_id
+from flujo_dagster.adapter.inbox.app import create_app
 from flujo_dagster.adapter.run import load_final_context, run_pipeline
 from flujo_dagster.adapter.storage.budgets import adopt_ledger
 from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager
@@ -41,6 +43,8 @@ from flujo_dagster.config import (
     dagster_home,
     decision_secret,
     inbox_gate_url,
+    inbox_url,
+    inbox_user_header,
     webserver_headers,
     webserver_url,
 )
@@ -527,6 +531,40 @@ def _report_resumed(
     )
     click.echo(f"final context ({type(context).__name__}):")
     click.echo(context.model_dump_json(indent=2))
+
+
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+@main.command("inbox")
+@click.option("--host", default="127.0.0.1", show_default=True, help="the address to listen on")
+@click.option("--port", default=3100, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--user-header",
+    default=None,
+    help="the header an auth proxy names the reviewer in (default: FLUJO_DAGSTER_INBOX_USER_HEADER; unset: names "
+    "are typed and recorded as self-declared)",
+)
+def inbox_command(host: str, port: int, user_header: str | None) -> None:
+    """Serve the reviewers' inbox on DAGSTER_HOME's instance: every gate runs are parked at, each gate's payload
+    and policy, and a form that records a decision and resumes the run at once through the Dagster webserver
+    (FLUJO_DAGSTER_WEBSERVER_URL; the flujo_approvals sensor stays the fallback). See docs/approvals.md."""
+    try:
+        header = inbox_user_header(user_header)
+        server = Webserver(webserver_url(), headers=webserver_headers())
+        public = inbox_url()
+    except ConfigurationError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_USAGE)
+    if header is None and host not in _LOOPBACK:
+        click.echo(
+            f"warning: listening on {host} without --user-header: anyone who reaches the inbox can decide under "
+            "any name (recorded as self-declared); put it behind an auth proxy and set the header",
+            err=True,
+        )
+    with DagsterInstance.get() as instance:
+        app = create_app(instance, server=server, user_header=header, public_url=public)
+        uvicorn.run(app, host=host, port=port, server_header=False, log_level="info")
 
 
 @main.group("ledger")
