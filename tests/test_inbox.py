@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from dagster import DagsterInstance, JobDefinition, reconstructable
 from dagster._core.execution.api import execute_run
 from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
@@ -26,7 +27,8 @@ from flujo_dagster.adapter.control.graphql import Webserver
 from flujo_dagster.adapter.inbox.app import SECURITY_HEADERS, create_app
 from flujo_dagster.adapter.inbox.csrf import COOKIE
 from flujo_dagster.adapter.inbox.forms import MAX_BODY_BYTES, parse_form
-from flujo_dagster.config import webserver_url
+from flujo_dagster.cli import main
+from flujo_dagster.config import inbox_user_header, webserver_url
 from flujo_dagster.runtime.approvals import Decision, parse_decision, sign
 from tests.approval_defs import REQUEST_LOG, gated_job, loose_job
 from tests.policy_defs import quorum_job
@@ -354,3 +356,13 @@ def test_the_identity_is_signed_only_when_set() -> None:
     declared = Decision.model_validate({**fields, "identity": "self-declared"})
     assert sign(declared, secret="k").signature != sign(plain, secret="k").signature
     assert json.loads(declared.to_tag())["identity"] == "self-declared"
+
+
+def test_the_inbox_command_refuses_a_header_that_is_no_header_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUJO_DAGSTER_INBOX_USER_HEADER", "X Forwarded User")
+    result = CliRunner().invoke(main, ["inbox"])
+    assert result.exit_code == 2
+    assert "FLUJO_DAGSTER_INBOX_USER_HEADER='X Forwarded User' is not an HTTP header name" in result.output
+    assert inbox_user_header("X-Forwarded-User") == "X-Forwarded-User"
+    monkeypatch.delenv("FLUJO_DAGSTER_INBOX_USER_HEADER")
+    assert inbox_user_header() is None

@@ -66,6 +66,8 @@ class Inbox:
             loader=PackageLoader("flujo_dagster.adapter.inbox", "templates"),
             autoescape=True,
             undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
         )
     )
 
