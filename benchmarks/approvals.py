@@ -5,6 +5,11 @@ on benchmarks/approval_defs.py: write (agent) -> review (gate) -> polish (agent)
     until the run the `flujo_approvals` sensor launched through the webserver's GraphQL API has finished with
     SUCCESS, split into sensor (decision -> resume created), queue (created -> started: the daemon's dequeue and
     the run worker's start) and run; 5 repetitions at the sensor's minimum interval, one decision at a time.
+(a') The same, decided the direct way (`decide(...)` then `resume_now(...)`: what the inbox and `flujo-dagster
+    approve` do), under a second `dagster dev` whose sensor ticks every 600 s so that only the direct path launches:
+    launch (decision -> resume created in the instance: in the run queue), queue, run. The figure issue 14 names,
+    `direct_decision_to_resumed_p50_s`, is decision -> resume launched; the time to its start and to its end are
+    reported beside it (they add the daemon's dequeue, every 5 s by default, and the run itself).
 (b) Agent requests (the steps' `flujo/requests` metadata) in the parked run and in its resume.
 (c) Events one pause adds: Dagster event records in the event log (log messages counted apart) of the runs that
     took the job through its gate, minus those of one run of the same job through a gate already approved
@@ -12,8 +17,10 @@ on benchmarks/approval_defs.py: write (agent) -> review (gate) -> polish (agent)
     retry, then finds the decision. In-process executor (flujo's default). Sensor ticks are not in the event log
     and are not counted; a decision from the Launchpad adds a `flujo_decide` run, counted apart.
 Prints the tables, then one JSON line:
-{"bench": "approvals", "decision_to_resumed_p50_s": ..., "sensor_interval_s": ..., "requests_before": ...,
- "requests_after": ..., "events_per_pause_park": ..., "events_per_pause_wait": ...}
+{"bench": "approvals", "decision_to_resumed_p50_s": ..., "sensor_decision_to_launched_p50_s": ...,
+ "direct_decision_to_resumed_p50_s": ..., "direct_decision_to_started_p50_s": ...,
+ "direct_decision_to_succeeded_p50_s": ..., "sensor_interval_s": ..., "requests_before": ..., "requests_after": ...,
+ "events_per_pause_park": ..., "events_per_pause_wait": ...}
 
     .venv/bin/python -m benchmarks.approvals
 """
@@ -30,6 +37,8 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunSta
 
 from flujo_dagster import names
 from flujo_dagster.adapter.control.approvals import decide
+from flujo_dagster.adapter.control.graphql import Webserver as Channel
+from flujo_dagster.adapter.control.launch import resume_now
 from tests.dagster_dev import DagsterDev, DagsterDevError, dagster_dev
 
 TARGET = ("-m", "benchmarks.approval_defs", "-a", "defs")
@@ -37,6 +46,7 @@ SENSOR = "flujo_approvals"
 DECISION = names.decision_tag("review", "ana")  # decide() writes one tag per reviewer
 REQUESTER = {"dagster/user": "requester"}
 MIN_INTERVAL_S = 1
+DIRECT_INTERVAL_S = 600  # the direct path's session: the sensor (the fallback) launches nothing meanwhile
 """Dagster's sensor daemon evaluates sensors in a loop that runs at most every 5 s (MIN_INTERVAL_LOOP_TIME in
 dagster/_daemon/sensor.py), skipping a sensor whose interval has not elapsed since its last tick: any interval
 below 5 ticks on every loop; 5 itself can skip alternate loops when a loop starts a little early."""
@@ -98,6 +108,36 @@ def latencies(dev: DagsterDev, reps: int) -> list[dict[str, Any]]:
                 "sensor_s": created - decided_at,
                 "queue_s": child.start_time - created,
                 "run_s": child.end_time - child.start_time,
+                "total_s": child.end_time - decided_at,
+            }
+        )
+    return rows
+
+
+def direct_latencies(dev: DagsterDev, reps: int) -> list[dict[str, Any]]:
+    """Park `reps` runs, then decide on one at a time the direct way (`decide` + `resume_now`) and time its
+    resume (see the module docstring, (a'))."""
+    parked = [dev.launch("bench_park", inputs(f"direct-{i}"), tags=REQUESTER) for i in range(reps)]
+    channel = Channel(dev.server.url)
+    rows = []
+    for run_id in parked:
+        run = finished(dev, run_id, DagsterRunStatus.SUCCESS)
+        assert run.tags.get(names.PARKED_TAG) == "true", run.tags
+        decided_at = time.time()
+        decide(run_id, verdict="approve", by="ana", instance=dev.instance)
+        outcome = resume_now(dev.instance, run_id, server=channel, secret=None, resumed_by="benchmark")
+        assert outcome.launched and outcome.resumed_run_id is not None, outcome.message
+        finished(dev, outcome.resumed_run_id, DagsterRunStatus.SUCCESS)
+        child = record(dev.instance, outcome.resumed_run_id)
+        assert child.dagster_run.tags.get(names.RESUMED_BY_TAG) == "benchmark"  # the direct path launched it
+        created = child.create_timestamp.timestamp()
+        assert child.start_time is not None and child.end_time is not None
+        rows.append(
+            {
+                "launch_s": created - decided_at,
+                "queue_s": child.start_time - created,
+                "run_s": child.end_time - child.start_time,
+                "started_s": child.start_time - decided_at,
                 "total_s": child.end_time - decided_at,
             }
         )
@@ -169,6 +209,11 @@ def main() -> None:
         before, after = requests(dev.instance, first["parked"]), requests(dev.instance, first["resumed"])
         counts = pause_events(dev, first["parked"], first["resumed"])
         spacing = tick_spacing(dev)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        dagster_dev(Path(tmp) / "home", target=TARGET, interval_s=DIRECT_INTERVAL_S) as dev,
+    ):
+        direct = direct_latencies(dev, args.reps)
 
     print(f"(a) decision -> resumed run SUCCESS; approvals sensor interval {args.interval} s; default queued run")
     print("    coordinator (the daemon dequeues every 5 s); decision written with decide(); sensor = decision ->")
@@ -180,6 +225,20 @@ def main() -> None:
     p50 = statistics.median(r["total_s"] for r in rows)
     ticks = statistics.median(spacing)
     print(f"median {p50:.2f} s; the sensor ticked every {ticks:.2f} s (median of {len(spacing)} gaps)")
+    print("(a') decided the direct way (decide + resume_now, as the inbox and the CLI do); sensor every")
+    print(f"    {DIRECT_INTERVAL_S} s (it launches none); launch = decision -> resume created (queued)")
+    print(f"{'rep':>5}  {'launch':>7}  {'queue':>7}  {'run':>7}  {'total':>7}")
+    for i, row in enumerate(direct, 1):
+        cells = "  ".join(f"{row[k]:>6.2f}s" for k in ("launch_s", "queue_s", "run_s", "total_s"))
+        print(f"{i:>5}  {cells}")
+    launched = statistics.median(r["launch_s"] for r in direct)
+    started = statistics.median(r["started_s"] for r in direct)
+    succeeded = statistics.median(r["total_s"] for r in direct)
+    by_sensor = statistics.median(r["sensor_s"] for r in rows)
+    print(
+        f"median: launched {launched:.2f} s (sensor path: {by_sensor:.2f} s), started {started:.2f} s, "
+        f"succeeded {succeeded:.2f} s (sensor path: {p50:.2f} s)"
+    )
     print("(b) agent requests (flujo/requests metadata): before = the parked run, after = its resume")
     print(f"    before: {sum(before.values())} {sorted(before)}")
     print(f"    after:  {sum(after.values())} {sorted(after)}")
@@ -200,6 +259,10 @@ def main() -> None:
     summary = {
         "bench": "approvals",
         "decision_to_resumed_p50_s": round(p50, 2),
+        "sensor_decision_to_launched_p50_s": round(by_sensor, 2),
+        "direct_decision_to_resumed_p50_s": round(launched, 2),
+        "direct_decision_to_started_p50_s": round(started, 2),
+        "direct_decision_to_succeeded_p50_s": round(succeeded, 2),
         "sensor_interval_s": args.interval,
         "sensor_tick_spacing_p50_s": round(ticks, 2),
         "requests_before": sum(before.values()),
