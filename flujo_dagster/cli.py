@@ -545,7 +545,14 @@ _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
     help="the header an auth proxy names the reviewer in (default: FLUJO_DAGSTER_INBOX_USER_HEADER; unset: names "
     "are typed and recorded as self-declared)",
 )
-def inbox_command(host: str, port: int, user_header: str | None) -> None:
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="a host name the inbox answers to, besides the loopback names, --host and FLUJO_DAGSTER_INBOX_URL's host "
+    "(other Host headers are refused: DNS rebinding)",
+)
+def inbox_command(host: str, port: int, user_header: str | None, allowed_hosts: tuple[str, ...]) -> None:
     """Serve the reviewers' inbox on DAGSTER_HOME's instance: every gate runs are parked at, each gate's payload
     and policy, and a form that records a decision and resumes the run at once through the Dagster webserver
     (FLUJO_DAGSTER_WEBSERVER_URL; the flujo_approvals sensor stays the fallback). See docs/approvals.md."""
@@ -563,7 +570,8 @@ def inbox_command(host: str, port: int, user_header: str | None) -> None:
             err=True,
         )
     with DagsterInstance.get() as instance:
-        app = create_app(instance, server=server, user_header=header, public_url=public)
+        hosts = (host, *allowed_hosts)
+        app = create_app(instance, server=server, user_header=header, public_url=public, hosts=hosts)
         uvicorn.run(app, host=host, port=port, server_header=False, log_level="info")
 
 

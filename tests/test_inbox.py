@@ -34,6 +34,7 @@ from tests.approval_defs import REQUEST_LOG, gated_job, loose_job
 from tests.policy_defs import quorum_job
 
 HEADER = "X-Forwarded-User"
+BASE = "http://127.0.0.1:3100"  # what a reviewer's browser names: a host the inbox answers to
 INPUTS = {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "otters"}}}}}
 
 
@@ -76,7 +77,7 @@ def park(instance: DagsterInstance, job_fn: object, module: str, inputs: dict[st
 def client(instance: DagsterInstance, *, header: str | None = HEADER, user: str | None = "ana") -> TestClient:
     app = create_app(instance, server=Webserver(webserver_url()), user_header=header)
     headers = {header: user} if header is not None and user is not None else {}
-    return TestClient(app, headers=headers)
+    return TestClient(app, headers=headers, base_url=BASE)
 
 
 def token(page: str) -> str:
@@ -282,10 +283,30 @@ def test_a_same_origin_post_passes_the_site_checks(instance: DagsterInstance) ->
     parked = park(instance, gated_job, "tests/approval_defs.py", {"topic": "otters"})
     with client(instance) as browser:
         form = browser.get(f"/gates/{parked}/review").text
-        headers = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+        headers = {"Origin": BASE, "Sec-Fetch-Site": "same-origin"}
         data = {"csrf": token(form), "verdict": "approve"}
         assert browser.post(f"/gates/{parked}/review/decide", data=data, headers=headers).status_code == 200
     assert list(decisions(instance, parked)) == ["flujo/decision/review/ana"]
+
+
+def test_a_page_under_another_host_name_is_refused_dns_rebinding(instance: DagsterInstance) -> None:
+    """A page whose own name resolves to the inbox's address (DNS rebinding) sends its name as `Host`, a matching
+    `Origin` and `Sec-Fetch-Site: same-origin`: the inbox answers to no such host, so the page can neither read a
+    form (its token) nor post one; the hosts it is told to answer to pass."""
+    parked = park(instance, gated_job, "tests/approval_defs.py", {"topic": "otters"})
+    app = create_app(instance, server=Webserver(webserver_url()), hosts=("inbox.internal",))
+    evil = {"Origin": "http://evil.example:3100", "Sec-Fetch-Site": "same-origin"}
+    with TestClient(app, base_url="http://evil.example:3100", headers=evil) as rebound:
+        for path in ("/", f"/gates/{parked}/review"):
+            answer = rebound.get(path)
+            assert (answer.status_code, answer.text) == (400, "Invalid host header")
+            assert answer.headers["X-Content-Type-Options"] == "nosniff"  # the security headers still apply
+        posted = rebound.post(f"/gates/{parked}/review/decide", data={"verdict": "approve", "name": "ana"})
+        assert posted.status_code == 400
+    assert decisions(instance, parked) == {}
+    for base in ("http://inbox.internal:3100", "http://localhost:3100", BASE):
+        with TestClient(app, base_url=base) as browser:
+            assert browser.get(f"/gates/{parked}/review").status_code == 200, base
 
 
 def test_model_output_with_html_and_terminal_escapes_is_rendered_inert(instance: DagsterInstance) -> None:
@@ -308,7 +329,7 @@ def test_every_response_carries_the_security_headers_and_only_decisions_are_writ
     app = create_app(instance, server=Webserver(webserver_url()), user_header=HEADER)
     posts = [r.path for r in app.routes if "POST" in (getattr(r, "methods", None) or ())]  # type: ignore[attr-defined]
     assert posts == ["/gates/{run_id}/{gate}/decide"]
-    with TestClient(app, headers={HEADER: "ana"}) as browser:
+    with TestClient(app, headers={HEADER: "ana"}, base_url=BASE) as browser:
         responses = [
             browser.get("/"),
             browser.get("/nowhere"),

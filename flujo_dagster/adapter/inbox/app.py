@@ -6,7 +6,7 @@ Content-Security-Policy and no script; every page is rendered by Jinja2 with aut
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -49,6 +50,10 @@ MAX_GATE_CHARS = 300
 MAX_COMMENT_CHARS = 4_000
 MAX_LISTED = 200
 """At most this many gates on the list page (newest runs first)."""
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""The host names the inbox always answers to."""
 
 
 @dataclass(frozen=True)
@@ -272,7 +277,8 @@ async def _body(request: Request) -> bytes | HTMLResponse:
 
 
 def _hosts(request: Request) -> set[str]:
-    """The hosts a same-site request's `Origin` may name: this request's `Host`, and the inbox's public URL's."""
+    """The hosts a same-site request's `Origin` may name: this request's `Host` (one the app answers to: see
+    `create_app`), and the inbox's public URL's."""
     public = _inbox(request).public_url
     return {request.headers.get("host", "").lower(), *([urlsplit(public).netloc.lower()] if public else [])}
 
@@ -302,17 +308,26 @@ async def decide_route(request: Request) -> Response:
 
 
 def create_app(
-    instance: DagsterInstance, *, server: Webserver, user_header: str | None = None, public_url: str | None = None
+    instance: DagsterInstance,
+    *,
+    server: Webserver,
+    user_header: str | None = None,
+    public_url: str | None = None,
+    hosts: Collection[str] = (),
 ) -> Starlette:
     """The inbox app on `instance`: reviewers named by `user_header` (an auth proxy sets it) or, without one,
-    by the name they type (self-declared); resumes launched through `server`."""
+    by the name they type (self-declared); resumes launched through `server`. It answers only to the loopback
+    names, `public_url`'s host and `hosts` (any other `Host` header: 400), so a page whose own name resolves to
+    the inbox's address (DNS rebinding) cannot read it or pass its same-site checks."""
+    public_host = urlsplit(public_url).hostname if public_url else None
+    allowed = sorted({*LOOPBACK_HOSTS, *hosts, *([public_host] if public_host else [])})
     app = Starlette(
         routes=[
             Route("/", index, methods=["GET"]),
             Route("/gates/{run_id}/{gate}", gate_page, methods=["GET"]),
             Route("/gates/{run_id}/{gate}/decide", decide_route, methods=["POST"]),
         ],
-        middleware=[Middleware(_SecurityHeaders)],
+        middleware=[Middleware(_SecurityHeaders), Middleware(TrustedHostMiddleware, allowed_hosts=allowed)],
     )
     app.state.inbox = Inbox(instance=instance, user_header=user_header, server=server, public_url=public_url)
     return app
