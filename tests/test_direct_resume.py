@@ -17,6 +17,7 @@ from flujo_dagster import load_final_context
 from flujo_dagster.adapter.control.approvals import decide, resume_plan
 from flujo_dagster.adapter.control.graphql import Webserver as Channel
 from flujo_dagster.adapter.control.launch import first_resume, launch_resume, resume_now
+from flujo_dagster.adapter.control.resume_steps import resume_step_keys
 from flujo_dagster.adapter.control.run_ids import resolve_run_id
 from flujo_dagster.adapter.control.sensors import approvals_sensor
 from flujo_dagster.errors import ApprovalError
@@ -150,6 +151,36 @@ def test_racing_launchers_resume_once_and_an_impostor_does_not_stop_the_resume(
     assert server.graphql(LAUNCH, {"params": impostor})["launchRun"]["__typename"] == "LaunchRunSuccess"
     outcome = resume_now(instance, other, server=channel, secret=None, resumed_by="test")
     assert outcome.launched and outcome.resumed_run_id is not None, outcome.message
+    assert wait_done(instance, outcome.resumed_run_id) == DagsterRunStatus.SUCCESS, server.log.read_text()[-3000:]
+
+
+def test_a_resume_cancelled_before_its_gate_does_not_keep_the_run_parked(
+    served: tuple[Webserver, DagsterInstance, Path],
+) -> None:
+    """A run that carries the parked run's resume key, names it as parent, has its inputs and the resume's steps,
+    but was cancelled (or failed) before its gate ran (a resume cancelled in the queue, or one anyone launched
+    and cancelled): the run is still resumable, and the real resume goes past its gate."""
+    server, instance, _ = served
+    parked = _park(server, instance, "otters")
+    decide(parked, verdict="approve", by="ana", instance=instance)
+    parent = instance.get_run_by_id(parked)
+    assert parent is not None
+    plan = resume_plan(parent, instance)
+    assert plan is not None
+    dead = DagsterRun(
+        job_name=parent.job_name,
+        run_id="0123abcd-0000-4000-8000-000000000000",
+        run_config=parent.run_config,
+        tags={**parent.tags, **plan.tags},
+        parent_run_id=parked,
+        root_run_id=parked,
+        step_keys_to_execute=resume_step_keys(instance, parent),
+        status=DagsterRunStatus.CANCELED,
+    )
+    instance.add_run(dead)
+    outcome = resume_now(instance, parked, server=Channel(server.url), secret=None, resumed_by="test")
+    assert outcome.launched and outcome.resumed_run_id not in (None, dead.run_id), outcome.message
+    assert outcome.resumed_run_id is not None
     assert wait_done(instance, outcome.resumed_run_id) == DagsterRunStatus.SUCCESS, server.log.read_text()[-3000:]
 
 

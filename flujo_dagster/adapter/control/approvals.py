@@ -22,7 +22,7 @@ from dagster import (
 )
 
 from flujo_dagster.adapter.control.audit import audit, record_ignored
-from flujo_dagster.adapter.control.chain import chain_of_run, chain_runs, proven_root, same_run
+from flujo_dagster.adapter.control.chain import chain_of_run, chain_runs, live_resume, proven_root, same_run
 from flujo_dagster.adapter.control.evidence import evidence
 from flujo_dagster.adapter.control.resume_steps import resume_step_keys
 from flujo_dagster.config import DECISION_SECRET_ENV, decision_secret
@@ -467,7 +467,11 @@ def _already_resumed(
     # a run with this resume key counts only as a re-execution of `run` with its inputs (anyone can launch a run
     # that names `run` as its parent and carries any tag)
     named = instance.get_runs(filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=_MAX_SAME_KEY)
-    same_key = [r for r in named if r.parent_run_id == run.run_id and r.job_name == run.job_name and same_run(r, run)]
+    same_key = [
+        r
+        for r in named
+        if r.parent_run_id == run.run_id and r.job_name == run.job_name and same_run(r, run) and live_resume(r)
+    ]
     children = _resumed_by_hand(instance, run, decided)
     if not same_key and children is None:
         return True  # a re-execution of it is still running: it may be its resume

@@ -11,10 +11,10 @@ from dagster import DagsterInstance, DagsterRun, RunsFilter
 
 from flujo_dagster.adapter.storage.budgets import chain_of
 from flujo_dagster.errors import FlujoDagsterError
-from flujo_dagster.names import PARTITION_TAG, USER_TAG
+from flujo_dagster.names import AWAITING_PREFIX, PARKED_RUN_TAG, PARTITION_TAG, USER_TAG
 from flujo_dagster.runtime.approvals import Requester
 
-__all__ = ["chain_of_run", "chain_runs", "proven_root", "requester_of", "same_inputs", "same_run"]
+__all__ = ["chain_of_run", "chain_runs", "live_resume", "proven_root", "requester_of", "same_inputs", "same_run"]
 
 
 def proven_root(instance: DagsterInstance, run: DagsterRun) -> str:
@@ -52,6 +52,16 @@ def _inputs(run: DagsterRun) -> tuple[object, str | None]:
 def same_run(one: DagsterRun, other: DagsterRun) -> bool:
     """Whether two runs have the same inputs (run config, partition): one can stand for the other's resume."""
     return _inputs(one) == _inputs(other)
+
+
+def live_resume(run: DagsterRun) -> bool:
+    """Whether re-execution `run` is, or may still become, a resume that went past its gates: it has not finished,
+    or a gate ran in it (one marked itself decided there, or parked there). A resume cancelled or failed before
+    its gates never stands for one: counting it would keep its parked run waiting for good."""
+    if not run.is_finished:
+        return True
+    decided = any(k.startswith(AWAITING_PREFIX) and v == "decided" for k, v in run.tags.items())
+    return decided or run.tags.get(PARKED_RUN_TAG) == run.run_id
 
 
 def same_inputs(instance: DagsterInstance, run: DagsterRun) -> list[DagsterRun]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from dagster import DagsterInstance, DagsterRun, RunsFilter
 
 from flujo_dagster.adapter.control.approvals import PARENT_TAG, Report, Resumable, record_resume, resume_plan
-from flujo_dagster.adapter.control.chain import same_run
+from flujo_dagster.adapter.control.chain import live_resume, same_run
 from flujo_dagster.adapter.control.graphql import Webserver, launch_reexecution
 from flujo_dagster.adapter.control.resume_steps import resume_step_keys
 from flujo_dagster.adapter.control.routes import how_to_resume, report_unresumable, route
@@ -27,7 +27,8 @@ def first_resume(instance: DagsterInstance, run: DagsterRun) -> DagsterRun | Non
     not `run` itself: two launchers racing for the same decisions (the inbox or the CLI, and the sensor's tick)
     can both launch one, and only the first may go on (`ops/approval.py` stops the other before its gate). A run
     counts as the same resume when it names the same parent, is of the same job with the same inputs and runs the
-    same steps (an impostor that named the parent with other steps or inputs does not)."""
+    same steps (an impostor that named the parent with other steps or inputs does not), and that is still running
+    or went past its gates (one cancelled or failed before them does not: `live_resume`)."""
     key = run.tags.get(RESUME_KEY_TAG)
     if key is None or run.parent_run_id is None:
         return None
@@ -41,6 +42,7 @@ def first_resume(instance: DagsterInstance, run: DagsterRun) -> DagsterRun | Non
         and r.dagster_run.job_name == run.job_name
         and same_run(r.dagster_run, run)
         and sorted(r.dagster_run.step_keys_to_execute or []) == sorted(run.step_keys_to_execute or [])
+        and (r.dagster_run.run_id == run.run_id or live_resume(r.dagster_run))
     ]
     if not same or same[0].dagster_run.run_id == run.run_id:
         return None
@@ -110,5 +112,12 @@ def resume_now(
             None,
             f"the decision is recorded, but its resume could not be launched now ({exc}); the {APPROVALS_SENSOR} "
             "sensor resumes the run at its next tick",
+        )
+    first = first_resume(instance, launched)
+    if first is not None:  # another launcher's resume came first: this one stops before its gate
+        return ResumeOutcome(
+            first.run_id,
+            f"resumed run {run_id} as run {first.run_id} (run {launched.run_id}, launched at the same time, stops "
+            "before its gate)",
         )
     return ResumeOutcome(launched.run_id, f"resumed run {run_id} as run {launched.run_id}", launched=True)
