@@ -6,7 +6,7 @@ from __future__ import annotations
 from dagster import JobDefinition, multiprocess_executor
 from pydantic import BaseModel
 
-from flujo_dagster import Approval, ApprovalSettings, Pipeline, build_definitions, step
+from flujo_dagster import Approval, ApprovalSettings, Branch, Pipeline, build_definitions, step
 
 
 class Story(BaseModel):
@@ -64,8 +64,35 @@ provenanced = Pipeline(
     # outline: before both gates; title: between them; summary: shown by the second; report: after both
     assets=["outline", "title", "summary", "report"],
 )
+
+
+class Routed(BaseModel):
+    topic: str
+    risky: bool = True
+    draft: str = ""
+    report: str = ""
+
+
+@step(name="draft_it", output_keys=["draft"])
+def draft_it(topic: str) -> str:
+    return f"draft about {topic}"
+
+
+@step(name="ship", output_keys=["report"])
+def ship(draft: str) -> str:
+    return f"published: {draft}"
+
+
+branched = Pipeline(
+    "branched",
+    context=Routed,
+    # a risky draft is reviewed; a safe one goes straight on: `report` is downstream of the gate on one path only
+    steps=[draft_it, Branch("route", on="risky", cases={True: [Approval("check", show=["draft"])]}, default=[]), ship],
+    assets=["report"],
+)
+
 defs = build_definitions(
-    pipelines=[provenanced],
+    pipelines=[provenanced, branched],
     resources={"approval_settings": ApprovalSettings(allow_unknown_requester=True)},
     executor=multiprocess_executor.configured(
         {"start_method": {"forkserver": {"preload_modules": ["tests.provenance_defs"]}}}
@@ -77,3 +104,8 @@ def provenanced_job() -> JobDefinition:
     """plan -> write -> review (approval, edits the draft) -> summarise -> headline -> final (approval, shows
     summary) -> publish."""
     return defs.resolve_job_def("provenanced")
+
+
+def branched_job() -> JobDefinition:
+    """draft_it -> route (risky: check, an approval) -> ship."""
+    return defs.resolve_job_def("branched")

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, JsonMetadataValue, MetadataValue, execute_job, reconstructable
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    JsonMetadataValue,
+    MetadataValue,
+    ReexecutionOptions,
+    execute_job,
+    reconstructable,
+)
 
 from flujo_dagster.adapter.control.approvals import decide, resume
 from flujo_dagster.adapter.control.audit import MAX_EDITS_SHOWN, AuditEvent, audit_trail
@@ -15,7 +23,7 @@ from flujo_dagster.adapter.ops.review import COMMENT_CHARS, gate_entry
 from flujo_dagster.config import INBOX_URL_ENV, inbox_gate_url
 from flujo_dagster.runtime.approvals import payload_hash
 from tests.approval_defs import REQUEST_LOG, gated_job
-from tests.provenance_defs import provenanced_job
+from tests.provenance_defs import branched_job, provenanced_job
 from tests.test_approvals import INPUTS
 from tests.test_asset_review import inputs, materialized
 from tests.test_cli import run as run_cli
@@ -84,6 +92,28 @@ def test_assets_downstream_of_decided_gates_carry_each_record_and_the_audit_show
     assert listed.returncode == 0, listed.stderr
     assert '    draft: "draft from outline of otters" -> "edited 2J draft"' in listed.stdout.splitlines()
     assert "\u009b" not in listed.stdout
+
+
+def test_a_re_execution_whose_content_skipped_the_gate_carries_no_ancestors_approval(instance: DagsterInstance) -> None:
+    """Anyone may re-execute a run in the UI, with other inputs: a full re-execution of an approved run where the
+    branch now skips the gate publishes content no reviewer saw, and must not carry the ancestor's approval."""
+    job = reconstructable(branched_job)
+    config = {"ops": {"branched_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "otters"}}}}}}}
+    with execute_job(job, instance=instance, run_config=config) as first:
+        assert first.success
+    decide(first.run_id, verdict="approve", by="ana", comment="ok for otters", instance=instance)
+    approved = resume(first.run_id, job=job, instance=instance)
+    (record,) = approvals(materialized(instance, approved)["branched/report"])
+    assert (record["by"], record["comment"], record["run_id"]) == ("ana", "ok for otters", approved)
+
+    evil = {"topic": "evil content", "risky": False}
+    other = {"ops": {"branched_graph": {"ops": {"flujo_inputs": {"config": {"inputs": evil}}}}}}
+    options = ReexecutionOptions(parent_run_id=approved)  # every step, with other inputs
+    with execute_job(job, instance=instance, run_config=other, reexecution_options=options) as again:
+        assert again.success
+    report = materialized(instance, again.run_id)["branched/report"]
+    assert "evil content" in str(report["flujo/preview"].value)
+    assert "flujo/approvals" not in report  # the gate did not run for this content: no approval travels with it
 
 
 def test_an_audit_events_malformed_edits_are_skipped_never_raised() -> None:

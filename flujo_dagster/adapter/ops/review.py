@@ -23,7 +23,7 @@ from dagster import (
 )
 from pydantic import BaseModel
 
-from flujo_dagster.adapter.control.chain import chain_runs
+from flujo_dagster.adapter.control.chain import chain_runs, same_run
 from flujo_dagster.adapter.control.costs import AgentCallSummary, metadata_calls
 from flujo_dagster.adapter.storage.budgets import chain_of
 from flujo_dagster.names import (
@@ -207,29 +207,37 @@ def gate_entry(metadata: Mapping[str, object], run_id: str) -> dict[str, object]
     }
 
 
+def _gate_entries(instance: DagsterInstance, run_id: str, gates: set[str]) -> list[dict[str, object]]:
+    """The records of `gates` that decided in run `run_id`, from its gates' step outputs."""
+    entries: list[dict[str, object]] = []
+    for record in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT):
+        event = record.dagster_event
+        if event is None or event.step_output_data is None or _base(event.step_key or "") not in gates:
+            continue
+        data = event.step_output_data
+        if data.step_output_handle.output_name in _DECIDED_OUTPUTS:
+            entries.append(gate_entry(plain(data.metadata), run_id))
+    return entries
+
+
 def gate_records(instance: DagsterInstance, run: DagsterRun, gate_keys: frozenset[str]) -> list[dict[str, object]]:
-    """The decision of each gate `gate_keys` (each element of a gate in a Map) that decided in `run` or, for a
-    gate `run` did not execute, in the nearest ancestor of its proven chain that did (where `run` reads the gate's
-    outputs from): read from the gates' step outputs in the event log, so it works in any executor and process.
-    A gate that parked or did not run (a branch not taken) has none. Oldest run first, at most
-    `MAX_APPROVALS_LISTED`."""
+    """The decision of each gate `gate_keys` (each element of a gate in a Map) in the run its value in `run` comes
+    from: `run` when it executed the gate; otherwise the nearest ancestor of its proven chain, with the same
+    inputs, that executed it (a re-execution of a subset loads the gate's outputs from there). Never a run with
+    other inputs, and nothing behind a run that executed everything (a full re-execution with other inputs, where
+    a branch skipped the gate, carries no ancestor's approval). Read from the gates' step outputs in the event log,
+    so it works in any executor and process. A gate that parked or did not run has none. Oldest run first, at
+    most `MAX_APPROVALS_LISTED`."""
     found: list[list[dict[str, object]]] = []
-    decided: set[str] = set()
+    open_gates = set(gate_keys)  # the gates whose values `run` got from the runs still to be read
     for member in chain_of(run, instance):  # the run first, then its parent, ...
-        here: set[str] = set()
-        entries: list[dict[str, object]] = []
-        for record in instance.all_logs(member.run_id, of_type=DagsterEventType.STEP_OUTPUT):
-            event = record.dagster_event
-            data = event.step_output_data if event is not None else None
-            base = _base(event.step_key or "") if event is not None else ""
-            if data is None or base not in gate_keys or base in decided:
-                continue
-            if data.step_output_handle.output_name in _DECIDED_OUTPUTS:
-                here.add(base)
-                entries.append(gate_entry(plain(data.metadata), member.run_id))
-        decided |= here
-        found.append(entries)
-        if decided >= gate_keys:
+        if member.run_id != run.run_id and not same_run(member, run):
+            break
+        planned = member.step_keys_to_execute
+        here = open_gates if planned is None else open_gates & {_base(k) for k in planned}
+        found.append(_gate_entries(instance, member.run_id, here) if here else [])
+        open_gates -= here  # executed in this run: decided here, or parked or skipped (no record)
+        if planned is None or not open_gates:
             break
     return [entry for entries in reversed(found) for entry in entries][:MAX_APPROVALS_LISTED]
 
