@@ -196,10 +196,10 @@ def run_command(target: str, inputs: tuple[str, ...], log_level: str) -> None:
         _print_parked(result.run_id, result.parked, target)
         sys.exit(EXIT_PARKED)
     if not result.success:
-        click.echo(f"run failed: {result.error}", err=True)
+        click.echo(printable(f"run failed: {result.error}"), err=True)
         sys.exit(EXIT_RUN_FAILED)
     click.echo(f"final context ({type(result.context).__name__}):")
-    click.echo(result.context.model_dump_json(indent=2))
+    click.echo(printable(result.context.model_dump_json(indent=2)))
 
 
 def _line(text: str) -> str:
@@ -237,7 +237,7 @@ def _print_parked(run_id: str, parked: tuple[PendingApproval, ...], target: str)
         click.echo(f"\n{_line(gate.path)} (gate {_line(gate.gate)})")
         click.echo(f"  waiting for: {_line(gate.waiting_for)}")
         click.echo(f"  who may decide: {_line(who)}")
-        click.echo(f"  deadline: {gate.deadline or 'none'}")
+        click.echo(f"  deadline: {_line(gate.deadline or 'none')}")
         click.echo(f"  payload (sha256 {_line(gate.payload_hash)}):")
         for line in printable(gate.preview).splitlines():
             click.echo(f"    {line}")
@@ -530,7 +530,7 @@ def _report_resumed(
         pipeline, resumed, instance=instance, io_manager=io if isinstance(io, PydanticJsonIOManager) else None
     )
     click.echo(f"final context ({type(context).__name__}):")
-    click.echo(context.model_dump_json(indent=2))
+    click.echo(printable(context.model_dump_json(indent=2)))
 
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})

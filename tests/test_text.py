@@ -18,6 +18,14 @@ def test_printable_keeps_newlines_tabs_and_unicode() -> None:
     assert printable(text) == text
 
 
+def test_printable_drops_characters_that_reorder_or_hide_text() -> None:
+    """A reviewer name `ana\u202eevil` would read as `analive`; zero-width spaces hide inside names."""
+    hostile = "ana\u202eevil\u202c \u2066x\u2069 b\u200bo \ufeffc\u061c"
+    assert printable(hostile) == "anaevil x bo c"
+    family = "\U0001f468\u200d\U0001f469"  # the zero-width joiner of an emoji sequence stays
+    assert printable(family) == family
+
+
 def test_printable_replaces_lone_surrogates() -> None:
     assert printable("a\ud800b") == "a\ufffdb"
     printable("a\udfffb").encode("utf-8")  # encodable
