@@ -1,6 +1,7 @@
 """The approval gate op: approves, rejects, or parks the run until a reviewer decides (run tags)."""
 
 import json
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +23,8 @@ from dagster import Nothing as DagsterNothing
 
 # not exported by name in Dagster 1.13; the only way to attach metadata to an event outside a step's own output
 from dagster._core.events import EngineEventData
-from pydantic import ValidationError
+from pydantic import PydanticUserError, ValidationError
+from pydantic.json_schema import PydanticJsonSchemaWarning
 
 from flujo_dagster import names
 from flujo_dagster.adapter.control.audit import AuditKind, audit, record_ignored
@@ -66,8 +68,11 @@ from flujo_dagster.runtime.tags import cut
 from flujo_dagster.runtime.values import jsonable, to_json_bytes
 
 __all__ = [
+    "EDIT_SCHEMAS_FIELD",
+    "MAX_EDIT_SCHEMAS_BYTES",
     "VERDICT_LABELS",
     "approval_op",
+    "edit_schemas",
     "preview",
 ]
 
@@ -79,6 +84,10 @@ SHORT_PREVIEW_TOTAL_CHARS = 4_000
 WAIT_DELAYS_S = (5, 10, 20, 40, 60)
 EDIT_CHARS = 500
 """At most this many characters of an edited key's value before and after, in the audit trail."""
+EDIT_SCHEMAS_FIELD = "edit_schemas"
+"""The field of a gate's `request` audit event holding each editable key's JSON Schema (JSON text, or null)."""
+MAX_EDIT_SCHEMAS_BYTES = 64 * 1024
+"""At most this many bytes (UTF-8) of editable keys' JSON Schemas in one request audit event, all keys together."""
 
 
 def preview(shown: Mapping[str, object]) -> str:
@@ -246,7 +255,7 @@ def _decision(
     if outcome.decision is not None:
         return outcome.decision
     # recorded before a wait, so that a reviewer can decide while the gate polls
-    _record_request(attempt, request, first=context.retry_number == 0)
+    _record_request(attempt, pipeline, request, first=context.retry_number == 0)
     delay = _wait_delay(gate, request, context.retry_number)
     if delay is not None:
         raise RetryRequested(max_retries=context.retry_number + 1, seconds_to_wait=delay)
@@ -434,16 +443,51 @@ def _inbox_link(context: OpExecutionContext, gate_id: str) -> str | None:
         return None
 
 
-def _record_request(attempt: _Attempt, request: Request, *, first: bool) -> None:
+def edit_schemas(pipeline: Pipeline, keys: tuple[str, ...]) -> dict[str, str | None]:
+    """The JSON Schema (pydantic's, Draft 2020-12, as compact JSON text) of each editable key's type, for the
+    inbox to check edits before they are recorded; None for a key whose type has no JSON Schema or whose schema
+    does not fit in what is left of `MAX_EDIT_SCHEMAS_BYTES` (the inbox then checks only the edit's JSON kind)."""
+    schemas: dict[str, str | None] = {}
+    room = MAX_EDIT_SCHEMAS_BYTES
+    for key in keys:
+        schemas[key] = text = _schema_text(pipeline, key)
+        if text is not None and len(text) > room:  # ASCII: one byte a character
+            schemas[key] = None
+        elif text is not None:
+            room -= len(text)
+    return schemas
+
+
+def _schema_text(pipeline: Pipeline, key: str) -> str | None:
+    """The JSON Schema of `key`'s type as compact ASCII JSON, or None when pydantic makes none for it."""
+    if key not in pipeline.fields:
+        return None
+    try:
+        with warnings.catch_warnings():  # a default with no JSON form is left out of the schema: fine here
+            warnings.simplefilter("ignore", PydanticJsonSchemaWarning)
+            schema = key_type(pipeline.name, key, pipeline.fields[key]).adapter.json_schema()
+        return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    except (PydanticUserError, TypeError, ValueError, RecursionError):
+        return None
+
+
+def _record_request(attempt: _Attempt, pipeline: Pipeline, request: Request, *, first: bool) -> None:
     """Record on the run what the gate waits for: `flujo/awaiting/<gate>=pending` and the request (step path,
     payload hash, policy, time), and, when an inbox is configured, the gate's inbox page (`flujo/inbox/<gate>`); on
-    a gate's first attempt in a run, also as an audit event."""
+    a gate's first attempt in a run, also as an audit event, with the JSON Schema of each editable key's type
+    (`edit_schemas`: the inbox checks edits with it)."""
     context, run, gate_id = attempt.context, attempt.run, attempt.gate_id
     tags = {AWAITING_PREFIX + gate_id: "pending", REQUEST_PREFIX + gate_id: request.to_tag()}
     inbox = _inbox_link(context, gate_id)
     context.instance.add_run_tags(context.run_id, {**tags, **({names.inbox_tag(gate_id): inbox} if inbox else {})})
     if first:
-        fields = {"path": request.path, "payload_hash": request.payload_hash, "requested_at": request.requested_at}
+        fields: dict[str, object] = {
+            "path": request.path,
+            "payload_hash": request.payload_hash,
+            "requested_at": request.requested_at,
+        }
+        if request.editable:
+            fields[EDIT_SCHEMAS_FIELD] = edit_schemas(pipeline, request.editable)
         who = request.policy.who(escalated=False)
         message = f"{request.path} waits for {who}"
         audit(context.instance, run, "request", gate_id, message, step_key=attempt.step_key, **fields)
