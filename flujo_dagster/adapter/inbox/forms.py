@@ -1,6 +1,7 @@
 """The inbox's form bodies and edit fields, parsed by total functions: a body is capped, strict UTF-8 and
-`application/x-www-form-urlencoded`; an edited value is text for a key that holds text and JSON of the current
-value's kind otherwise. Every failure is a message for the reviewer, never an exception."""
+`application/x-www-form-urlencoded`; an edited value is text for a key that holds text and JSON otherwise, valid
+for the JSON Schema of the key's type that the gate recorded (`schemas.py`), or, without one, of the current
+value's kind. Every failure is a message for the reviewer, never an exception."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from flujo_dagster.adapter.inbox.render import clean
+from flujo_dagster.adapter.inbox.schemas import EditSchema
 
 __all__ = [
     "FORM_TYPE",
@@ -93,13 +95,15 @@ def _fits(current: object, edited: object) -> bool:
 @dataclass(frozen=True)
 class EditField:
     """An editable key on the form: its name, whether it takes text (the key holds text) or JSON, the text the
-    field is prefilled with, and what kind of value it takes (for the label)."""
+    field is prefilled with, what kind of value it takes (for the label), and the JSON Schema of its type when
+    the gate recorded a usable one."""
 
     key: str
     text_mode: bool
     prefill: str
     kind: str
     current: object = _NO_VALUE
+    schema: EditSchema | None = None
 
     @property
     def name(self) -> str:
@@ -107,16 +111,17 @@ class EditField:
         return f"edit.{self.key}"
 
 
-def edit_field(key: str, shown: Mapping[str, object] | None) -> EditField:
+def edit_field(key: str, shown: Mapping[str, object] | None, schema: EditSchema | None = None) -> EditField:
     """The form field of editable key `key`, prefilled with its current value (the shown values, when they
-    could be read: else an empty JSON field) without control characters (an unchanged field is no edit)."""
+    could be read: else an empty JSON field) without control characters (an unchanged field is no edit), checked
+    with `schema` when there is one."""
     if shown is None or key not in shown:
-        return EditField(key=key, text_mode=False, prefill="", kind="JSON")
+        return EditField(key=key, text_mode=False, prefill="", kind="JSON", schema=schema)
     current = shown[key]
     if isinstance(current, str):
-        return EditField(key=key, text_mode=True, prefill=_uncut(current), kind="text", current=current)
+        return EditField(key=key, text_mode=True, prefill=_uncut(current), kind="text", current=current, schema=schema)
     prefill = _uncut(json.dumps(current, ensure_ascii=False, indent=2))
-    return EditField(key=key, text_mode=False, prefill=prefill, kind=_kind(current), current=current)
+    return EditField(key=key, text_mode=False, prefill=prefill, kind=_kind(current), current=current, schema=schema)
 
 
 def _uncut(text: str) -> str:
@@ -137,9 +142,21 @@ class Edit:
     errors: dict[str, str]
 
 
+def _problem(edit: EditField, value: object) -> str | None:
+    """Why `value` does not fit `edit`'s key: its schema's errors (joined), or, without a schema that applies,
+    a value of another JSON kind than the current one (a text field's text always fits its kind)."""
+    problems = edit.schema.problems(value) if edit.schema is not None else None
+    if problems is not None:
+        return "; ".join(problems) or None
+    if edit.text_mode or _fits(edit.current, value):
+        return None
+    return f"{edit.key} takes {edit.kind}, not {_kind(value)}"
+
+
 def parse_edits(fields: Mapping[str, str], edits: list[EditField]) -> Edit:
     """The edited values of `fields`: a field whose text is unchanged is no edit; a text field's text is the
-    value; a JSON field must hold JSON of the current value's kind."""
+    value; a JSON field must hold JSON; each value must be valid for its key's schema (or, without one, of the
+    current value's kind)."""
     values: dict[str, object] = {}
     errors: dict[str, str] = {}
     for edit in edits:
@@ -147,15 +164,16 @@ def parse_edits(fields: Mapping[str, str], edits: list[EditField]) -> Edit:
         if given is None or _same_text(given, edit.prefill):
             continue
         if edit.text_mode:
-            values[edit.key] = given.replace("\r\n", "\n")
+            value: object = given.replace("\r\n", "\n")
+        else:
+            try:
+                value = json.loads(given)
+            except (ValueError, RecursionError):  # a value nested deeper than Python parses is no value either
+                errors[edit.key] = f"{edit.key} takes JSON ({edit.kind}); this is not valid JSON"
+                continue
+        problem = _problem(edit, value)
+        if problem is not None:
+            errors[edit.key] = problem
             continue
-        try:
-            parsed = json.loads(given)
-        except (ValueError, RecursionError):  # a value nested deeper than Python parses is no value either
-            errors[edit.key] = f"{edit.key} takes JSON ({edit.kind}); this is not valid JSON"
-            continue
-        if not _fits(edit.current, parsed):
-            errors[edit.key] = f"{edit.key} takes {edit.kind}, not {_kind(parsed)}"
-            continue
-        values[edit.key] = parsed
+        values[edit.key] = value
     return Edit(values=values, errors=errors)

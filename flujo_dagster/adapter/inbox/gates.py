@@ -1,6 +1,6 @@
 """What the inbox shows of a parked gate, gathered from the instance (no HTTP here): the waiting gate as
 `pending` lists it, its recorded request and policy, the values it shows, the decisions so far (counted, and
-ignored with the reason) and the fields a reviewer may edit."""
+ignored with the reason) and the fields a reviewer may edit (with the JSON Schemas the gate recorded for them)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from flujo_dagster.adapter.control.evidence import evidence
 from flujo_dagster.adapter.inbox.forms import EditField, edit_field
 from flujo_dagster.adapter.inbox.payload import Shown, shown_values
 from flujo_dagster.adapter.inbox.render import Rendered, clean, render_value
+from flujo_dagster.adapter.inbox.schemas import read_edit_schemas
 from flujo_dagster.names import REQUEST_PREFIX
 from flujo_dagster.runtime.approvals import Decision, Request, normal_name, tally
 
@@ -95,7 +96,8 @@ def gate_view(
     if not full:
         return GateView(waiting, run.job_name, created, request, shown, rendered)
     counted, ignored = _decisions(instance, run, waiting.gate, request, secret)
-    edits = tuple(edit_field(key, shown.values) for key in request.editable)
+    schemas = read_edit_schemas(instance, run, waiting.gate, request.editable) if request.editable else {}
+    edits = tuple(edit_field(key, shown.values, schemas.get(key)) for key in request.editable)
     return GateView(waiting, run.job_name, created, request, shown, rendered, counted, ignored, edits)
 
 
