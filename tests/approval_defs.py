@@ -165,3 +165,37 @@ def loose_job() -> JobDefinition:
 def looped_job() -> JobDefinition:
     """write -> refine loop (tick, then a gate in a branch that opens at round 2) -> publish."""
     return defs.resolve_job_def("looped")
+
+
+class Source(BaseModel):
+    id: str
+    url: str = ""
+
+
+class Reading(BaseModel):
+    topic: str = ""
+    sources: list[Source] = []
+    limit: int = 3
+
+
+class Curate(BaseModel):
+    """What a reviewer may change: the sources (each needs an id) and the limit."""
+
+    sources: list[Source] | None = None
+    limit: int | None = None
+
+
+@step(name="gather", output_keys=["sources"])
+def gather(topic: str) -> list[Source]:
+    return [Source(id="a", url=f"https://example.com/{topic}")]
+
+
+sourced = Pipeline(
+    "sourced", context=Reading, steps=[gather, Approval("curate", show=["sources", "limit"], decision=Curate)]
+)
+sourced_defs = build_definitions(pipelines=[sourced], resources={"approval_settings": UNKNOWN_OK})
+
+
+def sourced_job() -> JobDefinition:
+    """gather -> curate (approval): edits of `sources` (a list of models) and `limit` (an int)."""
+    return sourced_defs.resolve_job_def("sourced")

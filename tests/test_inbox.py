@@ -12,6 +12,7 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import pytest
 from click.testing import CliRunner
@@ -19,18 +20,21 @@ from dagster import DagsterInstance, JobDefinition, reconstructable
 from dagster._core.execution.api import execute_run
 from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from pydantic import TypeAdapter, create_model
 from starlette.testclient import TestClient
 
+from flujo_dagster import Approval, Pipeline
 from flujo_dagster.adapter.control.approvals import pending
-from flujo_dagster.adapter.control.audit import run_audit
+from flujo_dagster.adapter.control.audit import audit, run_audit
 from flujo_dagster.adapter.control.graphql import Webserver
 from flujo_dagster.adapter.inbox.app import SECURITY_HEADERS, create_app
 from flujo_dagster.adapter.inbox.csrf import COOKIE
 from flujo_dagster.adapter.inbox.forms import MAX_BODY_BYTES, parse_form
+from flujo_dagster.adapter.ops.approval import MAX_EDIT_SCHEMAS_BYTES, edit_schemas
 from flujo_dagster.cli import main
 from flujo_dagster.config import inbox_user_header, webserver_url
 from flujo_dagster.runtime.approvals import Decision, parse_decision, sign
-from tests.approval_defs import REQUEST_LOG, gated_job, loose_job
+from tests.approval_defs import REQUEST_LOG, gated_job, loose_job, sourced_job
 from tests.policy_defs import quorum_job
 
 HEADER = "X-Forwarded-User"
@@ -183,7 +187,10 @@ def test_an_unchanged_field_is_no_edit_and_a_rejection_needs_a_comment(instance:
 
 @pytest.mark.parametrize(
     ("typed", "message"),
-    [('"many"', "a takes a whole number, not text"), ("many", "a takes JSON (a whole number); this is not valid JSON")],
+    [
+        ('"many"', "a: &#39;many&#39; is not of type &#39;integer&#39;"),  # the key's type (the gate's schema)
+        ("many", "a takes JSON (a whole number); this is not valid JSON"),
+    ],
 )
 def test_an_edit_of_the_wrong_type_shows_the_form_error_and_records_nothing(
     instance: DagsterInstance, typed: str, message: str
@@ -387,3 +394,100 @@ def test_the_inbox_command_refuses_a_header_that_is_no_header_name(monkeypatch: 
     assert inbox_user_header("X-Forwarded-User") == "X-Forwarded-User"
     monkeypatch.delenv("FLUJO_DAGSTER_INBOX_USER_HEADER")
     assert inbox_user_header() is None
+
+
+def post_edits(instance: DagsterInstance, parked: str, **edits: str) -> tuple[int, str]:
+    """Approve gate `curate` of `parked` through the form with `edits` (field `edit.<key>`): status and page."""
+    with client(instance) as browser:
+        form = browser.get(f"/gates/{parked}/curate").text
+        data = {"csrf": token(form), "verdict": "approve", "comment": "my note"}
+        posted = browser.post(f"/gates/{parked}/curate/decide", data=data | {f"edit.{k}": v for k, v in edits.items()})
+    return posted.status_code, posted.text
+
+
+def field_errors(page: str) -> list[str]:
+    return re.findall(r'<div class="error">([^<]*)</div>', page)
+
+
+def test_an_edit_not_of_its_keys_type_is_refused_with_the_schema_errors_and_records_nothing(
+    instance: DagsterInstance,
+) -> None:
+    parked = park(instance, sourced_job, "tests/approval_defs.py", {"topic": "otters"})
+    (request,) = [e for e in run_audit(instance, parked) if e.kind == "request"]
+    recorded = request.record["edit_schemas"]
+    assert set(recorded) == {"sources", "limit"} and json.loads(recorded["limit"]) == {"type": "integer"}
+    assert json.loads(recorded["sources"])["items"] == {"$ref": "#/$defs/Source"}  # the key's type, pydantic's
+    typed = '[{"url": "https://x.example"}, {"id": 5}]'
+    status, page = post_edits(instance, parked, sources=typed, limit="null")
+    assert status == 400 and "Nothing was recorded" in page
+    assert field_errors(page) == [
+        "sources.0: &#39;id&#39; is a required property; sources.1.id: 5 is not of type &#39;string&#39;",
+        "limit: None is not of type &#39;integer&#39;",
+    ]
+    assert ">[{&#34;url&#34;: &#34;https://x.example&#34;}, {&#34;id&#34;: 5}]</textarea>" in page  # kept as typed
+    assert "my note" in page and decisions(instance, parked) == {}
+    many = json.dumps([{"url": str(i)} for i in range(8)])  # eight errors: five shown, then "and more"
+    status, page = post_edits(instance, parked, sources=many)
+    (shown,) = field_errors(page)
+    assert status == 400 and shown.count("is a required property") == 5 and shown.endswith("; and more")
+    assert decisions(instance, parked) == {}
+    status, page = post_edits(instance, parked, sources='[{"id": "b", "url": "https://b.example"}]', limit="5")
+    assert status == 200, page
+    decision = parse_decision(decisions(instance, parked)["flujo/decision/curate/ana"])
+    assert isinstance(decision, Decision)
+    assert decision.values == {"sources": [{"id": "b", "url": "https://b.example"}], "limit": 5}
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A local port that accepts connections, to tell whether anything was fetched from it."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.setblocking(False)
+        yield server
+
+
+BROKEN_SCHEMAS: dict[str, object] = {
+    "none recorded (a gate before schemas)": None,
+    "not a mapping": ["sources", "limit"],
+    "not JSON, or not text": {"sources": '{"items": ', "limit": 5},
+    "JSON that is no schema": {"sources": '{"type": 5}', "limit": "[]"},
+    "larger than 64 KiB": {"sources": json.dumps({"type": "string", "description": "x" * 70_000})},
+    "nested too deep to parse": {"sources": "[" * 30_000 + "]" * 30_000},
+    "references outside it, or to itself": {
+        "sources": '{"$ref": "http://127.0.0.1:PORT/s.json"}',
+        "limit": '{"$ref": "#"}',
+    },
+}
+
+
+@pytest.mark.parametrize("recorded", list(BROKEN_SCHEMAS.values()), ids=list(BROKEN_SCHEMAS))
+def test_without_a_usable_recorded_schema_an_edit_gets_the_kind_check(
+    instance: DagsterInstance, listener: socket.socket, recorded: object
+) -> None:
+    parked = park(instance, sourced_job, "tests/approval_defs.py", {"topic": "otters"})
+    run = instance.get_run_by_id(parked)
+    assert run is not None
+    port = str(listener.getsockname()[1])
+    fields = {} if recorded is None else {"edit_schemas": json.loads(json.dumps(recorded).replace("PORT", port))}
+    audit(instance, run, "request", "curate", "a later request", **fields)  # the latest request event counts
+    status, page = post_edits(instance, parked, sources='[{"url": "no id"}]', limit='"7"')
+    assert status == 400 and field_errors(page) == ["limit takes a whole number, not text"]  # the kind check
+    assert decisions(instance, parked) == {}
+    status, page = post_edits(instance, parked, sources='[{"url": "no id"}]')  # right kind: the gate checks it
+    assert status == 200, page
+    assert list(decisions(instance, parked)) == ["flujo/decision/curate/ana"]
+    with pytest.raises(BlockingIOError):  # nothing connected: no reference was fetched
+        listener.accept()
+
+
+def test_a_key_whose_schema_is_too_large_is_recorded_without_one() -> None:
+    choices = tuple(f"choice {i:05d} " + "x" * 20 for i in range(3_000))
+    pick = cast(Any, Literal)[choices]
+    assert len(json.dumps(TypeAdapter(pick).json_schema())) > MAX_EDIT_SCHEMAS_BYTES
+    wide = create_model("Wide", pick=(pick, choices[0]), note=(str, ""), count=(int, 0))
+    edit = create_model("WideEdit", pick=(str, ""), note=(str, ""), count=(int, 0))
+    pipeline = Pipeline("wide", context=wide, steps=[Approval("g", show=["pick"], decision=edit)])
+    recorded = edit_schemas(pipeline, ("note", "pick", "count"))
+    assert recorded == {"note": '{"type":"string"}', "pick": None, "count": '{"type":"integer"}'}
