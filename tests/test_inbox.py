@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import json
 import re
 import socket
@@ -24,7 +25,7 @@ from pydantic import TypeAdapter, create_model
 from starlette.testclient import TestClient
 
 from flujo_dagster import Approval, Pipeline
-from flujo_dagster.adapter.control.approvals import pending
+from flujo_dagster.adapter.control.approvals import decide, pending, resume
 from flujo_dagster.adapter.control.audit import audit, run_audit
 from flujo_dagster.adapter.control.graphql import Webserver
 from flujo_dagster.adapter.inbox.app import SECURITY_HEADERS, create_app
@@ -491,3 +492,17 @@ def test_a_key_whose_schema_is_too_large_is_recorded_without_one() -> None:
     pipeline = Pipeline("wide", context=wide, steps=[Approval("g", show=["pick"], decision=edit)])
     recorded = edit_schemas(pipeline, ("note", "pick", "count"))
     assert recorded == {"note": '{"type":"string"}', "pick": None, "count": '{"type":"integer"}'}
+
+
+def test_the_page_of_a_gate_already_resumed_names_the_run_to_decide_on(instance: DagsterInstance) -> None:
+    parked = park(instance, gated_job, "tests/approval_defs.py", {"topic": "otters"})
+    decide(parked, verdict="approve", by="ana", instance=instance)
+    resumed = resume(parked, job=reconstructable(gated_job), instance=instance)
+    with client(instance) as browser:
+        page = browser.get(f"/gates/{parked[:8]}/review")
+    assert page.status_code == 404
+    said = html.unescape(re.sub(r"\s+", " ", page.text))
+    assert (
+        f"run {parked} was already resumed (gate review) as run {resumed}, which is not parked at it (status "
+        f"SUCCESS); see flujo-dagster audit {parked}"
+    ) in said, said

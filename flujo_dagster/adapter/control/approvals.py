@@ -69,6 +69,7 @@ __all__ = [
     "pending",
     "prepare_decision",
     "record_resume",
+    "resumed_instead",
     "resumable",
     "resume",
     "resume_plan",
@@ -365,7 +366,7 @@ def _parked_gate(
     run to decide on instead when it was resumed)."""
     if gate is None:
         if len(requests) != 1:
-            resumed = _resumed_instead(instance, run, None) if not requests else None
+            resumed = resumed_instead(instance, run, None) if not requests else None
             raise ApprovalError(
                 resumed
                 or f"run {run.run_id} is parked at {len(requests)} gates ({', '.join(sorted(requests)) or 'none'}); "
@@ -373,7 +374,7 @@ def _parked_gate(
             )
         (gate,) = requests
     if gate not in requests:
-        resumed = _resumed_instead(instance, run, gate)
+        resumed = resumed_instead(instance, run, gate)
         raise ApprovalError(
             resumed
             or f"run {run.run_id} is not parked at gate {gate!r}; parked at: {', '.join(sorted(requests)) or 'no gate'}"
@@ -381,7 +382,7 @@ def _parked_gate(
     return gate
 
 
-def _resumed_instead(instance: DagsterInstance, run: DagsterRun, gate: str | None) -> str | None:
+def resumed_instead(instance: DagsterInstance, run: DagsterRun, gate: str | None) -> str | None:
     """When `run` was resumed at `gate` (None: at any gate), why not to decide on it and which run to decide on:
     the newest run resuming it (its proven descendants with its inputs) still parked at that gate, else its
     latest resume. None when the gate was not resumed in `run`."""

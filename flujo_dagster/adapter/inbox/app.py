@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flujo_dagster.adapter.control.approvals import decide, gates_waiting, pending
+from flujo_dagster.adapter.control.approvals import decide, gates_waiting, pending, resumed_instead
 from flujo_dagster.adapter.control.graphql import Webserver
 from flujo_dagster.adapter.control.launch import ResumeOutcome, resume_now
 from flujo_dagster.adapter.control.run_ids import resolve_run_id
@@ -195,8 +195,12 @@ def _find(request: Request) -> GateView | HTMLResponse:
     secret = decision_secret()
     found = [w for w in gates_waiting(inbox.instance, run, secret=secret) if w.gate == gate] if run else []
     if run is None or not found:
+        instead = resumed_instead(inbox.instance, run, gate) if run is not None else None
         return _refused(
-            request, 404, "This gate does not wait", f"run {run_id} is not parked at gate {gate!r} (any more)"
+            request,
+            404,
+            "This gate does not wait",
+            instead or f"run {run_id} is not parked at gate {gate!r} (any more)",
         )
     return gate_view(inbox.instance, run, found[0], secret=secret, full=True)
 
