@@ -41,7 +41,7 @@ SECURITY_HEADERS = {
         "default-src 'none'; style-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # not no-referrer: a browser then sends `Origin: null` with the form
     "Cache-Control": "no-store",
 }
 MAX_PARAM_CHARS = 200
