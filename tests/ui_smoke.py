@@ -1,27 +1,40 @@
-"""`make ui-smoke`: the Dagster UI as a user sees it, in headless Chromium, with the example code location.
+"""`make ui-smoke`: the Dagster UI and the reviewers' inbox as a user sees them, in headless Chromium, with the
+example code location.
 
 Boots `dagster dev -w workspace.yaml` on 127.0.0.1 (tests/dagster_dev.py: a temporary DAGSTER_HOME, a free port,
-the approvals sensor aimed at it, the whole process group stopped at the end), materializes the `digest` example's
-assets and launches `gated_digest` so that its run parks at the first approval gate (both through GraphQL, as the
-Launchpad does), then drives Debian's Chromium (`/usr/bin/chromium`, through Playwright; no browser is downloaded)
-to each page below, waits until the single-page app has rendered the names a user would look for (read from the
+the approvals sensor aimed at it, `FLUJO_DAGSTER_INBOX_URL` naming the inbox below, the whole process group stopped
+at the end), materializes the `digest` example's assets and launches `gated_digest` so that its run parks at the
+first approval gate (both through GraphQL, as the Launchpad does), then starts `flujo-dagster inbox` on the same
+DAGSTER_HOME (local mode: reviewers type their name, recorded as self-declared; resumes launched through this
+`dagster dev`'s webserver), drives Debian's Chromium (`/usr/bin/chromium`, through Playwright; no browser is
+downloaded) to each page below, waits until the page has rendered the names a user would look for (read from the
 page's text once rendered), and saves a screenshot of it under docs/screenshots/:
 
 1. `asset-graph.png`: the `digest` asset group's lineage graph, every asset materialized;
 2. `asset-materialization.png`: the `digest/report` asset, its latest materialization linking to the run above;
 3. `parked-runs.png`: the Runs page filtered by the tag `flujo/parked=true`: the gated run (Success: a park is
-   not a failure), not the digest's;
+   not a failure), not the digest's, with its `flujo/inbox/<gate>` tag;
 4. `parked-run.png`: the parked `gated_digest` run, its log filtered to the gate step: the request, readable, with
    no failure and no traceback;
 5. `approval-request.png`: that request opened in full: the gate's path, what it waits for, who may decide, the
    deadline, the payload (the round's draft) and its hash, and the commands to decide;
 6. `approval-payload.png`: the payload shown to the reviewer, rendered as Markdown;
+   (then the run's "View tags and config": the tag `flujo/inbox/<gate>` holds the gate's inbox page; no screenshot)
 7. `parked-assets.png`: the `gated_digest` asset group: `sources`, made before the gate, materialized; `report`
-   and the final context, after it, not failed.
+   and the final context, after it, not failed;
+8. `inbox.png`: the inbox's list of pending gates: the parked gate, its path, policy and payload;
+9. `inbox-gate.png`: the gate's page (whole), its decision form filled in: a typed name, the draft edited, a comment;
+10. `inbox-decided.png`: the page after Approve: the decision recorded and the resume launched at once.
 
-A page that does not show what it should fails the smoke with the page, its URL, the missing text and what the page
-showed instead (and a screenshot of it in the temporary directory). Not collected by pytest; run it as
-`python -m tests.ui_smoke [--out DIR] [--chromium PATH]`.
+Then the resumed run (tagged `flujo/resumed_by=inbox: <name>`, launched by the inbox, not the sensor) parks at the
+second round's gate (one source matches "python": the offline critic asks for another round), decided the same
+way in the inbox without screenshots, and its resume succeeds: the final context holds the second edited draft, and
+`gated_digest/report`'s latest materialization carries both approval records (`flujo/approvals`: the reviewer,
+`edited: ["draft"]`).
+
+A page that does not show what it should, or a run that does not get where expected, fails the smoke with the page,
+its URL, the missing text and what the page showed instead (and a screenshot of it in the temporary directory). Not
+collected by pytest; run it as `python -m tests.ui_smoke [--out DIR] [--chromium PATH]`.
 """
 
 from __future__ import annotations
@@ -30,19 +43,26 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from urllib.error import URLError
+from urllib.request import urlopen
 
-from dagster import DagsterRunStatus
+from dagster import AssetKey, DagsterRun, DagsterRunStatus
 from playwright.sync_api import BrowserContext, Page, ViewportSize, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
+from definitions.gated import gated
+from flujo_dagster import load_final_context
+from flujo_dagster.config import INBOX_URL_ENV, INBOX_USER_HEADER_ENV, WEBSERVER_URL_ENV
+from flujo_dagster.names import APPROVALS, RESUMED_BY_TAG, inbox_tag
 from tests.dagster_dev import DagsterDev, DagsterDevError, dagster_dev, group_members, leftovers
-from tests.test_webserver import ROOT
+from tests.test_webserver import ROOT, _free_port, _stop
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [  # headless as root on a closed network: no sandbox, GPU, QUIC, or background connections
@@ -64,6 +84,14 @@ DIGEST_ASSETS = ["sources", "draft", "report", "final_context"]
 GATE = "revise__i1__sign_off"
 GATE_PATH = "gated_digest > loop:revise > i1 > approval:sign_off"
 GATE_STEP = f"gated_digest_graph.{GATE}"
+GATES = [GATE, "revise__i2__sign_off"]  # one source matches "python": the offline critic asks for a second round
+REVIEWER = "Ana Lima"
+EDITS = [
+    "Signed off in the inbox: this week in python, one source.\n- Event loops and worker threads",
+    "Signed off in the inbox, round 2: one source stood out.\n- Event loops and worker threads",
+]
+COMMENTS = ["Tightened the opening line.", "Good enough with one source."]
+FLUJO_DAGSTER = Path(sys.executable).parent / "flujo-dagster"
 
 
 class UiSmokeError(RuntimeError):
@@ -104,10 +132,10 @@ def expect_link(page: Page, name: str, href_prefix: str) -> None:
         raise UiSmokeError(f"page {name!r} ({page.url}) has no link to {href_prefix}") from error
 
 
-def _shoot(page: Page, out: Path, filename: str) -> Path:
+def _shoot(page: Page, out: Path, filename: str, *, full_page: bool = False) -> Path:
     page.wait_for_timeout(1000)  # let the layout and transitions settle after the texts appeared
     path = out / filename
-    page.screenshot(path=str(path))
+    page.screenshot(path=str(path), full_page=full_page)
     print(f"  {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", flush=True)
     return path
 
@@ -136,10 +164,10 @@ def _runs(dev: DagsterDev) -> tuple[str, str, str]:
     return digest_run, gated_run, str(request["payload_hash"])
 
 
-def _pages(
-    browser: BrowserContext, dev: DagsterDev, out: Path, digest_run: str, gated_run: str, payload_hash: str
-) -> None:
-    """Visit each page, check what it shows, save its screenshot under `out`."""
+def _pages(browser: BrowserContext, dev: DagsterDev, out: Path, inbox: str, runs: tuple[str, str, str]) -> None:
+    """Visit each page, check what it shows, save its screenshot under `out`. `runs`: the digest's run, the parked
+    gated_digest run and its gate's payload hash; `inbox`: the inbox's URL the parked run links to."""
+    digest_run, gated_run, payload_hash = runs
     url = dev.server.url
     page = browser.new_page()
 
@@ -161,6 +189,7 @@ def _pages(
 
     page.goto(f"{url}/runs?q%5B%5D=tag%3Aflujo%2Fparked%3Dtrue")  # the Runs page filtered by the parked tag
     expect_texts(page, "parked runs", [gated_run[:8], "gated_digest", "flujo/parked=true", "Success"])
+    expect_texts(page, "parked runs", [f"{inbox_tag(GATE)}: http"])  # the tag linking the gate's inbox page
     if digest_run[:8] in _text(page, "body"):
         raise UiSmokeError(f"page 'parked runs' ({page.url}) lists the digest run {digest_run}, which did not park")
     _no_failure(page, "parked runs")
@@ -193,11 +222,128 @@ def _pages(
     expect_texts(page, "approval payload", ["draft", "This week in python"], within='[role="dialog"]')
     _shoot(page, out, "approval-payload.png")
 
+    page.goto(f"{url}/runs/{gated_run}")  # the run's tags: the gate's page in the inbox (FLUJO_DAGSTER_INBOX_URL)
+    expect_texts(page, "parked run", ["View tags and config"])
+    page.get_by_text("View tags and config").first.click()
+    link = f"{inbox}/gates/{gated_run}/{GATE}"
+    expect_texts(page, "parked run tags", [inbox_tag(GATE), link], within='[role="dialog"]')
+
     page.goto(f"{url}/locations/{dev.location}/asset-groups/gated_digest/lineage")
     expect_texts(page, "parked assets", ["gated_digest", "sources", "report", "final_context", "Materialized"])
     _no_failure(page, "parked assets")
     _shoot(page, out, "parked-assets.png")
     page.close()
+
+
+def _decide_in_inbox(page: Page, inbox: str, out: Path | None, run_id: str, round_: int) -> str:
+    """Open the gate of round `round_` (0-based) that run `run_id` is parked at in the inbox, edit the draft, type a
+    name and a comment, approve; the id of the run the inbox resumed it as. Screenshots under `out` if given."""
+    gate = GATES[round_]
+    page.goto(f"{inbox}/gates/{run_id}/{gate}")
+    form = ["Your decision", "Your name", "self-declared", "draft", "Comment", "Approve", "Reject"]
+    expect_texts(page, "inbox gate", [gate, "gated_digest", "Decisions so far", "None yet.", *form])
+    page.fill("#name", REVIEWER)
+    page.fill('textarea[name="edit.draft"]', EDITS[round_])
+    page.fill("#comment", COMMENTS[round_])
+    if out is not None:
+        _shoot(page, out, "inbox-gate.png", full_page=True)
+    page.get_by_role("button", name="Approve").click()
+    recorded = f"Recorded: approve by {REVIEWER} (self-declared) on gate {gate} of run {run_id}, editing draft."
+    expect_texts(page, "inbox decided", [recorded, "The run resumes as run"])
+    link = page.locator('a[href*="/runs/"]', has_text="run ").first
+    resumed = (link.get_attribute("href") or "").rsplit("/", 1)[-1]
+    if out is not None:
+        _shoot(page, out, "inbox-decided.png")
+    return resumed
+
+
+def _resumed(dev: DagsterDev, run_id: str, parent: str) -> DagsterRun:
+    """Resumed run `run_id` once finished, checked to be the inbox's resume of `parent` (not the sensor's)."""
+    run = dev.wait_finished(run_id, RUN_TIMEOUT_S)
+    by, parent_tag = run.tags.get(RESUMED_BY_TAG), run.tags.get("dagster/parent_run_id")
+    if by != f"inbox: {REVIEWER}" or parent_tag != parent or "dagster/sensor_name" in run.tags:
+        raise UiSmokeError(f"run {run_id} is not the inbox's resume of {parent} ({RESUMED_BY_TAG}={by!r}, {run.tags})")
+    if run.status != DagsterRunStatus.SUCCESS:
+        raise UiSmokeError(f"the resumed run {run_id} ended {run.status}:\n{dev.log_tail()}")
+    return run
+
+
+def _inbox_pages(browser: BrowserContext, dev: DagsterDev, inbox: str, out: Path, gated_run: str) -> list[str]:
+    """The reviewers' inbox: the list, the first gate's page, its decision and the resume it launched; the second
+    round's gate decided there too; then the edited draft and the approval records on the report. The ids of the
+    runs the inbox resumed."""
+    page = browser.new_page()
+    page.goto(f"{inbox}/")
+    listed = ["Pending gates", GATE, GATE_PATH, gated_run[:8], "This week in python", "May decide: anyone"]
+    expect_texts(page, "inbox", [*listed, "Local mode: names are self-declared", "Review"])
+    expect_link(page, "inbox", f"/gates/{gated_run}/{GATE}")
+    _shoot(page, out, "inbox.png")
+    run_id, chain = gated_run, []
+    for round_ in range(len(GATES)):
+        resumed = _decide_in_inbox(page, inbox, out if round_ == 0 else None, run_id, round_)
+        run = _resumed(dev, resumed, run_id)
+        parked = run.tags.get("flujo/parked") == "true"
+        if parked != (round_ < len(GATES) - 1):
+            raise UiSmokeError(f"the resumed run {resumed} (round {round_ + 1}) parked={parked}: {run.tags}")
+        run_id = resumed
+        chain.append(resumed)
+    page.close()
+    _check_final(dev, run_id)
+    return chain
+
+
+def _check_final(dev: DagsterDev, run_id: str) -> None:
+    """The run that ended the chain holds the last edited draft, and `gated_digest/report`'s latest
+    materialization carries both gates' approval records (the reviewer, the edited key)."""
+    context = load_final_context(gated, run_id, instance=dev.instance)
+    if getattr(context, "draft", None) != EDITS[-1]:
+        raise UiSmokeError(f"run {run_id}'s final context holds draft {getattr(context, 'draft', None)!r}")
+    event = dev.instance.get_latest_materialization_event(AssetKey(["gated_digest", "report"]))
+    materialization = event.asset_materialization if event is not None else None
+    if event is None or materialization is None or event.run_id != run_id:
+        raise UiSmokeError(f"gated_digest/report was not materialized by run {run_id} ({event})")
+    entry = materialization.metadata.get(APPROVALS)
+    records = entry.value if entry is not None else None
+    got = [(r.get("gate"), r.get("by"), r.get("edited")) for r in records] if isinstance(records, list) else records
+    if got != [(g, REVIEWER, ["draft"]) for g in GATES]:
+        raise UiSmokeError(f"gated_digest/report's {APPROVALS} are {got}, not both gates approved by {REVIEWER}")
+
+
+def _wait_listening(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + PAGE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UiSmokeError(f"flujo-dagster inbox exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with suppress(URLError, OSError), urlopen(f"{url}/", timeout=2) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.2)
+    raise UiSmokeError(f"flujo-dagster inbox did not answer at {url} within {PAGE_TIMEOUT_S:.0f} s")
+
+
+@contextmanager
+def inbox_server(home: Path, port: int, webserver_url: str) -> Iterator[str]:
+    """`flujo-dagster inbox` on 127.0.0.1:`port` in local mode (names typed, self-declared), on DAGSTER_HOME `home`,
+    resuming through `webserver_url`; yields its URL once it answers, stops its process group on the way out."""
+    url = f"http://127.0.0.1:{port}"
+    log = home / "inbox.log"
+    env = {**os.environ, "DAGSTER_HOME": str(home), WEBSERVER_URL_ENV: webserver_url, INBOX_URL_ENV: url}
+    env.pop(INBOX_USER_HEADER_ENV, None)
+    with log.open("wb") as output:
+        proc = subprocess.Popen(
+            [str(FLUJO_DAGSTER), "inbox", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_listening(url, proc, log)
+            yield url
+        finally:
+            _stop(proc)
 
 
 def _chromium_processes(profile: Path) -> list[int]:
@@ -259,22 +405,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="flujo-ui-smoke-") as tmp:
         home = Path(tmp) / "home"
+        port = _free_port()  # the inbox's: parked runs link to it (FLUJO_DAGSTER_INBOX_URL)
         try:
-            with dagster_dev(home, interval_s=5) as dev:
+            with dagster_dev(home, interval_s=5, env={INBOX_URL_ENV: f"http://127.0.0.1:{port}"}) as dev:
                 pgid = dev.pgid
                 print(f"ui-smoke: dagster dev at {dev.server.url} ({time.monotonic() - started:.1f} s)", flush=True)
                 dev.server.graphql("mutation { setNuxSeen }")  # no community sign-up dialog over the pages
-                digest_run, gated_run, payload_hash = _runs(dev)
-                print(f"ui-smoke: digest {digest_run} materialized, gated_digest {gated_run} parked", flush=True)
-                with chromium(args.chromium, Path(tmp) / "chromium-profile") as browser:
-                    _pages(browser, dev, out, digest_run, gated_run, payload_hash)
+                runs = _runs(dev)
+                print(f"ui-smoke: digest {runs[0]} materialized, gated_digest {runs[1]} parked", flush=True)
+                with (
+                    inbox_server(home, port, dev.server.url) as inbox,
+                    chromium(args.chromium, Path(tmp) / "chromium-profile") as browser,
+                ):
+                    _pages(browser, dev, out, inbox, runs)
+                    resumed = _inbox_pages(browser, dev, inbox, out, runs[1])
+                print(f"ui-smoke: inbox at {inbox}: both gates approved, resumed at once as {', '.join(resumed)}")
         except (UiSmokeError, DagsterDevError) as error:
             print(f"ui-smoke FAILED: {error}", file=sys.stderr)
             return 1
         if leftovers(home) or group_members(pgid):
             print(f"ui-smoke FAILED: processes outlived dagster dev: {leftovers(home) + group_members(pgid)}")
             return 1
-    print(f"ui-smoke: 7 views of 5 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
+    print(f"ui-smoke: 10 views of 8 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
     return 0
 
 
