@@ -8,7 +8,7 @@ HOME_DIR := $(CURDIR)/.dagster_home
 # so it goes in without its pins; its dependencies are in the dev extra (docs/component.md).
 DG_CLI := dagster-dg-cli==1.13.27 dagster-rest-resources==0.29.27
 
-.PHONY: install demo dev test lint bench clean ui-smoke
+.PHONY: install demo dev inbox test lint bench clean ui-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,13 @@ $(HOME_DIR)/dagster.yaml:
 demo: $(STAMP) $(HOME_DIR)/dagster.yaml
 	DAGSTER_HOME=$(HOME_DIR) $(BIN)/flujo-dagster run definitions:digest --input topic="typed agents"
 
-## The Dagster UI on http://127.0.0.1:3000 with the example code location.
+## The Dagster UI on http://127.0.0.1:3000 with the example code location; parked runs link to `make inbox`.
 dev: $(STAMP) $(HOME_DIR)/dagster.yaml
-	DAGSTER_HOME=$(HOME_DIR) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$(HOME_DIR) FLUJO_DAGSTER_INBOX_URL=http://127.0.0.1:3100 $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## The reviewers' inbox on http://127.0.0.1:3100 (local mode), on the instance `make dev` serves.
+inbox: $(STAMP) $(HOME_DIR)/dagster.yaml
+	DAGSTER_HOME=$(HOME_DIR) FLUJO_DAGSTER_WEBSERVER_URL=http://127.0.0.1:3000 $(BIN)/flujo-dagster inbox --host 127.0.0.1 --port 3100
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
