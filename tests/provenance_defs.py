@@ -6,7 +6,7 @@ from __future__ import annotations
 from dagster import JobDefinition, multiprocess_executor
 from pydantic import BaseModel
 
-from flujo_dagster import Approval, ApprovalSettings, Branch, Pipeline, build_definitions, step
+from flujo_dagster import Approval, ApprovalSettings, Branch, Map, Pipeline, build_definitions, step
 
 
 class Story(BaseModel):
@@ -91,8 +91,57 @@ branched = Pipeline(
     assets=["report"],
 )
 
+
+class Batch(BaseModel):
+    topic: str
+    xs: list[str] = ["a", "b", "c"]
+    x: str = ""
+    draft: str = ""
+    published: str = ""
+    posts: list[str] = []
+    report: str = ""
+
+
+class Redraft(BaseModel):
+    draft: str
+
+
+@step(name="draft_x", output_keys=["draft"])
+def draft_x(topic: str, x: str) -> str:
+    return f"{topic} {x}"
+
+
+@step(name="publish_x", output_keys=["published"])
+def publish_x(draft: str) -> str:
+    return f"published: {draft}"
+
+
+@step(name="roundup", output_keys=["report"])
+def roundup(posts: list[str]) -> str:
+    return "; ".join(posts)
+
+
+mapped = Pipeline(
+    "mapped",
+    context=Batch,
+    # each element has its own gate; `report` is downstream of all three
+    steps=[
+        Map(
+            "each",
+            over="xs",
+            item="x",
+            body=[draft_x, Approval("check", show=["draft"], decision=Redraft), publish_x],
+            result="published",
+            into="posts",
+            inline=False,
+        ),
+        roundup,
+    ],
+    assets=["report"],
+)
+
 defs = build_definitions(
-    pipelines=[provenanced, branched],
+    pipelines=[provenanced, branched, mapped],
     resources={"approval_settings": ApprovalSettings(allow_unknown_requester=True)},
     executor=multiprocess_executor.configured(
         {"start_method": {"forkserver": {"preload_modules": ["tests.provenance_defs"]}}}
@@ -109,3 +158,8 @@ def provenanced_job() -> JobDefinition:
 def branched_job() -> JobDefinition:
     """draft_it -> route (risky: check, an approval) -> ship."""
     return defs.resolve_job_def("branched")
+
+
+def mapped_job() -> JobDefinition:
+    """each (Map over xs: draft_x -> check (approval) -> publish_x) -> roundup."""
+    return defs.resolve_job_def("mapped")

@@ -11,10 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_context
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    build_sensor_context,
+    execute_job,
+    reconstructable,
+)
 
 from flujo_dagster import load_final_context
-from flujo_dagster.adapter.control.approvals import decide, resume_plan
+from flujo_dagster.adapter.control.approvals import decide, resume, resume_plan
+from flujo_dagster.adapter.control.chain import live_resume
 from flujo_dagster.adapter.control.graphql import Webserver as Channel
 from flujo_dagster.adapter.control.launch import first_resume, launch_resume, resume_now
 from flujo_dagster.adapter.control.resume_steps import resume_step_keys
@@ -23,6 +32,7 @@ from flujo_dagster.adapter.control.sensors import approvals_sensor
 from flujo_dagster.errors import ApprovalError
 from tests.approval_defs import REQUEST_LOG, defs, gated
 from tests.dagster_dev import dagster_dev
+from tests.provenance_defs import provenanced_job
 from tests.test_approvals_webserver import LAUNCH, LOCATIONS, served, wait_done
 from tests.test_webserver import Webserver
 
@@ -257,3 +267,35 @@ def test_short_run_ids_resolve_and_ambiguous_ones_are_refused(tmp_path: Path) ->
         for bad in ("abc%", "abcdef_", "x" * 5000, "", "abcdef12;drop"):
             with pytest.raises(ApprovalError, match="is not a run id"):
                 resolve_run_id(instance, bad)
+
+
+def test_a_resume_cancelled_before_a_later_gate_does_not_keep_the_run_parked(instance: DagsterInstance) -> None:
+    """At a run's second gate, a resume inherits the first gate's `decided` mark from its parent: a resume
+    cancelled before the second gate ran must still not count (only the gates it resumes do)."""
+    job = reconstructable(provenanced_job)
+    config = {"ops": {"provenanced_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "otters"}}}}}}}
+    with execute_job(job, instance=instance, run_config=config) as first:
+        assert first.success  # parked at review
+    decide(first.run_id, verdict="approve", by="ana", instance=instance)
+    second = instance.get_run_by_id(resume(first.run_id, job=job, instance=instance))
+    assert second is not None and second.tags["flujo/awaiting/final"] == "pending"
+    assert second.tags["flujo/awaiting/review"] == "decided"  # what every resume of it inherits
+    decide(second.run_id, verdict="approve", by="bo", instance=instance)
+    plan = resume_plan(second, instance)
+    assert plan is not None
+    dead = DagsterRun(
+        job_name=second.job_name,
+        run_id="0123abcd-0000-4000-8000-000000000001",
+        run_config=second.run_config,
+        tags={**second.tags, **plan.tags},
+        parent_run_id=second.run_id,
+        root_run_id=first.run_id,
+        step_keys_to_execute=resume_step_keys(instance, second),
+        status=DagsterRunStatus.CANCELED,
+    )
+    instance.add_run(dead)
+    assert not live_resume(dead, plan.gates)
+    assert resume_plan(second, instance) is not None  # still resumable: the cancelled look-alike does not count
+    third = resume(second.run_id, job=job, instance=instance)
+    done = instance.get_run_by_id(third)
+    assert done is not None and done.status == DagsterRunStatus.SUCCESS

@@ -23,7 +23,7 @@ from flujo_dagster.adapter.ops.review import COMMENT_CHARS, gate_entry
 from flujo_dagster.config import INBOX_URL_ENV, inbox_gate_url
 from flujo_dagster.runtime.approvals import payload_hash
 from tests.approval_defs import REQUEST_LOG, gated_job
-from tests.provenance_defs import branched_job, provenanced_job
+from tests.provenance_defs import branched_job, mapped_job, provenanced_job
 from tests.test_approvals import INPUTS
 from tests.test_asset_review import inputs, materialized
 from tests.test_cli import run as run_cli
@@ -114,6 +114,31 @@ def test_a_re_execution_whose_content_skipped_the_gate_carries_no_ancestors_appr
     report = materialized(instance, again.run_id)["branched/report"]
     assert "evil content" in str(report["flujo/preview"].value)
     assert "flujo/approvals" not in report  # the gate did not run for this content: no approval travels with it
+
+
+def test_an_asset_after_a_map_carries_each_elements_approval_from_the_run_that_decided_it(
+    instance: DagsterInstance,
+) -> None:
+    """Elements of a gated Map decided in different resumes: the asset after the Map carries every element's
+    record, each from the run where that element's gate decided (a resume that ran only some elements does not
+    hide the others')."""
+    job = reconstructable(mapped_job)
+    config = {"ops": {"mapped_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "otters"}}}}}}}
+    with execute_job(job, instance=instance, run_config=config) as first:
+        assert first.success  # every element parked
+    gates = [f"each__check[i{i}]" for i in range(3)]
+    decide(first.run_id, gate=gates[1], verdict="approve", by="ana", values={"draft": "b!"}, instance=instance)
+    second = resume(first.run_id, job=job, instance=instance)  # i1 goes on; i0, i2 park again
+    for gate in (gates[0], gates[2]):
+        decide(second, gate=gate, verdict="approve", by="bo", instance=instance)
+    third = resume(second, job=job, instance=instance)
+    report = materialized(instance, third)["mapped/report"]
+    assert "b!" in str(report["flujo/preview"].value)
+    assert sorted((r["gate"], r["by"], r["run_id"], tuple(r["edited"])) for r in approvals(report)) == [
+        (gates[0], "bo", third, ()),
+        (gates[1], "ana", second, ("draft",)),
+        (gates[2], "bo", third, ()),
+    ]
 
 
 def test_an_audit_events_malformed_edits_are_skipped_never_raised() -> None:

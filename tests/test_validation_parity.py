@@ -136,7 +136,8 @@ def reachable(value: object, seen: set[int]) -> Iterator[Pipeline]:
     elif inspect.isfunction(value):
         for mark in getattr(value, "pytestmark", ()):
             for row in mark.args[1] if mark.name == "parametrize" else ():
-                yield from reachable(tuple(getattr(row, "values", (row,))), seen)
+                values = getattr(row, "values", None)  # a pytest.param's values; a dict's is a method
+                yield from reachable(values if isinstance(values, tuple) else (row,), seen)
 
 
 class Constructed:

@@ -471,7 +471,7 @@ def _already_resumed(
     same_key = [
         r
         for r in named
-        if r.parent_run_id == run.run_id and r.job_name == run.job_name and same_run(r, run) and live_resume(r)
+        if r.parent_run_id == run.run_id and r.job_name == run.job_name and same_run(r, run) and live_resume(r, decided)
     ]
     children = _resumed_by_hand(instance, run, decided)
     if not same_key and children is None:

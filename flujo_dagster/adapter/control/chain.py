@@ -7,6 +7,8 @@ finished, no cycle, at most `MAX_CHAIN` runs), and its root is the last run of t
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from dagster import DagsterInstance, DagsterRun, RunsFilter
 
 from flujo_dagster.adapter.storage.budgets import chain_of
@@ -14,7 +16,16 @@ from flujo_dagster.errors import FlujoDagsterError
 from flujo_dagster.names import AWAITING_PREFIX, PARKED_RUN_TAG, PARTITION_TAG, USER_TAG
 from flujo_dagster.runtime.approvals import Requester
 
-__all__ = ["chain_of_run", "chain_runs", "live_resume", "proven_root", "requester_of", "same_inputs", "same_run"]
+__all__ = [
+    "chain_of_run",
+    "chain_runs",
+    "live_resume",
+    "proven_root",
+    "resumed_gates",
+    "requester_of",
+    "same_inputs",
+    "same_run",
+]
 
 
 def proven_root(instance: DagsterInstance, run: DagsterRun) -> str:
@@ -54,14 +65,25 @@ def same_run(one: DagsterRun, other: DagsterRun) -> bool:
     return _inputs(one) == _inputs(other)
 
 
-def live_resume(run: DagsterRun) -> bool:
-    """Whether re-execution `run` is, or may still become, a resume that went past its gates: it has not finished,
-    or a gate ran in it (one marked itself decided there, or parked there). A resume cancelled or failed before
-    its gates never stands for one: counting it would keep its parked run waiting for good."""
+def live_resume(run: DagsterRun, gates: Collection[str]) -> bool:
+    """Whether re-execution `run`, resuming `gates` of its parent, is or may still become a resume that went past
+    them: it has not finished, or one of those gates ran in it (marked itself decided there, or parked there).
+    Only `gates` count: a resume inherits its parent's tags, and with them the gates decided before. A resume
+    cancelled or failed before its gates never stands for one: counting it would keep its parent waiting for good."""
     if not run.is_finished:
         return True
-    decided = any(k.startswith(AWAITING_PREFIX) and v == "decided" for k, v in run.tags.items())
-    return decided or run.tags.get(PARKED_RUN_TAG) == run.run_id
+    return run.tags.get(PARKED_RUN_TAG) == run.run_id or any(
+        run.tags.get(AWAITING_PREFIX + g) == "decided" for g in gates
+    )
+
+
+def resumed_gates(parent: DagsterRun) -> list[str]:
+    """The gates a resume of `parent` runs again: those it is parked at, pending or marked resumed."""
+    return [
+        k.removeprefix(AWAITING_PREFIX)
+        for k, v in parent.tags.items()
+        if k.startswith(AWAITING_PREFIX) and v in ("pending", "resumed")
+    ]
 
 
 def same_inputs(instance: DagsterInstance, run: DagsterRun) -> list[DagsterRun]:

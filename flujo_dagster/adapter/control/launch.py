@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from dagster import DagsterInstance, DagsterRun, RunsFilter
 
 from flujo_dagster.adapter.control.approvals import PARENT_TAG, Report, Resumable, record_resume, resume_plan
-from flujo_dagster.adapter.control.chain import live_resume, same_run
+from flujo_dagster.adapter.control.chain import live_resume, resumed_gates, same_run
 from flujo_dagster.adapter.control.graphql import Webserver, launch_reexecution
 from flujo_dagster.adapter.control.resume_steps import resume_step_keys
 from flujo_dagster.adapter.control.routes import how_to_resume, report_unresumable, route
@@ -30,8 +30,10 @@ def first_resume(instance: DagsterInstance, run: DagsterRun) -> DagsterRun | Non
     same steps (an impostor that named the parent with other steps or inputs does not), and that is still running
     or went past its gates (one cancelled or failed before them does not: `live_resume`)."""
     key = run.tags.get(RESUME_KEY_TAG)
-    if key is None or run.parent_run_id is None:
+    parent = instance.get_run_by_id(run.parent_run_id) if key is not None and run.parent_run_id else None
+    if parent is None or key is None:
         return None
+    gates = resumed_gates(parent)
     records = instance.get_run_records(
         filters=RunsFilter(tags={RESUME_KEY_TAG: key}), limit=_MAX_SAME_KEY, order_by="id", ascending=True
     )
@@ -42,7 +44,7 @@ def first_resume(instance: DagsterInstance, run: DagsterRun) -> DagsterRun | Non
         and r.dagster_run.job_name == run.job_name
         and same_run(r.dagster_run, run)
         and sorted(r.dagster_run.step_keys_to_execute or []) == sorted(run.step_keys_to_execute or [])
-        and (r.dagster_run.run_id == run.run_id or live_resume(r.dagster_run))
+        and (r.dagster_run.run_id == run.run_id or live_resume(r.dagster_run, gates))
     ]
     if not same or same[0].dagster_run.run_id == run.run_id:
         return None

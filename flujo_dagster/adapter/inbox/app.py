@@ -52,8 +52,19 @@ MAX_LISTED = 200
 """At most this many gates on the list page (newest runs first)."""
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-"""The host names the inbox always answers to."""
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+"""The host names the inbox always answers to (as a `Host` header names them: an IPv6 address in brackets)."""
+
+
+def host_name(host: str) -> str:
+    """`host` as the `Host` header names it, without a port, lowercase: `::1` -> `[::1]`, `a.example:8443` ->
+    `a.example`."""
+    given = host.strip().lower()
+    if given.startswith("["):
+        return given.split("]", 1)[0] + "]"
+    if given.count(":") > 1:  # an IPv6 address
+        return f"[{given}]"
+    return given.split(":", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -324,7 +335,9 @@ def create_app(
     names, `public_url`'s host and `hosts` (any other `Host` header: 400), so a page whose own name resolves to
     the inbox's address (DNS rebinding) cannot read it or pass its same-site checks."""
     public_host = urlsplit(public_url).hostname if public_url else None
-    allowed = sorted({*LOOPBACK_HOSTS, *hosts, *([public_host] if public_host else [])})
+    allowed = sorted(
+        {*LOOPBACK_HOSTS, *(host_name(h) for h in hosts), *([host_name(public_host)] if public_host else [])}
+    )
     app = Starlette(
         routes=[
             Route("/", index, methods=["GET"]),

@@ -1,7 +1,8 @@
 """The JSON Schemas a parked gate recorded for its editable keys' types (`edit_schemas` in its `request` audit
 event), read back from the run's event log as untrusted input: sizes capped, parsed by total functions, each
 schema checked against Draft 2020-12's metaschema. An edited value is checked against its key's schema with a
-Draft 2020-12 validator whose references resolve within the schema only (`$defs`): nothing is ever fetched. A key
+Draft 2020-12 validator whose references resolve within the schema only (`$defs`): nothing is ever fetched; its
+`pattern` is matched in linear time, as pydantic matches it. A key
 without a usable schema (a request recorded before schemas were, a schema too large, malformed, or one that cannot
 be applied) falls back to the JSON-kind check of `forms.py`."""
 
@@ -11,12 +12,16 @@ import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import islice
 from typing import Protocol, cast
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRun
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import SchemaError, ValidationError, best_match
+from pydantic_core import SchemaError as PydanticSchemaError
+from pydantic_core import SchemaValidator, core_schema
+from pydantic_core import ValidationError as PydanticCoreValidationError
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 
@@ -52,6 +57,28 @@ def _refuse(uri: str) -> Resource[object]:
     raise NoSuchResource(uri)
 
 
+@lru_cache(maxsize=256)
+def _linear(pattern: str) -> SchemaValidator:
+    """A matcher of `pattern` in linear time (Rust's regex engine, as pydantic checks `Field(pattern=...)`);
+    `ValueError` when that engine cannot take it (then the schema is not applied)."""
+    try:
+        return SchemaValidator(core_schema.str_schema(pattern=pattern, regex_engine="rust-regex"))
+    except PydanticSchemaError as exc:
+        raise ValueError(f"pattern {pattern[:80]!r}: {exc}") from None
+
+
+def _pattern(validator: object, pattern: object, instance: object, schema: object) -> Iterator[ValidationError]:
+    """Draft 2020-12's `pattern`, matched in linear time: Python's `re` backtracks, so a pattern the app checks
+    in linear time could take a worker for minutes on a crafted edit (`^(\\w+\\s?)*$` against `aaaa...!`)."""
+    if not isinstance(instance, str) or not isinstance(pattern, str):
+        return
+    try:
+        _linear(pattern).validate_python(instance)
+    except PydanticCoreValidationError:
+        yield ValidationError(f"{instance[:80]!r} does not match {pattern[:80]!r}")
+
+
+_LinearValidator = validators.extend(Draft202012Validator, {"pattern": _pattern})
 _OFFLINE: Registry[object] = Registry(retrieve=_refuse)  # type: ignore[call-arg]  # attrs' alias of _retrieve
 
 
@@ -66,7 +93,7 @@ class EditSchema:
         """Why `value` is not valid for the key, readable (`sources.0: 'id' is a required property`), at most
         `MAX_ERRORS` and a last "and more"; [] when it is valid; None when the schema cannot be applied (a
         reference outside it, a cycle, a bad pattern): the caller falls back to the kind check."""
-        validator = cast(_Validator, Draft202012Validator(self.schema, registry=_OFFLINE))
+        validator = cast(_Validator, _LinearValidator(self.schema, registry=_OFFLINE))
         try:
             errors = list(islice(validator.iter_errors(value), MAX_ERRORS + 1))
             shown = [self._message(cast(_Error, best_match([error]))) for error in errors[:MAX_ERRORS]]

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from dagster import (
@@ -207,12 +208,12 @@ def gate_entry(metadata: Mapping[str, object], run_id: str) -> dict[str, object]
     }
 
 
-def _gate_entries(instance: DagsterInstance, run_id: str, gates: set[str]) -> list[dict[str, object]]:
-    """The records of `gates` that decided in run `run_id`, from its gates' step outputs."""
+def _gate_entries(instance: DagsterInstance, run_id: str, wanted: Callable[[str], bool]) -> list[dict[str, object]]:
+    """The records of the gate steps `wanted` (by step key) that decided in run `run_id`, from their outputs."""
     entries: list[dict[str, object]] = []
     for record in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT):
         event = record.dagster_event
-        if event is None or event.step_output_data is None or _base(event.step_key or "") not in gates:
+        if event is None or event.step_output_data is None or not wanted(event.step_key or ""):
             continue
         data = event.step_output_data
         if data.step_output_handle.output_name in _DECIDED_OUTPUTS:
@@ -220,24 +221,39 @@ def _gate_entries(instance: DagsterInstance, run_id: str, gates: set[str]) -> li
     return entries
 
 
+def _wanted(step_key: str, *, gates: frozenset[str], taken: frozenset[str], ran: frozenset[str] | None) -> bool:
+    """Whether a run that executed the steps `ran` (None: all) holds the record of gate step `step_key`: one of
+    `gates`, not `taken` from a later run (as a whole, or that element), and executed there."""
+    base = _base(step_key)
+    if base not in gates or base in taken or step_key in taken:
+        return False
+    return ran is None or step_key in ran or base in ran
+
+
 def gate_records(instance: DagsterInstance, run: DagsterRun, gate_keys: frozenset[str]) -> list[dict[str, object]]:
     """The decision of each gate `gate_keys` (each element of a gate in a Map) in the run its value in `run` comes
-    from: `run` when it executed the gate; otherwise the nearest ancestor of its proven chain, with the same
-    inputs, that executed it (a re-execution of a subset loads the gate's outputs from there). Never a run with
-    other inputs, and nothing behind a run that executed everything (a full re-execution with other inputs, where
-    a branch skipped the gate, carries no ancestor's approval). Read from the gates' step outputs in the event log,
-    so it works in any executor and process. A gate that parked or did not run has none. Oldest run first, at
-    most `MAX_APPROVALS_LISTED`."""
+    from: `run` when it executed the gate (or that element of it); otherwise the nearest ancestor of its proven
+    chain, with the same inputs, that executed it (a re-execution of a subset loads the gate's outputs from there).
+    Never a run with other inputs, and nothing behind a run that executed everything (a full re-execution with
+    other inputs, where a branch skipped the gate, carries no ancestor's approval). Read from the gates' step
+    outputs in the event log, so it works in any executor and process. A gate that parked or did not run has none.
+    Oldest run first, at most `MAX_APPROVALS_LISTED`."""
     found: list[list[dict[str, object]]] = []
-    open_gates = set(gate_keys)  # the gates whose values `run` got from the runs still to be read
+    whole: set[str] = set()  # gates executed as a whole by a run read already: nothing of them older counts
+    elements: set[str] = set()  # elements of mapped gates (step keys) executed by a run read already
     for member in chain_of(run, instance):  # the run first, then its parent, ...
         if member.run_id != run.run_id and not same_run(member, run):
             break
         planned = member.step_keys_to_execute
-        here = open_gates if planned is None else open_gates & {_base(k) for k in planned}
-        found.append(_gate_entries(instance, member.run_id, here) if here else [])
-        open_gates -= here  # executed in this run: decided here, or parked or skipped (no record)
-        if planned is None or not open_gates:
+        ran = None if planned is None else frozenset(planned)
+        taken = frozenset(whole | elements)
+        wanted = partial(_wanted, gates=gate_keys, taken=taken, ran=ran)
+        found.append(_gate_entries(instance, member.run_id, wanted))
+        if ran is None:
+            break
+        whole |= {k for k in ran if k in gate_keys}  # unmapped, or every element (a gate step without `[...]`)
+        elements |= {k for k in ran if _base(k) in gate_keys and k != _base(k)}
+        if whole >= gate_keys:
             break
     return [entry for entries in reversed(found) for entry in entries][:MAX_APPROVALS_LISTED]
 
