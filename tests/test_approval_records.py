@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import pytest
@@ -24,6 +24,7 @@ from flujo_dagster.runtime.approvals import (
     decision_record,
     parse_decision,
     sign,
+    tally,
 )
 
 SECRET, ROOT, GATE = "s3cret", "run-1", "check"
@@ -237,3 +238,20 @@ def test_a_decision_record_holds_its_values_as_the_json_the_gate_verifies() -> N
     assert decision.values == {"tags": ["b"], "n": 2}
     signed = sign(decision, secret=SECRET)  # json.dumps of a set would raise TypeError here
     assert signed.signature and Decision.model_validate_json(signed.to_tag()) == signed
+
+
+def test_a_deadline_decides_the_same_decision_whenever_it_is_read() -> None:
+    """The decision a passed deadline makes is dated at the deadline, not when a tick reads it: two sensor ticks a
+    second apart see the same decision (and so the same resume key: reported and resumed once)."""
+    request = REQUEST.model_copy(update={"policy": POLICY.model_copy(update={"on_timeout": "reject", "signed": False})})
+    deadline = datetime.fromisoformat(request.requested_at) + timedelta(seconds=60)
+    seen = [
+        tally([], request, binding=BINDING, requester=KNOWN, now=deadline + timedelta(seconds=s)).decision
+        for s in (1, 2, 3600)
+    ]
+    assert seen[0] is not None and seen[0] == seen[1] == seen[2]
+    assert (seen[0].verdict, seen[0].by, seen[0].at) == (
+        "reject",
+        "flujo (timeout)",
+        deadline.isoformat(timespec="seconds"),
+    )

@@ -588,7 +588,9 @@ def _by_timeout(request: Request, now: datetime) -> Decision:
         by=TIMEOUT_BY,
         payload_hash=request.payload_hash,
         comment=f"no decision by the deadline {passed.isoformat(timespec='seconds')} (on_timeout={on_timeout!r})",
-        at=now.isoformat(timespec="seconds"),
+        # made at the deadline, not when it is read: the same decision every time (a resume key built from it,
+        # which says "once per set of decisions", must not change from one sensor tick to the next)
+        at=passed.isoformat(timespec="seconds"),
     )
 
 
