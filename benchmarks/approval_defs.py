@@ -1,5 +1,6 @@
 """The code location of benchmarks/approvals.py: write (agent) -> review (approval gate) -> polish (agent) ->
-publish, once with a parking gate (`bench_park`) and once with a waiting gate (`bench_wait`). The agents answer
+publish, once with a parking gate (`bench_park`), once with a waiting gate (`bench_wait`), and without the gate
+(`bench_plain`, the baseline of the events one pause adds). The agents answer
 from a scripted FunctionModel: nothing leaves the machine."""
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ bench_park = Pipeline("bench_park", context=Note, steps=[write, Approval("review
 bench_wait = Pipeline(
     "bench_wait", context=Note, steps=[write, Approval("review", show=["draft"], mode="wait"), polish, publish]
 )
+# the baseline of (c): the same steps without the gate (a decision is bound to the run it was made on, so no
+# run can start with its gate already approved)
+bench_plain = Pipeline("bench_plain", context=Note, steps=[write, polish, publish])
 runtime = AgentRuntime(
     model=FunctionModel(answer, model_name="bench"),
     prices={"function:bench": Price(input_per_mtok=0, output_per_mtok=0)},
 )
-defs = build_definitions(pipelines=[bench_park, bench_wait], resources={"agent_runtime": runtime})
+defs = build_definitions(pipelines=[bench_park, bench_wait, bench_plain], resources={"agent_runtime": runtime})
