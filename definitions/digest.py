@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_ai import Agent
 
-from flujo_dagster import Pipeline, Retry, agent_step, step
+from flujo_dagster import Pipeline, Retry, Schedule, agent_step, step
 
 DATA = Path(__file__).parent / "data" / "sources.json"
 
@@ -101,4 +101,6 @@ digest = Pipeline(
     steps=sources >> draft >> critique >> report,
     assets=["sources", "draft", "report"],
     description="Research digest: rank sources, draft and critique with agents, write a Markdown report.",
+    # every Monday at 07:00 UTC; stopped until switched on in the UI (Automation), like any Dagster schedule
+    schedule=Schedule(cron="0 7 * * 1", inputs={"topic": "agents"}),
 )

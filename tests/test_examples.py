@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,13 @@ from dagster import (
     AssetKey,
     DagsterEventType,
     DagsterInstance,
+    DefaultScheduleStatus,
     Definitions,
     JobDefinition,
+    build_schedule_context,
     execute_job,
     reconstructable,
+    validate_run_config,
 )
 
 from definitions import defs, digest_job, reviewed_digest_job
@@ -42,6 +46,22 @@ def test_example_definitions_load() -> None:
     job = defs.resolve_job_def("digest")
     assert isinstance(job, JobDefinition)
     assert {n.name for n in job.graph.nodes} == {"digest_graph"}
+
+
+def test_the_example_location_schedules_the_digest_weekly_with_inputs_the_job_accepts(
+    instance: DagsterInstance,
+) -> None:
+    """`make dev` shows a schedule (stopped until switched on); its tick asks for a run whose config the digest's
+    asset job accepts (the inputs under `digest_graph`, as docs/schedules.md gives the path)."""
+    schedule = defs.resolve_schedule_def("digest_schedule")
+    assert (schedule.cron_schedule, schedule.default_status) == ("0 7 * * 1", DefaultScheduleStatus.STOPPED)
+    when = datetime(2026, 12, 7, 7, tzinfo=UTC)
+    tick = schedule.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=when))
+    (request,) = tick.run_requests or []
+    assert request.run_config == {
+        "ops": {"digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "agents"}}}}}}
+    }
+    assert validate_run_config(defs.resolve_job_def("digest"), request.run_config)
 
 
 @pytest.mark.parametrize("make_job", [digest_job, digest_multiprocess_job], ids=["in_process", "multiprocess"])
