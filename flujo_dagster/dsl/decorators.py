@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import overload
 
 from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.dsl.injection import ResourcesLike, resource_pairs
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Retry
 from flujo_dagster.interfaces import AgentLike, ModelLike
 
@@ -26,6 +27,7 @@ def step(
     retry: Retry | None = None,
     timeout: timedelta | None = None,
     inline: bool = False,
+    resources: ResourcesLike | None = None,
 ) -> Callable[[Callable[..., object]], FunctionStep]: ...
 
 
@@ -39,12 +41,18 @@ def step(
     retry: Retry | None = None,
     timeout: timedelta | None = None,
     inline: bool = False,
+    resources: ResourcesLike | None = None,
 ) -> FunctionStep | Callable[[Callable[..., object]], FunctionStep]:
     """Turn a function (sync or async) into a pipeline step.
 
     Used bare (`@step`) or with options (`@step(name=..., output_keys=[...], retry=Retry(...))`).
     Parameters named after context keys are the keys read; see `FunctionStep` for what is written.
     A sync function's timeout stops the waiting, not the work (it runs in a worker thread).
+
+    A parameter annotated with a Dagster `ConfigurableResource` subclass receives the resource whose key is the
+    parameter's name; `resources={"db": "warehouse"}` (parameter -> resource key, or a list of names that are
+    both) declares resource parameters of any annotation. A parameter annotated `dagster.OpExecutionContext`
+    or `dagster.AssetExecutionContext` receives the op's context. None of these are keys.
     """
 
     def wrap(func: Callable[..., object]) -> FunctionStep:
@@ -56,6 +64,7 @@ def step(
             retry=retry if retry is not None else Retry(),
             timeout=timeout,
             inline=inline,
+            resources=resource_pairs(resources),
         )
 
     if fn is not None:
@@ -76,6 +85,8 @@ def agent_step(
     inline: bool = False,
     budget: Budget | None = None,
     pool: str | None = None,
+    deps: Callable[..., object] | None = None,
+    resources: ResourcesLike | None = None,
 ) -> AgentStep:
     """A step that runs a pydantic-ai `Agent`.
 
@@ -86,6 +97,10 @@ def agent_step(
     its (or its agent's) model settings. `pool` names the Dagster concurrency pool of the step's op (default
     `flujo/<provider>`, e.g. `flujo/openai`): set a limit on it (`dagster instance concurrency set flujo/openai
     4`) to cap concurrent calls to a provider across runs; inline ops honour the same limit per process.
+
+    `deps` builds the pydantic-ai `deps` of each agent run (the agent's tools get it as `ctx.deps`): it is
+    called before every run with its parameters filled like a `@step` function's (keys, resources by annotation
+    or by `resources=`, the execution context), sync or async.
     """
     return AgentStep(
         name=name,
@@ -99,4 +114,6 @@ def agent_step(
         inline=inline,
         budget=budget,
         pool=pool,
+        deps=deps,
+        resources=resource_pairs(resources),
     )

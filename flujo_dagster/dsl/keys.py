@@ -12,9 +12,22 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from flujo_dagster.dsl.approval import Approval
+from flujo_dagster.dsl.injection import Injection, injection_for
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step, remembered
 
-__all__ = ["StepKeys", "annotations_of", "parameter_names", "resolve_keys", "return_annotation", "template_fields"]
+__all__ = [
+    "StepKeys",
+    "annotations_of",
+    "injections",
+    "key_parameters",
+    "parameter_names",
+    "prompt_keys",
+    "resolve_keys",
+    "resource_keys",
+    "return_annotation",
+    "step_injections",
+    "template_fields",
+]
 
 _NO_ANNOTATION = inspect.Parameter.empty
 
@@ -88,6 +101,47 @@ def parameter_names(fn: Callable[..., object]) -> tuple[str, ...]:
     )
 
 
+def injections(fn: Callable[..., object], resources: tuple[tuple[str, str], ...] = ()) -> dict[str, Injection]:
+    """The parameters of `fn` that Dagster fills (`dsl.injection`), with what fills each; `resources` are the
+    declared (parameter, resource key) pairs."""
+    declared = dict(resources)
+    hints = annotations_of(fn)
+    found: dict[str, Injection] = {}
+    for name in parameter_names(fn):
+        injection = injection_for(name, hints.get(name, _NO_ANNOTATION), declared)
+        if injection is not None:
+            found[name] = injection
+    return found
+
+
+def key_parameters(fn: Callable[..., object], resources: tuple[tuple[str, str], ...] = ()) -> tuple[str, ...]:
+    """The parameters of `fn` that are context keys: every named parameter that Dagster does not fill."""
+    injected = injections(fn, resources)
+    return tuple(name for name in parameter_names(fn) if name not in injected)
+
+
+_NO_FIELDS: Mapping[str, object] = {}
+
+
+def step_injections(step: Step) -> Mapping[str, Injection]:
+    """What Dagster fills in a leaf step: a function step's parameters, or an agent step's `deps` callable's
+    (empty for anything else); remembered on the step."""
+    return remembered(step, "_flujo_injections", _NO_FIELDS, lambda: _step_injections(step))
+
+
+def _step_injections(step: Step) -> dict[str, Injection]:
+    if isinstance(step, FunctionStep):
+        return injections(step.fn, step.resources)
+    if isinstance(step, AgentStep) and step.deps is not None:
+        return injections(step.deps, step.resources)
+    return {}
+
+
+def resource_keys(step: Step) -> frozenset[str]:
+    """The Dagster resource keys a leaf step uses."""
+    return frozenset(i.resource_key for i in step_injections(step).values() if i.resource_key is not None)
+
+
 def template_fields(template: str) -> tuple[str, ...]:
     """Field names of a `str.format` template, in order, without repeats (`{a.b}` reads `a`)."""
     seen: dict[str, None] = {}
@@ -112,9 +166,18 @@ def resolve_keys(step: Step, fields: Mapping[str, object]) -> StepKeys:
     return remembered(step, "_flujo_keys", fields, lambda: _resolve_keys(step, fields))
 
 
+def prompt_keys(step: AgentStep) -> tuple[str, ...]:
+    """The keys an agent step's prompt reads: its template's fields, or its callable's parameters."""
+    return template_fields(step.prompt) if isinstance(step.prompt, str) else parameter_names(step.prompt)
+
+
+def _unique(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(k for group in groups for k in group))
+
+
 def _resolve_keys(step: Step, fields: Mapping[str, object]) -> StepKeys:
     if isinstance(step, FunctionStep):
-        reads = step.input_keys if step.input_keys is not None else parameter_names(step.fn)
+        reads = step.input_keys if step.input_keys is not None else key_parameters(step.fn, step.resources)
         if step.output_keys is not None:
             return StepKeys(reads=reads, writes=step.output_keys, split=len(step.output_keys) != 1)
         if step.name in fields:
@@ -124,11 +187,8 @@ def _resolve_keys(step: Step, fields: Mapping[str, object]) -> StepKeys:
             return StepKeys(reads=reads, writes=model_keys, split=True)
         return StepKeys(reads=reads, writes=None)
     if isinstance(step, AgentStep):
-        if isinstance(step.prompt, str):
-            reads = template_fields(step.prompt)
-        else:
-            reads = parameter_names(step.prompt)
-        return StepKeys(reads=reads, writes=(step.output_key or step.name,))
+        deps = key_parameters(step.deps, step.resources) if step.deps is not None else ()
+        return StepKeys(reads=_unique(prompt_keys(step), deps), writes=(step.output_key or step.name,))
     if isinstance(step, Approval):  # the shown keys pass through the gate (approved edits replace them)
         return StepKeys(reads=step.show, writes=step.show, split=True)
     raise TypeError(f"no key rule for step kind {type(step).__name__}")

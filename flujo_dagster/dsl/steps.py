@@ -67,12 +67,15 @@ class FunctionStep(Step):
     """A step that calls a Python function (sync or async).
 
     Reads the keys named by its parameters (or `input_keys`); writes the key named like the step, or the
-    fields of the model it returns when they are all keys (or `output_keys`).
+    fields of the model it returns when they are all keys (or `output_keys`). Parameters annotated with a
+    Dagster resource class or execution context, or named in `resources`, are filled by Dagster instead.
     """
 
     fn: Callable[..., object]
     input_keys: tuple[str, ...] | None = None
     output_keys: tuple[str, ...] | None = None
+    resources: tuple[tuple[str, str], ...] = ()
+    """(parameter, resource key) pairs: parameters filled with a Dagster resource, whatever their annotation."""
 
     kind = "step"
 
@@ -87,6 +90,9 @@ class AgentStep(Step):
 
     `prompt` is a `str.format` template whose fields are the keys read, or a callable whose parameters are
     the keys read. The agent's output is written to `output_key` (default: the key named like the step).
+    `deps`, when given, is called before each agent run (its parameters are keys, resources or the execution
+    context, as a function step's) and its result is the run's pydantic-ai `deps`; `resources` declares its
+    parameters filled by resource key.
     """
 
     agent: AgentLike | None
@@ -96,6 +102,8 @@ class AgentStep(Step):
     model_settings: Mapping[str, object] | None = None
     budget: Budget | None = None
     pool: str | None = None
+    deps: Callable[..., object] | None = None
+    resources: tuple[tuple[str, str], ...] = ()
 
     kind = "agent"
 

@@ -57,8 +57,11 @@ async def run_agent(
     *,
     model: Model | str | None,
     model_settings: Mapping[str, object] | None,
+    deps: object = None,
 ) -> AgentCall:
-    """Run `agent` on `prompt` (with `model` replacing the agent's own when given) in the caller's loop.
+    """Run `agent` on `prompt` (with `model` replacing the agent's own when given, and `deps` as the run's
+    pydantic-ai deps, which its tools get as `ctx.deps`) in the caller's loop. The usage is the whole run's, as
+    pydantic-ai reports it: every model request, those that called tools included.
 
     A model object is entered for the call, so the HTTP client its provider opened (and its pooled
     connections) is closed before the call returns, on the loop that opened it. Dagster closes its loop
@@ -71,7 +74,7 @@ async def run_agent(
     async with AsyncExitStack() as stack:
         if isinstance(chosen, Model):
             await stack.enter_async_context(chosen)
-        result = await agent.run(prompt, model=model, model_settings=settings)
+        result = await agent.run(prompt, model=model, model_settings=settings, deps=deps)
     usage = result.usage
     answered = _answering_model(result.all_messages(), model if model is not None else agent.model)
     return AgentCall(

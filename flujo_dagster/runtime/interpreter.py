@@ -16,6 +16,7 @@ from flujo_dagster.names import iteration_path, step_path
 from flujo_dagster.runtime.checkpoints import Checkpointer, CheckpointStore
 from flujo_dagster.runtime.control import branch_arm, loop_should_exit
 from flujo_dagster.runtime.fanout import State, run_map, run_parallel
+from flujo_dagster.runtime.injection import Injector
 from flujo_dagster.runtime.leaf import AgentRunner, LeafExecutor
 from flujo_dagster.runtime.records import Reporter
 
@@ -25,7 +26,8 @@ Rule = Callable[[Step, State, str], Awaitable[None]]
 
 
 class Interpreter:
-    """Runs steps against a state (key -> value), writing typed values back into it."""
+    """Runs steps against a state (key -> value), writing typed values back into it; the leaves' resources and
+    execution context come from `injector`."""
 
     def __init__(
         self,
@@ -34,11 +36,12 @@ class Interpreter:
         agents: AgentRunner | None,
         reporter: Reporter | None = None,
         checkpoints: CheckpointStore | None = None,
+        injector: Injector | None = None,
     ) -> None:
         self.fields = fields
         self.checkpoints = Checkpointer(checkpoints, fields, reporter)
         self.reporter = self.checkpoints.reporter
-        self.leaves = LeafExecutor(fields=fields, agents=agents, reporter=self.reporter)
+        self.leaves = LeafExecutor(fields=fields, agents=agents, reporter=self.reporter, injector=injector)
         self._rules: dict[type[Step], Rule] = {
             FunctionStep: self._leaf,
             AgentStep: self._leaf,

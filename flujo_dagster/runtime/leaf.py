@@ -12,11 +12,12 @@ from typing import Protocol
 
 import anyio
 
-from flujo_dagster.dsl.keys import resolve_keys
+from flujo_dagster.dsl.keys import prompt_keys, resolve_keys
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
 from flujo_dagster.errors import ControlFlowError
 from flujo_dagster.runtime.agents import AgentCall
 from flujo_dagster.runtime.calls import call_function_step, with_timeout
+from flujo_dagster.runtime.injection import Injector, build_deps, injected_values
 from flujo_dagster.runtime.prompts import render_prompt
 from flujo_dagster.runtime.records import Meter, Reporter, StepRecord
 from flujo_dagster.runtime.retries import NEVER_RETRIED, is_retried, retry_delay
@@ -29,7 +30,7 @@ class AgentRunner(Protocol):
     """Runs one agent step (the adapter's `PricedAgents` is one)."""
 
     async def run(
-        self, step: AgentStep, prompt: str, *, path: str, meter: Meter | None = None
+        self, step: AgentStep, prompt: str, *, path: str, meter: Meter | None = None, deps: object = None
     ) -> tuple[AgentCall, str]: ...
 
 
@@ -51,14 +52,21 @@ class _Done:
 
 class LeafExecutor:
     """Runs leaf steps against the context's field types, with agents from `agents` (none: agent steps
-    fail), reporting finished steps and failed attempts to `reporter`."""
+    fail), resources and the execution context from `injector`, reporting finished steps and failed attempts
+    to `reporter`."""
 
     def __init__(
-        self, *, fields: Mapping[str, object], agents: AgentRunner | None = None, reporter: Reporter | None = None
+        self,
+        *,
+        fields: Mapping[str, object],
+        agents: AgentRunner | None = None,
+        reporter: Reporter | None = None,
+        injector: Injector | None = None,
     ) -> None:
         self.fields = fields
         self.agents = agents
         self.reporter = reporter
+        self.injector = injector
 
     async def run(self, step: Step, values: Mapping[str, object], path: str) -> LeafResult:
         """Run `step` on `values` (holding at least the keys it reads) with the retry policy of
@@ -98,7 +106,8 @@ class LeafExecutor:
         if isinstance(step, FunctionStep):
 
             async def function() -> _Done:
-                result = await call_function_step(step, reads, path=path)
+                arguments = {**reads, **injected_values(step, self.injector, path)}
+                result = await call_function_step(step, arguments, path=path)
                 return _Done(step_outputs(path, writes, keys.split, result, self.fields))
 
             return function
@@ -109,10 +118,13 @@ class LeafExecutor:
             raise ControlFlowError(f"agent step {path} needs an agent runtime, and none was given")
 
         async def agent() -> _Done:
-            prompt = render_prompt(step, reads)
-            call, source = await with_timeout(
-                step.timeout, lambda: agents.run(step, prompt, path=path, meter=meter), path=path
-            )
+            prompt = render_prompt(step, {k: reads[k] for k in prompt_keys(step)})
+
+            async def run() -> tuple[AgentCall, str]:  # the deps are built within the attempt's timeout
+                deps = await build_deps(step, reads, self.injector, path)
+                return await agents.run(step, prompt, path=path, meter=meter, deps=deps)
+
+            call, source = await with_timeout(step.timeout, run, path=path)
             return _Done(step_outputs(path, writes, False, call.output, self.fields), call, source)
 
         return agent

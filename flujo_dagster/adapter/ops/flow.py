@@ -9,6 +9,7 @@ from dagster import DagsterRun, In, MetadataValue, Nothing, OpDefinition, OpExec
 from pydantic import ValidationError
 
 from flujo_dagster import names
+from flujo_dagster.adapter.ops.injection import OpInjector, step_resource_keys
 from flujo_dagster.adapter.ops.leaf import (
     OpReporter,
     StepWiring,
@@ -349,9 +350,13 @@ def inline_metadata(wiring: StepWiring, records: Sequence[StepRecord]) -> dict[s
 def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: str) -> OpDefinition:
     """A subtree run in one op by the interpreter. Its output metadata carries a per-step table; each
     ignored failure of a parallel branch is logged once."""
-    agent_steps = [s for _, s in walk([node], parent_path) if isinstance(s, AgentStep)]
+    inner = [s for _, s in walk([node], parent_path)]
+    agent_steps = [s for s in inner if isinstance(s, AgentStep)]
     needs_agents = bool(agent_steps)
     pools = {s.pool_name() for s in agent_steps}
+    resources = {IO_MANAGER_KEY, *step_resource_keys(inner)}
+    if needs_agents:
+        resources |= {AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY}
 
     async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Any:
         state: dict[str, object] = {k: inputs[io_name(k)] for k in wiring.reads}
@@ -361,7 +366,13 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
             limits = {p.name: p.limit for p in context.instance.event_log_storage.get_pool_limits() if p.name in pools}
             agents = priced_agents(context, pipeline, limits)
         checkpoints = OpCheckpoints(context, pipeline.fields)  # a re-execution reuses finished branches and items
-        interpreter = Interpreter(fields=pipeline.fields, agents=agents, reporter=records, checkpoints=checkpoints)
+        interpreter = Interpreter(
+            fields=pipeline.fields,
+            agents=agents,
+            reporter=records,
+            checkpoints=checkpoints,
+            injector=OpInjector(context),
+        )
         try:
             await interpreter.run([node], state, parent_path)
         except NEVER_RETRIED as exc:
@@ -389,9 +400,7 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
         name=wiring.definition,
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs=_outs_or_done(pipeline, wiring, wiring.optional),
-        required_resource_keys={IO_MANAGER_KEY, AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY}
-        if needs_agents
-        else {IO_MANAGER_KEY},
+        required_resource_keys=resources,
         description=f"{node.kind} {wiring.path}, run in one op by the flujo interpreter",
         retry_policy=None,
         tags=names.op_tags(names.OpKind.inline(node.kind), wiring.path),

@@ -20,6 +20,7 @@ from dagster import (
 )
 
 from flujo_dagster import names
+from flujo_dagster.adapter.ops.injection import OpInjector, step_resource_keys
 from flujo_dagster.adapter.storage.budgets import OpBudgets
 from flujo_dagster.adapter.storage.resources import PricedAgents
 from flujo_dagster.adapter.storage.types import KeyType, key_type
@@ -191,7 +192,7 @@ async def _run_leaf(
     """Run the op's step on the leaf executor (retries in this process, as inside an inline op). When it fails
     after its agent calls were charged, the failure event carries what they cost."""
     reporter = OpReporter(context.log)
-    executor = LeafExecutor(fields=pipeline.fields, agents=agents, reporter=reporter)
+    executor = LeafExecutor(fields=pipeline.fields, agents=agents, reporter=reporter, injector=OpInjector(context))
     try:
         return await executor.run(step, {k: inputs[io_name(k)] for k in wiring.reads}, wiring.path)
     except NEVER_RETRIED as exc:
@@ -223,6 +224,7 @@ def _function_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefini
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs=outs_for(pipeline, wiring.writes),
         description=(step.fn.__doc__ or f"function step {wiring.path}").strip(),
+        required_resource_keys=step_resource_keys([step]),
         tags=names.op_tags(names.OpKind.FUNCTION, wiring.path),
     )
 
@@ -243,7 +245,7 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs=outs_for(pipeline, wiring.writes),
         description=f"agent step {wiring.path} on {step.model_id()}; prompt: {prompt_text}",
-        required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY},
+        required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY, *step_resource_keys([step])},
         pool=step.pool_name(),
         tags={**names.op_tags(names.OpKind.AGENT, wiring.path), names.MODEL: step.model_id() or "unknown"},
     )

@@ -75,11 +75,13 @@ class AgentRuntime:
         path: str,
         budget: BudgetContext | None = None,
         meter: Meter | None = None,
+        deps: object = None,
     ) -> tuple[AgentCall, ModelSource]:
         """Run `step`'s agent on `prompt` in the current event loop; the call is priced for the model that
         answered, and `PricingNotConfiguredError` (naming `path`) is raised when that model has no price.
         With a `budget`, every model request is reserved first and reconciled after (`BudgetedModel`).
-        What was charged is added to `meter`: each budgeted request as the ledger recorded it, else the call."""
+        What was charged is added to `meter`: each budgeted request as the ledger recorded it, else the call.
+        `deps` are the run's pydantic-ai deps (the step's `deps=`)."""
         agent = step.agent
         if not isinstance(agent, Agent):
             raise TypeError(f"agent step {step.name!r} holds {type(agent).__name__}, not a pydantic-ai Agent")
@@ -87,7 +89,7 @@ class AgentRuntime:
         budgeted = budget is not None and bool(budget.guards)
         if budget is not None and budgeted:
             model = _budgeted(step, model if model is not None else agent.model, budget, path, meter)
-        call = await run_agent(agent, prompt, model=model, model_settings=step.model_settings)
+        call = await run_agent(agent, prompt, model=model, model_settings=step.model_settings, deps=deps)
         try:
             priced = call.priced(prices.require(call.model, where=path))
         except PricingNotConfiguredError:
@@ -161,13 +163,17 @@ class PricedAgents:
         self.limiters = {pool: anyio.CapacityLimiter(limit) for pool, limit in limits.items()}
 
     async def run(
-        self, step: AgentStep, prompt: str, *, path: str, meter: Meter | None = None
+        self, step: AgentStep, prompt: str, *, path: str, meter: Meter | None = None, deps: object = None
     ) -> tuple[AgentCall, ModelSource]:
         """Run and price one agent step (see `AgentRuntime.run`), at most as many at once per pool as the
         Dagster instance's limit for the step's pool allows."""
         budget = self.budget_for(step, path) if self.budget_for is not None else None
         limiter = self.limiters.get(step.pool_name() or "")
         if limiter is None:
-            return await self.runtime.run(step, prompt, prices=self.prices, path=path, budget=budget, meter=meter)
+            return await self.runtime.run(
+                step, prompt, prices=self.prices, path=path, budget=budget, meter=meter, deps=deps
+            )
         async with limiter:
-            return await self.runtime.run(step, prompt, prices=self.prices, path=path, budget=budget, meter=meter)
+            return await self.runtime.run(
+                step, prompt, prices=self.prices, path=path, budget=budget, meter=meter, deps=deps
+            )
