@@ -27,6 +27,7 @@ from pydantic_ai.usage import RequestUsage
 from flujo_dagster import (
     AgentRuntime,
     Budget,
+    ConfigurationError,
     Group,
     Pipeline,
     Price,
@@ -145,12 +146,17 @@ def test_the_asset_context_in_a_pipeline_with_assets(instance: DagsterInstance) 
     def tally(context: AssetExecutionContext) -> str:
         return ",".join(sorted(k.to_user_string() for k in context.assets_def.keys))
 
-    with_assets = Pipeline("counted", context=Orders, steps=[tally], assets=["tally"])
-    assert "counted/tally" in run_pipeline(with_assets, {"day": "d"}, instance=instance).context.tally.split(",")
+    @step
+    def run_id(context: AssetExecutionContext) -> str:  # not an asset itself: its op is in the graph-backed asset
+        return context.run.run_id
+
+    with_assets = Pipeline("counted", context=Orders, steps=[tally, run_id], assets=["tally"])
+    result = run_pipeline(with_assets, {"day": "d"}, instance=instance)
+    assert "counted/tally" in result.context.tally.split(",")
+    assert result.context.run_id == result.run_id
     without = Pipeline("uncounted", context=Orders, steps=[tally])
-    failed = run_pipeline(without, {"day": "d"}, instance=instance)
-    assert not failed.success and failed.error is not None
-    assert "AssetExecutionContext" in failed.error and "OpExecutionContext" in failed.error
+    with pytest.raises(ConfigurationError, match=r"V-INJ.*AssetExecutionContext.*OpExecutionContext"):
+        run_pipeline(without, {"day": "d"}, instance=instance)
 
 
 # Agent deps: the tool looks a customer up through the deps; the model first calls it, then answers.
@@ -239,3 +245,27 @@ def test_a_missing_deps_resource_stops_the_definitions_from_loading() -> None:
     defs = build_definitions(pipelines=[summarised("support", inline=True)], resources=RESOURCES)
     with pytest.raises(DagsterInvalidDefinitionError, match="customers"):
         Definitions.validate_loadable(defs)
+
+
+def test_misdeclared_injections_are_reported() -> None:
+    @step(resources={"dbb": "warehouse"})
+    def tally(rows: list[str], db: str) -> str:
+        return db
+
+    @step
+    def run_id(context: AssetExecutionContext) -> str:
+        return context.run.run_id
+
+    undeclared = agent_step("summary", agent=support, prompt="{rows}", resources=["customers"])
+    report = validate(Pipeline("orders", context=Orders, steps=[rows, tally, run_id, undeclared]))
+    assert [str(f) for f in report.findings if f.code == "V-INJ"] == [
+        "[V-INJ] error at orders > step:tally: resources= maps parameter 'dbb' to resource 'warehouse', but tally "
+        "has no parameter 'dbb'. Hint: name one of its parameters (db, rows)",
+        "[V-INJ] error at orders > step:run_id: parameter 'context' asks for an AssetExecutionContext, but the "
+        "pipeline has no assets, and Dagster gives one only to ops that are part of an asset. Hint: annotate it "
+        "dagster.OpExecutionContext, or give the pipeline assets=[...]",
+        "[V-INJ] error at orders > agent:summary: resources= names customers, but the step has no deps= to receive "
+        "them. Hint: give the agent step deps=<a function taking those parameters>, or drop resources=",
+    ]
+    with pytest.raises(TypeError, match="deps must be a callable"):
+        agent_step("summary", agent=support, prompt="{rows}", deps="customers")  # type: ignore[arg-type]

@@ -157,6 +157,7 @@ CASES: dict[str, Case] = {
     "V-A1": Case(
         (_doc("a1", agent_step("draft", agent=Agent(defer_model_check=True), prompt="{topic}")),), (("V-A1", "error"),)
     ),
+    "V-INJ": Case((_doc("inj", step(name="draft", resources={"dbb": "warehouse"})(draft.fn)),), (("V-INJ", "error"),)),
     "V-PAR1": Case(
         (
             _doc(

@@ -102,6 +102,11 @@ def agent_step(
     called before every run with its parameters filled like a `@step` function's (keys, resources by annotation
     or by `resources=`, the execution context), sync or async.
     """
+    if deps is not None and not callable(deps):
+        raise TypeError(
+            f"agent step {name!r}: deps must be a callable returning the agent's deps (its parameters are keys or "
+            f"resources), not {type(deps).__name__}"
+        )
     return AgentStep(
         name=name,
         agent=agent,

@@ -14,6 +14,7 @@ from flujo_dagster.dsl.steps import AgentStep, FunctionStep
 from flujo_dagster.names import DAGSTER_RESERVED_NAMES, io_name, key_path
 from flujo_dagster.validation.approvals import rule_approvals
 from flujo_dagster.validation.findings import Finding
+from flujo_dagster.validation.injection import rule_injection
 from flujo_dagster.validation.keyflow import rule_keys
 from flujo_dagster.validation.scale import rule_scale
 from flujo_dagster.validation.schedules import rule_partitions, rule_schedule
@@ -254,6 +255,7 @@ RULES: tuple[Rule, ...] = (
     rule_keys,
     rule_types,
     rule_agents,
+    rule_injection,
     rule_scale,
     rule_approvals,
     rule_schedule,
