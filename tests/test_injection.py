@@ -181,6 +181,11 @@ def lookup(day: str, customers: Customers) -> Lookup:
     return Lookup(customers=customers, day=day)
 
 
+async def lookup_by_key(day: str, client) -> Lookup:  # type: ignore[no-untyped-def]
+    """The same deps, async, with the resource declared by key (`resources={"client": "customers"}`)."""
+    return Lookup(customers=client, day=day)
+
+
 async def tool_then_answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     returned = [p.content for m in messages for p in getattr(m, "parts", ()) if isinstance(p, ToolReturnPart)]
     if not returned:
@@ -197,12 +202,13 @@ PRICE = Price(input_per_mtok=1_000, output_per_mtok=2_000)  # $0.001 per input t
 COST = Decimal("0.001") * 250 + Decimal("0.002") * 30
 
 
-def summarised(name: str, *, inline: bool, budget: Budget | None = None) -> Pipeline:
+def summarised(name: str, *, inline: bool, budget: Budget | None = None, by_key: bool = False) -> Pipeline:
     summary = agent_step(
         "summary",
         agent=support,
         prompt="Summarise {rows}",
-        deps=lookup,
+        deps=lookup_by_key if by_key else lookup,
+        resources={"client": "customers"} if by_key else None,
         model_settings={"max_tokens": 500},
         inline=inline,
     )
@@ -216,9 +222,9 @@ def agent_resources(**extra: object) -> dict[str, object]:
     return {**RESOURCES, "customers": Customers(names={"c7": "Ada"}), "agent_runtime": runtime, **extra}
 
 
-@pytest.mark.parametrize("inline", [False, True])
-def test_agent_deps_reach_the_tools_and_tool_calls_count(instance: DagsterInstance, inline: bool) -> None:
-    pipeline = summarised("support", inline=inline)
+@pytest.mark.parametrize(("inline", "by_key"), [(False, False), (True, False), (True, True)])
+def test_agent_deps_reach_the_tools_and_tool_calls_count(instance: DagsterInstance, inline: bool, by_key: bool) -> None:
+    pipeline = summarised("support", inline=inline, by_key=by_key)
     assert resolve_keys(pipeline.steps[1], pipeline.fields).reads == ("rows", "day")  # the deps' key is read
     result = run_pipeline(pipeline, {"day": "2026-12-05"}, instance=instance, resources=agent_resources())
     assert result.context.summary == "orders of Ada (2026-12-05)"
