@@ -74,6 +74,7 @@ __all__ = [
     "PRICE_SOURCE",
     "PRODUCED_BY",
     "READY_OUTPUT",
+    "UPSTREAM_INPUT",
     "REJECTED_OUTPUT",
     "REQUESTS",
     "REQUEST_PREFIX",
@@ -99,6 +100,7 @@ __all__ = [
     "VALIDATION_SENSOR",
     "approval",
     "child_path",
+    "deps_input",
     "element_path",
     "graph_name",
     "inbox_tag",
@@ -114,6 +116,7 @@ __all__ = [
     "step_key",
     "step_key_parts",
     "step_path",
+    "upstream_op",
 ]
 
 # --- metadata keys on op outputs and asset materializations -------------------------------------------------------
@@ -173,6 +176,8 @@ class OpKind(StrEnum):
     """`flujo_inputs`, the first op: validates the run's inputs and emits them as keys."""
     CONTEXT = "context"
     """`flujo_context`, the last op: assembles and validates the final context."""
+    UPSTREAM = "upstream"
+    """`flujo_upstream_<key>`: validates the value loaded from an upstream asset and emits it as the key."""
     FUNCTION = "function"
     AGENT = "agent"
     APPROVAL = "approval"
@@ -343,6 +348,8 @@ CONTEXT_OP = "flujo_context"
 CONTEXT_OUTPUT = "final_context"
 CONTEXT_KEY = "__context__"
 """The key name the final context is stored under (not a field name: pydantic refuses leading underscores)."""
+UPSTREAM_INPUT = "flujo_asset"
+"""The input of a `flujo_upstream_<key>` op: the upstream asset's value, loaded by that asset's IO manager."""
 READY_OUTPUT = "flujo_ready"
 """`flujo_inputs`' Nothing output when it emits no key."""
 GATE_INPUT = "flujo_gate"
@@ -390,6 +397,16 @@ def io_name(key: str) -> str:
     Dagster reserves the name (rule V-NAME refuses a key whose name would then collide with another's)."""
     name = _UNSAFE.sub("_", key)
     return f"{name}_" if name in DAGSTER_RESERVED_NAMES else name
+
+
+def upstream_op(key: str) -> str:
+    """The node that loads upstream key `key` (and the graph input mapped to its asset): `flujo_upstream_<key>`."""
+    return f"flujo_upstream_{io_name(key)}"
+
+
+def deps_input(index: int) -> str:
+    """The Nothing graph input (and `flujo_inputs` input) standing for the pipeline's `index`-th non-data dep."""
+    return f"flujo_dep_{index}"
 
 
 def graph_name(pipeline: str, has_assets: bool) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Generic
 
 from pydantic import BaseModel
@@ -16,12 +17,59 @@ from flujo_dagster.dsl.keys import StepKeys, resolve_keys
 from flujo_dagster.dsl.schedules import Partitions, Schedule
 from flujo_dagster.dsl.steps import Step, StepsLike, as_steps
 from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.interfaces import AssetKeyLike
 
-__all__ = ["Ctx", "Pipeline"]
+__all__ = ["AssetKeyPath", "AssetRef", "Ctx", "Pipeline"]
+
+AssetKeyPath = tuple[str, ...]
+"""An asset key as the DSL keeps it: the parts of its path (`("dbt", "orders")` for `AssetKey(["dbt", "orders"])`)."""
+AssetRef = AssetKeyLike | str | Iterable[str]
+"""How a pipeline names another asset: an `AssetKey` (anything with a `.path`), `"dbt/orders"`, or
+`["dbt", "orders"]`."""
 
 Ctx = TypeVar("Ctx", bound=BaseModel, covariant=True, default=BaseModel)
 """A pipeline's context model, inferred from `Pipeline(..., context=MyModel)`. A bare `Pipeline` annotation
 means `Pipeline[BaseModel]`, which every pipeline is."""
+
+
+def asset_key_path(pipeline: str, what: str, ref: object) -> AssetKeyPath:
+    """`ref` (an `AssetRef`) as the parts of an asset key path; `ConfigurationError` naming the pipeline and `what`
+    (the context key or `deps`) when it is none."""
+    parts: object
+    if isinstance(ref, str):
+        parts = ref.split("/")
+    elif hasattr(ref, "path"):
+        parts = ref.path
+    else:
+        parts = ref
+    if isinstance(parts, Iterable) and not isinstance(parts, str | bytes | Mapping):
+        path = tuple(parts)
+        if path and all(isinstance(p, str) and p for p in path):
+            return path
+    raise ConfigurationError(
+        f"Pipeline {pipeline!r}: {what} names the asset {ref!r}, which is not an asset key. Pass an AssetKey, a "
+        "string such as 'dbt/orders' (parts split on '/'), or a sequence of non-empty strings."
+    )
+
+
+def _upstream(pipeline: str, upstream: Mapping[str, AssetRef]) -> Mapping[str, AssetKeyPath]:
+    if not isinstance(upstream, Mapping):
+        raise ConfigurationError(
+            f"Pipeline {pipeline!r}: upstream must map context keys to asset keys "
+            f"({{'orders': AssetKey(['dbt', 'orders'])}}), got {upstream!r}."
+        )
+    for key in upstream:
+        if not isinstance(key, str):
+            raise ConfigurationError(f"Pipeline {pipeline!r}: upstream key {key!r} is not a context key name (str).")
+    paths = {key: asset_key_path(pipeline, f"upstream key {key!r}", ref) for key, ref in upstream.items()}
+    return MappingProxyType(paths)
+
+
+def _deps(pipeline: str, deps: object) -> tuple[AssetKeyPath, ...]:
+    """Each dep as an asset key path (each item of the list is one asset key; a lone key or str is one dep)."""
+    alone = isinstance(deps, str) or not isinstance(deps, Iterable) or hasattr(deps, "path")
+    listed: Iterable[object] = [deps] if alone else deps  # type: ignore[assignment]
+    return tuple(dict.fromkeys(asset_key_path(pipeline, "deps", ref) for ref in listed))
 
 
 def _check_context(name: str, context: object) -> None:
@@ -50,6 +98,10 @@ class Pipeline(Generic[Ctx]):
     schedule: Schedule | None = None
     partitions: Partitions | None = None
     checks: tuple[Check, ...] = field(default=())
+    upstream: Mapping[str, AssetKeyPath] = field(default_factory=lambda: MappingProxyType({}))
+    """Context keys loaded from other assets when the run starts (not run inputs): key -> asset key path."""
+    deps: tuple[AssetKeyPath, ...] = field(default=())
+    """Assets the pipeline's assets depend on without reading them (lineage and ordering only)."""
 
     def __init__(
         self,
@@ -63,11 +115,14 @@ class Pipeline(Generic[Ctx]):
         schedule: Schedule | None = None,
         partitions: Partitions | None = None,
         checks: Iterable[Check] = (),
+        upstream: Mapping[str, AssetRef] | None = None,
+        deps: Iterable[AssetRef] = (),
     ) -> None:
         _check_context(name, context)
         values = {"name": name, "context": context, "steps": as_steps(steps), "assets": tuple(assets)}
         values |= {"description": description, "budget": budget, "schedule": schedule, "partitions": partitions}
         values |= {"checks": tuple(checks), "_initial": None}
+        values |= {"upstream": _upstream(name, upstream or {}), "deps": _deps(name, deps)}
         values["_fields"] = {n: info.rebuild_annotation() for n, info in context.model_fields.items()}
         for attribute, value in values.items():
             object.__setattr__(self, attribute, value)
@@ -98,23 +153,35 @@ class Pipeline(Generic[Ctx]):
         return not self.context.model_fields[key].is_required()
 
     def input_keys(self) -> tuple[str, ...]:
-        """The run's required inputs: fields without a default that no step writes."""
+        """The run's required inputs: fields without a default that no step writes and no upstream asset gives."""
         written = self.written_keys()
-        return tuple(k for k in self.context.model_fields if not self.has_default(k) and k not in written)
+        return tuple(
+            k
+            for k in self.context.model_fields
+            if not self.has_default(k) and k not in written and k not in self.upstream
+        )
+
+    def run_input_keys(self) -> tuple[str, ...]:
+        """Every key a run's inputs may give: the required inputs and every defaulted field, never an upstream
+        key (its value is loaded from its asset)."""
+        inputs = set(self.input_keys())
+        return tuple(
+            k for k in self.context.model_fields if k not in self.upstream and (k in inputs or self.has_default(k))
+        )
 
     def initial_keys(self) -> tuple[str, ...]:
-        """Keys that have a value when the run starts: the inputs and every defaulted field."""
+        """Keys that have a value when the run starts: the run's inputs (`run_input_keys`) and the upstream keys."""
         initial: tuple[str, ...] | None = self.__dict__["_initial"]
         if initial is None:
-            inputs = set(self.input_keys())
-            initial = tuple(k for k in self.context.model_fields if k in inputs or self.has_default(k))
+            given = set(self.run_input_keys())
+            initial = tuple(k for k in self.context.model_fields if k in given or k in self.upstream)
             object.__setattr__(self, "_initial", initial)
         return initial
 
 
 def _composed(first: Pipeline[Ctx], other: StepsLike | Pipeline) -> Pipeline[Ctx]:
     """`first >> other`: `other`'s steps appended; a pipeline's assets and checks too (same context model)."""
-    assets, checks = first.assets, first.checks
+    assets, checks, upstream, deps = first.assets, first.checks, dict(first.upstream), first.deps
     if isinstance(other, Pipeline):
         if other.context is not first.context:
             raise ConfigurationError(
@@ -124,6 +191,8 @@ def _composed(first: Pipeline[Ctx], other: StepsLike | Pipeline) -> Pipeline[Ctx
         added: tuple[Step, ...] = other.steps
         assets = (*assets, *(a for a in other.assets if a not in assets))
         checks = (*checks, *(c for c in other.checks if c not in checks))
+        upstream = _merged_upstream(first, other)
+        deps = (*deps, *(d for d in other.deps if d not in deps))
     else:
         added = as_steps(other)
     return Pipeline(
@@ -136,4 +205,18 @@ def _composed(first: Pipeline[Ctx], other: StepsLike | Pipeline) -> Pipeline[Ctx
         schedule=first.schedule,
         partitions=first.partitions,
         checks=checks,
+        upstream=upstream,
+        deps=deps,
     )
+
+
+def _merged_upstream(first: Pipeline, other: Pipeline) -> dict[str, AssetKeyPath]:
+    """Both pipelines' upstream keys; `ConfigurationError` when they load one key from different assets."""
+    merged = dict(first.upstream)
+    for key, path in other.upstream.items():
+        if merged.setdefault(key, path) != path:
+            raise ConfigurationError(
+                f"Cannot compose pipeline {first.name!r} with pipeline {other.name!r}: upstream key {key!r} is "
+                f"loaded from {'/'.join(merged[key])!r} in one and from {'/'.join(path)!r} in the other."
+            )
+    return merged

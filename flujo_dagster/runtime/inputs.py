@@ -51,9 +51,9 @@ def _inputs_model(context: type[BaseModel], keys: tuple[str, ...]) -> type[BaseM
 
 
 def inputs_model(pipeline: Pipeline) -> type[BaseModel]:
-    """The model of a pipeline's run inputs: its initial keys (required inputs and defaulted fields), with the
-    context model's config, field constraints and field validators."""
-    return _inputs_model(pipeline.context, pipeline.initial_keys())
+    """The model of a pipeline's run inputs (`run_input_keys`: required inputs and defaulted fields, never an
+    upstream key), with the context model's config, field constraints and field validators."""
+    return _inputs_model(pipeline.context, pipeline.run_input_keys())
 
 
 def _shown(value: object) -> str:
@@ -76,7 +76,7 @@ def _problem(error: ErrorDetails) -> str:
 def _refused(pipeline: Pipeline, exc: ValidationError) -> RunInputsError:
     problems = [_problem(e) for e in exc.errors(include_url=False)]
     required = pipeline.input_keys()
-    defaulted = [k for k in pipeline.initial_keys() if k not in required]
+    defaulted = [k for k in pipeline.run_input_keys() if k not in required]
     lines = "\n".join(f"  - {p}" for p in problems)
     return RunInputsError(
         f"invalid run inputs for pipeline {pipeline.name!r} ({len(problems)} problem(s), checked with "
@@ -88,7 +88,8 @@ def _refused(pipeline: Pipeline, exc: ValidationError) -> RunInputsError:
 
 
 def validate_inputs(pipeline: Pipeline, raw: Mapping[str, object]) -> dict[str, object]:
-    """The value of every key the run starts with: given inputs validated, defaults filled in.
+    """The value of every run input (`run_input_keys`): given inputs validated, defaults filled in. Upstream keys
+    are not inputs (their values are loaded from their assets): giving one is refused as an unknown input.
 
     Raises `RunInputsError` naming the pipeline and every bad, missing or unknown input at once (field, the
     constraint it breaks, the value cut short), chained from pydantic's `ValidationError`.
@@ -97,7 +98,7 @@ def validate_inputs(pipeline: Pipeline, raw: Mapping[str, object]) -> dict[str, 
         validated = _validated(inputs_model(pipeline), dict(raw))
     except ValidationError as exc:
         raise _refused(pipeline, exc) from exc
-    return {k: getattr(validated, k) for k in pipeline.initial_keys()}
+    return {k: getattr(validated, k) for k in pipeline.run_input_keys()}
 
 
 def _validated(model: type[BaseModel], raw: dict[str, object]) -> BaseModel:

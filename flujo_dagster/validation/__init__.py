@@ -16,6 +16,7 @@ from flujo_dagster.validation.findings import Finding, Severity, ValidationRepor
 from flujo_dagster.validation.naming import DEFAULT_NAMING, rule_asset_names, rule_location
 from flujo_dagster.validation.pricing import model_of, price_book, rule_prices
 from flujo_dagster.validation.rules import RESERVED_STEP_NAMES, RULES
+from flujo_dagster.validation.upstream import rule_upstream_assets
 
 __all__ = ["RESERVED_STEP_NAMES", "Finding", "Severity", "ValidationReport", "validate"]
 
@@ -49,6 +50,7 @@ def validate(
         findings += [f for rule in RULES for f in rule(pipeline)]
         findings += rule_asset_names(pipeline, naming)
         findings += rule_checks(pipeline, naming)
+        findings += rule_upstream_assets(pipeline, naming)
         findings += rule_prices(pipeline, book, model_for)
     findings += rule_location(listed, naming)
     return ValidationReport.of(findings)

@@ -25,6 +25,7 @@ from flujo_dagster.validation.typecompat import (
     type_name,
     untyped_problem,
 )
+from flujo_dagster.validation.upstream import rule_upstream
 
 __all__ = ["RESERVED_STEP_NAMES", "RULES"]
 
@@ -260,4 +261,5 @@ RULES: tuple[Rule, ...] = (
     rule_approvals,
     rule_schedule,
     rule_partitions,
+    rule_upstream,
 )

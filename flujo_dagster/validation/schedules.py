@@ -87,7 +87,7 @@ def rule_schedule(pipeline: Pipeline) -> Iterator[Finding]:
             hint="add them to Schedule(inputs={...}), pass a function of the scheduled time, or give the "
             "context fields defaults",
         )
-    unknown = sorted(set(given) - set(pipeline.initial_keys()))
+    unknown = sorted(set(given) - set(pipeline.run_input_keys()))
     if unknown:
         yield Finding(
             code="SCHED-002",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dagster import (
+    AssetKey,
     AssetsDefinition,
     AssetSelection,
     ExecutorDefinition,
@@ -23,7 +24,16 @@ from flujo_dagster.adapter.compile.partitions import partitions_def
 from flujo_dagster.adapter.compile.reviews import ReviewPlan, plan_reviews
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.names import CONTEXT_OP, CONTEXT_OUTPUT, INPUTS_OP, graph_name, io_name, step_key, step_key_parts
+from flujo_dagster.names import (
+    CONTEXT_OP,
+    CONTEXT_OUTPUT,
+    INPUTS_OP,
+    graph_name,
+    io_name,
+    step_key,
+    step_key_parts,
+    upstream_op,
+)
 
 if TYPE_CHECKING:  # not exported by dagster; only needed for the annotation
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -56,18 +66,19 @@ class CompiledPipeline:
 
 
 def _asset_lineage(
-    upstream: dict[str, list[Producer]], produced_by: dict[str, Producer], asset_of: dict[Producer, str]
-) -> dict[str, set[str]]:
-    """For each asset output, the asset outputs it derives from: walk the data flow upstream from its
-    producer and stop at the nearest asset outputs. Dagster does not infer lineage inside a graph asset."""
-    lineage: dict[str, set[str]] = {}
-    for out, (op, _) in produced_by.items():
-        found: set[str] = set()
+    upstream: dict[str, list[Producer]], produced_by: dict[str, Producer], asset_of: dict[Producer, AssetKey]
+) -> dict[str, set[AssetKey]]:
+    """For each asset output, the assets it derives from: walk the data flow upstream from its producer and stop
+    at the nearest asset outputs, or upstream ops (an upstream key's op stands for its asset). Dagster does not
+    infer lineage inside a graph asset."""
+    lineage: dict[str, set[AssetKey]] = {}
+    for out, (op, output) in produced_by.items():
+        found: set[AssetKey] = set()
         seen: set[str] = set()
         frontier = list(upstream.get(op, ()))
         while frontier:
             source = frontier.pop()
-            if source in asset_of and asset_of[source] != out:
+            if source in asset_of and asset_of[source] != asset_of[(op, output)]:
                 found.add(asset_of[source])
             elif source[0] not in seen:
                 seen.add(source[0])
@@ -106,7 +117,7 @@ def compile_pipeline(
             context_step_key=CONTEXT_OP,
             inputs_step_key=INPUTS_OP,
         )
-    assets = _assets(pipeline, graph, built.live, upstream, review, translator)
+    assets = _assets(pipeline, graph, built, upstream, review, translator)
     asset_job = define_asset_job(
         job_name,
         selection=AssetSelection.assets(assets),
@@ -132,6 +143,7 @@ def _graph(pipeline: Pipeline, built: BuiltGraph, review: ReviewPlan) -> GraphDe
         description=pipeline.description,
         node_defs=list(dict.fromkeys(built.defs.values())),
         dependencies=built.dependencies(),
+        input_mappings=built.input_mappings,
         output_mappings=[
             *(OutputMapping(io_name(k), *built.live[k]) for k in pipeline.assets),
             # Dagster refuses non-asset leaf ops in a graph-backed asset: the final context is an asset too.
@@ -144,13 +156,15 @@ def _graph(pipeline: Pipeline, built: BuiltGraph, review: ReviewPlan) -> GraphDe
 def _assets(
     pipeline: Pipeline,
     graph: GraphDefinition,
-    live: Mapping[str, Producer],
+    built: BuiltGraph,
     upstream: dict[str, list[Producer]],
     review: ReviewPlan,
     translator: FlujoDagsterTranslator,
 ) -> AssetsDefinition:
     """The graph-backed assets: one per asset key and one for the final context, named, grouped, described and
-    tagged by the translator, with the lineage between them and the review's checks."""
+    tagged by the translator, with the lineage between them (and from the upstream assets and deps they derive
+    from, whose keys the graph's inputs are mapped to) and the review's checks."""
+    live, input_assets = built.live, built.input_assets
     outs: dict[str, str | None] = {io_name(k): k for k in pipeline.assets}
     outs[CONTEXT_OUTPUT] = None
     asset_keys = {
@@ -160,11 +174,16 @@ def _assets(
     descriptions = {o: translator.get_description(pipeline, k) for o, k in outs.items()}
     produced_by = {io_name(k): live[k] for k in pipeline.assets}
     produced_by[CONTEXT_OUTPUT] = (CONTEXT_OP, CONTEXT_OUTPUT)
-    lineage = _asset_lineage(upstream, produced_by, {p: o for o, p in produced_by.items()})
+    inputs = {name: AssetKey(list(path)) for name, path in input_assets.items()}
+    asset_of = {p: asset_keys[o] for o, p in produced_by.items()}
+    asset_of |= {(upstream_op(k), io_name(k)): inputs[upstream_op(k)] for k in pipeline.upstream}
+    lineage = _asset_lineage(upstream, produced_by, asset_of)
+    deps = {AssetKey(list(path)) for path in pipeline.deps}  # non-data: every asset of the pipeline waits for them
     return AssetsDefinition.from_graph(
         graph,
+        keys_by_input_name=inputs,
         keys_by_output_name=asset_keys,
-        internal_asset_deps={o: {asset_keys[d] for d in parents} for o, parents in lineage.items()},
+        internal_asset_deps={o: parents | deps for o, parents in lineage.items()},
         group_names_by_output_name={o: translator.get_group_name(pipeline, k) for o, k in outs.items()},
         descriptions_by_output_name={o: d for o, d in descriptions.items() if d is not None},
         metadata_by_output_name={o: dict(translator.get_metadata(pipeline, k)) for o, k in outs.items()},

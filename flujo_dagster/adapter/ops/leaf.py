@@ -268,7 +268,7 @@ def step_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinition:
 def inputs_op(pipeline: Pipeline, name: str, emitted: tuple[str, ...]) -> OpDefinition:
     """The first op: validates the run's `inputs` mapping with the context model, emits the initial keys."""
     required = set(pipeline.input_keys()) - {partition_input(pipeline)}  # the partition key fills its own
-    fields = {k: Field(DagsterAny, is_required=k in required) for k in pipeline.initial_keys()}
+    fields = {k: Field(DagsterAny, is_required=k in required) for k in pipeline.run_input_keys()}
     inputs_schema = Permissive(fields)  # type: ignore[no-untyped-call]
 
     def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from dagster import DependencyDefinition, GraphDefinition, MultiDependencyDefinition, NodeInvocation, OpDefinition
+from dagster import (
+    DependencyDefinition,
+    GraphDefinition,
+    InputMapping,
+    MultiDependencyDefinition,
+    NodeInvocation,
+    OpDefinition,
+)
 
 # What `.collect()` in a `@graph` function compiles to; dagster 1.13 does not export it (pinned by
 # tests/test_map.py). Building the graph from dependency dicts keeps step keys and names flat and ours.
@@ -30,6 +37,10 @@ class BuiltGraph:
         self.deps: dict[str, dict[str, Dep]] = {}
         self.upstream: dict[str, list[Producer]] = {}
         self.live: Live = {}
+        self.input_mappings: list[InputMapping] = []
+        """The graph's inputs: one per upstream key (into its `flujo_upstream_<key>` op) and per dep."""
+        self.input_assets: dict[str, tuple[str, ...]] = {}
+        """The asset key path each graph input is mapped to."""
 
     def dependencies(self) -> dict[NodeInvocation, dict[str, Dep]]:
         """Dependencies keyed by invocation: node names alias the pipeline-prefixed op definitions."""
