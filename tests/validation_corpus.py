@@ -6,6 +6,7 @@ emits and docs/validation.md lists.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -135,6 +136,22 @@ def extras(topic: str) -> dict[str, Any]:
 class Edit(BaseModel):
     draft: str
     score: int
+
+
+class Shop(BaseModel):
+    """`rows` is read from an upstream asset in the UPSTREAM cases."""
+
+    topic: str
+    rows: list[int]
+    draft: str = ""
+
+
+@step(name="rows")
+def write_rows(topic: str) -> list[int]:
+    return [len(topic)]
+
+
+Unloadable = create_model("Unloadable", topic=(str, ...), draft=(str, ""), fn=(Callable, ...))  # no JSON Schema
 
 
 def _steps(count: int) -> list[Any]:
@@ -274,4 +291,20 @@ CASES: dict[str, Case] = {
         (_doc("check3", draft, assets=["draft"], checks=[Check("draft", fn=ok, name="not empty")]),),
         (("CHECK-003", "error"),),
     ),
+    "UPSTREAM-001": Case(
+        (_doc("up1", draft, assets=["draft"], upstream={"nope": "shop/rows"}),), (("UPSTREAM-001", "error"),)
+    ),
+    "UPSTREAM-002": Case(
+        (Pipeline("up2", context=Shop, steps=[write_rows, draft], assets=["draft"], upstream={"rows": "shop/rows"}),),
+        (("UPSTREAM-002", "error"),),
+    ),
+    "UPSTREAM-003": Case(
+        (_doc("up3", draft, assets=["draft"], upstream={"score": "shop/score"}),), (("UPSTREAM-003", "error"),)
+    ),
+    "UPSTREAM-004": Case(
+        (Pipeline("up4", context=Unloadable, steps=[draft], assets=["draft"], upstream={"fn": "shop/fn"}),),
+        (("UPSTREAM-004", "error"),),
+    ),
+    "UPSTREAM-005": Case((_doc("up5", draft, deps=["shop/rows"]),), (("UPSTREAM-005", "error"),)),
+    "UPSTREAM-006": Case((_doc("up6", draft, assets=["draft"], deps=["up6/draft"]),), (("UPSTREAM-006", "error"),)),
 }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Generic
 
 import anyio.to_thread
-from dagster import DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import AssetKey, AssetSpec, DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
 
 from flujo_dagster import config
 from flujo_dagster.adapter.compile.definitions import compile_all
@@ -115,6 +115,9 @@ def run_pipeline(
     event loop (a notebook, an async test): the run then happens in anyio's worker thread.
     `log_level` sets Dagster's console logger (e.g. "WARNING" to hide the per-event DEBUG lines).
     `partition_key` runs one partition of a partitioned pipeline (it fills the partition's context field).
+    Upstream keys are loaded from their assets' latest materializations on `instance` with the `io_manager`
+    resource (Dagster's default filesystem IO manager unless `resources` gives another): here the upstream assets
+    are external, their own definitions (and IO managers) are not known.
     """
     raw = dict(inputs or {})
     key_field = partition_input(pipeline)
@@ -129,8 +132,10 @@ def run_pipeline(
     (compiled,), chosen, _ = compile_all(
         [pipeline], resources=resources, prices=prices, strict_pricing=strict_pricing, translator=translator
     )
+    # the assets the pipeline reads, as external assets: Dagster loads each with the `io_manager` resource
+    upstream = [AssetSpec(AssetKey(list(path))) for path in dict.fromkeys(pipeline.upstream.values())]
     defs = Definitions(
-        assets=[compiled.assets] if compiled.assets is not None else [],
+        assets=[compiled.assets, *upstream] if compiled.assets is not None else [],
         jobs=[compiled.job],
         resources=chosen,
     )
