@@ -9,9 +9,18 @@ from dataclasses import dataclass
 from typing import Generic
 
 import anyio.to_thread
-from dagster import AssetKey, AssetSpec, DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import (
+    AssetKey,
+    AssetsDefinition,
+    AssetSpec,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+)
 
 from flujo_dagster import config
+from flujo_dagster.adapter.compile.compiler import CompiledPipeline
 from flujo_dagster.adapter.compile.definitions import compile_all
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.control.approvals import PendingApproval, gates_waiting
@@ -94,6 +103,14 @@ def _failure(result: ExecuteInProcessResult) -> str | None:
     return None if result.success else "the run failed; see its event log"
 
 
+def _definitions(compiled: CompiledPipeline, resources: Mapping[str, object]) -> Definitions:
+    """The one pipeline's definitions, with the assets it reads declared as external assets (Dagster loads each
+    with the `io_manager` resource)."""
+    upstream = [AssetSpec(AssetKey(list(path))) for path in dict.fromkeys(compiled.pipeline.upstream.values())]
+    assets: list[AssetsDefinition | AssetSpec] = [compiled.assets, *upstream] if compiled.assets is not None else []
+    return Definitions(assets=assets, jobs=[compiled.job], resources=resources)
+
+
 def run_pipeline(
     pipeline: Pipeline[Ctx],
     inputs: Mapping[str, object] | None = None,
@@ -132,14 +149,7 @@ def run_pipeline(
     (compiled,), chosen, _ = compile_all(
         [pipeline], resources=resources, prices=prices, strict_pricing=strict_pricing, translator=translator
     )
-    # the assets the pipeline reads, as external assets: Dagster loads each with the `io_manager` resource
-    upstream = [AssetSpec(AssetKey(list(path))) for path in dict.fromkeys(pipeline.upstream.values())]
-    defs = Definitions(
-        assets=[compiled.assets, *upstream] if compiled.assets is not None else [],
-        jobs=[compiled.job],
-        resources=chosen,
-    )
-    job = defs.resolve_job_def(compiled.job_name)
+    job = _definitions(compiled, chosen).resolve_job_def(compiled.job_name)
     run_config = compiled.inputs_run_config(given)
     if log_level is not None:
         run_config["loggers"] = {"console": {"config": {"log_level": log_level}}}
