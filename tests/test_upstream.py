@@ -26,6 +26,7 @@ from flujo_dagster import (
     DailyPartitions,
     Pipeline,
     RunInputsError,
+    Schedule,
     build_definitions,
     load_final_context,
     run_pipeline,
@@ -144,6 +145,12 @@ def test_an_upstream_key_is_no_run_input(instance: DagsterInstance) -> None:
     )
     step_key, message = failure_message(refused)
     assert step_key == "sales_graph.flujo_inputs" and "orders: not an input of this pipeline" in message
+    started = {e.step_key for e in refused.all_events if e.event_type == DagsterEventType.STEP_START}
+    assert started == {"sales_graph.flujo_inputs"}  # the upstream asset is not even loaded
+    scheduled = sales(schedule=Schedule(cron="0 6 * * *", inputs={"orders": []}))
+    assert [(f.code, f.message) for f in validate(scheduled).findings] == [
+        ("SCHED-002", "the schedule's inputs name ['orders'], which are not run inputs of Sales.")
+    ]
 
 
 def test_a_wrong_typed_upstream_value_fails_the_step_naming_pipeline_key_and_asset(instance: DagsterInstance) -> None:
@@ -229,6 +236,7 @@ def test_asset_keys_are_kept_as_paths_by_composition_and_replace() -> None:
     assert pipeline.deps == (("raw", "events"), ("a", "b"))
     with pytest.raises(TypeError):
         pipeline.upstream["x"] = ("y",)  # type: ignore[index]
+    assert hash(pipeline) == hash(dataclasses.replace(pipeline))  # pipelines stay hashable
     for derived in (pipeline >> report, dataclasses.replace(pipeline, name="other"), pipeline >> sales(deps=[EVENTS])):
         assert dict(derived.upstream) == {"orders": ("shop", "orders")}
         assert derived.deps == (("raw", "events"), ("a", "b"))

@@ -98,7 +98,7 @@ class Pipeline(Generic[Ctx]):
     schedule: Schedule | None = None
     partitions: Partitions | None = None
     checks: tuple[Check, ...] = field(default=())
-    upstream: Mapping[str, AssetKeyPath] = field(default_factory=lambda: MappingProxyType({}))
+    upstream: Mapping[str, AssetKeyPath] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     """Context keys loaded from other assets when the run starts (not run inputs): key -> asset key path."""
     deps: tuple[AssetKeyPath, ...] = field(default=())
     """Assets the pipeline's assets depend on without reading them (lineage and ordering only)."""
