@@ -22,8 +22,12 @@ from dagster import (
 from pydantic import BaseModel
 
 from flujo_dagster import (
+    Approval,
+    Branch,
     ConfigurationError,
     DailyPartitions,
+    Group,
+    Loop,
     Pipeline,
     RunInputsError,
     Schedule,
@@ -79,11 +83,11 @@ def events_asset() -> int:
     return 1
 
 
-def sales(name: str = "sales", **extra: object) -> Pipeline[Sales]:
+def sales(name: str = "sales", steps: object = None, **extra: object) -> Pipeline[Sales]:
     return Pipeline(
         name,
         context=Sales,
-        steps=total >> report,
+        steps=steps or total >> report,  # type: ignore[arg-type]
         assets=["total", "report"],
         upstream={"orders": ORDERS},
         **extra,  # type: ignore[arg-type]
@@ -174,6 +178,62 @@ def test_run_pipeline_loads_the_upstream_asset_with_the_default_io_manager(insta
     assert materialize([orders_asset], instance=instance).success
     run = run_pipeline(sales(), instance=instance, log_level="CRITICAL")
     assert run.context.report == "6.50 EUR"
+
+
+class Flow(BaseModel):
+    orders: list[Order]
+    n: int = 0
+    big: bool | None = None
+    label: str | None = None
+
+
+@step(output_keys=["n"])
+def count(orders: list[Order], n: int) -> int:
+    return n + len(orders)
+
+
+@step
+def big(n: int) -> bool:
+    return n > 2
+
+
+@step(name="large", output_keys=["label"])
+def large(orders: list[Order]) -> str:
+    return f"large {len(orders)}"
+
+
+@step(name="small", output_keys=["label"])
+def small(orders: list[Order]) -> str:
+    return f"small {len(orders)}"
+
+
+def test_upstream_keys_flow_through_control_flow_and_gates(instance: DagsterInstance) -> None:
+    again = step(name="again", output_keys=["n"])(lambda orders, n: n + len(orders))
+    pipeline = Pipeline(
+        "flow",
+        context=Flow,
+        steps=[
+            Loop("grow", body=[count], until=lambda n: n >= 4, max_iterations=3),
+            big,
+            Branch("route", on="big", cases={True: [large], False: [small]}),
+            Group("tail", steps=[again], inline=True),
+        ],
+        assets=["label", "n"],
+        upstream={"orders": ORDERS},
+    )
+    assert materialize([orders_asset], instance=instance).success
+    defs = Definitions.merge(Definitions(assets=[orders_asset]), build_definitions(pipelines=[pipeline]))
+    result = defs.resolve_job_def("flow").execute_in_process(instance=instance, run_config=QUIET)
+    final = load_final_context(pipeline, result.run_id, instance=instance)
+    assert (final.n, final.big, final.label) == (6, True, "large 2")  # the loop ran twice, the inline group once
+    graph = defs.get_repository_def().asset_graph
+    assert graph.get(AssetKey(["flow", "label"])).parent_keys == {ORDERS}
+    assert graph.get(AssetKey(["flow", "n"])).parent_keys == {ORDERS}
+    # an approval gate may show (and let a reviewer edit) an upstream key: it passes the value on
+    gated = sales("gated", steps=[Approval("review", show=["orders"]), total, report])
+    assert validate(gated).ok, str(validate(gated))
+    defs = Definitions.merge(Definitions(assets=[orders_asset]), build_definitions(pipelines=[gated]))
+    assert defs.get_repository_def().asset_graph.get(AssetKey(["gated", "total"])).parent_keys == {ORDERS}
 
 
 # --- partitions --------------------------------------------------------------------------------------------------
@@ -274,9 +334,10 @@ def test_each_upstream_rule() -> None:
     assert findings(odd("unknown", upstream={"order": ORDERS})) == [
         ("UPSTREAM-001", "unknown", "upstream key 'order' (asset 'shop/orders') is not a field of Odd."),
     ]
-    assert findings(odd("written", upstream={"orders": ORDERS, "total": "x/total"}))[0][:2] == (
+    assert findings(odd("written", upstream={"orders": ORDERS, "total": "x/total"}))[0] == (
         "UPSTREAM-002",
-        "written > key:total",
+        "written > step:total",
+        "writes key 'total', which is read from upstream asset 'x/total'; a key has one source.",
     )
     assert [f[:2] for f in findings(odd("dflt", upstream={"orders": ORDERS, "defaulted": "x/d"}))] == [
         ("UPSTREAM-003", "dflt > key:defaulted")

@@ -8,7 +8,11 @@ from collections.abc import Iterator
 from pydantic import PydanticUserError
 from pydantic.errors import PydanticSchemaGenerationError
 
+from flujo_dagster.dsl.control import Map
+from flujo_dagster.dsl.flow import walk
+from flujo_dagster.dsl.keys import resolve_keys
 from flujo_dagster.dsl.pipeline import AssetKeyPath, Pipeline
+from flujo_dagster.dsl.steps import AgentStep, FunctionStep
 from flujo_dagster.interfaces import PipelineNaming
 from flujo_dagster.names import key_path
 from flujo_dagster.validation.findings import Finding
@@ -35,7 +39,23 @@ def _unvalidatable(annotation: object) -> str | None:
     return None
 
 
-def _key_findings(pipeline: Pipeline, key: str, written: set[str]) -> Iterator[Finding]:
+def _writers(pipeline: Pipeline) -> dict[str, list[str]]:
+    """The paths of the steps that write each key: function and agent steps, a Map's `item` and `into`. An approval
+    gate that shows a key (and may let a reviewer edit it) passes it on: it is no second source."""
+    writers: dict[str, list[str]] = {}
+    for path, s in walk(pipeline.steps, pipeline.name):
+        if isinstance(s, Map):
+            writes: tuple[str, ...] = (s.item, s.into)
+        elif isinstance(s, FunctionStep | AgentStep):
+            writes = tuple(resolve_keys(s, pipeline.fields).writes or ())
+        else:
+            continue
+        for key in writes:
+            writers.setdefault(key, []).append(path)
+    return writers
+
+
+def _key_findings(pipeline: Pipeline, key: str, written: dict[str, list[str]]) -> Iterator[Finding]:
     """UPSTREAM-001 to 004 for one upstream key."""
     asset, here = _shown(pipeline.upstream[key]), key_path(pipeline.name, key)
     if key not in pipeline.fields:
@@ -48,12 +68,12 @@ def _key_findings(pipeline: Pipeline, key: str, written: set[str]) -> Iterator[F
             f"did you mean {match[0]!r}?" if match else f"add a field {key!r} of the asset's type to the context",
         )
         return
-    if key in written:
+    for path in written.get(key, ()):
         yield _finding(
             pipeline,
             "UPSTREAM-002",
-            here,
-            f"key {key!r} is read from upstream asset {asset!r} and also written by a step; a key has one source.",
+            path,
+            f"writes key {key!r}, which is read from upstream asset {asset!r}; a key has one source.",
             f"write another key in the step, or read {key!r} from the asset only",
         )
     if pipeline.has_default(key) or key == partition_input(pipeline):
@@ -81,12 +101,12 @@ def _key_findings(pipeline: Pipeline, key: str, written: set[str]) -> Iterator[F
 
 
 def rule_upstream(pipeline: Pipeline) -> Iterator[Finding]:
-    """UPSTREAM-001: an upstream key is a field; UPSTREAM-002: no step writes it; UPSTREAM-003: it is no run
-    input (no default, not the partition key); UPSTREAM-004: pydantic can validate its type; UPSTREAM-005: a
-    pipeline with upstream keys or deps declares assets."""
+    """UPSTREAM-001: an upstream key is a field; UPSTREAM-002: no step writes it (an approval gate may show it);
+    UPSTREAM-003: it is no run input (no default, not the partition key); UPSTREAM-004: pydantic can validate its
+    type; UPSTREAM-005: a pipeline with upstream keys or deps declares assets."""
     if not pipeline.upstream and not pipeline.deps:
         return
-    written = pipeline.written_keys()
+    written = _writers(pipeline)
     for key in pipeline.upstream:
         yield from _key_findings(pipeline, key, written)
     if not pipeline.assets:
