@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 
 import pytest
 from dagster import (
@@ -19,6 +20,7 @@ from dagster import (
     asset,
     materialize,
 )
+from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 from pydantic import BaseModel
 
 from flujo_dagster import (
@@ -128,6 +130,28 @@ def test_the_asset_graph_shows_the_upstream_edge() -> None:
     final = graph.get(AssetKey(["sales", "final_context"])).parent_keys
     assert final == {ORDERS, AssetKey(["sales", "total"]), AssetKey(["sales", "report"])}
     assert graph.get(ORDERS).child_keys == {AssetKey(["sales", "total"]), AssetKey(["sales", "final_context"])}
+
+
+UPSTREAM_DEFS = str(Path(__file__).with_name("upstream_defs.py"))
+EDGES_QUERY = "{ assetNodes { assetKey { path } dependencyKeys { path } } }"
+
+
+def test_the_ui_shows_the_upstream_and_deps_edges(instance: DagsterInstance) -> None:
+    """The asset graph as the webserver serves it (GraphQL, from a code server)."""
+    with define_out_of_process_context(UPSTREAM_DEFS, "upstream_defs", instance) as context:
+        result = execute_dagster_graphql(context, EDGES_QUERY)
+    assert result.errors is None
+    edges = {
+        "/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]}
+        for n in result.data["assetNodes"]
+    }
+    assert edges == {
+        "warehouse/rows": set(),
+        "raw/load": set(),
+        "counted/count": {"warehouse/rows", "raw/load"},
+        "counted/label": {"counted/count", "raw/load"},
+        "counted/final_context": {"warehouse/rows", "raw/load", "counted/count", "counted/label"},
+    }
 
 
 def test_an_upstream_key_is_no_run_input(instance: DagsterInstance) -> None:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner
-from dagster import DagsterInstance, Definitions, build_sensor_context
+from dagster import AssetKey, AssetSpec, DagsterInstance, Definitions, build_sensor_context
 
 from flujo_dagster import AgentRuntime, ConfigurationError, Pipeline, PriceBook, ValidationReport, build_definitions
 from flujo_dagster.cli import main
@@ -96,6 +96,13 @@ def dagster_warns_as(report: ValidationReport) -> Iterator[None]:
     assert bool(caught) == bool(stepped), [str(w.message) for w in caught]
 
 
+def read_assets(pipelines: Sequence[Pipeline]) -> Definitions:
+    """The assets the pipelines read (`upstream=`), declared as external assets: Dagster loads a code location
+    only when every asset an asset reads is defined there."""
+    keys = dict.fromkeys(AssetKey(list(path)) for p in pipelines for path in p.upstream.values())
+    return Definitions(assets=[AssetSpec(key) for key in keys])
+
+
 def three_ways(pipelines: Sequence[Pipeline], resources: Mapping[str, object] | None = None) -> ValidationReport:
     """The report of `validate`, after checking that `build_definitions` raises with exactly its errors (or builds
     definitions Dagster loads when there are none) and that the CLI prints exactly it."""
@@ -104,7 +111,7 @@ def three_ways(pipelines: Sequence[Pipeline], resources: Mapping[str, object] | 
     try:
         with dagster_warns_as(report):
             defs = build_definitions(pipelines=pipelines, resources=resources)
-            Definitions.validate_loadable(defs)
+            Definitions.validate_loadable(Definitions.merge(defs, read_assets(pipelines)))
     except ConfigurationError as exc:
         assert exc.findings, str(exc)
         assert exc.findings == report.errors

@@ -19,7 +19,7 @@ from flujo_dagster.dsl.steps import Step, StepsLike, as_steps
 from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.interfaces import AssetKeyLike
 
-__all__ = ["AssetKeyPath", "AssetRef", "Ctx", "Pipeline"]
+__all__ = ["AssetKeyPath", "AssetRef", "Ctx", "Pipeline", "asset_key_path"]
 
 AssetKeyPath = tuple[str, ...]
 """An asset key as the DSL keeps it: the parts of its path (`("dbt", "orders")` for `AssetKey(["dbt", "orders"])`)."""
@@ -84,9 +84,11 @@ def _check_context(name: str, context: object) -> None:
 class Pipeline(Generic[Ctx]):
     """A pipeline: a name, a context model whose fields are the keys, steps, and the keys kept as assets.
 
-    Fields without a default that no step writes are the run's inputs. `pipeline >> step` gives a new
-    pipeline; so does `pipeline >> other_pipeline` when both use the same context model. Generic over the
-    context model (`Pipeline[MyModel]`, inferred), so a run's final context is typed as `MyModel`.
+    Fields without a default that no step writes are the run's inputs, except the keys `upstream` loads from
+    other assets (`upstream={"orders": AssetKey(["dbt", "orders"])}`); `deps` are assets waited for, not read.
+    `pipeline >> step` gives a new pipeline; so does `pipeline >> other_pipeline` when both use the same context
+    model. Generic over the context model (`Pipeline[MyModel]`, inferred), so a run's final context is typed as
+    `MyModel`.
     """
 
     name: str
@@ -180,7 +182,8 @@ class Pipeline(Generic[Ctx]):
 
 
 def _composed(first: Pipeline[Ctx], other: StepsLike | Pipeline) -> Pipeline[Ctx]:
-    """`first >> other`: `other`'s steps appended; a pipeline's assets and checks too (same context model)."""
+    """`first >> other`: `other`'s steps appended; a pipeline's assets, checks, upstream keys and deps too (same
+    context model; one key loaded from two assets is refused)."""
     assets, checks, upstream, deps = first.assets, first.checks, dict(first.upstream), first.deps
     if isinstance(other, Pipeline):
         if other.context is not first.context:
