@@ -45,7 +45,8 @@ class PricingRuntime(Protocol):
 
 
 class AssetKeyLike(Protocol):
-    """What validation needs of an asset key (a dagster `AssetKey` fits)."""
+    """An asset key as the DSL and validation see it (a dagster `AssetKey` fits): `Pipeline(upstream=..., deps=...)`
+    takes one, validation reads the translator's."""
 
     @property
     def path(self) -> Sequence[str]: ...
