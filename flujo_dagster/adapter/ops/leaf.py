@@ -4,23 +4,21 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dagster import Any as DagsterAny
 from dagster import (
     DagsterLogManager,
     Failure,
-    Field,
     In,
     Nothing,
     OpDefinition,
     OpExecutionContext,
     Out,
     Output,
-    Permissive,
     RetryRequested,
 )
 
 from flujo_dagster import names
 from flujo_dagster.adapter.ops.injection import OpInjector, step_resource_keys
+from flujo_dagster.adapter.ops.input_config import INPUTS_CONFIG_KEY, inputs_config_field
 from flujo_dagster.adapter.storage.budgets import OpBudgets
 from flujo_dagster.adapter.storage.resources import PricedAgents
 from flujo_dagster.adapter.storage.types import KeyType, key_type
@@ -266,13 +264,11 @@ def step_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinition:
 
 
 def inputs_op(pipeline: Pipeline, name: str, emitted: tuple[str, ...]) -> OpDefinition:
-    """The first op: validates the run's `inputs` mapping with the context model, emits the initial keys."""
-    required = set(pipeline.input_keys()) - {partition_input(pipeline)}  # the partition key fills its own
-    fields = {k: Field(DagsterAny, is_required=k in required) for k in pipeline.run_input_keys()}
-    inputs_schema = Permissive(fields)  # type: ignore[no-untyped-call]
+    """The first op: validates the run's `inputs` mapping with the context model, emits the initial keys. Its
+    config schema types each input (`input_config`), so Dagster refuses what it can check before the run."""
 
     def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
-        raw = partitioned_inputs(pipeline, context, (context.op_config or {}).get("inputs") or {})
+        raw = partitioned_inputs(pipeline, context, (context.op_config or {}).get(INPUTS_CONFIG_KEY) or {})
         values = validate_inputs(pipeline, raw)
         for key in emitted:
             yield Output(values[key], io_name(key))
@@ -284,7 +280,7 @@ def inputs_op(pipeline: Pipeline, name: str, emitted: tuple[str, ...]) -> OpDefi
         name=name,
         ins={},
         outs=outs_for(pipeline, emitted) if emitted else {READY_OUTPUT: Out(Nothing)},
-        config_schema={"inputs": Field(inputs_schema, is_required=bool(required))},
+        config_schema={INPUTS_CONFIG_KEY: inputs_config_field(pipeline)},
         description=f"Validates the run inputs of pipeline {pipeline.name!r} with {pipeline.context.__name__}.",
         tags=names.op_tags(names.OpKind.INPUTS),
     )
