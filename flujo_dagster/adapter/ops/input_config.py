@@ -174,10 +174,7 @@ def _model(model: type[BaseModel], path: tuple[str, ...], pipeline: str, seen: f
     if model in seen or any(f.alias or f.validation_alias for f in fields.values()):
         return DagsterAny
     inner = seen | {model}
-    shape = {
-        name: _field(info, info.is_required(), (*path, name), pipeline, inner) for name, info in fields.items()
-    }
+    shape = {name: _field(info, info.is_required(), (*path, name), pipeline, inner) for name, info in fields.items()}
     if model.model_config.get("extra") == "forbid":
         return Shape(shape, description=model.__doc__)  # type: ignore[no-untyped-call]
     return Permissive(shape, description=model.__doc__)  # type: ignore[no-untyped-call]
-
