@@ -6,22 +6,31 @@ the op. The documented run config (docs/concepts.md, "Run inputs in the Launchpa
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import pytest
 import yaml
-from dagster import DagsterEventType, DagsterInstance, DagsterInvalidConfigError, JobDefinition
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterInvalidConfigError,
+    JobDefinition,
+    RunRequest,
+    build_schedule_context,
+)
 from dagster._config import ConfigType, ConfigTypeKind, Field
 
 from definitions import defs as example_defs
 from definitions.digest import digest as digest_pipeline
+from flujo_dagster import run_pipeline
 from flujo_dagster.adapter.compile.compiler import compile_pipeline
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.ops.input_config import inputs_config_type
 from flujo_dagster.names import CONTEXT_OUTPUT
 from tests.fixtures import run_inputs
-from tests.fixtures.typed_inputs import Aliased, Loose, Node, Tone, Window, defs, typed, typed_assets
+from tests.fixtures.typed_inputs import Aliased, Loose, Node, Tone, Window, defs, shout, typed, typed_assets
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"topic": "otters", "count": 3, "tags": ["a", "b"], "tone": "warm", "window": {"days": 7}}
@@ -221,3 +230,26 @@ def test_every_run_config_producer_uses_the_documented_path() -> None:
         digest.inputs_run_config(with_assets["ops"]["digest_graph"]["ops"]["flujo_inputs"]["config"]["inputs"])
         == with_assets
     )
+
+
+def test_run_pipeline_hands_lax_values_over_in_the_form_the_typed_schema_takes(instance: DagsterInstance) -> None:
+    # pydantic's lax mode takes "3" for an int and "true" for a bool; Dagster's Int and Bool would not
+    run = run_pipeline(shout, {"word": "hey", "times": "3", "loud": "true"}, instance=instance)
+    assert run.context.shouted == "HEY! HEY! HEY!"
+    stored = instance.get_run_by_id(run.run_id)
+    assert stored is not None
+    # `word` as given: its validator adds "!" on every pass, so its validated form would validate to "hey!!"
+    assert stored.run_config["ops"]["flujo_inputs"]["config"]["inputs"] == {"word": "hey", "times": 3, "loud": True}
+
+
+def test_a_schedule_tick_hands_lax_values_over_in_the_form_the_typed_schema_takes(instance: DagsterInstance) -> None:
+    when = datetime(2026, 11, 26, 6, tzinfo=UTC)
+    context = build_schedule_context(
+        instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()
+    )
+    data = defs.resolve_schedule_def("shout_schedule").evaluate_tick(context)
+    (request,) = data.run_requests or []
+    assert isinstance(request, RunRequest)
+    assert request.run_config == {"ops": {"flujo_inputs": {"config": {"inputs": {"word": "hey", "times": 3}}}}}
+    result = defs.resolve_job_def("shout").execute_in_process(run_config=request.run_config, instance=instance)
+    assert result.output_for_node("flujo_context", CONTEXT_OUTPUT).shouted == "hey! hey! hey!"

@@ -31,7 +31,7 @@ from flujo_dagster.dsl.pipeline import Ctx, Pipeline
 from flujo_dagster.errors import ConfigurationError, FlujoDagsterError
 from flujo_dagster.names import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, IO_MANAGER_KEY, step_key
 from flujo_dagster.pricing.prices import Price
-from flujo_dagster.runtime.inputs import json_inputs, validate_inputs
+from flujo_dagster.runtime.inputs import config_inputs
 from flujo_dagster.runtime.sync import call_blocking
 from flujo_dagster.validation.schedules import partition_input
 
@@ -144,8 +144,8 @@ def run_pipeline(
             if key_field is not None
             else f"pipeline {pipeline.name!r} is not partitioned: partition_key={partition_key!r} has no meaning"
         )
-    validate_inputs(pipeline, {**raw, key_field: partition_key} if key_field is not None else raw)
-    given = json_inputs(pipeline, raw)  # what the run's config can hold
+    # what the run's config can hold, in the form its typed schema expects
+    given = config_inputs(pipeline, raw, {key_field: partition_key} if key_field is not None else None)
     (compiled,), chosen, _ = compile_all(
         [pipeline], resources=resources, prices=prices, strict_pricing=strict_pricing, translator=translator
     )

@@ -20,7 +20,7 @@ from pydantic_core import ErrorDetails, PydanticSerializationError, to_json, to_
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import RunInputsError
 
-__all__ = ["inputs_model", "json_inputs", "validate_inputs"]
+__all__ = ["config_inputs", "inputs_model", "json_inputs", "validate_inputs"]
 
 _SHOWN = reprlib.Repr()
 _SHOWN.maxstring = _SHOWN.maxother = 40
@@ -133,3 +133,35 @@ def json_inputs(pipeline: Pipeline, raw: Mapping[str, object]) -> dict[str, obje
             problems,
         )
     return values
+
+
+def config_inputs(
+    pipeline: Pipeline, raw: Mapping[str, object], filled: Mapping[str, object] | None = None
+) -> dict[str, object]:
+    """The given inputs as a run's config holds them: JSON values, each in the form its validated value takes
+    (`"5"` given for an `int` field becomes `5`, which the Launchpad's typed config schema accepts, where
+    pydantic's lax mode took both) when that form validates to the same value; else as given (as for a field
+    whose validator changes its value on every pass). `filled` (the partition key field) is validated with them
+    but not returned.
+
+    Raises `RunInputsError` as `validate_inputs` and `json_inputs` do."""
+    extra = dict(filled or {})
+    validated = validate_inputs(pipeline, {**raw, **extra})
+    given = json_inputs(pipeline, raw)
+    canonical = dict(given)
+    for key in given:
+        try:
+            canonical[key] = to_jsonable_python(validated[key])
+        except (KeyError, PydanticSerializationError):  # given by its alias, or not JSON once validated
+            pass
+    for _ in range(2):  # keep the validated form of the inputs it validates to the same value, then check again
+        if canonical == given:
+            return given
+        try:
+            again = validate_inputs(pipeline, {**canonical, **extra})
+        except RunInputsError:  # the validated form does not validate again: keep the inputs as given
+            return given
+        if again == validated:
+            return canonical
+        canonical = {k: canonical[k] if again.get(k) == validated.get(k) else given[k] for k in given}
+    return given

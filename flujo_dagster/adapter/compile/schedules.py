@@ -26,7 +26,7 @@ from flujo_dagster.errors import ConfigurationError, RunInputsError
 from flujo_dagster.names import BUDGET_LEDGER_KEY
 from flujo_dagster.pricing.ledger import format_usd
 from flujo_dagster.runtime.budget import budget_zone, day_scope, limits_of
-from flujo_dagster.runtime.inputs import validate_inputs
+from flujo_dagster.runtime.inputs import config_inputs
 from flujo_dagster.validation.naming import schedule_name_for
 from flujo_dagster.validation.schedules import partition_input
 
@@ -54,11 +54,13 @@ def _tick_inputs(pipeline: Pipeline, schedule: Schedule, name: str, when: dateti
     return dict(to_jsonable_python(dict(produced)))
 
 
-def _check_inputs(pipeline: Pipeline, name: str, raw: Mapping[str, object], partition: str | None) -> None:
+def _check_inputs(pipeline: Pipeline, name: str, raw: Mapping[str, object], partition: str | None) -> dict[str, object]:
+    """The tick's inputs validated with the context model (with the partition's key), as the run config holds
+    them (`runtime.inputs.config_inputs`). Raises `ConfigurationError` naming the schedule and each bad input."""
     key = partition_input(pipeline)
-    full = {**raw, key: partition} if key is not None and partition is not None else dict(raw)
+    filled = {key: partition} if key is not None and partition is not None else None
     try:
-        validate_inputs(pipeline, full)
+        return config_inputs(pipeline, raw, filled)
     except RunInputsError as exc:
         raise ConfigurationError(
             f"schedule {name!r} of pipeline {pipeline.name!r}: invalid run inputs, no run launched: "
@@ -122,14 +124,13 @@ def schedule_for(compiled: CompiledPipeline, ledger_resource: object) -> Schedul
             keys = [complete[-1]]
         else:
             keys = list(parts.get_partition_keys())
-        for key in keys:
-            _check_inputs(pipeline, name, raw, key)
+        given = {key: _check_inputs(pipeline, name, raw, key) for key in keys}
         reason = spent_reason(pipeline, ledger_resource, context)
         if reason is not None:
             yield SkipReason(reason)
             return
         for key in keys:
-            yield RunRequest(run_key=key, run_config=compiled.inputs_run_config(raw), partition_key=key)
+            yield RunRequest(run_key=key, run_config=compiled.inputs_run_config(given[key]), partition_key=key)
 
     return ScheduleDefinition(
         name=name,
