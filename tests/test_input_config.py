@@ -253,3 +253,12 @@ def test_a_schedule_tick_hands_lax_values_over_in_the_form_the_typed_schema_take
     assert request.run_config == {"ops": {"flujo_inputs": {"config": {"inputs": {"word": "hey", "times": 3}}}}}
     result = defs.resolve_job_def("shout").execute_in_process(run_config=request.run_config, instance=instance)
     assert result.output_for_node("flujo_context", CONTEXT_OUTPUT).shouted == "hey! hey! hey!"
+
+
+def test_the_partition_key_field_has_no_default_so_the_partition_fills_it(instance: DagsterInstance) -> None:
+    job = defs.resolve_job_def("localised")
+    lang = _inputs_field(job, "flujo_inputs").config_type.fields["lang"]  # type: ignore[attr-defined]
+    assert not lang.is_required and not lang.default_provided
+    assert lang.description == "Filled by the run's partition key; leave it out. The language."
+    result = job.execute_in_process(instance=instance, partition_key="es")
+    assert result.output_for_node("flujo_context", CONTEXT_OUTPUT).greeting == "hola"

@@ -50,13 +50,21 @@ _PURE_FACTORIES: dict[object, object] = {list: [], dict: {}}
 def inputs_config_field(pipeline: Pipeline) -> Field:
     """The `inputs` field of the `flujo_inputs` op's config: a `Shape` of the pipeline's initial keys (required
     when some input is required)."""
-    required = set(pipeline.input_keys()) - {partition_input(pipeline)}  # the partition key fills its own
-    shape = Shape(  # type: ignore[no-untyped-call]
-        {
-            k: _field(pipeline.context.model_fields[k], k in required, (k,), pipeline.name, frozenset())
-            for k in pipeline.run_input_keys()
-        }
-    )
+    partition = partition_input(pipeline)
+    required = set(pipeline.input_keys()) - {partition}  # the partition key fills its own
+    fields = {
+        k: _field(pipeline.context.model_fields[k], k in required, (k,), pipeline.name, frozenset())
+        for k in pipeline.run_input_keys()
+        if k != partition
+    }
+    if partition is not None:  # no default: Dagster would put it in the config, where it contradicts the partition
+        info = pipeline.context.model_fields[partition]
+        fields[partition] = Field(
+            inputs_config_type(info.annotation, (partition,), pipeline.name, frozenset()),
+            is_required=False,
+            description=f"Filled by the run's partition key; leave it out. {info.description or ''}".strip(),
+        )
+    shape = Shape(fields)  # type: ignore[no-untyped-call]
     return Field(
         shape,
         is_required=bool(required),
