@@ -148,12 +148,12 @@ def config_inputs(
     extra = dict(filled or {})
     validated = validate_inputs(pipeline, {**raw, **extra})
     given = json_inputs(pipeline, raw)
-    canonical = dict(given)
-    for key in given:
-        try:
-            canonical[key] = to_jsonable_python(validated[key])
-        except (KeyError, PydanticSerializationError):  # given by its alias, or not JSON once validated
-            pass
+    try:  # each validated value in its field's JSON form (bytes as the field's encoding, a date as ISO text)
+        model = _validated(inputs_model(pipeline), {**raw, **extra})
+        dumped = model.model_dump(mode="json", include=set(given))
+    except (PydanticSerializationError, ValueError):  # not JSON once validated (ValidationError is a ValueError)
+        return given
+    canonical = {k: dumped.get(k, v) for k, v in given.items()}  # an input given by its alias stays as given
     for _ in range(2):  # keep the validated form of the inputs it validates to the same value, then check again
         if canonical == given:
             return given
