@@ -13,9 +13,14 @@ from collections.abc import Mapping
 from enum import StrEnum
 
 __all__ = [
+    "RUN_CALLS_TAG",
+    "RUN_COST_BAND_TAG",
+    "RUN_COST_TAG",
+    "RUN_TOKENS_TAG",
     "AFTER_INPUT",
     "AGENT_RUNTIME_KEY",
     "APPROVALS_SENSOR",
+    "COSTS_SENSOR",
     "APPROVAL_PREFIX",
     "APPROVAL_SETTINGS_KEY",
     "APPROVALS",
@@ -339,6 +344,18 @@ APPROVAL_SETTINGS_KEY = "approval_settings"
 DECIDE_JOB = "flujo_decide"
 VALIDATION_SENSOR = "flujo_validation"
 APPROVALS_SENSOR = "flujo_approvals"
+COSTS_SENSOR = "flujo_costs"
+
+# --- run tags of a finished run's agent usage (docs/costs.md) -------------------------------------------------------
+RUN_COST_TAG = COST_USD
+"""Run tag `flujo/cost_usd`: the run's own agent cost in US dollars, fixed-point with 6 decimals (`0.000052`)."""
+RUN_TOKENS_TAG = "flujo/tokens"
+"""Run tag `flujo/tokens`: the run's input plus output tokens, an integer."""
+RUN_CALLS_TAG = "flujo/calls"
+"""Run tag `flujo/calls`: the run's agent calls (agent step executions), an integer."""
+RUN_COST_BAND_TAG = "flujo/cost_band"
+"""Run tag `flujo/cost_band`: the run's cost as a band to filter the Runs list by (`0`, `<0.01`, `0.01-0.10`,
+`0.10-1`, `1-10`, `>=10`); Dagster's tag filter matches exact values only."""
 TYPE_CHECK = "flujo_type"
 """The name of the check every asset gets: its stored value validates against its declared type."""
 

@@ -128,6 +128,14 @@ class PriceBook:
         self.offline: dict[str, Price] = dict(offline or {})
         self.strict = strict
 
+    def __eq__(self, other: object) -> bool:
+        """Equal books price every model alike (several `build_definitions` calls then share one)."""
+        if not isinstance(other, PriceBook):
+            return NotImplemented
+        return (self.overrides, self.offline, self.strict) == (other.overrides, other.offline, other.strict)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: equal by value, not hashable
+
     def resolve(self, model: str) -> ModelPricing | None:
         """The pricing of `model`, or None when it has none here (see `why_unpriced`)."""
         if model in self.offline:

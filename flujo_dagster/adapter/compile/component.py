@@ -22,6 +22,7 @@ from flujo_dagster.adapter.compile.component_models import (
     load_object,
 )
 from flujo_dagster.adapter.compile.definitions import build_definitions
+from flujo_dagster.adapter.compile.location import LocationClaims, shared_import
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.storage.resources import AgentRuntime
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -103,9 +104,10 @@ class FlujoPipelineComponent(Component, Model, Resolvable):
     partitions: PartitionsModel | None = None
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
-        """Resolve the import paths and compile the pipeline with `build_definitions`."""
+        """Resolve the import paths and compile the pipeline with `build_definitions`. Several components of one
+        code location share resources and sensors; a conflict between them is a `ConfigurationError` naming both."""
         pyproject = context.project_root / "pyproject.toml"
-        return build_definitions(
+        defs = build_definitions(
             pipelines=[self.resolve_pipeline()],
             resources=self.resolve_resources(),
             translator=self.resolve_translator(),
@@ -114,6 +116,12 @@ class FlujoPipelineComponent(Component, Model, Resolvable):
             strict_pricing=self.strict_pricing,
             pyproject=pyproject if pyproject.is_file() else None,
         )
+        where = (
+            context.path.relative_to(context.defs_module_path)
+            if context.path.is_relative_to(context.defs_module_path)
+            else context.path
+        )
+        return LocationClaims.of(context.component_tree).claim(defs, str(where))
 
     def resolve_pipeline(self) -> Pipeline:
         """The pipeline at `pipeline`, with the `budget`, `schedule` and `partitions` given here in place of its
@@ -130,11 +138,13 @@ class FlujoPipelineComponent(Component, Model, Resolvable):
         return pipeline
 
     def resolve_resources(self) -> dict[str, object] | None:
-        """`{"agent_runtime": ...}` from `agent_runtime`, or None for the default runtime."""
+        """`{"agent_runtime": ...}` from `agent_runtime`, or None for the default runtime. A function is called
+        once per process, so components naming the same path share its runtime."""
         if self.agent_runtime is None:
             return None
-        found = load_object(self.agent_runtime, "agent_runtime")
-        runtime = found if isinstance(found, AgentRuntime) else found() if callable(found) else found
+        path = self.agent_runtime
+        found = load_object(path, "agent_runtime")
+        runtime = found if isinstance(found, AgentRuntime) or not callable(found) else shared_import(path, found)
         if not isinstance(runtime, AgentRuntime):
             raise ConfigurationError(
                 f"agent_runtime: {self.agent_runtime!r} gave a {type(runtime).__name__}, not an AgentRuntime"

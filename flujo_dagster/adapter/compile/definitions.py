@@ -12,10 +12,12 @@ from dagster import Definitions, ExecutorDefinition, JobDefinition, SensorDefini
 
 from flujo_dagster import config
 from flujo_dagster.adapter.compile.compiler import CompiledPipeline, compile_pipeline
+from flujo_dagster.adapter.compile.location import shared
 from flujo_dagster.adapter.compile.schedules import schedules_for
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.control.decide_job import decide_job
-from flujo_dagster.adapter.control.sensors import approvals_sensor, validation_sensor
+from flujo_dagster.adapter.control.run_costs import costs_sensor
+from flujo_dagster.adapter.control.sensors import location_approvals_sensor, validation_sensor
 from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
 from flujo_dagster.adapter.storage.budgets import InstanceLedger
 from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager
@@ -48,16 +50,23 @@ _log = logging.getLogger("flujo_dagster")
 OnInvalid = Literal["raise", "quarantine"]
 
 
+_DEFAULTS: dict[str, object] = {
+    IO_MANAGER_KEY: shared(PydanticJsonIOManager()),
+    AGENT_RUNTIME_KEY: AgentRuntime(),
+    BUDGET_LEDGER_KEY: InstanceLedger(),
+    APPROVAL_SETTINGS_KEY: shared(ApprovalSettings()),
+}
+"""One object per default resource in the process: definitions built by several calls merge (Dagster merges a
+resource key only when every definitions object holds the same object under it)."""
+
+
 def default_resources(overrides: Mapping[str, object] | None = None) -> dict[str, object]:
     """The resources flujo ops need (`flujo_io_manager`, `agent_runtime`, `budget_ledger`,
-    `approval_settings`), with `overrides` applied."""
-    resources: dict[str, object] = {
-        IO_MANAGER_KEY: PydanticJsonIOManager(),
-        AGENT_RUNTIME_KEY: AgentRuntime(),
-        BUDGET_LEDGER_KEY: InstanceLedger(),
-        APPROVAL_SETTINGS_KEY: ApprovalSettings(),
-    }
-    resources.update(overrides or {})
+    `approval_settings`), with `overrides` applied. The defaults are the same objects at every call, and an
+    override equal by value to one given before (a configurable resource, `ApprovalSettings`) is that earlier
+    object, so that several `build_definitions` results merge in one code location."""
+    resources = dict(_DEFAULTS)
+    resources.update({key: shared(value) for key, value in (overrides or {}).items()})
     return resources
 
 
@@ -82,7 +91,9 @@ def compile_all(
         raise ConfigurationError(
             f"resource {AGENT_RUNTIME_KEY!r} must be an AgentRuntime, got {type(runtime).__name__}"
         )
-    book = chosen.setdefault(PRICE_BOOK_KEY, price_book(prices, runtime, strict=strict_pricing, pyproject=pyproject))
+    if PRICE_BOOK_KEY not in chosen:
+        chosen[PRICE_BOOK_KEY] = shared(price_book(prices, runtime, strict=strict_pricing, pyproject=pyproject))
+    book = chosen[PRICE_BOOK_KEY]
     if not isinstance(book, PriceBook):
         raise ConfigurationError(f"resource {PRICE_BOOK_KEY!r} must be a PriceBook, got {type(book).__name__}")
     translator = translator or FlujoDagsterTranslator()
@@ -143,6 +154,10 @@ def build_definitions(
     `approvals_interval`), which resumes decided runs through the webserver's GraphQL API at `webserver_url`.
     Left None, they come from the environment (`FLUJO_DAGSTER_WEBSERVER_URL`, default http://127.0.0.1:3000;
     `FLUJO_DAGSTER_APPROVALS_INTERVAL_S`, default 30), read where the definitions load (docs/configuration.md).
+    The `flujo_costs` sensor tags every finished run with its cost, tokens and calls (docs/costs.md).
+
+    Several results merge with `Definitions.merge` (or as several components): they share the default resources,
+    the decide job and the sensors, which serve every flujo job of the location (docs/component.md).
     """
     if on_invalid not in ("raise", "quarantine"):
         raise ConfigurationError(f"on_invalid={on_invalid!r} is not supported; use 'raise' or 'quarantine'")
@@ -158,7 +173,7 @@ def build_definitions(
         on_invalid=on_invalid,
     )
     jobs: list[JobDefinition | UnresolvedAssetJobDefinition] = [c.job for c in compiled]
-    sensors: list[SensorDefinition] = []
+    sensors: list[SensorDefinition] = [costs_sensor()] if compiled else []
     if quarantined.errors:
         sensors.append(validation_sensor(quarantined))
     if any(isinstance(s, Approval) for p in listed for _, s in walk(p.steps, p.name)):
@@ -169,7 +184,7 @@ def build_definitions(
             raise ConfigurationError(
                 f"resource {APPROVAL_SETTINGS_KEY!r} must be an ApprovalSettings, got {type(settings).__name__}"
             )
-        sensors.append(approvals_sensor(url, interval=interval, settings=settings, jobs=[c.job_name for c in compiled]))
+        sensors.append(location_approvals_sensor(url, interval, settings))
     return Definitions(
         assets=[c.assets for c in compiled if c.assets is not None],
         jobs=jobs,

@@ -1,5 +1,6 @@
 """`flujo_decide`: a job a reviewer launches from the Launchpad to record a decision on a parked run."""
 
+import functools
 from typing import Any
 
 from dagster import (
@@ -72,9 +73,11 @@ def _compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> None:
     )
 
 
+@functools.cache
 def decide_job() -> JobDefinition:
     """The `flujo_decide` job: config `run_id`, `gate` (optional), `decision` (approve | reject), `by`,
-    `comment`, `values`. It records the decision; the `flujo_approvals` sensor (or `resume`) resumes the run."""
+    `comment`, `values`. It records the decision; the `flujo_approvals` sensor (or `resume`) resumes the run.
+    One object per process, so that several `build_definitions` results merge in one code location."""
     op = OpDefinition(
         compute_fn=_compute,
         name=DECIDE_JOB,

@@ -1,6 +1,7 @@
 """Sensors flujo adds to a code location: `flujo_validation` (quarantined pipelines stay visible) and
 `flujo_approvals` (resumes parked runs once decided)."""
 
+import functools
 from collections.abc import Collection, Iterator
 from datetime import timedelta
 
@@ -14,13 +15,21 @@ from flujo_dagster.adapter.control.approvals import Resumable, escalate_due, res
 from flujo_dagster.adapter.control.graphql import Webserver, launch_reexecution
 from flujo_dagster.adapter.control.launch import launch_resume
 from flujo_dagster.adapter.control.routes import report_unresumable, route
+from flujo_dagster.adapter.control.run_costs import flujo_jobs
 from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
 from flujo_dagster.config import DEFAULT_APPROVALS_INTERVAL, shown_url, webserver_headers
 from flujo_dagster.errors import ApprovalError, ConfigurationError
 from flujo_dagster.names import APPROVALS_SENSOR, RESUMED_BY_TAG, SENSOR_NAME_TAG, VALIDATION_SENSOR
 from flujo_dagster.validation import ValidationReport
 
-__all__ = ["APPROVALS_SENSOR", "VALIDATION_SENSOR", "approvals_sensor", "launch_reexecution", "validation_sensor"]
+__all__ = [
+    "APPROVALS_SENSOR",
+    "VALIDATION_SENSOR",
+    "approvals_sensor",
+    "launch_reexecution",
+    "location_approvals_sensor",
+    "validation_sensor",
+]
 
 
 def validation_sensor(quarantined: ValidationReport) -> SensorDefinition:
@@ -81,9 +90,10 @@ def approvals_sensor(
     parked run once a decision for one of its gates is recorded (or its deadline decides): a re-execution
     launched through the webserver's GraphQL API (a sensor's RunRequest cannot re-execute), at most once per set of
     decisions (`flujo/resume_key`), confirmed in the instance before the run is marked resumed. Only runs of
-    `jobs` (this code location's, when given). The webserver's headers (`FLUJO_DAGSTER_WEBSERVER_TOKEN`,
-    `FLUJO_DAGSTER_WEBSERVER_HEADERS`) are read at every tick; no credential is ever shown. A tick that resumed
-    runs succeeds naming them; a run parked outside a code location is reported once on the run."""
+    `jobs` when given, else of the flujo jobs of the code location the sensor is loaded in. The webserver's headers
+    (`FLUJO_DAGSTER_WEBSERVER_TOKEN`, `FLUJO_DAGSTER_WEBSERVER_HEADERS`) are read at every tick; no credential is
+    ever shown. A tick that resumed runs succeeds naming them; a run parked outside a code location is reported
+    once on the run."""
     chosen = settings or ApprovalSettings()
 
     def evaluate(context: SensorEvaluationContext) -> Iterator[SkipReason | DagsterRunReaction]:
@@ -96,12 +106,14 @@ def approvals_sensor(
         server = Webserver(webserver_url, headers=webserver_headers())
         origin = context.code_location_origin
         location = origin.location_name if origin is not None else None
+        repository = context.repository_def
+        served = jobs if jobs is not None or repository is None else flujo_jobs(repository)
         # each run on its own: a malformed tag or a run that cannot be read is logged, the others go on
-        for run_id, gate in escalate_due(context.instance, jobs=jobs, report=context.log.warning):
+        for run_id, gate in escalate_due(context.instance, jobs=served, report=context.log.warning):
             context.log.info(f"escalated gate {gate} of parked run {run_id}")
         resumed: list[DagsterRun] = []
         failed: list[str] = []
-        for parked in resumable(context.instance, secret=secret, jobs=jobs, report=context.log.warning):
+        for parked in resumable(context.instance, secret=secret, jobs=served, report=context.log.warning):
             try:
                 launched = _resume(context, server, parked, location)
             except ApprovalError as exc:  # one run's failure must not keep the others parked
@@ -129,3 +141,11 @@ def approvals_sensor(
             f"Resumes parked runs once a decision is recorded, through the webserver at {shown_url(webserver_url)}."
         ),
     )
+
+
+@functools.cache
+def location_approvals_sensor(webserver_url: str, interval: timedelta, settings: ApprovalSettings) -> SensorDefinition:
+    """The `flujo_approvals` sensor `build_definitions` adds: one object per (url, interval, settings), serving every
+    flujo job of the code location it is loaded in, so that several `build_definitions` results (or components)
+    merge in one location."""
+    return approvals_sensor(webserver_url, interval=interval, settings=settings)
