@@ -1,7 +1,7 @@
 """`FlujoPipelineComponent`: the example `dg` project under examples/dg_digest, checked with the venv's `dg` and
 run in process on its offline model; the component's YAML settings and their errors.
 
-pytest puts `examples/dg_digest/src` on sys.path (pyproject.toml), as `dg` does for the project's code location.
+pytest puts `examples/dg_digest` on sys.path (pyproject.toml), as `dg` does for the project's code location.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _component(yaml: str) -> FlujoPipelineComponent:
 def test_dg_check_defs_and_list_components_accept_the_example(tmp_path: Path) -> None:
     broken = tmp_path / "dg_digest"
     shutil.copytree(EXAMPLE, broken, ignore=shutil.ignore_patterns("__pycache__"))
-    yaml = broken / "src" / "dg_digest" / "defs" / "digest" / "defs.yaml"
+    yaml = broken / "dg_digest" / "defs" / "digest" / "defs.yaml"
     yaml.write_text(yaml.read_text().replace("dg_digest.pipelines:digest", "dg_digest.pipelines:missing"))
     runs = {  # concurrently: each dg call boots dagster (about 5 to 10 s)
         "check": _dg("check", "defs"),
@@ -105,7 +105,7 @@ def test_dg_check_defs_and_list_components_accept_the_example(tmp_path: Path) ->
 
 
 def test_the_example_component_loads_and_runs_in_process(instance: DagsterInstance) -> None:
-    defs = load_from_defs_folder(path_within_project=EXAMPLE / "src" / "dg_digest")
+    defs = load_from_defs_folder(path_within_project=EXAMPLE / "dg_digest")
     report_key = AssetKey(["examples", "dg_digest", "report"])
     assert defs.resolve_assets_def(report_key).group_names_by_key[report_key] == "digests"
     schedule = defs.resolve_schedule_def("dg_digest_schedule")

@@ -38,7 +38,7 @@ SUPPORT = [
     *sorted(ROOT.glob("tests/*.py")),
     *sorted(ROOT.glob("tests/fixtures/*.py")),
     *sorted(ROOT.glob("definitions/*.py")),
-    *sorted(ROOT.glob("examples/dg_digest/src/dg_digest/*.py")),
+    *sorted(ROOT.glob("examples/dg_digest/dg_digest/*.py")),
 ]
 T = TypeVar("T")
 DAGSTER_CRON_WARNING = "Found a cron schedule with an interval greater than the expected range"
@@ -48,7 +48,7 @@ VALIDATION_TESTS = ["tests.test_validation", "tests.test_validation_flow", "test
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     if parts[0] == "examples":
-        parts = parts[3:]  # examples/dg_digest/src/<package>
+        parts = parts[2:]  # examples/dg_digest/<package>
     return ".".join(parts).removesuffix(".__init__")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from dagster import AssetKey, Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
-from dagster.components import Component, ComponentLoadContext, Model, Resolvable
+from dagster.components import Component, ComponentLoadContext, Model, Resolvable, scaffold_with
 from pydantic import Field
 
 from flujo_dagster.adapter.compile.component_models import (
@@ -23,6 +23,7 @@ from flujo_dagster.adapter.compile.component_models import (
 )
 from flujo_dagster.adapter.compile.definitions import build_definitions
 from flujo_dagster.adapter.compile.location import LocationClaims, shared_import
+from flujo_dagster.adapter.compile.scaffold import PipelineScaffolder
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.storage.resources import AgentRuntime
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -85,6 +86,7 @@ class _SettingsTranslator(FlujoDagsterTranslator):
         return self.base.get_job_name(pipeline)
 
 
+@scaffold_with(PipelineScaffolder)
 class FlujoPipelineComponent(Component, Model, Resolvable):
     """A flujo_dagster pipeline (by import path) compiled to Dagster jobs and assets."""
 
