@@ -16,6 +16,7 @@ __all__ = [
     "RUN_CALLS_TAG",
     "RUN_COST_BAND_TAG",
     "RUN_COST_TAG",
+    "RUN_COST_TAGS",
     "RUN_TOKENS_TAG",
     "AFTER_INPUT",
     "AGENT_RUNTIME_KEY",
@@ -356,6 +357,8 @@ RUN_CALLS_TAG = "flujo/calls"
 RUN_COST_BAND_TAG = "flujo/cost_band"
 """Run tag `flujo/cost_band`: the run's cost as a band to filter the Runs list by (`0`, `<0.01`, `0.01-0.10`,
 `0.10-1`, `1-10`, `>=10`); Dagster's tag filter matches exact values only."""
+RUN_COST_TAGS = (RUN_COST_TAG, RUN_TOKENS_TAG, RUN_CALLS_TAG, RUN_COST_BAND_TAG)
+"""The run cost tags: measured per run, never inherited by a resume flujo launches."""
 TYPE_CHECK = "flujo_type"
 """The name of the check every asset gets: its stored value validates against its declared type."""
 

@@ -103,6 +103,16 @@ class DagsterDev:
             + self.log_tail()
         )
 
+    def wait_tagged(self, run_id: str, key: str, timeout_s: float = 90) -> DagsterRun:
+        """Run `run_id` once it carries tag `key` (the `flujo_costs` sensor ticks every 30 s)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            run = self.instance.get_run_by_id(run_id)
+            if run is not None and key in run.tags:
+                return run
+            time.sleep(0.2)
+        raise DagsterDevError(f"run {run_id} got no tag {key!r} within {timeout_s} s:\n" + self.log_tail())
+
     def wait_child(self, parent_run_id: str, timeout_s: float = 60) -> str:
         """The id of the run re-executing `parent_run_id` (tag `dagster/parent_run_id`), once one exists."""
         deadline = time.monotonic() + timeout_s

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections import Counter
 from datetime import timedelta
+from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from dagster import DagsterEventType, DagsterRunStatus
 from definitions.gated import GatedDigest, gated
 from flujo_dagster import ConfigurationError, build_definitions, load_final_context
 from flujo_dagster.adapter.control.approvals import pending
+from flujo_dagster.adapter.control.run_costs import run_cost_tags
 from flujo_dagster.config import APPROVALS_INTERVAL_ENV, WEBSERVER_URL_ENV
+from flujo_dagster.names import RUN_CALLS_TAG, RUN_COST_TAG, RUN_COST_TAGS, RUN_TOKENS_TAG
 from tests.approval_defs import gated as small_gated
 from tests.dagster_dev import DagsterDev, dagster_dev, group_members, leftovers
 
@@ -112,6 +115,14 @@ def test_a_gate_in_a_loop_parks_and_resumes_under_dagster_dev(tmp_path: Path) ->
             f"{step}revise__i2__critique": 1,
         }
         assert _requests(dev, [first]) == {f"{step}revise__i1__draft": 1}  # before the first pause: the draft only
+        # the daemon's flujo_costs sensor tags every run of the chain (parked ones too) with its own usage
+        tagged = [dev.wait_tagged(r, RUN_COST_TAG) for r in chain]  # resumes inherit no cost tag from their parent
+        assert [{k: r.tags[k] for k in RUN_COST_TAGS} for r in tagged] == [
+            run_cost_tags(dev.instance, r) for r in chain
+        ]
+        assert sum(int(r.tags[RUN_CALLS_TAG]) for r in tagged) == 4  # each agent call counted in one run only
+        assert tagged[0].tags[RUN_CALLS_TAG] == "1" and Decimal(tagged[0].tags[RUN_COST_TAG]) > 0
+        assert all(int(r.tags[RUN_TOKENS_TAG]) > 0 for r in tagged)
     assert leftovers(home) == [] and group_members(pgid) == []
     gone = subprocess.run(["pgrep", "-f", f"dagster.*{dev.server.url.rsplit(':', 1)[1]}"], check=False)
     assert gone.returncode == 1  # pgrep found no process naming this dagster dev's port

@@ -22,6 +22,7 @@ from gql.transport.requests import RequestsHTTPTransport
 
 from flujo_dagster.config import WEBSERVER_HEADERS_ENV, WEBSERVER_TOKEN_ENV, WEBSERVER_URL_ENV, shown_url
 from flujo_dagster.errors import ApprovalError
+from flujo_dagster.names import RUN_COST_TAGS
 
 __all__ = ["Webserver", "launch_reexecution"]
 
@@ -109,7 +110,10 @@ def _params(parent: DagsterRun, tags: Mapping[str, str], step_keys: Sequence[str
             f"run {parent.run_id} was not launched in a code location, so the webserver cannot re-execute it: "
             f"resume it in process with `flujo-dagster resume {parent.run_id}`"
         )
-    inherited = {k: v for k, v in parent.tags.items() if k not in TAGS_TO_MAYBE_OMIT_ON_RETRY}
+    # the parent's cost tags measure the parent: the resume gets its own when it finishes (control/run_costs.py)
+    inherited = {
+        k: v for k, v in parent.tags.items() if k not in TAGS_TO_MAYBE_OMIT_ON_RETRY and k not in RUN_COST_TAGS
+    }
     return _STEPS, {
         "selector": {
             "repositoryLocationName": origin.location_name,

@@ -28,6 +28,7 @@ from flujo_dagster.names import (
     RUN_CALLS_TAG,
     RUN_COST_BAND_TAG,
     RUN_COST_TAG,
+    RUN_COST_TAGS,
     RUN_TOKENS_TAG,
     op_kind,
 )
@@ -35,7 +36,7 @@ from flujo_dagster.names import (
 __all__ = ["COSTS_SENSOR", "cost_band", "costs_sensor", "flujo_jobs", "run_cost_tags", "tag_run_costs"]
 
 _FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
-_TAG_NAMES = ", ".join((RUN_COST_TAG, RUN_TOKENS_TAG, RUN_CALLS_TAG, RUN_COST_BAND_TAG))
+_TAG_NAMES = ", ".join(RUN_COST_TAGS)
 _BATCH = 200
 _OVERLAP = timedelta(milliseconds=1)
 """The cursor steps back this much, so runs finished in the same instant as the last one seen are not skipped (they
