@@ -13,6 +13,7 @@ import pytest
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    DagsterInvariantViolationError,
     Definitions,
     FloatMetadataValue,
     build_sensor_context,
@@ -251,3 +252,12 @@ def test_the_asset_cost_metadata_stays_numeric(instance: DagsterInstance) -> Non
     values = [m[RUN_COST_TAG] for m in metadata if RUN_COST_TAG in m]
     assert values and all(isinstance(v, FloatMetadataValue) for v in values)
     assert values[0].value == pytest.approx(0.00006)
+
+
+def test_a_plain_merge_of_different_settings_fails_naming_the_key() -> None:
+    """Documented limit: outside components the merge is Dagster's, whose error names the key."""
+    strict = build_definitions(pipelines=[gated], resources={**RESOURCES, "approval_settings": ApprovalSettings()})
+    signed = ApprovalSettings(require_signed_decisions=True)
+    other = build_definitions(pipelines=[gated_two], resources={**RESOURCES, "approval_settings": signed})
+    with pytest.raises(DagsterInvariantViolationError, match="same key 'approval_settings'"):
+        Definitions.merge(strict, other)
