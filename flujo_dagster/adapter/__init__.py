@@ -11,6 +11,7 @@ from flujo_dagster.adapter.run import PipelineRun, arun_pipeline, load_final_con
 from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
 from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager
 from flujo_dagster.adapter.storage.resources import AgentRuntime
+from flujo_dagster.adapter.storage.runtime_config import ProviderSettings
 
 __all__ = [
     "AgentRuntime",
@@ -19,6 +20,7 @@ __all__ = [
     "FlujoDagsterTranslator",
     "FlujoPipelineComponent",
     "PipelineRun",
+    "ProviderSettings",
     "PydanticJsonIOManager",
     "arun_pipeline",
     "audit_trail",

@@ -12,6 +12,14 @@ from pydantic_ai.models import Model, infer_model
 from pydantic_ai.models.function import FunctionModel
 from pydantic_ai.models.test import TestModel
 
+from flujo_dagster.adapter.storage.runtime_config import (
+    OFFLINE_PROVIDERS,
+    TEST_MODEL,
+    ModelChoice,
+    ProviderSettings,
+    RuntimeSettings,
+    canonical_model_id,
+)
 from flujo_dagster.dsl.steps import AgentStep, model_id_of
 from flujo_dagster.errors import ConfigurationError, PricingNotConfiguredError
 from flujo_dagster.pricing.prices import Price, PriceBook
@@ -19,52 +27,44 @@ from flujo_dagster.runtime.agents import AgentCall, run_agent
 from flujo_dagster.runtime.budget import BudgetContext, BudgetedModel
 from flujo_dagster.runtime.records import Charge, Meter
 
-__all__ = ["AgentRuntime", "ModelSource", "PricedAgents"]
+__all__ = ["AgentRuntime", "ModelSource", "PricedAgents", "ProviderSettings"]
 
 ModelSource = Literal["agent", "override", "offline"]
 OFFLINE_MODELS = (FunctionModel, TestModel)
 """Model classes that never call a provider: reported with model source `offline`."""
-ModelChoice = Model | str
 
 
-class AgentRuntime:
-    """Runs agent steps; the resource `agent_runtime`.
+class AgentRuntime(RuntimeSettings):
+    """Runs agent steps; the resource `agent_runtime`, configurable in the Launchpad.
 
-    `model` replaces every agent step's model; `step_models` replaces it per step name (and wins).
-    A value is a `provider:model` string or a pydantic-ai model object; pydantic-ai's `FunctionModel` and
-    `TestModel` are reported with model source `offline`, anything else as `override`. Tests and the demo swap models
-    here, never by patching. Without overrides each step runs on its agent's own model. `prices` declares the
-    price of models configured here by `provider:model` (an offline model's is reported with price source
+    `model` replaces every agent step's model; `step_models` replaces it per step name (and wins). A value is a
+    `provider:model` string (Dagster config, which a run's config can override) or a pydantic-ai model object
+    (kept outside the config: a run's config string for the same slot wins over it). pydantic-ai's
+    `FunctionModel` and `TestModel` (and the string `test`) are reported with model source `offline`, anything
+    else as `override`. Tests and the demo swap models here, never by patching. Without overrides each step runs
+    on its agent's own model. `providers` configures how a model string's provider is built (API key, base URL).
+    `prices` declares the price of models by `provider:model` (an offline model's is reported with price source
     `offline`; genai-prices knows none of them).
     """
 
-    def __init__(
-        self,
-        *,
-        model: ModelChoice | None = None,
-        step_models: Mapping[str, ModelChoice] | None = None,
-        prices: Mapping[str, Price] | None = None,
-    ) -> None:
-        self.model = model
-        self.step_models: dict[str, ModelChoice] = dict(step_models or {})
-        self.prices: dict[str, Price] = dict(prices or {})
-
     def offline_models(self) -> set[str]:
-        """`provider:model` of the offline models configured here (their prices are reported as `offline`)."""
-        chosen = [self.model, *self.step_models.values()]
-        return {model_id_of(m) or "" for m in chosen if isinstance(m, OFFLINE_MODELS)}
+        """`provider:model` of the offline models configured here or priced here (their prices are reported as
+        `offline`)."""
+        configured = {canonical_model_id(model_id_of(m) or "") for m in self.configured_models() if _is_offline(m)}
+        return configured | {m for m in self.prices if m.partition(":")[0] in OFFLINE_PROVIDERS}
 
     def model_id_for(self, step: AgentStep) -> str | None:
         """The `provider:model` `step` runs on here, or None when neither an override nor its agent names one."""
         chosen, source = self.model_for(step)
-        return model_id_of(chosen) if source != "agent" else step.model_id()
+        model_id = model_id_of(chosen) if source != "agent" else step.model_id()
+        return None if model_id is None else canonical_model_id(model_id)
 
     def model_for(self, step: AgentStep) -> tuple[ModelChoice | None, ModelSource]:
         """The model `step` runs on here, and where that choice came from."""
-        chosen = self.step_models.get(step.name, self.model)
+        chosen = self.choice_for(step.name)
         if chosen is None:
             return (step.model if isinstance(step.model, str | Model) else None), "agent"
-        return chosen, ("offline" if isinstance(chosen, OFFLINE_MODELS) else "override")
+        return chosen, ("offline" if _is_offline(chosen) else "override")
 
     async def run(
         self,
@@ -81,14 +81,23 @@ class AgentRuntime:
         answered, and `PricingNotConfiguredError` (naming `path`) is raised when that model has no price.
         With a `budget`, every model request is reserved first and reconciled after (`BudgetedModel`).
         What was charged is added to `meter`: each budgeted request as the ledger recorded it, else the call.
+        A model string is built here with the configured provider settings; one this runtime's config chose (maybe
+        in the Launchpad, so never validated at load) must have a price before its first request.
         `deps` are the run's pydantic-ai deps (the step's `deps=`)."""
         agent = step.agent
         if not isinstance(agent, Agent):
             raise TypeError(f"agent step {step.name!r} holds {type(agent).__name__}, not a pydantic-ai Agent")
         model, source = self.model_for(step)
+        chosen = model if model is not None else agent.model
+        configured = None if chosen is None else model_id_of(chosen)
+        if isinstance(chosen, str):
+            configured = canonical_model_id(chosen)
+            if source != "agent":
+                prices.require(configured, where=path)
+            model = chosen = self.build_model(chosen, where=path)
         budgeted = budget is not None and bool(budget.guards)
         if budget is not None and budgeted:
-            model = _budgeted(step, model if model is not None else agent.model, budget, path, meter)
+            model = _budgeted(step, chosen, configured, budget, path, meter)
         call = await run_agent(agent, prompt, model=model, model_settings=step.model_settings, deps=deps)
         try:
             priced = call.priced(prices.require(call.model, where=path))
@@ -111,6 +120,11 @@ class AgentRuntime:
         )
 
 
+def _is_offline(model: object) -> bool:
+    """Whether `model` never calls a provider: a `FunctionModel`, a `TestModel`, or the string `test`."""
+    return isinstance(model, OFFLINE_MODELS) or model == TEST_MODEL
+
+
 def _charge(call: AgentCall, cost: Decimal | None, source: str) -> Charge:
     """The charge of an unbudgeted call: its measured tokens (a lower bound when a response reported none)."""
     unknown = call.unmeasured_requests > 0
@@ -126,10 +140,12 @@ def _charge(call: AgentCall, cost: Decimal | None, source: str) -> Charge:
     )
 
 
-def _budgeted(step: AgentStep, chosen: object, budget: BudgetContext, path: str, meter: Meter | None) -> BudgetedModel:
-    """`chosen` wrapped so that every request is reserved against `budget` first and reconciled after."""
+def _budgeted(
+    step: AgentStep, chosen: object, configured: str | None, budget: BudgetContext, path: str, meter: Meter | None
+) -> BudgetedModel:
+    """`chosen` (named `configured`) wrapped so that every request is reserved against `budget` first and
+    reconciled after."""
     max_tokens = step.max_tokens()
-    configured = model_id_of(chosen)
     if max_tokens is None or configured is None or not isinstance(chosen, Model | str):
         raise ConfigurationError(
             f"{path}: a budgeted agent step needs a model and max_tokens in its model settings "

@@ -1,0 +1,200 @@
+"""What `AgentRuntime` holds: its Dagster config (model strings, `ProviderSettings`), the Python-only values that
+config cannot carry (model objects, declared prices), and how a `provider:model` string becomes a model."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from dagster import Config, ConfigurableResource, EnvVar
+from pydantic import Field, PrivateAttr
+from pydantic_ai.exceptions import UserError
+from pydantic_ai.models import Model, infer_model
+from pydantic_ai.providers import Provider, infer_provider, infer_provider_class
+
+from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.pricing.prices import Price
+
+__all__ = [
+    "OFFLINE_PROVIDERS",
+    "TEST_MODEL",
+    "ModelChoice",
+    "ProviderSettings",
+    "PythonOnly",
+    "RuntimeSettings",
+    "build_model",
+    "canonical_model_id",
+    "check_providers",
+    "split_choices",
+]
+
+ModelChoice = Model | str
+TEST_MODEL = "test"
+"""pydantic-ai's name for `TestModel` (`infer_model("test")`): offline, and answering as `test:test`."""
+OFFLINE_PROVIDERS = ("function", "test")
+"""The `provider` part of the ids of pydantic-ai's offline models (`FunctionModel`, `TestModel`)."""
+_GATEWAY = "gateway/"
+
+
+class ProviderSettings(Config):
+    """How agent steps reach one provider (the key in `AgentRuntime(providers=...)` is the provider part of
+    `provider:model`, e.g. `openai`). Only the settings given are passed to pydantic-ai's provider class."""
+
+    api_key: str | None = Field(
+        default=None,
+        description="The provider's API key. Give EnvVar('OPENAI_API_KEY') (or {env: OPENAI_API_KEY} in run config) "
+        "so that the key stays in the environment and never enters config, tags or logs.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="The provider's base URL, e.g. an OpenAI-compatible server or a proxy.",
+    )
+
+    def provider_kwargs(self) -> dict[str, str]:
+        """The settings given, as keyword arguments of the provider class (an `EnvVar` not yet resolved by
+        Dagster is read through `EnvVar.get_value`)."""
+        given = {"api_key": self.api_key, "base_url": self.base_url}
+        resolved = {k: v.get_value() if isinstance(v, EnvVar) else v for k, v in given.items()}
+        return {k: v for k, v in resolved.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class PythonOnly:
+    """What an `AgentRuntime` holds outside its Dagster config, as given to its constructor: model objects
+    (which no run config can express) and declared prices."""
+
+    model: Model | None = None
+    step_models: Mapping[str, Model] = field(default_factory=dict)
+    prices: Mapping[str, Price] = field(default_factory=dict)
+
+
+class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
+    """The settings of `AgentRuntime`: its Dagster config fields, and the Python-only values given to its
+    constructor, which survive every copy Dagster makes of the resource."""
+
+    model: str | None = Field(
+        default=None, description="A 'provider:model' (or 'test') that every agent step runs on, e.g. openai:gpt-5."
+    )
+    step_models: dict[str, str] = Field(
+        default_factory=dict, description="A 'provider:model' per agent step name; wins over `model`."
+    )
+    providers: dict[str, ProviderSettings] = Field(
+        default_factory=dict,
+        description="Settings per provider (the part before ':' in 'provider:model'): api_key, base_url.",
+    )
+    _python: PythonOnly = PrivateAttr(default_factory=PythonOnly)
+
+    def __init__(
+        self,
+        *,
+        model: ModelChoice | None = None,
+        step_models: Mapping[str, ModelChoice] | None = None,
+        prices: Mapping[str, Price] | None = None,
+        providers: Mapping[str, ProviderSettings] | None = None,
+    ) -> None:
+        name, names, obj, objs = split_choices(model, step_models)
+        super().__init__(model=name, step_models=names, providers=dict(providers or {}))
+        check_providers(self.providers)
+        self._python = PythonOnly(model=obj, step_models=objs, prices=dict(prices or {}))
+
+    def _with_updated_values(self, values: Mapping[str, Any] | None) -> Self:
+        """The copy Dagster makes for a run, with the run's config: Dagster rebuilds a resource from its config
+        fields alone (`self.__class__(**fields)`), so the Python-only values are carried over here."""
+        updated = super()._with_updated_values(values)
+        assert isinstance(updated, type(self))
+        updated._python = self._python
+        return updated
+
+    @property
+    def prices(self) -> dict[str, Price]:
+        """The prices declared here, by `provider:model`."""
+        return dict(self._python.prices)
+
+    def configured_models(self) -> list[ModelChoice]:
+        """Every model configured here, strings and objects."""
+        python = self._python
+        return [m for m in (self.model, python.model, *self.step_models.values(), *python.step_models.values()) if m]
+
+    def choice_for(self, step_name: str) -> ModelChoice | None:
+        """The model configured for `step_name`: per step before for all, a config string before an object."""
+        python = self._python
+        slots = (self.step_models.get(step_name), python.step_models.get(step_name), self.model, python.model)
+        return next((c for c in slots if c is not None), None)
+
+    def build_model(self, choice: ModelChoice, *, where: str) -> Model:
+        """`choice` as a model object: a string built with the provider settings configured here."""
+        return choice if isinstance(choice, Model) else build_model(choice, self.providers, where=where)
+
+
+def split_choices(
+    model: ModelChoice | None, step_models: Mapping[str, ModelChoice] | None
+) -> tuple[str | None, dict[str, str], Model | None, dict[str, Model]]:
+    """(`model` if a string, the string `step_models`, `model` if a model object, the object `step_models`);
+    `ConfigurationError` for anything else."""
+    steps = dict(step_models or {})
+    for where, value in [("model", model), *((f"step_models[{k!r}]", v) for k, v in steps.items())]:
+        if value is not None and not isinstance(value, ModelChoice):
+            raise ConfigurationError(
+                f"AgentRuntime({where}=...) is a {type(value).__name__}; give a 'provider:model' string or a "
+                "pydantic-ai Model object (FunctionModel, TestModel, ...)"
+            )
+    return (
+        model if isinstance(model, str) else None,
+        {k: v for k, v in steps.items() if isinstance(v, str)},
+        model if isinstance(model, Model) else None,
+        {k: v for k, v in steps.items() if isinstance(v, Model)},
+    )
+
+
+def check_providers(providers: Mapping[str, ProviderSettings]) -> None:
+    """`ConfigurationError` for a provider pydantic-ai does not know or cannot load, or a setting its provider
+    class does not take."""
+    for name, settings in providers.items():
+        where = f"agent_runtime providers[{name!r}]"
+        if name.startswith(_GATEWAY):
+            raise ConfigurationError(
+                f"{where}: gateway providers cannot be configured here; configure {name!r} "
+                "through pydantic-ai's gateway environment variables"
+            )
+        try:
+            provider_class = infer_provider_class(name)
+        except (ValueError, ImportError) as exc:
+            raise ConfigurationError(f"{where}: {exc}") from exc
+        accepted = inspect.signature(provider_class).parameters
+        refused = sorted(k for k in ("api_key", "base_url") if getattr(settings, k) is not None and k not in accepted)
+        if refused:
+            raise ConfigurationError(
+                f"{where}: pydantic-ai's {provider_class.__name__} does not take {', '.join(refused)}; leave "
+                f"{'them' if len(refused) > 1 else 'it'} out"
+            )
+
+
+def _provider_factory(providers: Mapping[str, ProviderSettings]) -> Callable[[str], Provider[Any]]:
+    """pydantic-ai's provider inference, with the settings of `providers` for the providers they name."""
+
+    def provider(name: str) -> Provider[Any]:
+        settings = providers.get(name)
+        if settings is None:
+            return infer_provider(name)
+        return infer_provider_class(name)(**settings.provider_kwargs())
+
+    return provider
+
+
+def build_model(choice: str, providers: Mapping[str, ProviderSettings], *, where: str) -> Model:
+    """The model `choice` (`provider:model`, or `test`) names, its provider built with `providers`' settings;
+    `ConfigurationError` naming `where` when it cannot be built (an unknown provider, a missing API key)."""
+    try:
+        return infer_model(choice, provider_factory=_provider_factory(providers))
+    except (UserError, ValueError, ImportError, TypeError) as exc:
+        raise ConfigurationError(
+            f"{where}: model {choice!r} cannot be built: {exc}. Check the agent_runtime resource's model, "
+            "step_models and providers (api_key, base_url)"
+        ) from exc
+
+
+def canonical_model_id(model_id: str) -> str:
+    """`model_id`, with pydantic-ai's bare `test` written as the id its `TestModel` answers with."""
+    return f"{TEST_MODEL}:{TEST_MODEL}" if model_id == TEST_MODEL else model_id
