@@ -99,6 +99,17 @@ def test_a_launchpad_model_without_a_price_fails_before_any_request(instance: Da
     assert cause is not None and f"model 'test:test' at {PATH} has no price" in cause.message
 
 
+def test_a_launchpad_model_that_cannot_be_built_fails_its_step_naming_it(instance: DagsterInstance) -> None:
+    result = note_job().execute_in_process(
+        instance=instance, run_config=launchpad(model="gpt-4o"), raise_on_error=False
+    )
+    assert not result.success
+    (failure,) = instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_FAILURE)
+    cause = failure.dagster_event.step_failure_data.error.cause  # type: ignore[union-attr]
+    assert cause is not None and cause.cls_name == "ConfigurationError"
+    assert f"{PATH}: model 'gpt-4o' cannot be built: Unknown model: gpt-4o. Give a 'provider:model'" in cause.message
+
+
 # --- provider settings --------------------------------------------------------------------------------------------
 
 
@@ -178,3 +189,14 @@ def test_the_default_runtime_is_valid_and_unconfigured() -> None:
     default = AgentRuntime()
     assert (default.model, default.step_models, default.providers, default.prices) == (None, {}, {}, {})
     assert (default.model_for(ANSWER), default.model_id_for(ANSWER)) == ((None, "agent"), "openai:gpt-5-mini")
+
+
+def test_an_unset_api_key_variable_stops_the_run_before_it_starts(
+    instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(DagsterInvalidConfigError, match=f'environment variable "{KEY_ENV}" which is not set'):
+        note_job().execute_in_process(
+            instance=instance, run_config=launchpad(providers={"openai": {"api_key": {"env": KEY_ENV}}})
+        )
+    assert instance.get_runs_count() == 0

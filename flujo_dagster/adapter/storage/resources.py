@@ -81,9 +81,9 @@ class AgentRuntime(RuntimeSettings):
         answered, and `PricingNotConfiguredError` (naming `path`) is raised when that model has no price.
         With a `budget`, every model request is reserved first and reconciled after (`BudgetedModel`).
         What was charged is added to `meter`: each budgeted request as the ledger recorded it, else the call.
-        A model string is built here with the configured provider settings; one this runtime's config chose (maybe
-        in the Launchpad, so never validated at load) must have a price before its first request.
-        `deps` are the run's pydantic-ai deps (the step's `deps=`)."""
+        A model string is built here with the configured provider settings (`ConfigurationError` naming `path` when
+        it cannot be); one this runtime's config chose (maybe in the Launchpad, so not validated at load) must have
+        a price before its first request. `deps` are the run's pydantic-ai deps (the step's `deps=`)."""
         agent = step.agent
         if not isinstance(agent, Agent):
             raise TypeError(f"agent step {step.name!r} holds {type(agent).__name__}, not a pydantic-ai Agent")
@@ -92,9 +92,10 @@ class AgentRuntime(RuntimeSettings):
         configured = None if chosen is None else model_id_of(chosen)
         if isinstance(chosen, str):
             configured = canonical_model_id(chosen)
+            model = built = self.build_model(chosen, where=path)
             if source != "agent":
                 prices.require(configured, where=path)
-            model = chosen = self.build_model(chosen, where=path)
+            chosen = built
         budgeted = budget is not None and bool(budget.guards)
         if budget is not None and budgeted:
             model = _budgeted(step, chosen, configured, budget, path, meter)

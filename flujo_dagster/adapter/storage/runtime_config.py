@@ -190,8 +190,8 @@ def build_model(choice: str, providers: Mapping[str, ProviderSettings], *, where
         return infer_model(choice, provider_factory=_provider_factory(providers))
     except (UserError, ValueError, ImportError, TypeError) as exc:
         raise ConfigurationError(
-            f"{where}: model {choice!r} cannot be built: {exc}. Check the agent_runtime resource's model, "
-            "step_models and providers (api_key, base_url)"
+            f"{where}: model {choice!r} cannot be built: {exc}. Give a 'provider:model' string (or 'test') and "
+            "check the agent_runtime resource's providers (api_key, base_url)"
         ) from exc
 
 
