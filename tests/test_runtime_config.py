@@ -24,7 +24,7 @@ from pydantic_ai.models.test import TestModel
 
 from flujo_dagster import AgentRuntime, AgentStep, ConfigurationError, ProviderSettings, build_definitions
 from flujo_dagster.names import AGENT_RUNTIME_KEY, MODEL, MODEL_SOURCE, PRICE_SOURCE
-from tests.runtime_defs import PATH, SCRIPTED_ID, note, note_job, note_multiprocess_job, runtime
+from tests.runtime_defs import PATH, PRICE, SCRIPTED_ID, note, note_job, note_multiprocess_job, runtime
 
 KEY_ENV = "FLUJO_TEST_RUNTIME_API_KEY"
 NOWHERE = "http://127.0.0.1:9/v1"
@@ -200,3 +200,28 @@ def test_an_unset_api_key_variable_stops_the_run_before_it_starts(
             instance=instance, run_config=launchpad(providers={"openai": {"api_key": {"env": KEY_ENV}}})
         )
     assert instance.get_runs_count() == 0
+
+
+def test_provider_settings_apply_to_the_agents_own_model_strings(
+    instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No override: the step runs on its agent's `openai:gpt-5-mini`. Without a key anywhere its model cannot be
+    built; with the key in the run's provider settings it is built and gets as far as its request (which the
+    tests forbid: pydantic-ai's ALLOW_MODEL_REQUESTS is off)."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv(KEY_ENV, "sk-launchpad")
+    defs = build_definitions(
+        pipelines=[note], resources={AGENT_RUNTIME_KEY: AgentRuntime()}, prices={"openai:gpt-5-mini": PRICE}
+    )
+    causes = []
+    for config in (None, launchpad(providers={"openai": {"api_key": {"env": KEY_ENV}, "base_url": NOWHERE}})):
+        result = defs.resolve_job_def("note").execute_in_process(
+            instance=instance, run_config=config, raise_on_error=False
+        )
+        (failure,) = instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_FAILURE)
+        cause = failure.dagster_event.step_failure_data.error.cause  # type: ignore[union-attr]
+        assert cause is not None
+        causes.append(cause.message)
+    assert f"{PATH}: model 'openai:gpt-5-mini' cannot be built" in causes[0] and "OPENAI_API_KEY" in causes[0]
+    assert "Model requests are not allowed" in causes[1]
