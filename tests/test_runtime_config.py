@@ -4,9 +4,11 @@ every copy Dagster makes of the resource, in process and in the multiprocess exe
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from dagster import (
     DagsterEventType,
     DagsterInstance,
@@ -225,3 +227,14 @@ def test_provider_settings_apply_to_the_agents_own_model_strings(
         causes.append(cause.message)
     assert f"{PATH}: model 'openai:gpt-5-mini' cannot be built" in causes[0] and "OPENAI_API_KEY" in causes[0]
     assert "Model requests are not allowed" in causes[1]
+
+
+def test_the_documented_launchpad_config_is_accepted_verbatim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run config docs/configuration.md shows for the agent_runtime resource."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-documented")
+    doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    section = doc.split("## The agent runtime (resource `agent_runtime`)", 1)[1]
+    (block,) = [b.split("\n", 1)[1] for b in section.split("```")[1::2] if b.startswith("yaml")]
+    config = yaml.safe_load(block)
+    resolved = validate_run_config(note_job(), config)["resources"][AGENT_RUNTIME_KEY]["config"]
+    assert (resolved["model"], resolved["providers"]["openai"]["api_key"]) == ("openai:gpt-5", "sk-documented")
