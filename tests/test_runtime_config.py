@@ -238,3 +238,21 @@ def test_the_documented_launchpad_config_is_accepted_verbatim(monkeypatch: pytes
     config = yaml.safe_load(block)
     resolved = validate_run_config(note_job(), config)["resources"][AGENT_RUNTIME_KEY]["config"]
     assert (resolved["model"], resolved["providers"]["openai"]["api_key"]) == ("openai:gpt-5", "sk-documented")
+
+
+def test_a_launchpad_step_model_naming_no_agent_step_fails_before_any_call(instance: DagsterInstance) -> None:
+    """A typo in a run's `step_models` would change nothing; a name built in Python (another pipeline's step in
+    the same location) is left alone."""
+    result = note_job().execute_in_process(
+        instance=instance, run_config=launchpad(step_models={"anwser": "test"}), raise_on_error=False
+    )
+    (failure,) = instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_FAILURE)
+    cause = failure.dagster_event.step_failure_data.error.cause  # type: ignore[union-attr]
+    assert cause is not None and cause.cls_name == "ConfigurationError"
+    assert (
+        "step_models names ['anwser'], which are no agent steps of pipeline 'note' (its agent steps: ['answer'])"
+        in (cause.message)
+    )
+    shared = AgentRuntime(model=TestModel(), step_models={"elsewhere": "test"}, prices={"test:test": PRICE})
+    defs = build_definitions(pipelines=[note], resources={AGENT_RUNTIME_KEY: shared})
+    assert defs.resolve_job_def("note").execute_in_process(instance=instance).success

@@ -20,7 +20,7 @@ from flujo_dagster import names
 from flujo_dagster.adapter.ops.injection import OpInjector, step_resource_keys
 from flujo_dagster.adapter.ops.input_config import INPUTS_CONFIG_KEY, inputs_config_field
 from flujo_dagster.adapter.storage.budgets import OpBudgets
-from flujo_dagster.adapter.storage.resources import PricedAgents
+from flujo_dagster.adapter.storage.resources import AgentRuntime, PricedAgents
 from flujo_dagster.adapter.storage.types import KeyType, key_type
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Step
@@ -176,7 +176,9 @@ def priced_agents(
     inline op, the limits of the Dagster concurrency pools its agent steps use)."""
     book: PriceBook = getattr(context.resources, PRICE_BOOK_KEY)
     budgets = OpBudgets(context, pipeline, book)
-    return PricedAgents(getattr(context.resources, AGENT_RUNTIME_KEY), book, budgets.for_step, pools)
+    runtime: AgentRuntime = getattr(context.resources, AGENT_RUNTIME_KEY)
+    runtime.check_step_models(pipeline)  # a run's config naming no agent step fails here, before any call
+    return PricedAgents(runtime, book, budgets.for_step, pools)
 
 
 async def _run_leaf(

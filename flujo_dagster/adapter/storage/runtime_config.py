@@ -14,6 +14,9 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.providers import Provider, infer_provider, infer_provider_class
 
+from flujo_dagster.dsl.flow import walk
+from flujo_dagster.dsl.pipeline import Pipeline
+from flujo_dagster.dsl.steps import AgentStep
 from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.pricing.prices import Price
 
@@ -68,6 +71,8 @@ class PythonOnly:
     model: Model | None = None
     step_models: Mapping[str, Model] = field(default_factory=dict)
     prices: Mapping[str, Price] = field(default_factory=dict)
+    built_step_names: frozenset[str] = frozenset()
+    """The step names `step_models` held when built in Python (for other pipelines of the location, maybe)."""
 
 
 class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
@@ -97,7 +102,8 @@ class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
         name, names, obj, objs = split_choices(model, step_models)
         super().__init__(model=name, step_models=names, providers=dict(providers or {}))
         check_providers(self.providers)
-        self._python = PythonOnly(model=obj, step_models=objs, prices=dict(prices or {}))
+        built = frozenset(step_models or {})
+        self._python = PythonOnly(model=obj, step_models=objs, prices=dict(prices or {}), built_step_names=built)
 
     def _with_updated_values(self, values: Mapping[str, Any] | None) -> Self:
         """The copy Dagster makes for a run, with the run's config: Dagster rebuilds a resource from its config
@@ -122,6 +128,17 @@ class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
         python = self._python
         slots = (self.step_models.get(step_name), python.step_models.get(step_name), self.model, python.model)
         return next((c for c in slots if c is not None), None)
+
+    def check_step_models(self, pipeline: Pipeline) -> None:
+        """`ConfigurationError` when a run's config names in `step_models` a step that is no agent step of
+        `pipeline` (a typo would otherwise change nothing); names built in Python may be other pipelines'."""
+        agent_steps = {s.name for _, s in walk(pipeline.steps, pipeline.name) if isinstance(s, AgentStep)}
+        unknown = sorted(set(self.step_models) - agent_steps - self._python.built_step_names)
+        if unknown:
+            raise ConfigurationError(
+                f"agent_runtime step_models names {unknown}, which are no agent steps of pipeline "
+                f"{pipeline.name!r} (its agent steps: {sorted(agent_steps)}); fix the step names in the run's config"
+            )
 
     def build_model(self, choice: ModelChoice, *, where: str) -> Model:
         """`choice` as a model object: a string built with the provider settings configured here."""
