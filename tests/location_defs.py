@@ -24,6 +24,13 @@ PRICE = Price(input_per_mtok=1, output_per_mtok=2)
 runtime = AgentRuntime(model=FunctionModel(answer, model_name="metered"), prices={"function:metered": PRICE})
 
 
+other_runtime = AgentRuntime(
+    model=FunctionModel(answer, model_name="metered"),
+    prices={"function:metered": Price(input_per_mtok=3, output_per_mtok=4)},
+)
+"""Differs from `make_runtime()` by its price (an `AgentRuntime` equal by value to another is shared with it)."""
+
+
 def make_runtime() -> AgentRuntime:
     """A factory of a runtime, named by import path in a component's `agent_runtime`."""
     return AgentRuntime(model=FunctionModel(answer, model_name="metered"), prices={"function:metered": PRICE})

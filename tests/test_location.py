@@ -155,7 +155,7 @@ def test_several_components_share_one_location(
     ("second", "key"),
     [
         ('  prices:\n    "openai:gpt-5-mini": {input_per_mtok: "9", output_per_mtok: "9"}\n', "price_book"),
-        ("  agent_runtime: tests.location_defs:runtime\n", "agent_runtime"),
+        ("  agent_runtime: tests.location_defs:other_runtime\n", "agent_runtime"),
     ],
 )
 def test_components_that_conflict_name_the_key_and_both_components(
