@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from flujo_dagster.dsl.steps import AgentStep
     from flujo_dagster.pricing.prices import Price, PriceBook
 
-__all__ = ["AgentLike", "AssetKeyLike", "ModelLike", "PipelineNaming", "PricingRuntime"]
+__all__ = ["AgentLike", "AssetKeyLike", "AssetSpecLike", "ModelLike", "PipelineNaming", "PricingRuntime"]
 
 
 @runtime_checkable
@@ -52,11 +52,17 @@ class AssetKeyLike(Protocol):
     def path(self) -> Sequence[str]: ...
 
 
+class AssetSpecLike(Protocol):
+    """What validation needs of an asset spec (a dagster `AssetSpec` fits)."""
+
+    @property
+    def key(self) -> AssetKeyLike: ...
+
+
 class PipelineNaming(Protocol):
-    """How pipelines are named in Dagster, as far as validation checks the names (`FlujoDagsterTranslator` fits)."""
+    """How pipelines are named in Dagster, as far as validation checks the names (`FlujoDagsterTranslator` fits):
+    the job name, and the asset key of each asset spec (`key` None: the final context)."""
 
     def get_job_name(self, pipeline: Pipeline) -> str: ...
 
-    def get_asset_key(self, pipeline: Pipeline, key: str) -> AssetKeyLike: ...
-
-    def get_context_asset_key(self, pipeline: Pipeline) -> AssetKeyLike: ...
+    def get_asset_spec(self, pipeline: Pipeline, key: str | None) -> AssetSpecLike: ...

@@ -39,6 +39,7 @@ __all__ = [
     "CHECKPOINT_MANIFEST",
     "CONTEXT_KEY",
     "CONTEXT_OP",
+    "CONTEXT_CHECK_OP",
     "CONTEXT_OUTPUT",
     "CONTINUE_OUTPUT",
     "COST_USD",
@@ -100,6 +101,7 @@ __all__ = [
     "TOTAL_OUTPUT_TOKENS",
     "TYPE",
     "TYPE_CHECK",
+    "CONTEXT_CHECK",
     "UPSTREAM_COST_USD",
     "USAGE_UNKNOWN",
     "USER_TAG",
@@ -184,6 +186,8 @@ class OpKind(StrEnum):
     """`flujo_context`, the last op: assembles and validates the final context."""
     UPSTREAM = "upstream"
     """`flujo_upstream_<key>`: validates the value loaded from an upstream asset and emits it as the key."""
+    CONTEXT_CHECK = "context_check"
+    """After `flujo_context` when the final context is not an asset: reports the `flujo_final_context` check."""
     FUNCTION = "function"
     AGENT = "agent"
     APPROVAL = "approval"
@@ -361,10 +365,14 @@ RUN_COST_TAGS = (RUN_COST_TAG, RUN_TOKENS_TAG, RUN_CALLS_TAG, RUN_COST_BAND_TAG)
 """The run cost tags: measured per run, never inherited by a resume flujo launches."""
 TYPE_CHECK = "flujo_type"
 """The name of the check every asset gets: its stored value validates against its declared type."""
+CONTEXT_CHECK = "flujo_final_context"
+"""The check on a pipeline's last asset (in `assets=` order) that its run's final context validated and was
+stored, when the final context is not an asset itself (`Pipeline(context_asset=False)`, the default)."""
 
 # --- ops, inputs and outputs ----------------------------------------------------------------------------------------
 INPUTS_OP = "flujo_inputs"
 CONTEXT_OP = "flujo_context"
+CONTEXT_CHECK_OP = "flujo_context_check"
 CONTEXT_OUTPUT = "final_context"
 CONTEXT_KEY = "__context__"
 """The key name the final context is stored under (not a field name: pydantic refuses leading underscores)."""

@@ -63,6 +63,7 @@ provenanced = Pipeline(
     ],
     # outline: before both gates; title: between them; summary: shown by the second; report: after both
     assets=["outline", "title", "summary", "report"],
+    context_asset=True,
 )
 
 

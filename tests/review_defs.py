@@ -79,6 +79,7 @@ reviewed = Pipeline(
     steps=[sources, write, Approval("review", show=["draft"]), stats, summarise, publish],
     assets=["sources", "draft", "stats", "summary", "report"],
     checks=CHECKS,
+    context_asset=True,
 )
 checked = Pipeline(
     "checked",
@@ -184,6 +185,7 @@ lineage = Pipeline(
         report,
     ],
     assets=["items", "doubled", "draft", "verdict", "report"],
+    context_asset=True,
 )
 lineage_defs = build_definitions(pipelines=[lineage], resources={"approval_settings": UNKNOWN_OK})
 

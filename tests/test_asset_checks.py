@@ -44,7 +44,7 @@ def test_every_asset_has_a_type_check_and_the_user_checks() -> None:
         ("checked/summary", "summary_not_empty"): True,
         ("checked/report", "flujo_type"): True,
         ("checked/report", "report_short"): False,
-        ("checked/final_context", "flujo_type"): True,
+        ("checked/report", "flujo_final_context"): True,  # the final context is not an asset here
     }
 
 
@@ -63,7 +63,11 @@ def test_passing_checks_and_a_failing_non_blocking_one(instance: DagsterInstance
             AssetCheckSeverity.WARN,
             "report_short returned a false value for this materialization",
         ),
-        ("checked/final_context", "flujo_type"): (True, AssetCheckSeverity.ERROR, typed),
+        ("checked/report", "flujo_final_context"): (
+            True,
+            AssetCheckSeverity.ERROR,
+            "the run's final context validated as Brief and was stored",
+        ),
     }
 
 

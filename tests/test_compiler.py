@@ -94,7 +94,9 @@ def ratio(items: dict[str, Item]) -> float:
     return float("nan") if len(items) == 1 else 0.0
 
 
-rich = Pipeline("rich", context=Rich, steps=point >> classify >> items >> ratio, assets=["items", "ratio"])
+rich = Pipeline(
+    "rich", context=Rich, steps=point >> classify >> items >> ratio, assets=["items", "ratio"], context_asset=True
+)
 
 
 def test_keys_of_every_pydantic_shape_flow_through_typed_ops(instance: DagsterInstance) -> None:

@@ -332,7 +332,7 @@ class Climbing(FlujoDagsterTranslator):
 
 
 def test_a_translators_asset_keys_that_cannot_name_a_stored_file() -> None:
-    pipeline = Pipeline("notes", context=Note, steps=[summary], assets=["summary"])
+    pipeline = Pipeline("notes", context=Note, steps=[summary], assets=["summary"], context_asset=True)
     hint = (
         "Hint: return asset key parts of at most 100 characters without '/', '\\' or control characters, other "
         "than '.' and '..', from the translator (each asset's latest value is stored in a file named after its key)"

@@ -89,6 +89,8 @@ class Pipeline(Generic[Ctx]):
     `pipeline >> step` gives a new pipeline; so does `pipeline >> other_pipeline` when both use the same context
     model. Generic over the context model (`Pipeline[MyModel]`, inferred), so a run's final context is typed as
     `MyModel`.
+    `context_asset=True` also makes the final context an asset (`<pipeline>/final_context`) of a pipeline with
+    assets; by default it is only the run's result.
     """
 
     name: str
@@ -104,6 +106,7 @@ class Pipeline(Generic[Ctx]):
     """Context keys loaded from other assets when the run starts (not run inputs): key -> asset key path."""
     deps: tuple[AssetKeyPath, ...] = field(default=())
     """Assets the pipeline's assets depend on without reading them (lineage and ordering only)."""
+    context_asset: bool = False
 
     def __init__(
         self,
@@ -119,11 +122,12 @@ class Pipeline(Generic[Ctx]):
         checks: Iterable[Check] = (),
         upstream: Mapping[str, AssetRef] | None = None,
         deps: Iterable[AssetRef] = (),
+        context_asset: bool = False,
     ) -> None:
         _check_context(name, context)
         values = {"name": name, "context": context, "steps": as_steps(steps), "assets": tuple(assets)}
         values |= {"description": description, "budget": budget, "schedule": schedule, "partitions": partitions}
-        values |= {"checks": tuple(checks), "_initial": None}
+        values |= {"checks": tuple(checks), "context_asset": context_asset, "_initial": None}
         values |= {"upstream": _upstream(name, upstream or {}), "deps": _deps(name, deps)}
         values["_fields"] = {n: info.rebuild_annotation() for n, info in context.model_fields.items()}
         for attribute, value in values.items():
@@ -183,8 +187,9 @@ class Pipeline(Generic[Ctx]):
 
 def _composed(first: Pipeline[Ctx], other: StepsLike | Pipeline) -> Pipeline[Ctx]:
     """`first >> other`: `other`'s steps appended; a pipeline's assets, checks, upstream keys and deps too (same
-    context model; one key loaded from two assets is refused)."""
+    context model; one key loaded from two assets is refused), and its `context_asset=True`."""
     assets, checks, upstream, deps = first.assets, first.checks, dict(first.upstream), first.deps
+    context_asset = first.context_asset
     if isinstance(other, Pipeline):
         if other.context is not first.context:
             raise ConfigurationError(
@@ -196,6 +201,7 @@ def _composed(first: Pipeline[Ctx], other: StepsLike | Pipeline) -> Pipeline[Ctx
         checks = (*checks, *(c for c in other.checks if c not in checks))
         upstream = _merged_upstream(first, other)
         deps = (*deps, *(d for d in other.deps if d not in deps))
+        context_asset = context_asset or other.context_asset
     else:
         added = as_steps(other)
     return Pipeline(
@@ -210,6 +216,7 @@ def _composed(first: Pipeline[Ctx], other: StepsLike | Pipeline) -> Pipeline[Ctx
         checks=checks,
         upstream=upstream,
         deps=deps,
+        context_asset=context_asset,
     )
 
 

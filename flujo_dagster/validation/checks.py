@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from flujo_dagster.dsl.checks import Check
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.interfaces import PipelineNaming
-from flujo_dagster.names import TYPE_CHECK, step_path
+from flujo_dagster.names import CONTEXT_CHECK, TYPE_CHECK, step_path
 from flujo_dagster.validation.findings import Finding
 from flujo_dagster.validation.names import check_identifier, is_dagster_name, is_identifier_name
 
@@ -30,10 +30,11 @@ def _names(pipeline: Pipeline, checks: list[Check], naming: PipelineNaming) -> I
     """CHECK-002 and CHECK-003 for the checks on asset keys."""
     outputs: dict[str, Check] = {}
     for check in checks:
-        asset_key = list(naming.get_asset_key(pipeline, check.key).path)
+        asset_key = list(naming.get_asset_spec(pipeline, check.key).key.path)
         output = check_identifier(asset_key, check.name)
-        if check.name == TYPE_CHECK:
-            message = f"check {check.name!r} on key {check.key!r} has the name of flujo's own type check."
+        if check.name in (TYPE_CHECK, CONTEXT_CHECK):
+            own = "type check" if check.name == TYPE_CHECK else "final-context check"
+            message = f"check {check.name!r} on key {check.key!r} has the name of flujo's own {own}."
             yield _finding(pipeline, "CHECK-002", check, message, "rename the check (Check(..., name=...))")
         elif not is_identifier_name(check.name.replace(".", "_")):
             message = (

@@ -23,6 +23,11 @@ class _Key:
     path: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class _Spec:
+    key: _Key
+
+
 class DefaultNaming:
     """The names `FlujoDagsterTranslator` gives by default: job = pipeline name, asset key `[pipeline, key]`,
     the final context `[pipeline, "final_context"]` (a test keeps the two in step)."""
@@ -38,6 +43,10 @@ class DefaultNaming:
     def get_context_asset_key(self, pipeline: Pipeline) -> _Key:
         """`[pipeline, "final_context"]`."""
         return _Key((pipeline.name, CONTEXT_OUTPUT))
+
+    def get_asset_spec(self, pipeline: Pipeline, key: str | None) -> _Spec:
+        """A spec with the key `get_asset_key` gives (`key` None: `get_context_asset_key`)."""
+        return _Spec(self.get_asset_key(pipeline, key) if key is not None else self.get_context_asset_key(pipeline))
 
 
 DEFAULT_NAMING = DefaultNaming()
@@ -74,7 +83,7 @@ def rule_asset_names(pipeline: Pipeline, naming: PipelineNaming) -> Iterator[Fin
     keys = [k for k in dict.fromkeys(pipeline.assets) if k in pipeline.fields]
     for key in keys:
         path = key_path(pipeline.name, key)
-        asset_key = list(naming.get_asset_key(pipeline, key).path)
+        asset_key = list(naming.get_asset_spec(pipeline, key).key.path)
         output = check_identifier(asset_key, TYPE_CHECK)
         unsafe = _unsafe_part(asset_key)
         if unsafe is not None:
@@ -105,7 +114,9 @@ def rule_asset_names(pipeline: Pipeline, naming: PipelineNaming) -> Iterator[Fin
                 f"({output!r}), and {_LEGAL}.",
                 hint="rename the context field (letters, digits and underscores), or leave it out of assets=",
             )
-    context_key = list(naming.get_context_asset_key(pipeline).path)
+    if not pipeline.context_asset:
+        return
+    context_key = list(naming.get_asset_spec(pipeline, None).key.path)
     unsafe = _unsafe_part(context_key)
     if unsafe is not None:
         yield Finding(
@@ -123,7 +134,7 @@ def rule_asset_names(pipeline: Pipeline, naming: PipelineNaming) -> Iterator[Fin
             pipeline=pipeline.name,
             path=pipeline.name,
             message=f"the final context's asset key {context_key} cannot name Dagster outputs: {_LEGAL}.",
-            hint="return an asset key of letters, digits and underscores from get_context_asset_key",
+            hint="return an asset key of letters, digits and underscores from get_asset_spec(pipeline, None)",
         )
 
 

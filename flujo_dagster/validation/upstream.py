@@ -125,8 +125,9 @@ def rule_upstream_assets(pipeline: Pipeline, naming: PipelineNaming) -> Iterator
     and no upstream key is itself in `assets=` (it is another asset already)."""
     sources = [(_shown(p), f"upstream key {k!r}") for k, p in pipeline.upstream.items()]
     sources += [(_shown(p), "deps") for p in pipeline.deps]
-    own = {_shown(tuple(naming.get_asset_key(pipeline, k).path)) for k in pipeline.assets if k in pipeline.fields}
-    own.add(_shown(tuple(naming.get_context_asset_key(pipeline).path)))
+    own = {_shown(tuple(naming.get_asset_spec(pipeline, k).key.path)) for k in pipeline.assets if k in pipeline.fields}
+    if pipeline.context_asset:
+        own.add(_shown(tuple(naming.get_asset_spec(pipeline, None).key.path)))
     seen: dict[str, str] = {}
     for asset, where in sources:
         if asset in own:

@@ -10,6 +10,7 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     AssetSelection,
+    AssetSpec,
     ExecutorDefinition,
     GraphDefinition,
     JobDefinition,
@@ -25,6 +26,7 @@ from flujo_dagster.adapter.compile.reviews import ReviewPlan, plan_reviews
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.names import (
+    CONTEXT_KEY,
     CONTEXT_OP,
     CONTEXT_OUTPUT,
     INPUTS_OP,
@@ -98,8 +100,10 @@ def compile_pipeline(
     built = build_graph(pipeline, lambda node: step_key(pipeline.name, has_assets, node))
     upstream = data_upstream(built)  # from the ops as built, before the review replaces asset producers
     job_name = translator.get_job_name(pipeline)
+    specs = _asset_specs(pipeline, translator) if has_assets else {}
     # asset producers wrapped for review metadata and checks (replaced in built.defs)
-    review = plan_reviews(pipeline, built, translator) if has_assets else ReviewPlan()
+    keys = {k: spec.key for k, spec in specs.items()}
+    review = plan_reviews(pipeline, built, keys) if has_assets else ReviewPlan()
     graph = _graph(pipeline, built, review)
     if not pipeline.assets:
         job = graph.to_job(
@@ -117,7 +121,7 @@ def compile_pipeline(
             context_step_key=CONTEXT_OP,
             inputs_step_key=INPUTS_OP,
         )
-    assets = _assets(pipeline, graph, built, upstream, review, translator)
+    assets = _assets(pipeline, graph, built, upstream, review, specs)
     asset_job = define_asset_job(
         job_name,
         selection=AssetSelection.assets(assets),
@@ -146,11 +150,26 @@ def _graph(pipeline: Pipeline, built: BuiltGraph, review: ReviewPlan) -> GraphDe
         input_mappings=built.input_mappings,
         output_mappings=[
             *(OutputMapping(io_name(k), *built.live[k]) for k in pipeline.assets),
-            # Dagster refuses non-asset leaf ops in a graph-backed asset: the final context is an asset too.
-            *([OutputMapping(CONTEXT_OUTPUT, CONTEXT_OP, CONTEXT_OUTPUT)] if pipeline.assets else []),
+            # Dagster refuses non-asset leaf ops in a graph-backed asset: the final context is an asset, or the
+            # op after it reports a check (`reviews._context_check`).
+            *([OutputMapping(CONTEXT_OUTPUT, CONTEXT_OP, CONTEXT_OUTPUT)] if _context_asset(pipeline) else []),
             *review.output_mappings,
         ],
     )
+
+
+def _context_asset(pipeline: Pipeline) -> bool:
+    """Whether the final context is an asset: asked for (`context_asset=True`) by a pipeline with assets."""
+    return bool(pipeline.assets) and pipeline.context_asset
+
+
+def _asset_specs(pipeline: Pipeline, translator: FlujoDagsterTranslator) -> dict[str, AssetSpec]:
+    """The translator's spec of each asset of `pipeline`, by key name (`CONTEXT_KEY`: the final context, when it
+    is an asset)."""
+    specs = {k: translator.get_asset_spec(pipeline, k) for k in pipeline.assets}
+    if _context_asset(pipeline):
+        specs[CONTEXT_KEY] = translator.get_asset_spec(pipeline, None)
+    return specs
 
 
 def _assets(
@@ -159,35 +178,35 @@ def _assets(
     built: BuiltGraph,
     upstream: dict[str, list[Producer]],
     review: ReviewPlan,
-    translator: FlujoDagsterTranslator,
+    specs: Mapping[str, AssetSpec],
 ) -> AssetsDefinition:
-    """The graph-backed assets: one per asset key and one for the final context, named, grouped, described and
-    tagged by the translator, with the lineage between them (and from the upstream assets and deps they derive
-    from, whose keys the graph's inputs are mapped to) and the review's checks."""
+    """The graph-backed assets: one per asset key (and the final context, when asked for), with the translator's
+    specs (key, group, description, metadata, tags and kinds, owners, code version, automation condition), the
+    lineage between them (and from the upstream assets and deps they derive from, whose keys the graph's inputs
+    are mapped to) and the review's checks."""
     live, input_assets = built.live, built.input_assets
-    outs: dict[str, str | None] = {io_name(k): k for k in pipeline.assets}
-    outs[CONTEXT_OUTPUT] = None
-    asset_keys = {
-        o: translator.get_asset_key(pipeline, k) if k is not None else translator.get_context_asset_key(pipeline)
-        for o, k in outs.items()
-    }
-    descriptions = {o: translator.get_description(pipeline, k) for o, k in outs.items()}
+    by_output = {(CONTEXT_OUTPUT if k == CONTEXT_KEY else io_name(k)): spec for k, spec in specs.items()}
+    keys: dict[str, AssetKey] = {o: spec.key for o, spec in by_output.items()}
     produced_by = {io_name(k): live[k] for k in pipeline.assets}
-    produced_by[CONTEXT_OUTPUT] = (CONTEXT_OP, CONTEXT_OUTPUT)
+    if CONTEXT_KEY in specs:
+        produced_by[CONTEXT_OUTPUT] = (CONTEXT_OP, CONTEXT_OUTPUT)
     inputs = {name: AssetKey(list(path)) for name, path in input_assets.items()}
-    asset_of = {p: asset_keys[o] for o, p in produced_by.items()}
+    asset_of = {p: keys[o] for o, p in produced_by.items()}
     asset_of |= {(upstream_op(k), io_name(k)): inputs[upstream_op(k)] for k in pipeline.upstream}
     lineage = _asset_lineage(upstream, produced_by, asset_of)
     deps = {AssetKey(list(path)) for path in pipeline.deps}  # non-data: every asset of the pipeline waits for them
     return AssetsDefinition.from_graph(
         graph,
         keys_by_input_name=inputs,
-        keys_by_output_name=asset_keys,
+        keys_by_output_name=keys,
         internal_asset_deps={o: parents | deps for o, parents in lineage.items()},
-        group_names_by_output_name={o: translator.get_group_name(pipeline, k) for o, k in outs.items()},
-        descriptions_by_output_name={o: d for o, d in descriptions.items() if d is not None},
-        metadata_by_output_name={o: dict(translator.get_metadata(pipeline, k)) for o, k in outs.items()},
-        tags_by_output_name={o: dict(translator.get_tags(pipeline, k)) for o, k in outs.items()},
+        group_names_by_output_name={o: s.group_name for o, s in by_output.items()},
+        descriptions_by_output_name={o: s.description for o, s in by_output.items() if s.description is not None},
+        metadata_by_output_name={o: dict(s.metadata) for o, s in by_output.items()},
+        tags_by_output_name={o: dict(s.tags) for o, s in by_output.items()},  # kinds are `dagster/kind/` tags
+        owners_by_output_name={o: list(s.owners) for o, s in by_output.items()},
+        code_versions_by_output_name={o: s.code_version for o, s in by_output.items()},
+        automation_conditions_by_output_name={o: s.automation_condition for o, s in by_output.items()},
         check_specs=review.check_specs,
         partitions_def=partitions_def(pipeline),
     )

@@ -5,17 +5,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from dagster import AssetCheckSpec, AssetKey, OpDefinition, OutputMapping
+from dagster import AssetCheckSpec, AssetKey, DependencyDefinition, OpDefinition, OutputMapping
 
 from flujo_dagster import names
 from flujo_dagster.adapter.compile.graph.built import BuiltGraph
 from flujo_dagster.adapter.compile.lineage import data_upstream
-from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
-from flujo_dagster.adapter.ops.checks import AssetPlan, checked_op
+from flujo_dagster.adapter.ops.checks import AssetPlan, checked_op, context_check_op
 from flujo_dagster.dsl.checks import Check
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ConfigurationError
-from flujo_dagster.names import CONTEXT_KEY, CONTEXT_OP, CONTEXT_OUTPUT, TYPE_CHECK, io_name, step_key
+from flujo_dagster.names import (
+    AFTER_INPUT,
+    CONTEXT_CHECK,
+    CONTEXT_CHECK_OP,
+    CONTEXT_KEY,
+    CONTEXT_OP,
+    CONTEXT_OUTPUT,
+    TYPE_CHECK,
+    io_name,
+    op_name,
+    step_key,
+)
 
 __all__ = ["ReviewPlan", "plan_reviews"]
 
@@ -63,14 +73,32 @@ def _specs(pipeline: Pipeline, key: str, asset_key: AssetKey) -> tuple[tuple[Ass
     return ((typed, None), *user)
 
 
-def plan_reviews(pipeline: Pipeline, built: BuiltGraph, translator: FlujoDagsterTranslator) -> ReviewPlan:
-    """Wrap each asset-producing op of `built` (replaced in `built.defs`) and return the checks to declare. The
-    checks passed validation: each is on an asset key, under a name of its own (CHECK-001 to CHECK-003)."""
+def _context_check(pipeline: Pipeline, built: BuiltGraph, host: AssetKey) -> tuple[AssetCheckSpec, OutputMapping]:
+    """Add the `flujo_context_check` op after `flujo_context` (the final context is not an asset): it reports the
+    `flujo_final_context` check on `host`, the pipeline's last asset."""
+    spec = AssetCheckSpec(
+        CONTEXT_CHECK,
+        asset=host,
+        blocking=True,
+        description=f"The run's final {pipeline.context.__name__} validated, was stored and loads back.",
+    )
+    step = step_key(pipeline.name, True, CONTEXT_OP)
+    name = op_name(pipeline.name, CONTEXT_CHECK_OP)
+    built.defs[CONTEXT_CHECK_OP] = context_check_op(name, pipeline.context, spec, context_step=step)
+    built.deps[CONTEXT_CHECK_OP] = {AFTER_INPUT: DependencyDefinition(CONTEXT_OP, CONTEXT_OUTPUT)}
+    output = spec.get_python_identifier()
+    return spec, OutputMapping(output, CONTEXT_CHECK_OP, output)
+
+
+def plan_reviews(pipeline: Pipeline, built: BuiltGraph, keys: Mapping[str, AssetKey]) -> ReviewPlan:
+    """Wrap each asset-producing op of `built` (replaced in `built.defs`) and return the checks to declare.
+    `keys`: the asset key of each asset's key name, and of `CONTEXT_KEY` when the final context is an asset
+    (else the `flujo_context_check` op is added). The checks passed validation: each is on an asset key, under a
+    name of its own (CHECK-001 to CHECK-003)."""
     assert all(c.key in pipeline.assets for c in pipeline.checks), "validation refuses it (CHECK-001)"
     producers = {k: built.live[k] for k in pipeline.assets}
-    keys = {k: translator.get_asset_key(pipeline, k) for k in pipeline.assets}
-    producers[CONTEXT_KEY] = (CONTEXT_OP, CONTEXT_OUTPUT)
-    keys[CONTEXT_KEY] = translator.get_context_asset_key(pipeline)
+    if CONTEXT_KEY in keys:
+        producers[CONTEXT_KEY] = (CONTEXT_OP, CONTEXT_OUTPUT)
     asset_ops = {op for op, _ in producers.values()}
     every_node = frozenset(built.defs)
     upstream = data_upstream(built)
@@ -110,4 +138,8 @@ def plan_reviews(pipeline: Pipeline, built: BuiltGraph, translator: FlujoDagster
             for spec, _ in plan.checks:
                 specs.append(spec)
                 mappings.append(OutputMapping(spec.get_python_identifier(), node, spec.get_python_identifier()))
+    if CONTEXT_KEY not in keys:
+        spec, mapping = _context_check(pipeline, built, keys[pipeline.assets[-1]])
+        specs.append(spec)
+        mappings.append(mapping)
     return ReviewPlan(tuple(specs), tuple(mappings))

@@ -23,7 +23,7 @@ from dagster import (
     Out,
     Output,
 )
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from flujo_dagster import names
 from flujo_dagster.adapter.control.costs import AgentCallSummary, metadata_calls
@@ -40,13 +40,16 @@ from flujo_dagster.adapter.storage.io_manager import Origin, PydanticJsonIOManag
 from flujo_dagster.dsl.checks import Check
 from flujo_dagster.errors import ConfigurationError, StorageError
 from flujo_dagster.names import (
+    AFTER_INPUT,
     APPROVAL_PREFIX,
+    CONTEXT_KEY,
+    CONTEXT_OUTPUT,
     IO_MANAGER_KEY,
 )
 from flujo_dagster.runtime.values import coerce_value
 from flujo_dagster.validation.typecompat import type_name
 
-__all__ = ["AssetPlan", "checked_op"]
+__all__ = ["AssetPlan", "checked_op", "context_check_op"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,4 +222,48 @@ def checked_op(definition: OpDefinition, plans: Sequence[AssetPlan], *, name: st
         required_resource_keys={*definition.required_resource_keys, IO_MANAGER_KEY},
         retry_policy=definition.retry_policy,
         pool=definition.pool,
+    )
+
+
+def context_check_op(name: str, model: type[BaseModel], spec: AssetCheckSpec, *, context_step: str) -> OpDefinition:
+    """The op after `flujo_context` when the final context is not an asset: it reads the stored final context
+    back as `model` and reports the result as `spec` (`flujo_final_context`, on another asset of the pipeline).
+    Its check output is what keeps `flujo_context` inside the graph-backed asset: Dagster runs an op there only
+    when it leads to an asset or a check. With an IO manager other than flujo's, the context op's own validation
+    stands (nothing to read back)."""
+    stored = StoredKey(CONTEXT_KEY, model)
+
+    def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Any]:
+        io = getattr(context.resources, IO_MANAGER_KEY)
+        passed, detail = True, f"the run's final context validated as {model.__name__} and was stored"
+        if isinstance(io, PydanticJsonIOManager):
+            root = io.root(context.instance.storage_directory())
+            path = io.output_path(root, context.run_id, context_step, CONTEXT_OUTPUT)
+            try:
+                io.read(path, stored, where=Origin(context.run_id, context_step), root=root)
+            except (StorageError, ValidationError) as exc:
+                passed, detail = False, str(exc)
+        yield AssetCheckResult(
+            asset_key=spec.asset_key,
+            check_name=spec.name,
+            passed=passed,
+            severity=AssetCheckSeverity.ERROR,
+            description=detail,
+            metadata={names.CHECK_RESULT: detail},
+        )
+        if not passed:
+            raise Failure(
+                description=f"the final context of run {context.run_id} does not load back: {detail}",
+                metadata={names.CHECK_ASSET: spec.asset_key.to_user_string(), names.CHECK_FAILED: spec.name},
+                allow_retries=False,
+            )
+
+    return OpDefinition(
+        compute_fn=compute,
+        name=name,
+        ins={AFTER_INPUT: In(Nothing)},
+        outs={spec.get_python_identifier(): Out(Nothing, is_required=False)},
+        required_resource_keys={IO_MANAGER_KEY},
+        description=f"Reads the stored final {model.__name__} back and reports check {spec.name!r}.",
+        tags=names.op_tags(names.OpKind.CONTEXT_CHECK),
     )

@@ -45,7 +45,8 @@ def build_graph(pipeline: Pipeline, step_key: Callable[[str], str]) -> BuiltGrap
     b.g.deps[INPUTS_OP] = {}
     op = context_op(pipeline, op_name(pipeline.name, CONTEXT_OP), final, step_key=step_key, watch=b.watch)
     # Ordering needs only the outputs nobody reads; depending on each of them also ties every output to
-    # the final_context asset (Dagster refuses asset-graph outputs that lead to no asset).
+    # the final_context asset or the check after it (Dagster refuses asset-graph outputs that lead to no asset
+    # or check).
     consumed = {u for sources in b.g.upstream.values() for u in sources}
     unread = [(node, out) for node, d in b.g.defs.items() for out in outputs(d) if (node, out) not in consumed]
     b.add(CONTEXT_OP, op, {}, None, [ready, *unread])
