@@ -7,11 +7,12 @@ The component resolves the pipeline (and optionally an agent runtime and a trans
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Sequence
+from typing import Annotated, Literal
 
-from dagster import AssetKey, Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
+from dagster import AssetSpec, Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
 from dagster.components import Component, ComponentLoadContext, Model, Resolvable, scaffold_with
+from dagster.components.utils.translation import TranslationFn, TranslationFnResolver
 from pydantic import Field
 
 from flujo_dagster.adapter.compile.component_models import (
@@ -28,7 +29,7 @@ from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.storage.resources import AgentRuntime
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.errors import ConfigurationError
-from flujo_dagster.names import AGENT_RUNTIME_KEY
+from flujo_dagster.names import AGENT_RUNTIME_KEY, CONTEXT_OUTPUT
 from flujo_dagster.pricing.prices import Price
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "PartitionsModel",
     "PriceModel",
     "ScheduleModel",
+    "TranslationData",
     "TranslatorModel",
     "load_object",
 ]
@@ -56,31 +58,44 @@ class TranslatorModel(Model):
     group_name: str | None = Field(default=None, description="The asset group of every asset of the pipeline.")
 
 
-class _SettingsTranslator(FlujoDagsterTranslator):
-    """Applies a key prefix and a group name over another translator."""
+@dataclasses.dataclass(frozen=True)
+class TranslationData:
+    """What a `translation:` block's templates see of an asset: `{{ pipeline }}` (the pipeline's name), `{{ key }}`
+    (the context key, or `final_context` for the final context) and, from Dagster, `{{ spec }}` (the spec so far)."""
 
-    def __init__(self, base: FlujoDagsterTranslator, key_prefix: Sequence[str], group_name: str | None) -> None:
+    pipeline: str
+    key: str
+
+
+def _template_vars(data: TranslationData) -> dict[str, object]:
+    return {"pipeline": data.pipeline, "key": data.key}
+
+
+class _SettingsTranslator(FlujoDagsterTranslator):
+    """Applies a key prefix and a group name (`translator:`), then the `translation:` block, over another
+    translator's spec."""
+
+    def __init__(
+        self,
+        base: FlujoDagsterTranslator,
+        key_prefix: Sequence[str],
+        group_name: str | None,
+        translation: TranslationFn[TranslationData] | None,
+    ) -> None:
         self.base = base
         self.key_prefix = list(key_prefix)
         self.group_name = group_name
+        self.translation = translation
 
-    def get_asset_key(self, pipeline: Pipeline, key: str) -> AssetKey:
-        return self.base.get_asset_key(pipeline, key).with_prefix(self.key_prefix)
-
-    def get_context_asset_key(self, pipeline: Pipeline) -> AssetKey:
-        return self.base.get_context_asset_key(pipeline).with_prefix(self.key_prefix)
-
-    def get_group_name(self, pipeline: Pipeline, key: str | None) -> str | None:
-        return self.group_name if self.group_name is not None else self.base.get_group_name(pipeline, key)
-
-    def get_description(self, pipeline: Pipeline, key: str | None) -> str | None:
-        return self.base.get_description(pipeline, key)
-
-    def get_tags(self, pipeline: Pipeline, key: str | None) -> Mapping[str, str]:
-        return self.base.get_tags(pipeline, key)
-
-    def get_metadata(self, pipeline: Pipeline, key: str | None) -> Mapping[str, object]:
-        return self.base.get_metadata(pipeline, key)
+    def get_asset_spec(self, pipeline: Pipeline, key: str | None) -> AssetSpec:
+        spec = self.base.get_asset_spec(pipeline, key)
+        if self.key_prefix:
+            spec = spec.replace_attributes(key=spec.key.with_prefix(self.key_prefix))
+        if self.group_name is not None:
+            spec = spec.replace_attributes(group_name=self.group_name)
+        if self.translation is not None:
+            spec = self.translation(spec, TranslationData(pipeline.name, key if key is not None else CONTEXT_OUTPUT))
+        return spec
 
     def get_job_name(self, pipeline: Pipeline) -> str:
         return self.base.get_job_name(pipeline)
@@ -101,6 +116,14 @@ class FlujoPipelineComponent(Component, Model, Resolvable):
     strict_pricing: bool = True
     budget: BudgetModel | None = None
     translator: TranslatorModel | None = None
+    translation: Annotated[
+        TranslationFn[TranslationData] | None, TranslationFnResolver[TranslationData](_template_vars)
+    ] = Field(
+        default=None,
+        description="Asset attributes (key, group_name, description, kinds, owners, tags, metadata, code_version, "
+        "automation_condition, key_prefix) applied to every asset's spec, after `translator`; templates see "
+        "{{ pipeline }}, {{ key }} and {{ spec }}.",
+    )
     executor: Literal["in_process", "multiprocess"] = "in_process"
     schedule: ScheduleModel | None = None
     partitions: PartitionsModel | None = None
@@ -158,17 +181,16 @@ class FlujoPipelineComponent(Component, Model, Resolvable):
         return {model: price.resolve(f"prices[{model!r}]") for model, price in self.prices.items()}
 
     def resolve_translator(self) -> FlujoDagsterTranslator | None:
-        """The translator `translator` describes, or None for the default one."""
-        if self.translator is None:
+        """The translator `translator` and `translation` describe, or None for the default one."""
+        if self.translator is None and self.translation is None:
             return None
+        settings = self.translator or TranslatorModel()
         base: FlujoDagsterTranslator = FlujoDagsterTranslator()
-        if self.translator.type is not None:
-            cls = load_object(self.translator.type, "translator.type")
+        if settings.type is not None:
+            cls = load_object(settings.type, "translator.type")
             if not (isinstance(cls, type) and issubclass(cls, FlujoDagsterTranslator)):
-                raise ConfigurationError(
-                    f"translator.type: {self.translator.type!r} is not a FlujoDagsterTranslator subclass"
-                )
+                raise ConfigurationError(f"translator.type: {settings.type!r} is not a FlujoDagsterTranslator subclass")
             base = cls()
-        if not self.translator.key_prefix and self.translator.group_name is None:
+        if not settings.key_prefix and settings.group_name is None and self.translation is None:
             return base
-        return _SettingsTranslator(base, self.translator.key_prefix, self.translator.group_name)
+        return _SettingsTranslator(base, settings.key_prefix, settings.group_name, self.translation)
