@@ -135,14 +135,15 @@ def test_the_sensor_resumes_a_decided_run_through_the_webserver(
 
 
 SEEN = """
-query Seen($runId: ID!, $outline: AssetKeyInput!, $published: AssetKeyInput!, $context: AssetKeyInput!) {
+query Seen($runId: ID!, $outline: AssetKeyInput!, $published: AssetKeyInput!) {
   runOrError(runId: $runId) { ... on Run { status assetMaterializations { assetKey { path } } } }
   outline: assetOrError(assetKey: $outline) { ... on Asset { latestFailedToMaterializeTimestamp } }
   published: assetOrError(assetKey: $published) { ... on Asset { latestFailedToMaterializeTimestamp } }
-  context: assetOrError(assetKey: $context) { ... on Asset { latestFailedToMaterializeTimestamp } }
   outlineCheck: assetCheckExecutions(assetKey: $outline, checkName: "flujo_type", limit: 1) { runId status }
   publishedCheck: assetCheckExecutions(assetKey: $published, checkName: "flujo_type", limit: 1) { runId status }
-  contextCheck: assetCheckExecutions(assetKey: $context, checkName: "flujo_type", limit: 1) { runId status }
+  contextCheck: assetCheckExecutions(assetKey: $published, checkName: "flujo_final_context", limit: 1) {
+    runId status
+  }
 }
 """
 
@@ -161,16 +162,16 @@ def test_a_parked_run_looks_parked_not_failed_through_graphql(
     assert launched["__typename"] == "LaunchRunSuccess", launched
     parked = launched["run"]["runId"]
     assert wait_done(instance, parked) == DagsterRunStatus.SUCCESS, server.log.read_text()[-3000:]
-    keys = {name: {"path": ["briefed", name]} for name in ("outline", "published", "final_context")}
+    keys = {name: {"path": ["briefed", name]} for name in ("outline", "published")}
     variables = {"runId": parked, "outline": keys["outline"], "published": keys["published"]}
-    seen = server.graphql(SEEN, {**variables, "context": keys["final_context"]})
+    seen = server.graphql(SEEN, variables)
     assert seen["runOrError"] == {
         "status": "SUCCESS",
         "assetMaterializations": [{"assetKey": {"path": ["briefed", "outline"]}}],
     }
     assert seen["outlineCheck"] == [{"runId": parked, "status": "SUCCEEDED"}]
-    for name in ("published", "context"):
-        assert seen[name] == {"latestFailedToMaterializeTimestamp": None}, (name, seen)
+    assert seen["published"] == {"latestFailedToMaterializeTimestamp": None}, seen
+    for name in ("published", "context"):  # the final context's check is on the last asset, `published`
         assert seen[f"{name}Check"] == [{"runId": parked, "status": "SKIPPED"}], (name, seen)
     assert seen["outline"] == {"latestFailedToMaterializeTimestamp": None}
 
@@ -181,6 +182,7 @@ def test_a_parked_run_looks_parked_not_failed_through_graphql(
     assert wait_done(instance, resumed.run_id) == DagsterRunStatus.SUCCESS, server.log.read_text()[-3000:]
     assert sorted(resumed.step_keys_to_execute or []) == [
         "briefed_graph.flujo_context",
+        "briefed_graph.flujo_context_check",
         "briefed_graph.publish",
         "briefed_graph.review",
     ]
@@ -192,9 +194,7 @@ def test_a_parked_run_looks_parked_not_failed_through_graphql(
         draft="draft about otters",
         published="published: draft about otters",
     )
-    after = server.graphql(SEEN, {**variables, "runId": resumed.run_id, "context": keys["final_context"]})
-    assert sorted(m["assetKey"]["path"][1] for m in after["runOrError"]["assetMaterializations"]) == [
-        "final_context",
-        "published",
-    ]
+    after = server.graphql(SEEN, {**variables, "runId": resumed.run_id})
+    assert [m["assetKey"]["path"][1] for m in after["runOrError"]["assetMaterializations"]] == ["published"]
     assert after["publishedCheck"] == [{"runId": resumed.run_id, "status": "SUCCEEDED"}]
+    assert after["contextCheck"] == [{"runId": resumed.run_id, "status": "SUCCEEDED"}]

@@ -1025,6 +1025,7 @@ def test_expanded_loop_and_branch_run_under_the_multiprocess_executor(instance: 
             "check__accept",
             "check__flujo_join",
             "flujo_context",
+            "flujo_context_check",
         )
     }
     assert step_keys(instance, run_id, DagsterEventType.STEP_SKIPPED) == {

@@ -37,7 +37,12 @@ def test_reexecution_from_failure_recomputes_only_what_failed(
         assert second.success
         rerun = {e.step_key for e in second.all_events if e.event_type == DagsterEventType.STEP_START}
         run_id = second.run_id
-    assert rerun == {"digest_graph.critique", "digest_graph.report", "digest_graph.flujo_context"}
+    assert rerun == {
+        "digest_graph.critique",
+        "digest_graph.report",
+        "digest_graph.flujo_context",
+        "digest_graph.flujo_context_check",
+    }
     assert log.read_text().splitlines() == ["draft", "critique"]  # the draft's LLM call was not repeated
 
     root = PydanticJsonIOManager().root(instance.storage_directory())
