@@ -197,6 +197,7 @@ DEFS_YAML = """type: flujo_dagster.FlujoPipelineComponent
 attributes:
   pipeline: dg_digest.pipelines:digest
   agent_runtime: dg_digest.offline:offline_runtime
+  context_asset: true
   translator:
     group_name: digests
   translation:
@@ -237,6 +238,7 @@ def test_the_component_translation_block_templates_every_spec(tmp_path: Path, mo
         "ai/dg_digest/sources",
         "ai/dg_digest/draft",
         "ai/dg_digest/report",
+        "ai/dg_digest/final_context",  # context_asset: true; {{ key }} is final_context there
     }
     draft = graph.get(AssetKey(["ai", "dg_digest", "draft"]))
     assert draft.group_name == "digests"  # the translator block applies first

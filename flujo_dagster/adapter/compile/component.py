@@ -127,6 +127,9 @@ class FlujoPipelineComponent(Component, Model, Resolvable):
     executor: Literal["in_process", "multiprocess"] = "in_process"
     schedule: ScheduleModel | None = None
     partitions: PartitionsModel | None = None
+    context_asset: bool | None = Field(
+        default=None, description="Make the final context an asset too (replaces the pipeline's own context_asset)."
+    )
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
         """Resolve the import paths and compile the pipeline with `build_definitions`. Several components of one
@@ -149,8 +152,8 @@ class FlujoPipelineComponent(Component, Model, Resolvable):
         return LocationClaims.of(context.component_tree).claim(defs, str(where))
 
     def resolve_pipeline(self) -> Pipeline:
-        """The pipeline at `pipeline`, with the `budget`, `schedule` and `partitions` given here in place of its
-        own."""
+        """The pipeline at `pipeline`, with the `budget`, `schedule`, `partitions` and `context_asset` given here in
+        place of its own."""
         pipeline = load_object(self.pipeline, "pipeline")
         if not isinstance(pipeline, Pipeline):
             raise ConfigurationError(f"pipeline: {self.pipeline!r} is a {type(pipeline).__name__}, not a Pipeline")
@@ -160,6 +163,8 @@ class FlujoPipelineComponent(Component, Model, Resolvable):
             pipeline = dataclasses.replace(pipeline, partitions=self.partitions.resolve())
         if self.budget is not None:
             pipeline = dataclasses.replace(pipeline, budget=self.budget.resolve())
+        if self.context_asset is not None:
+            pipeline = dataclasses.replace(pipeline, context_asset=self.context_asset)
         return pipeline
 
     def resolve_resources(self) -> dict[str, object] | None:
