@@ -177,7 +177,7 @@ def test_typed_inputs_reach_the_steps_validated_by_the_context_model(instance: D
         result = job.execute_in_process(run_config=_config(pipeline, inputs), instance=instance)
         assert result.success
         context = result.output_for_node(
-            "flujo_context" if job.name == "typed" else "typed_assets_graph", CONTEXT_OUTPUT
+            "flujo_context" if job.name == "typed" else "typed_assets_graph.flujo_context", CONTEXT_OUTPUT
         )
         assert context.summary == "ottersx3 [a,b] warm 7d 'seven' (4, 'four')"
         assert context.tone is Tone.WARM and context.on.isoformat() == "2026-11-26"
@@ -211,7 +211,7 @@ def test_the_documented_run_config_launches_a_pipeline_with_and_without_assets(i
     digest = example_defs.resolve_job_def("digest")
     result = digest.execute_in_process(run_config=with_assets, instance=instance)
     assert result.success
-    context = result.output_for_node("digest_graph", CONTEXT_OUTPUT)
+    context = result.output_for_node("digest_graph.flujo_context", CONTEXT_OUTPUT)
     assert (context.topic, context.max_sources) == ("agents", 2)
     assert context.report.startswith("# Digest: agents")
     # the asset graph's "Materialize" launches through the implicit asset job: the same path

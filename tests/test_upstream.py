@@ -124,7 +124,8 @@ def test_a_pipeline_reads_a_plain_asset_as_a_typed_key(instance: DagsterInstance
 
 
 def test_the_asset_graph_shows_the_upstream_edge() -> None:
-    defs = Definitions.merge(Definitions(assets=[orders_asset]), build_definitions(pipelines=[sales()]))
+    pipeline = sales(context_asset=True)  # the final context's asset derives from the upstream asset too
+    defs = Definitions.merge(Definitions(assets=[orders_asset]), build_definitions(pipelines=[pipeline]))
     graph = defs.get_repository_def().asset_graph
     assert graph.get(AssetKey(["sales", "total"])).parent_keys == {ORDERS}
     assert graph.get(AssetKey(["sales", "report"])).parent_keys == {AssetKey(["sales", "total"])}
@@ -298,7 +299,7 @@ def test_matching_daily_partitions_load_the_same_day(instance: DagsterInstance) 
 
 
 def test_deps_are_edges_that_load_nothing(instance: DagsterInstance) -> None:
-    pipeline = sales(deps=[EVENTS])
+    pipeline = sales(deps=[EVENTS], context_asset=True)
     assert pipeline.deps == (("raw", "events"),)
     defs = Definitions.merge(Definitions(assets=[orders_asset, events_asset]), build_definitions(pipelines=[pipeline]))
     graph = defs.get_repository_def().asset_graph

@@ -46,6 +46,7 @@ counted = Pipeline(
     assets=["count", "label"],
     upstream={"rows": AssetKey(["warehouse", "rows"])},
     deps=["raw/load"],
+    context_asset=True,  # the final context's asset shows every upstream edge too
 )
 
 upstream_defs = Definitions.merge(Definitions(assets=[rows, load]), build_definitions(pipelines=[counted]))
