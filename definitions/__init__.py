@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 
-from dagster import JobDefinition
+from dagster import AssetSpec, Definitions, JobDefinition
 
 from definitions.digest import digest
 from definitions.gated import gated
 from definitions.offline import offline_runtime
+from definitions.orders import CustomerDirectory, orders, orders_briefing
 from definitions.review import review
-from flujo_dagster import AgentRuntime, ApprovalSettings, build_definitions
+from flujo_dagster import AgentRuntime, ApprovalSettings, FlujoDagsterTranslator, Pipeline, build_definitions
 
 LIVE = os.environ.get("FLUJO_DAGSTER_LIVE") == "1"
 agent_runtime = AgentRuntime() if LIVE else offline_runtime()
@@ -23,9 +24,23 @@ agent_runtime = AgentRuntime() if LIVE else offline_runtime()
 # requester_may_approve=False (the default) would count no decision: this example location accepts that.
 # Where the deployment sets dagster/user (Dagster+, an authenticating proxy), leave the setting out.
 approvals = ApprovalSettings(allow_unknown_requester=True)
-defs = build_definitions(
-    pipelines=[digest, review, gated], resources={"agent_runtime": agent_runtime, "approval_settings": approvals}
+
+
+class ExampleTranslator(FlujoDagsterTranslator):
+    """The example's asset specs: the orders briefing's assets are owned by the sales team."""
+
+    def get_asset_spec(self, pipeline: Pipeline, key: str | None) -> AssetSpec:
+        spec = super().get_asset_spec(pipeline, key)
+        return spec.replace_attributes(owners=["team:sales"]) if pipeline.name == "orders_briefing" else spec
+
+
+flujo_defs = build_definitions(
+    pipelines=[digest, review, gated, orders_briefing],
+    resources={"agent_runtime": agent_runtime, "approval_settings": approvals, "customers": CustomerDirectory()},
+    translator=ExampleTranslator(),
 )
+# the location: the flujo pipelines beside a plain Dagster asset that the orders briefing reads
+defs = Definitions.merge(Definitions(assets=[orders]), flujo_defs)
 
 
 def digest_job() -> JobDefinition:
