@@ -16,12 +16,16 @@ from dagster import AssetKey, DagsterRunStatus, RunsFilter
 
 from definitions.orders import Briefing, orders_briefing
 from flujo_dagster import load_final_context
-from flujo_dagster.names import RUN_CALLS, RUN_COST_USD, RUN_TOKENS
+from flujo_dagster.names import RUN_CALLS_TAG, RUN_COST_TAG, RUN_TOKENS_TAG
 from tests.dagster_dev import DagsterDev, DagsterDevError, dagster_dev
 
 JOB = "orders_briefing"
-INPUTS = {"inputs": {"team": "EMEA sales", "top": 2}}
-"""The run config of the briefing's inputs, as docs/schedules.md gives it."""
+
+
+def _inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The run config of the briefing's inputs, at the path docs/concepts.md gives for a pipeline with assets."""
+    return {"ops": {f"{JOB}_graph": {"ops": {"flujo_inputs": {"config": {"inputs": inputs}}}}}}
+
 
 ASSET_NODES = """
 query {
@@ -94,10 +98,10 @@ def _cost_tags(dev: DagsterDev, run_id: str, timeout_s: float = 60) -> dict[str,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         run = dev.instance.get_run_by_id(run_id)
-        if run is not None and RUN_COST_USD in run.tags:
-            return {k: run.tags[k] for k in (RUN_COST_USD, RUN_TOKENS, RUN_CALLS)}
+        if run is not None and RUN_COST_TAG in run.tags:
+            return {k: run.tags[k] for k in (RUN_COST_TAG, RUN_TOKENS_TAG, RUN_CALLS_TAG)}
         time.sleep(0.25)
-    raise DagsterDevError(f"run {run_id} got no {RUN_COST_USD} tag within {timeout_s} s:\n{dev.log_tail()}")
+    raise DagsterDevError(f"run {run_id} got no {RUN_COST_TAG} tag within {timeout_s} s:\n{dev.log_tail()}")
 
 
 def test_a_pipeline_reads_a_plain_asset_under_dagster_dev(tmp_path: Path) -> None:
@@ -117,13 +121,13 @@ def test_a_pipeline_reads_a_plain_asset_under_dagster_dev(tmp_path: Path) -> Non
         assert "orders" not in fields  # an upstream asset is not an input
 
         before = len(dev.instance.get_runs())
-        refused = _launch(dev, JOB, {"inputs": {"team": "EMEA sales", "top": "many"}})
+        refused = _launch(dev, JOB, _inputs({"team": "EMEA sales", "top": "many"}))
         assert refused["__typename"] == "RunConfigValidationInvalid", refused
         assert any("top" in e["message"] for e in refused["errors"]), refused
         assert len(dev.instance.get_runs()) == before  # refused before launch: no run
 
         _materialize_orders(dev)
-        launched = _launch(dev, JOB, INPUTS)
+        launched = _launch(dev, JOB, _inputs({"team": "EMEA sales", "top": 2}))
         assert launched["__typename"] == "LaunchRunSuccess", launched
         run_id = launched["run"]["runId"]
         run = dev.wait_finished(run_id, timeout_s=120)
@@ -135,8 +139,8 @@ def test_a_pipeline_reads_a_plain_asset_under_dagster_dev(tmp_path: Path) -> Non
         assert final.briefing is not None and "Northwind Traders (enterprise)" in final.briefing  # the agent's tool
 
         tags = _cost_tags(dev, run_id)
-        assert float(tags[RUN_COST_USD]) > 0 and int(tags[RUN_TOKENS]) > 0
-        assert int(tags[RUN_CALLS]) == 1  # one agent step; its tool call made two requests, one call
-        materialized = dev.instance.get_runs(filters=RunsFilter(tags={RUN_COST_USD: tags[RUN_COST_USD]}))
+        assert float(tags[RUN_COST_TAG]) > 0 and int(tags[RUN_TOKENS_TAG]) > 0
+        assert int(tags[RUN_CALLS_TAG]) == 1  # one agent step; its tool call made two requests, one call
+        materialized = dev.instance.get_runs(filters=RunsFilter(tags={RUN_COST_TAG: tags[RUN_COST_TAG]}))
         assert run_id in {r.run_id for r in materialized}  # the Runs list filters by the tag
         assert dev.instance.get_latest_materialization_event(AssetKey([JOB, "briefing"])) is not None

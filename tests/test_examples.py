@@ -17,6 +17,7 @@ from dagster import (
     JobDefinition,
     build_schedule_context,
     execute_job,
+    materialize,
     reconstructable,
     validate_run_config,
 )
@@ -112,6 +113,21 @@ def test_readme_example_builds_loadable_definitions() -> None:
     Definitions.validate_loadable(readme_defs)
     nodes = {n.name for n in readme_defs.resolve_job_def("digest").graph.node_named("digest_graph").definition.nodes}
     assert {"refine__i1__draft", "refine__i3__review", "refine__flujo_join", "extras", "route", "route__hold"} <= nodes
+
+
+def test_readme_upstream_example_reads_the_asset_with_its_resource(instance: DagsterInstance) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    match = re.search(r"### Reading other assets, with resources\n.*?```python\n(.*?)```", readme, re.S)
+    assert match is not None
+    namespace: dict[str, Any] = {}
+    exec(compile(match.group(1), "README.md", "exec", dont_inherit=True), namespace)
+    readme_defs: Definitions = namespace["defs"]
+    Definitions.validate_loadable(readme_defs)
+    graph = readme_defs.get_repository_def().asset_graph
+    assert AssetKey(["orders"]) in graph.get(AssetKey(["sales", "total_eur"])).parent_keys  # the lineage edge
+    assert materialize([namespace["orders"]], instance=instance).success
+    result = readme_defs.resolve_job_def("sales").execute_in_process(instance=instance)
+    assert load_final_context(namespace["sales"], result.run_id, instance=instance).total_eur == 180.45
 
 
 def test_reviewed_digest_example_runs(instance: DagsterInstance) -> None:
