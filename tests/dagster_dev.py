@@ -67,10 +67,25 @@ class DagsterDev:
         """The end of `dagster dev`'s combined output (webserver, daemon, code server)."""
         return self.server.log.read_text(errors="replace")[-chars:]
 
-    def launch(self, job: str, run_config: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str:
-        """Launch `job` as the Launchpad does (GraphQL `launchRun`); the run's id (queued for the daemon)."""
+    def launch(
+        self,
+        job: str,
+        run_config: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+        *,
+        assets: Sequence[Sequence[str]] | None = None,
+    ) -> str:
+        """Launch `job` as the Launchpad does (GraphQL `launchRun`), materializing only `assets` (asset key paths)
+        when given; the run's id (queued for the daemon)."""
+        selector: dict[str, Any] = {
+            "repositoryLocationName": self.location,
+            "repositoryName": "__repository__",
+            "jobName": job,
+        }
+        if assets is not None:
+            selector["assetSelection"] = [{"path": list(path)} for path in assets]
         params = {
-            "selector": {"repositoryLocationName": self.location, "repositoryName": "__repository__", "jobName": job},
+            "selector": selector,
             "runConfigData": dict(run_config),
             "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
         }

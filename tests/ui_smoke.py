@@ -24,7 +24,11 @@ page's text once rendered), and saves a screenshot of it under docs/screenshots/
    and the final context, after it, not failed;
 8. `inbox.png`: the inbox's list of pending gates: the parked gate, its path, policy and payload;
 9. `inbox-gate.png`: the gate's page (whole), its decision form filled in: a typed name, the draft edited, a comment;
-10. `inbox-decided.png`: the page after Approve: the decision recorded and the resume launched at once.
+10. `inbox-decided.png`: the page after Approve: the decision recorded and the resume launched at once;
+11. `upstream-lineage.png`: the `orders_briefing/totals` asset's upstream lineage: the plain Dagster asset `orders`
+    it reads, materialized first;
+12. `launchpad-typed-inputs.png`: the `orders_briefing` job's Launchpad, its missing config scaffolded: the typed
+    inputs `team` (required) and `top` (its default, 3).
 
 Then the resumed run (tagged `flujo/resumed_by=inbox: <name>`, launched by the inbox, not the sensor) parks at the
 second round's gate (one source matches "python": the offline critic asks for another round), decided the same
@@ -81,6 +85,9 @@ RUN_TIMEOUT_S = 120.0
 DIGEST_INPUTS = {"ops": {"digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "agents"}}}}}}}
 GATED_INPUTS = {"ops": {"gated_digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "python"}}}}}}}
 DIGEST_ASSETS = ["sources", "draft", "report"]  # the final context is no asset (no context_asset=True)
+BRIEFING_INPUTS = {
+    "ops": {"orders_briefing_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"team": "EMEA sales"}}}}}}
+}
 GATE = "revise__i1__sign_off"
 GATE_PATH = "gated_digest > loop:revise > i1 > approval:sign_off"
 GATE_STEP = f"gated_digest_graph.{GATE}"
@@ -232,6 +239,33 @@ def _pages(browser: BrowserContext, dev: DagsterDev, out: Path, inbox: str, runs
     expect_texts(page, "parked assets", ["gated_digest", "sources", "report", "Materialized"])
     _no_failure(page, "parked assets")
     _shoot(page, out, "parked-assets.png")
+    page.close()
+
+
+def _briefing_run(dev: DagsterDev) -> str:
+    """Materialize the plain asset `orders`, then the orders briefing that reads it; the briefing run's id."""
+    orders_run = dev.wait_finished(dev.launch("__ASSET_JOB", {}, assets=[["orders"]]), RUN_TIMEOUT_S)
+    if orders_run.status != DagsterRunStatus.SUCCESS:
+        raise UiSmokeError(f"the orders run {orders_run.run_id} ended {orders_run.status}:\n{dev.log_tail()}")
+    briefing = dev.wait_finished(dev.launch("orders_briefing", BRIEFING_INPUTS), RUN_TIMEOUT_S)
+    if briefing.status != DagsterRunStatus.SUCCESS:
+        raise UiSmokeError(f"the orders_briefing run {briefing.run_id} ended {briefing.status}:\n{dev.log_tail()}")
+    return briefing.run_id
+
+
+def _briefing_pages(browser: BrowserContext, dev: DagsterDev, out: Path) -> None:
+    """The orders briefing's lineage from the plain asset it reads, and its Launchpad with the typed inputs."""
+    url = dev.server.url
+    page = browser.new_page()
+    page.goto(f"{url}/assets/orders_briefing/totals?view=lineage&lineageScope=upstream")
+    expect_texts(page, "upstream lineage", ["orders", "totals", "Materialized"])
+    _shoot(page, out, "upstream-lineage.png")
+
+    page.goto(f"{url}/locations/{dev.location}/jobs/orders_briefing/playground")
+    expect_texts(page, "launchpad", ["Scaffold missing config", "Materialize"])
+    page.get_by_text("Scaffold missing config").first.click()
+    expect_texts(page, "launchpad", ["flujo_inputs", "team", "top: 3"])
+    _shoot(page, out, "launchpad-typed-inputs.png")
     page.close()
 
 
@@ -412,12 +446,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"ui-smoke: dagster dev at {dev.server.url} ({time.monotonic() - started:.1f} s)", flush=True)
                 dev.server.graphql("mutation { setNuxSeen }")  # no community sign-up dialog over the pages
                 runs = _runs(dev)
-                print(f"ui-smoke: digest {runs[0]} materialized, gated_digest {runs[1]} parked", flush=True)
+                briefing_run = _briefing_run(dev)
+                print(
+                    f"ui-smoke: digest {runs[0]} materialized, gated_digest {runs[1]} parked, orders_briefing "
+                    f"{briefing_run} read the orders asset",
+                    flush=True,
+                )
                 with (
                     inbox_server(home, port, dev.server.url) as inbox,
                     chromium(args.chromium, Path(tmp) / "chromium-profile") as browser,
                 ):
                     _pages(browser, dev, out, inbox, runs)
+                    _briefing_pages(browser, dev, out)
                     resumed = _inbox_pages(browser, dev, inbox, out, runs[1])
                 print(f"ui-smoke: inbox at {inbox}: both gates approved, resumed at once as {', '.join(resumed)}")
         except (UiSmokeError, DagsterDevError) as error:
@@ -426,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if leftovers(home) or group_members(pgid):
             print(f"ui-smoke FAILED: processes outlived dagster dev: {leftovers(home) + group_members(pgid)}")
             return 1
-    print(f"ui-smoke: 10 views of 8 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
+    print(f"ui-smoke: 12 views of 10 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
     return 0
 
 
