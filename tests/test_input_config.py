@@ -86,7 +86,7 @@ def test_the_run_config_schema_types_each_input_with_its_description_default_and
         "pair": (ANY, False, "-"),  # a tuple default is not a plain JSON value: left to the context model
         "aliased": (ANY, False, None),
         "on": (ANY, False, None),
-        "summary": ("Noneable.String", False, None),
+        "summary": ("Noneable.String", False, "-"),  # a step writes it: optional, no default scaffolded
     }
     assert fields["topic"].description == "What to write about."
     assert fields["count"].description == "How many items."

@@ -27,8 +27,8 @@ page's text once rendered), and saves a screenshot of it under docs/screenshots/
 10. `inbox-decided.png`: the page after Approve: the decision recorded and the resume launched at once;
 11. `upstream-lineage.png`: the `orders_briefing/totals` asset's upstream lineage: the plain Dagster asset `orders`
     it reads, materialized first;
-12. `launchpad-typed-inputs.png`: the `orders_briefing` job's Launchpad, its missing config scaffolded: the typed
-    inputs `team` (required) and `top` (its default, 3).
+12. `launchpad-typed-inputs.png`: the `orders_briefing` job's Launchpad: its typed inputs, `top` filled with its
+    default (3), `team` reported missing (required), then scaffolded.
 
 Then the resumed run (tagged `flujo/resumed_by=inbox: <name>`, launched by the inbox, not the sensor) parks at the
 second round's gate (one source matches "python": the offline critic asks for another round), decided the same
@@ -137,6 +137,15 @@ def expect_link(page: Page, name: str, href_prefix: str) -> None:
         page.wait_for_selector(f'a[href^="{href_prefix}"]', state="attached", timeout=PAGE_TIMEOUT_S * 1000)
     except PlaywrightError as error:
         raise UiSmokeError(f"page {name!r} ({page.url}) has no link to {href_prefix}") from error
+
+
+def _wait_count(page: Page, name: str, text: str, count: int) -> None:
+    """Wait until `page` shows `text` at least `count` times."""
+    deadline = time.monotonic() + PAGE_TIMEOUT_S
+    while _text(page, "body").count(text) < count:
+        if time.monotonic() > deadline:
+            raise UiSmokeError(f"page {name!r} ({page.url}) shows {text!r} fewer than {count} times")
+        time.sleep(0.25)
 
 
 def _shoot(page: Page, out: Path, filename: str, *, full_page: bool = False) -> Path:
@@ -258,13 +267,20 @@ def _briefing_pages(browser: BrowserContext, dev: DagsterDev, out: Path) -> None
     url = dev.server.url
     page = browser.new_page()
     page.goto(f"{url}/assets/orders_briefing/totals?view=lineage&lineageScope=upstream")
-    expect_texts(page, "upstream lineage", ["orders", "totals", "Materialized"])
+    expect_texts(page, "upstream lineage", ["sales", "orders", "orders_briefing", "totals", "Materialized"])
+    _wait_count(page, "upstream lineage", "Materialized", 2)  # both: the plain asset and the briefing's totals
     _shoot(page, out, "upstream-lineage.png")
 
     page.goto(f"{url}/locations/{dev.location}/jobs/orders_briefing/playground")
-    expect_texts(page, "launchpad", ["Scaffold missing config", "Materialize"])
+    # Dagster checks the typed inputs as they are typed: `team` is required, `top` shows its default
+    missing = 'Missing required config entry "team" at path root:ops:orders_briefing_graph:ops:flujo_inputs'
+    expect_texts(page, "launchpad", ["flujo_inputs", "top: 3", missing, "Scaffold missing config", "Launch Run"])
     page.get_by_text("Scaffold missing config").first.click()
-    expect_texts(page, "launchpad", ["flujo_inputs", "team", "top: 3"])
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    expect_texts(page, "launchpad", ["team:", "top: 3", "No errors"])
+    page.locator(".CodeMirror-line", has_text="team:").first.click()  # the cursor in the inputs: the docs
+    page.keyboard.press("End")  # beside the editor describe them
+    expect_texts(page, "launchpad", ["Who reads the briefing", "How many customers the briefing names at most"])
     _shoot(page, out, "launchpad-typed-inputs.png")
     page.close()
 

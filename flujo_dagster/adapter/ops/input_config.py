@@ -52,8 +52,9 @@ def inputs_config_field(pipeline: Pipeline) -> Field:
     when some input is required)."""
     partition = partition_input(pipeline)
     required = set(pipeline.input_keys()) - {partition}  # the partition key fills its own
+    written = pipeline.written_keys()  # a step's output key: optional, its default not scaffolded into the config
     fields = {
-        k: _field(pipeline.context.model_fields[k], k in required, (k,), pipeline.name, frozenset())
+        k: _field(pipeline.context.model_fields[k], k in required, (k,), pipeline.name, frozenset(), k not in written)
         for k in pipeline.run_input_keys()
         if k != partition
     }
@@ -72,12 +73,15 @@ def inputs_config_field(pipeline: Pipeline) -> Field:
     )
 
 
-def _field(info: FieldInfo, required: bool, path: tuple[str, ...], pipeline: str, seen: frozenset[type]) -> Field:
-    """One input's config field: its type, the pydantic field's description and (when optional) its default."""
+def _field(
+    info: FieldInfo, required: bool, path: tuple[str, ...], pipeline: str, seen: frozenset[type], shown: bool = True
+) -> Field:
+    """One input's config field: its type, the pydantic field's description and (when optional and `shown`) its
+    default."""
     config_type = inputs_config_type(info.annotation, path, pipeline, seen)
     if required:
         return Field(config_type, is_required=True, description=info.description)
-    default = _json_default(info)
+    default = _json_default(info) if shown else _NO_DEFAULT
     if default is not _NO_DEFAULT:
         try:
             return Field(config_type, is_required=False, default_value=default, description=info.description)
