@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import AssetSpec, Definitions, JobDefinition
+from dagster import AssetSpec, Definitions, JobDefinition, ScheduleDefinition
 
 from definitions.digest import digest
 from definitions.gated import gated
@@ -39,8 +39,11 @@ flujo_defs = build_definitions(
     resources={"agent_runtime": agent_runtime, "approval_settings": approvals, "customers": CustomerDirectory()},
     translator=ExampleTranslator(),
 )
+# the plain asset the orders briefing reads is refreshed before the briefing's own schedule (06:00 UTC): a
+# pipeline's job reads its upstream assets, it does not materialize them; stopped until switched on, like the rest
+orders_schedule = ScheduleDefinition(name="orders_schedule", cron_schedule="30 5 * * *", target=[orders])
 # the location: the flujo pipelines beside a plain Dagster asset that the orders briefing reads
-defs = Definitions.merge(Definitions(assets=[orders]), flujo_defs)
+defs = Definitions.merge(Definitions(assets=[orders], schedules=[orders_schedule]), flujo_defs)
 
 
 def digest_job() -> JobDefinition:

@@ -65,6 +65,20 @@ def test_the_example_location_schedules_the_digest_weekly_with_inputs_the_job_ac
     assert validate_run_config(defs.resolve_job_def("digest"), request.run_config)
 
 
+def test_the_orders_asset_is_refreshed_before_the_briefing_reads_it(instance: DagsterInstance) -> None:
+    """The briefing's job reads `orders`, it does not materialize it: `orders_schedule` does, half an hour before
+    `orders_briefing_schedule` (both stopped until switched on); the briefing's tick gives inputs its job accepts."""
+    orders = defs.resolve_schedule_def("orders_schedule")
+    briefing = defs.resolve_schedule_def("orders_briefing_schedule")
+    assert (orders.cron_schedule, briefing.cron_schedule) == ("30 5 * * *", "0 6 * * *")
+    assert orders.default_status == briefing.default_status == DefaultScheduleStatus.STOPPED
+    assert defs.resolve_job_def(orders.job_name).asset_layer.selected_asset_keys == {AssetKey(["orders"])}
+    when = datetime(2026, 12, 7, 6, tzinfo=UTC)
+    tick = briefing.evaluate_tick(build_schedule_context(instance=instance, scheduled_execution_time=when))
+    (request,) = tick.run_requests or []
+    assert validate_run_config(defs.resolve_job_def("orders_briefing"), request.run_config)
+
+
 @pytest.mark.parametrize("make_job", [digest_job, digest_multiprocess_job], ids=["in_process", "multiprocess"])
 def test_example_runs_with_execute_job(instance: DagsterInstance, make_job: Any) -> None:
     with execute_job(reconstructable(make_job), instance=instance, run_config=RUN_CONFIG) as result:

@@ -165,7 +165,10 @@ def test_an_upstream_key_is_no_run_input(instance: DagsterInstance) -> None:
     inputs_op = compiled.graph.node_named("flujo_inputs").definition
     schema = inputs_op.config_schema.config_type.fields["inputs"].config_type  # type: ignore[union-attr]
     assert set(schema.fields) == {"currency", "total", "report"}  # the Launchpad does not ask for it
-    with pytest.raises(RunInputsError, match=r"orders: not an input of this pipeline"):
+    upstream_said = (
+        r"orders: not an input of this pipeline: it is read from the upstream asset 'shop/orders'; materialize"
+    )
+    with pytest.raises(RunInputsError, match=upstream_said):
         validate_inputs(pipeline, {"orders": [{"id": 1, "amount": 1.0}]})
     assert materialize([orders_asset], instance=instance).success
     defs = Definitions.merge(Definitions(assets=[orders_asset]), build_definitions(pipelines=[pipeline]))
@@ -369,6 +372,7 @@ def test_each_upstream_rule() -> None:
     assert "pydantic cannot validate a value as that type (PydanticInvalidForJsonSchema" in message
     no_assets = Pipeline("plain", context=Odd, steps=[total], upstream={"orders": ORDERS})
     assert [f[0] for f in findings(no_assets)] == ["UPSTREAM-005"]
+    assert "reads upstream key 'orders' (asset 'shop/orders') but declares no asset" in findings(no_assets)[0][2]
     assert [f[0] for f in findings(Pipeline("plain", context=Sales, steps=[total], deps=[EVENTS]))] == ["UPSTREAM-005"]
     assert [f[2] for f in findings(odd("twice", upstream={"orders": ORDERS}, deps=[ORDERS, "twice/total"]))] == [
         "deps names asset 'shop/orders', which upstream key 'orders' names too.",

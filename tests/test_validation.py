@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Literal
@@ -643,3 +643,18 @@ def test_scale_warns_past_250_expanded_ops_and_refuses_past_1200() -> None:
 
 def _never(summary: str) -> bool:
     return False
+
+
+class _WithCallable(BaseModel):
+    x: int
+    fn: Callable[[int], int] | None = None
+    doubled: int | None = None
+
+
+def test_a_parameterised_callable_field_is_judged_not_crashed_on() -> None:
+    @step
+    def doubled(x: int) -> int:
+        return 2 * x
+
+    report = validate([Pipeline("cb", context=_WithCallable, steps=[doubled])])
+    assert not report.errors  # a Callable's parameter list is no type to judge (it once raised TypeError)

@@ -63,18 +63,24 @@ def _shown(value: object) -> str:
     return _SHOWN.repr(value)
 
 
-def _problem(error: ErrorDetails) -> str:
-    """One bad, missing or unknown input: `field: what is wrong (error type; the value given)`."""
+def _problem(error: ErrorDetails, upstream: Mapping[str, tuple[str, ...]]) -> str:
+    """One bad, missing or unknown input: `field: what is wrong (error type; the value given)`; an upstream key
+    (in `upstream`) says where its value comes from instead."""
     where = ".".join(map(str, error["loc"])) or "(inputs)"
     if error["type"] == "missing":
         return f"{where}: missing (a required input)"
+    if error["type"] == "extra_forbidden" and where in upstream:
+        return (
+            f"{where}: not an input of this pipeline: it is read from the upstream asset "
+            f"{'/'.join(upstream[where])!r}; materialize that asset instead (got {_shown(error['input'])})"
+        )
     if error["type"] == "extra_forbidden":
         return f"{where}: not an input of this pipeline (got {_shown(error['input'])})"
     return f"{where}: {error['msg']} ({error['type']}; got {_shown(error['input'])})"
 
 
 def _refused(pipeline: Pipeline, exc: ValidationError) -> RunInputsError:
-    problems = [_problem(e) for e in exc.errors(include_url=False)]
+    problems = [_problem(e, pipeline.upstream) for e in exc.errors(include_url=False)]
     required = pipeline.input_keys()
     defaulted = [k for k in pipeline.run_input_keys() if k not in required]
     lines = "\n".join(f"  - {p}" for p in problems)

@@ -114,10 +114,17 @@ def rule_upstream(pipeline: Pipeline) -> Iterator[Finding]:
             pipeline,
             "UPSTREAM-005",
             pipeline.name,
-            "the pipeline reads upstream assets or has deps but declares no asset: Dagster loads other assets "
-            "only into assets (a job's op would not use the upstream asset's own IO manager).",
+            f"the pipeline reads {_read_list(pipeline)} but declares no asset: Dagster loads other assets only "
+            "into assets (a job's op would not use the upstream asset's own IO manager).",
             "declare at least one asset (assets=[...]), or pass the value as a run input instead",
         )
+
+
+def _read_list(pipeline: Pipeline) -> str:
+    """What the pipeline reads from other assets, for a message: `upstream key 'orders' (asset 'shop/orders')`."""
+    parts = [f"upstream key {k!r} (asset {_shown(p)!r})" for k, p in pipeline.upstream.items()]
+    parts += [f"deps asset {_shown(p)!r}" for p in pipeline.deps]
+    return ", ".join(parts)
 
 
 def rule_upstream_assets(pipeline: Pipeline, naming: PipelineNaming) -> Iterator[Finding]:
