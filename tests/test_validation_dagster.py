@@ -415,7 +415,7 @@ def test_context_field_names_dagster_refuses_as_assets() -> None:
         "asset key ('odd__café_flujo_type'), and Dagster names use only ASCII letters, digits and underscores. Hint: "
         "rename the context field (letters, digits and underscores), or leave it out of assets=",
         "[V-NAME] error at odd > key:final_context: key 'final_context' cannot be an asset: the final context's "
-        "asset output has that name. Hint: rename the context field, or leave it out of assets=",
+        "output (flujo_context's) has that name. Hint: rename the context field, or leave it out of assets=",
     ]
 
 

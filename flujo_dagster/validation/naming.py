@@ -101,7 +101,7 @@ def rule_asset_names(pipeline: Pipeline, naming: PipelineNaming) -> Iterator[Fin
                 severity="error",
                 pipeline=pipeline.name,
                 path=path,
-                message=f"key {key!r} cannot be an asset: the final context's asset output has that name.",
+                message=f"key {key!r} cannot be an asset: the final context's output (flujo_context's) has that name.",
                 hint="rename the context field, or leave it out of assets=",
             )
         elif not is_identifier_name(output):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import Definitions, JobDefinition, SensorDefinition
 
+from flujo_dagster.adapter.storage.resources import AgentRuntime
 from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.names import DECIDE_JOB
 
@@ -53,8 +54,14 @@ def shared_import(path: str, build: Callable[[], object]) -> object:
 
 
 def _describe(value: object) -> str:
+    """A resource for a conflict message: its repr, cut short; what it holds outside its repr (an `AgentRuntime`'s
+    model objects and prices set in Python) named after it."""
     text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 120 else text[:117] + '...'}"
+    if not text.startswith(type(value).__name__):
+        text = f"{type(value).__name__} {text}"
+    shown = text if len(text) <= 120 else text[:117] + "..."
+    hidden = value.python_only_summary() if isinstance(value, AgentRuntime) else ""
+    return f"{shown} ({hidden})" if hidden else shown
 
 
 class LocationClaims:

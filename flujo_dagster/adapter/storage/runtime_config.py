@@ -16,7 +16,7 @@ from pydantic_ai.providers import Provider, infer_provider, infer_provider_class
 
 from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.pipeline import Pipeline
-from flujo_dagster.dsl.steps import AgentStep
+from flujo_dagster.dsl.steps import AgentStep, model_id_of
 from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.pricing.prices import Price
 
@@ -117,6 +117,19 @@ class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
     def prices(self) -> dict[str, Price]:
         """The prices declared here, by `provider:model`."""
         return dict(self._python.prices)
+
+    def python_only_summary(self) -> str:
+        """What this runtime holds outside its config (so outside its repr), for messages: model objects by
+        `provider:model` and the models it declares prices for; empty when it holds none."""
+        python = self._python
+        parts = []
+        if python.model is not None:
+            parts.append(f"model object {model_id_of(python.model)}")
+        if python.step_models:
+            parts.append(f"step model objects { {k: model_id_of(m) for k, m in python.step_models.items()} }")
+        if python.prices:
+            parts.append(f"prices for {sorted(python.prices)}")
+        return "; ".join(parts)
 
     def configured_models(self) -> list[ModelChoice]:
         """Every model configured here, strings and objects."""
