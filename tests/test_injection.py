@@ -275,3 +275,20 @@ def test_misdeclared_injections_are_reported() -> None:
     ]
     with pytest.raises(TypeError, match="deps must be a callable"):
         agent_step("summary", agent=support, prompt="{rows}", deps="customers")  # type: ignore[arg-type]
+
+
+def test_a_resource_parameter_named_like_a_key_is_warned_about() -> None:
+    """A parameter annotated as a resource receives the resource even when a context key has its name: the step
+    does not read that key, and validation says so (a warning: the code may mean it)."""
+
+    @step(name="tally")
+    def count(rows: list[str], day: Warehouse) -> str:
+        return str(len(rows))
+
+    report = validate(Pipeline("orders", context=Orders, steps=[rows, count]))
+    assert [str(f) for f in report.findings if f.code == "V-INJ"] == [
+        "[V-INJ] warning at orders > step:tally: parameter 'day' receives a resource or the execution context, but "
+        "it is also a context key's name: the step does not read that key. Hint: rename the parameter (with "
+        "resources={'<new name>': '<resource key>'} for a resource), or the context field"
+    ]
+    assert resolve_keys(count, Pipeline("orders", context=Orders, steps=[rows, count]).fields).reads == ("rows",)

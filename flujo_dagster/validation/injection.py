@@ -60,11 +60,24 @@ def rule_injection(pipeline: Pipeline) -> Iterator[Finding]:
             continue
         findings = list(_declared(pipeline, step, path))
         yield from findings
-        if findings or pipeline.assets:
+        if findings:
             continue
         try:
             wanted = step_injections(step)
         except (TypeError, ValueError):
+            continue
+        for parameter in sorted(p for p in wanted if p in pipeline.fields):
+            yield Finding(
+                code="V-INJ",
+                severity="warning",
+                pipeline=pipeline.name,
+                path=path,
+                message=f"parameter {parameter!r} receives a resource or the execution context, but it is also a "
+                "context key's name: the step does not read that key.",
+                hint="rename the parameter (with resources={'<new name>': '<resource key>'} for a resource), or the "
+                "context field",
+            )
+        if pipeline.assets:
             continue
         for parameter in sorted(p for p, i in wanted.items() if i.context == "asset"):
             yield _finding(
