@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import pytest
 import yaml
@@ -19,12 +19,14 @@ from dagster import (
     JobDefinition,
     RunRequest,
     build_schedule_context,
+    validate_run_config,
 )
 from dagster._config import ConfigType, ConfigTypeKind, Field
+from pydantic import BaseModel, BeforeValidator, field_validator
 
 from definitions import defs as example_defs
 from definitions.digest import digest as digest_pipeline
-from flujo_dagster import run_pipeline
+from flujo_dagster import Pipeline, build_definitions, run_pipeline, step
 from flujo_dagster.adapter.compile.compiler import compile_pipeline
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
 from flujo_dagster.adapter.ops.input_config import inputs_config_type
@@ -262,3 +264,49 @@ def test_the_partition_key_field_has_no_default_so_the_partition_fills_it(instan
     assert lang.description == "Filled by the run's partition key; leave it out. The language."
     result = job.execute_in_process(instance=instance, partition_key="es")
     assert result.output_for_node("flujo_context", CONTEXT_OUTPUT).greeting == "hola"
+
+
+def _thousands(value: object) -> object:
+    return int(value[:-1]) * 1000 if isinstance(value, str) and value.endswith("k") else value
+
+
+class _Validated(BaseModel):
+    """Inputs user code validates: a field validator that changes its value, and `Annotated` validators."""
+
+    topic: str
+    word: str = "hey"
+    tags: Annotated[list[str], BeforeValidator(lambda v: v.split(",") if isinstance(v, str) else v)] = []
+    budget: Annotated[int, BeforeValidator(_thousands)] = 1
+    out: str | None = None
+
+    @field_validator("word")
+    @classmethod
+    def exclaim(cls, value: str) -> str:
+        return value + "!"
+
+
+@step
+def out(topic: str, word: str, tags: list[str], budget: int) -> str:
+    return f"{topic} {word} {tags} {budget}"
+
+
+_validated = Pipeline("validated", context=_Validated, steps=out)
+
+
+def test_inputs_user_code_validates_are_any_without_a_default(instance: DagsterInstance) -> None:
+    """Dagster would refuse values the model's validators accept (`"a,b"` for a list, `"3k"` for an int), and a
+    default it wrote into the run config would go through a validator pydantic never runs on defaults."""
+    job = build_definitions(pipelines=[_validated]).resolve_job_def("validated")
+    fields = _inputs_field(job, "flujo_inputs").config_type.fields  # type: ignore[attr-defined]
+    shown = {k: (f.config_type.key, f.default_value if f.default_provided else "-") for k, f in fields.items()}
+    assert shown == {
+        "topic": ("String", "-"),
+        "word": (ANY, "-"),
+        "tags": (ANY, "-"),
+        "budget": (ANY, "-"),
+        "out": ("Noneable.String", "-"),  # a step writes it
+    }
+    given = {"topic": "t", "tags": "a,b", "budget": "3k"}
+    assert validate_run_config(job, _config(_validated, given))  # refused before: the schema said [String], Int
+    result = run_pipeline(_validated, given, instance=instance)
+    assert result.final_context.out == "t hey ['a', 'b'] 3000"  # the default "hey" not validated into "hey!"

@@ -14,7 +14,8 @@ express becomes `Any` (any JSON value). The `flujo_inputs` op still validates th
 | `Literal["a", "b"]`, an `Enum` whose values are all `str` | a Dagster `Enum` of those strings |
 | a `BaseModel` (without aliases, not recursive) | `Shape` of its fields (`Permissive` unless `extra="forbid"`) |
 | `dict[str, X]` | `Map(str, X)`; a bare `dict` or `dict[str, Any]`: `Permissive()` |
-| `Annotated[X, ...]` | as `X` (its constraints are checked by pydantic) |
+| `Annotated[X, ...]` | as `X` (its constraints are checked by pydantic); with a validator in it: `Any` |
+| a field a model's `@field_validator` handles (or any field, with `coerce_numbers_to_str`) | `Any`, no default |
 | anything else | `Any` |
 """
 
@@ -28,7 +29,7 @@ from typing import Annotated, Literal, Union, get_args, get_origin
 from dagster import Any as DagsterAny
 from dagster import Bool, DagsterError, EnumValue, Field, Float, Int, Map, Noneable, Permissive, Shape, String
 from dagster import Enum as DagsterEnum
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel, BeforeValidator, PlainValidator, WrapValidator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -54,7 +55,15 @@ def inputs_config_field(pipeline: Pipeline) -> Field:
     required = set(pipeline.input_keys()) - {partition}  # the partition key fills its own
     written = pipeline.written_keys()  # a step's output key: optional, its default not scaffolded into the config
     fields = {
-        k: _field(pipeline.context.model_fields[k], k in required, (k,), pipeline.name, frozenset(), k not in written)
+        k: _field(
+            pipeline.context.model_fields[k],
+            k in required,
+            (k,),
+            pipeline.name,
+            frozenset(),
+            k not in written,
+            owner=pipeline.context,
+        )
         for k in pipeline.run_input_keys()
         if k != partition
     }
@@ -74,20 +83,44 @@ def inputs_config_field(pipeline: Pipeline) -> Field:
 
 
 def _field(
-    info: FieldInfo, required: bool, path: tuple[str, ...], pipeline: str, seen: frozenset[type], shown: bool = True
+    info: FieldInfo,
+    required: bool,
+    path: tuple[str, ...],
+    pipeline: str,
+    seen: frozenset[type],
+    shown: bool = True,
+    owner: type[BaseModel] | None = None,
 ) -> Field:
-    """One input's config field: its type, the pydantic field's description and (when optional and `shown`) its
-    default."""
-    config_type = inputs_config_type(info.annotation, path, pipeline, seen)
+    """One input's config field of model `owner`: its type, the pydantic field's description and (when optional
+    and `shown`) its default. A field whose value user code validates is `Any` without a default (`_custom`)."""
+    custom = owner is not None and _custom(owner, path[-1], info)
+    config_type = DagsterAny if custom else inputs_config_type(info.annotation, path, pipeline, seen)
     if required:
         return Field(config_type, is_required=True, description=info.description)
-    default = _json_default(info) if shown else _NO_DEFAULT
+    default = _json_default(info) if shown and not custom else _NO_DEFAULT
     if default is not _NO_DEFAULT:
         try:
             return Field(config_type, is_required=False, default_value=default, description=info.description)
         except DagsterError:  # a default the coarse type refuses (pydantic may accept it): no default shown
             pass
     return Field(config_type, is_required=False, description=info.description)
+
+
+def _custom(owner: type[BaseModel], name: str, info: FieldInfo) -> bool:
+    """True when user code sees the field's value before pydantic's type does, or changes it: a field validator
+    of `owner` on it (or on every field), a validator in its `Annotated` metadata, or a model config that coerces
+    numbers to strings. Dagster's type would then refuse values the model accepts (`"a,b"` split into a list),
+    and a default Dagster wrote into the config would be validated, which pydantic does not do to defaults."""
+    if owner.model_config.get("coerce_numbers_to_str") or _validates(info.metadata):
+        return True
+    decorators = owner.__pydantic_decorators__.field_validators.values()
+    return any(name in d.info.fields or "*" in d.info.fields for d in decorators)
+
+
+def _validates(metadata: object) -> bool:
+    """True when `metadata` (a field's or an `Annotated`'s) holds a pydantic validator of user code."""
+    validators = (AfterValidator, BeforeValidator, PlainValidator, WrapValidator)
+    return isinstance(metadata, list | tuple) and any(isinstance(m, validators) for m in metadata)
 
 
 def _json_default(info: FieldInfo) -> object:
@@ -126,7 +159,7 @@ def inputs_config_type(annotation: object, path: tuple[str, ...], pipeline: str,
 def _config_type(annotation: object, path: tuple[str, ...], pipeline: str, seen: frozenset[type]) -> object:
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Annotated:
-        return inputs_config_type(args[0], path, pipeline, seen)
+        return DagsterAny if _validates(args[1:]) else inputs_config_type(args[0], path, pipeline, seen)
     if annotation in _SCALARS:
         return _SCALARS[annotation]
     if origin in (Union, types.UnionType):
@@ -186,7 +219,10 @@ def _model(model: type[BaseModel], path: tuple[str, ...], pipeline: str, seen: f
     if model in seen or any(f.alias or f.validation_alias for f in fields.values()):
         return DagsterAny
     inner = seen | {model}
-    shape = {name: _field(info, info.is_required(), (*path, name), pipeline, inner) for name, info in fields.items()}
+    shape = {
+        name: _field(info, info.is_required(), (*path, name), pipeline, inner, owner=model)
+        for name, info in fields.items()
+    }
     if model.model_config.get("extra") == "forbid":
         return Shape(shape, description=model.__doc__)  # type: ignore[no-untyped-call]
     return Permissive(shape, description=model.__doc__)  # type: ignore[no-untyped-call]
