@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import (
@@ -394,3 +395,46 @@ def test_a_partition_key_field_cannot_be_upstream() -> None:
         partitions=DailyPartitions(start="2026-11-01", input_key="day"),
     )
     assert ("UPSTREAM-003", "parts > key:day") in [f[:2] for f in findings(pipeline)]
+
+
+class _Opaque:
+    """An object JSON cannot hold."""
+
+
+class _Blobs(BaseModel):
+    blob: dict[str, Any]
+    counts: dict[str, int]
+    n: int | None = None
+
+
+@asset(key=["ext", "blob"])
+def _blob_asset() -> dict[str, object]:
+    return {"a": _Opaque()}
+
+
+@asset(key=["ext", "counts"])
+def _counts_asset() -> dict[str, object]:
+    return {"k" * 100_000: "not a number"}  # a hostile key: the message must not carry it whole
+
+
+def test_an_upstream_value_json_cannot_hold_or_a_huge_one_fails_clearly_and_bounded(instance: DagsterInstance) -> None:
+    @step(output_keys=["n"])
+    def count(blob: dict[str, Any], counts: dict[str, int]) -> int:
+        return len(blob) + len(counts)
+
+    upstream = {"blob": AssetKey(["ext", "blob"]), "counts": AssetKey(["ext", "counts"])}
+    pipeline = Pipeline("blobs", context=_Blobs, steps=[count], assets=["n"], upstream=upstream)
+    assert materialize([_blob_asset, _counts_asset], instance=instance).success
+    defs = Definitions.merge(Definitions(assets=[_blob_asset, _counts_asset]), build_definitions(pipelines=[pipeline]))
+    result = defs.resolve_job_def("blobs").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False)
+    failures = {
+        e.step_key: e.step_failure_data.error
+        for e in result.all_events
+        if e.event_type == DagsterEventType.STEP_FAILURE and e.step_failure_data.error is not None
+    }
+    blob, counts = failures["blobs_graph.flujo_upstream_blob"], failures["blobs_graph.flujo_upstream_counts"]
+    assert blob.cls_name == counts.cls_name == "Failure"  # ours, not retried: never a generic step error
+    assert "upstream key 'blob' reads asset 'ext/blob', whose value is not a dict[str, Any]" in blob.message
+    assert "PydanticSerializationError" in blob.message
+    assert "upstream key 'counts' reads asset 'ext/counts'" in counts.message
+    assert len(counts.message) < 2_000 and "k" * 201 not in counts.message  # each part cut at 200 characters

@@ -8,6 +8,7 @@ from typing import Any
 from dagster import Any as DagsterAny
 from dagster import Failure, In, OpDefinition, OpExecutionContext, Output
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from flujo_dagster import names
 from flujo_dagster.adapter.ops.leaf import outs_for
@@ -19,12 +20,28 @@ from flujo_dagster.validation.typecompat import type_name
 __all__ = ["upstream_op_def"]
 
 _MAX_PROBLEMS = 5
+_MAX_CHARS = 200
 
 
-def _refused(pipeline: Pipeline, key: str, asset: str, exc: ValidationError) -> Failure:
-    """The failure of a loaded value that is not of the key's type: pipeline, key, asset, what is wrong."""
+def _cut(text: str, limit: int = _MAX_CHARS) -> str:
+    """`text` at most `limit` characters long (an upstream value's keys and messages are not ours to trust)."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _problems(exc: ValidationError | PydanticSerializationError | ValueError) -> list[str]:
+    """What is wrong with the loaded value, one bounded line per problem."""
+    if not isinstance(exc, ValidationError):
+        return [f"(value): {_cut(str(exc))} ({type(exc).__name__})"]
     errors = exc.errors(include_url=False, include_input=False)
-    problems = [f"{'.'.join(map(str, e['loc'])) or '(value)'}: {e['msg']} ({e['type']})" for e in errors]
+    return [f"{_cut('.'.join(map(str, e['loc'])) or '(value)')}: {_cut(e['msg'])} ({e['type']})" for e in errors]
+
+
+def _refused(
+    pipeline: Pipeline, key: str, asset: str, exc: ValidationError | PydanticSerializationError | ValueError
+) -> Failure:
+    """The failure of a loaded value that is not of the key's type: pipeline, key, asset, what is wrong (bounded:
+    at most `_MAX_PROBLEMS` problems of at most `_MAX_CHARS` characters each part)."""
+    problems = _problems(exc)
     shown = "\n".join(f"  - {p}" for p in problems[:_MAX_PROBLEMS])
     more = f"\n  ... and {len(problems) - _MAX_PROBLEMS} more" if len(problems) > _MAX_PROBLEMS else ""
     return Failure(
@@ -48,7 +65,7 @@ def upstream_op_def(pipeline: Pipeline, key: str, name: str) -> OpDefinition:
     def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Output[Any]]:
         try:
             value = coerce_value(adapter, inputs[UPSTREAM_INPUT])
-        except ValidationError as exc:
+        except (ValidationError, PydanticSerializationError, ValueError) as exc:  # a value JSON cannot hold too
             raise _refused(pipeline, key, asset, exc) from exc
         yield Output(value, io_name(key), metadata={names.KEY: key})
 
