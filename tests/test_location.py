@@ -21,8 +21,10 @@ from dagster import (
     load_from_defs_folder,
     op,
 )
+from pydantic_ai.models.test import TestModel
 
-from flujo_dagster import ApprovalSettings, ConfigurationError, build_definitions, decide
+from flujo_dagster import AgentRuntime, ApprovalSettings, ConfigurationError, build_definitions, decide
+from flujo_dagster.adapter.compile.definitions import default_resources
 from flujo_dagster.adapter.control.run_costs import cost_band, flujo_jobs
 from flujo_dagster.names import (
     APPROVALS_SENSOR,
@@ -264,3 +266,15 @@ def test_a_plain_merge_of_different_settings_fails_naming_the_key() -> None:
     other = build_definitions(pipelines=[gated_two], resources={**RESOURCES, "approval_settings": signed})
     with pytest.raises(DagsterInvariantViolationError, match="same key 'approval_settings'"):
         Definitions.merge(strict, other)
+
+
+def test_only_flujos_own_settings_objects_are_shared() -> None:
+    """Equal settings objects become one, so that results merge; a runtime or a user's resource stays the object
+    given (two TestModels configured alike compare equal, yet each records its own calls)."""
+    first, second = AgentRuntime(model=TestModel()), AgentRuntime(model=TestModel())
+    assert first == second  # equal by value ...
+    user = {"dsn": "postgresql://example"}
+    chosen = default_resources({"agent_runtime": second, "lookup": user, "approval_settings": ApprovalSettings()})
+    assert chosen["agent_runtime"] is second and chosen["lookup"] is user  # ... yet kept as given
+    again = default_resources({"approval_settings": ApprovalSettings()})
+    assert again["approval_settings"] is chosen["approval_settings"]  # flujo's own settings: one object

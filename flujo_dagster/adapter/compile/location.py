@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import Definitions, JobDefinition, SensorDefinition
 
+from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
+from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager
 from flujo_dagster.adapter.storage.resources import AgentRuntime
 from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.names import DECIDE_JOB
+from flujo_dagster.pricing.prices import PriceBook
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -30,10 +33,11 @@ _imported: dict[str, object] = {}
 
 
 def shared(value: object) -> object:
-    """The first object of `value`'s type seen in this process that equals it (`value` itself the first time). Only
-    values compared by value are shared (pydantic models such as Dagster's configurable resources, dataclasses, price
-    books); other objects are their own."""
-    if type(value).__eq__ is object.__eq__:
+    """The first object of `value`'s type seen in this process that equals it (`value` itself the first time).
+    Only flujo's own settings objects are shared (the IO manager, `ApprovalSettings`, a `PriceBook`): they hold
+    nothing but settings compared by value. Anything else, a user's resource or an `AgentRuntime` (whose model
+    objects compare equal when configured alike, yet each records its own calls), is its own."""
+    if not isinstance(value, PydanticJsonIOManager | ApprovalSettings | PriceBook):
         return value
     with _lock:
         seen = _seen.setdefault(type(value), [])
