@@ -42,7 +42,8 @@ class AgentRuntime(RuntimeSettings):
     (kept outside the config: a run's config string for the same slot wins over it). pydantic-ai's
     `FunctionModel` and `TestModel` (and the string `test`) are reported with model source `offline`, anything
     else as `override`. Tests and the demo swap models here, never by patching. Without overrides each step runs
-    on its agent's own model. `providers` configures how a model string's provider is built (API key, base URL).
+    on its agent's own model. `providers` (code only, never run config) configures how a model string's provider
+    is built (API key, base URL).
     `prices` declares the price of models by `provider:model` (an offline model's is reported with price source
     `offline`; genai-prices knows none of them).
     """

@@ -1,5 +1,6 @@
-"""What `AgentRuntime` holds: its Dagster config (model strings, `ProviderSettings`), the Python-only values that
-config cannot carry (model objects, declared prices), and how a `provider:model` string becomes a model."""
+"""What `AgentRuntime` holds: its Dagster config (model strings), the Python-only values that config cannot or
+must not carry (model objects, declared prices, `ProviderSettings`), and how a `provider:model` string becomes a
+model."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from dagster import Config, ConfigurableResource, EnvVar
+from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, PrivateAttr
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model, infer_model
@@ -29,6 +30,7 @@ __all__ = [
     "RuntimeSettings",
     "build_model",
     "canonical_model_id",
+    "check_model_strings",
     "check_providers",
     "split_choices",
 ]
@@ -41,36 +43,57 @@ OFFLINE_PROVIDERS = ("function", "test")
 _GATEWAY = "gateway/"
 
 
-class ProviderSettings(Config):
+@dataclass(frozen=True, repr=False)
+class ProviderSettings:
     """How agent steps reach one provider (the key in `AgentRuntime(providers=...)` is the provider part of
-    `provider:model`, e.g. `openai`). Only the settings given are passed to pydantic-ai's provider class."""
+    `provider:model`, e.g. `openai`), set in code only: no run's config can set it. Only the settings given are
+    passed to pydantic-ai's provider class. Give `api_key=EnvVar("OPENAI_API_KEY")` to keep the key in the
+    environment (read when a model is built); a key is never shown in a repr."""
 
-    api_key: str | None = Field(
-        default=None,
-        description="The provider's API key. Give EnvVar('OPENAI_API_KEY') (or {env: OPENAI_API_KEY} in run config) "
-        "so that the key stays in the environment and never enters config, tags or logs.",
-    )
-    base_url: str | None = Field(
-        default=None,
-        description="The provider's base URL, e.g. an OpenAI-compatible server or a proxy.",
-    )
+    api_key: str | None = None
+    base_url: str | None = None
 
-    def provider_kwargs(self) -> dict[str, str]:
-        """The settings given, as keyword arguments of the provider class (an `EnvVar` not yet resolved by
-        Dagster is read through `EnvVar.get_value`)."""
+    def __repr__(self) -> str:
+        return f"ProviderSettings(api_key={_shown(self.api_key, secret=True)}, base_url={_shown(self.base_url)})"
+
+    def provider_kwargs(self, provider: str) -> dict[str, str]:
+        """The settings given, as keyword arguments of the provider class, an `EnvVar` read now;
+        `ConfigurationError` naming the variable and `provider` when it is not set."""
         given = {"api_key": self.api_key, "base_url": self.base_url}
-        resolved = {k: v.get_value() if isinstance(v, EnvVar) else v for k, v in given.items()}
-        return {k: v for k, v in resolved.items() if v is not None}
+        kwargs = {}
+        for name, value in given.items():
+            if isinstance(value, EnvVar):
+                resolved = value.get_value()
+                if resolved is None:
+                    raise ConfigurationError(
+                        f"agent_runtime providers[{provider!r}] {name}: environment variable "
+                        f"{value.env_var_name!r} is not set; set it in the code location's environment"
+                    )
+                value = resolved
+            if value is not None:
+                kwargs[name] = value
+        return kwargs
+
+
+def _shown(value: str | None, *, secret: bool = False) -> str:
+    """A setting for a repr: an `EnvVar` by name, a literal secret as `<set>`."""
+    if value is None:
+        return "None"
+    if isinstance(value, EnvVar):
+        return f"EnvVar({value.env_var_name!r})"
+    return "<set>" if secret else repr(value)
 
 
 @dataclass(frozen=True)
 class PythonOnly:
     """What an `AgentRuntime` holds outside its Dagster config, as given to its constructor: model objects
-    (which no run config can express) and declared prices."""
+    (which no run config can express), declared prices and provider settings (which no run may change)."""
 
     model: Model | None = None
     step_models: Mapping[str, Model] = field(default_factory=dict)
     prices: Mapping[str, Price] = field(default_factory=dict)
+    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
+    """Provider settings: code only, so that no run's config can choose where a key is sent."""
     built_step_names: frozenset[str] = frozenset()
     """The step names `step_models` held when built in Python (for other pipelines of the location, maybe)."""
 
@@ -85,10 +108,6 @@ class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
     step_models: dict[str, str] = Field(
         default_factory=dict, description="A 'provider:model' per agent step name; wins over `model`."
     )
-    providers: dict[str, ProviderSettings] = Field(
-        default_factory=dict,
-        description="Settings per provider (the part before ':' in 'provider:model'): api_key, base_url.",
-    )
     _python: PythonOnly = PrivateAttr(default_factory=PythonOnly)
 
     def __init__(
@@ -100,10 +119,14 @@ class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
         providers: Mapping[str, ProviderSettings] | None = None,
     ) -> None:
         name, names, obj, objs = split_choices(model, step_models)
-        super().__init__(model=name, step_models=names, providers=dict(providers or {}))
-        check_providers(self.providers)
+        check_model_strings(name, names)
+        super().__init__(model=name, step_models=names)
+        settings = dict(providers or {})
+        check_providers(settings)
         built = frozenset(step_models or {})
-        self._python = PythonOnly(model=obj, step_models=objs, prices=dict(prices or {}), built_step_names=built)
+        self._python = PythonOnly(
+            model=obj, step_models=objs, prices=dict(prices or {}), providers=settings, built_step_names=built
+        )
 
     def _with_updated_values(self, values: Mapping[str, Any] | None) -> Self:
         """The copy Dagster makes for a run, with the run's config: Dagster rebuilds a resource from its config
@@ -112,6 +135,11 @@ class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
         assert isinstance(updated, type(self))
         updated._python = self._python
         return updated
+
+    @property
+    def providers(self) -> dict[str, ProviderSettings]:
+        """The provider settings given in code, by provider name."""
+        return dict(self._python.providers)
 
     @property
     def prices(self) -> dict[str, Price]:
@@ -129,6 +157,8 @@ class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
             parts.append(f"step model objects { {k: model_id_of(m) for k, m in python.step_models.items()} }")
         if python.prices:
             parts.append(f"prices for {sorted(python.prices)}")
+        if python.providers:
+            parts.append(f"providers {python.providers}")
         return "; ".join(parts)
 
     def configured_models(self) -> list[ModelChoice]:
@@ -183,6 +213,12 @@ def check_providers(providers: Mapping[str, ProviderSettings]) -> None:
     class does not take."""
     for name, settings in providers.items():
         where = f"agent_runtime providers[{name!r}]"
+        if not isinstance(settings, ProviderSettings) or not all(
+            isinstance(v, str | None) for v in (settings.api_key, settings.base_url)
+        ):
+            raise ConfigurationError(
+                f"{where} is a {type(settings).__name__}; give ProviderSettings(api_key=EnvVar('NAME'), base_url='...')"
+            )
         if name.startswith(_GATEWAY):
             raise ConfigurationError(
                 f"{where}: gateway providers cannot be configured here; configure {name!r} "
@@ -201,6 +237,17 @@ def check_providers(providers: Mapping[str, ProviderSettings]) -> None:
             )
 
 
+def check_model_strings(model: str | None, step_models: Mapping[str, str]) -> None:
+    """`ConfigurationError` for a model string that embeds a URL (`://` or `//`, as a Hugging Face endpoint
+    model name may): a run's config may choose models, never where a provider's key is sent."""
+    for where, value in [("model", model), *((f"step_models[{k!r}]", v) for k, v in step_models.items())]:
+        if value is not None and ("//" in value or any(c.isspace() for c in value)):
+            raise ConfigurationError(
+                f"agent_runtime {where} {value!r} embeds a URL or whitespace; give a 'provider:model' name (a base "
+                "URL is set in code only: AgentRuntime(providers={...: ProviderSettings(base_url=...)}))"
+            )
+
+
 def _provider_factory(providers: Mapping[str, ProviderSettings]) -> Callable[[str], Provider[Any]]:
     """pydantic-ai's provider inference, with the settings of `providers` for the providers they name."""
 
@@ -208,7 +255,7 @@ def _provider_factory(providers: Mapping[str, ProviderSettings]) -> Callable[[st
         settings = providers.get(name)
         if settings is None:
             return infer_provider(name)
-        return infer_provider_class(name)(**settings.provider_kwargs())
+        return infer_provider_class(name)(**settings.provider_kwargs(name))
 
     return provider
 
@@ -218,10 +265,10 @@ def build_model(choice: str, providers: Mapping[str, ProviderSettings], *, where
     `ConfigurationError` naming `where` when it cannot be built (an unknown provider, a missing API key)."""
     try:
         return infer_model(choice, provider_factory=_provider_factory(providers))
-    except (UserError, ValueError, ImportError, TypeError) as exc:
+    except (UserError, ValueError, ImportError, TypeError, ConfigurationError) as exc:
         raise ConfigurationError(
             f"{where}: model {choice!r} cannot be built: {exc}. Give a 'provider:model' string (or 'test') and "
-            "check the agent_runtime resource's providers (api_key, base_url)"
+            "check the agent_runtime resource's providers set in code (api_key, base_url)"
         ) from exc
 
 
