@@ -43,7 +43,7 @@ OFFLINE_PROVIDERS = ("function", "test")
 _GATEWAY = "gateway/"
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, kw_only=True)
 class ProviderSettings:
     """How agent steps reach one provider (the key in `AgentRuntime(providers=...)` is the provider part of
     `provider:model`, e.g. `openai`), set in code only: no run's config can set it. Only the settings given are
