@@ -30,6 +30,7 @@ from flujo_dagster import (
     build_definitions,
     run_pipeline,
 )
+from flujo_dagster.names import PRICE_BOOK_KEY
 from flujo_dagster.pricing.prices import GENAI_PRICES_SOURCE, TokenUsage
 
 FREE = Price(input_per_mtok=0, output_per_mtok=0)
@@ -67,7 +68,7 @@ def test_an_unknown_model_stops_the_definitions_with_price_001() -> None:
         "  [PRICE-001] error at ask > agent:answer: model 'ollama:llama3' at ask > agent:answer has no price: "
         f"{GENAI_PRICES_SOURCE} does not know it (Unable to find provider provider_id='ollama'). "
         f"{override_hint('ollama:llama3')}. "
-        "Hint: offline models (FunctionModel, TestModel) declare theirs with AgentRuntime(prices={...})"
+        "Hint: add an override for the model (offline models, FunctionModel and TestModel, cost $0 without one)"
     )
 
 
@@ -107,15 +108,23 @@ def test_non_strict_pricing_is_explicit_and_reported_as_a_warning(caplog: pytest
     assert "[PRICE-002] warning at ask: pricing is not strict" in caplog.text
 
 
-def test_an_offline_model_must_declare_its_price_on_the_runtime() -> None:
+def test_an_offline_model_needs_no_declared_price_and_a_declared_one_wins() -> None:
     offline = FunctionModel(lambda m, i: ModelResponse(parts=[TextPart("ok")]), model_name="scripted")
-    with pytest.raises(PricingNotConfiguredError) as raised:
-        build_definitions(
-            pipelines=[ask("openai:gpt-5-mini")], resources={"agent_runtime": AgentRuntime(model=offline)}
-        )
-    assert "model 'function:scripted' at ask > agent:answer has no price" in str(raised.value)
-    runtime = AgentRuntime(model=offline, prices={"function:scripted": FREE})
-    build_definitions(pipelines=[ask("openai:gpt-5-mini")], resources={"agent_runtime": runtime})
+    defs = build_definitions(
+        pipelines=[ask("openai:gpt-5-mini")], resources={"agent_runtime": AgentRuntime(model=offline)}
+    )
+    book = defs.resources[PRICE_BOOK_KEY]
+    assert isinstance(book, PriceBook)
+    pricing = book.require("function:scripted", where="ask > agent:answer")
+    assert (pricing.source, pricing.cost(TokenUsage(input_tokens=10**6, output_tokens=10**6))) == ("offline", 0)
+    declared = Price(input_per_mtok="1", output_per_mtok="2")
+    runtime = AgentRuntime(model=offline, prices={"function:scripted": declared})
+    book = build_definitions(pipelines=[ask("openai:gpt-5-mini")], resources={"agent_runtime": runtime}).resources[
+        PRICE_BOOK_KEY
+    ]
+    assert isinstance(book, PriceBook)
+    pricing = book.require("function:scripted", where="ask > agent:answer")
+    assert (pricing.source, pricing.cost(TokenUsage(output_tokens=10**6))) == ("offline", Decimal(2))
 
 
 # --- run time ----------------------------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ from genai_prices import calc_price
 from flujo_dagster.errors import ConfigurationError, PricingNotConfiguredError
 
 __all__ = [
+    "FREE",
     "GENAI_PRICES_SOURCE",
+    "OFFLINE_PROVIDERS",
+    "OFFLINE_SOURCE",
     "ModelPricing",
     "Price",
     "PriceBook",
@@ -30,6 +33,11 @@ __all__ = [
 GENAI_PRICES_SOURCE = f"genai-prices {version('genai-prices')}"
 """The price source reported for prices found in genai-prices (with the installed data's version)."""
 MILLION = Decimal(1_000_000)
+OFFLINE_PROVIDERS = ("function", "test")
+"""The `provider` part of the ids of pydantic-ai's offline models (`FunctionModel`, `TestModel`): they never call
+a provider, so without a declared price they cost $0."""
+OFFLINE_SOURCE = "offline"
+"""The price source of an offline model's price, declared or not."""
 
 
 def _decimal(value: object, what: str) -> Decimal:
@@ -59,6 +67,10 @@ class Price:
         if self.cached_input_per_mtok is not None:
             cached = _decimal(self.cached_input_per_mtok, "cached_input_per_mtok")
             object.__setattr__(self, "cached_input_per_mtok", cached)
+
+
+FREE = Price(input_per_mtok=Decimal(0), output_per_mtok=Decimal(0))
+"""The price of an offline model that declares none."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +123,8 @@ def split_model(model: str) -> tuple[str | None, str]:
 
 
 class PriceBook:
-    """Resolves `provider:model` names to prices: declared prices of offline models, overrides, then genai-prices.
+    """Resolves `provider:model` names to prices: declared prices of offline models, overrides, then genai-prices;
+    an offline model (`OFFLINE_PROVIDERS`) that none of them prices costs $0 (`FREE`, source `offline`).
 
     `strict=True` (the default) accepts a genai-prices match only when its model id is exactly the requested
     name; `strict=False` accepts genai-prices' loose matches (validation reports that as a warning).
@@ -139,10 +152,12 @@ class PriceBook:
     def resolve(self, model: str) -> ModelPricing | None:
         """The pricing of `model`, or None when it has none here (see `why_unpriced`)."""
         if model in self.offline:
-            return ModelPricing(model=model, source="offline", price=self.offline[model])
+            return ModelPricing(model=model, source=OFFLINE_SOURCE, price=self.offline[model])
         if model in self.overrides:
             return ModelPricing(model=model, source="override", price=self.overrides[model])
         provider, name = split_model(model)
+        if provider in OFFLINE_PROVIDERS:
+            return ModelPricing(model=model, source=OFFLINE_SOURCE, price=FREE)
         try:
             found = calc_price(GenaiUsage(), name, provider_id=provider)
         except LookupError:

@@ -79,7 +79,7 @@ def rule_prices(pipeline: Pipeline, book: PriceBook, model_for: ModelOf) -> Iter
                 pipeline=pipeline.name,
                 path=path,
                 message=unpriced_message(model, path, book.why_unpriced(model)) + ".",
-                hint="offline models (FunctionModel, TestModel) declare theirs with AgentRuntime(prices={...})",
+                hint="add an override for the model (offline models, FunctionModel and TestModel, cost $0 without one)",
             )
         budgets = [b for b in (pipeline.budget, step.budget) if b is not None and budget_problem(b) is None]
         if budgets:

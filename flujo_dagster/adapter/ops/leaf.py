@@ -53,6 +53,7 @@ __all__ = [
     "outs_for",
     "priced_agents",
     "step_op",
+    "trimmed",
 ]
 
 
@@ -97,14 +98,27 @@ def outs_for(pipeline: Pipeline, writes: tuple[str, ...], optional: frozenset[st
 
 def not_retried(exc: BaseException, wiring: StepWiring, metadata: Mapping[str, Any] | None = None) -> Failure:
     """One of our errors that fails a step on its first attempt (`runtime.retries.NEVER_RETRIED`), as a
-    `Failure(allow_retries=False)` naming its class and the step path, chained from the original; `metadata`
-    (what the step's agent calls were charged) is added to the failure's."""
+    `Failure(allow_retries=False)` naming its class and the step path, chained from the original (see
+    `trimmed`); `metadata` (what the step's agent calls were charged) is added to the failure's."""
     where = "" if str(exc).startswith(f"{wiring.path}: ") else f" at {wiring.path}"  # said once
-    return Failure(
+    failure = Failure(
         description=f"{type(exc).__name__}{where}: {exc}",
         metadata={**(metadata or {}), names.STEP_PATH: wiring.path, names.ERROR_CLASS: type(exc).__name__},
         allow_retries=False,
     )
+    failure.__cause__ = trimmed(exc)
+    return failure
+
+
+def trimmed(exc: BaseException) -> BaseException:
+    """`exc` as the cause of a step's failure. A `ConfigurationError` says in its message what is wrong, where
+    and what to set (a missing API key is one line), so the step's event log keeps its message without its
+    traceback through flujo and the provider's internals, or what it was chained from; other errors unchanged."""
+    if not isinstance(exc, ConfigurationError):
+        return exc
+    exc.__cause__ = None
+    exc.__suppress_context__ = True
+    return exc.with_traceback(None)
 
 
 def failed_with_costs(exc: Exception, wiring: StepWiring, metadata: Mapping[str, Any]) -> Exception:

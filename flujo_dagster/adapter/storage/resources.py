@@ -7,7 +7,9 @@ from decimal import Decimal
 from typing import Literal
 
 import anyio
+from dagster import EnvVar
 from pydantic_ai import Agent
+from pydantic_ai.exceptions import ModelAuthenticationError, ModelHTTPError
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.models.function import FunctionModel
 from pydantic_ai.models.test import TestModel
@@ -100,7 +102,10 @@ class AgentRuntime(RuntimeSettings):
         budgeted = budget is not None and bool(budget.guards)
         if budget is not None and budgeted:
             model = _budgeted(step, chosen, configured, budget, path, meter)
-        call = await run_agent(agent, prompt, model=model, model_settings=step.model_settings, deps=deps)
+        try:
+            call = await run_agent(agent, prompt, model=model, model_settings=step.model_settings, deps=deps)
+        except ModelAuthenticationError as exc:
+            raise ConfigurationError(self._refused(path, configured, exc)) from None
         try:
             priced = call.priced(prices.require(call.model, where=path))
         except PricingNotConfiguredError:
@@ -110,6 +115,18 @@ class AgentRuntime(RuntimeSettings):
         if meter is not None and not budgeted:
             meter.add(_charge(priced, priced.cost_usd, priced.price_source))
         return priced, source
+
+    def _refused(self, path: str, model: str | None, exc: ModelAuthenticationError) -> str:
+        """The one line for a provider that refused the request's credentials (a wrong or revoked key)."""
+        provider = (model or "").partition(":")[0]
+        settings = self.providers.get(provider)
+        status = f"HTTP {exc.status_code}" if isinstance(exc, ModelHTTPError) else type(exc).__name__
+        key = (
+            f'the variable {settings.api_key.env_var_name} that providers["{provider}"] api_key reads'
+            if settings is not None and isinstance(settings.api_key, EnvVar)
+            else f'its environment variable, or AgentRuntime(providers={{"{provider}": ProviderSettings(api_key=...)}})'
+        )
+        return f"{path}: model {model} was refused by its provider ({status}): check its API key ({key})"
 
     def price_book(self, overrides: Mapping[str, Price], *, strict: bool) -> PriceBook:
         """A price book with `overrides` and this runtime's declared prices (`offline` for offline models)."""

@@ -5,6 +5,7 @@ model."""
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -19,11 +20,12 @@ from flujo_dagster.dsl.flow import walk
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep, model_id_of
 from flujo_dagster.errors import ConfigurationError
-from flujo_dagster.pricing.prices import Price
+from flujo_dagster.pricing.prices import OFFLINE_PROVIDERS, Price
 
 __all__ = [
     "OFFLINE_PROVIDERS",
     "TEST_MODEL",
+    "MissingSettingError",
     "ModelChoice",
     "ProviderSettings",
     "PythonOnly",
@@ -32,15 +34,23 @@ __all__ = [
     "canonical_model_id",
     "check_model_strings",
     "check_providers",
+    "missing_key",
     "split_choices",
 ]
 
 ModelChoice = Model | str
 TEST_MODEL = "test"
 """pydantic-ai's name for `TestModel` (`infer_model("test")`): offline, and answering as `test:test`."""
-OFFLINE_PROVIDERS = ("function", "test")
-"""The `provider` part of the ids of pydantic-ai's offline models (`FunctionModel`, `TestModel`)."""
 _GATEWAY = "gateway/"
+
+
+class MissingSettingError(ConfigurationError):
+    """A provider setting given as an `EnvVar` whose variable is not set (`setting`: `api_key` or `base_url`)."""
+
+    def __init__(self, message: str, *, setting: str, variable: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.variable = variable
 
 
 @dataclass(frozen=True, repr=False, kw_only=True)
@@ -65,9 +75,11 @@ class ProviderSettings:
             if isinstance(value, EnvVar):
                 resolved = value.get_value()
                 if resolved is None:
-                    raise ConfigurationError(
+                    raise MissingSettingError(
                         f"agent_runtime providers[{provider!r}] {name}: environment variable "
-                        f"{value.env_var_name!r} is not set; set it in the code location's environment"
+                        f"{value.env_var_name!r} is not set; set it in the code location's environment",
+                        setting=name,
+                        variable=value.env_var_name,
                     )
                 value = resolved
             if value is not None:
@@ -260,16 +272,47 @@ def _provider_factory(providers: Mapping[str, ProviderSettings]) -> Callable[[st
     return provider
 
 
+_MISSING_KEY = re.compile(r"Set the `(?P<var>[A-Z][A-Z0-9_]*)`(?: or `[A-Z][A-Z0-9_]*`)? environment variable")
+"""How pydantic-ai's providers say that their API key is missing (`missing_api_key_error`), naming its variable."""
+
+
+def missing_key(where: str, choice: str, variable: str, provider: str, settings: ProviderSettings | None) -> str:
+    """The one line that says which step's model has no API key, and what to set: the variable, or the
+    `AgentRuntime` provider setting (the variable an `EnvVar` setting reads, when one is configured)."""
+    if settings is not None and isinstance(settings.api_key, EnvVar):
+        return (
+            f"{where}: model {choice} has no API key: set {variable} (read by the agent_runtime resource's "
+            f'providers["{provider}"] api_key=EnvVar("{variable}"))'
+        )
+    return (
+        f"{where}: model {choice} has no API key: set {variable}, or "
+        f'AgentRuntime(providers={{"{provider}": ProviderSettings(api_key=EnvVar("..."))}})'
+    )
+
+
 def build_model(choice: str, providers: Mapping[str, ProviderSettings], *, where: str) -> Model:
     """The model `choice` (`provider:model`, or `test`) names, its provider built with `providers`' settings;
-    `ConfigurationError` naming `where` when it cannot be built (an unknown provider, a missing API key)."""
+    `ConfigurationError` naming `where` when it cannot be built: for a missing API key one line naming the
+    variable to set (`missing_key`), else the reason. Neither is chained to the provider's internals."""
+    provider = choice.partition(":")[0]
     try:
         return infer_model(choice, provider_factory=_provider_factory(providers))
-    except (UserError, ValueError, ImportError, TypeError, ConfigurationError) as exc:
-        raise ConfigurationError(
-            f"{where}: model {choice!r} cannot be built: {exc}. Give a 'provider:model' string (or 'test') and "
-            "check the agent_runtime resource's providers set in code (api_key, base_url)"
-        ) from exc
+    except MissingSettingError as exc:
+        if exc.setting == "api_key":
+            message = missing_key(where, choice, exc.variable, provider, providers.get(provider))
+            raise ConfigurationError(message) from None
+        problem = str(exc)
+    except UserError as exc:
+        found = _MISSING_KEY.search(str(exc))
+        if found is not None and "api_key" in str(exc):
+            raise ConfigurationError(missing_key(where, choice, found["var"], provider, None)) from None
+        problem = str(exc)
+    except (ValueError, ImportError, TypeError, ConfigurationError) as exc:
+        problem = str(exc)
+    raise ConfigurationError(
+        f"{where}: model {choice!r} cannot be built: {problem}. Give a 'provider:model' string (or 'test') and "
+        "check the agent_runtime resource's providers set in code (api_key, base_url)"
+    )
 
 
 def canonical_model_id(model_id: str) -> str:
