@@ -18,7 +18,7 @@ from dagster import DagsterEvent, DagsterEventType, DagsterInstance, EnvVar, exe
 from dagster._utils.error import SerializableErrorInfo
 from pydantic_ai.models import override_allow_model_requests
 
-from flujo_dagster import AgentRuntime, ProviderSettings, run_pipeline
+from flujo_dagster import AgentRuntime, ConfigurationError, ProviderSettings, run_pipeline
 from flujo_dagster.names import ERROR_CLASS, STEP_PATH
 from tests.failures_defs import (
     EXPANDED_PATH,
@@ -174,3 +174,30 @@ def test_the_cli_prints_the_missing_key_as_one_line(dagster_home: Path) -> None:
     assert ran.stderr.splitlines() == [
         f"run failed: step title: flujo_dagster.errors.ConfigurationError: {missing(EXPANDED_PATH)}"
     ]
+
+
+@pytest.mark.parametrize(
+    ("model", "variable"),
+    [("deepseek:deepseek-chat", "DEEPSEEK_API_KEY"), ("openrouter:openai/gpt-4o", "OPENROUTER_API_KEY")],
+)
+def test_other_providers_missing_keys_name_their_variable(
+    monkeypatch: pytest.MonkeyPatch, model: str, variable: str
+) -> None:
+    """The variable is read from pydantic-ai's own error, so every provider's is named, not OpenAI's alone."""
+    monkeypatch.delenv(variable, raising=False)
+    provider = model.partition(":")[0]
+    with pytest.raises(ConfigurationError) as raised:
+        AgentRuntime().build_model(model, where="p > agent:t")
+    assert str(raised.value) == (
+        f"p > agent:t: model {model} has no API key: set {variable}, or "
+        f'AgentRuntime(providers={{"{provider}": ProviderSettings(api_key=EnvVar("..."))}})'
+    )
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__  # shown alone
+
+
+def test_a_missing_base_url_is_not_called_a_missing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OLLAMA_BASE_URL", raising=False)
+    with pytest.raises(ConfigurationError) as raised:
+        AgentRuntime().build_model("ollama:llama3", where="p > agent:t")
+    assert str(raised.value).startswith("p > agent:t: model 'ollama:llama3' cannot be built: Set the `OLLAMA_BASE_URL`")
+    assert "API key" not in str(raised.value)

@@ -47,7 +47,7 @@ class AgentRuntime(RuntimeSettings):
     on its agent's own model. `providers` (code only, never run config) configures how a model string's provider
     is built (API key, base URL).
     `prices` declares the price of models by `provider:model` (an offline model's is reported with price source
-    `offline`; genai-prices knows none of them).
+    `offline`; genai-prices knows none of them, and without a declared price they cost $0).
     """
 
     def offline_models(self) -> set[str]:
