@@ -25,7 +25,6 @@ from flujo_dagster.pricing.prices import OFFLINE_PROVIDERS, Price
 __all__ = [
     "OFFLINE_PROVIDERS",
     "TEST_MODEL",
-    "MissingSettingError",
     "ModelChoice",
     "ProviderSettings",
     "PythonOnly",
@@ -42,15 +41,6 @@ ModelChoice = Model | str
 TEST_MODEL = "test"
 """pydantic-ai's name for `TestModel` (`infer_model("test")`): offline, and answering as `test:test`."""
 _GATEWAY = "gateway/"
-
-
-class MissingSettingError(ConfigurationError):
-    """A provider setting given as an `EnvVar` whose variable is not set (`setting`: `api_key` or `base_url`)."""
-
-    def __init__(self, message: str, *, setting: str, variable: str) -> None:
-        super().__init__(message)
-        self.setting = setting
-        self.variable = variable
 
 
 @dataclass(frozen=True, repr=False, kw_only=True)
@@ -75,11 +65,9 @@ class ProviderSettings:
             if isinstance(value, EnvVar):
                 resolved = value.get_value()
                 if resolved is None:
-                    raise MissingSettingError(
+                    raise ConfigurationError(
                         f"agent_runtime providers[{provider!r}] {name}: environment variable "
-                        f"{value.env_var_name!r} is not set; set it in the code location's environment",
-                        setting=name,
-                        variable=value.env_var_name,
+                        f"{value.env_var_name!r} is not set; set it in the code location's environment"
                     )
                 value = resolved
             if value is not None:
@@ -295,13 +283,12 @@ def build_model(choice: str, providers: Mapping[str, ProviderSettings], *, where
     `ConfigurationError` naming `where` when it cannot be built: for a missing API key one line naming the
     variable to set (`missing_key`), else the reason. Neither is chained to the provider's internals."""
     provider = choice.partition(":")[0]
+    settings = providers.get(provider)
+    key = None if settings is None else settings.api_key
+    if isinstance(key, EnvVar) and key.get_value() is None:
+        raise ConfigurationError(missing_key(where, choice, key.env_var_name, provider, settings))
     try:
         return infer_model(choice, provider_factory=_provider_factory(providers))
-    except MissingSettingError as exc:
-        if exc.setting == "api_key":
-            message = missing_key(where, choice, exc.variable, provider, providers.get(provider))
-            raise ConfigurationError(message) from None
-        problem = str(exc)
     except UserError as exc:
         found = _MISSING_KEY.search(str(exc))
         if found is not None and "api_key" in str(exc):
