@@ -14,6 +14,7 @@ from dagster import (
     ExecutorDefinition,
     GraphDefinition,
     JobDefinition,
+    OpDefinition,
     OutputMapping,
     define_asset_job,
 )
@@ -24,6 +25,7 @@ from flujo_dagster.adapter.compile.lineage import data_upstream
 from flujo_dagster.adapter.compile.partitions import partitions_def
 from flujo_dagster.adapter.compile.reviews import ReviewPlan, plan_reviews
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.ops.subset import selected_outputs_only
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.names import (
     CONTEXT_KEY,
@@ -103,6 +105,8 @@ def compile_pipeline(
     specs = _asset_specs(pipeline, translator) if has_assets else {}
     # asset producers wrapped for review metadata and checks (replaced in built.defs)
     keys = {k: spec.key for k, spec in specs.items()}
+    if has_assets:
+        _subsettable(built)  # before the review wraps the asset producers: their checks see only selected outputs
     review = plan_reviews(pipeline, built, keys) if has_assets else ReviewPlan()
     graph = _graph(pipeline, built, review)
     if not pipeline.assets:
@@ -158,6 +162,16 @@ def _graph(pipeline: Pipeline, built: BuiltGraph, review: ReviewPlan) -> GraphDe
     )
 
 
+def _subsettable(built: BuiltGraph) -> None:
+    """Every op of a graph-backed asset yields only its selected outputs in a subset run (shared definitions
+    stay shared)."""
+    wrapped: dict[int, OpDefinition | GraphDefinition] = {}
+    for node, definition in built.defs.items():
+        if isinstance(definition, OpDefinition):
+            definition = wrapped.setdefault(id(definition), selected_outputs_only(definition))
+        built.defs[node] = definition
+
+
 def _context_asset(pipeline: Pipeline) -> bool:
     """Whether the final context is an asset: asked for (`context_asset=True`) by a pipeline with assets."""
     return bool(pipeline.assets) and pipeline.context_asset
@@ -209,4 +223,5 @@ def _assets(
         automation_conditions_by_output_name={o: s.automation_condition for o, s in by_output.items()},
         check_specs=review.check_specs,
         partitions_def=partitions_def(pipeline),
+        can_subset=True,
     )

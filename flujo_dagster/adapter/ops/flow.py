@@ -136,11 +136,15 @@ def context_op(
     """The last op: reads every key's live value and returns the validated context. It depends on every
     producer through one fan-in `Nothing` input that includes `flujo_inputs`, so it runs even when producers
     were skipped, and then fails naming any key that was never produced; with a `watch` (the pipeline has
-    approval gates), it holds while a gate is parked in the run."""
+    approval gates), it holds while a gate is parked in the run. A run of a subset of the pipeline's assets
+    yields no final context."""
     context_type = key_type(pipeline.name, CONTEXT_KEY, pipeline.context)
 
     def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
         if watch is not None and watch.holds(context, CONTEXT_OP, pipeline.name):
+            return
+        if context.is_subset:  # a run of some of the assets has no final context: nothing to assemble
+            context.log.info(f"a subset of the assets of pipeline {pipeline.name!r}: no final context")
             return
         reader = _Reader(context, step_key)
         values: dict[str, object] = {}
@@ -167,7 +171,7 @@ def context_op(
         compute_fn=compute,
         name=name,
         ins={AFTER_INPUT: In(Nothing)},
-        outs={CONTEXT_OUTPUT: Out(context_type, io_manager_key=IO_MANAGER_KEY, is_required=watch is None)},
+        outs={CONTEXT_OUTPUT: Out(context_type, io_manager_key=IO_MANAGER_KEY, is_required=False)},
         required_resource_keys={IO_MANAGER_KEY},
         description=f"Assembles and validates the final {pipeline.context.__name__} of pipeline {pipeline.name!r}.",
         tags=names.op_tags(names.OpKind.CONTEXT),

@@ -19,6 +19,7 @@ from dagster import (
 from flujo_dagster import names
 from flujo_dagster.adapter.ops.injection import OpInjector, step_resource_keys
 from flujo_dagster.adapter.ops.input_config import INPUTS_CONFIG_KEY, inputs_config_field
+from flujo_dagster.adapter.ops.subset import check_subset_upstream
 from flujo_dagster.adapter.storage.budgets import OpBudgets
 from flujo_dagster.adapter.storage.resources import AgentRuntime, PricedAgents
 from flujo_dagster.adapter.storage.types import KeyType, key_type
@@ -280,12 +281,14 @@ def step_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinition:
 
 
 def inputs_op(pipeline: Pipeline, name: str, emitted: tuple[str, ...]) -> OpDefinition:
-    """The first op: validates the run's `inputs` mapping with the context model, emits the initial keys. Its
-    config schema types each input (`input_config`), so Dagster refuses what it can check before the run."""
+    """The first op: validates the run's `inputs` mapping with the context model (in a subset run, that the values
+    it loads were materialized: `check_subset_upstream`), emits the initial keys. Its config schema types each
+    input (`input_config`), so Dagster refuses what it can check before the run."""
 
     def compute(context: OpExecutionContext, _inputs: dict[str, Any]) -> Iterator[Output[Any]]:
         raw = partitioned_inputs(pipeline, context, (context.op_config or {}).get(INPUTS_CONFIG_KEY) or {})
         values = validate_inputs(pipeline, raw)
+        check_subset_upstream(context, pipeline.name)
         for key in emitted:
             yield Output(values[key], io_name(key))
         if not emitted:

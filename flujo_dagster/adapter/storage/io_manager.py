@@ -10,7 +10,10 @@ from pathlib import PurePosixPath
 from typing import Any, Generic, Literal, TypeVar
 
 from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
     ConfigurableIOManager,
+    DagsterInstance,
     DagsterInvariantViolationError,
     DagsterType,
     InputContext,
@@ -44,6 +47,9 @@ __all__ = [
     "PydanticJsonIOManager",
     "StoredKey",
     "dump_envelope",
+    "latest_materialization",
+    "materialized_before",
+    "never_materialized",
     "place_of",
     "read_envelope",
     "read_file",
@@ -327,12 +333,15 @@ def _step_path(context: OutputContext) -> str | None:
 
 
 def _source(context: InputContext, upstream: OutputContext, root: UPath) -> tuple[UPath, Origin]:
-    """Where the value of `context`'s input is stored, and who writes it: the producer's run-scoped output, or,
+    """Where the value of `context`'s input is stored, and who writes it: the producer's run-scoped output; for a
+    key of the pipeline's own assets that a subset run does not produce, the output of its latest materialization;
     outside a run or for an asset another job materialized, the asset's latest copy."""
     try:
         run_id, step_key = upstream.run_id, upstream.step_key
-    except DagsterInvariantViolationError:  # loading an asset outside a run (load_asset_value)
+    except DagsterInvariantViolationError:  # an asset this run does not produce, or a load outside a run
         run_id, step_key = _NO_RUN, ""
+    if run_id == _NO_RUN and isinstance(context.dagster_type, KeyType) and context.has_asset_key and _in_run(context):
+        return _subset_source(context, context.dagster_type, upstream, root)
     if run_id != _NO_RUN:
         path = PydanticJsonIOManager.output_path(root, run_id, step_key, upstream.name, upstream.mapping_key)
         return path, Origin(run_id, step_key, _step_path(upstream))
@@ -344,3 +353,65 @@ def _source(context: InputContext, upstream: OutputContext, root: UPath) -> tupl
     partition = context.asset_partition_key if context.has_asset_partitions else None
     path = PydanticJsonIOManager.asset_path(root, list(upstream.asset_key.path), partition)
     return path, Origin(asset=upstream.asset_key.to_user_string(), partition=partition)
+
+
+def _in_run(context: InputContext) -> bool:
+    try:
+        context.step_context  # noqa: B018 - raises outside a run
+    except DagsterInvariantViolationError:
+        return False
+    return True
+
+
+def materialized_before(instance: DagsterInstance, run_id: str, root_run_id: str | None) -> float | None:
+    """When the run (the root of its re-execution chain) was created: a subset run and its re-executions load the
+    materializations made before it, so a re-execution loads what the run it resumes loaded."""
+    record = instance.get_run_record_by_id(root_run_id or run_id)
+    return record.create_timestamp.timestamp() if record is not None else None
+
+
+def latest_materialization(
+    instance: DagsterInstance, asset_key: AssetKey, partition: str | None, *, before: float | None = None
+) -> tuple[str, str] | None:
+    """The run id and step key of the latest materialization of `asset_key` (of `partition`), made before
+    `before` (a timestamp) when given; None when there is none."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=asset_key,
+            asset_partitions=[partition] if partition is not None else None,
+            before_timestamp=before,
+        ),
+        limit=1,
+    ).records
+    if not records or records[0].event_log_entry.step_key is None:
+        return None
+    return records[0].run_id, records[0].event_log_entry.step_key
+
+
+def never_materialized(pipeline: str, key: str, asset: AssetKey, partition: str | None) -> StorageError:
+    """The error of a subset run that needs a value of its pipeline no run has materialized."""
+    of_partition = f", partition {partition!r}" if partition is not None else ""
+    return StorageError(
+        f"pipeline {pipeline!r}: this run materializes a subset of its assets and needs key {key!r} from asset "
+        f"{asset.to_user_string()}{of_partition}, which has never been materialized. Materialize asset "
+        f"{asset.to_user_string()}{of_partition} first, or include it in the selection."
+    )
+
+
+def _subset_source(
+    context: InputContext, declared: KeyType, upstream: OutputContext, root: UPath
+) -> tuple[UPath, Origin]:
+    """Where a subset run loads key `declared` of an asset of its own pipeline it does not produce: the step output
+    of the asset's latest materialization of the same partition (before the run's chain began)."""
+    run = context.step_context.dagster_run
+    asset_key = context.asset_key
+    partition = context.asset_partition_key if context.has_asset_partitions else None
+    before = materialized_before(context.instance, run.run_id, run.root_run_id)
+    found = latest_materialization(context.instance, asset_key, partition, before=before)
+    if found is None:
+        named = upstream.definition_metadata.get(names.PIPELINE, run.job_name)
+        pipeline = str(getattr(named, "value", named))
+        raise never_materialized(pipeline, declared.context_key, asset_key, partition)
+    run_id, step_key = found
+    path = PydanticJsonIOManager.output_path(root, run_id, step_key, names.io_name(declared.context_key))
+    return path, Origin(run_id, step_key)

@@ -40,6 +40,7 @@ def build_graph(pipeline: Pipeline, step_key: Callable[[str], str]) -> BuiltGrap
     emitted = tuple(k for k in pipeline.initial_keys() if k in b.emitted)
     ready = (INPUTS_OP, io_name(emitted[0]) if emitted else READY_OUTPUT)
     _after_inputs(b.g, ready)
+    _asset_readers_after_inputs(b.g, ready, {final[k] for k in pipeline.assets})
     first = _with_deps(b.g, pipeline, inputs_op(pipeline, op_name(pipeline.name, INPUTS_OP), emitted))
     b.g.defs = {INPUTS_OP: first, **b.g.defs}
     b.g.deps[INPUTS_OP] = {}
@@ -87,6 +88,27 @@ def _with_deps(g: BuiltGraph, pipeline: Pipeline, first: OpDefinition) -> OpDefi
         )
         g.input_assets[name] = path
     return first.with_replaced_properties(name=first.name, ins=ins)
+
+
+def _asset_readers_after_inputs(g: BuiltGraph, ready: tuple[str, str], assets: set[tuple[str, str]]) -> None:
+    """Make every op that reads an asset's value wait for `flujo_inputs` too. In a full run it waits anyway
+    (through the asset's producer); in a run of a subset of the assets, where that value is loaded instead, it
+    keeps `flujo_inputs` in the subset and first, so the subset's upstream values are checked before any step."""
+    for node, deps in g.deps.items():
+        definition = g.defs[node]
+        reads = {(d.node, d.output) for dep in deps.values() for d in dep.get_node_dependencies()}
+        if node == INPUTS_OP or not reads & assets or not isinstance(definition, OpDefinition):
+            continue
+        after = deps.get(AFTER_INPUT)
+        if after is None:
+            g.defs[node] = definition.with_replaced_properties(
+                name=definition.name, ins={**definition.ins, AFTER_INPUT: In(Nothing)}
+            )
+            deps[AFTER_INPUT] = MultiDependencyDefinition([DependencyDefinition(*ready)])
+        elif isinstance(after, MultiDependencyDefinition) and ready not in reads:
+            deps[AFTER_INPUT] = MultiDependencyDefinition(
+                [*after.get_node_dependencies(), DependencyDefinition(*ready)]
+            )
 
 
 def _after_inputs(g: BuiltGraph, ready: tuple[str, str]) -> None:
