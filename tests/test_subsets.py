@@ -4,64 +4,28 @@ materialized fails the run, naming pipeline, key, asset and partition, before an
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
-from collections import Counter
+import subprocess
+import sys
 from pathlib import Path
-from typing import Literal
 
 import pytest
-from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions
-from pydantic import BaseModel
-from pydantic_ai import Agent
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, UserPromptPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    ReexecutionOptions,
+    execute_job,
+    reconstructable,
+)
 
-from flujo_dagster import AgentRuntime, Pipeline, Price, StaticPartitions, agent_step, build_definitions, step
+from flujo_dagster import Pipeline, build_definitions
+from tests.subset_defs import CALLS, FAIL_MARKER, REQUEST_LOG, RUNTIME, chain, chain_job, noted
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-CALLS: Counter[str] = Counter()
-
-
-def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-    """Echoes the prompt, so a value shows what it was made from; counts every request."""
-    CALLS["model"] += 1
-    prompt = next(p.content for m in messages for p in getattr(m, "parts", ()) if isinstance(p, UserPromptPart))
-    return ModelResponse(parts=[TextPart(f"<{prompt}>")])
-
-
-RUNTIME = AgentRuntime(
-    model=FunctionModel(answer, model_name="counted"),
-    prices={"function:counted": Price(input_per_mtok=0, output_per_mtok=0)},
-)
-AGENT = Agent("openai:gpt-5-mini", defer_model_check=True)
-
-
-class Chain(BaseModel):
-    topic: Literal["a", "b", "c"] = "a"
-    facts: str | None = None
-    outline: str | None = None
-    report: str | None = None
-
-
-@step
-def outline(facts: str | None) -> str:
-    CALLS["outline"] += 1
-    return f"outline of {facts}"
-
-
-def chain(*, partitioned: bool = False) -> Pipeline:
-    """Three assets in a row; the last (an agent step) reads only the one before it."""
-    return Pipeline(
-        "chain",
-        context=Chain,
-        steps=[
-            agent_step("facts", agent=AGENT, prompt="facts about {topic}"),
-            outline,
-            agent_step("report", agent=AGENT, prompt="report on {outline}"),
-        ],
-        assets=["facts", "outline", "report"],
-        partitions=StaticPartitions(keys=["a", "b", "c"], input_key="topic") if partitioned else None,
-    )
 
 
 def _defs(pipeline: Pipeline) -> Definitions:
@@ -156,3 +120,85 @@ def test_subsetting_leaves_the_asset_graph_as_it_was() -> None:
     assert {d.asset_key.path[-1] for d in specs["outline"].deps} == {"facts"}
     (assets,) = [a for a in defs.resolve_asset_graph().assets_defs if a.keys]
     assert assets.can_subset
+
+
+def test_a_middle_asset_alone_runs_its_own_step_only(instance: DagsterInstance) -> None:
+    job = _defs(chain()).resolve_job_def("chain")
+    assert job.execute_in_process(instance=instance, run_config=QUIET).success
+    CALLS.clear()
+    outline = AssetKey(["chain", "outline"])
+    sub = job.execute_in_process(instance=instance, run_config=QUIET, asset_selection=[outline])
+    assert sub.success and CALLS == {"outline": 1}
+    assert _steps(instance, sub.run_id) == {"flujo_inputs", "outline"}
+    assert _materialized(instance, sub.run_id) == {"outline"}
+
+
+def test_a_recomputed_key_waits_for_the_check_of_the_loaded_values(instance: DagsterInstance) -> None:
+    """`note` is not an asset, so selecting `report` computes it again (Dagster's rule); `facts` is loaded. When
+    `facts` was never materialized, `flujo_inputs` fails the run before the note's step calls the model."""
+    job = _defs(noted()).resolve_job_def("noted")
+    report = AssetKey(["noted", "report"])
+    never = job.execute_in_process(instance=instance, run_config=QUIET, asset_selection=[report], raise_on_error=False)
+    assert not never.success and CALLS == {}
+    assert "needs key 'facts' from asset noted/facts, which has never been materialized" in _failure(
+        instance, never.run_id
+    )
+    assert job.execute_in_process(instance=instance, run_config=QUIET).success
+    CALLS.clear()
+    sub = job.execute_in_process(instance=instance, run_config=QUIET, asset_selection=[report])
+    assert sub.success and CALLS == {"model": 2}  # the note and the report; not the facts
+    assert _steps(instance, sub.run_id) == {"flujo_inputs", "note", "report", "flujo_context"}
+
+
+def test_a_reexecuted_subset_loads_what_the_run_it_resumes_loaded(
+    instance: DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker, log = tmp_path / "fail", tmp_path / "requests.log"
+    monkeypatch.setenv(FAIL_MARKER, str(marker))
+    monkeypatch.setenv(REQUEST_LOG, str(log))
+    job = reconstructable(chain_job)
+    config = {**QUIET, "ops": {"chain_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "b"}}}}}}}
+    with execute_job(job, instance=instance, run_config=QUIET) as first:  # outline of topic a
+        assert first.success
+    marker.touch()
+    with execute_job(job, instance=instance, run_config=QUIET, asset_selection=[REPORT]) as failed:
+        assert not failed.success
+        parent_id = failed.run_id
+    marker.unlink()
+    with execute_job(job, instance=instance, run_config=config) as later:  # a newer outline, of topic b
+        assert later.success
+    options = ReexecutionOptions.from_failure(parent_id, instance)
+    with execute_job(job, instance=instance, reexecution_options=options) as resumed:
+        assert resumed.success
+        assert _materialized(instance, resumed.run_id) == {"report"}
+    assert log.read_text().splitlines()[-1] == "report on outline of <facts about a>"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dg_launch(home: Path, *args: str) -> None:
+    """`dg launch` in the example `dg` project, on the instance at `home` (PYTHONPATH only to this checkout)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "PYTHONPATH")}
+    env |= {"DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    inputs = {"ops": {"dg_digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "agents"}}}}}}}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), "launch", *args, "--config-json", json.dumps(inputs)],
+        cwd=ROOT / "examples" / "dg_digest",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_dg_launch_materializes_one_asset_of_a_pipeline(dagster_home: Path) -> None:
+    _dg_launch(dagster_home, "--job", "dg_digest")
+    _dg_launch(dagster_home, "--assets", "examples/dg_digest/report")
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        latest = instance.get_runs(limit=1)[0]
+        assert latest.asset_selection == {AssetKey(["examples", "dg_digest", "report"])}
+        assert _steps(instance, latest.run_id) == {"flujo_inputs", "report", "flujo_context"}  # no draft: no model
+        assert _materialized(instance, latest.run_id) == {"report"}
