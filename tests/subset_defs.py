@@ -17,6 +17,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, UserProm
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from flujo_dagster import AgentRuntime, Pipeline, Price, StaticPartitions, agent_step, build_definitions, step
+from tests.approval_defs import defs as approval_defs
 
 FAIL_MARKER = "FLUJO_TEST_FAIL_MARKER"
 REQUEST_LOG = "FLUJO_TEST_REQUEST_LOG"
@@ -92,3 +93,8 @@ defs = build_definitions(pipelines=[chain()], resources={"agent_runtime": RUNTIM
 def chain_job() -> JobDefinition:
     """The chain's asset job (reconstructable)."""
     return defs.resolve_job_def("chain")
+
+
+def briefed_job() -> JobDefinition:
+    """plan (asset `outline`) -> write -> review (approval) -> publish (asset `published`), reconstructable."""
+    return approval_defs.resolve_job_def("briefed")

@@ -23,7 +23,9 @@ from dagster import (
 )
 
 from flujo_dagster import Pipeline, build_definitions
-from tests.subset_defs import CALLS, FAIL_MARKER, REQUEST_LOG, RUNTIME, chain, chain_job, noted
+from flujo_dagster.adapter.control.approvals import decide, resume
+from tests.approval_defs import REQUEST_LOG as APPROVAL_LOG
+from tests.subset_defs import CALLS, FAIL_MARKER, REQUEST_LOG, RUNTIME, briefed_job, chain, chain_job, noted
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
@@ -202,3 +204,30 @@ def test_dg_launch_materializes_one_asset_of_a_pipeline(dagster_home: Path) -> N
         assert latest.asset_selection == {AssetKey(["examples", "dg_digest", "report"])}
         assert _steps(instance, latest.run_id) == {"flujo_inputs", "report", "flujo_context"}  # no draft: no model
         assert _materialized(instance, latest.run_id) == {"report"}
+
+
+def test_a_gate_inside_the_subset_asks_again_and_resumes_the_subset(
+    instance: DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`briefed`: plan (asset `outline`) -> write -> review (gate) -> publish (asset `published`). Selecting
+    `published` loads `outline`, writes the draft again and parks at the gate: the decision is about this run's
+    draft. Its resume is a re-execution of the subset, which materializes `published` alone."""
+    monkeypatch.setenv(APPROVAL_LOG, str(tmp_path / "requests.log"))
+    job = reconstructable(briefed_job)
+    inputs = {"ops": {"briefed_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "otters"}}}}}}}
+    with execute_job(job, instance=instance, run_config=inputs) as first:
+        assert first.success
+    decide(first.run_id, verdict="approve", by="ana", instance=instance)
+    resume(first.run_id, job=job, instance=instance)
+    published = AssetKey(["briefed", "published"])
+    with execute_job(job, instance=instance, run_config=inputs, asset_selection=[published]) as sub:
+        assert sub.success
+        parked = sub.run_id
+    run = instance.get_run_by_id(parked)
+    assert run is not None and run.tags["flujo/parked"] == "true"
+    assert _steps(instance, parked) >= {"flujo_inputs", "write"} and "plan" not in _steps(instance, parked)
+    assert _materialized(instance, parked) == set()
+    decide(parked, verdict="approve", by="ana", instance=instance)
+    resumed = resume(parked, job=job, instance=instance)
+    assert _materialized(instance, resumed) == {"published"}
+    assert "plan" not in _steps(instance, resumed)
