@@ -25,6 +25,7 @@ from flujo_dagster.adapter.compile.lineage import data_upstream
 from flujo_dagster.adapter.compile.partitions import partitions_def
 from flujo_dagster.adapter.compile.reviews import ReviewPlan, plan_reviews
 from flujo_dagster.adapter.compile.translator import FlujoDagsterTranslator
+from flujo_dagster.adapter.compile.versions import asset_versions, op_versions, versioned_specs, with_code_versions
 from flujo_dagster.adapter.ops.subset import selected_outputs_only
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.names import (
@@ -38,6 +39,7 @@ from flujo_dagster.names import (
     step_key_parts,
     upstream_op,
 )
+from flujo_dagster.runtime.code_versions import ModelIdOf
 
 if TYPE_CHECKING:  # not exported by dagster; only needed for the annotation
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -96,8 +98,11 @@ def compile_pipeline(
     *,
     translator: FlujoDagsterTranslator,
     executor: ExecutorDefinition | None = None,
+    model_id: ModelIdOf | None = None,
 ) -> CompiledPipeline:
-    """Compile a pipeline that passed validation. Deterministic: every step process rebuilds the same job."""
+    """Compile a pipeline that passed validation. Deterministic: every step process rebuilds the same job.
+    `model_id` gives the model each agent step runs on in this code location (`AgentRuntime.model_id_for`;
+    default: its own), part of its code version."""
     has_assets = bool(pipeline.assets)
     built = build_graph(pipeline, lambda node: step_key(pipeline.name, has_assets, node))
     upstream = data_upstream(built)  # from the ops as built, before the review replaces asset producers
@@ -108,6 +113,9 @@ def compile_pipeline(
     if has_assets:
         _subsettable(built)  # before the review wraps the asset producers: their checks see only selected outputs
     review = plan_reviews(pipeline, built, keys) if has_assets else ReviewPlan()
+    versions = op_versions(built, model_id)  # code versions: docs/assets.md, "Staleness and code versions"
+    with_code_versions(built, versions)
+    specs = versioned_specs(specs, asset_versions(pipeline, built, upstream, versions)) if has_assets else specs
     graph = _graph(pipeline, built, review)
     if not pipeline.assets:
         job = graph.to_job(

@@ -109,7 +109,10 @@ def compile_all(
     else:
         report.raise_for_errors()
     try:
-        compiled = [compile_pipeline(p, translator=translator, executor=executor) for p in pipelines]
+        compiled = [
+            compile_pipeline(p, translator=translator, executor=executor, model_id=runtime.model_id_for)
+            for p in pipelines
+        ]
     except RecursionError as exc:  # V-SCALE refuses such sizes first; this is the last line of defence
         raise ConfigurationError(
             f"Dagster ran out of recursion depth building {[p.name for p in pipelines]}: the pipeline expands to "

@@ -68,9 +68,13 @@ class FlujoDagsterTranslator:
     `spec.merge_attributes(...)`) and pass an instance as `build_definitions(translator=...)`. The default spec
     is built from the per-field getters below (`get_asset_key`, `get_group_name`, ...), which older subclasses
     override; they keep working. Defaults: asset key `[pipeline, key]`, group = pipeline name, kinds from the
-    producing steps (`producer_kinds`), no owners, no code version, no automation condition, job name =
-    pipeline name. Of the spec, the compiler uses key, group, description, metadata, tags and kinds, owners,
-    code version and automation condition; lineage (`deps`) and partitions come from the pipeline.
+    producing steps (`producer_kinds`), no owners, no automation condition, job name = pipeline name, and flujo's
+    code version: `get_code_version` returns None, which the compiler replaces with the version of the steps that
+    make the asset (prompts, models, settings, output types, tools, function sources; docs/assets.md, "Staleness
+    and code versions"), so that Dagster marks the asset stale when one of them changes. A spec with a code
+    version of its own (from `get_code_version`, or set in an override) keeps it. Of the spec, the compiler uses
+    key, group, description, metadata, tags and kinds, owners, code version and automation condition; lineage
+    (`deps`) and partitions come from the pipeline.
     """
 
     def get_asset_spec(self, pipeline: Pipeline, key: str | None) -> AssetSpec:
@@ -82,7 +86,13 @@ class FlujoDagsterTranslator:
             metadata=self.get_metadata(pipeline, key),
             tags=self.get_tags(pipeline, key),
             kinds=producer_kinds(pipeline, key),
+            code_version=self.get_code_version(pipeline, key),
         )
+
+    def get_code_version(self, pipeline: Pipeline, key: str | None) -> str | None:
+        """The asset's code version (used by the default `get_asset_spec`); None, the default: flujo's, from the
+        steps that make it, set by the compiler."""
+        return None
 
     def get_asset_key(self, pipeline: Pipeline, key: str) -> AssetKey:
         """The asset key of context key `key` (used by the default `get_asset_spec`)."""

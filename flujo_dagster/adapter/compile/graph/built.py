@@ -19,13 +19,16 @@ from dagster import (
 from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
 
 from flujo_dagster.adapter.ops.flow import Producer
+from flujo_dagster.dsl.steps import Step
 
-__all__ = ["INPUT", "BuiltGraph", "Dep", "Live", "outputs"]
+__all__ = ["INPUT", "BuiltGraph", "Dep", "Live", "Owner", "outputs"]
 
 INPUT: Producer = ("", "")
 """Marker: the key's value comes from flujo_inputs (emitted only when needed)."""
 Live = dict[str, Producer]
 """The node output holding each key's value at a point of the graph."""
+Owner = tuple[Step, bool]
+"""A DSL node and whether one op runs all of it."""
 Dep = DependencyDefinition | MultiDependencyDefinition | DynamicCollectDependencyDefinition
 
 
@@ -41,6 +44,9 @@ class BuiltGraph:
         """The graph's inputs: one per upstream key (into its `flujo_upstream_<key>` op) and per dep."""
         self.input_assets: dict[str, tuple[str, ...]] = {}
         """The asset key path each graph input is mapped to."""
+        self.owners: dict[str, Owner] = {}
+        """The DSL node each op was expanded from, and whether the op runs all of it (an inline op); ops of
+        flujo's own (`flujo_inputs`, `flujo_context`, upstream ops) have none. Code versions come from it."""
 
     def dependencies(self) -> dict[NodeInvocation, dict[str, Dep]]:
         """Dependencies keyed by invocation: node names alias the pipeline-prefixed op definitions."""

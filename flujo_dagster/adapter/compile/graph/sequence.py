@@ -30,10 +30,13 @@ def expand_steps(
     depth = len(b.gates.stack)
     for index, step in enumerate(steps):
         here = step_path(path, step.kind, step.name)
+        b.owning.append((step, runs_in_one_op(step, in_fanout=b.in_fanout)))  # the ops it adds are its own
         if isinstance(step, Approval) and step.on_reject:  # routes the rest of the sequence: it ends here
             gate = expand_rejectable(b, step, steps[index + 1 :], live, prefix, here, path, gate)
+            b.owning.pop()
             break
         after = _expand_node(b, step, live, prefix, here, path, gate)
+        b.owning.pop()
         if after is not None:
             gate = after
             b.gates.enter(after[0])

@@ -10,7 +10,7 @@ from typing import Protocol
 from dagster import DependencyDefinition, GraphDefinition, MultiDependencyDefinition, OpDefinition
 from dagster._core.definitions.dependency import DynamicCollectDependencyDefinition
 
-from flujo_dagster.adapter.compile.graph.built import INPUT, BuiltGraph, Dep, Live
+from flujo_dagster.adapter.compile.graph.built import INPUT, BuiltGraph, Dep, Live, Owner
 from flujo_dagster.adapter.compile.graph.gates import GateOrder
 from flujo_dagster.adapter.ops.flow import Producer
 from flujo_dagster.adapter.ops.leaf import StepWiring
@@ -60,6 +60,7 @@ class GraphState:
         gated = any(isinstance(s, Approval) for _, s in walk(pipeline.steps, pipeline.name))
         self.watch = ParkWatch() if gated else None
         self.approvals: set[str] = set()  # the approval gates' node names
+        self.owning: list[Owner] = []  # the DSL nodes being expanded, innermost last (`BuiltGraph.owners`)
         self._expand = expand
 
     def steps(
@@ -97,6 +98,8 @@ class GraphState:
             raise ConfigurationError(f"two ops would be named {node!r}; rename one of the steps")
         unique = self.fan_in[node] = list(dict.fromkeys(fan_in))
         self.g.defs[node] = definition
+        if self.owning:
+            self.g.owners[node] = self.owning[-1]
         self.g.deps[node] = _dependencies(data, gate, unique, collected)
         self.g.upstream[node] = [*data.values(), *fan_in, *collected.values(), *([gate] if gate is not None else [])]
         self.gates.place(node, self.g.upstream[node], dynamic=self.in_fanout)
