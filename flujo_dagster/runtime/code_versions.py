@@ -102,10 +102,19 @@ def callable_source(fn: object) -> str:
     if isinstance(fn, functools.partial):
         return stable_json(["partial", callable_source(fn.func), fn.args, fn.keywords])
     target = fn if inspect.isroutine(fn) or isinstance(fn, type) else type(fn)
+    try:
+        return _source_of(target)
+    except TypeError:  # unhashable: not remembered
+        return _source_of.__wrapped__(target)
+
+
+@functools.lru_cache(maxsize=4096)
+def _source_of(target: object) -> str:
+    """`callable_source` of a function or class, remembered: a big pipeline's steps share their functions."""
     target = inspect.unwrap(target) if callable(target) else target
     bound = _bound_values(target)
     try:
-        source = inspect.getsource(target)
+        source = inspect.getsource(target)  # type: ignore[arg-type]
     except (OSError, TypeError):
         module = getattr(target, "__module__", None) or ""
         name = getattr(target, "__qualname__", None) or type(target).__qualname__
@@ -141,12 +150,12 @@ def _tools(agent: Agent[Any, Any]) -> list[object]:
     return tools
 
 
-def _output_schema(agent: Agent[Any, Any]) -> object:
-    """The JSON schema of the agent's output type (its type's name when pydantic cannot make one)."""
+def _schema(make: Callable[[], object], kind: object) -> object:
+    """A JSON schema from `make`, or `kind`'s name when pydantic cannot make one (arbitrary types)."""
     try:
-        return agent.output_json_schema()
+        return make()
     except (PydanticUserError, UserError, TypeError):  # no schema for it: the type's name still identifies it
-        return _plain(agent.output_type)
+        return _plain(kind)
 
 
 def _agent_parts(step: AgentStep) -> object:
@@ -157,7 +166,7 @@ def _agent_parts(step: AgentStep) -> object:
         return [type(agent).__module__, type(agent).__qualname__]
     return {
         "agent_settings": agent.model_settings,
-        "output": _output_schema(agent),
+        "output": _schema(agent.output_json_schema, agent.output_type),
         "tools": _tools(agent),
         "instructions": _instructions(agent),
     }
@@ -185,7 +194,7 @@ def _own(step: Step) -> list[object]:
     if isinstance(step, Map):
         return [step.over, step.item, step.result, step.into]
     if isinstance(step, Approval):
-        decision = None if step.decision is None else step.decision.model_json_schema()
+        decision = None if step.decision is None else _schema(step.decision.model_json_schema, step.decision)
         return [list(step.show), decision]
     return []
 

@@ -23,13 +23,16 @@ def op_versions(built: BuiltGraph, model_id: ModelIdOf | None) -> dict[str, str]
     node's own part for its routers, gates and joins, its whole subtree for an inline op); flujo's own ops
     (inputs, context, upstream, checks) by their role, which no user code changes."""
     versions: dict[str, str] = {}
+    known: dict[tuple[int, bool], str] = {}  # a loop's iterations share their steps: each versioned once
     for node in built.defs:
         owner = built.owners.get(node)
         if owner is None:
             versions[node] = combine("flujo", node)
-        else:
-            step, whole = owner
-            versions[node] = node_version(step, model_id, whole=whole)
+            continue
+        step, whole = owner
+        if (id(step), whole) not in known:
+            known[(id(step), whole)] = node_version(step, model_id, whole=whole)
+        versions[node] = known[(id(step), whole)]
     return versions
 
 
