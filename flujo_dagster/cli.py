@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from flujo_dagster.adapter.compile.definitions import compile_all
 from flujo_dagster.adapter.control.approvals import PendingApproval, decide, pending, prepare_decision, resume
 from flujo_dagster.adapter.control.audit import audit_trail
+from flujo_dagster.adapter.control.calls import render_call, run_calls
 from flujo_dagster.adapter.control.costs import run_costs
 from flujo_dagster.adapter.control.graphql import Webserver
 from flujo_dagster.adapter.control.launch import resume_now
@@ -293,6 +294,30 @@ def costs_command(run_id: str) -> None:
             "charged at its reservation (the worst case), an unbudgeted one's cost is a lower bound",
             err=True,
         )
+
+
+@main.command("calls")
+@click.argument("run_id")
+@click.option("--step", "step", default=None, help="Only this step path's calls (and those of the steps inside it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+def calls_command(run_id: str, step: str | None, as_json: bool) -> None:
+    """Print the record of every agent call of RUN_ID (a full run id or a unique prefix) and its re-executions:
+    messages, output, usage, model, latency, cache status and budget decision, redacted (docs/calls.md)."""
+    with DagsterInstance.get() as instance:
+        run_id = _full_run_id(instance, run_id)
+        try:
+            found = run_calls(run_id, instance=instance, step=step)
+        except FlujoDagsterError as exc:
+            click.echo(printable(str(exc)), err=True)
+            sys.exit(EXIT_USAGE)
+    if as_json:
+        click.echo(found.as_json())
+    else:
+        for call in found.calls:
+            click.echo(printable("\n".join(render_call(call))))
+        click.echo(f"{len(found.calls)} agent call(s)" + (f" of step {printable(step)!r}" if step else ""))
+    for problem in found.problems:
+        click.echo(f"warning: {printable(problem)}", err=True)
 
 
 @main.command("pending")

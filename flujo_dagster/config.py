@@ -26,6 +26,7 @@ __all__ = [
     "INBOX_URL_ENV",
     "INBOX_USER_HEADER_ENV",
     "PRICING_TABLE",
+    "PROVIDER_KEY_ENVS",
     "STORAGE_SECRET_ENV",
     "WEBSERVER_HEADERS_ENV",
     "WEBSERVER_TOKEN_ENV",
@@ -37,6 +38,7 @@ __all__ = [
     "inbox_gate_url",
     "inbox_url",
     "inbox_user_header",
+    "known_secrets",
     "pyproject_prices",
     "shown_url",
     "storage_secret",
@@ -62,6 +64,23 @@ APPROVALS_INTERVAL_ENV = "FLUJO_DAGSTER_APPROVALS_INTERVAL_S"
 """How often the approvals sensor runs, in whole seconds."""
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
 """Dagster's own: the instance directory `run_pipeline` and the CLI use."""
+PROVIDER_KEY_ENVS = (
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "GROQ_API_KEY",
+    "MISTRAL_API_KEY",
+    "CO_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "OPENROUTER_API_KEY",
+    "HF_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_OPENAI_API_KEY",
+    "LOGFIRE_TOKEN",
+)
+"""Where pydantic-ai's providers (and their clouds) read keys by default: read only to redact call records."""
 PRICING_TABLE = "tool.flujo_dagster.pricing"
 """The pyproject.toml table of price overrides."""
 
@@ -72,6 +91,13 @@ DEFAULT_APPROVALS_INTERVAL = timedelta(seconds=30)
 def _env(name: str) -> str | None:
     """The value of environment variable `name`; None when it is unset or empty."""
     return os.environ.get(name) or None
+
+
+def known_secrets() -> list[str]:
+    """The values of the secrets flujo_dagster and pydantic-ai's providers read from the environment (the decision
+    and storage secrets, the webserver token, `PROVIDER_KEY_ENVS`) that are set: redacted from call records."""
+    names = (DECISION_SECRET_ENV, STORAGE_SECRET_ENV, WEBSERVER_TOKEN_ENV, *PROVIDER_KEY_ENVS)
+    return [value for value in map(_env, names) if value]
 
 
 def decision_secret(env: str = DECISION_SECRET_ENV) -> str | None:

@@ -35,6 +35,8 @@ __all__ = [
     "CHECK_ASSET",
     "CHECK_FAILED",
     "CHECK_RESULT",
+    "CALLS",
+    "CALLS_DIR",
     "CHECKPOINTS_DIR",
     "CHECKPOINT_MANIFEST",
     "CONTEXT_KEY",
@@ -144,6 +146,9 @@ PRICE_SOURCE = "flujo/price_source"
 USAGE_UNKNOWN = "flujo/usage_unknown"
 """True on a step whose model reported no usage for a response: charged at its reservation (the worst case)."""
 PATH = "flujo/path"
+CALLS = "flujo/calls"
+"""Metadata on an agent op's output (or an inline op's, or a failed step's): the path of the file holding the
+record of each agent call it made (docs/calls.md)."""
 STEPS = "flujo/steps"
 STEPS_JSON = "flujo/steps_json"
 ERROR_CLASS = "flujo/error_class"
@@ -393,6 +398,8 @@ REJECTED_OUTPUT = "flujo_rejected"
 CHECKPOINTS_DIR = "flujo.checkpoints"
 """The folder, beside an inline op's stored outputs, that holds its branches' and items' checkpoints (the dot
 keeps it apart from every output name, which is an identifier)."""
+CALLS_DIR = "flujo.calls"
+"""The folder, beside an op's stored outputs, that holds the records of its agent calls (one file per try)."""
 CHECKPOINT_MANIFEST = "manifest"
 """The file name (before `.json`) of a checkpoint's manifest; its values are `value-<n>`."""
 

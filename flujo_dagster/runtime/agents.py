@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
@@ -36,6 +37,10 @@ class AgentCall:
     """Where the price came from: `genai-prices <version>`, `override` or `offline`."""
     unmeasured_requests: int = 0
     """Responses that reported no usage (their tokens are unknown, so the call's are a lower bound)."""
+    messages: tuple[ModelMessage, ...] = ()
+    """Every message of the run (instructions, prompts, tool calls and returns, responses), for its call record."""
+    latency_s: float | None = None
+    """How long the agent's run took, in seconds (None when not measured)."""
 
     def usage(self) -> TokenUsage:
         """The call's tokens, for pricing."""
@@ -74,9 +79,12 @@ async def run_agent(
     async with AsyncExitStack() as stack:
         if isinstance(chosen, Model):
             await stack.enter_async_context(chosen)
+        started = time.perf_counter()
         result = await agent.run(prompt, model=model, model_settings=settings, deps=deps)
+        latency = time.perf_counter() - started
     usage = result.usage
-    answered = _answering_model(result.all_messages(), model if model is not None else agent.model)
+    messages = tuple(result.all_messages())
+    answered = _answering_model(messages, model if model is not None else agent.model)
     return AgentCall(
         output=result.output,
         model=answered,
@@ -86,6 +94,8 @@ async def run_agent(
         cache_write_tokens=usage.cache_write_tokens,
         requests=usage.requests,
         unmeasured_requests=usage.unmeasured_requests,
+        messages=messages,
+        latency_s=latency,
     )
 
 

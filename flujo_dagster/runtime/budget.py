@@ -272,6 +272,8 @@ class BudgetedModel(WrapperModel):
                 cost_usd=Decimal(worst.usd_nanos) / USD_NANOS,
                 price_source=f"reservation ({why})",
                 usage_unknown=unknown,
+                reserved_usd=Decimal(worst.usd_nanos) / USD_NANOS,
+                reserved_tokens=worst.tokens,
             )
         )
 
@@ -319,6 +321,8 @@ class BudgetedModel(WrapperModel):
                 cache_read_tokens=usage.cache_read_tokens,
                 cost_usd=Decimal(actual.usd_nanos) / USD_NANOS,
                 price_source=self.budget.prices.require(self.answered(response), where=self.path).source,
+                reserved_usd=Decimal(worst.usd_nanos) / USD_NANOS,
+                reserved_tokens=worst.tokens,
             )
         )
         if overshoots:

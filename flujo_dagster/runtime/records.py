@@ -46,6 +46,9 @@ class Charge:
     cost_usd: Decimal | None
     price_source: str
     usage_unknown: bool = False
+    reserved_usd: Decimal | None = None
+    """What the budget ledger reserved for the request before it started (None: not budgeted)."""
+    reserved_tokens: int | None = None
 
 
 class Meter:

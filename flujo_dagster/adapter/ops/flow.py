@@ -20,6 +20,7 @@ from flujo_dagster.adapter.ops.leaf import (
     priced_agents,
 )
 from flujo_dagster.adapter.ops.park import ParkWatch
+from flujo_dagster.adapter.storage.call_files import store_calls
 from flujo_dagster.adapter.storage.checkpoints import OpCheckpoints
 from flujo_dagster.adapter.storage.io_manager import Origin, PydanticJsonIOManager, StoredKey
 from flujo_dagster.adapter.storage.types import key_type
@@ -368,7 +369,7 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
         agents = None
         if needs_agents:
             limits = {p.name: p.limit for p in context.instance.event_log_storage.get_pool_limits() if p.name in pools}
-            agents = priced_agents(context, pipeline, limits)
+            agents = priced_agents(context, pipeline, limits, agent_steps)
         checkpoints = OpCheckpoints(context, pipeline.fields)  # a re-execution reuses finished branches and items
         interpreter = Interpreter(
             fields=pipeline.fields,
@@ -377,20 +378,24 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
             checkpoints=checkpoints,
             injector=OpInjector(context),
         )
+        calls = agents.calls if agents is not None else None
         try:
             await interpreter.run([node], state, parent_path)
         except NEVER_RETRIED as exc:
-            raise not_retried(exc, wiring, inline_metadata(wiring, records.records)) from exc
+            linked = store_calls(context, calls, wiring.path)
+            raise not_retried(exc, wiring, {**inline_metadata(wiring, records.records), **linked}) from exc
         except Exception as exc:  # the failure event carries what the inner agent calls were charged
+            linked = store_calls(context, calls, wiring.path)
             charged = any(r.model is not None for r in records.records)
-            raised = failed_with_costs(exc, wiring, inline_metadata(wiring, records.records) if charged else {})
+            metadata = {**inline_metadata(wiring, records.records), **linked} if charged else {}
+            raised = failed_with_costs(exc, wiring, metadata)
             if raised is exc:
                 raise
             raise raised from exc
         for record in records.records:
             if record.status == "ignored":
                 context.log.warning(f"{record.path} failed and was ignored: {record.error}")
-        metadata = inline_metadata(wiring, records.records)
+        metadata = {**inline_metadata(wiring, records.records), **store_calls(context, calls, wiring.path)}
         first = True
         for key in wiring.writes:
             if key in state:

@@ -1,6 +1,6 @@
 """Op factories for leaf steps (one compile rule per kind) and the first op, `flujo_inputs`."""
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from flujo_dagster.adapter.ops.injection import OpInjector, step_resource_keys
 from flujo_dagster.adapter.ops.input_config import INPUTS_CONFIG_KEY, inputs_config_field
 from flujo_dagster.adapter.ops.subset import check_subset_upstream
 from flujo_dagster.adapter.storage.budgets import OpBudgets
+from flujo_dagster.adapter.storage.call_files import call_log_for, store_calls
 from flujo_dagster.adapter.storage.resources import AgentRuntime, PricedAgents
 from flujo_dagster.adapter.storage.types import KeyType, key_type
 from flujo_dagster.dsl.pipeline import Pipeline
@@ -36,8 +37,9 @@ from flujo_dagster.names import (
     io_name,
 )
 from flujo_dagster.pricing.prices import PriceBook
+from flujo_dagster.runtime.call_records import CallLog
 from flujo_dagster.runtime.inputs import validate_inputs
-from flujo_dagster.runtime.leaf import AgentRunner, LeafExecutor, LeafResult
+from flujo_dagster.runtime.leaf import LeafExecutor, LeafResult
 from flujo_dagster.runtime.records import StepRecord
 from flujo_dagster.runtime.retries import NEVER_RETRIED
 from flujo_dagster.validation.schedules import partition_input
@@ -185,15 +187,19 @@ class OpReporter:
 
 
 def priced_agents(
-    context: OpExecutionContext, pipeline: Pipeline, pools: Mapping[str, int] | None = None
+    context: OpExecutionContext,
+    pipeline: Pipeline,
+    pools: Mapping[str, int] | None = None,
+    steps: Sequence[AgentStep] = (),
 ) -> PricedAgents:
     """The agent runner of an op: the run's `AgentRuntime` with its price book and budgets (and, inside an
-    inline op, the limits of the Dagster concurrency pools its agent steps use)."""
+    inline op, the limits of the Dagster concurrency pools its agent steps use), recording every call of the
+    agent `steps` the op runs (`calls`: stored with `store_calls`)."""
     book: PriceBook = getattr(context.resources, PRICE_BOOK_KEY)
     budgets = OpBudgets(context, pipeline, book)
     runtime: AgentRuntime = getattr(context.resources, AGENT_RUNTIME_KEY)
     runtime.check_step_models(pipeline)  # a run's config naming no agent step fails here, before any call
-    return PricedAgents(runtime, book, budgets.for_step, pools)
+    return PricedAgents(runtime, book, budgets.for_step, pools, calls=call_log_for(runtime, steps))
 
 
 async def _run_leaf(
@@ -202,21 +208,26 @@ async def _run_leaf(
     step: Step,
     wiring: StepWiring,
     inputs: Mapping[str, Any],
-    agents: AgentRunner | None,
-) -> LeafResult:
-    """Run the op's step on the leaf executor (retries in this process, as inside an inline op). When it fails
-    after its agent calls were charged, the failure event carries what they cost."""
+    agents: PricedAgents | None,
+) -> tuple[LeafResult, dict[str, Any]]:
+    """Run the op's step on the leaf executor (retries in this process, as inside an inline op); the result and
+    the metadata linking its agent calls' records. When it fails after its agent calls were charged, the failure
+    event carries what they cost (and links their records)."""
     reporter = OpReporter(context.log)
     executor = LeafExecutor(fields=pipeline.fields, agents=agents, reporter=reporter, injector=OpInjector(context))
+    calls: CallLog | None = agents.calls if agents is not None else None
     try:
-        return await executor.run(step, {k: inputs[io_name(k)] for k in wiring.reads}, wiring.path)
+        result = await executor.run(step, {k: inputs[io_name(k)] for k in wiring.reads}, wiring.path)
     except NEVER_RETRIED as exc:
-        raise not_retried(exc, wiring, _charged(reporter)) from exc
+        raise not_retried(exc, wiring, {**_charged(reporter), **store_calls(context, calls, wiring.path)}) from exc
     except Exception as exc:
-        raised = failed_with_costs(exc, wiring, _charged(reporter))
+        linked = store_calls(context, calls, wiring.path)
+        charged = _charged(reporter)
+        raised = failed_with_costs(exc, wiring, {**charged, **linked} if charged else {})
         if raised is exc:
             raise
         raise raised from exc
+    return result, store_calls(context, calls, wiring.path)
 
 
 def _charged(reporter: OpReporter) -> dict[str, Any]:
@@ -229,7 +240,7 @@ def _function_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefini
     assert isinstance(step, FunctionStep)
 
     async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> AsyncIterator[Output[Any]]:
-        result = await _run_leaf(context, pipeline, step, wiring, inputs, None)
+        result, _ = await _run_leaf(context, pipeline, step, wiring, inputs, None)
         for key in wiring.writes:
             yield Output(result.values[key], io_name(key))
 
@@ -249,9 +260,10 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
     (key,) = wiring.writes
 
     async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> AsyncIterator[Output[Any]]:
-        result = await _run_leaf(context, pipeline, step, wiring, inputs, priced_agents(context, pipeline))
+        agents = priced_agents(context, pipeline, steps=[step])
+        result, linked = await _run_leaf(context, pipeline, step, wiring, inputs, agents)
         assert result.call is not None
-        yield Output(result.values[key], io_name(key), metadata=call_metadata(result.record))
+        yield Output(result.values[key], io_name(key), metadata={**call_metadata(result.record), **linked})
 
     prompt_text = step.prompt if isinstance(step.prompt, str) else f"callable {step.prompt.__name__}"
     return OpDefinition(
@@ -260,7 +272,13 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
         outs=outs_for(pipeline, wiring.writes),
         description=f"agent step {wiring.path} on {step.model_id()}; prompt: {prompt_text}",
-        required_resource_keys={AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY, *step_resource_keys([step])},
+        required_resource_keys={
+            AGENT_RUNTIME_KEY,
+            PRICE_BOOK_KEY,
+            BUDGET_LEDGER_KEY,
+            IO_MANAGER_KEY,
+            *step_resource_keys([step]),
+        },
         pool=step.pool_name(),
         tags={**names.op_tags(names.OpKind.AGENT, wiring.path), names.MODEL: step.model_id() or "unknown"},
     )

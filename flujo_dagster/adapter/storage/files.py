@@ -235,7 +235,7 @@ def _kind(mode: int) -> str | None:
     return "something other than a regular file is in the file's place"
 
 
-def _read_local(base: str, parts: list[str]) -> bytes:
+def _read_local(base: str, parts: list[str], limit: int | None = None) -> bytes:
     folder = _open_folders(base, parts[:-1], create=False)
     try:
         try:
@@ -248,9 +248,12 @@ def _read_local(base: str, parts: list[str]) -> bytes:
             kind = _kind(os.fstat(fd).st_mode)
             if kind is not None:
                 raise _Refused(kind)
-            chunks = []
+            chunks, size = [], 0
             while chunk := os.read(fd, _CHUNK):
                 chunks.append(chunk)
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise _Refused(f"the file is larger than {limit} bytes")
             return b"".join(chunks)
         finally:
             os.close(fd)
@@ -286,16 +289,18 @@ def _write_local(base: str, parts: list[str], data: bytes) -> None:
         os.close(folder)
 
 
-def read_file(path: UPath, *, root: UPath | None = None, key: str, where: str | Origin) -> bytes:
+def read_file(
+    path: UPath, *, root: UPath | None = None, key: str, where: str | Origin, limit: int | None = None
+) -> bytes:
     """The bytes of the stored file at `path`, under `root` (default: the file's folder). No symlink under `root`
-    is followed; anything but a regular file is refused. Every failure is a `StorageError` naming `key`, `where`
-    (run and step, or asset), the path, and the step to re-execute."""
+    is followed; anything but a regular file (or, locally, a file above `limit` bytes) is refused. Every failure
+    is a `StorageError` naming `key`, `where` (run and step, or asset), the path, and the step to re-execute."""
     try:
         local = _parts(root if root is not None else path.parent, path)
         if local is None:
             _check_remote(root if root is not None else path.parent, path)
             return path.read_bytes()
-        return _read_local(*local)
+        return _read_local(*local, limit)
     except (OSError, ValueError, _Refused) as exc:
         raise StorageError(
             f"no stored value for key {key!r} ({where}) at {path}: {_problem(exc)}. {origin_remedy(where)}"

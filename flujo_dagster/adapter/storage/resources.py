@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
 
 import anyio
 from dagster import EnvVar
-from pydantic_ai import Agent
+from pydantic_ai import Agent, capture_run_messages
 from pydantic_ai.exceptions import ModelAuthenticationError, ModelHTTPError
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.models.function import FunctionModel
+from pydantic_ai.models.instrumented import InstrumentedModel
 from pydantic_ai.models.test import TestModel
 
 from flujo_dagster.adapter.storage.runtime_config import (
@@ -27,6 +29,7 @@ from flujo_dagster.errors import ConfigurationError, PricingNotConfiguredError
 from flujo_dagster.pricing.prices import Price, PriceBook
 from flujo_dagster.runtime.agents import AgentCall, run_agent
 from flujo_dagster.runtime.budget import BudgetContext, BudgetedModel
+from flujo_dagster.runtime.call_records import CallLog
 from flujo_dagster.runtime.records import Charge, Meter
 
 __all__ = ["AgentRuntime", "ModelSource", "PricedAgents", "ProviderSettings"]
@@ -48,6 +51,9 @@ class AgentRuntime(RuntimeSettings):
     is built (API key, base URL).
     `prices` declares the price of models by `provider:model` (an offline model's is reported with price source
     `offline`; genai-prices knows none of them, and without a declared price they cost $0).
+    `instrument=True` (code only) sends OpenTelemetry spans of every agent call through pydantic-ai's
+    instrumentation, without message content; give pydantic-ai's `InstrumentationSettings` to choose
+    (docs/calls.md#opentelemetry).
     """
 
     def offline_models(self) -> set[str]:
@@ -102,6 +108,8 @@ class AgentRuntime(RuntimeSettings):
         budgeted = budget is not None and bool(budget.guards)
         if budget is not None and budgeted:
             model = _budgeted(step, chosen, configured, budget, path, meter)
+        if self.instrumentation is not None and isinstance(model, Model):
+            model = InstrumentedModel(model, self.instrumentation)  # pydantic-ai unwraps it and adds its spans
         try:
             call = await run_agent(agent, prompt, model=model, model_settings=step.model_settings, deps=deps)
         except ModelAuthenticationError as exc:
@@ -184,10 +192,12 @@ class PricedAgents:
         prices: PriceBook,
         budget_for: Callable[[AgentStep, str], BudgetContext | None] | None = None,
         pool_limits: Mapping[str, int] | None = None,
+        calls: CallLog | None = None,
     ) -> None:
         self.runtime = runtime
         self.prices = prices
         self.budget_for = budget_for
+        self.calls = calls
         limits = dict(pool_limits or {})
         closed = sorted(pool for pool, limit in limits.items() if limit < 1)
         if closed:
@@ -201,14 +211,33 @@ class PricedAgents:
         self, step: AgentStep, prompt: str, *, path: str, meter: Meter | None = None, deps: object = None
     ) -> tuple[AgentCall, ModelSource]:
         """Run and price one agent step (see `AgentRuntime.run`), at most as many at once per pool as the
-        Dagster instance's limit for the step's pool allows."""
+        Dagster instance's limit for the step's pool allows; recorded in `calls` when given."""
         budget = self.budget_for(step, path) if self.budget_for is not None else None
         limiter = self.limiters.get(step.pool_name() or "")
         if limiter is None:
-            return await self.runtime.run(
-                step, prompt, prices=self.prices, path=path, budget=budget, meter=meter, deps=deps
-            )
+            return await self._recorded(step, prompt, path, budget, meter, deps)
         async with limiter:
+            return await self._recorded(step, prompt, path, budget, meter, deps)
+
+    async def _recorded(
+        self, step: AgentStep, prompt: str, path: str, budget: BudgetContext | None, meter: Meter | None, deps: object
+    ) -> tuple[AgentCall, ModelSource]:
+        """The call, and its record in `calls` whether it is answered or fails."""
+        if self.calls is None:
             return await self.runtime.run(
                 step, prompt, prices=self.prices, path=path, budget=budget, meter=meter, deps=deps
             )
+        meter = meter if meter is not None else Meter()
+        now = datetime.now(UTC)
+        scopes = [g.scope_at(now) for g in budget.guards] if budget is not None and budget.guards else None
+        watch = self.calls.begin(path, meter=meter, scopes=scopes, configured=self.runtime.model_id_for(step))
+        with capture_run_messages() as captured:
+            try:
+                call, source = await self.runtime.run(
+                    step, prompt, prices=self.prices, path=path, budget=budget, meter=meter, deps=deps
+                )
+            except BaseException as exc:
+                watch.failed(exc, captured)
+                raise
+        watch.finished(call, source, captured)
+        return call, source

@@ -14,6 +14,7 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, PrivateAttr
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model, infer_model
+from pydantic_ai.models.instrumented import InstrumentationSettings
 from pydantic_ai.providers import Provider, infer_provider, infer_provider_class
 
 from flujo_dagster.dsl.flow import walk
@@ -34,6 +35,7 @@ __all__ = [
     "check_model_strings",
     "check_providers",
     "missing_key",
+    "model_secret",
     "split_choices",
 ]
 
@@ -55,6 +57,11 @@ class ProviderSettings:
 
     def __repr__(self) -> str:
         return f"ProviderSettings(api_key={_shown(self.api_key, secret=True)}, base_url={_shown(self.base_url)})"
+
+    def secret(self) -> str | None:
+        """The API key, an `EnvVar` read now (None when unset or not given): redacted from call records."""
+        key = self.api_key
+        return key.get_value() if isinstance(key, EnvVar) else key
 
     def provider_kwargs(self, provider: str) -> dict[str, str]:
         """The settings given, as keyword arguments of the provider class, an `EnvVar` read now;
@@ -96,6 +103,8 @@ class PythonOnly:
     """Provider settings: code only, so that no run's config can choose where a key is sent."""
     built_step_names: frozenset[str] = frozenset()
     """The step names `step_models` held when built in Python (for other pipelines of the location, maybe)."""
+    instrument: InstrumentationSettings | None = None
+    """pydantic-ai's OpenTelemetry instrumentation of every agent call (None: off)."""
 
 
 class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
@@ -117,6 +126,7 @@ class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
         step_models: Mapping[str, ModelChoice] | None = None,
         prices: Mapping[str, Price] | None = None,
         providers: Mapping[str, ProviderSettings] | None = None,
+        instrument: bool | InstrumentationSettings = False,
     ) -> None:
         name, names, obj, objs = split_choices(model, step_models)
         check_model_strings(name, names)
@@ -125,7 +135,12 @@ class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
         check_providers(settings)
         built = frozenset(step_models or {})
         self._python = PythonOnly(
-            model=obj, step_models=objs, prices=dict(prices or {}), providers=settings, built_step_names=built
+            model=obj,
+            step_models=objs,
+            prices=dict(prices or {}),
+            providers=settings,
+            built_step_names=built,
+            instrument=_instrumentation(instrument),
         )
 
     def _with_updated_values(self, values: Mapping[str, Any] | None) -> Self:
@@ -140,6 +155,19 @@ class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
     def providers(self) -> dict[str, ProviderSettings]:
         """The provider settings given in code, by provider name."""
         return dict(self._python.providers)
+
+    @property
+    def instrumentation(self) -> InstrumentationSettings | None:
+        """pydantic-ai's OpenTelemetry instrumentation of agent calls, when switched on in code (`instrument=`)."""
+        return self._python.instrument
+
+    def secret_values(self) -> list[str]:
+        """The API keys the provider settings hold or name (environment variables read now) and those of the
+        model objects given here: redacted from call records."""
+        python = self._python
+        keys = [settings.secret() for settings in python.providers.values()]
+        keys += [model_secret(m) for m in (python.model, *python.step_models.values())]
+        return [k for k in keys if k]
 
     @property
     def prices(self) -> dict[str, Price]:
@@ -186,6 +214,28 @@ class RuntimeSettings(ConfigurableResource):  # type: ignore[type-arg]
     def build_model(self, choice: ModelChoice, *, where: str) -> Model:
         """`choice` as a model object: a string built with the provider settings configured here."""
         return choice if isinstance(choice, Model) else build_model(choice, self.providers, where=where)
+
+
+def _instrumentation(instrument: object) -> InstrumentationSettings | None:
+    """The instrumentation `AgentRuntime(instrument=...)` asks for: `True` is pydantic-ai's, without message
+    content (spans go to a collector unredacted); an `InstrumentationSettings` as given; `False` none."""
+    if isinstance(instrument, InstrumentationSettings):
+        return instrument
+    if instrument is True:
+        return InstrumentationSettings(include_content=False, include_binary_content=False)
+    if instrument is False:
+        return None
+    raise ConfigurationError(
+        f"AgentRuntime(instrument=...) is a {type(instrument).__name__}; give True, False or pydantic-ai's "
+        "InstrumentationSettings(...)"
+    )
+
+
+def model_secret(model: object) -> str | None:
+    """The API key a model object's client holds, when it exposes one as `client.api_key` (OpenAI, Anthropic and
+    compatible providers' clients do)."""
+    key = getattr(getattr(model, "client", None), "api_key", None) if isinstance(model, Model) else None
+    return key if isinstance(key, str) else None
 
 
 def split_choices(
