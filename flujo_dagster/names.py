@@ -32,11 +32,11 @@ __all__ = [
     "AWAITING_PREFIX",
     "BUDGET_LEDGER_KEY",
     "CACHE_READ_TOKENS",
+    "CALLS_DIR",
+    "CALL_RECORDS",
     "CHECK_ASSET",
     "CHECK_FAILED",
     "CHECK_RESULT",
-    "CALLS",
-    "CALLS_DIR",
     "CHECKPOINTS_DIR",
     "CHECKPOINT_MANIFEST",
     "CONTEXT_KEY",
@@ -146,7 +146,7 @@ PRICE_SOURCE = "flujo/price_source"
 USAGE_UNKNOWN = "flujo/usage_unknown"
 """True on a step whose model reported no usage for a response: charged at its reservation (the worst case)."""
 PATH = "flujo/path"
-CALLS = "flujo/calls"
+CALL_RECORDS = "flujo/call_records"
 """Metadata on an agent op's output (or an inline op's, or a failed step's): the path of the file holding the
 record of each agent call it made (docs/calls.md)."""
 STEPS = "flujo/steps"

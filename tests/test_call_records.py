@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,22 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.instrumented import InstrumentationSettings
 from pydantic_ai.usage import RequestUsage
 
-from flujo_dagster import AgentRuntime, Budget, Map, Pipeline, Price, ProviderSettings, agent_step, run_pipeline
+from flujo_dagster import (
+    AgentRuntime,
+    Budget,
+    Map,
+    Pipeline,
+    Price,
+    ProviderSettings,
+    Retry,
+    agent_step,
+    run_pipeline,
+)
 from flujo_dagster.adapter.control.calls import run_calls
 from flujo_dagster.adapter.storage import call_files
 from flujo_dagster.cli import main
 from flujo_dagster.config import known_secrets
-from flujo_dagster.names import CALLS
+from flujo_dagster.names import CALL_RECORDS
 from flujo_dagster.runtime.call_records import FORMAT, CallLog, bounded, encode_records, parse_records
 from flujo_dagster.runtime.redaction import REDACTED, Bounds, Cuts, Redactor, clean
 
@@ -202,8 +213,8 @@ def stored_file(instance: DagsterInstance, run_id: str) -> Path:
             metadata = event.step_output_data.metadata
         else:
             metadata = event.step_failure_data.user_failure_data.metadata  # type: ignore[union-attr]
-        if CALLS in metadata:
-            return Path(metadata[CALLS].value)
+        if CALL_RECORDS in metadata:
+            return Path(metadata[CALL_RECORDS].value)
     raise AssertionError("no step links its call records")
 
 
@@ -267,6 +278,32 @@ def test_a_call_the_budget_stops_is_recorded_failed_and_linked(instance: Dagster
     assert record["status"] == "failed" and str(record["error"]).startswith("UsageLimitExceededError: ")
     assert record["budget"]["decision"] == "stopped by the budget"  # type: ignore[index]
     assert record["model"] == "function:echo" and record["messages"]  # the configured model; the prompt sent
+
+
+def test_each_attempt_of_a_retried_step_is_its_own_record(instance: DagsterInstance) -> None:
+    tries: list[int] = []
+
+    def flaky(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        tries.append(1)
+        if len(tries) == 1:
+            raise RuntimeError(f"provider down, key {DEPS_SECRET}")
+        return ModelResponse(parts=[TextPart("fine")], usage=RequestUsage(input_tokens=3, output_tokens=2))
+
+    ask = agent_step(
+        "ask",
+        agent=Agent("openai:gpt-5-mini", defer_model_check=True),
+        prompt="{topic}",
+        output_key="answer",
+        retry=Retry(max_retries=1, delay=timedelta(0)),
+    )
+    agents = AgentRuntime(model=FunctionModel(flaky, model_name="echo"), prices={"function:echo": PRICE})
+    pipeline = Pipeline("retry_calls", context=Notes, steps=[ask])
+    result = run_pipeline(pipeline, {"topic": "t"}, instance=instance, resources={"agent_runtime": agents})
+    assert result.success
+    first, second = (c.record for c in run_calls(result.run_id, instance=instance).calls)
+    assert (first["attempt"], first["status"], second["attempt"], second["status"]) == (1, "failed", 2, "ok")
+    assert first["error"] == f"RuntimeError: provider down, key {REDACTED}" and first["messages"]
+    assert second["output"] == "fine"
 
 
 def map_pipeline() -> Pipeline:

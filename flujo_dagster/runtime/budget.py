@@ -215,6 +215,22 @@ def _countable_worst(model: BudgetedModel, cost: int, size: int) -> Usage:
     return Usage(usd_nanos=cost, tokens=size + model.max_tokens)
 
 
+def _charge_worst(model: BudgetedModel, worst: Usage, answered: str, why: str, *, unknown: bool = False) -> None:
+    """Add to `model`'s meter a request charged at its worst case `worst` (answered by `answered`), and why."""
+    model.meter.add(
+        Charge(
+            model=answered,
+            input_tokens=worst.tokens - model.max_tokens,
+            output_tokens=model.max_tokens,
+            cost_usd=Decimal(worst.usd_nanos) / USD_NANOS,
+            price_source=f"reservation ({why})",
+            usage_unknown=unknown,
+            reserved_usd=Decimal(worst.usd_nanos) / USD_NANOS,
+            reserved_tokens=worst.tokens,
+        )
+    )
+
+
 class BudgetedModel(WrapperModel):
     """`wrapped`, with every request reserved before it starts and reconciled after it ends."""
 
@@ -263,20 +279,6 @@ class BudgetedModel(WrapperModel):
         )
         return Usage(usd_nanos=nanos(pricing.cost(tokens)), tokens=usage.input_tokens + usage.output_tokens)
 
-    def _worst_charged(self, worst: Usage, model: str, why: str, *, unknown: bool = False) -> None:
-        self.meter.add(
-            Charge(
-                model=model,
-                input_tokens=worst.tokens - self.max_tokens,
-                output_tokens=self.max_tokens,
-                cost_usd=Decimal(worst.usd_nanos) / USD_NANOS,
-                price_source=f"reservation ({why})",
-                usage_unknown=unknown,
-                reserved_usd=Decimal(worst.usd_nanos) / USD_NANOS,
-                reserved_tokens=worst.tokens,
-            )
-        )
-
     async def request(
         self,
         messages: list[ModelMessage],
@@ -293,7 +295,7 @@ class BudgetedModel(WrapperModel):
         except anyio.get_cancelled_exc_class():
             # a timeout or a terminated run: the request may have been sent and billed, so its worst case counts
             budget.settle(held, None)
-            self._worst_charged(worst, self.configured, "request cut off")
+            _charge_worst(self, worst, self.configured, "request cut off")
             raise
         except BaseException:
             budget.settle(held, Usage(0, 0), release=True)
@@ -305,11 +307,11 @@ class BudgetedModel(WrapperModel):
             budget.settle(held, None)
             uncountable = isinstance(exc, UsageLimitExceededError)
             why = "usage not countable" if uncountable else f"no price for {self.answered(response)}"
-            self._worst_charged(worst, self.answered(response), why)
+            _charge_worst(self, worst, self.answered(response), why)
             raise
         if actual is None:  # no usage reported: the worst case is all that is known, so it is what counts
             budget.settle(held, None)
-            self._worst_charged(worst, self.answered(response), "usage unknown", unknown=True)
+            _charge_worst(self, worst, self.answered(response), "usage unknown", unknown=True)
             return response
         overshoots = budget.settle(held, actual)
         usage = response.usage

@@ -1,4 +1,4 @@
-"""The records of a run's agent calls, for `flujo-dagster calls`: found through the `flujo/calls` metadata of its
+"""The records of a run's agent calls, for `flujo-dagster calls`: found through the `flujo/call_records` metadata of its
 steps' outputs and failures (the run and the runs of its re-execution group, oldest first), read back size-capped
 by total functions (a bad file or record is reported, never raised), and rendered as text (docs/calls.md)."""
 

@@ -47,7 +47,7 @@ def _root(context: OpExecutionContext) -> UPath:
 
 
 def store_calls(context: OpExecutionContext, log: CallLog | None, path: str) -> dict[str, Any]:
-    """Write `log`'s records (when it has some) and return the metadata that links them (`flujo/calls`); a file
+    """Write `log`'s records (when it has some) and return the metadata that links them (`flujo/call_records`); a file
     that cannot be written is a warning naming the step at `path`, never the step's failure."""
     if log is None or not log.records:
         return {}
@@ -59,7 +59,7 @@ def store_calls(context: OpExecutionContext, log: CallLog | None, path: str) -> 
     except StorageError as exc:
         context.log.warning(f"{path}: the records of its agent calls were not stored: {exc}")
         return {}
-    return {names.CALLS: MetadataValue.path(str(file))}
+    return {names.CALL_RECORDS: MetadataValue.path(str(file))}
 
 
 def read_calls(path: str, *, where: str) -> CallsFile:
@@ -79,7 +79,7 @@ def read_calls(path: str, *, where: str) -> CallsFile:
 
 
 def calls_metadata(metadata: Mapping[str, object]) -> str | None:
-    """The path of the records file a step's metadata links (`flujo/calls`), if any."""
-    value = metadata.get(names.CALLS)
+    """The path of the records file a step's metadata links (`flujo/call_records`), if any."""
+    value = metadata.get(names.CALL_RECORDS)
     path = getattr(value, "path", value)
     return path if isinstance(path, str) else None
