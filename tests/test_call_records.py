@@ -41,6 +41,7 @@ from flujo_dagster.cli import main
 from flujo_dagster.config import known_secrets
 from flujo_dagster.names import CALL_RECORDS
 from flujo_dagster.runtime.call_records import FORMAT, CallLog, bounded, encode_records, parse_records
+from flujo_dagster.runtime.records import Meter
 from flujo_dagster.runtime.redaction import REDACTED, Bounds, Cuts, Redactor, clean
 
 ENV_KEY = "FLUJO_TEST_CALLS_PROVIDER_KEY"
@@ -145,6 +146,19 @@ def test_a_record_read_back_has_its_nesting_bounded() -> None:
     raw = json.dumps({"format": FORMAT, "calls": [{"path": "p", "output": deep}]}).encode()
     (record,) = parse_records(raw, where="w").records
     assert "nested too deep" in json.dumps(record)
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+def test_a_failed_call_with_an_unprintable_error_is_still_recorded() -> None:
+    log = CallLog(redactor=Redactor())
+    log.begin("p > agent:a", meter=Meter(), scopes=None, configured="openai:gpt-5").failed(Unprintable(), [])
+    (record,) = log.records
+    assert record["error"] == "Unprintable: (its message cannot be shown)" and record["model"] == "openai:gpt-5"
+    assert record["budget"] == {"decision": "unbudgeted"} and record["status"] == "failed"
 
 
 # --- the record of an agent step ---------------------------------------------------------------------------------
@@ -434,7 +448,7 @@ def test_opentelemetry_is_off_by_default_and_on_produces_spans(instance: Dagster
     assert spied(instance) == [False]
     recorder = Recorder()
     assert spied(instance, instrument=InstrumentationSettings(tracer_provider=recorder)) == [True]
-    assert any(name.startswith("chat ") for name in recorder.names)  # the model request's span
-    assert any("agent" in name for name in recorder.names)  # the agent run's span
+    assert "chat echo" in recorder.names  # the model request's span
+    assert any(name.startswith("invoke_agent ") for name in recorder.names)  # the agent run's span
     default = AgentRuntime(instrument=True).instrumentation
     assert default is not None and default.include_content is False

@@ -83,6 +83,14 @@ def _output_json(output: object) -> object:
         return f"[output not serializable: {type(exc).__name__}]"
 
 
+def _error_text(error: BaseException) -> str:
+    """`Class: message` of `error`; its class alone when its message cannot be made (a broken `__str__`)."""
+    try:
+        return f"{type(error).__name__}: {error}"
+    except Exception:  # noqa: BLE001 (a user's exception whose __str__ raises: the record keeps its class)
+        return f"{type(error).__name__}: (its message cannot be shown)"
+
+
 def _size(record: Mapping[str, object]) -> int:
     return len(json.dumps(record, ensure_ascii=True))
 
@@ -178,7 +186,7 @@ class CallWatch:
         head["cost_usd"] = str(sum(costs, Decimal(0))) if costs else None
         head["price_source"] = "; ".join(dict.fromkeys(c.price_source for c in charges if c.price_source))
         head["budget"] = budget_decision(self.scopes, charges, error)
-        head["error"] = f"{type(error).__name__}: {error}"
+        head["error"] = _error_text(error)
         self.log.add(head, _messages_json(captured), None)
 
 
