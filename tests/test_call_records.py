@@ -113,6 +113,15 @@ def test_a_record_is_bounded_and_says_what_was_cut() -> None:
     assert record["cut"] and any("record bound" in str(note) for note in record["cut"])  # type: ignore[union-attr]
 
 
+def test_a_long_conversation_keeps_its_first_and_last_messages() -> None:
+    messages = [{"kind": "request", "parts": [{"part_kind": "text", "content": f"m{i}"}]} for i in range(500)]
+    record = bounded({"path": "p"}, messages, "o", Redactor(), Bounds(items=11))
+    kept = record["messages"]
+    assert isinstance(kept, list) and len(kept) == 11
+    assert kept[0]["parts"][0]["content"] == "m0" and kept[-1]["parts"][0]["content"] == "m499"  # type: ignore[index]
+    assert kept[5] == "[cut: 490 middle messages left out]"
+
+
 def test_a_file_of_records_is_bounded_and_counts_what_it_left_out() -> None:
     records = [{"path": f"p{i}", "messages": "m" * 5_000, "output": "o"} for i in range(100)]
     raw = encode_records(records, run_id="r", step_key="s", limit=50_000)

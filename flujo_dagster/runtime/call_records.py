@@ -83,6 +83,14 @@ def _output_json(output: object) -> object:
         return f"[output not serializable: {type(exc).__name__}]"
 
 
+def _ends(messages: object, keep: int) -> object:
+    """`messages` with at most `keep` of them, the first and the last halves (the answer is at the end)."""
+    if not isinstance(messages, list) or len(messages) <= keep:
+        return messages
+    half = max(keep // 2, 1)
+    return [*messages[:half], f"[cut: {len(messages) - 2 * half} middle messages left out]", *messages[-half:]]
+
+
 def _error_text(error: BaseException) -> str:
     """`Class: message` of `error`; its class alone when its message cannot be made (a broken `__str__`)."""
     try:
@@ -101,6 +109,7 @@ def bounded(
     """One record: `head` (small fields) with `messages` and `output` (JSON values) redacted and cut so that its
     JSON is at most `bounds.record` bytes: strings cut shorter, then middle messages left out, then messages and
     output left out; `cut` says what was, `redactions` how many secrets were replaced."""
+    messages = _ends(messages, bounds.items - 1)
     for limit in (bounds.text, *(s for s in _SHRINK if s < bounds.text)):
         cuts = Cuts()
         record = {

@@ -125,7 +125,8 @@ def _budget(budget: object) -> str:
         for r in requests
         if isinstance(r, Mapping)
     ]
-    return f"{decision} in {_text(scopes)}: " + ("; ".join(shown) or "no request")
+    where = ", ".join(map(str, scopes)) if isinstance(scopes, list) else _text(scopes)
+    return f"{decision} in {where}: " + ("; ".join(shown) or "no request")
 
 
 def render_call(call: StoredCall) -> list[str]:
