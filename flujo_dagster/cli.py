@@ -278,6 +278,8 @@ def costs_command(run_id: str) -> None:
     for call in calls:
         tokens = f"{call.input_tokens}/{call.output_tokens}"
         flags = ("  [usage unknown]" if call.usage_unknown else "") + ("  [step failed]" if call.status != "ok" else "")
+        if call.cache_hits:
+            flags += f"  [cache: {call.cache_hits} hit(s), saved ${call.saved_cost_usd:.6f}]"
         click.echo(
             _line(
                 f"{call.run_id[:8]:<8}  {call.step_path:<40}  {call.model:<28}  {tokens:>14}  {call.cost_usd:>12.6f}  "
@@ -287,6 +289,10 @@ def costs_command(run_id: str) -> None:
     total = sum((c.cost_usd for c in calls), Decimal(0))
     tokens_in, tokens_out = sum(c.input_tokens for c in calls), sum(c.output_tokens for c in calls)
     click.echo(f"total: ${total:.6f}, {tokens_in} input / {tokens_out} output tokens, {len(calls)} agent step(s)")
+    hits = sum(c.cache_hits for c in calls)
+    if hits:
+        saved = sum((c.saved_cost_usd for c in calls), Decimal(0))
+        click.echo(f"call cache: {hits} request(s) served from the cache, ${saved:.6f} saved")
     unknown = [c.step_path for c in calls if c.usage_unknown]
     if unknown:
         click.echo(

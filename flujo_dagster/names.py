@@ -31,9 +31,11 @@ __all__ = [
     "AUDIT_KIND",
     "AWAITING_PREFIX",
     "BUDGET_LEDGER_KEY",
+    "CACHE_HITS",
     "CACHE_READ_TOKENS",
     "CALLS_DIR",
     "CALL_RECORDS",
+    "CALL_CACHE_KEY",
     "CHECK_ASSET",
     "CHECK_FAILED",
     "CHECK_RESULT",
@@ -93,6 +95,7 @@ __all__ = [
     "RESUME_KEY_TAG",
     "RESUME_NEEDED_TAG",
     "RETRY_BEFORE_PARK_TAG",
+    "SAVED_COST_USD",
     "SCHEDULED_TIME_TAG",
     "SENSOR_NAME_TAG",
     "STEPS",
@@ -143,6 +146,10 @@ CACHE_READ_TOKENS = "flujo/cache_read_tokens"
 REQUESTS = "flujo/requests"
 COST_USD = "flujo/cost_usd"
 PRICE_SOURCE = "flujo/price_source"
+CACHE_HITS = "flujo/cache_hits"
+"""On an agent step (and an inline op): model requests served from the call cache (no request, $0)."""
+SAVED_COST_USD = "flujo/saved_cost_usd"
+"""On an agent step (and an inline op): what its cache hits would have cost, in US dollars."""
 USAGE_UNKNOWN = "flujo/usage_unknown"
 """True on a step whose model reported no usage for a response: charged at its reservation (the worst case)."""
 PATH = "flujo/path"
@@ -342,6 +349,7 @@ IO_MANAGER_KEY = "flujo_io_manager"
 AGENT_RUNTIME_KEY = "agent_runtime"
 PRICE_BOOK_KEY = "price_book"
 BUDGET_LEDGER_KEY = "budget_ledger"
+CALL_CACHE_KEY = "call_cache"
 LEDGER_ID_PREFIX = "flujo/budget_ledger_id/"
 """Instance key-value entry `flujo/budget_ledger_id/<ledger location>`: the id of the budget ledger this instance
 charges there (a ledger deleted or replaced since shows another id and is refused)."""

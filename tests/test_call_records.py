@@ -259,7 +259,7 @@ def test_the_call_record_of_an_agent_step_is_redacted_and_complete(
     (call,) = run_calls(result.run_id, instance=instance).calls
     record = call.record
     assert record["path"] == "ask_calls > agent:ask" and record["status"] == "ok" and record["attempt"] == 1
-    assert record["model"] == "function:echo" and record["model_source"] == "offline" and record["cache"] == "off"
+    assert record["model"] == "function:echo" and record["model_source"] == "offline" and record["cache"] == "miss"
     assert isinstance(record["latency_s"], float) and record["latency_s"] >= 0
     assert record["usage"] == {
         "requests": 2,

@@ -3,6 +3,7 @@
 
 from flujo_dagster.dsl.approval import Approval
 from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.dsl.cache import Cache
 from flujo_dagster.dsl.checks import Check
 from flujo_dagster.dsl.control import Branch, Group, Loop, Map, Parallel
 from flujo_dagster.dsl.decorators import agent_step, step
@@ -15,6 +16,7 @@ __all__ = [
     "Approval",
     "Branch",
     "Budget",
+    "Cache",
     "Check",
     "DailyPartitions",
     "FunctionStep",

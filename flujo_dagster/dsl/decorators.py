@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import overload
 
 from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.dsl.cache import Cache, cache_policy
 from flujo_dagster.dsl.injection import ResourcesLike, resource_pairs
 from flujo_dagster.dsl.steps import AgentStep, FunctionStep, Retry
 from flujo_dagster.interfaces import AgentLike, ModelLike
@@ -87,6 +88,7 @@ def agent_step(
     pool: str | None = None,
     deps: Callable[..., object] | None = None,
     resources: ResourcesLike | None = None,
+    cache: Cache | bool | None = None,
 ) -> AgentStep:
     """A step that runs a pydantic-ai `Agent`.
 
@@ -101,7 +103,11 @@ def agent_step(
     `deps` builds the pydantic-ai `deps` of each agent run (the agent's tools get it as `ctx.deps`): it is
     called before every run with its parameters filled like a `@step` function's (keys, resources by annotation
     or by `resources=`, the execution context), sync or async.
+
+    `cache` sets how its model requests are cached (docs/cache.md): a `Cache` (its expiry), `False` for fresh
+    answers every time, None (default) for the pipeline's policy.
     """
+    cache_policy(cache, None, where=f"agent step {name!r}")
     if deps is not None and not callable(deps):
         raise TypeError(
             f"agent step {name!r}: deps must be a callable returning the agent's deps (its parameters are keys or "
@@ -121,4 +127,5 @@ def agent_step(
         pool=pool,
         deps=deps,
         resources=resource_pairs(resources),
+        cache=cache,
     )

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from typing_extensions import TypeForm, TypeVar
 
 from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.dsl.cache import Cache, cache_policy
 from flujo_dagster.dsl.checks import Check
 from flujo_dagster.dsl.flow import flow_of_steps
 from flujo_dagster.dsl.keys import StepKeys, resolve_keys
@@ -107,6 +108,8 @@ class Pipeline(Generic[Ctx]):
     deps: tuple[AssetKeyPath, ...] = field(default=())
     """Assets the pipeline's assets depend on without reading them (lineage and ordering only)."""
     context_asset: bool = False
+    cache: Cache | bool | None = None
+    """How its agent steps' model requests are cached (docs/cache.md): None, the default policy."""
 
     def __init__(
         self,
@@ -123,11 +126,13 @@ class Pipeline(Generic[Ctx]):
         upstream: Mapping[str, AssetRef] | None = None,
         deps: Iterable[AssetRef] = (),
         context_asset: bool = False,
+        cache: Cache | bool | None = None,
     ) -> None:
         _check_context(name, context)
+        cache_policy(cache, None, where=f"pipeline {name!r}")
         values = {"name": name, "context": context, "steps": as_steps(steps), "assets": tuple(assets)}
         values |= {"description": description, "budget": budget, "schedule": schedule, "partitions": partitions}
-        values |= {"checks": tuple(checks), "context_asset": context_asset, "_initial": None}
+        values |= {"checks": tuple(checks), "context_asset": context_asset, "_initial": None, "cache": cache}
         values |= {"upstream": _upstream(name, upstream or {}), "deps": _deps(name, deps)}
         values["_fields"] = {n: info.rebuild_annotation() for n, info in context.model_fields.items()}
         for attribute, value in values.items():
@@ -217,6 +222,7 @@ def _composed(first: Pipeline[Ctx], other: StepsLike | Pipeline) -> Pipeline[Ctx
         upstream=upstream,
         deps=deps,
         context_asset=context_asset,
+        cache=first.cache,
     )
 
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Literal, TypeAlias, TypeVar
 
 from flujo_dagster.dsl.budget import Budget, is_token_count
+from flujo_dagster.dsl.cache import Cache
 from flujo_dagster.dsl.durations import duration, optional_duration
 from flujo_dagster.interfaces import AgentLike, ModelLike
 from flujo_dagster.names import POOL_PREFIX
@@ -104,6 +105,8 @@ class AgentStep(Step):
     pool: str | None = None
     deps: Callable[..., object] | None = None
     resources: tuple[tuple[str, str], ...] = ()
+    cache: Cache | bool | None = None
+    """How its model requests are cached (`Cache`), `False` for fresh answers, None for the pipeline's policy."""
 
     kind = "agent"
 

@@ -41,6 +41,12 @@ class AgentCall:
     """Every message of the run (instructions, prompts, tool calls and returns, responses), for its call record."""
     latency_s: float | None = None
     """How long the agent's run took, in seconds (None when not measured)."""
+    cache_hits: int = 0
+    """Model requests served from the shared call cache: no request was made and they cost $0."""
+    saved_cost_usd: Decimal = Decimal(0)
+    """What the cache hits would have cost, priced for the model that answered them."""
+    cache_consulted: bool = False
+    """Whether the call's requests went through the call cache (False: `cache=False`, or no cache)."""
 
     def usage(self) -> TokenUsage:
         """The call's tokens, for pricing."""

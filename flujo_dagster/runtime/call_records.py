@@ -39,8 +39,11 @@ _READ = Bounds(text=1_000_000, items=100_000, depth=32)  # what a record read ba
 
 
 def cache_status(call: AgentCall | None) -> str:
-    """Whether the agent-call cache answered `call`: `hit`, `miss` or `off` (no cache is consulted yet: `off`)."""
-    return "off"
+    """Whether the agent-call cache answered `call`: `hit` (every request served, none made), `miss` (some
+    request made; its hits, if any, are in `cache_hits`) or `off` (`cache=False`, no cache, a failed call)."""
+    if call is None or not call.cache_consulted:
+        return "off"
+    return "hit" if call.cache_hits and not call.requests else "miss"
 
 
 def budget_decision(

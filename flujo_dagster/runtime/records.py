@@ -31,6 +31,10 @@ class StepRecord:
     error: str | None = None
     usage_unknown: bool = False
     """A response reported no usage: its cost is the reservation (budgeted) or a lower bound (not budgeted)."""
+    cache_hits: int = 0
+    """Model requests served from the call cache (no request made, $0)."""
+    saved_cost_usd: Decimal = Decimal(0)
+    """What the cache hits would have cost, priced for the model that answered them."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +53,8 @@ class Charge:
     reserved_usd: Decimal | None = None
     """What the budget ledger reserved for the request before it started (None: not budgeted)."""
     reserved_tokens: int | None = None
+    cache_hits: int = 0
+    saved_usd: Decimal = Decimal(0)
 
 
 class Meter:
@@ -78,6 +84,8 @@ class Meter:
             cost_usd=sum(costs, Decimal(0)) if costs else None,
             price_source="; ".join(dict.fromkeys(c.price_source for c in charges if c.price_source)),
             usage_unknown=any(c.usage_unknown for c in charges),
+            cache_hits=sum(c.cache_hits for c in charges),
+            saved_cost_usd=sum((c.saved_usd for c in charges), Decimal(0)),
         )
 
 

@@ -20,6 +20,7 @@ from flujo_dagster.adapter.control.run_costs import costs_sensor
 from flujo_dagster.adapter.control.sensors import location_approvals_sensor, validation_sensor
 from flujo_dagster.adapter.storage.approval_settings import ApprovalSettings
 from flujo_dagster.adapter.storage.budgets import InstanceLedger
+from flujo_dagster.adapter.storage.call_cache import InstanceCallCache
 from flujo_dagster.adapter.storage.io_manager import PydanticJsonIOManager
 from flujo_dagster.adapter.storage.resources import AgentRuntime
 from flujo_dagster.dsl.approval import Approval
@@ -30,6 +31,7 @@ from flujo_dagster.names import (
     AGENT_RUNTIME_KEY,
     APPROVAL_SETTINGS_KEY,
     BUDGET_LEDGER_KEY,
+    CALL_CACHE_KEY,
     IO_MANAGER_KEY,
     PRICE_BOOK_KEY,
 )
@@ -54,6 +56,7 @@ _DEFAULTS: dict[str, object] = {
     IO_MANAGER_KEY: shared(PydanticJsonIOManager()),
     AGENT_RUNTIME_KEY: AgentRuntime(),
     BUDGET_LEDGER_KEY: InstanceLedger(),
+    CALL_CACHE_KEY: InstanceCallCache(),
     APPROVAL_SETTINGS_KEY: shared(ApprovalSettings()),
 }
 """One object per default resource in the process: definitions built by several calls merge (Dagster merges a
@@ -61,7 +64,7 @@ resource key only when every definitions object holds the same object under it).
 
 
 def default_resources(overrides: Mapping[str, object] | None = None) -> dict[str, object]:
-    """The resources flujo ops need (`flujo_io_manager`, `agent_runtime`, `budget_ledger`,
+    """The resources flujo ops need (`flujo_io_manager`, `agent_runtime`, `budget_ledger`, `call_cache`,
     `approval_settings`), with `overrides` applied. The defaults are the same objects at every call, and an
     override equal by value to one given before (a configurable resource, `ApprovalSettings`) is that earlier
     object, so that several `build_definitions` results merge in one code location."""

@@ -43,11 +43,18 @@ class AgentCallSummary:
     """A response reported no usage: `cost_usd` is its reservation (budgeted) or a lower bound."""
     status: str = "ok"
     """`ok`, or `failed`: the step failed after these calls were charged."""
+    cache_hits: int = 0
+    """Model requests served from the call cache: no request, $0."""
+    saved_cost_usd: Decimal = Decimal(0)
+    """What those hits would have cost."""
 
     def render(self) -> str:
         """One line: `digest > agent:draft: function:offline-digest (offline), 1 request(s), 50 input / 20
-        output tokens, $0.000052 (offline)`, then `, usage unknown` and `, step failed` when so."""
+        output tokens, $0.000052 (offline)`, then `, usage unknown`, `, step failed` and `, 1 cache hit(s) saving
+        $0.000052` when so."""
         flags = (", usage unknown" if self.usage_unknown else "") + (", step failed" if self.status != "ok" else "")
+        if self.cache_hits:
+            flags += f", {self.cache_hits} cache hit(s) saving ${self.saved_cost_usd:.6f}"
         return (
             f"{self.step_path}: {self.model} ({self.model_source}), {self.requests} request(s), "
             f"{self.input_tokens} input / {self.output_tokens} output tokens, ${self.cost_usd:.6f} "
@@ -102,6 +109,8 @@ def _summary(values: Mapping[str, Any], run_id: str) -> AgentCallSummary:
         run_id=run_id,
         usage_unknown=bool(values.get("usage_unknown")),
         status="ok" if values.get("status", "ok") == "ok" else "failed",
+        cache_hits=_count(values, "cache_hits") if values.get("cache_hits") is not None else 0,
+        saved_cost_usd=_cost(values.get("saved_cost_usd")),
     )
 
 
@@ -120,6 +129,8 @@ def _records(meta: Mapping[str, Any], failed: bool) -> list[Mapping[str, Any]]:
             "cost_usd": names.COST_USD,
             "price_source": names.PRICE_SOURCE,
             "usage_unknown": names.USAGE_UNKNOWN,
+            "cache_hits": names.CACHE_HITS,
+            "saved_cost_usd": names.SAVED_COST_USD,
         }
         rows.append({**{k: meta.get(v) for k, v in keys.items()}, "status": "failed" if failed else "ok"})
     return rows

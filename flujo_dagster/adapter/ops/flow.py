@@ -33,6 +33,7 @@ from flujo_dagster.names import (
     AFTER_INPUT,
     AGENT_RUNTIME_KEY,
     BUDGET_LEDGER_KEY,
+    CALL_CACHE_KEY,
     CONTEXT_KEY,
     CONTEXT_OP,
     CONTEXT_OUTPUT,
@@ -333,6 +334,7 @@ def _table(records: Sequence[StepRecord]) -> str:
 def _record_json(record: StepRecord) -> dict[str, object]:
     row: dict[str, object] = dict(record.__dict__)
     row["cost_usd"] = None if record.cost_usd is None else float(record.cost_usd)
+    row["saved_cost_usd"] = float(record.saved_cost_usd)
     return row
 
 
@@ -349,6 +351,9 @@ def inline_metadata(wiring: StepWiring, records: Sequence[StepRecord]) -> dict[s
     }
     if any(r.usage_unknown for r in records):
         metadata[names.USAGE_UNKNOWN] = True
+    if any(r.cache_hits for r in records):
+        metadata[names.CACHE_HITS] = sum(r.cache_hits for r in records)
+        metadata[names.SAVED_COST_USD] = float(sum(r.saved_cost_usd for r in records))
     return metadata
 
 
@@ -361,7 +366,7 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
     pools = {s.pool_name() for s in agent_steps}
     resources = {IO_MANAGER_KEY, *step_resource_keys(inner)}
     if needs_agents:
-        resources |= {AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY}
+        resources |= {AGENT_RUNTIME_KEY, PRICE_BOOK_KEY, BUDGET_LEDGER_KEY, CALL_CACHE_KEY}
 
     async def compute(context: OpExecutionContext, inputs: dict[str, Any]) -> Any:
         state: dict[str, object] = {k: inputs[io_name(k)] for k in wiring.reads}

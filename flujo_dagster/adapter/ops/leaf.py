@@ -21,6 +21,7 @@ from flujo_dagster.adapter.ops.injection import OpInjector, step_resource_keys
 from flujo_dagster.adapter.ops.input_config import INPUTS_CONFIG_KEY, inputs_config_field
 from flujo_dagster.adapter.ops.subset import check_subset_upstream
 from flujo_dagster.adapter.storage.budgets import OpBudgets
+from flujo_dagster.adapter.storage.call_cache import call_cache_of
 from flujo_dagster.adapter.storage.call_files import call_log_for, store_calls
 from flujo_dagster.adapter.storage.resources import AgentRuntime, PricedAgents
 from flujo_dagster.adapter.storage.types import KeyType, key_type
@@ -30,6 +31,7 @@ from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.names import (
     AGENT_RUNTIME_KEY,
     BUDGET_LEDGER_KEY,
+    CALL_CACHE_KEY,
     GATE_INPUT,
     IO_MANAGER_KEY,
     PRICE_BOOK_KEY,
@@ -37,6 +39,7 @@ from flujo_dagster.names import (
     io_name,
 )
 from flujo_dagster.pricing.prices import PriceBook
+from flujo_dagster.runtime.cache import CacheUse, cache_use
 from flujo_dagster.runtime.call_records import CallLog
 from flujo_dagster.runtime.inputs import validate_inputs
 from flujo_dagster.runtime.leaf import LeafExecutor, LeafResult
@@ -143,7 +146,8 @@ def failed_with_costs(exc: Exception, wiring: StepWiring, metadata: Mapping[str,
 
 def call_metadata(record: StepRecord) -> dict[str, Any]:
     """An agent step's metadata: the model that answered, tokens, requests, cost (every attempt's charges, as
-    the budget ledger recorded them) and price source; `flujo/usage_unknown` when a response reported no usage."""
+    the budget ledger recorded them) and price source; `flujo/usage_unknown` when a response reported no usage;
+    `flujo/cache_hits` and `flujo/saved_cost_usd` when requests were served from the call cache."""
     metadata: dict[str, Any] = {
         names.STEP_PATH: record.path,
         names.MODEL: record.model or "unknown",
@@ -157,6 +161,9 @@ def call_metadata(record: StepRecord) -> dict[str, Any]:
     }
     if record.usage_unknown:
         metadata[names.USAGE_UNKNOWN] = True
+    if record.cache_hits:
+        metadata[names.CACHE_HITS] = record.cache_hits
+        metadata[names.SAVED_COST_USD] = float(record.saved_cost_usd)
     return metadata
 
 
@@ -192,14 +199,19 @@ def priced_agents(
     pools: Mapping[str, int] | None = None,
     steps: Sequence[AgentStep] = (),
 ) -> PricedAgents:
-    """The agent runner of an op: the run's `AgentRuntime` with its price book and budgets (and, inside an
-    inline op, the limits of the Dagster concurrency pools its agent steps use), recording every call of the
-    agent `steps` the op runs (`calls`: stored with `store_calls`)."""
+    """The agent runner of an op: the run's `AgentRuntime` with its price book, budgets and call cache (and,
+    inside an inline op, the limits of the Dagster concurrency pools its agent steps use), recording every call
+    of the agent `steps` the op runs (`calls`: stored with `store_calls`)."""
     book: PriceBook = getattr(context.resources, PRICE_BOOK_KEY)
     budgets = OpBudgets(context, pipeline, book)
     runtime: AgentRuntime = getattr(context.resources, AGENT_RUNTIME_KEY)
     runtime.check_step_models(pipeline)  # a run's config naming no agent step fails here, before any call
-    return PricedAgents(runtime, book, budgets.for_step, pools, calls=call_log_for(runtime, steps))
+    store = call_cache_of(getattr(context.resources, CALL_CACHE_KEY), context.instance)
+
+    def cache_for(step: AgentStep, path: str) -> CacheUse | None:
+        return cache_use(store, step.cache, pipeline.cache, where=path)
+
+    return PricedAgents(runtime, book, budgets.for_step, pools, calls=call_log_for(runtime, steps), cache_for=cache_for)
 
 
 async def _run_leaf(
@@ -277,6 +289,7 @@ def _agent_op(pipeline: Pipeline, step: Step, wiring: StepWiring) -> OpDefinitio
             PRICE_BOOK_KEY,
             BUDGET_LEDGER_KEY,
             IO_MANAGER_KEY,
+            CALL_CACHE_KEY,
             *step_resource_keys([step]),
         },
         pool=step.pool_name(),

@@ -30,10 +30,12 @@ from flujo_dagster.adapter.storage.budgets import chain_of
 from flujo_dagster.names import (
     APPROVAL_PREFIX,
     APPROVED_OUTPUT,
+    CACHE_HITS,
     MODELS,
     PREVIEW,
     PRODUCED_BY,
     REJECTED_OUTPUT,
+    SAVED_COST_USD,
     STEP_PATH,
     TOTAL_COST_USD,
     TOTAL_INPUT_TOKENS,
@@ -261,9 +263,15 @@ def gate_records(instance: DagsterInstance, run: DagsterRun, gate_keys: frozense
 def review_metadata(
     value: object, annotation: object, type_label: str, calls: Sequence[AgentCallSummary]
 ) -> dict[str, Any]:
-    """Preview, type, total cost and tokens, models, and the agent steps counted."""
+    """Preview, type, total cost and tokens, models, and the agent steps counted; the call cache's hits and what
+    they saved, when there were some."""
     cost = sum((c.cost_usd for c in calls), Decimal(0))
+    hits = sum(c.cache_hits for c in calls)
+    cached: dict[str, Any] = {}
+    if hits:
+        cached = {CACHE_HITS: hits, SAVED_COST_USD: float(sum((c.saved_cost_usd for c in calls), Decimal(0)))}
     return {
+        **cached,
         PREVIEW: preview(value, annotation),
         TYPE: readable_type(type_label),
         TOTAL_COST_USD: float(cost),

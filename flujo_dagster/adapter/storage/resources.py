@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
@@ -11,6 +12,7 @@ import anyio
 from dagster import EnvVar
 from pydantic_ai import Agent, capture_run_messages
 from pydantic_ai.exceptions import ModelAuthenticationError, ModelHTTPError
+from pydantic_ai.messages import ModelResponse
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.models.function import FunctionModel
 from pydantic_ai.models.instrumented import InstrumentedModel
@@ -26,9 +28,10 @@ from flujo_dagster.adapter.storage.runtime_config import (
 )
 from flujo_dagster.dsl.steps import AgentStep, model_id_of
 from flujo_dagster.errors import ConfigurationError, PricingNotConfiguredError
-from flujo_dagster.pricing.prices import Price, PriceBook
+from flujo_dagster.pricing.prices import Price, PriceBook, TokenUsage
 from flujo_dagster.runtime.agents import AgentCall, run_agent
 from flujo_dagster.runtime.budget import BudgetContext, BudgetedModel
+from flujo_dagster.runtime.cache import CachedModel, CacheUse
 from flujo_dagster.runtime.call_records import CallLog
 from flujo_dagster.runtime.records import Charge, Meter
 
@@ -85,6 +88,7 @@ class AgentRuntime(RuntimeSettings):
         budget: BudgetContext | None = None,
         meter: Meter | None = None,
         deps: object = None,
+        cache: CacheUse | None = None,
     ) -> tuple[AgentCall, ModelSource]:
         """Run `step`'s agent on `prompt` in the current event loop; the call is priced for the model that
         answered, and `PricingNotConfiguredError` (naming `path`) is raised when that model has no price.
@@ -92,7 +96,10 @@ class AgentRuntime(RuntimeSettings):
         What was charged is added to `meter`: each budgeted request as the ledger recorded it, else the call.
         A model string is built here with the configured provider settings (`ConfigurationError` naming `path` when
         it cannot be); one this runtime's config chose (maybe in the Launchpad, so not validated at load) must have
-        a price before its first request. `deps` are the run's pydantic-ai deps (the step's `deps=`)."""
+        a price before its first request. `deps` are the run's pydantic-ai deps (the step's `deps=`).
+        With a `cache`, each request is answered from it when an identical one was answered before (outside the
+        budget: a hit reserves nothing); the call's `cache_hits` and `saved_cost_usd` say how many were, and what
+        they saved."""
         agent = step.agent
         if not isinstance(agent, Agent):
             raise TypeError(f"agent step {step.name!r} holds {type(agent).__name__}, not a pydantic-ai Agent")
@@ -108,12 +115,19 @@ class AgentRuntime(RuntimeSettings):
         budgeted = budget is not None and bool(budget.guards)
         if budget is not None and budgeted:
             model = _budgeted(step, chosen, configured, budget, path, meter)
+        cached = None
+        if cache is not None and isinstance(chosen, Model):
+            inner = model if isinstance(model, Model) else chosen
+            model = cached = CachedModel(inner, cache=cache, path=path, saved=_saver(prices, path), meter=meter)
         if self.instrumentation is not None and isinstance(model, Model):
             model = InstrumentedModel(model, self.instrumentation)  # pydantic-ai unwraps it and adds its spans
         try:
             call = await run_agent(agent, prompt, model=model, model_settings=step.model_settings, deps=deps)
         except ModelAuthenticationError as exc:
             raise ConfigurationError(self._refused(path, configured, exc)) from None
+        if cached is not None:  # pydantic-ai counts a hit as a request: it made none
+            hits, saved, requests = cached.hits, cached.saved_usd, max(call.requests - cached.hits, 0)
+            call = replace(call, requests=requests, cache_hits=hits, saved_cost_usd=saved, cache_consulted=True)
         try:
             priced = call.priced(prices.require(call.model, where=path))
         except PricingNotConfiguredError:
@@ -145,6 +159,27 @@ class AgentRuntime(RuntimeSettings):
             offline={m: p for m, p in self.prices.items() if m in offline},
             strict=strict,
         )
+
+
+def _saver(prices: PriceBook, path: str) -> Callable[[str, ModelResponse], Decimal | None]:
+    """What a cached response would have cost, priced for `model`, the one that answered it (None without a
+    price)."""
+
+    def saved(model: str, response: ModelResponse) -> Decimal | None:
+        usage = response.usage
+        try:
+            pricing = prices.require(model, where=path)
+        except PricingNotConfiguredError:
+            return None
+        tokens = TokenUsage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        )
+        return pricing.cost(tokens)
+
+    return saved
 
 
 def _is_offline(model: object) -> bool:
@@ -184,7 +219,8 @@ def _budgeted(
 
 
 class PricedAgents:
-    """The interpreter's agent runner inside one op: the runtime with the run's price book and budgets."""
+    """The interpreter's agent runner inside one op: the runtime with the run's price book, budgets and call
+    cache (`cache_for`: the cache a step's requests use, None for none)."""
 
     def __init__(
         self,
@@ -193,11 +229,13 @@ class PricedAgents:
         budget_for: Callable[[AgentStep, str], BudgetContext | None] | None = None,
         pool_limits: Mapping[str, int] | None = None,
         calls: CallLog | None = None,
+        cache_for: Callable[[AgentStep, str], CacheUse | None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.prices = prices
         self.budget_for = budget_for
         self.calls = calls
+        self.cache_for = cache_for
         limits = dict(pool_limits or {})
         closed = sorted(pool for pool, limit in limits.items() if limit < 1)
         if closed:
@@ -213,19 +251,27 @@ class PricedAgents:
         """Run and price one agent step (see `AgentRuntime.run`), at most as many at once per pool as the
         Dagster instance's limit for the step's pool allows; recorded in `calls` when given."""
         budget = self.budget_for(step, path) if self.budget_for is not None else None
+        cache = self.cache_for(step, path) if self.cache_for is not None else None
         limiter = self.limiters.get(step.pool_name() or "")
         if limiter is None:
-            return await self._recorded(step, prompt, path, budget, meter, deps)
+            return await self._recorded(step, prompt, path, budget, meter, deps, cache)
         async with limiter:
-            return await self._recorded(step, prompt, path, budget, meter, deps)
+            return await self._recorded(step, prompt, path, budget, meter, deps, cache)
 
     async def _recorded(
-        self, step: AgentStep, prompt: str, path: str, budget: BudgetContext | None, meter: Meter | None, deps: object
+        self,
+        step: AgentStep,
+        prompt: str,
+        path: str,
+        budget: BudgetContext | None,
+        meter: Meter | None,
+        deps: object,
+        cache: CacheUse | None,
     ) -> tuple[AgentCall, ModelSource]:
         """The call, and its record in `calls` whether it is answered or fails."""
         if self.calls is None:
             return await self.runtime.run(
-                step, prompt, prices=self.prices, path=path, budget=budget, meter=meter, deps=deps
+                step, prompt, prices=self.prices, path=path, budget=budget, meter=meter, deps=deps, cache=cache
             )
         meter = meter if meter is not None else Meter()
         now = datetime.now(UTC)
@@ -234,7 +280,7 @@ class PricedAgents:
         with capture_run_messages() as captured:
             try:
                 call, source = await self.runtime.run(
-                    step, prompt, prices=self.prices, path=path, budget=budget, meter=meter, deps=deps
+                    step, prompt, prices=self.prices, path=path, budget=budget, meter=meter, deps=deps, cache=cache
                 )
             except BaseException as exc:
                 watch.failed(exc, captured)

@@ -1,0 +1,200 @@
+"""The shared agent-call cache: each model request of an agent step is served from a store every process of the
+deployment shares when an identical request was answered before (docs/cache.md).
+
+`CachedModel` wraps the model an agent step runs on (pydantic-ai `WrapperModel`), outside the `BudgetedModel`: a
+hit makes no request and reserves nothing. The key is the SHA-256 of the canonical JSON of the model's id, the
+merged model settings, the rendered messages (what varies between two runs of the same request left out:
+timestamps, run ids, usage) and the request parameters (output schema, output mode, tool definitions). The
+value is the serialized `ModelResponse`, validated when read: an entry that is not one is a miss, removed, and
+overwritten by the fresh answer. Concurrent identical requests make one: the first claims the key for a lease,
+the others poll until the answer is stored, the claim is released (a failed or cancelled request) or its lease
+ran out (a killed process); then one of them claims it in turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+
+import anyio
+import pydantic
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelResponse
+from pydantic_ai.models import Model, ModelRequestParameters
+from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.settings import ModelSettings, merge_model_settings
+from pydantic_ai.usage import RequestUsage
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from flujo_dagster.dsl.cache import Cache, cache_policy
+from flujo_dagster.runtime.records import Charge, Meter
+
+__all__ = ["POLL_S", "Acquired", "CacheUse", "CachedModel", "CallCache", "cache_use", "request_key"]
+
+POLL_S = 0.05
+"""How often a request waiting for an identical one looks again."""
+
+_VOLATILE = frozenset(
+    {"timestamp", "request_timestamp", "duration", "run_id", "conversation_id", "usage", "provider_response_id"}
+)
+"""Message fields that differ between two runs of the same request (or that a hit rewrites: usage): not keyed."""
+
+_RESPONSE = pydantic.TypeAdapter(ModelResponse)
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """What `CallCache.acquire` found: the stored value (fresh enough), or whether this caller now holds the claim
+    (neither: another caller holds it; wait and look again)."""
+
+    value: str | None = None
+    claimed: bool = False
+
+
+@runtime_checkable
+class CallCache(Protocol):
+    """A store of model responses shared by the processes of a deployment (`SqliteCallCache`,
+    `PostgresCallCache`). Every method is one atomic transaction, safe from any thread and process."""
+
+    def acquire(self, key: str, *, owner: str, max_age_s: float | None, lease_s: float) -> Acquired:
+        """The value stored under `key` when it is younger than `max_age_s` (None: any age); else a claim on
+        `key` for `owner` for `lease_s` seconds, unless another owner holds one that has not expired."""
+        ...
+
+    def fill(self, key: str, *, owner: str, value: str) -> None:
+        """Store `value` under `key` (replacing any entry) and drop `owner`'s claim."""
+        ...
+
+    def release(self, key: str, *, owner: str) -> None:
+        """Drop `owner`'s claim on `key` (no-op when it holds none)."""
+        ...
+
+    def discard(self, key: str, *, value: str) -> None:
+        """Delete the entry of `key` if it still holds `value` (an entry found unreadable)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """The store a step's requests use and the policy they follow."""
+
+    store: CallCache
+    policy: Cache
+
+
+def _stable(value: object) -> object:
+    """`value` (JSON data) without the volatile message fields."""
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
+
+
+def request_key(
+    model_id: str,
+    settings: ModelSettings | None,
+    messages: list[ModelMessage],
+    parameters: ModelRequestParameters,
+) -> str | None:
+    """The cache key of one request (hex SHA-256), or None when some of it does not serialize to JSON (a
+    tool returned an object pydantic cannot dump): such a request is not cached."""
+    try:
+        document = {
+            "model": model_id,
+            "settings": to_jsonable_python(dict(settings or {})),
+            "messages": _stable(ModelMessagesTypeAdapter.dump_python(messages, mode="json")),
+            "parameters": to_jsonable_python(parameters),
+        }
+        text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (PydanticSerializationError, TypeError, ValueError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read(value: str) -> ModelResponse | None:
+    """The stored response, or None when `value` is not one."""
+    try:
+        return _RESPONSE.validate_json(value)
+    except (pydantic.ValidationError, ValueError):
+        return None
+
+
+class CachedModel(WrapperModel):
+    """`wrapped`, with each request answered from `cache` when an identical one was answered before (a hit is
+    added to `meter` as a charge of $0 with the cost it saved, priced by `saved` for the answering model's id).
+    Streamed requests are not cached: `WrapperModel` passes them to the wrapped model."""
+
+    def __init__(
+        self,
+        wrapped: Model,
+        *,
+        cache: CacheUse,
+        path: str,
+        saved: Callable[[str, ModelResponse], Decimal | None],
+        meter: Meter | None = None,
+    ) -> None:
+        super().__init__(wrapped)
+        self.cache = cache
+        self.path = path
+        self.saved = saved
+        self.meter = meter
+        self.hits = 0
+        self.saved_usd = Decimal(0)
+
+    def _hit(self, response: ModelResponse) -> ModelResponse:
+        """`response` as served from the cache (no usage: nothing was spent), recorded as a hit."""
+        model = f"{response.provider_name or self.system}:{response.model_name}"
+        saved = self.saved(model, response) or Decimal(0)
+        self.hits += 1
+        self.saved_usd += saved
+        if self.meter is not None:
+            self.meter.add(
+                Charge(
+                    model=model, requests=0, cost_usd=Decimal(0), price_source="cache", cache_hits=1, saved_usd=saved
+                )
+            )
+        return replace(response, usage=RequestUsage())
+
+    async def request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        merged = merge_model_settings(self.settings, model_settings)
+        key = request_key(f"{self.system}:{self.model_name}", merged, messages, model_request_parameters)
+        if key is None:
+            return await super().request(messages, model_settings, model_request_parameters)
+        owner, store, policy = uuid.uuid4().hex, self.cache.store, self.cache.policy
+        max_age = None if policy.ttl is None else policy.ttl.total_seconds()
+        while True:
+            found = store.acquire(key, owner=owner, max_age_s=max_age, lease_s=policy.lease.total_seconds())
+            if found.value is not None:
+                response = _read(found.value)
+                if response is not None:
+                    return self._hit(response)
+                store.discard(key, value=found.value)  # a bad entry is a miss
+                continue
+            if found.claimed:
+                break
+            await anyio.sleep(POLL_S)
+        try:
+            response = await super().request(messages, model_settings, model_request_parameters)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                store.release(key, owner=owner)  # a waiter takes over
+            raise
+        store.fill(key, owner=owner, value=_RESPONSE.dump_json(response).decode())
+        return response
+
+
+def cache_use(store: CallCache | None, step_cache: object, pipeline_cache: object, *, where: str) -> CacheUse | None:
+    """The cache a step's requests use: `store` with the step's policy (its own `cache=`, else its pipeline's),
+    or None when there is no store or the policy is off."""
+    policy = cache_policy(step_cache, pipeline_cache, where=where)
+    return None if store is None or policy is None else CacheUse(store, policy)
