@@ -95,7 +95,8 @@ def _counted(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
 
 
 One: type[BaseModel] = create_model("One", a0=(str, ""))
-ask = agent_step("ask", agent=agent, prompt="hi", output_key="a0", model_settings={"max_tokens": 200})
+# cache=False: every run must make its request, for the budget to count it
+ask = agent_step("ask", agent=agent, prompt="hi", output_key="a0", model_settings={"max_tokens": 200}, cache=False)
 capped = Pipeline(
     "capped", context=One, steps=[ask], budget=Budget(max_cost_usd=Decimal("1"), scope="day", timezone=DAY_ZONE)
 )

@@ -43,8 +43,9 @@ class Post(BaseModel):
 
 
 writer = Agent("openai:gpt-5-mini", defer_model_check=True)
-write = agent_step("write", agent=writer, prompt="Write about {topic}", output_key="draft")
-rewrite = agent_step("rewrite", agent=writer, prompt="Rewrite {draft}", output_key="draft")
+# cache=False: the tests count each run's own requests and cost (a cached answer would cost $0)
+write = agent_step("write", agent=writer, prompt="Write about {topic}", output_key="draft", cache=False)
+rewrite = agent_step("rewrite", agent=writer, prompt="Rewrite {draft}", output_key="draft", cache=False)
 
 
 @step(name="publish", output_keys=["published"])

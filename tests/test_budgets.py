@@ -381,7 +381,7 @@ def single(budget: Budget, name: str = "single") -> Pipeline:
     context: type[BaseModel] = create_model("Single", **fields)  # type: ignore[call-overload]
     agent = Agent("openai:gpt-5-mini", defer_model_check=True)
     ask = agent_step("ask", agent=agent, prompt="branch 0", output_key="a0", model_settings={"max_tokens": MAX_TOKENS})
-    return Pipeline(name, context=context, steps=[ask], budget=budget)
+    return Pipeline(name, context=context, steps=[ask], budget=budget, cache=False)  # every run requests
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

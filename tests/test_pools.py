@@ -39,7 +39,7 @@ def three(**options: str) -> Pipeline:
     branches = {
         f"b{i}": [agent_step(f"ask{i}", agent=agent, prompt="hi", output_key=f"a{i}", **options)] for i in range(3)
     }
-    return Pipeline("three", context=Three, steps=[Parallel("all", branches=branches, inline=False)])
+    return Pipeline("three", context=Three, steps=[Parallel("all", branches=branches, inline=False)], cache=False)
 
 
 def test_agent_ops_are_in_a_pool_per_provider_unless_named() -> None:
@@ -50,7 +50,8 @@ def test_agent_ops_are_in_a_pool_per_provider_unless_named() -> None:
 
 
 def test_an_inline_parallel_honours_the_pool_limit(instance: DagsterInstance) -> None:
-    pipeline = Pipeline("three", context=Three, steps=[Parallel("all", branches=dict(three().steps[0].branches))])
+    branches = dict(three().steps[0].branches)  # three identical requests: not cached, or one would serve them all
+    pipeline = Pipeline("three", context=Three, steps=[Parallel("all", branches=branches)], cache=False)
     for limit, expected_peak in ((None, 3), (1, 1), (2, 2)):
         if limit is not None:
             instance.event_log_storage.set_concurrency_slots("flujo/openai", limit)
