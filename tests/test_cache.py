@@ -250,7 +250,6 @@ def test_concurrent_identical_calls_in_threads_make_one_request_and_a_failure_ha
 
 def test_concurrent_identical_calls_in_two_processes_make_one_request(tmp_path: Path) -> None:
     store, requests, results = tmp_path / "cache.sqlite", tmp_path / "requests.txt", tmp_path / "results.txt"
-    SqliteCallCache(store).close()  # the tables exist before the race
     spawn = multiprocessing.get_context("spawn")
     start = spawn.Barrier(2)
     workers = [spawn.Process(target=call_once, args=(str(store), str(requests), str(results), start)) for _ in "ab"]

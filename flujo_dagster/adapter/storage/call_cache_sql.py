@@ -148,13 +148,26 @@ class SqliteCallCache(SqlCallCache[sqlite3.Connection]):
         super().__init__(statements, repr(str(self.path)), connections, clock)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._connections.get()
-            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            self._wal(time.monotonic() + self.busy_timeout_s)
         except (OSError, sqlite3.Error) as exc:
             self.close()
             raise StorageError(f"Cannot open the call cache {str(self.path)!r}: {exc}") from exc
         self._write(lambda cur: [cur.execute(s, {}) for s in statements.schema])
+
+    def _wal(self, deadline: float) -> None:
+        """Switch the file to WAL mode if it is not yet. Switching a new file fails at once, without waiting,
+        while another process opens it: tried again until `deadline`."""
+        conn = self._connections.get()
+        while True:
+            try:
+                if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                text = str(exc).lower()
+                if not ("locked" in text or "busy" in text) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
 
     def _open(self) -> sqlite3.Connection:
         try:
