@@ -49,7 +49,9 @@ class Pair(BaseModel):
 
 
 agent = Agent("openai:gpt-5-mini", defer_model_check=True)
-summarize = agent_step("summarize", agent=agent, prompt="about {topic}", output_key="note")
+# cache=False on every agent step: the tests count the requests a re-execution makes (checkpoints, not the call
+# cache, must spare the finished items)
+summarize = agent_step("summarize", agent=agent, prompt="about {topic}", output_key="note", cache=False)
 each = Pipeline(
     "ckpt_map",
     context=Topics,
@@ -62,8 +64,10 @@ both = Pipeline(
         Parallel(
             "both",
             branches={
-                "left": [agent_step("ask_left", agent=agent, prompt="about {subject}", output_key="left")],
-                "right": [agent_step("ask_right", agent=agent, prompt="about bad {subject}", output_key="right")],
+                "left": [agent_step("ask_left", agent=agent, prompt="about {subject}", output_key="left", cache=False)],
+                "right": [
+                    agent_step("ask_right", agent=agent, prompt="about bad {subject}", output_key="right", cache=False)
+                ],
             },
         )
     ],

@@ -35,7 +35,7 @@ from flujo_dagster.adapter.storage.call_cache import InstanceCallCache
 from flujo_dagster.adapter.storage.call_cache_postgres import PostgresCallCache
 from flujo_dagster.adapter.storage.call_cache_sql import SqlCallCache, SqliteCallCache
 from flujo_dagster.cli import main
-from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.errors import ConfigurationError, StorageError
 from flujo_dagster.names import CACHE_HITS, SAVED_COST_USD
 from flujo_dagster.runtime.cache import CachedModel, CacheUse, request_key
 from tests.cache_workers import call_once
@@ -246,6 +246,24 @@ def test_concurrent_identical_calls_in_threads_make_one_request_and_a_failure_ha
         assert made.count(prompt) == expected_requests
         answers = [o for o in outcomes if isinstance(o, str)]
         assert answers == [f"answer to {prompt}"] * (3 if prompt == "steady" else 2)  # one saw the failure
+
+
+class Unwritable(SqliteCallCache):
+    """A store that cannot keep an answer (a full disk, a read-only database)."""
+
+    def fill(self, key: str, *, owner: str, value: str) -> None:
+        raise StorageError("disk full")
+
+
+def test_a_store_that_cannot_keep_an_answer_still_returns_it(tmp_path: Path) -> None:
+    store = Unwritable(tmp_path / "cache.sqlite")
+    requests: list[str] = []
+    for _ in range(2):
+        output, cached = cached_call(store, counting(requests), "question")  # type: ignore[arg-type]
+        assert output == "answer to question" and cached.hits == 0
+    assert requests == ["question", "question"]  # made again, without waiting for a claim left behind
+    with sqlite3.connect(tmp_path / "cache.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM flujo_call_cache_claims").fetchone() == (0,)
 
 
 def test_concurrent_identical_calls_in_two_processes_make_one_request(tmp_path: Path) -> None:

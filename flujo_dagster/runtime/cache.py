@@ -17,6 +17,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
@@ -31,6 +32,7 @@ from pydantic_ai.usage import RequestUsage
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from flujo_dagster.dsl.cache import Cache, cache_policy
+from flujo_dagster.errors import StorageError
 from flujo_dagster.runtime.records import Charge, Meter
 
 __all__ = ["POLL_S", "Acquired", "CacheUse", "CachedModel", "CallCache", "cache_use", "request_key"]
@@ -189,7 +191,11 @@ class CachedModel(WrapperModel):
             with anyio.CancelScope(shield=True):
                 store.release(key, owner=owner)  # a waiter takes over
             raise
-        store.fill(key, owner=owner, value=_RESPONSE.dump_json(response).decode())
+        try:
+            store.fill(key, owner=owner, value=_RESPONSE.dump_json(response).decode())
+        except StorageError:  # the answer was paid for: a store that cannot keep it costs a later request, not it
+            with suppress(StorageError):  # a store that cannot release either: the claim ends with its lease
+                store.release(key, owner=owner)
         return response
 
 
