@@ -70,7 +70,10 @@ RUNTIME = AgentRuntime(
 
 def daily(budget: Budget | None = None, schedule: Schedule | None = None) -> Pipeline:
     agent = Agent("openai:gpt-5-mini", defer_model_check=True)
-    summary = agent_step("summary", agent=agent, prompt="Summarise {headline}", model_settings={"max_tokens": 200})
+    # cache=False: each partition's run makes its request, for the day's budget to count it
+    summary = agent_step(
+        "summary", agent=agent, prompt="Summarise {headline}", model_settings={"max_tokens": 200}, cache=False
+    )
     return Pipeline(
         "daily_digest",
         context=Daily,

@@ -156,6 +156,7 @@ def test_a_tick_whose_day_budget_is_spent_is_skipped(instance: DagsterInstance) 
         context=Brief,
         steps=[agent_step("brief", agent=agent, prompt="Brief on {topic}", model_settings={"max_tokens": 200})],
         schedule=Schedule(cron="0 6 * * *", timezone="Europe/Madrid"),
+        cache=False,  # every run makes its request, for the day's budget to count it
         budget=Budget(max_cost_usd="0.45", scope="day", timezone="Asia/Tokyo"),
     )
     runtime = AgentRuntime(
