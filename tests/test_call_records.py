@@ -446,7 +446,7 @@ def spied(instance: DagsterInstance, **kwargs: Any) -> list[bool]:
     plain = agent_step(
         "ask", agent=Agent("openai:gpt-5-mini", defer_model_check=True), prompt="{topic}", output_key="answer"
     )
-    pipeline = Pipeline("otel_calls", context=Notes, steps=[plain])
+    pipeline = Pipeline("otel_calls", context=Notes, steps=[plain], cache=False)  # each run makes its request
     agents = AgentRuntime(model=spying_model(seen), prices={"function:echo": PRICE}, **kwargs)
     assert run_pipeline(pipeline, {"topic": "t"}, instance=instance, resources={"agent_runtime": agents}).success
     return seen
