@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/parallel.py
 	$(BIN)/python benchmarks/budget.py
+	$(BIN)/python benchmarks/cache.py
 	$(BIN)/python -m benchmarks.approvals
 
 clean:
