@@ -66,6 +66,7 @@ EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARKED = 3
 EXIT_INVALID = 4
+_PATHS_SHOWN = 20  # step paths `calls` suggests when --step matches none
 
 
 def _import(module_name: str) -> ModuleType:
@@ -324,6 +325,10 @@ def calls_command(run_id: str, step: str | None, as_json: bool) -> None:
         click.echo(f"{len(found.calls)} agent call(s)" + (f" of step {printable(step)!r}" if step else ""))
     for problem in found.problems:
         click.echo(f"warning: {printable(problem)}", err=True)
+    if step and not found.calls and found.paths:
+        more = ", ..." if len(found.paths) > _PATHS_SHOWN else ""
+        shown = ", ".join(repr(p) for p in found.paths[:_PATHS_SHOWN]) + more
+        click.echo(_line(f"no call of step {step!r}; --step takes a step path as printed, one of: {shown}"), err=True)
 
 
 @main.command("pending")

@@ -367,6 +367,12 @@ def test_inline_calls_are_one_file_per_op_and_the_cli_reads_and_filters_them(
     parsed = json.loads(out)
     assert code == 0 and len(parsed["calls"]) == 2 and parsed["problems"] == []
     assert {c["run_id"] for c in parsed["calls"]} == {result.run_id}
+    code, out, err = cli(dagster_home, result.run_id, "--step", "ask")  # a step's name, not its path
+    assert code == 0 and out.rstrip().endswith("0 agent call(s) of step 'ask'")
+    assert err == (
+        "no call of step 'ask'; --step takes a step path as printed, one of: "
+        "'map_calls > map:each > [0] > agent:ask', 'map_calls > map:each > [1] > agent:ask'\n"
+    )
 
 
 def test_a_tampered_record_file_is_reported_not_a_crash(

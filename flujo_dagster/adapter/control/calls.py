@@ -34,6 +34,8 @@ class RunCalls:
 
     calls: tuple[StoredCall, ...]
     problems: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    """The step path of every record read, selected or not, once each in order (to suggest a `step` that exists)."""
 
     def as_json(self) -> str:
         """The records and problems as JSON, every non-ASCII character escaped."""
@@ -70,12 +72,14 @@ def run_calls(run_id: str, *, instance: DagsterInstance, step: str | None = None
     `step` (and the steps inside it) when given. `FlujoDagsterError` when the run is not in `instance`."""
     calls: list[StoredCall] = []
     problems: list[str] = []
+    paths: dict[str, None] = {}
     for run in chain_runs(instance, run_id):
         for step_key, path in _linked(instance, run.run_id):
             read = read_calls(path, where=f"run {run.run_id} step {step_key}")
             problems.extend(read.problems)
+            paths.update(dict.fromkeys(str(r["path"]) for r in read.records))
             calls.extend(StoredCall(run.run_id, step_key, r) for r in read.records if _selected(str(r["path"]), step))
-    return RunCalls(tuple(calls), tuple(problems))
+    return RunCalls(tuple(calls), tuple(problems), tuple(paths))
 
 
 def _text(value: object, limit: int = _SHOWN) -> str:
