@@ -21,11 +21,12 @@ from dagster import (
     reconstructable,
     validate_run_config,
 )
+from pydantic_ai.models.test import TestModel
 
 from definitions import defs, digest_job, reviewed_digest_job
 from definitions.digest import Digest, digest
 from definitions.review import ReviewedDigest, review
-from flujo_dagster import load_final_context
+from flujo_dagster import AgentRuntime, load_final_context, run_pipeline
 from tests.multiprocess_defs import digest_multiprocess_job
 
 REVIEW_CONFIG: dict[str, Any] = {
@@ -156,3 +157,32 @@ def test_reviewed_digest_example_runs(instance: DagsterInstance) -> None:
     assert context.critique is not None and context.critique.verdict == "publish"
     assert context.tags[:2] == ["agents", "approval"]
     assert context.report is not None and context.report.startswith("# This week in agents")
+
+
+def _doc_block(page: str, heading: str) -> str:
+    """The first Python block after `heading` in docs/`page`, as written."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / page).read_text()
+    match = re.search(rf"{re.escape(heading)}\n.*?```python\n(.*?)```", text, re.S)
+    assert match is not None
+    return match.group(1)
+
+
+def test_the_docs_subset_example_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    block = _doc_block("assets.md", "## Materializing a subset")
+    exec(compile(block, "docs/assets.md", "exec", dont_inherit=True), {"__name__": "__main__"})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == "['chain_graph.flujo_inputs', 'chain_graph.report', 'chain_graph.flujo_context']"
+
+
+def test_the_docs_cache_policy_example_runs_as_written(instance: DagsterInstance) -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(_doc_block("cache.md", "## Configuring it"), "docs/cache.md", "exec", dont_inherit=True), namespace)
+    runtime = AgentRuntime(model=TestModel())
+    runs = [
+        run_pipeline(namespace["digest"], {"topic": "cats"}, instance=instance, resources={"agent_runtime": runtime})
+    ]
+    runs.append(
+        run_pipeline(namespace["digest"], {"topic": "cats"}, instance=instance, resources={"agent_runtime": runtime})
+    )
+    made = [{c.step_path: (c.requests, c.cache_hits) for c in run.agent_calls} for run in runs]
+    assert made[1] == {"digest > agent:joke": (1, 0), "digest > agent:summary": (0, 1)}  # joke: cache=False

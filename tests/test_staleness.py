@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -69,6 +70,14 @@ def exec_built() -> object:
     scope: dict[str, Any] = {}
     exec(compile("def made(x):\n    return [x, 'made', 1.5]\n", "<generated>", "exec"), scope)
     return scope["made"]
+
+
+def test_a_function_whose_file_is_not_its_source_is_versioned_by_its_bytecode() -> None:
+    """`exec` with a file name of another file (a doc page, a file edited since): `inspect.getsource` reads lines
+    that are not the function and fails to tokenize them; the version falls back, the definitions still load."""
+    scope: dict[str, object] = {"__name__": "doc_example"}
+    exec(compile("def made(x):\n    return x\n", str(ROOT / "docs" / "assets.md"), "exec"), scope)
+    assert re.fullmatch(r"doc_example\.made:[0-9a-f]+", callable_source(scope["made"]))
 
 
 def test_versions_are_the_same_in_another_process() -> None:

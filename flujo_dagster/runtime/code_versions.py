@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import json
 import re
+import tokenize
 import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
@@ -115,7 +116,7 @@ def _source_of(target: object) -> str:
     bound = _bound_values(target)
     try:
         source = inspect.getsource(target)  # type: ignore[arg-type]
-    except (OSError, TypeError):
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):  # no source, or a file that is not its source
         module = getattr(target, "__module__", None) or ""
         name = getattr(target, "__qualname__", None) or type(target).__qualname__
         code = getattr(target, "__code__", None)
