@@ -167,7 +167,13 @@ def validate_command(target: str) -> None:
 @main.command("run")
 @click.argument("target")
 @click.option("--input", "inputs", multiple=True, help="key=value (value parsed as JSON when it can be)")
-@click.option("--log-level", default="WARNING", show_default=True, help="Dagster console log level")
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    help="Dagster console log level; a failed step is logged with Dagster's stack trace, CRITICAL leaves only "
+    "this command's own lines (the run id, each agent step, the one-line failure).",
+)
 def run_command(target: str, inputs: tuple[str, ...], log_level: str) -> None:
     """Run the pipeline MODULE:ATTR in process on DAGSTER_HOME's instance and print the final context.
 
