@@ -133,7 +133,7 @@ def check_subset_upstream(context: OpExecutionContext, pipeline: str) -> None:
         return
     run = context.run
     partition = context.partition_key if context.has_partition_key else None
-    before = materialized_before(context.instance, run.run_id, run.root_run_id)
+    before = materialized_before(context.instance, run)
     missing = [
         never_materialized(pipeline, key, asset, partition)
         for asset, key in sorted(_loaded_keys(context).items(), key=lambda item: item[0].to_user_string())

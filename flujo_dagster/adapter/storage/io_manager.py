@@ -14,6 +14,7 @@ from dagster import (
     AssetRecordsFilter,
     ConfigurableIOManager,
     DagsterInstance,
+    DagsterRun,
     DagsterInvariantViolationError,
     DagsterType,
     InputContext,
@@ -35,6 +36,7 @@ from flujo_dagster.adapter.storage.files import (
     stored_path,
     write_file,
 )
+from flujo_dagster.adapter.storage.budgets import chain_of
 from flujo_dagster.adapter.storage.types import KeyType
 from flujo_dagster.config import STORAGE_SECRET_ENV, storage_secret
 from flujo_dagster.errors import StorageError
@@ -355,6 +357,10 @@ def _source(context: InputContext, upstream: OutputContext, root: UPath) -> tupl
     return path, Origin(asset=upstream.asset_key.to_user_string(), partition=partition)
 
 
+_PAGE = 100
+"""Materialization records read at a time while looking for the latest one a run stored."""
+
+
 def _in_run(context: InputContext) -> bool:
     try:
         context.step_context  # noqa: B018 - raises outside a run
@@ -363,29 +369,38 @@ def _in_run(context: InputContext) -> bool:
     return True
 
 
-def materialized_before(instance: DagsterInstance, run_id: str, root_run_id: str | None) -> float | None:
-    """When the run (the root of its re-execution chain) was created: a subset run and its re-executions load the
-    materializations made before it, so a re-execution loads what the run it resumes loaded."""
-    record = instance.get_run_record_by_id(root_run_id or run_id)
+def materialized_before(instance: DagsterInstance, run: DagsterRun) -> float | None:
+    """When the run (the root of its re-execution chain as the instance proves it, never as a client named it:
+    `chain_of`) was created: a subset run and its re-executions load the materializations made before it, so a
+    re-execution loads what the run it resumes loaded, and a forged root cannot steer a run to an older value."""
+    record = instance.get_run_record_by_id(chain_of(run, instance)[-1].run_id)
     return record.create_timestamp.timestamp() if record is not None else None
 
 
 def latest_materialization(
     instance: DagsterInstance, asset_key: AssetKey, partition: str | None, *, before: float | None = None
 ) -> tuple[str, str] | None:
-    """The run id and step key of the latest materialization of `asset_key` (of `partition`), made before
-    `before` (a timestamp) when given; None when there is none."""
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(
-            asset_key=asset_key,
-            asset_partitions=[partition] if partition is not None else None,
-            before_timestamp=before,
-        ),
-        limit=1,
-    ).records
-    if not records or records[0].event_log_entry.step_key is None:
-        return None
-    return records[0].run_id, records[0].event_log_entry.step_key
+    """The run id and step key of the latest materialization of `asset_key` (of `partition`) that a run's step
+    stored, made before `before` (a timestamp) when given; None when there is none. One reported by hand (no run,
+    no step: nothing was stored) is passed over."""
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(
+            AssetRecordsFilter(
+                asset_key=asset_key,
+                asset_partitions=[partition] if partition is not None else None,
+                before_timestamp=before,
+            ),
+            limit=_PAGE,
+            cursor=cursor,
+        )
+        for record in page.records:
+            step_key = record.event_log_entry.step_key
+            if record.run_id and step_key:
+                return record.run_id, step_key
+        if not page.has_more:
+            return None
+        cursor = page.cursor
 
 
 def never_materialized(pipeline: str, key: str, asset: AssetKey, partition: str | None) -> StorageError:
@@ -406,7 +421,7 @@ def _subset_source(
     run = context.step_context.dagster_run
     asset_key = context.asset_key
     partition = context.asset_partition_key if context.has_asset_partitions else None
-    before = materialized_before(context.instance, run.run_id, run.root_run_id)
+    before = materialized_before(context.instance, run)
     found = latest_materialization(context.instance, asset_key, partition, before=before)
     if found is None:
         named = upstream.definition_metadata.get(names.PIPELINE, run.job_name)
