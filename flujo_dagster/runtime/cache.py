@@ -35,10 +35,14 @@ from flujo_dagster.dsl.cache import Cache, cache_policy
 from flujo_dagster.errors import StorageError
 from flujo_dagster.runtime.records import Charge, Meter
 
-__all__ = ["POLL_S", "Acquired", "CacheUse", "CachedModel", "CallCache", "cache_use", "request_key"]
+__all__ = ["MAX_ENTRY_CHARS", "POLL_S", "Acquired", "CacheUse", "CachedModel", "CallCache", "cache_use", "request_key"]
 
 POLL_S = 0.05
 """How often a request waiting for an identical one looks again."""
+
+MAX_ENTRY_CHARS = 4 * 1024 * 1024
+"""The largest serialized response stored (and served): a larger answer is returned but not kept, and a larger
+entry found in the store is a miss."""
 
 _VOLATILE = frozenset(
     {"timestamp", "request_timestamp", "duration", "run_id", "conversation_id", "usage", "provider_response_id"}
@@ -102,12 +106,16 @@ def request_key(
     settings: ModelSettings | None,
     messages: list[ModelMessage],
     parameters: ModelRequestParameters,
+    *,
+    base_url: str | None = None,
 ) -> str | None:
     """The cache key of one request (hex SHA-256), or None when some of it does not serialize to JSON (a
-    tool returned an object pydantic cannot dump): such a request is not cached."""
+    tool returned an object pydantic cannot dump): such a request is not cached. `base_url` is where the model's
+    provider sends it: the same model name at another endpoint (a proxy, a local server) is another model."""
     try:
         document = {
             "model": model_id,
+            "base_url": base_url,
             "settings": to_jsonable_python(dict(settings or {})),
             "messages": _stable(ModelMessagesTypeAdapter.dump_python(messages, mode="json")),
             "parameters": to_jsonable_python(parameters),
@@ -139,8 +147,10 @@ class CachedModel(WrapperModel):
         path: str,
         saved: Callable[[str, ModelResponse], Decimal | None],
         meter: Meter | None = None,
+        max_entry: int = MAX_ENTRY_CHARS,
     ) -> None:
         super().__init__(wrapped)
+        self.max_entry = max_entry
         self.cache = cache
         self.path = path
         self.saved = saved
@@ -169,7 +179,9 @@ class CachedModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
         merged = merge_model_settings(self.settings, model_settings)
-        key = request_key(f"{self.system}:{self.model_name}", merged, messages, model_request_parameters)
+        key = request_key(
+            f"{self.system}:{self.model_name}", merged, messages, model_request_parameters, base_url=self.base_url
+        )
         if key is None:
             return await super().request(messages, model_settings, model_request_parameters)
         owner, store, policy = uuid.uuid4().hex, self.cache.store, self.cache.policy
@@ -177,7 +189,7 @@ class CachedModel(WrapperModel):
         while True:
             found = store.acquire(key, owner=owner, max_age_s=max_age, lease_s=policy.lease.total_seconds())
             if found.value is not None:
-                response = _read(found.value)
+                response = _read(found.value) if len(found.value) <= self.max_entry else None
                 if response is not None:
                     return self._hit(response)
                 store.discard(key, value=found.value)  # a bad entry is a miss
@@ -191,8 +203,11 @@ class CachedModel(WrapperModel):
             with anyio.CancelScope(shield=True):
                 store.release(key, owner=owner)  # a waiter takes over
             raise
+        value = _RESPONSE.dump_json(response).decode()
         try:
-            store.fill(key, owner=owner, value=_RESPONSE.dump_json(response).decode())
+            if len(value) > self.max_entry:  # not kept: a later identical request asks again
+                raise StorageError(f"an answer of {len(value)} characters is above the entry bound {self.max_entry}")
+            store.fill(key, owner=owner, value=value)
         except StorageError:  # the answer was paid for: a store that cannot keep it costs a later request, not it
             with suppress(StorageError):  # a store that cannot release either: the claim ends with its lease
                 store.release(key, owner=owner)

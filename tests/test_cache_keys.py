@@ -1,0 +1,56 @@
+"""What the call cache keys on beyond the request: the endpoint a model sends it to (a model of the same name at
+another base URL answers differently), and what it will not store (an oversized answer)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import anyio
+from pydantic_ai import Agent
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+from flujo_dagster.adapter.storage.call_cache_sql import SqliteCallCache
+from flujo_dagster.dsl.cache import Cache
+from flujo_dagster.runtime.cache import MAX_ENTRY_CHARS, CachedModel, CacheUse
+
+
+class Hosted(FunctionModel):
+    """A model `gpt` served at `url` (as a provider's model is at its base URL), answering `text`."""
+
+    def __init__(self, url: str, text: str, made: list[str]) -> None:
+        async def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+            made.append(url)
+            return ModelResponse(parts=[TextPart(text)])
+
+        super().__init__(answer, model_name="gpt")
+        self._url = url
+
+    @property
+    def base_url(self) -> str | None:
+        return self._url
+
+
+def _call(store: SqliteCallCache, model: FunctionModel, max_entry: int = MAX_ENTRY_CHARS) -> str:
+    use = CacheUse(store, Cache())
+    cached = CachedModel(model, cache=use, path="t", saved=lambda m, r: Decimal(0), max_entry=max_entry)
+    return str(anyio.run(Agent(cached).run, "question").output)
+
+
+def test_a_model_at_another_base_url_does_not_hit_the_entries_of_the_first(tmp_path: Path) -> None:
+    store, made = SqliteCallCache(tmp_path / "cache.sqlite"), []
+    assert _call(store, Hosted("http://private.example/v1", "private answer", made)) == "private answer"
+    assert _call(store, Hosted("https://api.example/v1", "public answer", made)) == "public answer"
+    assert made == ["http://private.example/v1", "https://api.example/v1"]
+    assert _call(store, Hosted("https://api.example/v1", "changed", made)) == "public answer"  # same endpoint: a hit
+
+
+def test_an_answer_above_the_entry_bound_is_returned_but_not_stored(tmp_path: Path) -> None:
+    store, made = SqliteCallCache(tmp_path / "cache.sqlite"), []
+    for _ in range(2):
+        assert _call(store, Hosted("u", "x" * 200, made), max_entry=100) == "x" * 200
+    assert made == ["u", "u"]  # not stored (and no claim left behind): asked again at once
+    assert _call(store, Hosted("u", "short", made), max_entry=100) == "short"
+    assert _call(store, Hosted("u", "short", made), max_entry=10) == "short"  # an entry above the bound: a miss
+    assert made == ["u", "u", "u", "u"]
