@@ -7,10 +7,13 @@ longer than `PRE_CUT` times the text bound is first shortened to that many, then
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 __all__ = ["MIN_SECRET", "PRE_CUT", "REDACTED", "Bounds", "Cuts", "Redactor", "clean"]
 
@@ -82,17 +85,39 @@ class Cuts:
         return [s for s in said if s] + self.notes
 
 
+def _base64_cores(secret: bytes) -> list[str]:
+    """What base64 (standard and URL-safe) of any text holding `secret` certainly contains, for each of the three
+    offsets the secret can start at: its encoding without the characters that also depend on the bytes around."""
+    cores = []
+    for offset in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(bytes(offset) + secret).decode().rstrip("=")
+            start = (4 * offset + 2) // 3
+            end = (4 * (offset + len(secret))) // 3  # the characters made only of the secret's bits
+            cores.append(text[start:end])
+    return cores
+
+
+def _variants(secret: str) -> set[str]:
+    """`secret` as text commonly carries it: itself, percent-encoded, JSON-escaped, and inside base64."""
+    found = {secret, quote(secret, safe=""), json.dumps(secret)[1:-1], *_base64_cores(secret.encode())}
+    return {v for v in found if len(v) >= MIN_SECRET}
+
+
 class Redactor:
     """Replaces known secrets in text: the literal values given (environment variables' values, keys given in
-    code; at least `MIN_SECRET` characters), then tokens of a known shape and the values of credential pairs."""
+    code; at least `MIN_SECRET` characters) and their percent-encoded, JSON-escaped and base64 forms, then tokens
+    of a known shape and the values of credential pairs."""
 
     def __init__(self, secrets: Iterable[object] = ()) -> None:
-        kept = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET}
+        given = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET}
+        self.given = tuple(sorted(given))
+        kept = {v for s in given for v in _variants(s)}
         self.secrets = tuple(sorted(kept, key=len, reverse=True))  # the longest first: one may hold another
 
     def with_secrets(self, secrets: Iterable[object]) -> Redactor:
         """This redactor with more literal secrets."""
-        return Redactor((*self.secrets, *secrets))
+        return Redactor((*self.given, *secrets))
 
     def redact(self, text: str) -> tuple[str, int]:
         """`text` with every known secret replaced by `REDACTED`, and how many were."""
