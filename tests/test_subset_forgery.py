@@ -10,7 +10,6 @@ from dagster import (
     DagsterInstance,
     reconstructable,
 )
-
 from dagster._core.execution.api import execute_run
 
 from flujo_dagster import build_definitions

@@ -14,8 +14,8 @@ from dagster import (
     AssetRecordsFilter,
     ConfigurableIOManager,
     DagsterInstance,
-    DagsterRun,
     DagsterInvariantViolationError,
+    DagsterRun,
     DagsterType,
     InputContext,
     MetadataValue,
@@ -26,6 +26,7 @@ from pydantic_core import from_json as from_json_value
 from upath import UPath
 
 from flujo_dagster import names
+from flujo_dagster.adapter.storage.budgets import chain_of
 from flujo_dagster.adapter.storage.files import (
     FILE_SUFFIX,
     PARTITION_MARK,
@@ -36,7 +37,6 @@ from flujo_dagster.adapter.storage.files import (
     stored_path,
     write_file,
 )
-from flujo_dagster.adapter.storage.budgets import chain_of
 from flujo_dagster.adapter.storage.types import KeyType
 from flujo_dagster.config import STORAGE_SECRET_ENV, storage_secret
 from flujo_dagster.errors import StorageError
