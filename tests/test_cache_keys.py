@@ -1,5 +1,6 @@
-"""What the call cache keys on beyond the request: the endpoint a model sends it to (a model of the same name at
-another base URL answers differently), and what it will not store (an oversized answer)."""
+"""What the call cache keys on: the endpoint a model sends a request to (a model of the same name at another base
+URL answers differently), everything a tool is called with and returns (whatever its field names), and what it
+will not store (an oversized answer)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,21 @@ from pathlib import Path
 
 import anyio
 from pydantic_ai import Agent
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.models import ModelRequestParameters
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from flujo_dagster.adapter.storage.call_cache_sql import SqliteCallCache
 from flujo_dagster.dsl.cache import Cache
-from flujo_dagster.runtime.cache import MAX_ENTRY_CHARS, CachedModel, CacheUse
+from flujo_dagster.runtime.cache import MAX_ENTRY_CHARS, CachedModel, CacheUse, request_key
 
 
 class Hosted(FunctionModel):
@@ -54,3 +64,28 @@ def test_an_answer_above_the_entry_bound_is_returned_but_not_stored(tmp_path: Pa
     assert _call(store, Hosted("u", "short", made), max_entry=100) == "short"
     assert _call(store, Hosted("u", "short", made), max_entry=10) == "short"  # an entry above the bound: a miss
     assert made == ["u", "u", "u", "u"]
+
+
+def _tool_return(content: object) -> list[ModelMessage]:
+    call = ModelResponse(parts=[ToolCallPart("quota", {"timestamp": "2026-01-01", "run_id": "r1"}, "c1")])
+    return [
+        ModelRequest(parts=[UserPromptPart("am I over quota?")]),
+        call,
+        ModelRequest(parts=[ToolReturnPart("quota", content, "c1")]),
+    ]
+
+
+def test_what_a_tool_returns_or_is_called_with_is_keyed_whatever_its_field_names() -> None:
+    params = ModelRequestParameters()
+
+    def key(messages: list[ModelMessage]) -> str | None:
+        return request_key("openai:gpt-5", None, messages, params)
+
+    over, under = _tool_return({"usage": 950, "duration": 30}), _tool_return({"usage": 10, "duration": 1})
+    assert key(over) != key(under)  # the answer depends on them: never one for the other
+    later = _tool_return({"usage": 950, "duration": 30})
+    later[0].parts[0].timestamp = later[0].parts[0].timestamp.replace(year=2001)  # type: ignore[union-attr]
+    assert key(later) == key(over)  # the message's own timestamp is still not keyed
+    args = _tool_return({"usage": 1})
+    args[1].parts[0].args = {"timestamp": "2026-02-02", "run_id": "r1"}  # type: ignore[union-attr]
+    assert key(args) != key(_tool_return({"usage": 1}))

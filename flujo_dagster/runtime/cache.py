@@ -92,10 +92,15 @@ class CacheUse:
     policy: Cache
 
 
+_PAYLOAD = frozenset({"content", "args"})
+"""Part fields that hold what the model reads (a prompt, a tool's arguments or return): keyed whole, whatever
+field names their values use (a tool returning `{"usage": ...}` or `{"timestamp": ...}`)."""
+
+
 def _stable(value: object) -> object:
-    """`value` (JSON data) without the volatile message fields."""
+    """`value` (JSON data of messages) without the volatile fields of the messages and their parts."""
     if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
+        return {k: v if k in _PAYLOAD else _stable(v) for k, v in value.items() if k not in _VOLATILE}
     if isinstance(value, list):
         return [_stable(v) for v in value]
     return value
