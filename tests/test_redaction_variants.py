@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from flujo_dagster.runtime.redaction import REDACTED, Redactor
+from flujo_dagster.runtime.redaction import REDACTED, Bounds, Cuts, Redactor, clean
 
 SECRET = 'Zq9-xY7!wK3"pL0/mN5+r?~\\tail'
 
@@ -29,3 +29,33 @@ def test_a_secret_percent_encoded_or_json_escaped_is_redacted() -> None:
     shown, found = Redactor([SECRET]).redact(text)
     assert found == 2 and quote(SECRET, safe="") not in shown and json.dumps(SECRET)[1:-1] not in shown
     assert shown.startswith("GET https://x.example/v1?k=" + REDACTED)
+
+
+def test_a_credential_named_field_of_tool_args_or_returns_is_redacted() -> None:
+    args = {
+        "password": "hunter2hunter2",
+        "api_key": "k-1234567890abcdef",
+        "headers": {"X-Api-Key": "abcdefgh12345", "Authorization": "Basic dXNlcjpwYXNz"},
+        "refresh_token": "r0t4t3d-v4lu3",
+        "client_secret": 123456789,
+        "max_tokens": 100,
+        "input_tokens": 7,
+        "secret_santa": "kept",
+        "query": "what is a password?",
+    }
+    cuts = Cuts()
+    shown = clean({"args": args}, Redactor(), Bounds(), cuts)
+    assert shown == {
+        "args": {
+            "password": REDACTED,
+            "api_key": REDACTED,
+            "headers": {"X-Api-Key": REDACTED, "Authorization": REDACTED},
+            "refresh_token": REDACTED,
+            "client_secret": REDACTED,
+            "max_tokens": 100,
+            "input_tokens": 7,
+            "secret_santa": "kept",
+            "query": "what is a password?",
+        }
+    }
+    assert cuts.redacted == 6

@@ -52,6 +52,12 @@ _PAIRS = (
     re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]{0,20}://[^/\s:@\[]{1,200}:)([^/\s@\[]{1,200})(?=@)"),
 )
 
+# the name of a field whose value is a credential (a tool's `{"password": ...}`, a header `X-Api-Key`)
+_CREDENTIAL_NAME = re.compile(
+    r"(?i)(?:.*[_\-.])?(?:api[_\-]?key|apikey|access[_\-]?key(?:[_\-]?id)?|client[_\-]?secret|secret|"
+    r"passw(?:or)?d|pwd|token|private[_\-]?key|authorization|credentials?|cookie)"
+)
+
 
 @dataclass(frozen=True)
 class Bounds:
@@ -145,9 +151,9 @@ def _text(value: str, redactor: Redactor, limit: int, cuts: Cuts) -> str:
 
 def clean(value: object, redactor: Redactor, bounds: Bounds, cuts: Cuts, *, text: int | None = None) -> object:
     """`value` (a JSON value: None, bool, int, float, str, lists, objects with string keys) with every string
-    redacted and cut to `text` characters (default `bounds.text`), lists and objects cut to `bounds.items`
-    entries and nesting to `bounds.depth`; what was cut is counted in `cuts`. Anything else becomes its type's
-    name. Never raises."""
+    redacted (a string or number under a credential's name, `password` or `X-Api-Key`, whatever it holds) and
+    cut to `text` characters (default `bounds.text`), lists and objects cut to `bounds.items` entries and nesting
+    to `bounds.depth`; what was cut is counted in `cuts`. Anything else becomes its type's name. Never raises."""
     return _clean(value, redactor, bounds, cuts, bounds.text if text is None else text, 0)
 
 
@@ -169,6 +175,10 @@ def _clean(value: object, redactor: Redactor, bounds: Bounds, cuts: Cuts, limit:
                 out["[cut]"] = f"{len(value) - bounds.items} more entries"
                 break
             name = _text(str(key), redactor, min(limit, 200), cuts)
+            if _CREDENTIAL_NAME.fullmatch(str(key)) and isinstance(item, str | int) and not isinstance(item, bool):
+                cuts.redacted += 1  # the value of a credential field, whatever its shape
+                out[name] = REDACTED
+                continue
             out[name] = _clean(item, redactor, bounds, cuts, limit, depth + 1)
         return out
     if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
