@@ -4,8 +4,11 @@ will not store (an oversized answer)."""
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import anyio
 from pydantic_ai import Agent
@@ -20,6 +23,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models import ModelRequestParameters
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.settings import merge_model_settings
 
 from flujo_dagster.adapter.storage.call_cache_sql import SqliteCallCache
 from flujo_dagster.dsl.cache import Cache
@@ -89,3 +93,30 @@ def test_what_a_tool_returns_or_is_called_with_is_keyed_whatever_its_field_names
     args = _tool_return({"usage": 1})
     args[1].parts[0].args = {"timestamp": "2026-02-02", "run_id": "r1"}  # type: ignore[union-attr]
     assert key(args) != key(_tool_return({"usage": 1}))
+
+
+def test_a_waiter_stops_waiting_after_its_own_lease_whatever_the_claimant_clock_said(tmp_path: Path) -> None:
+    ahead = SqliteCallCache(tmp_path / "cache.sqlite", clock=lambda: time.time() + 86_400)  # a clock a day ahead
+    made: list[str] = []
+    model = Hosted("u", "answer", made)
+    use = CacheUse(SqliteCallCache(tmp_path / "cache.sqlite"), Cache(lease=timedelta(seconds=0.2)))
+    cached = CachedModel(model, cache=use, path="t", saved=lambda m, r: Decimal(0))
+
+    async def run() -> str:
+        with anyio.fail_after(60):  # a day's wait fails the test instead of hanging it
+            return str((await Agent(cached).run("question")).output)
+
+    # the process a day ahead claimed every request this one can make, then died
+    real = cached.request
+
+    async def claimed_first(*args: Any, **kwargs: Any) -> ModelResponse:
+        messages, settings, params = args
+        merged = merge_model_settings(cached.settings, settings)
+        taken = request_key("function:gpt", merged, messages, params, base_url="u")
+        assert taken is not None
+        ahead.acquire(taken, owner="dead", max_age_s=None, lease_s=60)
+        return await real(*args, **kwargs)
+
+    cached.request = claimed_first  # type: ignore[method-assign]
+    assert anyio.run(run) == "answer"
+    assert made == ["u"]

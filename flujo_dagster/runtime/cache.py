@@ -8,7 +8,8 @@ timestamps, run ids, usage) and the request parameters (output schema, output mo
 value is the serialized `ModelResponse`, validated when read: an entry that is not one is a miss, removed, and
 overwritten by the fresh answer. Concurrent identical requests make one: the first claims the key for a lease,
 the others poll until the answer is stored, the claim is released (a failed or cancelled request) or its lease
-ran out (a killed process); then one of them claims it in turn.
+ran out (a killed process); then one of them claims it in turn. A waiter waits at most one lease by its own
+clock, then makes the request unclaimed (a claimant whose clock runs ahead stamps a lease that ends late).
 """
 
 from __future__ import annotations
@@ -191,16 +192,18 @@ class CachedModel(WrapperModel):
             return await super().request(messages, model_settings, model_request_parameters)
         owner, store, policy = uuid.uuid4().hex, self.cache.store, self.cache.policy
         max_age = None if policy.ttl is None else policy.ttl.total_seconds()
+        lease = policy.lease.total_seconds()
+        give_up = anyio.current_time() + lease  # this process's clock: a claim stamped by a skewed one ends too
         while True:
-            found = store.acquire(key, owner=owner, max_age_s=max_age, lease_s=policy.lease.total_seconds())
+            found = store.acquire(key, owner=owner, max_age_s=max_age, lease_s=lease)
             if found.value is not None:
                 response = _read(found.value) if len(found.value) <= self.max_entry else None
                 if response is not None:
                     return self._hit(response)
                 store.discard(key, value=found.value)  # a bad entry is a miss
                 continue
-            if found.claimed:
-                break
+            if found.claimed or anyio.current_time() >= give_up:
+                break  # claimed; or waited a whole lease: the claimant died or its clock is ahead, ask anyway
             await anyio.sleep(POLL_S)
         try:
             response = await super().request(messages, model_settings, model_request_parameters)
