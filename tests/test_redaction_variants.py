@@ -38,6 +38,8 @@ def test_a_credential_named_field_of_tool_args_or_returns_is_redacted() -> None:
         "headers": {"X-Api-Key": "abcdefgh12345", "Authorization": "Basic dXNlcjpwYXNz"},
         "refresh_token": "r0t4t3d-v4lu3",
         "client_secret": 123456789,
+        "accessToken": "eyJhbGciOi-not-a-jwt",
+        "maxTokens": 100,
         "max_tokens": 100,
         "input_tokens": 7,
         "secret_santa": "kept",
@@ -52,10 +54,12 @@ def test_a_credential_named_field_of_tool_args_or_returns_is_redacted() -> None:
             "headers": {"X-Api-Key": REDACTED, "Authorization": REDACTED},
             "refresh_token": REDACTED,
             "client_secret": REDACTED,
+            "accessToken": REDACTED,
+            "maxTokens": 100,
             "max_tokens": 100,
             "input_tokens": 7,
             "secret_santa": "kept",
             "query": "what is a password?",
         }
     }
-    assert cuts.redacted == 6
+    assert cuts.redacted == 7

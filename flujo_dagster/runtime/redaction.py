@@ -58,6 +58,13 @@ _CREDENTIAL_NAME = re.compile(
     r"passw(?:or)?d|pwd|token|private[_\-]?key|authorization|credentials?|cookie)"
 )
 
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+
+
+def _credential_name(key: object) -> bool:
+    """Whether a field named `key` holds a credential (`refresh_token`, `X-Api-Key`, `accessToken`)."""
+    return _CREDENTIAL_NAME.fullmatch(_CAMEL.sub(r"\1_\2", str(key))) is not None
+
 
 @dataclass(frozen=True)
 class Bounds:
@@ -175,7 +182,7 @@ def _clean(value: object, redactor: Redactor, bounds: Bounds, cuts: Cuts, limit:
                 out["[cut]"] = f"{len(value) - bounds.items} more entries"
                 break
             name = _text(str(key), redactor, min(limit, 200), cuts)
-            if _CREDENTIAL_NAME.fullmatch(str(key)) and isinstance(item, str | int) and not isinstance(item, bool):
+            if _credential_name(key) and isinstance(item, str | int) and not isinstance(item, bool):
                 cuts.redacted += 1  # the value of a credential field, whatever its shape
                 out[name] = REDACTED
                 continue
