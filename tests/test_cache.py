@@ -198,8 +198,9 @@ def test_the_key_holds_model_settings_messages_schema_and_tools_but_no_timestamp
         request_key("openai:gpt-5", {"temperature": 0.0}, [ModelRequest(parts=[UserPromptPart("hi")])], params),
         request_key("openai:gpt-5", {"temperature": 0.0}, messages, ModelRequestParameters(function_tools=[tool])),
         request_key("openai:gpt-5", {"temperature": 0.0}, messages, ModelRequestParameters(output_tools=[tool])),
+        request_key("openai:gpt-5", {"temperature": 0.0}, messages, params, step="p > loop:l > i2 > agent:a"),
     ]
-    assert len({key, *others}) == 6
+    assert len({key, *others}) == 7
 
 
 def test_a_policy_of_another_type_is_refused() -> None:

@@ -112,7 +112,7 @@ def test_a_waiter_stops_waiting_after_its_own_lease_whatever_the_claimant_clock_
     async def claimed_first(*args: Any, **kwargs: Any) -> ModelResponse:
         messages, settings, params = args
         merged = merge_model_settings(cached.settings, settings)
-        taken = request_key("function:gpt", merged, messages, params, base_url="u")
+        taken = request_key("function:gpt", merged, messages, params, base_url="u", step="t")
         assert taken is not None
         ahead.acquire(taken, owner="dead", max_age_s=None, lease_s=60)
         return await real(*args, **kwargs)

@@ -114,13 +114,17 @@ def request_key(
     parameters: ModelRequestParameters,
     *,
     base_url: str | None = None,
+    step: str | None = None,
 ) -> str | None:
     """The cache key of one request (hex SHA-256), or None when some of it does not serialize to JSON (a
     tool returned an object pydantic cannot dump): such a request is not cached. `base_url` is where the model's
-    provider sends it: the same model name at another endpoint (a proxy, a local server) is another model."""
+    provider sends it: the same model name at another endpoint (a proxy, a local server) is another model.
+    `step` is the step path that asks: a loop's next iteration (or another step) asking the same thing again
+    wants a new answer, while a re-materialization asks from the same paths and is answered from the cache."""
     try:
         document = {
             "model": model_id,
+            "step": step,
             "base_url": base_url,
             "settings": to_jsonable_python(dict(settings or {})),
             "messages": _stable(ModelMessagesTypeAdapter.dump_python(messages, mode="json")),
@@ -186,7 +190,12 @@ class CachedModel(WrapperModel):
     ) -> ModelResponse:
         merged = merge_model_settings(self.settings, model_settings)
         key = request_key(
-            f"{self.system}:{self.model_name}", merged, messages, model_request_parameters, base_url=self.base_url
+            f"{self.system}:{self.model_name}",
+            merged,
+            messages,
+            model_request_parameters,
+            base_url=self.base_url,
+            step=self.path,
         )
         if key is None:
             return await super().request(messages, model_settings, model_request_parameters)
