@@ -57,14 +57,24 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
-from dagster import AssetKey, DagsterRun, DagsterRunStatus
+from dagster import AssetKey, DagsterEventType, DagsterRun, DagsterRunStatus
 from playwright.sync_api import BrowserContext, Page, ViewportSize, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from definitions.gated import gated
 from flujo_dagster import load_final_context
 from flujo_dagster.config import INBOX_URL_ENV, INBOX_USER_HEADER_ENV, WEBSERVER_URL_ENV
-from flujo_dagster.names import APPROVALS, RESUMED_BY_TAG, inbox_tag
+from flujo_dagster.names import (
+    APPROVALS,
+    CACHE_HITS,
+    CALL_RECORDS,
+    COST_USD,
+    REQUESTS,
+    RESUMED_BY_TAG,
+    SAVED_COST_USD,
+    TOTAL_COST_USD,
+    inbox_tag,
+)
 from tests.dagster_dev import DagsterDev, DagsterDevError, dagster_dev, group_members, leftovers
 from tests.test_webserver import ROOT, _free_port, _stop
 
@@ -85,6 +95,10 @@ RUN_TIMEOUT_S = 120.0
 DIGEST_INPUTS = {"ops": {"digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "agents"}}}}}}}
 GATED_INPUTS = {"ops": {"gated_digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "python"}}}}}}}
 DIGEST_ASSETS = ["sources", "draft", "report"]  # the final context is no asset (no context_asset=True)
+DIGEST_AGENT_STEPS = ["digest_graph.draft", "digest_graph.critique"]
+# the last asset alone: `draft` is loaded; `critique` (no asset) runs again for it, `flujo_inputs` and
+# `flujo_context` run for every subset that loads a value or selects the last asset (docs/assets.md)
+SUBSET_STEPS = {f"digest_graph.{op}" for op in ("flujo_inputs", "critique", "report", "flujo_context")}
 BRIEFING_INPUTS = {
     "ops": {"orders_briefing_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"team": "EMEA sales"}}}}}}
 }
@@ -285,6 +299,92 @@ def _briefing_pages(browser: BrowserContext, dev: DagsterDev, out: Path) -> None
     page.close()
 
 
+def _launch_again(dev: DagsterDev) -> tuple[str, str]:
+    """Materialize the digest's assets again with the same inputs, and, beside it, only its last asset (`report`);
+    their run ids."""
+    return dev.launch("digest", DIGEST_INPUTS), dev.launch("digest", DIGEST_INPUTS, assets=[["digest", "report"]])
+
+
+def _step_outputs(dev: DagsterDev, run_id: str) -> dict[str, dict[str, object]]:
+    """Each step's first output's metadata in run `run_id` (its asset checks' outputs follow), by step key."""
+    outputs: dict[str, dict[str, object]] = {}
+    for entry in dev.instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT):
+        data = entry.dagster_event.step_output_data if entry.dagster_event else None
+        if data is not None and entry.step_key:
+            outputs.setdefault(entry.step_key, {k: v.value for k, v in data.metadata.items()})
+    return outputs
+
+
+def _check_cached(dev: DagsterDev, run_id: str) -> float:
+    """The digest run `run_id`, with unchanged inputs, made no model request: each agent step served from the
+    call cache at $0, its records linked; `digest/draft`'s latest materialization is this run's, with the hit
+    and the saved cost. What the hits saved in all."""
+    run = dev.wait_finished(run_id, RUN_TIMEOUT_S)
+    if run.status != DagsterRunStatus.SUCCESS:
+        raise UiSmokeError(f"the second digest run {run_id} ended {run.status}:\n{dev.log_tail()}")
+    outputs = _step_outputs(dev, run_id)
+    for key in DIGEST_AGENT_STEPS:
+        meta = outputs.get(key, {})
+        got = (meta.get(REQUESTS), meta.get(CACHE_HITS), meta.get(COST_USD), CALL_RECORDS in meta)
+        if got != (0, 1, 0.0, True):
+            raise UiSmokeError(f"step {key} of the second digest run {run_id} (requests, hits, cost, records): {got}")
+    event = dev.instance.get_latest_materialization_event(AssetKey(["digest", "draft"]))
+    materialization = event.asset_materialization if event is not None else None
+    if event is None or materialization is None or event.run_id != run_id:
+        raise UiSmokeError(f"digest/draft was not last materialized by run {run_id} ({event})")
+    meta = {k: v.value for k, v in materialization.metadata.items()}
+    saved = meta.get(SAVED_COST_USD)
+    if meta.get(CACHE_HITS) != 1 or meta.get(TOTAL_COST_USD) != 0.0 or not isinstance(saved, float) or saved <= 0:
+        raise UiSmokeError(f"digest/draft's latest materialization ({run_id}) does not show a paid-for hit: {meta}")
+    return saved
+
+
+def _check_subset(dev: DagsterDev, run_id: str) -> None:
+    """The subset run `run_id` succeeded and ran only the steps its selection (`digest/report`) needed."""
+    run = dev.wait_finished(run_id, RUN_TIMEOUT_S)
+    if run.status != DagsterRunStatus.SUCCESS:
+        raise UiSmokeError(f"the digest/report subset run {run_id} ended {run.status}:\n{dev.log_tail()}")
+    ran = {e.step_key for e in dev.instance.all_logs(run_id, of_type=DagsterEventType.STEP_START) if e.step_key}
+    if ran != SUBSET_STEPS:
+        raise UiSmokeError(f"the digest/report subset run {run_id} ran {sorted(ran)}, not {sorted(SUBSET_STEPS)}")
+
+
+def _metadata_values(page: Page) -> dict[str, str]:
+    """The rendered metadata table of an asset page: each row's key (first cell) to its value (last cell)."""
+    script = "() => Object.fromEntries([...document.querySelectorAll('tr')].map(r => [...r.querySelectorAll('td')])"
+    script += ".filter(c => c.length > 1).map(c => [c[0].innerText.trim(), c[c.length - 1].innerText.trim()]))"
+    values: dict[str, str] = page.evaluate(script)
+    return values
+
+
+def _cache_pages(browser: BrowserContext, dev: DagsterDev, out: Path, cached_run: str, subset_run: str) -> None:
+    """`digest/draft` materialized again from the call cache, and the run of `digest/report` alone."""
+    saved = _check_cached(dev, cached_run)
+    _check_subset(dev, subset_run)
+    url = dev.server.url
+    page = browser.new_page()
+    page.goto(f"{url}/assets/digest/draft")
+    review = [CACHE_HITS, SAVED_COST_USD, TOTAL_COST_USD, REQUESTS, CALL_RECORDS]
+    expect_texts(page, "cache hits", ["draft", "Latest materialization", "The writer agent's draft.", *review])
+    expect_link(page, "cache hits", f"/runs/{cached_run}")  # the latest one is the cached run's
+    shown = _metadata_values(page)
+    expected = {CACHE_HITS: "1", SAVED_COST_USD: f"{saved:.6f}", TOTAL_COST_USD: "0", REQUESTS: "0", COST_USD: "0"}
+    if {k: shown.get(k) for k in expected} != expected:
+        raise UiSmokeError(f"page 'cache hits' ({page.url}) shows {shown}, not {expected}")
+    # the table from the tokens down to the review metadata's total cost, in view
+    page.get_by_text("flujo/input_tokens", exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+    _shoot(page, out, "cache-hits.png")
+
+    page.goto(f"{url}/runs/{subset_run}")  # the gantt chart: the steps the selection needed, nothing upstream
+    expect_texts(page, "subset run", [subset_run[:8], "Success", "Run of", "digest / report", *SUBSET_STEPS])
+    expect_texts(page, "subset run", ["a subset of the assets of pipeline 'digest': no final context"])
+    for skipped in ("digest_graph.sources", "digest_graph.draft"):
+        if skipped in _text(page, "body"):
+            raise UiSmokeError(f"page 'subset run' ({page.url}) shows step {skipped}, outside the selection")
+    _shoot(page, out, "subset-run.png")
+    page.close()
+
+
 def _decide_in_inbox(page: Page, inbox: str, out: Path | None, run_id: str, round_: int) -> str:
     """Open the gate of round `round_` (0-based) that run `run_id` is parked at in the inbox, edit the draft, type a
     name and a comment, approve; the id of the run the inbox resumed it as. Screenshots under `out` if given."""
@@ -473,8 +573,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     chromium(args.chromium, Path(tmp) / "chromium-profile") as browser,
                 ):
                     _pages(browser, dev, out, inbox, runs)
+                    again = _launch_again(dev)  # after the pages of the first digest run's materializations
                     _briefing_pages(browser, dev, out)
                     resumed = _inbox_pages(browser, dev, inbox, out, runs[1])
+                    _cache_pages(browser, dev, out, *again)
                 print(f"ui-smoke: inbox at {inbox}: both gates approved, resumed at once as {', '.join(resumed)}")
         except (UiSmokeError, DagsterDevError) as error:
             print(f"ui-smoke FAILED: {error}", file=sys.stderr)
