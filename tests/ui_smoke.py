@@ -28,7 +28,14 @@ page's text once rendered), and saves a screenshot of it under docs/screenshots/
 11. `upstream-lineage.png`: the `orders_briefing/totals` asset's upstream lineage: the plain Dagster asset `orders`
     it reads, materialized first;
 12. `launchpad-typed-inputs.png`: the `orders_briefing` job's Launchpad: its typed inputs, `top` filled with its
-    default (3), `team` reported missing (required), then scaffolded.
+    default (3), `team` reported missing (required), then scaffolded;
+13. `cache-hits.png`: `digest/draft` after the digest was materialized again with the same inputs (launched once
+    views 1-7, which show the first run's materializations, are done; views 13-14 come last): its latest materialization is that run's, with `flujo/cache_hits` 1, the saved
+    cost, `flujo/requests` 0 and $0, its call records linked; the run's agent steps made no model request (their
+    step output metadata, read through the instance);
+14. `subset-run.png`: a run of `digest/report` alone (launched beside it, as the UI's "Materialize selected"
+    does): succeeded, its gantt chart shows `flujo_inputs`, `critique`, `report` and `flujo_context` and no
+    `sources` or `draft` (loaded), which did not start (the run's events).
 
 Then the resumed run (tagged `flujo/resumed_by=inbox: <name>`, launched by the inbox, not the sensor) parks at the
 second round's gate (one source matches "python": the offline critic asks for another round), decided the same
@@ -584,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if leftovers(home) or group_members(pgid):
             print(f"ui-smoke FAILED: processes outlived dagster dev: {leftovers(home) + group_members(pgid)}")
             return 1
-    print(f"ui-smoke: 12 views of 10 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
+    print(f"ui-smoke: 14 views of 12 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
     return 0
 
 
