@@ -145,14 +145,15 @@ def _write_home(home: Path, instance_yaml: str) -> None:
 
 
 def _location(server: Webserver) -> str | None:
-    """The single code location's name once loaded; None while loading. A load error raises."""
+    """The first code location's name once every location has loaded; None while loading. A load error raises."""
     workspace = server.graphql(LOCATION_QUERY)["workspaceOrError"]
     entries = workspace.get("locationEntries") or []
-    if len(entries) != 1 or entries[0]["loadStatus"] != "LOADED":
+    if not entries or any(entry["loadStatus"] != "LOADED" for entry in entries):
         return None
-    loaded = entries[0]["locationOrLoadError"] or {}
-    if loaded.get("__typename") != "RepositoryLocation":
-        raise DagsterDevError(f"the code location failed to load: {loaded}")
+    for entry in entries:
+        loaded = entry["locationOrLoadError"] or {}
+        if loaded.get("__typename") != "RepositoryLocation":
+            raise DagsterDevError(f"the code location {entry['name']!r} failed to load: {loaded}")
     name: str = entries[0]["name"]
     return name
 

@@ -30,12 +30,18 @@ page's text once rendered), and saves a screenshot of it under docs/screenshots/
 12. `launchpad-typed-inputs.png`: the `orders_briefing` job's Launchpad: its typed inputs, `top` filled with its
     default (3), `team` reported missing (required), then scaffolded;
 13. `cache-hits.png`: `digest/draft` after the digest was materialized again with the same inputs (launched once
-    views 1-7, which show the first run's materializations, are done; views 13-14 come last): its latest materialization is that run's, with `flujo/cache_hits` 1, the saved
-    cost, `flujo/requests` 0 and $0, its call records linked; the run's agent steps made no model request (their
-    step output metadata, read through the instance);
+    views 1-7, which show the first run's materializations, are done; views 13-15 come last): its latest
+    materialization is that run's, with `flujo/cache_hits` 1, the saved cost, `flujo/requests` 0 and $0, its call
+    records linked; the run's agent steps made no model request (their step output metadata, read through the
+    instance);
 14. `subset-run.png`: a run of `digest/report` alone (launched beside it, as the UI's "Materialize selected"
     does): succeeded, its gantt chart shows `flujo_inputs`, `critique`, `report` and `flujo_context` and no
-    `sources` or `draft` (loaded), which did not start (the run's events).
+    `sources` or `draft` (loaded), which did not start (the run's events);
+15. `stale-assets.png`: a second code location, `prompt_change` (a module written to the temporary directory and
+    loaded beside the examples by a workspace file there: `note`, an agent step's asset, and `headline`, made from
+    it), materialized, then its prompt changed and the location reloaded through GraphQL
+    (`reloadRepositoryLocation`, as "Reload definitions" does): both assets "Unsynced", each "has a new code
+    version", the note's cause open.
 
 Then the resumed run (tagged `flujo/resumed_by=inbox: <name>`, launched by the inbox, not the sensor) parks at the
 second round's gate (one source matches "python": the offline critic asks for another round), decided the same
@@ -60,6 +66,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
@@ -120,6 +127,46 @@ EDITS = [
 ]
 COMMENTS = ["Tightened the opening line.", "Good enough with one source."]
 FLUJO_DAGSTER = Path(sys.executable).parent / "flujo-dagster"
+# a second code location, written to the temporary directory, whose prompt the smoke changes (then reloads it)
+PROMPT_LOCATION = "prompt_change"
+PROMPT_MODULE = '''"""A pipeline whose prompt `make ui-smoke` changes: `note` (the agent's), `headline` (from it)."""
+
+from dagster import Definitions
+from pydantic import BaseModel
+
+from definitions.digest import writer
+from definitions.offline import offline_runtime
+from flujo_dagster import Pipeline, agent_step, build_definitions, step
+
+
+class Note(BaseModel):
+    topic: str
+    note: str | None = None
+    headline: str | None = None
+
+
+@step
+def headline(note: str | None) -> str:
+    return (note or "").splitlines()[0] if note else "(no note)"
+
+
+note = agent_step("note", agent=writer, prompt=PROMPT)
+pipeline = Pipeline("prompt_change", context=Note, steps=note >> headline, assets=["note", "headline"])
+built = build_definitions(pipelines=[pipeline], resources={"agent_runtime": offline_runtime()})
+# its assets and job only: the example location's sensors serve every run already
+defs = Definitions(assets=list(built.assets or []), jobs=list(built.jobs or []), resources=built.resources)
+'''
+PROMPTS = ["Write a note about {topic}.", "Write a short note about {topic}, for the team."]
+PROMPT_INPUTS = {"ops": {"prompt_change_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "agents"}}}}}}}
+RELOAD = """
+mutation Reload($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) {
+    __typename
+    ... on WorkspaceLocationEntry { loadStatus locationOrLoadError { __typename } }
+    ... on PythonError { message }
+  }
+}
+"""
 
 
 class UiSmokeError(RuntimeError):
@@ -158,6 +205,15 @@ def expect_link(page: Page, name: str, href_prefix: str) -> None:
         page.wait_for_selector(f'a[href^="{href_prefix}"]', state="attached", timeout=PAGE_TIMEOUT_S * 1000)
     except PlaywrightError as error:
         raise UiSmokeError(f"page {name!r} ({page.url}) has no link to {href_prefix}") from error
+
+
+def expect_gone(page: Page, name: str, text: str) -> None:
+    """Wait until `page` no longer shows `text` (a popover closed)."""
+    deadline = time.monotonic() + PAGE_TIMEOUT_S
+    while text in _text(page, "body"):
+        if time.monotonic() > deadline:
+            raise UiSmokeError(f"page {name!r} ({page.url}) still shows {text!r}")
+        time.sleep(0.1)
 
 
 def _wait_count(page: Page, name: str, text: str, count: int) -> None:
@@ -392,6 +448,60 @@ def _cache_pages(browser: BrowserContext, dev: DagsterDev, out: Path, cached_run
     page.close()
 
 
+def _prompt_workspace(tmp: Path) -> tuple[Path, Path]:
+    """A workspace file loading the example location (first: `dev.location`) and a second one, `prompt_change`,
+    from a module written under `tmp` with the first prompt; the workspace file and the module."""
+    module = tmp / "prompt_change.py"
+    module.write_text(PROMPT_MODULE.replace("PROMPT", repr(PROMPTS[0]), 1))
+    workspace = tmp / "workspace.yaml"
+    example = {"module_name": "definitions", "attribute": "defs", "working_directory": str(ROOT)}
+    second = {"relative_path": str(module), "attribute": "defs", "location_name": PROMPT_LOCATION}
+    second["working_directory"] = str(ROOT)  # imports the example's offline model
+    load_from = [{"python_module": example}, {"python_file": second}]
+    workspace.write_text(json.dumps({"load_from": load_from}))  # JSON is YAML
+    return workspace, module
+
+
+def _change_prompt(dev: DagsterDev, module: Path, run_id: str) -> None:
+    """Once run `run_id` (the prompt_change pipeline) has materialized both assets, change the note's prompt in
+    `module` and reload its location, as "Reload definitions" does in the UI."""
+    run = dev.wait_finished(run_id, RUN_TIMEOUT_S)
+    if run.status != DagsterRunStatus.SUCCESS:
+        raise UiSmokeError(f"the prompt_change run {run_id} ended {run.status}:\n{dev.log_tail()}")
+    module.write_text(PROMPT_MODULE.replace("PROMPT", repr(PROMPTS[1]), 1))
+    reloaded = dev.server.graphql(RELOAD, {"name": PROMPT_LOCATION})["reloadRepositoryLocation"]
+    entry = reloaded.get("locationOrLoadError") or {}
+    if reloaded["__typename"] != "WorkspaceLocationEntry" or entry.get("__typename") != "RepositoryLocation":
+        raise UiSmokeError(f"reloading {PROMPT_LOCATION} failed: {reloaded}")
+
+
+def _stale_pages(browser: BrowserContext, dev: DagsterDev, out: Path) -> None:
+    """After the prompt change: both assets of the pipeline unsynced, each for a new code version (the note's
+    prompt, and the headline derived from it); the note's cause left open on the screenshot."""
+    url = dev.server.url
+    page = browser.new_page()
+    page.goto(f"{url}/locations/{PROMPT_LOCATION}/asset-groups/{PROMPT_LOCATION}/lineage")
+    expect_texts(page, "stale assets", ["note", "headline", "Materialized", "Unsynced (1)"])
+    _wait_count(page, "stale assets", "Unsynced (1)", 2)  # the note, and the headline derived from it
+    badges, named = page.get_by_text("Unsynced (1)"), []
+    for index in range(2):
+        page.mouse.move(0, 0)  # the previous popover closes
+        expect_gone(page, "stale assets", "1 change since last materialization")
+        badges.nth(index).hover()
+        expect_texts(page, "stale assets", ["1 change since last materialization", "1 code version change"])
+        expect_texts(page, "stale assets", ["has a new code version"])
+        shown = _text(page, "body")
+        named.append("note" if f"{PROMPT_LOCATION} / note" in shown else "headline")
+    if sorted(named) != ["headline", "note"]:
+        raise UiSmokeError(f"page 'stale assets' ({page.url}) names {named} as changed, not the note and headline")
+    page.mouse.move(0, 0)
+    expect_gone(page, "stale assets", "1 change since last materialization")
+    badges.nth(named.index("note")).hover()
+    expect_texts(page, "stale assets", [f"{PROMPT_LOCATION} / note", "has a new code version"])
+    _shoot(page, out, "stale-assets.png")
+    page.close()
+
+
 def _decide_in_inbox(page: Page, inbox: str, out: Path | None, run_id: str, round_: int) -> str:
     """Open the gate of round `round_` (0-based) that run `run_id` is parked at in the inbox, edit the draft, type a
     name and a comment, approve; the id of the run the inbox resumed it as. Screenshots under `out` if given."""
@@ -564,10 +674,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         home = Path(tmp) / "home"
         port = _free_port()  # the inbox's: parked runs link to it (FLUJO_DAGSTER_INBOX_URL)
         try:
-            with dagster_dev(home, interval_s=5, env={INBOX_URL_ENV: f"http://127.0.0.1:{port}"}) as dev:
+            workspace, module = _prompt_workspace(Path(tmp))
+            env = {INBOX_URL_ENV: f"http://127.0.0.1:{port}"}
+            with dagster_dev(home, target=("-w", str(workspace)), interval_s=5, env=env) as dev:
                 pgid = dev.pgid
                 print(f"ui-smoke: dagster dev at {dev.server.url} ({time.monotonic() - started:.1f} s)", flush=True)
                 dev.server.graphql("mutation { setNuxSeen }")  # no community sign-up dialog over the pages
+                prompt_run = replace(dev, location=PROMPT_LOCATION).launch(PROMPT_LOCATION, PROMPT_INPUTS)
                 runs = _runs(dev)
                 briefing_run = _briefing_run(dev)
                 print(
@@ -584,6 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     _briefing_pages(browser, dev, out)
                     resumed = _inbox_pages(browser, dev, inbox, out, runs[1])
                     _cache_pages(browser, dev, out, *again)
+                    _change_prompt(dev, module, prompt_run)
+                    _stale_pages(browser, dev, out)
                 print(f"ui-smoke: inbox at {inbox}: both gates approved, resumed at once as {', '.join(resumed)}")
         except (UiSmokeError, DagsterDevError) as error:
             print(f"ui-smoke FAILED: {error}", file=sys.stderr)
@@ -591,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if leftovers(home) or group_members(pgid):
             print(f"ui-smoke FAILED: processes outlived dagster dev: {leftovers(home) + group_members(pgid)}")
             return 1
-    print(f"ui-smoke: 14 views of 12 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
+    print(f"ui-smoke: 15 views of 13 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
     return 0
 
 
