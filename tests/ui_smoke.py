@@ -1,7 +1,8 @@
 """`make ui-smoke`: the Dagster UI and the reviewers' inbox as a user sees them, in headless Chromium, with the
 example code location.
 
-Boots `dagster dev -w workspace.yaml` on 127.0.0.1 (tests/dagster_dev.py: a temporary DAGSTER_HOME, a free port,
+Boots `dagster dev` on 127.0.0.1 with a temporary workspace file: the example location of `workspace.yaml`, plus the
+small `prompt_change` location of view 15 (tests/dagster_dev.py: a temporary DAGSTER_HOME, a free port,
 the approvals sensor aimed at it, `FLUJO_DAGSTER_INBOX_URL` naming the inbox below, the whole process group stopped
 at the end), materializes the `digest` example's assets and launches `gated_digest` so that its run parks at the
 first approval gate (both through GraphQL, as the Launchpad does), then starts `flujo-dagster inbox` on the same
