@@ -35,7 +35,7 @@ class RunCalls:
     calls: tuple[StoredCall, ...]
     problems: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
-    """The step path of every record read, selected or not, once each in order (to suggest a `step` that exists)."""
+    """The step path of every record read, selected or not, once each and sorted (to suggest a `step` that exists)."""
 
     def as_json(self) -> str:
         """The records and problems as JSON, every non-ASCII character escaped."""
@@ -79,7 +79,7 @@ def run_calls(run_id: str, *, instance: DagsterInstance, step: str | None = None
             problems.extend(read.problems)
             paths.update(dict.fromkeys(str(r["path"]) for r in read.records))
             calls.extend(StoredCall(run.run_id, step_key, r) for r in read.records if _selected(str(r["path"]), step))
-    return RunCalls(tuple(calls), tuple(problems), tuple(paths))
+    return RunCalls(tuple(calls), tuple(problems), tuple(sorted(paths)))
 
 
 def _text(value: object, limit: int = _SHOWN) -> str:
