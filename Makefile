@@ -4,9 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOME_DIR := $(CURDIR)/.dagster_home
-# `dg` for the Component example: no dagster-dg-cli release matches dagster 1.13.28 (each pins its own dagster),
-# so it goes in without its pins; its dependencies are in the dev extra (docs/component.md).
-DG_CLI := dagster-dg-cli==1.13.27 dagster-rest-resources==0.29.27
 
 .PHONY: install demo dev inbox test lint bench clean ui-smoke
 
@@ -16,7 +13,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps $(DG_CLI)
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
