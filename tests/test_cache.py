@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import pytest
 from click.testing import CliRunner
-from dagster import DagsterEventType, DagsterInstance
+from dagster import DagsterEventType, DagsterInstance, ReexecutionOptions, execute_job, reconstructable
 from pydantic import BaseModel
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
@@ -37,7 +37,8 @@ from flujo_dagster.adapter.storage.call_cache_sql import SqlCallCache, SqliteCal
 from flujo_dagster.cli import main
 from flujo_dagster.errors import ConfigurationError, StorageError
 from flujo_dagster.names import CACHE_HITS, SAVED_COST_USD
-from flujo_dagster.runtime.cache import CachedModel, CacheUse, request_key
+from flujo_dagster.runtime.cache import CachedModel, CacheUse, claim_owner, request_key
+from tests import claim_defs
 from tests.cache_workers import call_once
 
 POSTGRES_URL = os.environ.get("FLUJO_TEST_POSTGRES_URL", "")
@@ -333,3 +334,47 @@ def test_the_instance_cache_is_a_file_beside_the_ledger(instance: DagsterInstanc
     assert isinstance(store, SqliteCallCache)
     assert store.path == Path(instance.storage_directory()) / "flujo" / "call_cache.sqlite"
     assert InstanceCallCache().for_instance(instance) is store
+
+
+def test_a_reexecution_drops_the_claims_a_killed_process_left(
+    instance: DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed mid-request never releases its claim. The re-execution of its (finished) run drops the
+    claims that run still holds before its first cached request, so it asks at once instead of waiting out the
+    lease; a claim of another run is kept."""
+    monkeypatch.setenv(claim_defs.CLAIMS_ENV, str(tmp_path))
+    (tmp_path / "fail").touch()
+    (tmp_path / "killed").touch()
+    job = reconstructable(claim_defs.claims_job)
+    with execute_job(job, instance=instance, raise_on_error=False) as first:
+        assert not first.success
+        parent = first.run_id
+    database = tmp_path / "cache.sqlite"
+    with sqlite3.connect(database) as conn:
+        owners = [row[0] for row in conn.execute("SELECT owner FROM flujo_call_cache_claims")]
+        assert len(owners) == 1 and owners[0].startswith(f"{parent}/")  # left behind, as by a killed process
+        conn.execute("UPDATE flujo_call_cache_claims SET expires_at = 4102444800")  # a lease it would still hold
+        conn.execute("INSERT INTO flujo_call_cache_claims VALUES ('another key', 'another-run/x', 4102444800)")
+    (tmp_path / "fail").unlink()
+    (tmp_path / "killed").unlink()
+    options = ReexecutionOptions.from_failure(parent, instance)
+    with execute_job(job, instance=instance, reexecution_options=options, raise_on_error=False) as again:
+        assert again.success
+    assert (tmp_path / "requests.txt").read_text().splitlines() == ["asked"]
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT cache_key, owner FROM flujo_call_cache_claims").fetchall() == [
+            ("another key", "another-run/x")
+        ]
+        assert conn.execute("SELECT count(*) FROM flujo_call_cache").fetchone() == (1,)
+
+
+def test_release_run_drops_only_that_runs_claims(store: Store) -> None:
+    cache, _ = store
+    for key, owner in [("a", claim_owner("run-1", "x")), ("b", claim_owner("run-1", "y")), ("c", "run-10/z")]:
+        assert cache.acquire(key, owner=owner, max_age_s=None, lease_s=600).claimed
+    assert cache.acquire("d", owner=claim_owner("", "w"), max_age_s=None, lease_s=600).claimed
+    assert cache.release_run("run-1") == 2
+    assert cache.release_run("run-1") == 0
+    assert cache.acquire("a", owner="next", max_age_s=None, lease_s=600).claimed  # free again
+    assert not cache.acquire("c", owner="next", max_age_s=None, lease_s=600).claimed  # run-10 is another run
+    assert not cache.acquire("d", owner="next", max_age_s=None, lease_s=600).claimed

@@ -36,7 +36,17 @@ from flujo_dagster.dsl.cache import Cache, cache_policy
 from flujo_dagster.errors import StorageError
 from flujo_dagster.runtime.records import Charge, Meter
 
-__all__ = ["MAX_ENTRY_CHARS", "POLL_S", "Acquired", "CacheUse", "CachedModel", "CallCache", "cache_use", "request_key"]
+__all__ = [
+    "MAX_ENTRY_CHARS",
+    "POLL_S",
+    "Acquired",
+    "CacheUse",
+    "CachedModel",
+    "CallCache",
+    "cache_use",
+    "claim_owner",
+    "request_key",
+]
 
 POLL_S = 0.05
 """How often a request waiting for an identical one looks again."""
@@ -84,6 +94,16 @@ class CallCache(Protocol):
         """Delete the entry of `key` if it still holds `value` (an entry found unreadable)."""
         ...
 
+    def release_run(self, run_id: str) -> int:
+        """Drop every claim that the processes of run `run_id` hold (owners `claim_owner(run_id, ...)`): the run
+        has finished, so a claim it still holds was left by a killed process; how many were dropped."""
+        ...
+
+
+def claim_owner(run_id: str, nonce: str) -> str:
+    """The owner of a claim taken by one request of run `run_id` (`run_id` empty: of no known run)."""
+    return f"{run_id}/{nonce}" if run_id else nonce
+
 
 @dataclass(frozen=True)
 class CacheUse:
@@ -91,6 +111,8 @@ class CacheUse:
 
     store: CallCache
     policy: Cache
+    run_id: str = ""
+    """The run whose requests take the claims (so a re-execution can drop what a killed process left)."""
 
 
 _PAYLOAD = frozenset({"content", "args"})
@@ -199,7 +221,7 @@ class CachedModel(WrapperModel):
         )
         if key is None:
             return await super().request(messages, model_settings, model_request_parameters)
-        owner, store, policy = uuid.uuid4().hex, self.cache.store, self.cache.policy
+        owner, store, policy = claim_owner(self.cache.run_id, uuid.uuid4().hex), self.cache.store, self.cache.policy
         max_age = None if policy.ttl is None else policy.ttl.total_seconds()
         lease = policy.lease.total_seconds()
         give_up = anyio.current_time() + lease  # this process's clock: a claim stamped by a skewed one ends too
@@ -231,8 +253,10 @@ class CachedModel(WrapperModel):
         return response
 
 
-def cache_use(store: CallCache | None, step_cache: object, pipeline_cache: object, *, where: str) -> CacheUse | None:
+def cache_use(
+    store: CallCache | None, step_cache: object, pipeline_cache: object, *, where: str, run_id: str = ""
+) -> CacheUse | None:
     """The cache a step's requests use: `store` with the step's policy (its own `cache=`, else its pipeline's),
-    or None when there is no store or the policy is off."""
+    its claims taken for run `run_id`; None when there is no store or the policy is off."""
     policy = cache_policy(step_cache, pipeline_cache, where=where)
-    return None if store is None or policy is None else CacheUse(store, policy)
+    return None if store is None or policy is None else CacheUse(store, policy, run_id)

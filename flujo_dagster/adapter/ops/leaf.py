@@ -1,5 +1,6 @@
 """Op factories for leaf steps (one compile rule per kind) and the first op, `flujo_inputs`."""
 
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from flujo_dagster import names
 from flujo_dagster.adapter.ops.injection import OpInjector, step_resource_keys
 from flujo_dagster.adapter.ops.input_config import INPUTS_CONFIG_KEY, inputs_config_field
 from flujo_dagster.adapter.ops.subset import check_subset_upstream
-from flujo_dagster.adapter.storage.budgets import OpBudgets
+from flujo_dagster.adapter.storage.budgets import OpBudgets, chain_of
 from flujo_dagster.adapter.storage.call_cache import call_cache_of
 from flujo_dagster.adapter.storage.call_files import call_log_for, store_calls
 from flujo_dagster.adapter.storage.resources import AgentRuntime, PricedAgents
@@ -207,9 +208,15 @@ def priced_agents(
     runtime: AgentRuntime = getattr(context.resources, AGENT_RUNTIME_KEY)
     runtime.check_step_models(pipeline)  # a run's config naming no agent step fails here, before any call
     store = call_cache_of(getattr(context.resources, CALL_CACHE_KEY), context.instance)
+    recovered = threading.Event()
 
     def cache_for(step: AgentStep, path: str) -> CacheUse | None:
-        return cache_use(store, step.cache, pipeline.cache, where=path)
+        use = cache_use(store, step.cache, pipeline.cache, where=path, run_id=context.run_id)
+        if use is not None and not recovered.is_set():  # once per op, before its first cached request
+            for ancestor in chain_of(context.run, context.instance)[1:]:
+                store.release_run(ancestor.run_id)  # a finished run's claims were left by a killed process
+            recovered.set()
+        return use
 
     return PricedAgents(runtime, book, budgets.for_step, pools, calls=call_log_for(runtime, steps), cache_for=cache_for)
 

@@ -22,7 +22,7 @@ from flujo_dagster.dsl.durations import duration
 from flujo_dagster.errors import StorageError
 from flujo_dagster.pricing.ledger import PerThreadConnections
 from flujo_dagster.pricing.ledger_sql import Cursor
-from flujo_dagster.runtime.cache import Acquired
+from flujo_dagster.runtime.cache import Acquired, claim_owner
 
 __all__ = ["CacheStatements", "SqlCallCache", "SqliteCallCache"]
 
@@ -40,6 +40,7 @@ class CacheStatements:
     fill: tuple[str, str]
     release: str
     discard: str
+    release_run: str
 
 
 def cache_statements(entries: str, claims: str, placeholder: str, real: str) -> CacheStatements:
@@ -66,6 +67,7 @@ def cache_statements(entries: str, claims: str, placeholder: str, real: str) -> 
         ),
         release=f"DELETE FROM {claims} WHERE cache_key = {p('key')} AND owner = {p('owner')}",
         discard=f"DELETE FROM {entries} WHERE cache_key = {p('key')} AND value = {p('value')}",
+        release_run=f"DELETE FROM {claims} WHERE substr(owner, 1, length({p('prefix')})) = {p('prefix')}",
     )
 
 
@@ -121,6 +123,15 @@ class SqlCallCache(ABC, Generic[_C]):
     def discard(self, key: str, *, value: str) -> None:
         """See `CallCache.discard`."""
         self._write(lambda cur: cur.execute(self._sql.discard, {"key": key, "value": value}), key)
+
+    def release_run(self, run_id: str) -> int:
+        """See `CallCache.release_run`."""
+
+        def body(cur: Cursor) -> int:
+            cur.execute(self._sql.release_run, {"prefix": claim_owner(run_id, "")})
+            return max(cur.rowcount, 0)
+
+        return self._write(body)
 
 
 def _error(path: Path, exc: sqlite3.Error) -> StorageError:
