@@ -8,14 +8,14 @@ runs only: a run whose named parent is still running starts its own chain)."""
 
 from __future__ import annotations
 
-import importlib
 import threading
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, OpExecutionContext
 
+from flujo_dagster.adapter.storage.instance_db import load_postgres, shared_place
 from flujo_dagster.dsl.pipeline import Pipeline
 from flujo_dagster.dsl.steps import AgentStep
 from flujo_dagster.errors import ConfigurationError, StorageError
@@ -55,7 +55,8 @@ class InstanceLedger:
     """The default `budget_ledger` resource: the ledger of the Dagster instance the run is on.
 
     A SQLite file `<instance storage directory>/flujo/budgets.sqlite` (shared by every process on the machine),
-    or, when the instance keeps its runs in PostgreSQL, tables in that database (shared by every machine).
+    or, when the instance keeps its runs in PostgreSQL, tables in that database (shared by every machine): see
+    `instance_db.shared_place`.
     One ledger object per location and process.
     """
 
@@ -64,39 +65,29 @@ class InstanceLedger:
 
     def for_instance(self, instance: DagsterInstance) -> BudgetLedger:
         """The ledger for `instance`."""
-        url = getattr(instance.run_storage, "postgres_url", None)
-        where = _where(instance)
+        place = shared_place(instance, LEDGER_FILE)
         with self._lock:
-            ledger = self._open.get(where)
+            ledger = self._open.get(place.where)
             if ledger is None:
-                ledger = _postgres(where) if isinstance(url, str) else SqliteBudgetLedger(where)
-                self._open[where] = ledger
+                ledger = _postgres(place.where) if place.postgres else SqliteBudgetLedger(place.where)
+                self._open[place.where] = ledger
         return ledger
 
     @classmethod
     def owns(cls, ledger: BudgetLedger, instance: DagsterInstance) -> bool:
         """Whether `ledger` is the object `for_instance(instance)` returned in this process."""
         with cls._lock:
-            return cls._open.get(_where(instance)) is ledger
+            return cls._open.get(shared_place(instance, LEDGER_FILE).where) is ledger
 
 
-def _where(instance: DagsterInstance) -> str:
-    """Where the instance's own ledger is: the instance's PostgreSQL URL, or its SQLite file."""
-    url = getattr(instance.run_storage, "postgres_url", None)
-    return url if isinstance(url, str) else str(Path(instance.storage_directory()) / "flujo" / "budgets.sqlite")
+LEDGER_FILE = "budgets.sqlite"
+"""The instance's own ledger's SQLite file in `<storage directory>/flujo/` (without PostgreSQL run storage)."""
 
 
 def _postgres(url: str) -> BudgetLedger:
-    """A PostgreSQL ledger; its driver comes with the `postgres` extra, loaded only by who uses it."""
-    try:
-        module = importlib.import_module("flujo_dagster.pricing.ledger_postgres")
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"the Dagster instance keeps its runs in PostgreSQL, so budgets are kept there too, but its driver is "
-            f"missing ({exc}); install flujo-dagster[postgres]"
-        ) from exc
-    ledger: BudgetLedger = module.PostgresBudgetLedger(url)
-    return ledger
+    """The PostgreSQL ledger at `url` (the instance's database)."""
+    made = load_postgres("flujo_dagster.pricing.ledger_postgres", "PostgresBudgetLedger", url, what="the budget ledger")
+    return cast("BudgetLedger", made)
 
 
 def ledger_of(resource: object, instance: DagsterInstance, *, check: bool = True) -> BudgetLedger:

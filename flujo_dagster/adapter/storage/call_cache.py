@@ -3,13 +3,13 @@ SQLite file beside the budget ledger's or, when the instance keeps its runs in P
 
 from __future__ import annotations
 
-import importlib
 import threading
-from pathlib import Path
+from typing import cast
 
 from dagster import DagsterInstance
 
 from flujo_dagster.adapter.storage.call_cache_sql import SqliteCallCache
+from flujo_dagster.adapter.storage.instance_db import load_postgres, shared_place
 from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.names import CALL_CACHE_KEY
 from flujo_dagster.runtime.cache import CallCache
@@ -22,8 +22,8 @@ class InstanceCallCache:
 
     A SQLite file `<instance storage directory>/flujo/call_cache.sqlite` (shared by every process on the
     machine), or, when the instance keeps its runs in PostgreSQL, the tables `flujo_call_cache` and
-    `flujo_call_cache_claims` in that database (shared by every machine). One store object per location and
-    process.
+    `flujo_call_cache_claims` in that database (shared by every machine): see `instance_db.shared_place`. One
+    store object per location and process.
     """
 
     _lock = threading.Lock()
@@ -31,27 +31,21 @@ class InstanceCallCache:
 
     def for_instance(self, instance: DagsterInstance) -> CallCache:
         """The call cache of `instance`."""
-        url = getattr(instance.run_storage, "postgres_url", None)
-        where = url if isinstance(url, str) else str(Path(instance.storage_directory()) / "flujo" / "call_cache.sqlite")
+        place = shared_place(instance, "call_cache.sqlite")
         with self._lock:
-            store = self._open.get(where)
+            store = self._open.get(place.where)
             if store is None:
-                store = _postgres(where) if isinstance(url, str) else SqliteCallCache(where)
-                self._open[where] = store
+                store = _postgres(place.where) if place.postgres else SqliteCallCache(place.where)
+                self._open[place.where] = store
         return store
 
 
 def _postgres(url: str) -> CallCache:
-    """A PostgreSQL call cache; its driver comes with the `postgres` extra, loaded only by who uses it."""
-    try:
-        module = importlib.import_module("flujo_dagster.adapter.storage.call_cache_postgres")
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"the Dagster instance keeps its runs in PostgreSQL, so the call cache is kept there too, but its driver "
-            f"is missing ({exc}); install flujo-dagster[postgres]"
-        ) from exc
-    store: CallCache = module.PostgresCallCache(url)
-    return store
+    """The PostgreSQL call cache at `url` (the instance's database)."""
+    made = load_postgres(
+        "flujo_dagster.adapter.storage.call_cache_postgres", "PostgresCallCache", url, what="the agent-call cache"
+    )
+    return cast("CallCache", made)
 
 
 def call_cache_of(resource: object, instance: DagsterInstance) -> CallCache:
