@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOME_DIR := $(CURDIR)/.dagster_home
 
-.PHONY: install demo dev inbox test lint bench clean ui-smoke
+.PHONY: install demo dev inbox test lint bench clean ui-smoke deploy-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ test: lint
 ## never downloaded); checks what each page shows and saves the screenshots under docs/screenshots/.
 ui-smoke: $(STAMP)
 	$(BIN)/python -m tests.ui_smoke
+
+## flujo on a production-shaped deployment on 127.0.0.1: webserver, daemon and two dagster-celery workers, the
+## instance in a fresh PostgreSQL database, RabbitMQ as broker (a vhost of its own), Redis as result backend; runs the
+## examples, a budgeted 32-item Map and a worker kill on the Celery executor, stops everything, ends with a JSON line.
+deploy-smoke: $(STAMP)
+	$(BIN)/python -m tests.deploy_smoke
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py

@@ -34,7 +34,7 @@ from flujo_dagster.pricing.ledger_sql import (
     Statements,
 )
 
-__all__ = ["PostgresBudgetLedger", "redact_url"]
+__all__ = ["PostgresBudgetLedger", "libpq_url", "redact_url"]
 
 _T = TypeVar("_T")
 _Connection = psycopg2.extensions.connection
@@ -52,6 +52,14 @@ def _detail(exc: BaseException) -> str:
 
 def _is_open(conn: _Connection) -> bool:
     return not conn.closed
+
+
+def libpq_url(url: str) -> str:
+    """`url` as psycopg2 takes it: a SQLAlchemy URL's driver suffix dropped (`postgresql+psycopg2://` is what
+    dagster-postgres needs under SQLAlchemy 2.1, whose plain `postgresql://` means psycopg 3)."""
+    scheme, sep, rest = url.partition("://")
+    base = scheme.split("+", 1)[0]
+    return f"{base}{sep}{rest}" if sep and base in ("postgresql", "postgres") else url
 
 
 def redact_url(url: str) -> str:
@@ -144,7 +152,7 @@ def _statements(scopes: str, entries: str) -> Statements:
 def _connect(url: str, where: str, connect_timeout_s: int, lock_timeout_s: float) -> _Connection:
     """A new connection whose row-lock waits end after `lock_timeout_s`."""
     try:
-        conn = psycopg2.connect(url, connect_timeout=connect_timeout_s)
+        conn = psycopg2.connect(libpq_url(url), connect_timeout=connect_timeout_s)
     except psycopg2.Error as exc:
         raise StorageError(
             f"Cannot connect to the budget ledger in {where} ({_detail(exc)}). Check that the server "

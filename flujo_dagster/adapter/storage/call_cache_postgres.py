@@ -21,7 +21,7 @@ from flujo_dagster.adapter.storage.call_cache_sql import SqlCallCache, cache_sta
 from flujo_dagster.dsl.durations import duration
 from flujo_dagster.errors import StorageError
 from flujo_dagster.pricing.ledger import PerThreadConnections
-from flujo_dagster.pricing.ledger_postgres import redact_url
+from flujo_dagster.pricing.ledger_postgres import libpq_url, redact_url
 from flujo_dagster.pricing.ledger_sql import Cursor
 
 __all__ = ["PostgresCallCache"]
@@ -64,7 +64,7 @@ class PostgresCallCache(SqlCallCache[_Connection]):
 
     def _open(self) -> _Connection:
         try:
-            return psycopg2.connect(self.url, connect_timeout=self.connect_timeout_s)
+            return psycopg2.connect(libpq_url(self.url), connect_timeout=self.connect_timeout_s)
         except psycopg2.Error as exc:
             raise StorageError(
                 f"Cannot connect to the call cache in {self._where} ({' '.join(str(exc).split())}). Check that the "
