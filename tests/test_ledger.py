@@ -21,6 +21,7 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import cast
 
+import psycopg2
 import pytest
 
 from flujo_dagster.errors import StorageError, UsageLimitExceededError
@@ -37,7 +38,7 @@ from flujo_dagster.pricing import (
     format_usd,
 )
 from flujo_dagster.pricing.ledger import PerThreadConnections
-from flujo_dagster.pricing.ledger_postgres import redact_url
+from flujo_dagster.pricing.ledger_postgres import libpq_url, redact_url
 from tests.ledger_workers import Backend, contend, hold_write_lock_and_hang, open_and_reserve, reserve_and_hang
 
 POSTGRES_URL = os.environ.get("FLUJO_TEST_POSTGRES_URL", "")
@@ -606,3 +607,29 @@ def test_connections_of_finished_threads_are_closed() -> None:
     assert fresh is not mine and fresh is opened[-1] and set(closed) == set(opened[:-1])
     connections.close_all()
     assert set(closed) == set(opened)
+
+
+def test_a_sqlalchemy_postgres_url_reaches_the_same_database() -> None:
+    """dagster-postgres needs `postgresql+psycopg2://` under SQLAlchemy 2.1; the ledger and the call cache take the
+    instance's URL as it is, so they must drop the driver suffix for psycopg2."""
+    assert libpq_url("postgresql+psycopg2://u@h:5432/db") == "postgresql://u@h:5432/db"
+    assert libpq_url("postgres+psycopg://u@h/db") == "postgres://u@h/db"
+    assert libpq_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert libpq_url("dbname=db host=h") == "dbname=db host=h"
+    url = os.environ.get("FLUJO_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("FLUJO_TEST_POSTGRES_URL is not set")
+    prefix = f"t{uuid.uuid4().hex[:12]}_"
+    ledger = PostgresBudgetLedger(url.replace("postgresql://", "postgresql+psycopg2://", 1), table_prefix=prefix)
+    plain = PostgresBudgetLedger(url, table_prefix=prefix)
+    try:
+        assert ledger.ledger_id() == plain.ledger_id()
+    finally:
+        ledger.close()
+        plain.close()
+        conn = psycopg2.connect(url)
+        with conn, conn.cursor() as cur:  # only the tables this test made
+            cur.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE %s", (prefix + "%",))
+            for (table,) in cur.fetchall():
+                cur.execute(f'DROP TABLE "{table}"')
+        conn.close()
