@@ -32,9 +32,10 @@ from flujo_dagster import load_final_context, run_pipeline
 from flujo_dagster.adapter.storage.budgets import InstanceLedger
 from flujo_dagster.adapter.storage.call_cache import InstanceCallCache
 from flujo_dagster.adapter.storage.call_cache_postgres import PostgresCallCache
-from flujo_dagster.adapter.storage.instance_db import libpq_url, shared_place
+from flujo_dagster.adapter.storage.instance_db import shared_place
 from flujo_dagster.names import CACHE_HITS
 from flujo_dagster.pricing import PostgresBudgetLedger
+from flujo_dagster.pricing.ledger import libpq_url
 from tests.postgres_defs import Note, counting, notes, notes_job
 
 POSTGRES_URL = os.environ.get("FLUJO_TEST_POSTGRES_URL", "")

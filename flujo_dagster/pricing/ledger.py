@@ -40,6 +40,7 @@ __all__ = [
     "ScopeTotals",
     "Usage",
     "format_usd",
+    "libpq_url",
 ]
 
 USD_NANOS = 1_000_000_000
@@ -347,3 +348,11 @@ class PerThreadConnections(Generic[_C]):
             self._local = threading.local()
         for conn in mine:
             self._close(conn)
+
+
+def libpq_url(url: str) -> str:
+    """`url` as psycopg2 takes it: a SQLAlchemy URL's driver suffix dropped (`postgresql+psycopg2://` is what
+    dagster-postgres needs under SQLAlchemy 2.1, whose plain `postgresql://` means psycopg 3)."""
+    scheme, sep, rest = url.partition("://")
+    base = scheme.split("+", 1)[0]
+    return f"{base}{sep}{rest}" if sep and base in ("postgresql", "postgres") else url

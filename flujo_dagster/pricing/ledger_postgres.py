@@ -25,7 +25,7 @@ import psycopg2.extensions
 
 from flujo_dagster.dsl.durations import duration
 from flujo_dagster.errors import StorageError
-from flujo_dagster.pricing.ledger import PerThreadConnections, new_ledger_id
+from flujo_dagster.pricing.ledger import PerThreadConnections, libpq_url, new_ledger_id
 from flujo_dagster.pricing.ledger_sql import (
     ENTRY_COLUMNS,
     LOCKED_ENTRY_COLUMNS,
@@ -52,14 +52,6 @@ def _detail(exc: BaseException) -> str:
 
 def _is_open(conn: _Connection) -> bool:
     return not conn.closed
-
-
-def libpq_url(url: str) -> str:
-    """`url` as psycopg2 takes it: a SQLAlchemy URL's driver suffix dropped (`postgresql+psycopg2://` is what
-    dagster-postgres needs under SQLAlchemy 2.1, whose plain `postgresql://` means psycopg 3)."""
-    scheme, sep, rest = url.partition("://")
-    base = scheme.split("+", 1)[0]
-    return f"{base}{sep}{rest}" if sep and base in ("postgresql", "postgres") else url
 
 
 def redact_url(url: str) -> str:

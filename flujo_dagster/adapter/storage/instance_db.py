@@ -14,8 +14,9 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from flujo_dagster.errors import ConfigurationError
+from flujo_dagster.pricing.ledger import libpq_url
 
-__all__ = ["SharedPlace", "libpq_url", "load_postgres", "shared_place"]
+__all__ = ["SharedPlace", "load_postgres", "shared_place"]
 
 
 @dataclass(frozen=True)
@@ -24,15 +25,6 @@ class SharedPlace:
 
     where: str
     postgres: bool
-
-
-def libpq_url(url: str) -> str:
-    """`url` as the PostgreSQL driver reads it: a SQLAlchemy scheme naming a driver (`postgresql+psycopg2://`,
-    which Dagster's `postgres_db.scheme` allows) becomes `postgresql://`; anything else is returned unchanged."""
-    scheme, separator, rest = url.partition("://")
-    if separator and "+" in scheme:
-        return f"{scheme.split('+', 1)[0]}://{rest}"
-    return url
 
 
 def shared_place(instance: DagsterInstance, sqlite_name: str) -> SharedPlace:
