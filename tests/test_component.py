@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -42,6 +41,7 @@ from flujo_dagster.adapter.compile.component_models import (
     ScheduleModel,
     yaml_fields,
 )
+from tests.conftest import dg_executable
 
 # dagster's YAML resolution (`resolve_from_yaml`) still calls pydantic's deprecated `parse_obj_as`.
 pytestmark = pytest.mark.filterwarnings(
@@ -49,7 +49,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dg_digest"
-DG = Path(sys.executable).parent / "dg"
 RUN_CONFIG = {
     "ops": {"dg_digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "dagster agents"}}}}}}
 }
@@ -72,7 +71,7 @@ def _dg(*args: str, cwd: Path = EXAMPLE) -> subprocess.Popen[str]:
     """The venv's `dg` in `cwd`, without DAGSTER_HOME (dg check defs uses an ephemeral instance)."""
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     return subprocess.Popen(
-        [str(DG), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(dg_executable()), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 

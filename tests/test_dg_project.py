@@ -8,12 +8,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from tests.conftest import dg_executable
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "dg_digest"
-DG = Path(sys.executable).parent / "dg"
 TYPE = "flujo_dagster.FlujoPipelineComponent"
 
 
@@ -23,7 +23,7 @@ def dg(*args: str, cwd: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "PYTHONPATH")}
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.Popen(
-        [str(DG), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(dg_executable()), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 

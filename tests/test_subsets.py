@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from dagster import (
 from flujo_dagster import Pipeline, build_definitions
 from flujo_dagster.adapter.control.approvals import decide, resume
 from tests.approval_defs import REQUEST_LOG as APPROVAL_LOG
+from tests.conftest import dg_executable
 from tests.subset_defs import CALLS, FAIL_MARKER, REQUEST_LOG, RUNTIME, briefed_job, chain, chain_job, noted
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -185,7 +185,7 @@ def _dg_launch(home: Path, *args: str) -> None:
     env |= {"DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
     inputs = {"ops": {"dg_digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "agents"}}}}}}}
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "dg"), "launch", *args, "--config-json", json.dumps(inputs)],
+        [str(dg_executable()), "launch", *args, "--config-json", json.dumps(inputs)],
         cwd=ROOT / "examples" / "dg_digest",
         env=env,
         capture_output=True,
