@@ -62,4 +62,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.approvals
 
 clean:
-	rm -rf $(VENV) $(HOME_DIR) .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .venv-highest $(HOME_DIR) .mypy_cache .ruff_cache .hypothesis *.egg-info
