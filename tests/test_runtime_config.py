@@ -5,6 +5,7 @@ in process and in the multiprocess executor's step processes."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -119,7 +120,24 @@ def test_a_launchpad_model_that_cannot_be_built_fails_its_step_naming_it(instanc
     (failure,) = instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_FAILURE)
     cause = failure.dagster_event.step_failure_data.error.cause  # type: ignore[union-attr]
     assert cause is not None and cause.cls_name == "ConfigurationError"
-    assert f"{PATH}: model 'gpt-4o' cannot be built: Unknown model: gpt-4o. Give a 'provider:model'" in cause.message
+    # pydantic-ai's own reason, with the suggestion 2.62 adds ("Did you mean 'openai-chat:gpt-4o'?") and 2.78 not
+    built = re.escape(f"{PATH}: model 'gpt-4o' cannot be built: Unknown model: gpt-4o")
+    assert re.search(rf"{built}\.( Did you mean '[^']+'\?)? Give a 'provider:model'", cause.message), cause.message
+
+
+def test_a_suggestion_from_pydantic_ai_ends_its_own_sentence() -> None:
+    """pydantic-ai's reason ending in a question is not followed by a stray period; one ending in nothing gets it."""
+    with pytest.raises(ConfigurationError) as suggested:  # both ends of the range suggest a model for this one
+        AgentRuntime().build_model("claude-sonnet-4-5", where="p > agent:t")
+    assert re.fullmatch(
+        r"p > agent:t: model 'claude-sonnet-4-5' cannot be built: Unknown model: claude-sonnet-4-5\. Did you mean "
+        r"'anthropic:[\w.-]+'\? Give a 'provider:model' string \(or 'test'\) and check the agent_runtime resource's "
+        r"providers set in code \(api_key, base_url\)",
+        str(suggested.value),
+    ), str(suggested.value)
+    with pytest.raises(ConfigurationError) as plain:
+        AgentRuntime().build_model("no-such-model", where="p > agent:t")
+    assert "cannot be built: Unknown model: no-such-model. Give a 'provider:model'" in str(plain.value)
 
 
 # --- provider settings --------------------------------------------------------------------------------------------

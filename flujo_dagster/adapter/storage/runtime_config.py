@@ -347,9 +347,16 @@ def build_model(choice: str, providers: Mapping[str, ProviderSettings], *, where
     except (ValueError, ImportError, TypeError, ConfigurationError) as exc:
         problem = str(exc)
     raise ConfigurationError(
-        f"{where}: model {choice!r} cannot be built: {problem}. Give a 'provider:model' string (or 'test') and "
-        "check the agent_runtime resource's providers set in code (api_key, base_url)"
+        f"{where}: model {choice!r} cannot be built: {_sentence(problem)} Give a 'provider:model' string (or 'test') "
+        "and check the agent_runtime resource's providers set in code (api_key, base_url)"
     )
+
+
+def _sentence(text: str) -> str:
+    """`text` ended as a sentence: pydantic-ai's own reason may end in a question ("Did you mean 'x'?", which 2.62
+    adds for more names than 2.78) or in nothing ("Unknown model: gpt-4o")."""
+    text = text.rstrip()
+    return text if text.endswith((".", "?", "!")) else f"{text}."
 
 
 def canonical_model_id(model_id: str) -> str:
