@@ -24,7 +24,7 @@ release pins that dagster yet, so what needs one skips there. Everywhere else a 
 def _not_installed(what: str, extra: str) -> NoReturn:
     """Skip on CI's highest run (FLUJO_TEST_HIGHEST=1); fail anywhere else, so a broken dev environment shows."""
     if os.environ.get(HIGHEST_ENV) == "1":
-        pytest.skip(f"{what} is not installed: {HIGHEST_ENV}=1 (the newest dagster, which no {extra} release pins)")
+        pytest.skip(f"{what} is not installed: {HIGHEST_ENV}=1 (no release in the `{extra}` extra pins this dagster)")
     pytest.fail(
         f"{what} is not installed: install .[dev] (or .[{extra}]); only {HIGHEST_ENV}=1 skips this",
         pytrace=False,

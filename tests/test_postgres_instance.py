@@ -3,7 +3,8 @@ its runs (in process and on the multiprocess executor), the budget ledger's and 
 and its schedules' state all live in that one database, however the instance reaches it.
 
 These tests run when FLUJO_TEST_POSTGRES_URL is set (e.g. postgresql://postgres@127.0.0.1:5432/test) and fail
-when that server cannot be reached; each test creates a database of its own (a unique name) and drops it."""
+when that server cannot be reached; each test creates a database of its own (a unique name) and drops it. Without
+dagster-postgres (the `postgres` extra) they fail, and skip only on CI's highest run (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from flujo_dagster.adapter.storage.instance_db import shared_place
 from flujo_dagster.names import CACHE_HITS
 from flujo_dagster.pricing import PostgresBudgetLedger
 from flujo_dagster.pricing.ledger import libpq_url
+from tests.conftest import require_module
 from tests.postgres_defs import Note, counting, notes, notes_job
 
 POSTGRES_URL = os.environ.get("FLUJO_TEST_POSTGRES_URL", "")
@@ -65,6 +67,7 @@ def database() -> Iterator[str]:
     """The URL of a fresh, empty database of this test's own (dropped afterwards, its connections with it)."""
     if not POSTGRES_URL:
         pytest.skip("FLUJO_TEST_POSTGRES_URL is not set: set it (postgresql://user@host:port/db) to test PostgreSQL")
+    require_module("dagster_postgres", extra="postgres")  # each user of this database opens a dagster-postgres instance
     name = f"flujo_pgi_{uuid.uuid4().hex[:12]}"
     admin = _admin()
     with admin.cursor() as cur:
