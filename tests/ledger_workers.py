@@ -64,7 +64,8 @@ class Backend:
             return  # unreachable: the test has failed on it already, and created no table
         try:
             with conn.cursor() as cur:
-                cur.execute(f"DROP TABLE IF EXISTS {self.prefix}scopes, {self.prefix}entries, {self.prefix}meta")
+                tables = ", ".join(f"{self.prefix}{t}" for t in ("scopes", "entries", "meta", "tickets"))
+                cur.execute(f"DROP TABLE IF EXISTS {tables}; DROP SEQUENCE IF EXISTS {self.prefix}tickets_seq")
             conn.commit()
         finally:
             conn.close()

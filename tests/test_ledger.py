@@ -365,10 +365,12 @@ def test_a_version_1_sqlite_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
         assert ledger.totals("team").spent_usd_nanos == 5 and len(ledger.ledger_id()) == 32
         ledger.reserve("team", Limits(), Usage(1, 1), run_id="run-1", step="new", dimensions={"partition": "en"})
         assert ledger.entries(run_id="run-1")[0].dimensions == {"partition": "en"}
+        admitted = ledger.admit([("team", Limits())], Usage(1, 1), ticket="t1", lease_s=1.0, run_id="run-1", step="q")
+        assert isinstance(admitted, list)  # the queue's table was added too
     finally:
         ledger.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
 
 
 def test_an_unknown_reservation_is_an_error(backend: Backend, ledger: BudgetLedger) -> None:
@@ -632,4 +634,5 @@ def test_a_sqlalchemy_postgres_url_reaches_the_same_database() -> None:
             cur.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE %s", (prefix + "%",))
             for (table,) in cur.fetchall():
                 cur.execute(f'DROP TABLE "{table}"')
+            cur.execute(f'DROP SEQUENCE IF EXISTS "{prefix}tickets_seq"')
         conn.close()

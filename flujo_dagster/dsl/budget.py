@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
+from flujo_dagster.dsl.durations import duration
 from flujo_dagster.errors import ConfigurationError
 
-__all__ = ["MAX_COUNT", "MAX_USD", "Budget", "BudgetScope", "budget_problem", "is_token_count"]
+__all__ = ["DEFAULT_MAX_WAIT", "MAX_COUNT", "MAX_USD", "Budget", "BudgetScope", "budget_problem", "is_token_count"]
 
 BudgetScope = Literal["run", "day"]
 
@@ -17,6 +19,10 @@ MAX_COUNT = 2**62
 
 MAX_USD = Decimal(MAX_COUNT - 1) / 1_000_000_000
 """The largest `max_cost_usd` the ledger can hold (nano-dollars below `MAX_COUNT`)."""
+
+
+DEFAULT_MAX_WAIT = timedelta(minutes=2)
+"""How long a request waits, by default, for requests in flight to settle before its budget refuses it."""
 
 
 def is_token_count(value: object) -> bool:
@@ -49,14 +55,17 @@ class Budget:
     it is reserved; no tag, partition or schedule chooses the day. On a pipeline it covers every agent step; on
     an agent step, that step alone (both apply). Every model request reserves its worst case first (the
     request's size in bytes as input tokens plus its `max_tokens`, which a budgeted agent step must set), so
-    parallel steps cannot overspend it together. Whether `timezone` names a zone is checked with the pipeline
-    (BUDGET-003).
+    parallel steps cannot overspend it together. A request whose worst case does not fit the remainder while
+    other requests of the budget are in flight waits for them to settle, first come first served, up to
+    `max_wait` (0: refused at once); one that could not fit even with none in flight is refused at once.
+    Whether `timezone` names a zone is checked with the pipeline (BUDGET-003).
     """
 
     max_cost_usd: Decimal | None = None
     max_tokens: int | None = None
     scope: BudgetScope = "run"
     timezone: str = "UTC"
+    max_wait: timedelta = DEFAULT_MAX_WAIT
 
     def __post_init__(self) -> None:
         if self.max_cost_usd is None and self.max_tokens is None:
@@ -74,6 +83,7 @@ class Budget:
             raise ConfigurationError(
                 f"Budget timezone must be an IANA timezone name such as 'UTC', got {self.timezone!r}"
             )
+        duration(self.max_wait, "Budget max_wait")
 
 
 def budget_problem(budget: Budget) -> str | None:
@@ -88,4 +98,6 @@ def budget_problem(budget: Budget) -> str | None:
         return f"its max_tokens {tokens!r} is not a whole number from 0 to 2**62 - 1"
     if budget.scope not in ("run", "day") or not isinstance(budget.timezone, str):
         return f"its scope {budget.scope!r} is not 'run' or 'day', or its timezone {budget.timezone!r} is not a str"
+    if not isinstance(budget.max_wait, timedelta) or budget.max_wait < timedelta(0):
+        return f"its max_wait {budget.max_wait!r} is not a timedelta of at least 0"
     return None

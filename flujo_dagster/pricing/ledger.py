@@ -14,6 +14,11 @@ Semantics shared by every implementation:
 - Closing is idempotent: `reconcile` or `release` on a reservation that is already closed (reconciled, released
   or recovered) changes nothing; `reconcile` then returns the overshoot flag recorded when it was first closed.
   An id the ledger never issued raises `StorageError`.
+- `admit` (a ledger that queues: `AdmittingLedger`) is `reserve` in several scopes at once, all or none, first
+  come first served: a request that fits no scope's remainder while reservations are in flight there, or that
+  arrives behind an older live ticket in one of its scopes, holds a ticket (queued in every scope it charges,
+  leased: a ticket not renewed within its lease expires) and tries again later. Reconciling and releasing never
+  wait on tickets.
 - `recover(run_id)` closes the reservations of a run whose process died as "recovered", counted as spent at their
   reserved amount (the provider may have charged). Call it only when no process of that run is still running.
 """
@@ -23,7 +28,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -31,6 +36,7 @@ from flujo_dagster.errors import UsageLimitExceededError
 
 __all__ = [
     "USD_NANOS",
+    "AdmittingLedger",
     "BudgetLedger",
     "EntryState",
     "IdentifiedLedger",
@@ -39,6 +45,7 @@ __all__ = [
     "Reservation",
     "ScopeTotals",
     "Usage",
+    "Waiting",
     "format_usd",
     "libpq_url",
 ]
@@ -179,6 +186,40 @@ class BudgetLedger(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """Why `admit` did not admit a request yet: the first scope (in name order) that held it back, and why."""
+
+    scope: str
+    reason: str
+
+
+@runtime_checkable
+class AdmittingLedger(Protocol):
+    """A ledger that queues requests which must wait for reservations in flight (see the module's semantics)."""
+
+    def admit(
+        self,
+        claims: Sequence[tuple[str, Limits]],
+        amount: Usage,
+        *,
+        ticket: str,
+        lease_s: float,
+        run_id: str,
+        step: str,
+        dimensions: Mapping[str, str] | None = None,
+    ) -> list[Reservation] | Waiting:
+        """Reserve `amount` in each scope of `claims` (scope, its limits) when it fits every one and `ticket` is
+        first among the live tickets of each: the reservations, in the order of `claims`. Else hold `ticket`
+        (queued in each scope, renewed for `lease_s` seconds) and say why it waits. `UsageLimitExceededError`,
+        writing nothing, when a scope is halted or `spent + amount` is above a limit (no wait could help)."""
+        ...
+
+    def leave(self, ticket: str) -> None:
+        """Drop `ticket` from every queue (a request admitted, refused or cancelled); nothing when it holds none."""
+        ...
+
+
 @runtime_checkable
 class IdentifiedLedger(Protocol):
     """A ledger that knows its identity: a random id written with its tables when they are created. A ledger whose
@@ -249,6 +290,27 @@ def halted_error(scope: str, reason: str | None, run_id: str, step: str) -> Usag
     )
 
 
+def limit_detail(limits: Limits, spent: Usage, reserved: Usage, amount: Usage) -> tuple[str, str] | None:
+    """(the numbers, which Budget field to raise) when `spent + reserved + amount` exceeds a limit (money checked
+    first), else None."""
+    usd_total = spent.usd_nanos + reserved.usd_nanos + amount.usd_nanos
+    if limits.max_usd_nanos is not None and usd_total > limits.max_usd_nanos:
+        detail = (
+            f"max_usd {format_usd(limits.max_usd_nanos)}, spent {format_usd(spent.usd_nanos)}, "
+            f"reserved {format_usd(reserved.usd_nanos)}, requested {format_usd(amount.usd_nanos)} "
+            f"(would total {format_usd(usd_total)})"
+        )
+        return detail, "the Budget's max_cost_usd"
+    tokens_total = spent.tokens + reserved.tokens + amount.tokens
+    if limits.max_tokens is None or tokens_total <= limits.max_tokens:
+        return None
+    detail = (
+        f"max_tokens {limits.max_tokens}, spent {spent.tokens}, reserved {reserved.tokens}, "
+        f"requested {amount.tokens} (would total {tokens_total})"
+    )
+    return detail, "the Budget's max_tokens"
+
+
 def limit_error(
     scope: str,
     limits: Limits,
@@ -260,23 +322,10 @@ def limit_error(
     step: str,
 ) -> UsageLimitExceededError | None:
     """The error when `spent + reserved + amount` exceeds a limit (money checked first), else None."""
-    usd_total = spent.usd_nanos + reserved.usd_nanos + amount.usd_nanos
-    if limits.max_usd_nanos is not None and usd_total > limits.max_usd_nanos:
-        detail = (
-            f"max_usd {format_usd(limits.max_usd_nanos)}, spent {format_usd(spent.usd_nanos)}, "
-            f"reserved {format_usd(reserved.usd_nanos)}, requested {format_usd(amount.usd_nanos)} "
-            f"(would total {format_usd(usd_total)})"
-        )
-        what = "the Budget's max_cost_usd"
-    else:
-        tokens_total = spent.tokens + reserved.tokens + amount.tokens
-        if limits.max_tokens is None or tokens_total <= limits.max_tokens:
-            return None
-        detail = (
-            f"max_tokens {limits.max_tokens}, spent {spent.tokens}, reserved {reserved.tokens}, "
-            f"requested {amount.tokens} (would total {tokens_total})"
-        )
-        what = "the Budget's max_tokens"
+    found = limit_detail(limits, spent, reserved, amount)
+    if found is None:
+        return None
+    detail, what = found
     return UsageLimitExceededError(
         f"Budget of scope {scope!r} would be exceeded by run {run_id!r} step {step!r}: {detail}. "
         f"Nothing was reserved and the request did not start: raise {what} or lower the step's max_tokens."

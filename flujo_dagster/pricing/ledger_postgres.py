@@ -6,8 +6,9 @@ the limit check and the write that follows it see no other writer in between. `r
 entry row, then update the scope row; `recover` locks the run's open entries, then updates them and their scopes in
 name order, so two transactions never wait on each other in a cycle. A transaction that still meets a deadlock or a
 serialization failure is rolled back and retried. Each thread of each process gets its own connection, opened on
-first use. Tables are created when missing, named `<table_prefix>scopes`, `<table_prefix>entries` and
-`<table_prefix>meta` (the ledger's id).
+first use. Tables are created when missing, named `<table_prefix>scopes`, `<table_prefix>entries`,
+`<table_prefix>meta` (the ledger's id) and `<table_prefix>tickets` (requests waiting for admission, numbered by the
+sequence `<table_prefix>tickets_seq`).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
-def _schema(scopes: str, entries: str, meta: str) -> str:
+def _schema(scopes: str, entries: str, meta: str, tickets: str) -> str:
     """The tables and indexes, created when missing; the meta table holds the ledger's id."""
     return f"""CREATE TABLE IF NOT EXISTS {scopes} (
             scope TEXT PRIMARY KEY,
@@ -99,10 +100,19 @@ def _schema(scopes: str, entries: str, meta: str) -> str:
         CREATE INDEX IF NOT EXISTS {entries}_run_id ON {entries} (run_id, state);
         CREATE INDEX IF NOT EXISTS {entries}_scope ON {entries} (scope);
         CREATE TABLE IF NOT EXISTS {meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        INSERT INTO {meta} (key, value) VALUES ('ledger_id', %(ledger_id)s) ON CONFLICT (key) DO NOTHING;"""
+        INSERT INTO {meta} (key, value) VALUES ('ledger_id', %(ledger_id)s) ON CONFLICT (key) DO NOTHING;
+        CREATE TABLE IF NOT EXISTS {tickets} (
+            ticket TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (ticket, scope)
+        );
+        CREATE INDEX IF NOT EXISTS {tickets}_queue ON {tickets} (scope, seq);
+        CREATE SEQUENCE IF NOT EXISTS {tickets}_seq;"""
 
 
-def _statements(scopes: str, entries: str) -> Statements:
+def _statements(scopes: str, entries: str, tickets: str) -> Statements:
     """The ledger's SQL on the tables `scopes` and `entries`. Rows are held by `FOR UPDATE` row locks."""
     return Statements(
         placeholder="%({})s",
@@ -138,6 +148,19 @@ def _statements(scopes: str, entries: str) -> Statements:
         select_scope=f"SELECT {SCOPE_COLUMNS} FROM {scopes} WHERE scope = %(scope)s",
         select_entries=f"SELECT {ENTRY_COLUMNS} FROM {entries}",
         entries_order="ORDER BY created_at, seq",
+        clock="SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8",
+        ticket_head=(
+            f"SELECT ticket FROM {tickets} WHERE scope = %(scope)s AND expires_at >= %(now)s "
+            "ORDER BY seq, ticket LIMIT 1"
+        ),
+        ticket_of=f"SELECT seq FROM {tickets} WHERE ticket = %(ticket)s LIMIT 1",
+        next_ticket=f"SELECT nextval('{tickets}_seq')",
+        hold_ticket=(
+            f"INSERT INTO {tickets} (ticket, scope, seq, expires_at) VALUES (%(ticket)s, %(scope)s, %(seq)s, "
+            "%(expires)s) ON CONFLICT (ticket, scope) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+        ),
+        drop_expired=f"DELETE FROM {tickets} WHERE scope = %(scope)s AND expires_at < %(now)s",
+        leave=f"DELETE FROM {tickets} WHERE ticket = %(ticket)s",
     )
 
 
@@ -167,8 +190,9 @@ def _create_tables(cur: _Cursor, prefix: str) -> None:
     """Create the tables and indexes named `<prefix>...`, only when one is missing: CREATE INDEX IF NOT EXISTS locks
     the table against writers even when the index exists. Concurrent creations can collide in the catalog: they
     are serialized on an advisory lock."""
-    names = [f"{prefix}{name}" for name in ("scopes", "entries", "entries_run_id", "entries_scope", "meta")]
-    cur.execute("SELECT to_regclass(%s), to_regclass(%s), to_regclass(%s), to_regclass(%s), to_regclass(%s)", names)
+    tables = ("scopes", "entries", "entries_run_id", "entries_scope", "meta", "tickets", "tickets_queue", "tickets_seq")
+    names = [f"{prefix}{name}" for name in tables]
+    cur.execute(f"SELECT {', '.join(['to_regclass(%s)'] * len(names))}", names)
     row = cur.fetchone()
     cur.execute(
         "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s "
@@ -178,7 +202,8 @@ def _create_tables(cur: _Cursor, prefix: str) -> None:
     if row is not None and all(oid is not None for oid in row) and cur.fetchone() is not None:
         return
     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"flujo_dagster.ledger.{prefix}",))
-    cur.execute(_schema(f"{prefix}scopes", f"{prefix}entries", f"{prefix}meta"), {"ledger_id": new_ledger_id()})
+    schema = _schema(f"{prefix}scopes", f"{prefix}entries", f"{prefix}meta", f"{prefix}tickets")
+    cur.execute(schema, {"ledger_id": new_ledger_id()})
 
 
 def _ledger_id(cur: _Cursor, prefix: str, where: str) -> str:
@@ -242,7 +267,7 @@ class PostgresBudgetLedger(SqlBudgetLedger[_Connection]):
         scopes, entries = f"{table_prefix}scopes", f"{table_prefix}entries"
         where = f"PostgreSQL {redact_url(url)} (tables {scopes}, {entries})"
         connections = PerThreadConnections(self._open, _Connection.close, _is_open)
-        super().__init__(_statements(scopes, entries), where, connections)
+        super().__init__(_statements(scopes, entries, f"{table_prefix}tickets"), where, connections)
         try:
             self._write(lambda cur: _create_tables(cur, table_prefix))
         except BaseException:

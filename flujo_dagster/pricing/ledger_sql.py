@@ -7,8 +7,9 @@ A backend (`SqliteBudgetLedger`, `PostgresBudgetLedger`) subclasses `SqlBudgetLe
 transaction's reads and writes exclusive, which errors it retries, and how driver errors become `StorageError`.
 
 Every write takes its rows in one order, so that two transactions never wait on each other in a cycle: `reserve`
-the scope row; `reconcile` and `release` the entry row, then its scope row; `recover` the run's open entry rows,
-then their scope rows in name order.
+the scope row; `admit` its scope rows in name order, then ticket rows of those scopes; `reconcile` and `release`
+the entry row, then its scope row; `recover` the run's open entry rows, then their scope rows in name order;
+`leave` only its own ticket rows.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from flujo_dagster.pricing.ledger import (
     Reservation,
     ScopeTotals,
     Usage,
+    Waiting,
     check_reservation_args,
     halted_error,
     halted_reason,
     is_overshoot,
+    limit_detail,
     limit_error,
     new_reservation_id,
     unknown_reservation_message,
@@ -110,6 +113,21 @@ class Statements:
     """Every entry's row (`ENTRY_COLUMNS`; a `WHERE` may be appended)."""
     entries_order: str
     """The `ORDER BY` clause of `entries`: oldest first, then in insertion order."""
+    clock: str
+    """-> (the time now, in seconds since the epoch,), by the clock every process sharing the ledger reads."""
+    ticket_head: str
+    """`scope`, `now` -> (the ticket,) first in the scope's queue among those whose lease has not expired, or no
+    row."""
+    ticket_of: str
+    """`ticket` -> (its number,), or no row when it holds no place in any queue."""
+    next_ticket: str
+    """-> (a ticket number above every one given before that is still in a queue,)."""
+    hold_ticket: str
+    """`ticket`, `scope`, `seq`, `expires`: queue the ticket in the scope, or renew its lease there."""
+    drop_expired: str
+    """`scope`, `now`: remove the scope's tickets whose lease has expired."""
+    leave: str
+    """`ticket`: remove the ticket from every queue."""
 
     def entries_where(self, columns: Sequence[str]) -> str:
         """Every entry's row whose `columns` equal the values of the same names, oldest first."""
@@ -170,6 +188,36 @@ def _dimensions(text: str | None) -> dict[str, str]:
     return {str(k): v for k, v in loaded.items() if isinstance(v, str)}
 
 
+def _scope_usage(sql: Statements, cur: Cursor, scope: str, run_id: str, step: str) -> tuple[Usage, Usage]:
+    """Lock the scope's row; (spent, reserved) there, or the error of a halted scope."""
+    cur.execute(sql.lock_scope, {"scope": scope})
+    row = _scope_row(cur.fetchone())
+    if row is None:
+        return _NOTHING, _NOTHING
+    spent_usd, spent_tokens, reserved_usd, reserved_tokens, _, halted, reason = row
+    if halted:
+        raise halted_error(scope, reason, run_id, step)
+    return Usage(spent_usd, spent_tokens), Usage(reserved_usd, reserved_tokens)
+
+
+def _record(
+    sql: Statements, cur: Cursor, reservation: Reservation, amount: Usage, dimensions: Mapping[str, str] | None
+) -> None:
+    """Add the reservation to its (locked) scope's reserved amounts and insert its open entry."""
+    values = {
+        "scope": reservation.scope,
+        "id": reservation.id,
+        "run_id": reservation.run_id,
+        "step": reservation.step,
+        "usd": amount.usd_nanos,
+        "tokens": amount.tokens,
+        "now": time.time(),
+        "dimensions": json.dumps(dict(sorted(dimensions.items()))) if dimensions else None,
+    }
+    for statement in sql.reserve:
+        cur.execute(statement, values)
+
+
 def _reserve(
     sql: Statements,
     cur: Cursor,
@@ -180,29 +228,76 @@ def _reserve(
 ) -> None:
     """Check the scope's halt and limits, then record the reservation (or raise, writing nothing)."""
     scope, run_id, step = reservation.scope, reservation.run_id, reservation.step
-    cur.execute(sql.lock_scope, {"scope": scope})
-    row = _scope_row(cur.fetchone())
-    spent = reserved = _NOTHING
-    if row is not None:
-        spent_usd, spent_tokens, reserved_usd, reserved_tokens, _, halted, reason = row
-        if halted:
-            raise halted_error(scope, reason, run_id, step)
-        spent, reserved = Usage(spent_usd, spent_tokens), Usage(reserved_usd, reserved_tokens)
+    spent, reserved = _scope_usage(sql, cur, scope, run_id, step)
     error = limit_error(scope, limits, spent, reserved, amount, run_id=run_id, step=step)
     if error is not None:
         raise error
-    values = {
-        "scope": scope,
-        "id": reservation.id,
-        "run_id": run_id,
-        "step": step,
-        "usd": amount.usd_nanos,
-        "tokens": amount.tokens,
-        "now": time.time(),
-        "dimensions": json.dumps(dict(sorted(dimensions.items()))) if dimensions else None,
-    }
-    for statement in sql.reserve:
-        cur.execute(statement, values)
+    _record(sql, cur, reservation, amount, dimensions)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One `admit` call: the reservations it would make (one per scope, in the order claimed) and their limits."""
+
+    claims: Sequence[tuple[Reservation, Limits]]
+    amount: Usage
+    ticket: str
+    lease_s: float
+    dimensions: Mapping[str, str] | None
+
+
+def _held_back(
+    sql: Statements, cur: Cursor, request: _Request, reservation: Reservation, limits: Limits, now: float
+) -> Waiting | None:
+    """Why the request must wait in the (locked) reservation's scope, or None when it may reserve there now: a
+    request that could never fit raises its scope's limit error; one that fits only once reservations in flight
+    settle, or that an earlier live ticket is ahead of, waits."""
+    scope, run_id, step = reservation.scope, reservation.run_id, reservation.step
+    spent, reserved = _scope_usage(sql, cur, scope, run_id, step)
+    error = limit_error(scope, limits, spent, reserved, request.amount, run_id=run_id, step=step)
+    if error is not None and limit_detail(limits, spent, _NOTHING, request.amount) is not None:
+        raise error  # it would not fit even with nothing in flight
+    found = limit_detail(limits, spent, reserved, request.amount)
+    if found is not None:
+        return Waiting(scope, f"it fits only once requests in flight settle ({found[0]})")
+    cur.execute(sql.ticket_head, {"scope": scope, "now": now})
+    head = cur.fetchone()
+    if head is not None and cast(tuple[str], head)[0] != request.ticket:
+        return Waiting(scope, "an earlier request is still waiting there (first come, first served)")
+    return None
+
+
+def _hold(sql: Statements, cur: Cursor, request: _Request, scopes: Sequence[str], now: float) -> None:
+    """Queue the request's ticket in each of `scopes` (keeping its number when it holds one), renewing its lease;
+    expired tickets of those scopes are removed."""
+    cur.execute(sql.ticket_of, {"ticket": request.ticket})
+    row = cur.fetchone()
+    if row is None:
+        cur.execute(sql.next_ticket, {})
+        row = cur.fetchone()
+    seq = int(cast(tuple[int], row)[0])
+    for scope in scopes:
+        cur.execute(sql.drop_expired, {"scope": scope, "now": now})
+        values = {"ticket": request.ticket, "scope": scope, "seq": seq, "expires": now + request.lease_s}
+        cur.execute(sql.hold_ticket, values)
+
+
+def _admit(sql: Statements, cur: Cursor, request: _Request) -> list[Reservation] | Waiting:
+    """Reserve in every claimed scope, or none: see `AdmittingLedger.admit`."""
+    cur.execute(sql.clock, {})
+    now = float(cast(tuple[float], cur.fetchone())[0])
+    ordered = sorted(request.claims, key=lambda claim: claim[0].scope)
+    waiting: Waiting | None = None
+    for reservation, limits in ordered:  # every scope is checked: a halted or hopeless one refuses at once
+        held_back = _held_back(sql, cur, request, reservation, limits, now)
+        waiting = waiting or held_back
+    if waiting is not None:
+        _hold(sql, cur, request, [reservation.scope for reservation, _ in ordered], now)
+        return waiting
+    for reservation, _ in ordered:
+        _record(sql, cur, reservation, request.amount, request.dimensions)
+    cur.execute(sql.leave, {"ticket": request.ticket})
+    return [reservation for reservation, _ in request.claims]
 
 
 def _close_entry(
@@ -328,6 +423,34 @@ class SqlBudgetLedger(ABC, Generic[_C]):
         reservation = Reservation(new_reservation_id(), scope, run_id, step, amount.usd_nanos, amount.tokens)
         self._write(lambda cur: _reserve(self._sql, cur, reservation, limits, amount, dimensions))
         return reservation
+
+    def admit(
+        self,
+        claims: Sequence[tuple[str, Limits]],
+        amount: Usage,
+        *,
+        ticket: str,
+        lease_s: float,
+        run_id: str,
+        step: str,
+        dimensions: Mapping[str, str] | None = None,
+    ) -> list[Reservation] | Waiting:
+        """Reserve `amount` in every scope of `claims`, first come first served (see `AdmittingLedger.admit`)."""
+        scopes = [scope for scope, _ in claims]
+        if not scopes or len(set(scopes)) != len(scopes) or not ticket or not lease_s > 0:
+            raise ValueError(f"admit: claims must name distinct scopes, ticket and lease_s be set, got {claims!r}")
+        for scope, limits in claims:
+            check_reservation_args(scope, limits, amount, run_id, step, dimensions)
+        made = [
+            (Reservation(new_reservation_id(), s, run_id, step, amount.usd_nanos, amount.tokens), lim)
+            for s, lim in claims
+        ]
+        request = _Request(made, amount, ticket, lease_s, dimensions)
+        return self._write(lambda cur: _admit(self._sql, cur, request))
+
+    def leave(self, ticket: str) -> None:
+        """Drop `ticket` from every queue."""
+        self._write(lambda cur: cur.execute(self._sql.leave, {"ticket": ticket}))
 
     def reconcile(self, reservation: Reservation, actual: Usage) -> bool:
         """Record the actual spend of an open reservation; True on an overshoot, which halts the scope.

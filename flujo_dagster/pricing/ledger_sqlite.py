@@ -33,8 +33,9 @@ __all__ = ["SqliteBudgetLedger"]
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 2
-"""1: scopes and entries; 2: the meta table holding the ledger's id, and each entry's dimensions."""
+SCHEMA_VERSION = 3
+"""1: scopes and entries; 2: the meta table holding the ledger's id, and each entry's dimensions; 3: the queue of
+requests waiting for admission (tickets)."""
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS flujo_budget_scopes (
@@ -66,10 +67,19 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS flujo_budget_entries_scope ON flujo_budget_entries (scope)",
     "CREATE TABLE IF NOT EXISTS flujo_budget_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "INSERT OR IGNORE INTO flujo_budget_meta (key, value) VALUES ('ledger_id', :ledger_id)",
+    """CREATE TABLE IF NOT EXISTS flujo_budget_tickets (
+        ticket TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (ticket, scope)
+    )""",
+    "CREATE INDEX IF NOT EXISTS flujo_budget_tickets_queue ON flujo_budget_tickets (scope, seq)",
 )
 
 _SCOPES = "flujo_budget_scopes"
 _ENTRIES = "flujo_budget_entries"
+_TICKETS = "flujo_budget_tickets"
 
 _STATEMENTS = Statements(
     placeholder=":{}",
@@ -99,6 +109,19 @@ _STATEMENTS = Statements(
     select_scope=f"SELECT {SCOPE_COLUMNS} FROM {_SCOPES} WHERE scope = :scope",
     select_entries=f"SELECT {ENTRY_COLUMNS} FROM {_ENTRIES}",
     entries_order="ORDER BY created_at, rowid",
+    clock="SELECT (julianday('now') - 2440587.5) * 86400.0",
+    ticket_head=(
+        f"SELECT ticket FROM {_TICKETS} WHERE scope = :scope AND expires_at >= :now ORDER BY seq, ticket LIMIT 1"
+    ),
+    ticket_of=f"SELECT seq FROM {_TICKETS} WHERE ticket = :ticket LIMIT 1",
+    # BEGIN IMMEDIATE serializes every writer: one above the highest number in use is above every earlier one
+    next_ticket=f"SELECT COALESCE(MAX(seq), 0) + 1 FROM {_TICKETS}",
+    hold_ticket=(
+        f"INSERT INTO {_TICKETS} (ticket, scope, seq, expires_at) VALUES (:ticket, :scope, :seq, :expires) "
+        "ON CONFLICT (ticket, scope) DO UPDATE SET expires_at = excluded.expires_at"
+    ),
+    drop_expired=f"DELETE FROM {_TICKETS} WHERE scope = :scope AND expires_at < :now",
+    leave=f"DELETE FROM {_TICKETS} WHERE ticket = :ticket",
 )
 
 

@@ -2,8 +2,10 @@
 
 `BudgetedModel` wraps the model an agent step runs on (pydantic-ai `WrapperModel`). Before each request it
 reserves the request's worst case in every budget that applies (the serialized request's UTF-8 bytes as an
-upper bound of its input tokens, plus its `max_tokens`, priced for the configured model); a reservation that
-would exceed a budget raises `UsageLimitExceededError` and the request never starts. After the response it
+upper bound of its input tokens, plus its `max_tokens`, priced for the configured model), all or none. A request
+that fits only once reservations in flight settle waits for them (first come, first served, on the ledger's queue)
+up to the budgets' `max_wait`; one that could not fit even with none in flight, or still does not after the wait,
+raises `UsageLimitExceededError` and never starts. After the response it
 replaces the reservations by the actual cost (priced for the model that answered); a failed request releases
 them. A response that reported no usage, or whose answering model has no price, keeps its worst case as spent.
 A response above its reservation (a provider ignoring `max_tokens`) is recorded as an overshoot, halts the
@@ -17,7 +19,7 @@ import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,11 +32,21 @@ from pydantic_core import to_json
 
 from flujo_dagster.dsl.budget import MAX_COUNT, Budget, is_token_count
 from flujo_dagster.errors import ConfigurationError, UsageLimitExceededError
-from flujo_dagster.pricing.ledger import USD_NANOS, BudgetLedger, Limits, Reservation, Usage
+from flujo_dagster.pricing.ledger import (
+    USD_NANOS,
+    AdmittingLedger,
+    BudgetLedger,
+    Limits,
+    Reservation,
+    Usage,
+    Waiting,
+    new_reservation_id,
+)
 from flujo_dagster.pricing.prices import PriceBook, TokenUsage
 from flujo_dagster.runtime.records import Charge, Meter
 
 __all__ = [
+    "LEASE_S",
     "BudgetContext",
     "BudgetedModel",
     "DayOf",
@@ -45,6 +57,14 @@ __all__ = [
     "limits_of",
     "nanos",
 ]
+
+
+LEASE_S = 15.0
+"""How long a waiting request's place in the queue outlives its last try (it tries again every 200 ms at most):
+the place of a process that was killed is given up after this."""
+
+_BACKOFF_S = (0.02, 0.2)
+"""The first and the longest pause between two tries of a waiting request (each pause 1.5 times the previous)."""
 
 
 def nanos(usd: Decimal) -> int:
@@ -61,6 +81,8 @@ class Guard:
     scope: str
     limits: Limits
     day: DayOf | None = None
+    max_wait: timedelta = timedelta(0)
+    """How long a request may wait for reservations in flight to settle before this budget refuses it."""
 
     def scope_at(self, when: datetime) -> str:
         """The ledger scope a request reserved at `when` charges."""
@@ -98,8 +120,8 @@ def guard_for(budget: Budget, scope: str, *, pipeline: str | None = None) -> Gua
     """The guard of `budget`: charged to ledger scope `scope`, or, for a per-day budget of `pipeline`, to that
     pipeline's day of each request followed by `scope`."""
     if budget.scope == "day" and pipeline is not None:
-        return Guard(scope, limits_of(budget), DayOf(pipeline, budget_zone(budget)))
-    return Guard(scope, limits_of(budget))
+        return Guard(scope, limits_of(budget), DayOf(pipeline, budget_zone(budget)), budget.max_wait)
+    return Guard(scope, limits_of(budget), max_wait=budget.max_wait)
 
 
 def day_scope(pipeline: str, day: str) -> str:
@@ -139,6 +161,40 @@ class BudgetContext:
             raise
         return held
 
+    async def admit(self, amount: Usage, *, step: str) -> list[Reservation]:
+        """`reserve`, waiting while the request fits only once reservations in flight settle: first come, first
+        served on the ledger's queue (a ledger that has none refuses at once), for at most the shortest `max_wait`
+        of the guards. The request's place in the queue is given up however the wait ends (cancelled too)."""
+        ledger = self.ledger
+        bound = min(guard.max_wait for guard in self.guards).total_seconds()
+        if not isinstance(ledger, AdmittingLedger) or bound <= 0:
+            return self.reserve(amount, step=step)
+        ticket, started, pause = new_reservation_id(), anyio.current_time(), _BACKOFF_S[0]
+        dims = dict(self.dimensions) if self.dimensions else None
+        queued = False  # whether the ticket may be in the ledger's queue (an admission removes it)
+        try:
+            while True:
+                now = datetime.now(UTC)
+                claims = [(guard.scope_at(now), guard.limits) for guard in self.guards]
+                try:
+                    outcome = ledger.admit(
+                        claims, amount, ticket=ticket, lease_s=LEASE_S, run_id=self.run_id, step=step, dimensions=dims
+                    )
+                except UsageLimitExceededError as exc:
+                    raise (_after_wait(exc, anyio.current_time() - started) if queued else exc) from None
+                if not isinstance(outcome, Waiting):
+                    queued = False
+                    return outcome
+                queued = True
+                waited = anyio.current_time() - started
+                if waited >= bound:
+                    raise _wait_error(outcome, self.run_id, step, waited, bound)
+                await anyio.sleep(min(pause, bound - waited))
+                pause = min(pause * 1.5, _BACKOFF_S[1])
+        finally:
+            if queued:
+                ledger.leave(ticket)
+
     def settle(self, held: list[Reservation], actual: Usage | None, *, release: bool = False) -> list[Reservation]:
         """Close every reservation in `held` (released, or reconciled to `actual`, or to its own worst case
         when `actual` is None), even when closing one fails; the overshooting ones. The first error is raised
@@ -156,6 +212,21 @@ class BudgetContext:
         if errors:
             raise errors[0]
         return overshoots
+
+
+def _wait_error(waiting: Waiting, run_id: str, step: str, waited: float, bound: float) -> UsageLimitExceededError:
+    """The error of a request refused after waiting `waited` seconds (its budgets' `max_wait` is `bound`)."""
+    return UsageLimitExceededError(
+        f"Budget of scope {waiting.scope!r}: the request of run {run_id!r} step {step!r} waited {waited:.1f} s "
+        f"(the Budget's max_wait, {bound:g} s) for requests in flight to settle, and was refused: {waiting.reason}. "
+        "Nothing was reserved and the request did not start: raise the Budget's max_wait or max_cost_usd/max_tokens, "
+        "lower the step's max_tokens, or run fewer requests at once."
+    )
+
+
+def _after_wait(refused: UsageLimitExceededError, waited: float) -> UsageLimitExceededError:
+    """`refused` (a budget that can no longer fit the request, or halted), saying how long the request waited."""
+    return UsageLimitExceededError(f"{refused} (It had waited {waited:.1f} s for requests in flight to settle.)")
 
 
 def _overshoot_error(
@@ -289,7 +360,7 @@ class BudgetedModel(WrapperModel):
         settings["max_tokens"] = min(settings.get("max_tokens", self.max_tokens), self.max_tokens)
         budget = self.budget
         worst = self.worst_case(messages, model_request_parameters)
-        held = budget.reserve(worst, step=self.path)
+        held = await budget.admit(worst, step=self.path)
         try:
             response = await super().request(messages, settings, model_request_parameters)
         except anyio.get_cancelled_exc_class():
