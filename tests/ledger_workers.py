@@ -141,3 +141,19 @@ def open_and_reserve(backend: Backend, barrier: Barrier, out: Queue[str]) -> Non
     reservation = ledger.reserve("first", Limits(), Usage(1, 1), run_id="run-1", step="open")
     ledger.close()
     out.put(reservation.id)
+
+
+def queue_and_report(backend: Backend, scope: str, limits: Limits, ticket: str, out: Queue[str]) -> None:
+    """Try to admit one request of the whole limit under `ticket` (already queued by the test) until it is admitted,
+    then report the ticket and release the reservation, so that the next in the queue can be admitted."""
+    ledger = backend.open(timeout_s=120.0)
+    assert limits.max_usd_nanos is not None
+    amount = Usage(limits.max_usd_nanos, 1)
+    while not isinstance(
+        admitted := ledger.admit([(scope, limits)], amount, ticket=ticket, lease_s=60.0, run_id=ticket, step="s"),
+        list,
+    ):
+        time.sleep(0.01)
+    out.put(ticket)
+    ledger.release(admitted[0])
+    ledger.close()

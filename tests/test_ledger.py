@@ -12,6 +12,7 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ import pytest
 from flujo_dagster.errors import StorageError, UsageLimitExceededError
 from flujo_dagster.pricing import (
     USD_NANOS,
+    AdmittingLedger,
     BudgetLedger,
     IdentifiedLedger,
     Limits,
@@ -35,11 +37,19 @@ from flujo_dagster.pricing import (
     ScopeTotals,
     SqliteBudgetLedger,
     Usage,
+    Waiting,
     format_usd,
 )
 from flujo_dagster.pricing.ledger import PerThreadConnections
 from flujo_dagster.pricing.ledger_postgres import libpq_url, redact_url
-from tests.ledger_workers import Backend, contend, hold_write_lock_and_hang, open_and_reserve, reserve_and_hang
+from tests.ledger_workers import (
+    Backend,
+    contend,
+    hold_write_lock_and_hang,
+    open_and_reserve,
+    queue_and_report,
+    reserve_and_hang,
+)
 
 POSTGRES_URL = os.environ.get("FLUJO_TEST_POSTGRES_URL", "")
 SPAWN = multiprocessing.get_context("spawn")
@@ -636,3 +646,60 @@ def test_a_sqlalchemy_postgres_url_reaches_the_same_database() -> None:
                 cur.execute(f'DROP TABLE "{table}"')
             cur.execute(f'DROP SEQUENCE IF EXISTS "{prefix}tickets_seq"')
         conn.close()
+
+
+# --- admission: waiting for reservations in flight, first come first served -------------------------------------------
+
+
+def test_admission_waits_in_order_refuses_the_hopeless_and_skips_expired_tickets(ledger: BudgetLedger) -> None:
+    """Limit 10 cents with 8 in flight: 5 cents must wait; 2 cents would fit but an earlier ticket waits; 11 cents
+    could never fit and is refused at once; once the 8 cents settle at 1, both are admitted in order. A ticket whose
+    lease lapsed (its process died) holds no one back."""
+    assert isinstance(ledger, AdmittingLedger)
+    limits = Limits(max_usd_nanos=10 * CENT)
+
+    def admit(cents: int, ticket: str, *, lease_s: float = 60.0, scopes: tuple[str, ...] = ("q",)) -> object:
+        claims = [(scope, limits) for scope in scopes]
+        return ledger.admit(claims, Usage(cents * CENT, 1), ticket=ticket, lease_s=lease_s, run_id="r", step=ticket)
+
+    flight = ledger.reserve("q", limits, Usage(8 * CENT, 1), run_id="r", step="flight")
+    first = admit(5, "first")
+    assert isinstance(first, Waiting) and "fits only once requests in flight settle" in first.reason
+    second = admit(2, "second")
+    assert isinstance(second, Waiting) and "an earlier request is still waiting" in second.reason
+    with pytest.raises(UsageLimitExceededError, match="would be exceeded by run 'r' step 'hopeless'"):
+        admit(11, "hopeless")
+    ledger.reconcile(flight, Usage(1 * CENT, 1))
+    assert isinstance(admit(2, "second"), Waiting)  # still behind "first"
+    (admitted,) = cast(list[Reservation], admit(5, "first"))
+    assert isinstance(admit(2, "second"), list)
+    assert ledger.totals("q").reserved_usd_nanos == 7 * CENT and admitted.scope == "q"
+    # in two scopes at once: waits in both queues, admitted in both or neither
+    assert isinstance(admit(4, "dead", lease_s=1e-6, scopes=("q", "r")), Waiting)  # 1 + 7 + 4 > 10
+    time.sleep(0.01)  # past the lease by the database's clock (SQLite's counts milliseconds)
+    both = admit(1, "alive", scopes=("r", "q"))  # behind no live ticket: "dead" never renewed its lease
+    assert isinstance(both, list) and [r.scope for r in both] == ["r", "q"]
+    ledger.leave("dead")
+    assert_consistent(ledger, "q")
+
+
+def test_admission_is_first_come_first_served_across_processes(backend: Backend, ledger: BudgetLedger) -> None:
+    """Three tickets queued in order; their processes start in the reverse order and retry at once, and are
+    admitted one at a time (each takes the whole limit) in the order of their tickets."""
+    assert isinstance(ledger, AdmittingLedger)
+    limits = Limits(max_usd_nanos=CENT)
+    flight = ledger.reserve("fifo", limits, Usage(CENT, 1), run_id="r", step="flight")
+    tickets = ["t1", "t2", "t3"]
+    for ticket in tickets:
+        queued = ledger.admit([("fifo", limits)], Usage(CENT, 1), ticket=ticket, lease_s=60.0, run_id=ticket, step="s")
+        assert isinstance(queued, Waiting)
+    out: Queue[str] = SPAWN.Queue()
+    workers = [SPAWN.Process(target=queue_and_report, args=(backend, "fifo", limits, t, out)) for t in tickets[::-1]]
+    for worker in workers:
+        worker.start()
+    ledger.release(flight)
+    order = [out.get(timeout=120) for _ in tickets]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert order == tickets
+    assert ledger.totals("fifo").reserved_usd_nanos == 0

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from flujo_dagster.pricing.ledger import (
     USD_NANOS,
+    AdmittingLedger,
     BudgetLedger,
     IdentifiedLedger,
     LedgerEntry,
@@ -18,6 +19,7 @@ from flujo_dagster.pricing.ledger import (
     Reservation,
     ScopeTotals,
     Usage,
+    Waiting,
     format_usd,
 )
 from flujo_dagster.pricing.ledger_sqlite import SqliteBudgetLedger
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "USD_NANOS",
+    "AdmittingLedger",
     "BudgetLedger",
     "IdentifiedLedger",
     "LedgerEntry",
@@ -36,6 +39,7 @@ __all__ = [
     "ScopeTotals",
     "SqliteBudgetLedger",
     "Usage",
+    "Waiting",
     "format_usd",
 ]
 
