@@ -46,7 +46,10 @@ from flujo_dagster import (
 )
 from flujo_dagster.adapter.storage.budgets import MAX_CHAIN, InstanceLedger, adopt_ledger, chain_of
 from flujo_dagster.cli import main
+from flujo_dagster.errors import UsageLimitExceededError
 from flujo_dagster.pricing import USD_NANOS, BudgetLedger, Limits, PostgresBudgetLedger, SqliteBudgetLedger, Usage
+from flujo_dagster.pricing.prices import PriceBook
+from flujo_dagster.runtime.budget import BudgetContext, Guard
 from flujo_dagster.validation import validate
 from tests import budget_defs
 from tests.ledger_workers import Backend
@@ -460,6 +463,8 @@ def test_a_moved_dagster_home_still_refuses_a_lost_ledger(dagster_home: Path, tm
         ({"max_cost_usd": Decimal("1e30")}, "Budget max_cost_usd must be a finite number from 0 to"),
         ({"max_cost_usd": True}, "Budget max_cost_usd must be a number of US dollars (Decimal, int, float or a"),
         ({"max_cost_usd": 1, "timezone": 5}, "Budget timezone must be an IANA timezone name such as 'UTC', got 5"),
+        ({"max_cost_usd": 1, "max_wait": 5}, "Budget max_wait must be a datetime.timedelta, got 5: write e.g."),
+        ({"max_cost_usd": 1, "max_wait": timedelta(seconds=-1)}, "Budget max_wait must be at least 0, got"),
     ],
 )
 def test_budget_values_are_checked_with_clear_errors(options: dict[str, object], message: str) -> None:
@@ -523,3 +528,77 @@ def test_impossible_usage_reported_by_a_model_fails_clearly_and_stays_charged(
     assert "ValueError" not in result.error and "UsageLimitExceededError" in result.error
     (entry,) = InstanceLedger().for_instance(instance).entries(run_id=result.run_id)
     assert entry.state == "reconciled" and entry.actual == entry.reserved
+
+
+# --- admission: a request that fits once requests in flight settle waits for them ------------------------------------
+
+CENT = USD_NANOS // 100
+
+
+def test_a_request_waits_for_requests_in_flight_then_is_admitted_refused_or_cancelled(ledger: BudgetLedger) -> None:
+    """Limit 10 cents, 8 in flight: 11 cents is refused at once; 5 cents waits, and gives up its place in the queue
+    when cancelled; admitted once the 8 cents settle at 1; refused after `max_wait` when nothing settles."""
+    scope, limits = f"team:{uuid.uuid4().hex}", Limits(max_usd_nanos=10 * CENT)
+    patient = BudgetContext(
+        ledger=ledger, guards=(Guard(scope, limits, max_wait=timedelta(minutes=5)),), run_id="r", prices=PriceBook()
+    )
+    hasty = BudgetContext(
+        ledger=ledger,
+        guards=(Guard(scope, limits, max_wait=timedelta(milliseconds=50)),),
+        run_id="r",
+        prices=PriceBook(),
+    )
+    flight = ledger.reserve(scope, limits, Usage(8 * CENT, 1), run_id="r", step="flight")
+
+    async def scenario() -> None:
+        with pytest.raises(UsageLimitExceededError, match="would be exceeded by run 'r' step 'hopeless'") as hopeless:
+            await patient.admit(Usage(11 * CENT, 1), step="hopeless")
+        assert "waited" not in str(hopeless.value)
+        with anyio.move_on_after(0.1):  # a terminated run cancels the waiting request
+            await patient.admit(Usage(5 * CENT, 1), step="cancelled")
+        probe = await hasty.admit(Usage(2 * CENT, 1), step="probe")  # no ticket of the cancelled one ahead of it
+        ledger.release(probe[0])
+        admitted: list[object] = []
+
+        async def wait_for_room() -> None:
+            admitted.extend(await patient.admit(Usage(5 * CENT, 1), step="waiter"))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait_for_room)
+            await anyio.sleep(0.05)
+            assert admitted == []  # 8 + 5 > 10: it waits
+            ledger.reconcile(flight, Usage(CENT, 1))
+        assert len(admitted) == 1
+        with pytest.raises(UsageLimitExceededError) as bounded:  # 1 + 5 + 5 > 10, and nothing settles
+            await hasty.admit(Usage(5 * CENT, 1), step="late")
+        message = str(bounded.value)
+        assert "step 'late' waited" in message and "(the Budget's max_wait, 0.05 s)" in message
+        assert "raise the Budget's max_wait" in message
+
+    anyio.run(scenario)
+    totals = ledger.totals(scope)
+    assert (totals.spent_usd_nanos, totals.reserved_usd_nanos) == (CENT, 5 * CENT)
+
+
+def test_parallel_branches_wait_for_each_other_instead_of_failing(
+    instance: DagsterInstance, ledger: BudgetLedger
+) -> None:
+    """Sixteen branches under ten worst cases ($20), each answering a tenth of its worst case: the six that do not
+    fit at first wait for earlier ones to settle, and all sixteen run without overspending."""
+    calls: list[int] = []
+
+    async def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        calls.append(int(str(prompt_of(messages)).split()[-1]))
+        await anyio.sleep(0.05)
+        return ModelResponse(parts=[TextPart("a")], usage=RequestUsage(input_tokens=40, output_tokens=MAX_TOKENS // 10))
+
+    model = FunctionModel(answer, model_name="metered")
+    resources = {
+        "agent_runtime": AgentRuntime(model=model, prices={"function:metered": PRICE}),
+        "budget_ledger": ledger,
+    }
+    result = run_pipeline(fan(Budget(max_cost_usd=Decimal("20"))), {}, instance=instance, resources=resources)
+    assert result.success, result.error
+    assert sorted(calls) == list(range(BRANCHES))
+    totals = ledger.totals(f"run:{result.run_id}")
+    assert (totals.spent_usd_nanos, totals.reserved_usd_nanos) == (BRANCHES * MAX_TOKENS // 10 * USD_NANOS // 1000, 0)
