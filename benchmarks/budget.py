@@ -1,17 +1,29 @@
-"""Budgets that cannot be overspent: 16 parallel agent steps sharing a $0.20 budget, each request's worst case
-$0.02 (max_tokens=2,000 on gpt-4o's genai-prices price, $10 per million output tokens), the answers' usage varied
-(some near max_tokens), against
+"""Budgets that cannot be overspent, and that spend what they allow. Two cases, each against plain pydantic-ai:
 
-- flujo_dagster: one Parallel op, the run budget reserved per request in the instance's SQLite ledger;
-- plain pydantic-ai: 16 agents run together, sharing one `RunUsage` and `UsageLimits(cost_limit=0.20)`, which
+- 16 parallel agent steps sharing a $0.20 budget, each request's worst case $0.02 (max_tokens=2,000 on gpt-4o's
+  genai-prices price, $10 per million output tokens), the answers' usage varied (some near max_tokens);
+- 32 parallel agent steps sharing a $0.01 budget on gpt-4o-mini ($0.15 / $0.60 per million input / output tokens),
+  each request's worst case about $0.00072 (max_tokens=1,000: $0.0006, plus the serialized request's ~800 bytes
+  counted as input tokens: $0.00012; the table prints the exact figure reserved), the answers' usage varied from 160
+  to 1,000 output tokens (40 input tokens each): the 32 answers together cost $0.012, more than the budget, so the
+  budget binds. A request is refused only when it could not fit even with nothing in flight, i.e. when less than
+  one worst case remains; until then it waits for requests in flight to settle.
+
+Against
+
+- flujo_dagster: one inline Parallel op, the run budget reserved per request in the instance's SQLite ledger;
+- plain pydantic-ai: the agents run together, sharing one `RunUsage` and `UsageLimits(cost_limit=budget)`, which
   compares the cost already spent before each request.
 
-Both use the same scripted model (a FunctionModel answering as openai:gpt-4o, so both price it with genai-prices).
-Overspend = max(0, actual spend - budget), in US dollars. Then the ledger's latencies (benchmarks/ledger_latency.py):
-T50 one reserve+reconcile on SQLite, uncontended; T95 the 95th percentile with 16 processes contending.
-Prints a table, then one JSON line:
+Both use the same scripted model (a FunctionModel answering as openai:gpt-4o or gpt-4o-mini after 50 ms, so both
+price it with genai-prices). Overspend = max(0, actual spend - budget), in US dollars; utilization = spend / budget.
+The 32-branch case is also run with `max_wait=0` (refused at once, as before admission). Then the ledger's
+latencies (benchmarks/ledger_latency.py): T50 one reserve+reconcile on SQLite, uncontended; T95 the 95th percentile
+with 16 processes contending. Prints a table, then one JSON line:
 {"bench": "budget", "branches": 16, "overspend_usd": X, "baseline_overspend_usd": Y, "reserve_p50_ms": T50,
- "reserve_p95_contended_ms": T95}
+ "reserve_p95_contended_ms": T95, "utilization": U, "baseline_overspend_usd_32": Y32}
+where X is flujo_dagster's largest overspend over both cases (target 0), Y the 16-branch baseline's, U flujo_dagster's
+utilization in the 32-branch case (target >= 0.8) and Y32 the 32-branch baseline's overspend.
 
     .venv/bin/python benchmarks/budget.py
 """
@@ -20,6 +32,9 @@ import asyncio
 import json
 import statistics
 import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -38,51 +53,73 @@ from pydantic_ai.usage import RequestUsage, RunUsage, UsageLimits
 
 from flujo_dagster import AgentRuntime, Budget, Parallel, Pipeline, Price, agent_step, run_pipeline
 from flujo_dagster.adapter.storage.budgets import InstanceLedger
+from flujo_dagster.dsl.budget import DEFAULT_MAX_WAIT
 from flujo_dagster.pricing import USD_NANOS
 
-BRANCHES, MAX_TOKENS = 16, 2_000
-BUDGET_USD = Decimal("0.20")
-OUTPUTS = [MAX_TOKENS - 7 * i * i for i in range(BRANCHES)]
 INPUT_TOKENS = 40
 GPT_4O = Price(input_per_mtok="2.5", output_per_mtok="10")
-"""The scripted model's declared price: gpt-4o's list price in genai-prices (a reservation is priced for the
+GPT_4O_MINI = Price(input_per_mtok="0.15", output_per_mtok="0.6")
+"""The scripted model's declared prices: the list prices in genai-prices (a reservation is priced for the
 configured model, the spend for the model that answered)."""
-CALLS: list[int] = []
 
 
-async def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-    """Answers `branch i` as openai:gpt-4o with OUTPUTS[i] output tokens, after 50 ms."""
-    prompt = next(p.content for m in messages for p in getattr(m, "parts", ()) if isinstance(p, UserPromptPart))
-    branch = int(str(prompt).split()[-1])
-    CALLS.append(branch)
-    await anyio.sleep(0.05)
-    usage = RequestUsage(input_tokens=INPUT_TOKENS, output_tokens=OUTPUTS[branch])
-    return ModelResponse(parts=[TextPart(f"answer {branch}")], usage=usage, provider_name="openai")
+@dataclass(frozen=True)
+class Case:
+    """`branches` parallel requests to `model` under `budget` US dollars, answering `outputs[i]` output tokens
+    (<= `max_tokens`)."""
+
+    branches: int
+    budget: Decimal
+    max_tokens: int
+    outputs: list[int]
+    model: str
+    price: Price
 
 
-def model() -> FunctionModel:
-    return FunctionModel(answer, model_name="gpt-4o")
+WIDE = Case(16, Decimal("0.20"), 2_000, [2_000 - 7 * i * i for i in range(16)], "gpt-4o", GPT_4O)
+MANY = Case(32, Decimal("0.01"), 1_000, [1_000 - 12 * ((i * 37) % 71) for i in range(32)], "gpt-4o-mini", GPT_4O_MINI)
 
 
-def cost(output_tokens: int) -> Decimal:
+def scripted(case: Case, calls: list[int]) -> FunctionModel:
+    """Answers `branch i` as openai:<case.model> with case.outputs[i] output tokens after 50 ms; records i."""
+
+    async def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        prompt = next(p.content for m in messages for p in getattr(m, "parts", ()) if isinstance(p, UserPromptPart))
+        branch = int(str(prompt).split()[-1])
+        calls.append(branch)
+        await anyio.sleep(0.05)
+        usage = RequestUsage(input_tokens=INPUT_TOKENS, output_tokens=case.outputs[branch])
+        return ModelResponse(parts=[TextPart(f"answer {branch}")], usage=usage, provider_name="openai")
+
+    return FunctionModel(answer, model_name=case.model)
+
+
+def cost(case: Case, output_tokens: int) -> Decimal:
     usage = GenaiUsage(input_tokens=INPUT_TOKENS, output_tokens=output_tokens)
-    return calc_price(usage, "gpt-4o", provider_id="openai").total_price
+    return calc_price(usage, case.model, provider_id="openai").total_price
 
 
-def flujo_overspend() -> tuple[Decimal, int]:
-    """Run the 16 budgeted branches in one Parallel op; (overspend, requests that ran)."""
-    fields: dict[str, Any] = {f"a{i}": (str, "") for i in range(BRANCHES)}
+@dataclass(frozen=True)
+class Outcome:
+    spent: Decimal
+    requests: int
+    worst: Decimal  # the largest worst case reserved for one request (flujo only)
+
+
+def flujo(case: Case, *, max_wait: timedelta = DEFAULT_MAX_WAIT) -> Outcome:
+    """Run the case's budgeted branches in one inline Parallel op (`max_wait=0`: refused at once when a request
+    does not fit, as before admission)."""
+    fields: dict[str, Any] = {f"a{i}": (str, "") for i in range(case.branches)}
     context: type[BaseModel] = create_model("Fan", **fields)
-    agent = Agent("openai:gpt-4o", defer_model_check=True)
-    settings = {"max_tokens": MAX_TOKENS}
+    agent = Agent(f"openai:{case.model}", defer_model_check=True)
+    settings = {"max_tokens": case.max_tokens}
     branches = {
         f"b{i}": [agent_step(f"ask{i}", agent=agent, prompt=f"branch {i}", output_key=f"a{i}", model_settings=settings)]
-        for i in range(BRANCHES)
+        for i in range(case.branches)
     }
-    pipeline = Pipeline(
-        "fan", context=context, steps=[Parallel("all", branches=branches)], budget=Budget(max_cost_usd=BUDGET_USD)
-    )
-    runtime = AgentRuntime(model=model(), prices={"function:gpt-4o": GPT_4O})
+    budget = Budget(max_cost_usd=case.budget, max_wait=max_wait)
+    pipeline = Pipeline("fan", context=context, steps=[Parallel("all", branches=branches)], budget=budget)
+    runtime = AgentRuntime(model=scripted(case, []), prices={f"function:{case.model}": case.price})
     with tempfile.TemporaryDirectory() as home:
         Path(home, "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         with DagsterInstance.from_config(home) as instance:
@@ -91,48 +128,65 @@ def flujo_overspend() -> tuple[Decimal, int]:
             )
             entries = InstanceLedger().for_instance(instance).entries(run_id=result.run_id)
     spent = Decimal(sum(e.actual.usd_nanos for e in entries if e.actual is not None)) / USD_NANOS
-    return max(Decimal(0), spent - BUDGET_USD), len(entries)
+    worst = Decimal(max((e.reserved.usd_nanos for e in entries), default=0)) / USD_NANOS
+    return Outcome(spent, len(entries), worst)
 
 
-async def baseline_overspend() -> tuple[Decimal, int]:
-    """16 plain pydantic-ai runs together, sharing one usage counter and cost_limit; (overspend, requests).
-    Every request the model answered is spent, including those whose run then raised `UsageLimitExceeded`."""
+async def baseline(case: Case) -> Outcome:
+    """The case's plain pydantic-ai runs together, sharing one usage counter and cost_limit. Every request the
+    model answered is spent, including those whose run then raised `UsageLimitExceeded`."""
     shared = RunUsage()
-    limits = UsageLimits(cost_limit=BUDGET_USD)
-    agent = Agent(model(), model_settings={"max_tokens": MAX_TOKENS})
-    CALLS.clear()
+    limits = UsageLimits(cost_limit=case.budget)
+    calls: list[int] = []
+    agent = Agent(scripted(case, calls), model_settings={"max_tokens": case.max_tokens})
 
-    async def one(i: int) -> None:
-        try:
-            await agent.run(f"branch {i}", usage=shared, usage_limits=limits)
-        except UsageLimitExceeded:
-            return
+    def one(i: int) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            try:
+                await agent.run(f"branch {i}", usage=shared, usage_limits=limits)
+            except UsageLimitExceeded:
+                return
 
-    await asyncio.gather(*(one(i) for i in range(BRANCHES)))
-    spent = sum((cost(OUTPUTS[i]) for i in CALLS), Decimal(0))
-    return max(Decimal(0), spent - BUDGET_USD), len(CALLS)
+        return run
+
+    await asyncio.gather(*(one(i)() for i in range(case.branches)))
+    return Outcome(sum((cost(case, case.outputs[i]) for i in calls), Decimal(0)), len(calls), Decimal(0))
+
+
+def over(case: Case, outcome: Outcome) -> Decimal:
+    return max(Decimal(0), outcome.spent - case.budget)
 
 
 def main() -> None:
-    overspend, ran = flujo_overspend()
-    baseline, baseline_ran = asyncio.run(baseline_overspend())
+    results = {case.branches: (flujo(case), asyncio.run(baseline(case))) for case in (WIDE, MANY)}
+    refusing = flujo(MANY, max_wait=timedelta(0))
     with tempfile.TemporaryDirectory() as tmp:
         t50 = statistics.median(uncontended(Path(tmp) / "alone.sqlite", 2_000))
         t95 = percentile(contended(Path(tmp) / "shared.sqlite", 16, 200), 95)
-    print(f"{'variant':<44} {'requests run':>12} {'overspend_usd':>14}")
-    print(f"{'flujo_dagster ledger (reserve, reconcile)':<44} {ran:>12} {overspend:>14}")
-    print(f"{'pydantic-ai shared cost_limit':<44} {baseline_ran:>12} {baseline:>14}")
-    print(f"budget ${BUDGET_USD}, worst case per request ${cost(MAX_TOKENS)}, {BRANCHES} branches")
+    print(f"{'case':<34} {'variant':<44} {'requests run':>12} {'spent/budget':>12} {'overspend_usd':>14}")
+    for case in (WIDE, MANY):
+        ours, theirs = results[case.branches]
+        label = f"{case.branches} branches, budget ${case.budget}"
+        rows = [("flujo_dagster ledger (admission)", ours), ("pydantic-ai shared cost_limit", theirs)]
+        if case is MANY:
+            rows.insert(1, ("flujo_dagster, max_wait=0 (refused at once)", refusing))
+        for name, outcome in rows:
+            share = outcome.spent / case.budget
+            print(f"{label:<34} {name:<44} {outcome.requests:>12} {share:>12.3f} {over(case, outcome):>14}")
+        print(f"{label}: worst case per request ${ours.worst} (max_tokens={case.max_tokens}), actual below it")
     print(f"ledger: reserve+reconcile p50 {t50:.3f} ms uncontended, p95 {t95:.3f} ms with 16 processes")
+    (wide, wide_base), (many, many_base) = results[WIDE.branches], results[MANY.branches]
     print(
         json.dumps(
             {
                 "bench": "budget",
-                "branches": BRANCHES,
-                "overspend_usd": float(overspend),
-                "baseline_overspend_usd": float(baseline),
+                "branches": WIDE.branches,
+                "overspend_usd": float(max(over(WIDE, wide), over(MANY, many))),
+                "baseline_overspend_usd": float(over(WIDE, wide_base)),
                 "reserve_p50_ms": round(t50, 3),
                 "reserve_p95_contended_ms": round(t95, 3),
+                "utilization": round(float(many.spent / MANY.budget), 3),
+                "baseline_overspend_usd_32": float(over(MANY, many_base)),
             }
         )
     )

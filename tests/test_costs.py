@@ -125,7 +125,8 @@ def fanout(kind: str) -> Pipeline:
         )
         ask = agent_step("ask", agent=AGENT, prompt="item {item}", output_key="answer", model_settings=SETTINGS)
         steps = [Map("each", over="items", item="item", body=[ask], result="answer", into="answers")]
-    budget = Budget(max_cost_usd=WORST * Decimal("7.5"))  # seven worst cases at once
+    # seven worst cases at once; refused at once (max_wait 0) rather than waiting for earlier calls to settle
+    budget = Budget(max_cost_usd=WORST * Decimal("7.5"), max_wait=timedelta(0))
     return Pipeline(f"{kind}_costs", context=context, steps=steps, budget=budget)  # type: ignore[arg-type]
 
 
