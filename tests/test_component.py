@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -202,11 +202,10 @@ def test_the_yaml_models_are_derived_from_the_dsl_value_objects() -> None:
 
     assert list(PriceModel.model_fields) == [f.name for f in dataclasses.fields(Price)]
     assert list(BudgetModel.model_fields) == [f.name for f in dataclasses.fields(Budget)]
-    assert (
-        model_defaults(BudgetModel)
-        == defaults(Budget)
-        == {"max_cost_usd": None, "max_tokens": None, "scope": "run", "timezone": "UTC"}
-    )
+    plain = {"max_cost_usd": None, "max_tokens": None, "scope": "run", "timezone": "UTC"}
+    assert model_defaults(BudgetModel) == {**plain, "max_wait": 120.0}  # YAML gives max_wait in seconds
+    assert defaults(Budget) == {**plain, "max_wait": timedelta(minutes=2)}
+    assert BudgetModel(max_cost_usd=1, max_wait=0.5).resolve().max_wait == timedelta(seconds=0.5)
     assert set(ScheduleModel.model_fields) == {f.name for f in dataclasses.fields(Schedule)} | {"inputs_fn"}
     daily, static = ({f.name for f in dataclasses.fields(p)} for p in (DailyPartitions, StaticPartitions))
     assert set(PartitionsModel.model_fields) == daily | static | {"type"}

@@ -246,6 +246,27 @@ class _Request:
     dimensions: Mapping[str, str] | None
 
 
+def _request(
+    claims: Sequence[tuple[str, Limits]],
+    amount: Usage,
+    ticket: str,
+    lease_s: float,
+    run_id: str,
+    step: str,
+    dimensions: Mapping[str, str] | None,
+) -> _Request:
+    """The `admit` call's arguments, checked before any transaction starts."""
+    scopes = [scope for scope, _ in claims]
+    if not scopes or len(set(scopes)) != len(scopes) or not ticket or not lease_s > 0:
+        raise ValueError(f"admit: claims must name distinct scopes, ticket and lease_s be set, got {claims!r}")
+    for scope, limits in claims:
+        check_reservation_args(scope, limits, amount, run_id, step, dimensions)
+    made = [
+        (Reservation(new_reservation_id(), s, run_id, step, amount.usd_nanos, amount.tokens), lim) for s, lim in claims
+    ]
+    return _Request(made, amount, ticket, lease_s, dimensions)
+
+
 def _held_back(
     sql: Statements, cur: Cursor, request: _Request, reservation: Reservation, limits: Limits, now: float
 ) -> Waiting | None:
@@ -436,16 +457,7 @@ class SqlBudgetLedger(ABC, Generic[_C]):
         dimensions: Mapping[str, str] | None = None,
     ) -> list[Reservation] | Waiting:
         """Reserve `amount` in every scope of `claims`, first come first served (see `AdmittingLedger.admit`)."""
-        scopes = [scope for scope, _ in claims]
-        if not scopes or len(set(scopes)) != len(scopes) or not ticket or not lease_s > 0:
-            raise ValueError(f"admit: claims must name distinct scopes, ticket and lease_s be set, got {claims!r}")
-        for scope, limits in claims:
-            check_reservation_args(scope, limits, amount, run_id, step, dimensions)
-        made = [
-            (Reservation(new_reservation_id(), s, run_id, step, amount.usd_nanos, amount.tokens), lim)
-            for s, lim in claims
-        ]
-        request = _Request(made, amount, ticket, lease_s, dimensions)
+        request = _request(claims, amount, ticket, lease_s, run_id, step, dimensions)
         return self._write(lambda cur: _admit(self._sql, cur, request))
 
     def leave(self, ticket: str) -> None:

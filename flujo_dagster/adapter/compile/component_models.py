@@ -9,7 +9,7 @@ import functools
 import importlib
 import operator
 from collections.abc import Callable, Mapping
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from types import UnionType
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -18,7 +18,7 @@ from dagster.components import Model
 from pydantic import Field, create_model
 from typing_extensions import TypeForm
 
-from flujo_dagster.dsl.budget import Budget
+from flujo_dagster.dsl.budget import DEFAULT_MAX_WAIT, Budget
 from flujo_dagster.dsl.schedules import DailyPartitions, Partitions, Schedule, StaticPartitions
 from flujo_dagster.errors import ConfigurationError
 from flujo_dagster.pricing.prices import Price
@@ -120,13 +120,20 @@ class PriceModel(Model):
         return _value(Price, where, self.model_dump())
 
 
-@yaml_fields(Budget)
+_MAX_WAIT_S: object = Field(
+    default=DEFAULT_MAX_WAIT.total_seconds(), description="Budget max_wait, in seconds (0: refused at once)."
+)
+
+
+@yaml_fields(Budget, overrides={"max_wait": (float, _MAX_WAIT_S)})  # Dagster's YAML models take no timedelta
 class BudgetModel(Model):
     """A spending limit on the whole pipeline (see `flujo_dagster.Budget`); replaces the pipeline's own."""
 
     def resolve(self) -> Budget:
-        """The `Budget`."""
-        return _value(Budget, "budget", self.model_dump())
+        """The `Budget` (`max_wait` given in seconds)."""
+        fields = self.model_dump()
+        fields["max_wait"] = timedelta(seconds=fields["max_wait"])
+        return _value(Budget, "budget", fields)
 
 
 _FIXED_INPUTS: object = Field(default_factory=dict, description="Fixed run inputs (JSON values).")
