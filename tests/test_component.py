@@ -163,6 +163,8 @@ def test_component_build_defs_uses_the_same_compiler() -> None:
         ("partitions: {type: daily}\n", "daily partitions need `start`"),
         ("partitions: {type: static, keys: [a], start: '2026-01-01'}\n", "static partitions take `keys`"),
         ("prices:\n  'openai:gpt-5-mini': {input_per_mtok: lots, output_per_mtok: 1}\n", "must be a number"),
+        ("budget: {max_cost_usd: '1', max_wait: .inf}\n", "max_wait must be a finite number of seconds .* got inf"),
+        ("budget: {max_cost_usd: '1', max_wait: -5}\n", "max_wait must be a finite number of seconds .* got -5.0"),
     ],
 )
 def test_bad_settings_are_configuration_errors(yaml: str, message: str) -> None:

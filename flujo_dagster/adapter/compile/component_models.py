@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import math
 import operator
 from collections.abc import Callable, Mapping
 from datetime import date, timedelta
@@ -124,6 +125,19 @@ _MAX_WAIT_S: object = Field(
     default=DEFAULT_MAX_WAIT.total_seconds(), description="Budget max_wait, in seconds (0: refused at once)."
 )
 
+_MAX_WAIT_LIMIT_S = float(timedelta.max.days * 86_400)
+"""The longest `max_wait` in seconds a `timedelta` holds (about 2.7 million years)."""
+
+
+def _max_wait(seconds: float) -> timedelta:
+    """The YAML `max_wait` (seconds) as a `timedelta`; `ConfigurationError` when it is not a finite number from 0
+    to `_MAX_WAIT_LIMIT_S` (a raw `OverflowError` or `ValueError` otherwise)."""
+    if math.isfinite(seconds) and 0 <= seconds <= _MAX_WAIT_LIMIT_S:
+        return timedelta(seconds=seconds)
+    raise ConfigurationError(
+        f"budget: Budget max_wait must be a finite number of seconds from 0 to {_MAX_WAIT_LIMIT_S:g}, got {seconds!r}"
+    )
+
 
 @yaml_fields(Budget, overrides={"max_wait": (float, _MAX_WAIT_S)})  # Dagster's YAML models take no timedelta
 class BudgetModel(Model):
@@ -132,7 +146,7 @@ class BudgetModel(Model):
     def resolve(self) -> Budget:
         """The `Budget` (`max_wait` given in seconds)."""
         fields = self.model_dump()
-        fields["max_wait"] = timedelta(seconds=fields["max_wait"])
+        fields["max_wait"] = _max_wait(fields["max_wait"])
         return _value(Budget, "budget", fields)
 
 
