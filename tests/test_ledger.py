@@ -669,6 +669,10 @@ def test_admission_waits_in_order_refuses_the_hopeless_and_skips_expired_tickets
     assert isinstance(second, Waiting) and "an earlier request is still waiting" in second.reason
     with pytest.raises(UsageLimitExceededError, match="would be exceeded by run 'r' step 'hopeless'"):
         admit(11, "hopeless")
+    both_limits = Limits(max_usd_nanos=10 * CENT, max_tokens=5)  # 8 cents in flight: money would wait, tokens never fit
+    ledger.reserve("q2", both_limits, Usage(8 * CENT, 1), run_id="r", step="flight")
+    with pytest.raises(UsageLimitExceededError, match="max_tokens 5, .*raise the Budget's max_tokens"):
+        ledger.admit([("q2", both_limits)], Usage(5 * CENT, 6), ticket="t", lease_s=60.0, run_id="r", step="tokens")
     ledger.reconcile(flight, Usage(1 * CENT, 1))
     assert isinstance(admit(2, "second"), Waiting)  # still behind "first"
     (admitted,) = cast(list[Reservation], admit(5, "first"))

@@ -275,9 +275,9 @@ def _held_back(
     settle, or that an earlier live ticket is ahead of, waits."""
     scope, run_id, step = reservation.scope, reservation.run_id, reservation.step
     spent, reserved = _scope_usage(sql, cur, scope, run_id, step)
-    error = limit_error(scope, limits, spent, reserved, request.amount, run_id=run_id, step=step)
-    if error is not None and limit_detail(limits, spent, _NOTHING, request.amount) is not None:
-        raise error  # it would not fit even with nothing in flight
+    hopeless = limit_error(scope, limits, spent, _NOTHING, request.amount, run_id=run_id, step=step)
+    if hopeless is not None:
+        raise hopeless  # it would not fit even with nothing in flight: the error names the limit that says so
     found = limit_detail(limits, spent, reserved, request.amount)
     if found is not None:
         return Waiting(scope, f"it fits only once requests in flight settle ({found[0]})")
