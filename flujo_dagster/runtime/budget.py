@@ -171,7 +171,8 @@ class BudgetContext:
             return self.reserve(amount, step=step)
         ticket, started, pause = new_reservation_id(), anyio.current_time(), _BACKOFF_S[0]
         dims = dict(self.dimensions) if self.dimensions else None
-        queued = False  # whether the ticket may be in the ledger's queue (an admission removes it)
+        queued = False  # whether the request has waited (its refusal then says for how long)
+        admitted = False  # an admission removes the ticket; any other end leaves the queue (a no-op if not in it)
         try:
             while True:
                 now = datetime.now(UTC)
@@ -183,7 +184,7 @@ class BudgetContext:
                 except UsageLimitExceededError as exc:
                     raise (_after_wait(exc, anyio.current_time() - started) if queued else exc) from None
                 if not isinstance(outcome, Waiting):
-                    queued = False
+                    admitted = True
                     return outcome
                 queued = True
                 waited = anyio.current_time() - started
@@ -192,7 +193,7 @@ class BudgetContext:
                 await anyio.sleep(min(pause, bound - waited))
                 pause = min(pause * 1.5, _BACKOFF_S[1])
         finally:
-            if queued:
+            if not admitted:
                 ledger.leave(ticket)
 
     def settle(self, held: list[Reservation], actual: Usage | None, *, release: bool = False) -> list[Reservation]:
