@@ -26,6 +26,7 @@ __all__ = [
     "APPROVAL_SETTINGS_KEY",
     "APPROVALS",
     "APPROVED_OUTPUT",
+    "BUNDLE_OUTPUT",
     "AUDIT_GATE",
     "AUDIT_KEY",
     "AUDIT_KIND",
@@ -399,6 +400,9 @@ EXIT_OUTPUT = "exit"
 CONTINUE_OUTPUT = "next"
 AFTER_INPUT = "after"
 DONE_OUTPUT = "flujo_done"
+BUNDLE_OUTPUT = "flujo_keys"
+"""An inline op's one output for the keys it always writes (that are no assets): its value is their names, and
+each key's value is stored beside it under the key's own output name (`adapter/ops/flow.py`, `inline_op`)."""
 ITEM_OUTPUT = "item"
 RESULTS_INPUT = "results"
 APPROVED_OUTPUT = "flujo_approved"

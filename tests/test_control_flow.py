@@ -311,8 +311,8 @@ def test_loop_inline_is_one_op() -> None:
     deps = wiring(graph)
     assert set(deps) == {"flujo_inputs", "refine", "publish", "flujo_context"}
     assert deps["refine"] == {"draft": [("flujo_inputs", "draft")], "n": [("flujo_inputs", "n")]}
-    assert outputs_of(graph, "refine") == {"draft", "score"}
-    assert deps["publish"] == {"draft": [("refine", "draft")], "score": [("refine", "score")]}
+    assert outputs_of(graph, "refine") == {"flujo_keys"}  # fused: the keys travel as one bundle output
+    assert deps["publish"] == {"draft": [("refine", "flujo_keys")], "score": [("refine", "flujo_keys")]}
     assert kind_of(graph, "refine") == "inline_loop"
 
 
@@ -447,7 +447,7 @@ def test_branch_inline_is_one_op_that_also_reads_the_keys_it_may_leave_alone() -
         "n": [("flujo_inputs", "n")],
         "draft": [("draft", "draft")],
     }
-    assert outputs_of(graph, "route") == {"draft", "verdict"}
+    assert outputs_of(graph, "route") == {"flujo_keys"}
     assert kind_of(graph, "route") == "inline_branch"
 
 
@@ -527,8 +527,8 @@ def test_parallel_inline_is_one_op() -> None:
     deps = wiring(graph)
     assert set(deps) == {"flujo_inputs", "fan", "total", "flujo_context"}
     assert deps["fan"] == {"a": [("flujo_inputs", "a")], "n": [("flujo_inputs", "n")]}
-    assert outputs_of(graph, "fan") == {"a", "b"}
-    assert deps["total"] == {"a": [("fan", "a")], "b": [("fan", "b")]}
+    assert outputs_of(graph, "fan") == {"flujo_keys"}
+    assert deps["total"] == {"a": [("fan", "flujo_keys")], "b": [("fan", "flujo_keys")]}
     assert kind_of(graph, "fan") == "inline_parallel"
 
 
@@ -933,7 +933,7 @@ def test_mixed_nesting_an_inline_branch_inside_an_expanded_loop() -> None:
     assert kind_of(graph, "grow__i2__parity") == "inline_branch"
     assert deps["grow__i2__parity"] == {
         "count": [("grow__i2__tick", "count")],
-        "trail": [("grow__i1__parity", "trail")],
+        "trail": [("grow__i1__parity", "flujo_keys")],
         "flujo_gate": [("grow__i1__flujo_until", "next")],
     }
 

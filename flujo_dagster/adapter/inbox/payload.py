@@ -15,7 +15,7 @@ from upath import UPath
 
 from flujo_dagster import names
 from flujo_dagster.adapter.storage.budgets import chain_of
-from flujo_dagster.adapter.storage.files import read_file
+from flujo_dagster.adapter.storage.files import read_file, stored_path
 from flujo_dagster.errors import StorageError
 from flujo_dagster.runtime.approvals import Request, payload_hash
 
@@ -98,6 +98,8 @@ def shown_values(instance: DagsterInstance, run: DagsterRun, gate: str, request:
         for key in request.show:
             source = sources.get(names.io_name(key))
             path = paths.get(source) if source is not None else None
+            if path is not None and source is not None and source[1] == names.BUNDLE_OUTPUT:
+                path = str(stored_path(UPath(path).parent, names.io_name(key)))  # the key's file beside the bundle
             if path is None:
                 return Shown(None, f"where the value of {key!r} is stored is not in the run's event log")
             values[key] = _value(path, key, f"run {run.run_id}")

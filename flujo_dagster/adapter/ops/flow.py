@@ -33,6 +33,7 @@ from flujo_dagster.names import (
     AFTER_INPUT,
     AGENT_RUNTIME_KEY,
     BUDGET_LEDGER_KEY,
+    BUNDLE_OUTPUT,
     CALL_CACHE_KEY,
     CONTEXT_KEY,
     CONTEXT_OP,
@@ -357,8 +358,44 @@ def inline_metadata(wiring: StepWiring, records: Sequence[StepRecord]) -> dict[s
     return metadata
 
 
-def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: str) -> OpDefinition:
-    """A subtree run in one op by the interpreter. Its output metadata carries a per-step table; each
+def _store_fused(
+    context: OpExecutionContext,
+    pipeline: Pipeline,
+    wiring: StepWiring,
+    keys: Sequence[str],
+    state: Mapping[str, object],
+) -> None:
+    """Store each key of a fused inline op where its own output would be (`io_name(key)` beside the bundle),
+    as its own type and envelope: readers find it by output name, and the IO manager loads an input wired to
+    the bundle from it. Writing files costs no Dagster event."""
+    io: PydanticJsonIOManager = getattr(context.resources, IO_MANAGER_KEY)
+    root = io.root(context.instance.storage_directory())
+    step_key = context.get_step_execution_context().step.key
+    where = Origin(context.run_id, step_key, wiring.path)
+    for key in keys:
+        if key not in state:
+            raise StepOutputError(f"{wiring.path}: key {key!r} was not written, though every path writes it")
+        stored = StoredKey(key, pipeline.fields[key])
+        path = io.output_path(root, context.run_id, step_key, io_name(key))
+        io.write(path, io.dump(stored, state[key], path, root), root=root, key=key, where=where)
+
+
+def _inline_outs(pipeline: Pipeline, wiring: StepWiring, fused: tuple[str, ...]) -> dict[str, Out]:
+    """An inline op's outputs: the bundle of its `fused` keys, one per other key written, or `flujo_done`."""
+    outs = outs_for(pipeline, tuple(k for k in wiring.writes if k not in fused), wiring.optional)
+    if fused:
+        outs[BUNDLE_OUTPUT] = Out(list[str], io_manager_key=IO_MANAGER_KEY)
+    if not wiring.writes:
+        outs[DONE_OUTPUT] = Out(Nothing)
+    return outs
+
+
+def inline_op(
+    pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: str, *, fused: tuple[str, ...] = ()
+) -> OpDefinition:
+    """A subtree run in one op by the interpreter. The keys in `fused` travel as one output (`BUNDLE_OUTPUT`,
+    two Dagster events whatever their number), each stored as its own file; the others (assets, keys written
+    on some paths only) keep an output each. The first output's metadata carries a per-step table; each
     ignored failure of a parallel branch is logged once."""
     inner = [s for _, s in walk([node], parent_path)]
     agent_steps = [s for s in inner if isinstance(s, AgentStep)]
@@ -402,8 +439,12 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
                 context.log.warning(f"{record.path} failed and was ignored: {record.error}")
         metadata = {**inline_metadata(wiring, records.records), **store_calls(context, calls, wiring.path)}
         first = True
+        if fused:
+            _store_fused(context, pipeline, wiring, fused, state)
+            yield Output(list(fused), BUNDLE_OUTPUT, metadata=metadata)
+            first = False
         for key in wiring.writes:
-            if key in state:
+            if key in state and key not in fused:
                 yield Output(state[key], io_name(key), metadata=metadata if first else None)
                 first = False
         if not wiring.writes:
@@ -413,7 +454,7 @@ def inline_op(pipeline: Pipeline, node: Step, wiring: StepWiring, parent_path: s
         compute_fn=compute,
         name=wiring.definition,
         ins=ins_for(pipeline, wiring.reads, gated=wiring.gated),
-        outs=_outs_or_done(pipeline, wiring, wiring.optional),
+        outs=_inline_outs(pipeline, wiring, fused),
         required_resource_keys=resources,
         description=f"{node.kind} {wiring.path}, run in one op by the flujo interpreter",
         retry_policy=None,

@@ -320,10 +320,25 @@ class PydanticJsonIOManager(ConfigurableIOManager):
                 f"input {context.name!r} of step {context.step_context.step.key} has no upstream output; "
                 "the flujo IO manager only loads values that ops produced."
             )
-        stored = StoredKey.of(_declared_type(context, upstream), upstream.name)
         root = self.root(context.instance.storage_directory())
+        if upstream.name == names.BUNDLE_OUTPUT:
+            return self._load_bundled(context, upstream, root)
+        stored = StoredKey.of(_declared_type(context, upstream), upstream.name)
         path, origin = _source(context, upstream, root)
         return self.read(path, stored, where=origin, root=root)
+
+    def _load_bundled(self, context: InputContext, upstream: OutputContext, root: UPath) -> object:
+        """An input wired to a fused inline op's bundle: the key the input declares, from its own file beside
+        the bundle (in the run that produced the bundle), validated as the key's type."""
+        declared = context.dagster_type
+        if not isinstance(declared, KeyType):
+            raise StorageError(
+                f"input {context.name!r} is wired to the bundle of an inline op, and declares no context key"
+            )
+        stored = StoredKey(declared.context_key, declared.annotation)
+        run_id, step_key = upstream.run_id, upstream.step_key
+        path = self.output_path(root, run_id, step_key, names.io_name(declared.context_key), upstream.mapping_key)
+        return self.read(path, stored, where=Origin(run_id, step_key, _step_path(upstream)), root=root)
 
 
 def _step_path(context: OutputContext) -> str | None:

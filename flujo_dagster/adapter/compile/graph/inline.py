@@ -8,7 +8,7 @@ from flujo_dagster.adapter.compile.graph.state import GraphState
 from flujo_dagster.adapter.ops.flow import Producer, inline_op
 from flujo_dagster.dsl.flow import flow_of
 from flujo_dagster.dsl.steps import Step
-from flujo_dagster.names import io_name, op_name
+from flujo_dagster.names import BUNDLE_OUTPUT, io_name, op_name
 
 __all__ = ["expand_inline"]
 
@@ -27,5 +27,16 @@ def expand_inline(
     optional = flow.may - flow.must - frozenset(carried)
     wiring = b.wiring(node, path, reads, writes, gated=gate is not None, optional=optional)
     data = {io_name(k): b.must(k, live, path) for k in reads}
-    b.add(node, inline_op(b.p, step, wiring, parent), data, gate)
+    fused = _fused(b, writes, optional)
+    b.add(node, inline_op(b.p, step, wiring, parent, fused=fused), data, gate)
     live.update({k: (node, io_name(k)) for k in writes})
+    b.g.bundled.update({(node, io_name(k)): (node, BUNDLE_OUTPUT) for k in fused})
+
+
+def _fused(b: GraphState, writes: tuple[str, ...], optional: frozenset[str]) -> tuple[str, ...]:
+    """The keys the op writes through its one bundle output: those written on every path that are no assets
+    (an asset keeps its own output, for its materialization). None in the body of an expanded Map (its outputs
+    are per element) or when a key's output name is the bundle's."""
+    if b.in_fanout or BUNDLE_OUTPUT in map(io_name, writes):
+        return ()
+    return tuple(k for k in writes if k not in optional and k not in b.p.assets)
