@@ -57,6 +57,7 @@ deploy-smoke: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/parallel.py
+	$(BIN)/python benchmarks/inline.py
 	$(BIN)/python benchmarks/budget.py
 	$(BIN)/python benchmarks/cache.py
 	$(BIN)/python -m benchmarks.approvals
