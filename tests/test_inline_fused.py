@@ -72,8 +72,10 @@ def test_reexecution_reuses_the_bundle_and_readers_get_typed_keys(
     assert isinstance(context, Doc) and context.note == Note(text="HELLO WORLD", words=2)
     assert context.final == "HELLO WORLD|2|HELLO WORLD:2"
     root = PydanticJsonIOManager().root(instance.storage_directory())
-    assert PydanticJsonIOManager.output_path(root, parent_id, "fused_graph.prep", "note").exists()
-    assert not PydanticJsonIOManager.output_path(root, run_id, "fused_graph.prep", "note").exists()
+    # one file for the keys of the inline op, in the parent run only; none of its own per key
+    assert PydanticJsonIOManager.output_path(root, parent_id, "fused_graph.prep", names.BUNDLE_OUTPUT).exists()
+    assert not PydanticJsonIOManager.output_path(root, run_id, "fused_graph.prep", names.BUNDLE_OUTPUT).exists()
+    assert not PydanticJsonIOManager.output_path(root, parent_id, "fused_graph.prep", "note").exists()
 
 
 def test_an_asset_written_inside_a_fused_op_materializes_with_its_review_metadata(

@@ -15,7 +15,7 @@ from upath import UPath
 
 from flujo_dagster import names
 from flujo_dagster.adapter.storage.budgets import chain_of
-from flujo_dagster.adapter.storage.files import read_file, stored_path
+from flujo_dagster.adapter.storage.files import read_file
 from flujo_dagster.errors import StorageError
 from flujo_dagster.runtime.approvals import Request, payload_hash
 
@@ -86,6 +86,13 @@ def _value(path: str, key: str, where: str) -> object:
     return envelope["value"]
 
 
+def _bundled(keys: object, key: str) -> object:
+    """Key `key` of a bundle's stored value; `ValueError` when it holds no such key."""
+    if not isinstance(keys, dict) or key not in keys:
+        raise ValueError(f"the stored bundle that should hold {key!r} does not")
+    return keys[key]
+
+
 def shown_values(instance: DagsterInstance, run: DagsterRun, gate: str, request: Request) -> Shown:
     """The values gate `gate` of parked `run` shows, exactly as its request's payload hash says (never raises)."""
     try:
@@ -98,11 +105,11 @@ def shown_values(instance: DagsterInstance, run: DagsterRun, gate: str, request:
         for key in request.show:
             source = sources.get(names.io_name(key))
             path = paths.get(source) if source is not None else None
-            if path is not None and source is not None and source[1] == names.BUNDLE_OUTPUT:
-                path = str(stored_path(UPath(path).parent, names.io_name(key)))  # the key's file beside the bundle
             if path is None:
                 return Shown(None, f"where the value of {key!r} is stored is not in the run's event log")
             values[key] = _value(path, key, f"run {run.run_id}")
+            if source is not None and source[1] == names.BUNDLE_OUTPUT:  # an inline op's bundle: one of its keys
+                values[key] = _bundled(values[key], key)
     except (StorageError, OSError, ValueError, RecursionError) as exc:
         return Shown(None, f"the shown values cannot be read: {str(exc)[:300]}")
     if payload_hash(values) != request.payload_hash:

@@ -22,7 +22,14 @@ from flujo_dagster.adapter.ops.leaf import (
 from flujo_dagster.adapter.ops.park import ParkWatch
 from flujo_dagster.adapter.storage.call_files import store_calls
 from flujo_dagster.adapter.storage.checkpoints import OpCheckpoints
-from flujo_dagster.adapter.storage.io_manager import Origin, PydanticJsonIOManager, StoredKey
+from flujo_dagster.adapter.storage.io_manager import (
+    Bundle,
+    Origin,
+    PydanticJsonIOManager,
+    StoredKey,
+    bundled_value,
+    read_bundle,
+)
 from flujo_dagster.adapter.storage.types import key_type
 from flujo_dagster.dsl.control import Branch, Loop
 from flujo_dagster.dsl.flow import walk
@@ -94,6 +101,7 @@ class _Reader:
         self.root = self.io.root(context.instance.storage_directory())
         self.step_key = step_key
         self._runs: dict[str, DagsterRun] = {}
+        self._bundles: dict[str, dict[str, object]] = {}
 
     def _run_of(self, step_key: str) -> str:
         """The run (this one or an ancestor) whose storage holds `step_key`'s outputs."""
@@ -117,8 +125,15 @@ class _Reader:
         return bool(self.locate(producer)[1].exists())
 
     def read(self, producer: Producer, stored: StoredKey) -> object:
+        """Key `stored` from its producer's output: its own file, or the producer's bundle (read once)."""
         run_id, path = self.locate(producer)
-        return self.io.read(path, stored, where=Origin(run_id, self.step_key(producer[0])), root=self.root)
+        where = Origin(run_id, self.step_key(producer[0]))
+        if producer[1] != BUNDLE_OUTPUT:
+            return self.io.read(path, stored, where=where, root=self.root)
+        keys = self._bundles.get(str(path))
+        if keys is None:
+            keys = self._bundles[str(path)] = read_bundle(path, where=where, root=self.root)
+        return bundled_value(keys, stored, path, where)
 
 
 def _forward(pipeline: Pipeline, reader: _Reader, producers: Mapping[str, Producer | None]) -> Iterator[Output[Any]]:
@@ -358,33 +373,11 @@ def inline_metadata(wiring: StepWiring, records: Sequence[StepRecord]) -> dict[s
     return metadata
 
 
-def _store_fused(
-    context: OpExecutionContext,
-    pipeline: Pipeline,
-    wiring: StepWiring,
-    keys: Sequence[str],
-    state: Mapping[str, object],
-) -> None:
-    """Store each key of a fused inline op where its own output would be (`io_name(key)` beside the bundle),
-    as its own type and envelope: readers find it by output name, and the IO manager loads an input wired to
-    the bundle from it. Writing files costs no Dagster event."""
-    io: PydanticJsonIOManager = getattr(context.resources, IO_MANAGER_KEY)
-    root = io.root(context.instance.storage_directory())
-    step_key = context.get_step_execution_context().step.key
-    where = Origin(context.run_id, step_key, wiring.path)
-    for key in keys:
-        if key not in state:
-            raise StepOutputError(f"{wiring.path}: key {key!r} was not written, though every path writes it")
-        stored = StoredKey(key, pipeline.fields[key])
-        path = io.output_path(root, context.run_id, step_key, io_name(key))
-        io.write(path, io.dump(stored, state[key], path, root), root=root, key=key, where=where)
-
-
 def _inline_outs(pipeline: Pipeline, wiring: StepWiring, fused: tuple[str, ...]) -> dict[str, Out]:
     """An inline op's outputs: the bundle of its `fused` keys, one per other key written, or `flujo_done`."""
     outs = outs_for(pipeline, tuple(k for k in wiring.writes if k not in fused), wiring.optional)
     if fused:
-        outs[BUNDLE_OUTPUT] = Out(list[str], io_manager_key=IO_MANAGER_KEY)
+        outs[BUNDLE_OUTPUT] = Out(io_manager_key=IO_MANAGER_KEY)
     if not wiring.writes:
         outs[DONE_OUTPUT] = Out(Nothing)
     return outs
@@ -440,8 +433,11 @@ def inline_op(
         metadata = {**inline_metadata(wiring, records.records), **store_calls(context, calls, wiring.path)}
         first = True
         if fused:
-            _store_fused(context, pipeline, wiring, fused, state)
-            yield Output(list(fused), BUNDLE_OUTPUT, metadata=metadata)
+            missing = [k for k in fused if k not in state]
+            if missing:
+                raise StepOutputError(f"{wiring.path}: keys {missing} were not written, though every path writes them")
+            bundle = Bundle(values={k: state[k] for k in fused}, annotations={k: pipeline.fields[k] for k in fused})
+            yield Output(bundle, BUNDLE_OUTPUT, metadata=metadata)
             first = False
         for key in wiring.writes:
             if key in state and key not in fused:

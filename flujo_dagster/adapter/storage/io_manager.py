@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
 from functools import cache
 from pathlib import PurePosixPath
 from typing import Any, Generic, Literal, TypeVar
@@ -45,14 +46,18 @@ from flujo_dagster.validation.typecompat import type_name
 
 __all__ = [
     "ENVELOPE_VERSION",
+    "Bundle",
     "Origin",
     "PydanticJsonIOManager",
     "StoredKey",
+    "bundled_value",
+    "dump_bundle",
     "dump_envelope",
     "latest_materialization",
     "materialized_before",
     "never_materialized",
     "place_of",
+    "read_bundle",
     "read_envelope",
     "read_file",
     "stored_path",
@@ -304,7 +309,8 @@ class PydanticJsonIOManager(ConfigurableIOManager):
         root = self.root(context.step_context.instance.storage_directory())
         origin = Origin(context.run_id, context.step_key, _step_path(context))
         path = self.output_path(root, context.run_id, context.step_key, context.name, context.mapping_key)
-        self.write(path, self.dump(stored, obj, path, root), root=root, key=stored.key, where=origin)
+        data = dump_bundle(obj, path, root) if isinstance(obj, Bundle) else self.dump(stored, obj, path, root)
+        self.write(path, data, root=root, key=stored.key, where=origin)
         metadata = {names.PATH: MetadataValue.path(str(path))}
         if context.has_asset_key:
             partition = context.asset_partition_key if context.has_asset_partitions else None
@@ -322,23 +328,71 @@ class PydanticJsonIOManager(ConfigurableIOManager):
             )
         root = self.root(context.instance.storage_directory())
         if upstream.name == names.BUNDLE_OUTPUT:
-            return self._load_bundled(context, upstream, root)
+            return _load_bundled(context, upstream, root)
         stored = StoredKey.of(_declared_type(context, upstream), upstream.name)
         path, origin = _source(context, upstream, root)
         return self.read(path, stored, where=origin, root=root)
 
-    def _load_bundled(self, context: InputContext, upstream: OutputContext, root: UPath) -> object:
-        """An input wired to a fused inline op's bundle: the key the input declares, from its own file beside
-        the bundle (in the run that produced the bundle), validated as the key's type."""
-        declared = context.dagster_type
-        if not isinstance(declared, KeyType):
-            raise StorageError(
-                f"input {context.name!r} is wired to the bundle of an inline op, and declares no context key"
-            )
-        stored = StoredKey(declared.context_key, declared.annotation)
-        run_id, step_key = upstream.run_id, upstream.step_key
-        path = self.output_path(root, run_id, step_key, names.io_name(declared.context_key), upstream.mapping_key)
-        return self.read(path, stored, where=Origin(run_id, step_key, _step_path(upstream)), root=root)
+
+# --- bundles: the keys of a fused inline op in one envelope ----------------------------------------------------------
+
+
+class Bundle:
+    """The value of a fused inline op's `BUNDLE_OUTPUT`: the keys it writes and their declared annotations."""
+
+    __slots__ = ("annotations", "values")
+
+    def __init__(self, *, values: Mapping[str, object], annotations: Mapping[str, object]) -> None:
+        self.values = values
+        self.annotations = annotations
+
+
+def _bundle_key() -> StoredKey:
+    return StoredKey(names.BUNDLE_OUTPUT, dict[str, Any])
+
+
+def dump_bundle(bundle: Bundle, path: UPath, root: UPath | None = None) -> bytes:
+    """One envelope (key `BUNDLE_OUTPUT`) whose value maps each key to its value dumped as its own type."""
+    dumped = {k: jsonable(adapter_for(bundle.annotations[k]), v) for k, v in bundle.values.items()}
+    return dump_envelope(_bundle_key(), dumped, path, root)
+
+
+def read_bundle(path: UPath, *, where: str | Origin, root: UPath | None = None) -> dict[str, object]:
+    """A bundle's keys as JSON values, the envelope checked like every other (`read_envelope`)."""
+    value = read_envelope(path, _bundle_key(), where=where, root=root)
+    assert isinstance(value, dict)
+    return value
+
+
+def bundled_value(keys: Mapping[str, object], stored: StoredKey, path: UPath, where: str | Origin) -> object:
+    """Key `stored.key` of a bundle (`read_bundle`), validated as its declared type."""
+    if stored.key not in keys:
+        raise StorageError(
+            f"stored bundle {path} ({where}) holds no key {stored.key!r}: it was replaced by hand. "
+            f"{origin_remedy(where)}"
+        )
+    try:
+        return from_json(stored.adapter, to_json_bytes(keys[stored.key]))
+    except ValidationError as exc:  # locations and error types only: pydantic's error holds the content
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        listed = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['type']}" for e in errors[:5])
+        raise StorageError(
+            f"key {stored.key!r} of stored bundle {path} ({where}) no longer matches its declared type "
+            f"{type_name(stored.annotation)}: {listed}. Change the context field back, or: {origin_remedy(where)}"
+        ) from None
+
+
+def _load_bundled(context: InputContext, upstream: OutputContext, root: UPath) -> object:
+    """An input wired to a fused inline op's bundle: the key the input declares, from the bundle of the run that
+    produced it (the parent's, on a re-execution), validated as the key's type."""
+    declared = context.dagster_type
+    if not isinstance(declared, KeyType):
+        raise StorageError(f"input {context.name!r} is wired to the bundle of an inline op and declares no context key")
+    run_id, step_key = upstream.run_id, upstream.step_key
+    path = PydanticJsonIOManager.output_path(root, run_id, step_key, names.BUNDLE_OUTPUT, upstream.mapping_key)
+    where = Origin(run_id, step_key, _step_path(upstream))
+    stored = StoredKey(declared.context_key, declared.annotation)
+    return bundled_value(read_bundle(path, where=where, root=root), stored, path, where)
 
 
 def _step_path(context: OutputContext) -> str | None:

@@ -44,16 +44,9 @@ class BuiltGraph:
         """The graph's inputs: one per upstream key (into its `flujo_upstream_<key>` op) and per dep."""
         self.input_assets: dict[str, tuple[str, ...]] = {}
         """The asset key path each graph input is mapped to."""
-        self.bundled: dict[Producer, Producer] = {}
-        """The key outputs of fused inline ops (`(node, io_name(key))`, where each key's value is stored) and the
-        Dagster output that carries them (`(node, BUNDLE_OUTPUT)`): dependencies are wired to the latter."""
         self.owners: dict[str, Owner] = {}
         """The DSL node each op was expanded from, and whether the op runs all of it (an inline op); ops of
         flujo's own (`flujo_inputs`, `flujo_context`, upstream ops) have none. Code versions come from it."""
-
-    def out(self, producer: Producer) -> Producer:
-        """The Dagster output that carries `producer`'s value (its bundle, for a key of a fused inline op)."""
-        return self.bundled.get(producer, producer)
 
     def dependencies(self) -> dict[NodeInvocation, dict[str, Dep]]:
         """Dependencies keyed by invocation: node names alias the pipeline-prefixed op definitions."""

@@ -67,5 +67,5 @@ class GateOrder:
         for gate, producers in self.before_gate.items():
             sources = [p for p in producers if p not in graph.upstream[gate]]
             if sources:
-                merged = dict.fromkeys(map(graph.out, [*fan_in.get(gate, ()), *sources]))
+                merged = dict.fromkeys([*fan_in.get(gate, ()), *sources])
                 graph.deps[gate][AFTER_INPUT] = MultiDependencyDefinition([DependencyDefinition(*p) for p in merged])

@@ -29,8 +29,7 @@ def expand_inline(
     data = {io_name(k): b.must(k, live, path) for k in reads}
     fused = _fused(b, writes, optional)
     b.add(node, inline_op(b.p, step, wiring, parent, fused=fused), data, gate)
-    live.update({k: (node, io_name(k)) for k in writes})
-    b.g.bundled.update({(node, io_name(k)): (node, BUNDLE_OUTPUT) for k in fused})
+    live.update({k: (node, BUNDLE_OUTPUT if k in fused else io_name(k)) for k in writes})
 
 
 def _fused(b: GraphState, writes: tuple[str, ...], optional: frozenset[str]) -> tuple[str, ...]:

@@ -100,12 +100,7 @@ class GraphState:
         self.g.defs[node] = definition
         if self.owning:
             self.g.owners[node] = self.owning[-1]
-        self.g.deps[node] = _dependencies(
-            {name: self.g.out(p) for name, p in data.items()},
-            None if gate is None else self.g.out(gate),
-            list(dict.fromkeys(map(self.g.out, unique))),
-            collected,
-        )
+        self.g.deps[node] = _dependencies(data, gate, unique, collected)
         self.g.upstream[node] = [*data.values(), *fan_in, *collected.values(), *([gate] if gate is not None else [])]
         self.gates.place(node, self.g.upstream[node], dynamic=self.in_fanout)
 
