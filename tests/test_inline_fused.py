@@ -95,3 +95,25 @@ def test_an_asset_written_inside_a_fused_op_materializes_with_its_review_metadat
     metadata = found["summary"]
     assert "HELLO WORLD:2" in str(metadata[names.PREVIEW].value)
     assert metadata[names.TYPE].value == "str" and names.TOTAL_COST_USD in metadata
+
+
+def test_a_hand_edited_bundle_fails_the_reexecution_that_loads_it(
+    instance: DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "fail"
+    marker.touch()
+    monkeypatch.setenv(FAIL_MARKER, str(marker))
+    monkeypatch.setenv(CALL_LOG, str(tmp_path / "calls.log"))
+    job = reconstructable(fused_job)
+    with execute_job(job, instance=instance, run_config=RUN_CONFIG) as first:
+        assert not first.success
+        parent_id = first.run_id
+    root = PydanticJsonIOManager().root(instance.storage_directory())
+    bundle = PydanticJsonIOManager.output_path(root, parent_id, "fused_graph.prep", names.BUNDLE_OUTPUT)
+    bundle.write_bytes(bundle.read_bytes().replace(b"HELLO WORLD", b"HELLO THERE"))  # still the right types
+    marker.unlink()
+    options = ReexecutionOptions.from_failure(parent_id, instance)
+    with execute_job(job, instance=instance, reexecution_options=options) as second:
+        assert not second.success
+        failures = [e for e in second.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert failures and "changed after it was written" in str(failures[0].step_failure_data.error)
