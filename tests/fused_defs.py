@@ -11,7 +11,7 @@ from dagster import JobDefinition
 from pydantic import BaseModel
 
 from flujo_dagster import Pipeline, build_definitions, step
-from flujo_dagster.dsl import Group
+from flujo_dagster.dsl import Approval, Group
 
 FAIL_MARKER = "FLUJO_TEST_FUSED_FAIL_MARKER"
 CALL_LOG = "FLUJO_TEST_FUSED_CALL_LOG"
@@ -60,7 +60,13 @@ fused = Pipeline(
     steps=[Group("prep", steps=[note, size, summary], inline=True), final],
     assets=("summary",),
 )
-defs = build_definitions(pipelines=[fused])
+fused_gated = Pipeline(
+    "fused_gated",
+    context=Doc,
+    steps=[Group("prep", steps=[note, size], inline=True), Approval("review", show=["note"]), final],
+)
+"""An approval gate showing a key of a fused inline op (its value is taken out of the bundle)."""
+defs = build_definitions(pipelines=[fused, fused_gated])
 
 
 def fused_job() -> JobDefinition:

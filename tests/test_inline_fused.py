@@ -12,8 +12,11 @@ from dagster import DagsterEventType, DagsterInstance, ReexecutionOptions, execu
 from pydantic import BaseModel, create_model
 
 from flujo_dagster import Pipeline, PydanticJsonIOManager, load_final_context, names, run_pipeline, step
+from flujo_dagster.adapter.control.approvals import gates_waiting
+from flujo_dagster.adapter.inbox.payload import shown_values
 from flujo_dagster.dsl import FunctionStep, Group
-from tests.fused_defs import CALL_LOG, FAIL_MARKER, Doc, Note, fused, fused_job
+from flujo_dagster.runtime.approvals import Request
+from tests.fused_defs import CALL_LOG, FAIL_MARKER, Doc, Note, defs, fused, fused_job
 
 RUN_CONFIG: dict[str, Any] = {
     "ops": {"fused_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "hello world"}}}}}}
@@ -117,3 +120,21 @@ def test_a_hand_edited_bundle_fails_the_reexecution_that_loads_it(
         assert not second.success
         failures = [e for e in second.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
     assert failures and "changed after it was written" in str(failures[0].step_failure_data.error)
+
+
+def test_a_gate_shows_a_key_of_a_fused_inline_op(
+    instance: DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FAIL_MARKER, str(tmp_path / "absent"))
+    monkeypatch.setenv(CALL_LOG, str(tmp_path / "calls.log"))
+    config = {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "hello world"}}}}}
+    result = defs.resolve_job_def("fused_gated").execute_in_process(
+        run_config=config, instance=instance, raise_on_error=False
+    )
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None
+    (waiting,) = gates_waiting(instance, run)
+    request = Request.from_tag(run.tags[names.REQUEST_PREFIX + waiting.gate], gate=waiting.gate)
+    assert isinstance(request, Request)
+    shown = shown_values(instance, run, waiting.gate, request)
+    assert shown.values == {"note": {"text": "HELLO WORLD", "words": 2}}, shown.problem
