@@ -1,5 +1,6 @@
 """LLM waits overlap: a Parallel of 8 branches and a Map over 32 items (max_concurrency=8), each waiting 1 s of
-simulated model latency (a FunctionModel that sleeps), timed from launch to RUN_SUCCESS on the in-process
+simulated model latency (a FunctionModel that sleeps; the call cache off, or every run after the first would be
+answered from it), timed from launch to RUN_SUCCESS on the in-process
 executor, next to 8 parallel hand-written Dagster ops that each await 1 s (in-process and multiprocess).
 
 Prints a table, then one JSON line:
@@ -64,7 +65,7 @@ def parallel_pipeline() -> Pipeline:
         f"b{i}": [agent_step(f"ask_{i}", agent=agent, prompt="{topic}", output_key=f"answer_{i}")]
         for i in range(BRANCHES)
     }
-    return Pipeline("fan", context=context, steps=[Parallel("ask_all", branches=branches)])
+    return Pipeline("fan", context=context, steps=[Parallel("ask_all", branches=branches)], cache=False)
 
 
 class Items(BaseModel):
@@ -79,7 +80,7 @@ def map_pipeline() -> Pipeline:
     node = Map(
         "ask_each", over="items", item="item", body=body, result="answer", into="answers", max_concurrency=CONCURRENCY
     )
-    return Pipeline("fan_map", context=Items, steps=[node])
+    return Pipeline("fan_map", context=Items, steps=[node], cache=False)
 
 
 def _hand_op(i: int) -> OpDefinition:
