@@ -43,6 +43,9 @@ page's text once rendered), and saves a screenshot of it under docs/screenshots/
     it), materialized, then its prompt changed and the location reloaded through GraphQL
     (`reloadRepositoryLocation`, as "Reload definitions" does): both assets "Unsynced", each "has a new code
     version", the note's cause open.
+16. `fused-inline-op.png`: a `reviewed_digest` run's log filtered to its inline `Parallel` `extras`: one output,
+    `flujo_keys`, for the two keys its branches write (`title`, `tags`), its metadata the per-step table
+    (the run's events: that op yields no other output).
 
 Then the resumed run (tagged `flujo/resumed_by=inbox: <name>`, launched by the inbox, not the sensor) parks at the
 second round's gate (one source matches "python": the offline critic asks for another round), decided the same
@@ -81,12 +84,14 @@ from flujo_dagster import load_final_context
 from flujo_dagster.config import INBOX_URL_ENV, INBOX_USER_HEADER_ENV, WEBSERVER_URL_ENV
 from flujo_dagster.names import (
     APPROVALS,
+    BUNDLE_OUTPUT,
     CACHE_HITS,
     CALL_RECORDS,
     COST_USD,
     REQUESTS,
     RESUMED_BY_TAG,
     SAVED_COST_USD,
+    STEPS_JSON,
     TOTAL_COST_USD,
     inbox_tag,
 )
@@ -360,6 +365,37 @@ def _briefing_pages(browser: BrowserContext, dev: DagsterDev, out: Path) -> None
     page.keyboard.press("End")  # beside the editor describe them
     expect_texts(page, "launchpad", ["Who reads the briefing", "How many customers the briefing names at most"])
     _shoot(page, out, "launchpad-typed-inputs.png")
+    page.close()
+
+
+REVIEW_INPUTS = {
+    "ops": {"reviewed_digest_graph": {"ops": {"flujo_inputs": {"config": {"inputs": {"topic": "agents"}}}}}}
+}
+EXTRAS_STEP = "reviewed_digest_graph.extras"
+
+
+def _fused_pages(browser: BrowserContext, dev: DagsterDev, out: Path) -> None:
+    """A reviewed digest: its inline Parallel `extras` yields one output, `flujo_keys`, with the per-step table."""
+    run = dev.wait_finished(dev.launch("reviewed_digest", REVIEW_INPUTS), RUN_TIMEOUT_S)
+    if run.status != DagsterRunStatus.SUCCESS:
+        raise UiSmokeError(f"the reviewed_digest run {run.run_id} ended {run.status}:\n{dev.log_tail()}")
+    outputs = [
+        e.dagster_event.step_output_data
+        for e in dev.instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_OUTPUT)
+        if e.dagster_event is not None and e.step_key == EXTRAS_STEP
+    ]
+    names = [o.output_name for o in outputs]
+    if names != [BUNDLE_OUTPUT]:
+        raise UiSmokeError(f"the reviewed_digest run {run.run_id}: step {EXTRAS_STEP} yielded {names}")
+    table = outputs[0].metadata[STEPS_JSON].value
+    paths = sorted(str(row["path"]) for row in table) if isinstance(table, list) else []
+    if not any(p.endswith("title") for p in paths) or not any(p.endswith("tags") for p in paths):
+        raise UiSmokeError(f"the reviewed_digest run {run.run_id}: {EXTRAS_STEP}'s step table lists {paths}")
+    page = browser.new_page()
+    page.goto(f"{dev.server.url}/runs/{run.run_id}?logs=step%3A{EXTRAS_STEP}")
+    expect_texts(page, "fused inline op", [run.run_id[:8], "Success", "extras", BUNDLE_OUTPUT])
+    _no_failure(page, "fused inline op")
+    _shoot(page, out, "fused-inline-op.png")
     page.close()
 
 
@@ -700,6 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     _cache_pages(browser, dev, out, *again)
                     _change_prompt(dev, module, prompt_run)
                     _stale_pages(browser, dev, out)
+                    _fused_pages(browser, dev, out)
                 print(f"ui-smoke: inbox at {inbox}: both gates approved, resumed at once as {', '.join(resumed)}")
         except (UiSmokeError, DagsterDevError) as error:
             print(f"ui-smoke FAILED: {error}", file=sys.stderr)
@@ -707,7 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if leftovers(home) or group_members(pgid):
             print(f"ui-smoke FAILED: processes outlived dagster dev: {leftovers(home) + group_members(pgid)}")
             return 1
-    print(f"ui-smoke: 15 views of 13 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
+    print(f"ui-smoke: 16 views of 14 pages checked, screenshots in {out} ({time.monotonic() - started:.1f} s)")
     return 0
 
 
